@@ -1,0 +1,135 @@
+"""Process and port helpers shared by every server the stack runs."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import socket
+import time
+from collections.abc import Iterator
+
+import psutil
+
+from ._errors import StackError
+
+LOOPBACK = "127.0.0.1"
+
+
+def pid_alive(pid: int | None) -> bool:
+    """True when ``pid`` runs; a zombie counts as gone (PID 1 here may never reap it)."""
+    if not pid:
+        return False
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def wait_pid_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def signal_pid(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def kill_tree(pid: int, timeout: float = 5.0) -> None:
+    """SIGKILL ``pid`` and every descendant, and wait until all are gone."""
+    try:
+        parent = psutil.Process(pid)
+        family = [parent, *parent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for proc in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    for proc in family:
+        wait_pid_gone(proc.pid, timeout)
+
+
+def port_owner(port: int) -> str | None:
+    """Describe the process listening on ``port`` of loopback, when the OS lets us see it."""
+    with contextlib.suppress(psutil.AccessDenied, OSError):
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+                if conn.pid is None:
+                    return "an unknown process"
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    return f"pid {conn.pid} ({psutil.Process(conn.pid).name()})"
+    return None
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return True
+
+
+def ensure_port_free(port: int, what: str) -> None:
+    if not port_is_free(port):
+        owner = port_owner(port)
+        by = f" by {owner}" if owner else ""
+        raise StackError(
+            f"port {port} on {LOOPBACK} (asked for {what}) is already in use{by}: "
+            "stop that process, choose another port, or leave the port out to pick a free one"
+        )
+
+
+@contextlib.contextmanager
+def _held_ports(count: int) -> Iterator[list[int]]:
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((LOOPBACK, 0))
+            socks.append(sock)
+        yield [s.getsockname()[1] for s in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports (held together while chosen, so never equal)."""
+    with _held_ports(count) as ports:
+        return ports
+
+
+def free_cluster_ports(count: int, bus_offset: int = 10000) -> list[int]:
+    """``count`` free ports whose Redis Cluster bus port (port + 10000) is free too.
+
+    Redis < 7 cannot choose its bus port, so ports above 55535 (common in the kernel's
+    ephemeral range) would give an impossible bus port.
+    """
+    chosen: list[int] = []
+    candidate = random.randrange(20000, 45000)
+    for _ in range(2000):
+        candidate = 20000 + (candidate - 20000 + 7919) % 25000
+        if candidate in chosen or candidate + bus_offset in chosen:
+            continue
+        if port_is_free(candidate) and port_is_free(candidate + bus_offset):
+            chosen.append(candidate)
+            if len(chosen) == count:
+                return chosen
+    raise StackError("no free loopback ports for a Redis Cluster (port and port+10000) were found")
+
+
+def wait_port_closed(port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not port_is_free(port):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
