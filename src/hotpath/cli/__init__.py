@@ -1,1 +1,5 @@
-def main() -> None: ...
+"""The ``hotpath`` command line: typer commands, rich output, no tracebacks for known errors."""
+
+from ._app import app, main
+
+__all__ = ["app", "main"]

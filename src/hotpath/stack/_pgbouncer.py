@@ -13,7 +13,7 @@ import psycopg
 
 from ._account import Account
 from ._errors import StackError
-from ._process import LOOPBACK, kill_tree, pid_alive, signal_pid, wait_pid_gone, wait_port_closed
+from ._process import LOOPBACK, pid_alive, stop_tree, wait_port_closed
 from ._status import NodeStatus
 
 
@@ -88,9 +88,7 @@ class PgBouncer:
         pid = self.pid
         if pid is None:
             return
-        signal_pid(pid, signal.SIGINT)  # "safe shutdown": wait for transactions, then exit
-        if not wait_pid_gone(pid, timeout):
-            kill_tree(pid)
+        stop_tree(pid, signal.SIGINT, timeout)  # "safe shutdown": finish transactions, exit
         wait_port_closed(self.port, 5.0)
 
     def status(self) -> NodeStatus:

@@ -17,7 +17,7 @@ import psycopg
 from ._account import Account
 from ._binaries import PostgresBinaries
 from ._errors import StackError
-from ._process import LOOPBACK, kill_tree, pid_alive, signal_pid, wait_pid_gone, wait_port_closed
+from ._process import LOOPBACK, pid_alive, stop_tree, wait_pid_gone, wait_port_closed
 from ._status import NodeStatus
 
 SUPERUSER = "postgres"
@@ -235,9 +235,7 @@ class PostgresNode:
         pid = self.pid
         if pid is None:
             return
-        signal_pid(pid, signal.SIGINT)
-        if not wait_pid_gone(pid, timeout):
-            kill_tree(pid)
+        stop_tree(pid, signal.SIGINT, timeout)
         wait_port_closed(self.port, 5.0)
 
     def kill(self) -> None:

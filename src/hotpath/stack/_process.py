@@ -41,18 +41,38 @@ def signal_pid(pid: int, sig: signal.Signals) -> None:
         os.kill(pid, sig)
 
 
-def kill_tree(pid: int, timeout: float = 5.0) -> None:
-    """SIGKILL ``pid`` and every descendant, and wait until all are gone."""
+def _family(pid: int) -> list[psutil.Process]:
     try:
         parent = psutil.Process(pid)
-        family = [parent, *parent.children(recursive=True)]
+        return [parent, *parent.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return
+        return []
+
+
+def _wait_all_gone(family: list[psutil.Process], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    return all(wait_pid_gone(p.pid, max(0.0, deadline - time.monotonic())) for p in family)
+
+
+def kill_tree(pid: int, timeout: float = 5.0) -> None:
+    """SIGKILL ``pid`` and every descendant, and wait until all are gone."""
+    family = _family(pid)
     for proc in family:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
-    for proc in family:
-        wait_pid_gone(proc.pid, timeout)
+    _wait_all_gone(family, timeout)
+
+
+def stop_tree(pid: int, sig: signal.Signals, timeout: float) -> None:
+    """Ask ``pid`` to exit with ``sig``; wait for it and all its children, SIGKILL if they hang."""
+    family = _family(pid)
+    signal_pid(pid, signal.SIGCONT)  # a stopped (paused) process cannot act on ``sig``
+    signal_pid(pid, sig)
+    if not _wait_all_gone(family, timeout):
+        kill_tree(pid)
+        for proc in family:  # orphans whose parent was already gone
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
 
 
 def port_owner(port: int) -> str | None:

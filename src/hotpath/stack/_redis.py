@@ -13,7 +13,14 @@ import redis
 
 from ._account import Account
 from ._errors import StackError
-from ._process import LOOPBACK, kill_tree, pid_alive, signal_pid, wait_pid_gone, wait_port_closed
+from ._process import (
+    LOOPBACK,
+    pid_alive,
+    signal_pid,
+    stop_tree,
+    wait_pid_gone,
+    wait_port_closed,
+)
 from ._status import NodeStatus
 
 
@@ -81,10 +88,7 @@ class RedisServer:
         pid = self.pid
         if pid is None:
             return
-        signal_pid(pid, signal.SIGCONT)  # a paused server cannot act on SIGTERM
-        signal_pid(pid, signal.SIGTERM)
-        if not wait_pid_gone(pid, timeout):
-            kill_tree(pid)
+        stop_tree(pid, signal.SIGTERM, timeout)
         wait_port_closed(self.port, 5.0)
 
     def kill(self) -> None:

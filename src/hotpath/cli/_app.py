@@ -1,0 +1,53 @@
+"""The root ``hotpath`` command and its error handling."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from .. import __version__
+from .._errors import HotpathError
+from ._console import err
+from ._demo import demo
+from ._stack import stack_app
+
+app = typer.Typer(
+    name="hotpath",
+    help="Make PostgreSQL + Redis backends fast, and prove it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+app.add_typer(stack_app, name="stack")
+app.command()(demo)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"hotpath {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Make PostgreSQL + Redis backends fast, and prove it."""
+
+
+def main() -> None:
+    """Console-script entry point: known errors become one line on stderr, not a traceback."""
+    try:
+        app()
+    except HotpathError as exc:
+        err.print(f"[bold red]error:[/] {exc}", markup=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
