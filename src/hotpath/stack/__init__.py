@@ -7,7 +7,7 @@ set-up (as root, servers run as an unprivileged account). See :class:`LocalStack
 
 from ._errors import StackError
 from ._pgbouncer import PgBouncer
-from ._postgres import PostgresNode
+from ._postgres import PostgresNode, PostgresServer
 from ._redis import RedisClusterGroup, RedisServer
 from ._stack import LocalStack, default_stack_dir, reap_stale_stacks, stack_root
 from ._status import NodeStatus
@@ -17,6 +17,7 @@ __all__ = [
     "NodeStatus",
     "PgBouncer",
     "PostgresNode",
+    "PostgresServer",
     "RedisClusterGroup",
     "RedisServer",
     "StackError",

@@ -12,12 +12,21 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import psutil
 import psycopg
+from psycopg.conninfo import make_conninfo
 
 from ._account import Account
 from ._binaries import PostgresBinaries
 from ._errors import StackError
-from ._process import LOOPBACK, pid_alive, stop_tree, wait_pid_gone, wait_port_closed
+from ._process import (
+    LOOPBACK,
+    pid_alive,
+    process_family,
+    stop_tree,
+    wait_all_gone,
+    wait_port_closed,
+)
 from ._status import NodeStatus
 
 SUPERUSER = "postgres"
@@ -36,6 +45,7 @@ _BASE_SETTINGS: Mapping[str, str] = {
     "hot_standby": "on",
     "hot_standby_feedback": "on",
     "wal_receiver_status_interval": "'1s'",
+    "wal_retrieve_retry_interval": "'200ms'",  # replicas reconnect fast after a fault
     "shared_preload_libraries": "'pg_stat_statements'",
     "pg_stat_statements.track": "top",
     "track_io_timing": "on",
@@ -57,23 +67,74 @@ def _conf_lines(settings: Mapping[str, str]) -> str:
     return "".join(f"{key} = {value}\n" for key, value in settings.items())
 
 
-@dataclass
-class PostgresNode:
-    """A PostgreSQL server run by the stack, with the controls tests need for faults.
+def connection_url(
+    host: str, port: int, user: str, password: str, database: str, driver: str = "psycopg"
+) -> str:
+    """A SQLAlchemy URL (``postgresql+<driver>://``) with the password escaped."""
+    secret = quote(password, safe="")
+    return f"postgresql+{driver}://{quote(user, safe='')}:{secret}@{host}:{port}/{database}"
 
-    ``url`` is a SQLAlchemy URL (``postgresql+psycopg://``), ``dsn`` a libpq connection string.
+
+def wait_caught_up(
+    primary: PostgresServer, replicas: Sequence[PostgresServer], timeout: float
+) -> None:
+    """Wait until each replica has replayed ``primary``'s current WAL position.
+
+    Raises :class:`StackError` naming the replicas still behind (and whether their replay is
+    paused) after ``timeout`` seconds.
+    """
+    target = primary.current_lsn()
+    pending = list(replicas)
+    deadline = time.monotonic() + timeout
+    while pending:
+        pending = [r for r in pending if not r.has_replayed(target)]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            behind = ", ".join(
+                f"{r.name} at {r.current_lsn()}"
+                + (" (replay paused)" if r.is_replay_paused() else "")
+                for r in pending
+            )
+            raise StackError(
+                f"replicas still behind the primary's {target} after {timeout:.1f}s: {behind}"
+            )
+        time.sleep(0.005)
+
+
+@dataclass
+class PostgresServer:
+    """A PostgreSQL server reached over the network: queries and replication controls.
+
+    Works on any server (``from_url``); :class:`PostgresNode` adds process control for
+    servers the stack runs. ``url`` is a SQLAlchemy URL (``postgresql+psycopg://``), ``dsn``
+    a libpq connection string.
     """
 
     name: str
+    host: str
     port: int
-    datadir: Path
+    user: str
     password: str
-    binaries: PostgresBinaries
-    account: Account
-    host: str = LOOPBACK
-    user: str = SUPERUSER
     database: str = "postgres"
-    _env: dict[str, str] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_url(cls, url: str, name: str) -> PostgresServer:
+        """A server from a SQLAlchemy or libpq URL (``postgresql[+driver]://user:pw@host:port/db``)."""
+        from sqlalchemy.engine import make_url  # noqa: PLC0415 - only the testing plugin needs it
+
+        try:
+            parsed = make_url(url)
+        except Exception as exc:
+            raise StackError(f"{name}: {url!r} is not a database URL ({exc})") from exc
+        return cls(
+            name,
+            parsed.host or LOOPBACK,
+            parsed.port or 5432,
+            parsed.username or SUPERUSER,
+            parsed.password if isinstance(parsed.password, str) else "",
+            parsed.database or "postgres",
+        )
 
     # -- addresses -------------------------------------------------------------------------
 
@@ -87,14 +148,124 @@ class PostgresNode:
 
     def url_for(self, database: str, driver: str = "psycopg") -> str:
         """SQLAlchemy URL of ``database`` on this server (``driver``: psycopg or asyncpg)."""
-        secret = quote(self.password, safe="")
-        return f"postgresql+{driver}://{self.user}:{secret}@{self.host}:{self.port}/{database}"
+        return connection_url(self.host, self.port, self.user, self.password, database, driver)
 
     def dsn_for(self, database: str) -> str:
-        return (
-            f"host={self.host} port={self.port} user={self.user} "
-            f"password={self.password} dbname={database}"
+        return make_conninfo(
+            host=self.host, port=self.port, user=self.user, password=self.password, dbname=database
         )
+
+    # -- replication controls --------------------------------------------------------------
+
+    def is_in_recovery(self) -> bool:
+        return bool(self.scalar("SELECT pg_is_in_recovery()"))
+
+    @property
+    def role(self) -> str:
+        """``primary`` or ``replica``, as the server says (a promoted replica is a primary)."""
+        return "replica" if self.is_in_recovery() else "primary"
+
+    def pause_replay(self, timeout: float = 10.0) -> None:
+        """Stop applying WAL (``pg_wal_replay_pause()``): the replica keeps receiving, and lags."""
+        self._require_replica("pause_replay")
+        self.scalar("SELECT pg_wal_replay_pause()")
+        deadline = time.monotonic() + timeout
+        while self.scalar("SELECT pg_get_wal_replay_pause_state()") != "paused":
+            if time.monotonic() > deadline:
+                raise StackError(f"{self.name}: WAL replay did not pause within {timeout:.0f}s")
+            time.sleep(0.01)
+
+    def resume_replay(self) -> None:
+        self._require_replica("resume_replay")
+        self.scalar("SELECT pg_wal_replay_resume()")
+
+    def is_replay_paused(self) -> bool:
+        return bool(self.scalar("SELECT pg_is_wal_replay_paused()"))
+
+    def promote(self, timeout: float = 30.0) -> None:
+        """Make this replica a writable primary (failover) and wait until it is."""
+        self._require_replica("promote")
+        if not self.scalar("SELECT pg_promote(true, %s)", [int(timeout)]):
+            raise StackError(f"{self.name}: promotion did not finish within {timeout:.0f}s")
+
+    def current_lsn(self) -> str:
+        """The WAL position of this server: written (primary) or replayed (replica)."""
+        return str(
+            self.scalar(
+                "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()"
+                " ELSE pg_current_wal_lsn() END"
+            )
+        )
+
+    def has_replayed(self, lsn: str) -> bool:
+        return bool(self.scalar("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", [lsn]))
+
+    def status(self, primary_lsn: str | None, pid: int | None = None) -> NodeStatus:
+        """Role, replay state and lag of this server, read live (``primary_lsn`` for lag)."""
+        try:
+            row = self.fetchone(
+                "SELECT pg_is_in_recovery(),"
+                " CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() END,"
+                " CASE WHEN NOT pg_is_in_recovery() OR %(p)s::pg_lsn IS NULL THEN NULL"
+                "  ELSE greatest(pg_wal_lsn_diff(%(p)s::pg_lsn, pg_last_wal_replay_lsn()), 0) END,"
+                " CASE WHEN NOT pg_is_in_recovery() THEN NULL"
+                "  WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0"
+                "  ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END",
+                {"p": primary_lsn},
+            )
+        except psycopg.OperationalError as exc:
+            return NodeStatus(self.name, "unreachable", self.port, pid, False, note=str(exc))
+        in_recovery, paused, lag_bytes, lag_seconds = row
+        return NodeStatus(
+            self.name,
+            "replica" if in_recovery else "primary",
+            self.port,
+            pid,
+            True,
+            lag_bytes=None if lag_bytes is None else int(lag_bytes),
+            lag_seconds=None if lag_seconds is None else float(lag_seconds),
+            replay_paused=paused,
+        )
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def connect(
+        self, database: str | None = None, *, autocommit: bool = True
+    ) -> psycopg.Connection[Any]:
+        """A psycopg connection as the superuser (autocommit by default)."""
+        return psycopg.connect(
+            self.dsn_for(database or self.database), autocommit=autocommit, connect_timeout=5
+        )
+
+    def fetchone(
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None
+    ) -> tuple[Any, ...]:
+        with self.connect() as conn:
+            row = conn.execute(sql, params).fetchone()
+        if row is None:
+            raise StackError(f"{self.name}: {sql!r} returned no row")
+        return tuple(row)
+
+    def scalar(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> Any:
+        return self.fetchone(sql, params)[0]
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _require_replica(self, action: str) -> None:
+        if not self.is_in_recovery():
+            raise StackError(
+                f"{self.name} is a primary (not in recovery): {action}() needs a replica"
+            )
+
+
+@dataclass
+class PostgresNode(PostgresServer):
+    """A PostgreSQL server the stack runs: adds start/stop/kill for real faults."""
+
+    datadir: Path = field(kw_only=True)
+    binaries: PostgresBinaries = field(kw_only=True, repr=False)
+    account: Account = field(kw_only=True, repr=False)
+    _env: dict[str, str] = field(default_factory=dict, kw_only=True, repr=False)
 
     @property
     def log_path(self) -> Path:
@@ -243,120 +414,34 @@ class PostgresNode:
         pid = self.pid
         if pid is None:
             return
+        backends = process_family(pid)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        wait_pid_gone(pid, 10.0)
+        # Orphaned backends notice the postmaster's death and exit on their own; wait for them
+        # so no process still maps the old shared memory when the server starts again.
+        wait_all_gone(backends, 10.0)
         wait_port_closed(self.port, 5.0)
+        if psutil.pid_exists(pid):
+            # An unreaped zombie keeps its PID, and PostgreSQL would take the stale lock file
+            # for a live postmaster. Every process of the old server is gone: drop the lock.
+            (self.datadir / "postmaster.pid").unlink(missing_ok=True)
 
     def restart(self, timeout: float = 60.0) -> None:
         self.stop()
         self.start(timeout)
 
-    # -- replication controls --------------------------------------------------------------
-
-    def is_in_recovery(self) -> bool:
-        return bool(self.scalar("SELECT pg_is_in_recovery()"))
-
-    @property
-    def role(self) -> str:
-        """``primary`` or ``replica``, as the server says (a promoted replica is a primary)."""
-        return "replica" if self.is_in_recovery() else "primary"
-
-    def pause_replay(self, timeout: float = 10.0) -> None:
-        """Stop applying WAL (``pg_wal_replay_pause()``): the replica keeps receiving, and lags."""
-        self._require_replica("pause_replay")
-        self.scalar("SELECT pg_wal_replay_pause()")
-        deadline = time.monotonic() + timeout
-        while self.scalar("SELECT pg_get_wal_replay_pause_state()") != "paused":
-            if time.monotonic() > deadline:
-                raise StackError(f"{self.name}: WAL replay did not pause within {timeout:.0f}s")
-            time.sleep(0.01)
-
-    def resume_replay(self) -> None:
-        self._require_replica("resume_replay")
-        self.scalar("SELECT pg_wal_replay_resume()")
-
-    def is_replay_paused(self) -> bool:
-        return bool(self.scalar("SELECT pg_is_wal_replay_paused()"))
-
-    def promote(self, timeout: float = 30.0) -> None:
-        """Make this replica a writable primary (failover) and wait until it is."""
-        self._require_replica("promote")
-        if not self.scalar("SELECT pg_promote(true, %s)", [int(timeout)]):
-            raise StackError(f"{self.name}: promotion did not finish within {timeout:.0f}s")
-
-    def current_lsn(self) -> str:
-        """The WAL position of this server: written (primary) or replayed (replica)."""
-        return str(
-            self.scalar(
-                "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()"
-                " ELSE pg_current_wal_lsn() END"
-            )
-        )
-
-    def has_replayed(self, lsn: str) -> bool:
-        return bool(self.scalar("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", [lsn]))
-
-    def status(self, primary_lsn: str | None) -> NodeStatus:
+    def status(self, primary_lsn: str | None, pid: int | None = None) -> NodeStatus:
         pid = self.pid
         if pid is None:
             return NodeStatus(self.name, "down", self.port, None, False)
-        try:
-            row = self.fetchone(
-                "SELECT pg_is_in_recovery(),"
-                " CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() END,"
-                " CASE WHEN NOT pg_is_in_recovery() OR %(p)s::pg_lsn IS NULL THEN NULL"
-                "  ELSE greatest(pg_wal_lsn_diff(%(p)s::pg_lsn, pg_last_wal_replay_lsn()), 0) END,"
-                " CASE WHEN NOT pg_is_in_recovery() THEN NULL"
-                "  WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0"
-                "  ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END",
-                {"p": primary_lsn},
-            )
-        except psycopg.OperationalError as exc:
-            return NodeStatus(self.name, "unreachable", self.port, pid, True, note=str(exc))
-        in_recovery, paused, lag_bytes, lag_seconds = row
-        return NodeStatus(
-            self.name,
-            "replica" if in_recovery else "primary",
-            self.port,
-            pid,
-            True,
-            lag_bytes=None if lag_bytes is None else int(lag_bytes),
-            lag_seconds=None if lag_seconds is None else float(lag_seconds),
-            replay_paused=paused,
-        )
-
-    # -- queries ---------------------------------------------------------------------------
-
-    def connect(
-        self, database: str | None = None, *, autocommit: bool = True
-    ) -> psycopg.Connection[Any]:
-        """A psycopg connection as the superuser (autocommit by default)."""
-        return psycopg.connect(
-            self.dsn_for(database or self.database), autocommit=autocommit, connect_timeout=5
-        )
-
-    def fetchone(
-        self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None
-    ) -> tuple[Any, ...]:
-        with self.connect() as conn:
-            row = conn.execute(sql, params).fetchone()
-        if row is None:
-            raise StackError(f"{self.name}: {sql!r} returned no row")
-        return tuple(row)
-
-    def scalar(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> Any:
-        return self.fetchone(sql, params)[0]
+        return super().status(primary_lsn, pid)
 
     # -- internals -------------------------------------------------------------------------
 
     def _require_replica(self, action: str) -> None:
         if not self.is_running:
             raise StackError(f"{self.name} is not running: start() it before {action}()")
-        if not self.is_in_recovery():
-            raise StackError(
-                f"{self.name} is a primary (not in recovery): {action}() needs a replica"
-            )
+        super()._require_replica(action)
 
     def tail_log(self, lines: int = 15) -> str:
         try:

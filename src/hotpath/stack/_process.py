@@ -41,7 +41,8 @@ def signal_pid(pid: int, sig: signal.Signals) -> None:
         os.kill(pid, sig)
 
 
-def _family(pid: int) -> list[psutil.Process]:
+def process_family(pid: int) -> list[psutil.Process]:
+    """``pid`` and all its descendants (empty when it is gone)."""
     try:
         parent = psutil.Process(pid)
         return [parent, *parent.children(recursive=True)]
@@ -49,26 +50,26 @@ def _family(pid: int) -> list[psutil.Process]:
         return []
 
 
-def _wait_all_gone(family: list[psutil.Process], timeout: float) -> bool:
+def wait_all_gone(family: list[psutil.Process], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     return all(wait_pid_gone(p.pid, max(0.0, deadline - time.monotonic())) for p in family)
 
 
 def kill_tree(pid: int, timeout: float = 5.0) -> None:
     """SIGKILL ``pid`` and every descendant, and wait until all are gone."""
-    family = _family(pid)
+    family = process_family(pid)
     for proc in family:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
-    _wait_all_gone(family, timeout)
+    wait_all_gone(family, timeout)
 
 
 def stop_tree(pid: int, sig: signal.Signals, timeout: float) -> None:
     """Ask ``pid`` to exit with ``sig``; wait for it and all its children, SIGKILL if they hang."""
-    family = _family(pid)
+    family = process_family(pid)
     signal_pid(pid, signal.SIGCONT)  # a stopped (paused) process cannot act on ``sig``
     signal_pid(pid, sig)
-    if not _wait_all_gone(family, timeout):
+    if not wait_all_gone(family, timeout):
         kill_tree(pid)
         for proc in family:  # orphans whose parent was already gone
             with contextlib.suppress(psutil.NoSuchProcess):

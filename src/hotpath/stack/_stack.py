@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, TypeVar
@@ -38,8 +39,8 @@ from ._binaries import (
 )
 from ._errors import StackError
 from ._pgbouncer import PgBouncer
-from ._postgres import PostgresNode
-from ._process import ensure_port_free, free_cluster_ports, free_ports, pid_alive
+from ._postgres import SUPERUSER, PostgresNode, PostgresServer, wait_caught_up
+from ._process import LOOPBACK, ensure_port_free, free_cluster_ports, free_ports, pid_alive
 from ._redis import RedisClusterGroup, RedisServer
 from ._status import NodeStatus
 
@@ -78,6 +79,7 @@ class LocalStack:
         redis_cluster: bool = False,
         pgbouncer: bool = False,
         *,
+        postgres: bool = True,
         directory: str | os.PathLike[str] | None = None,
         port: int | None = None,
         detached: bool = False,
@@ -86,6 +88,9 @@ class LocalStack:
             raise StackError(f"replicas={replicas!r}: give a whole number from 0 to 8")
         if port is not None and not 1024 <= port <= 65535:
             raise StackError(f"port={port!r}: give a TCP port from 1024 to 65535, or none")
+        if not postgres and (replicas or pgbouncer):
+            raise StackError("replicas and pgbouncer need PostgreSQL: drop postgres=False")
+        self.want_postgres = postgres
         self.replica_count = replicas
         self.want_redis = redis
         self.want_redis_cluster = redis_cluster
@@ -94,6 +99,7 @@ class LocalStack:
         self.detached = detached
         self.directory: Path | None = Path(directory).absolute() if directory else None
         self.startup_seconds: float | None = None
+        self._password = ""
         self._primary: PostgresNode | None = None
         self._replicas: list[PostgresNode] = []
         self._redis: RedisServer | None = None
@@ -106,16 +112,17 @@ class LocalStack:
 
     @property
     def primary(self) -> PostgresNode:
-        return self._need(self._primary, "primary")
+        return self._need(self._primary, "primary", "drop postgres=False")
 
     @property
     def replicas(self) -> list[PostgresNode]:
-        self._need(self._primary, "replicas")
+        self._need(self._primary, "replicas", "drop postgres=False")
         return list(self._replicas)
 
     @property
     def postgres_nodes(self) -> list[PostgresNode]:
-        return [self.primary, *self._replicas]
+        """The primary then the replicas (empty for a Redis-only stack)."""
+        return [self._primary, *self._replicas] if self._primary else []
 
     @property
     def redis(self) -> RedisServer:
@@ -143,10 +150,10 @@ class LocalStack:
 
     def env_exports(self) -> dict[str, str]:
         """The ``HOTPATH_*`` environment variables that point a process at this stack."""
-        env = {
-            "HOTPATH_PRIMARY_URL": self.primary.url,
-            "HOTPATH_REPLICA_URLS": ",".join(r.url for r in self._replicas),
-        }
+        env = {}
+        if self._primary:
+            env["HOTPATH_PRIMARY_URL"] = self._primary.url
+            env["HOTPATH_REPLICA_URLS"] = ",".join(r.url for r in self._replicas)
         if self._redis:
             env["HOTPATH_REDIS_URL"] = self._redis.url
         if self._cluster:
@@ -176,76 +183,16 @@ class LocalStack:
         began = time.monotonic()
         reap_stale_stacks()
         account = server_account()
-        # Resolve every binary before anything starts, so a missing one fails fast and clean.
-        pg_bin = find_postgres(account)
-        redis_bin = (
-            find_redis_server(account) if self.want_redis or self.want_redis_cluster else None
-        )
-        redis_cli = find_redis_cli(redis_bin) if self.want_redis_cluster and redis_bin else None
-        bouncer_bin = find_pgbouncer() if self.want_pgbouncer else None
-        if self.want_pgbouncer and bouncer_bin is None:
-            raise StackError(
-                "pgbouncer=True but no pgbouncer binary was found: install it "
-                "(`apt-get install pgbouncer`), set HOTPATH_PGBOUNCER to its path, "
-                "or drop --pgbouncer"
-            )
+        binaries = self._find_binaries(account)  # before anything starts: fail fast and clean
         if self.requested_port is not None:
             ensure_port_free(self.requested_port, "the primary")
         directory = self._claim_directory(account)
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "LC_ALL": "C",
-            "TZ": "UTC",
-            "HOME": str(directory),
-        }
-
-        ports = iter(free_ports(1 + self.replica_count + 2))
-        primary_port = self.requested_port or next(ports)
-        password = secrets.token_urlsafe(18)
-        self._primary = self._pg_node(
-            "primary", primary_port, directory, password, pg_bin, account, env
-        )
-        self._replicas = [
-            self._pg_node(f"replica{i}", next(ports), directory, password, pg_bin, account, env)
-            for i in range(1, self.replica_count + 1)
-        ]
-        if redis_bin and self.want_redis:
-            self._redis = RedisServer(
-                "redis", next(ports), directory / "redis", redis_bin, account, _env=env
-            )
-        if redis_bin and redis_cli:
-            self._cluster = RedisClusterGroup(
-                [
-                    RedisServer(
-                        f"redis-cluster{i}",
-                        port,
-                        directory / f"redis-cluster{i}",
-                        redis_bin,
-                        account,
-                        cluster=True,
-                        _env=env,
-                    )
-                    for i, port in enumerate(free_cluster_ports(_CLUSTER_SIZE), start=1)
-                ],
-                redis_cli,
-                account,
-                _env=env,
-            )
-        if bouncer_bin:
-            self._pgbouncer = PgBouncer(
-                next(ports),
-                directory / "pgbouncer",
-                bouncer_bin,
-                account,
-                primary_port,
-                self._primary.user,
-                password,
-                _env=env,
-            )
+        self._password = secrets.token_urlsafe(18)
+        self._build_servers(directory, account, binaries)
         if not self.detached:
             self._owner = _process_identity(os.getpid())
         self._started = True
-        self._write_state()
+        self._write_state()  # from here on a crash leaves a stack the next start can reap
         if not self.detached:
             _register_attached(self)
         try:
@@ -257,22 +204,79 @@ class LocalStack:
         self._write_state()
         return self
 
+    def _find_binaries(self, account: Account) -> _Binaries:
+        redis_server = None
+        if self.want_redis or self.want_redis_cluster:
+            redis_server = find_redis_server(account)
+        bouncer = find_pgbouncer() if self.want_pgbouncer else None
+        if self.want_pgbouncer and bouncer is None:
+            raise StackError(
+                "pgbouncer=True but no pgbouncer binary was found: install it "
+                "(`apt-get install pgbouncer`), set HOTPATH_PGBOUNCER to its path, "
+                "or drop --pgbouncer"
+            )
+        return _Binaries(
+            postgres=find_postgres(account) if self.want_postgres else None,
+            redis_server=redis_server,
+            redis_cli=find_redis_cli(redis_server)
+            if self.want_redis_cluster and redis_server
+            else None,
+            pgbouncer=bouncer,
+        )
+
+    def _build_servers(self, directory: Path, account: Account, binaries: _Binaries) -> None:
+        env = _server_env(directory)
+        ports = iter(free_ports(2 + self.replica_count + 1))
+        if binaries.postgres:
+            self._primary, *self._replicas = (
+                _pg_node(name, port, directory, self._password, binaries.postgres, account, env)
+                for name, port in [
+                    ("primary", self.requested_port or next(ports)),
+                    *((f"replica{i}", next(ports)) for i in range(1, self.replica_count + 1)),
+                ]
+            )
+        if binaries.redis_server and self.want_redis:
+            self._redis = RedisServer(
+                "redis", next(ports), directory / "redis", binaries.redis_server, account, _env=env
+            )
+        if binaries.redis_server and binaries.redis_cli:
+            self._cluster = _cluster_group(
+                directory,
+                free_cluster_ports(_CLUSTER_SIZE),
+                binaries.redis_server,
+                binaries.redis_cli,
+                account,
+                env,
+            )
+        if binaries.pgbouncer and self._primary:
+            self._pgbouncer = PgBouncer(
+                next(ports),
+                directory / "pgbouncer",
+                binaries.pgbouncer,
+                account,
+                self._primary.port,
+                self._primary.user,
+                self._password,
+                _env=env,
+            )
+
     def _start_servers(self) -> None:
-        primary = self.primary
         with ThreadPoolExecutor(max_workers=4) as pool:
             side = [pool.submit(s.start) for s in (self._redis, self._cluster) if s is not None]
-            for node in self.postgres_nodes:
-                node.datadir.mkdir(mode=0o700)
-                node.account.own(node.datadir)
-            primary.init_primary()
-            primary.start()
-            primary.create_extensions()
+            primary = self._primary
+            if primary:
+                for node in self.postgres_nodes:
+                    node.datadir.mkdir(mode=0o700)
+                    node.account.own(node.datadir)
+                primary.init_primary()
+                primary.start()
+                primary.create_extensions()
 
-            def clone(replica: PostgresNode) -> None:
-                replica.init_replica(primary)
-                replica.start()
+                def clone(replica: PostgresNode) -> None:
+                    replica.init_replica(primary)
+                    replica.start()
 
-            side += [pool.submit(clone, r) for r in self._replicas]
+                side += [pool.submit(clone, r) for r in self._replicas]
             if self._pgbouncer:
                 side.append(pool.submit(self._pgbouncer.start))
             for future in side:
@@ -315,30 +319,16 @@ class LocalStack:
     # -- replication helpers ---------------------------------------------------------------
 
     def wait_replicas_caught_up(
-        self, timeout: float = 5.0, replicas: Sequence[PostgresNode] | None = None
+        self, timeout: float = 5.0, replicas: Sequence[PostgresServer] | None = None
     ) -> None:
         """Wait until every running replica has replayed the primary's current WAL position.
 
         Raises :class:`StackError` naming the replicas still behind (and whether their replay
         is paused) after ``timeout`` seconds.
         """
-        target = self.primary.current_lsn()
-        pending = [r for r in (replicas or self._replicas) if r.is_running and r.is_in_recovery()]
-        deadline = time.monotonic() + timeout
-        while pending:
-            pending = [r for r in pending if not r.has_replayed(target)]
-            if not pending:
-                return
-            if time.monotonic() > deadline:
-                behind = ", ".join(
-                    f"{r.name} at {r.current_lsn()}"
-                    + (" (replay paused)" if r.is_replay_paused() else "")
-                    for r in pending
-                )
-                raise StackError(
-                    f"replicas still behind the primary's {target} after {timeout:.1f}s: {behind}"
-                )
-            time.sleep(0.005)
+        chosen = replicas or self._replicas
+        nodes = [r for r in chosen if getattr(r, "is_running", True) and r.is_in_recovery()]
+        wait_caught_up(self.primary, nodes, timeout)
 
     def status(self) -> list[NodeStatus]:
         """One :class:`NodeStatus` per server, read live from the servers."""
@@ -375,19 +365,29 @@ class LocalStack:
     @classmethod
     def _from_state(cls, path: Path, state: dict[str, Any]) -> LocalStack:
         account = server_account()
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "LC_ALL": "C",
-            "TZ": "UTC",
-            "HOME": str(path),
-        }
-        pg_bin = PostgresBinaries(Path(state["pg_bin"]))
+        env = _server_env(path)
+        password = state["password"]
         nodes = [
-            cls._pg_node(n["name"], n["port"], path, state["password"], pg_bin, account, env)
+            _pg_node(
+                n["name"],
+                n["port"],
+                path,
+                password,
+                PostgresBinaries(Path(state["pg_bin"])),
+                account,
+                env,
+            )
             for n in state["postgres"]
         ]
-        stack = cls(replicas=len(nodes) - 1, directory=path, detached=state["owner"] is None)
-        stack._primary, stack._replicas = nodes[0], nodes[1:]
+        stack = cls(
+            replicas=max(0, len(nodes) - 1),
+            postgres=bool(nodes),
+            directory=path,
+            detached=state["owner"] is None,
+        )
+        stack._password = password
+        if nodes:
+            stack._primary, stack._replicas = nodes[0], nodes[1:]
         if state.get("redis"):
             r = state["redis"]
             stack._redis = RedisServer(
@@ -395,24 +395,15 @@ class LocalStack:
             )
         if state.get("redis_cluster"):
             c = state["redis_cluster"]
-            stack._cluster = RedisClusterGroup(
-                [
-                    RedisServer(
-                        n["name"],
-                        n["port"],
-                        path / n["name"],
-                        Path(n["binary"]),
-                        account,
-                        cluster=True,
-                        _env=env,
-                    )
-                    for n in c["servers"]
-                ],
+            stack._cluster = _cluster_group(
+                path,
+                [n["port"] for n in c["servers"]],
+                Path(c["servers"][0]["binary"]),
                 Path(c["cli"]),
                 account,
-                _env=env,
+                env,
             )
-        if state.get("pgbouncer"):
+        if state.get("pgbouncer") and nodes:
             b = state["pgbouncer"]
             stack._pgbouncer = PgBouncer(
                 b["port"],
@@ -421,7 +412,7 @@ class LocalStack:
                 account,
                 nodes[0].port,
                 nodes[0].user,
-                state["password"],
+                password,
                 _env=env,
             )
         stack._owner = (state["owner"][0], state["owner"][1]) if state["owner"] else None
@@ -431,12 +422,11 @@ class LocalStack:
 
     def _write_state(self) -> None:
         assert self.directory is not None
-        assert self._primary is not None
         state = {
             "format": _STATE_FORMAT,
             "owner": list(self._owner) if self._owner else None,
-            "password": self._primary.password,
-            "pg_bin": str(self._primary.binaries.bindir),
+            "password": self._password,
+            "pg_bin": str(self._primary.binaries.bindir) if self._primary else None,
             "postgres": [{"name": n.name, "port": n.port} for n in self.postgres_nodes],
             "redis": _redis_entry(self._redis) if self._redis else None,
             "redis_cluster": {
@@ -461,18 +451,6 @@ class LocalStack:
         return self._owner is not None and _process_identity(self._owner[0]) != self._owner
 
     # -- internals -------------------------------------------------------------------------
-
-    @staticmethod
-    def _pg_node(
-        name: str,
-        port: int,
-        directory: Path,
-        password: str,
-        binaries: PostgresBinaries,
-        account: Account,
-        env: dict[str, str],
-    ) -> PostgresNode:
-        return PostgresNode(name, port, directory / name, password, binaries, account, _env=env)
 
     def _need(self, value: _T | None, name: str, hint: str = "") -> _T:
         if not self._started:
@@ -534,6 +512,69 @@ class LocalStack:
                 f"{stack_root()} or another world-searchable place"
             )
         return directory
+
+
+@dataclass(frozen=True)
+class _Binaries:
+    postgres: PostgresBinaries | None
+    redis_server: Path | None
+    redis_cli: Path | None
+    pgbouncer: Path | None
+
+
+def _server_env(directory: Path) -> dict[str, str]:
+    """The environment servers and tools run with: minimal, C locale, UTC."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LC_ALL": "C",
+        "TZ": "UTC",
+        "HOME": str(directory),
+    }
+
+
+def _pg_node(
+    name: str,
+    port: int,
+    directory: Path,
+    password: str,
+    binaries: PostgresBinaries,
+    account: Account,
+    env: dict[str, str],
+) -> PostgresNode:
+    return PostgresNode(
+        name,
+        LOOPBACK,
+        port,
+        SUPERUSER,
+        password,
+        datadir=directory / name,
+        binaries=binaries,
+        account=account,
+        _env=env,
+    )
+
+
+def _cluster_group(
+    directory: Path,
+    ports: Sequence[int],
+    server: Path,
+    cli: Path,
+    account: Account,
+    env: dict[str, str],
+) -> RedisClusterGroup:
+    servers = [
+        RedisServer(
+            f"redis-cluster{i}",
+            port,
+            directory / f"redis-cluster{i}",
+            server,
+            account,
+            cluster=True,
+            _env=env,
+        )
+        for i, port in enumerate(ports, start=1)
+    ]
+    return RedisClusterGroup(servers, cli, account, _env=env)
 
 
 def _redis_entry(server: RedisServer) -> dict[str, Any]:

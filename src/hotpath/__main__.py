@@ -1,0 +1,5 @@
+"""``python -m hotpath`` runs the CLI."""
+
+from .cli import main
+
+main()
