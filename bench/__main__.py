@@ -1,4 +1,8 @@
-"""``python -m bench NAME [--quick]``: run one benchmark, or ``all``."""
+"""``python -m bench NAME [--quick]``: run one benchmark, or ``all``.
+
+A benchmark is a module ``bench/NAME.py`` with ``run(quick: bool) -> str`` returning its
+results as Markdown; modules whose name starts with ``_`` are helpers.
+"""
 
 from __future__ import annotations
 
@@ -6,26 +10,29 @@ import argparse
 import importlib
 import platform
 import sys
+from pathlib import Path
 
 import psutil
 
-BENCHMARKS = {
-    "stack": "bench.stack",
-}
+
+def available() -> list[str]:
+    here = Path(__file__).parent
+    return sorted(p.stem for p in here.glob("*.py") if not p.stem.startswith("_"))
 
 
 def main(argv: list[str] | None = None) -> int:
+    names = available()
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("name", choices=[*BENCHMARKS, "all"])
+    parser.add_argument("name", choices=[*names, "all"])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (make bench)")
     args = parser.parse_args(argv)
-    names = list(BENCHMARKS) if args.name == "all" else [args.name]
+    chosen = names if args.name == "all" else [args.name]
     print(
         f"# machine: {psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
         f"Python {platform.python_version()}"
     )
-    for name in names:
-        markdown = importlib.import_module(BENCHMARKS[name]).run(quick=args.quick)
+    for name in chosen:
+        markdown = importlib.import_module(f"bench.{name}").run(quick=args.quick)
         print(f"\n## {name}\n\n{markdown}")
     return 0
 
