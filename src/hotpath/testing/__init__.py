@@ -11,6 +11,10 @@ Fixtures:
   ``HOTPATH_TEST_REDIS_CLUSTER_URL`` points it at an existing cluster.
 - ``hotpath_db`` (module): a fresh, empty database for the test module on that stack (visible
   on every replica) and a flushed Redis database; dropped after the module.
+- ``hotpath_profiler`` (function): a ``hotpath.observe.Profiler`` on every engine, with a
+  scope around the test; with ``--hotpath-n-plus-one=raise`` (or the ini option
+  ``hotpath_n_plus_one``) an N+1 in the test fails it, with the call site and the fix.
+- ``@pytest.mark.max_queries(n)``: fail the test if it runs more than ``n`` queries.
 """
 
 from __future__ import annotations
@@ -28,6 +32,12 @@ if TYPE_CHECKING:
     from ..stack import LocalStack
 
 __all__ = ["ExternalStack", "ModuleDatabase", "ServerStack"]
+
+if TYPE_CHECKING:
+    from ..observe import Profiler, Scope
+
+_N_PLUS_ONE_MODES = ("raise", "warn", "log", "off")
+_TEST_SCOPE: pytest.StashKey[Scope] = pytest.StashKey()
 
 _module_counter = iter(range(1, 1_000_000))
 
@@ -77,3 +87,65 @@ def hotpath_db(
 
     with fresh_database(hotpath_stack, request.module.__name__, next(_module_counter)) as db:
         yield db
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("hotpath")
+    group.addoption(
+        "--hotpath-n-plus-one",
+        choices=_N_PLUS_ONE_MODES,
+        default=None,
+        help="what an N+1 in a test using hotpath_profiler does (default: the ini option "
+        "hotpath_n_plus_one, else warn)",
+    )
+    parser.addini("hotpath_n_plus_one", "default for --hotpath-n-plus-one", default="warn")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "max_queries(n): fail the test if it runs more than n SQL queries"
+    )
+
+
+@pytest.fixture
+def hotpath_profiler(request: pytest.FixtureRequest) -> Iterator[Profiler]:
+    """A profiler on every engine with a scope around this test (see the module doc)."""
+    from ..observe import Profiler  # noqa: PLC0415
+
+    mode = request.config.getoption("--hotpath-n-plus-one") or request.config.getini(
+        "hotpath_n_plus_one"
+    )
+    profiler = Profiler(modes={"n_plus_one": mode}).instrument()
+    scope = profiler.scope(request.node.nodeid)
+    scope.__enter__()
+    request.node.stash[_TEST_SCOPE] = scope
+    try:
+        yield profiler
+    finally:
+        if not scope.closed:  # the test failed before the call hook could judge it
+            scope.__exit__(RuntimeError, None, None)
+        profiler.uninstrument()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    marker = item.get_closest_marker("max_queries")
+    if marker is None and _TEST_SCOPE not in item.stash:
+        return (yield)
+    budget = None
+    if marker is not None:
+        from ..observe import assert_max_queries  # noqa: PLC0415
+
+        budget = assert_max_queries(int(marker.args[0]), name=f"{item.nodeid} max_queries")
+        budget.__enter__()
+    failed = True
+    try:
+        result = yield
+        failed = False
+    finally:
+        if budget is not None:
+            budget.__exit__(*((RuntimeError, None, None) if failed else (None, None, None)))
+        scope = item.stash.get(_TEST_SCOPE, None)
+        if scope is not None and not scope.closed:
+            scope.__exit__(*((RuntimeError, None, None) if failed else (None, None, None)))
+    return result

@@ -1,0 +1,191 @@
+"""Turn a closed scope's records into findings, each with its call site and fix."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from pglast import parser
+
+from ._fingerprint import _dollar_params
+from ._records import Finding, FindingKind
+
+if TYPE_CHECKING:
+    from ._profiler import Profiler
+    from ._scope import Chain, Scope
+
+
+def find_problems(scope: Scope, profiler: Profiler) -> list[Finding]:
+    modes = scope.modes
+    findings: list[Finding] = []
+    if modes[FindingKind.N_PLUS_ONE] != "off":
+        findings += _orm_n_plus_one(scope, profiler)
+        findings += _shape_n_plus_one(scope, profiler)
+    if modes[FindingKind.DUPLICATE] != "off":
+        findings += _duplicates(scope)
+    if modes[FindingKind.SLOW_QUERY] != "off":
+        findings += _slow_queries(scope, profiler)
+    if modes[FindingKind.UNBOUNDED_RESULT] != "off":
+        findings += _unbounded(scope, profiler)
+    return findings
+
+
+def relationship_name(prop: Any) -> str:
+    return f"{prop.parent.class_.__name__}.{prop.key}"
+
+
+def loader_options(chain: Chain) -> str:
+    """The loader chain that loads ``chain`` up front: selectinload for collections
+    (one extra query per level), joinedload for many-to-one (no extra query)."""
+    parts = []
+    for prop in chain:
+        loader = "selectinload" if prop.uselist else "joinedload"
+        parts.append(f"{loader}({relationship_name(prop)})")
+    return ".".join(parts)
+
+
+def _orm_n_plus_one(scope: Scope, profiler: Profiler) -> list[Finding]:
+    findings = []
+    for origin, group in scope.lazy_groups():
+        parents = len(group.parents)
+        if group.suppressed or parents < profiler.n_plus_one_threshold:
+            continue
+        if origin[0] == "object" or scope.origin_size(origin) < 2:
+            continue  # unrelated single loads are not an N+1
+        prop = group.chain[-1]
+        name = relationship_name(prop)
+        root = group.chain[0].parent.class_.__name__
+        options = loader_options(group.chain)
+        findings.append(
+            Finding(
+                FindingKind.N_PLUS_ONE,
+                f"N+1: {name} was lazily loaded for {parents} "
+                f"{prop.parent.class_.__name__} objects of one result "
+                f"({group.queries} extra queries)",
+                group.call_site,
+                group.queries,
+                fix=f".options({options})  # on the select() of {root}",
+                sql=group.sql,
+                details={"relationship": name, "parents": parents, "loader": options},
+            )
+        )
+    return findings
+
+
+def _shape_n_plus_one(scope: Scope, profiler: Profiler) -> list[Finding]:
+    findings = []
+    for (fingerprint, site), group in scope.shape_groups().items():
+        if group.suppressed or group.count < profiler.shape_threshold:
+            continue
+        if len(group.param_hashes) < 2:
+            continue  # same parameters every time: that is a duplicate, reported as such
+        findings.append(
+            Finding(
+                FindingKind.N_PLUS_ONE,
+                f"N+1: the same query ran {group.count} times from one call site with different "
+                "parameters",
+                site,
+                group.count,
+                fix=_batch_fix(group.sql),
+                fingerprint=fingerprint,
+                sql=group.sql,
+            )
+        )
+    return findings
+
+
+def _duplicates(scope: Scope) -> list[Finding]:
+    return [
+        Finding(
+            FindingKind.DUPLICATE,
+            f"duplicate: the same query with the same parameters ran {count} times",
+            site,
+            count,
+            fix="reuse the first result: keep it in a variable, or memoize it for the request",
+            sql=sql,
+        )
+        for sql, count, site, suppressed in scope.duplicate_groups()
+        if not suppressed
+    ]
+
+
+def _slow_queries(scope: Scope, profiler: Profiler) -> list[Finding]:
+    findings = []
+    for fingerprint, group in scope.slow_groups().items():
+        if group.suppressed:
+            continue
+        flags = profiler.plan_flags(fingerprint)
+        fix = next((f.suggestion for f in flags if f.suggestion), None)
+        findings.append(
+            Finding(
+                FindingKind.SLOW_QUERY,
+                f"slow query: {group.max_ms:.1f} ms (threshold {profiler.slow_query_ms:g} ms)"
+                + (f", {group.count} times" if group.count > 1 else ""),
+                group.call_site,
+                group.count,
+                fix=fix,
+                fingerprint=fingerprint,
+                sql=group.sql,
+                plan_flags=flags,
+                details={"max_ms": group.max_ms, "total_ms": group.total_ms},
+            )
+        )
+    return findings
+
+
+def _unbounded(scope: Scope, profiler: Profiler) -> list[Finding]:
+    return [
+        Finding(
+            FindingKind.UNBOUNDED_RESULT,
+            f"unbounded result: {rows:,} rows returned without LIMIT "
+            f"(max_rows={profiler.max_rows})",
+            site,
+            1,
+            fix="page it with .limit(n) and a keyset (hotpath.paging.keyset_page), or stream "
+            "it with .execution_options(yield_per=1000)",
+            fingerprint=fingerprint,
+            sql=sql,
+            details={"rows": rows},
+        )
+        for (fingerprint, site), (sql, rows, suppressed) in scope.unbounded_groups().items()
+        if not suppressed
+    ]
+
+
+def _batch_fix(statement: str) -> str:
+    lookup = _equality_lookup(statement)
+    if lookup is None:
+        return "run it once for all the values (e.g. WHERE ... IN (...)) instead of once per item"
+    table, column = lookup
+    return (
+        f"fetch the {table} rows in one query (WHERE {table}.{column} IN (...), e.g. "
+        f"select(Model).where(Model.{column}.in_(values))), then look them up by {column}"
+    )
+
+
+@lru_cache(maxsize=1024)
+def _equality_lookup(statement: str) -> tuple[str, str] | None:
+    """(table, column) when ``statement`` is a lookup ``WHERE column = <parameter>``."""
+    try:
+        tree = orjson.loads(parser.parse_sql_json(_dollar_params(statement)))
+        select = tree["stmts"][0]["stmt"]["SelectStmt"]
+        table = select["fromClause"][0]["RangeVar"]["relname"]
+        where = select["whereClause"]
+    except (KeyError, IndexError, TypeError, Exception):
+        return None
+    nodes = [where]
+    while nodes:
+        node = nodes.pop()
+        if isinstance(node, dict):
+            expr = node.get("A_Expr")
+            if expr and [n.get("String", {}).get("sval") for n in expr.get("name", [])] == ["="]:
+                sides = (expr.get("lexpr", {}), expr.get("rexpr", {}))
+                for col, other in (sides, sides[::-1]):
+                    if "ColumnRef" in col and ("ParamRef" in other or "TypeCast" in other):
+                        fields = col["ColumnRef"]["fields"]
+                        return str(table), str(fields[-1]["String"]["sval"])
+            nodes.extend(node.values())
+        elif isinstance(node, list):
+            nodes.extend(node)
+    return None

@@ -1,0 +1,101 @@
+"""One scope per HTTP request, named by the route template, for ASGI and WSGI apps.
+
+``ASGIMiddleware`` (FastAPI, Starlette) reads the matched route from ``scope["route"]``;
+``WSGIMiddleware`` (Flask, any WSGI app) matches the request against a Flask/Werkzeug URL
+map when it can see one. Both can add a ``Server-Timing`` header with DB time and count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
+from typing import Any
+
+from ._profiler import Profiler
+
+Message = MutableMapping[str, Any]
+ASGIApp = Callable[
+    [
+        MutableMapping[str, Any],
+        Callable[[], Awaitable[Message]],
+        Callable[[Message], Awaitable[None]],
+    ],
+    Awaitable[None],
+]
+
+
+class ASGIMiddleware:
+    """``app.add_middleware(ASGIMiddleware, profiler=profiler)`` or wrap any ASGI app."""
+
+    def __init__(self, app: ASGIApp, profiler: Profiler, *, server_timing: bool = True) -> None:
+        self.app = app
+        self.profiler = profiler
+        self.server_timing = server_timing
+
+    async def __call__(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[Message]],
+        send: Callable[[Message], Awaitable[None]],
+    ) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method = scope.get("method", "GET")
+        async with self.profiler.scope(f"{method} {scope.get('path', '')}") as recording:
+
+            async def send_with_timing(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    route = getattr(scope.get("route"), "path", None)
+                    if route:
+                        recording.name = f"{method} {route}"
+                    if self.server_timing:
+                        headers = list(message.get("headers", []))
+                        headers.append((b"server-timing", recording.server_timing().encode()))
+                        message["headers"] = headers
+                await send(message)
+
+            await self.app(scope, receive, send_with_timing)
+
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class WSGIMiddleware:
+    """``app.wsgi_app = WSGIMiddleware(app.wsgi_app, profiler)`` (Flask) or any WSGI app."""
+
+    def __init__(self, app: WSGIApp, profiler: Profiler, *, server_timing: bool = True) -> None:
+        self.app = app
+        self.profiler = profiler
+        self.server_timing = server_timing
+        owner = getattr(app, "__self__", app)  # Flask: app.wsgi_app is a bound method
+        self._url_map = getattr(owner, "url_map", None)
+
+    def _route(self, environ: dict[str, Any]) -> str:
+        method = environ.get("REQUEST_METHOD", "GET")
+        if self._url_map is not None:
+            try:
+                rule, _ = self._url_map.bind_to_environ(environ).match(return_rule=True)
+                return f"{method} {rule.rule}"
+            except Exception:  # 404/405: the raw path is the best name
+                pass
+        return f"{method} {environ.get('PATH_INFO', '')}"
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterator[bytes]:
+        with self.profiler.scope(self._route(environ)) as recording:
+
+            def start_with_timing(
+                status: str, headers: list[tuple[str, str]], exc_info: Any = None
+            ) -> Any:
+                if self.server_timing:
+                    headers = [*headers, ("Server-Timing", recording.server_timing())]
+                return start_response(status, headers, exc_info)
+
+            body = self.app(environ, start_with_timing)
+            try:
+                yield from body  # streamed bodies still belong to the request's scope
+            finally:
+                close = getattr(body, "close", None)
+                if close is not None:
+                    close()

@@ -1,0 +1,370 @@
+"""A scope: the unit of work (request, job, test) whose queries are recorded and judged.
+
+The current scope lives in a ``contextvars.ContextVar``, so it follows asyncio tasks and
+stays out of other threads. Recording is incremental and cheap: counters per statement
+shape, and a call-site walk only from the second occurrence of a shape on (or for slow
+queries). Findings are derived when the scope closes.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections import Counter
+from contextvars import ContextVar, Token
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ._callsite import capture_call_site, ignored_at
+from ._fingerprint import shape_of
+from ._records import CallSite, Finding, FindingKind, Mode, QueryRecord
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.orm import RelationshipProperty
+    from sqlalchemy.orm.state import InstanceState
+
+    from ._profiler import Profiler
+
+current_scope: ContextVar[Scope | None] = ContextVar("hotpath_observe_scope", default=None)
+allowed_kinds: ContextVar[frozenset[str]] = ContextVar(
+    "hotpath_observe_allowed", default=frozenset()
+)
+
+Chain = tuple["RelationshipProperty[Any]", ...]
+Origin = tuple[Any, ...]  # identifies one result set (or the union of sibling lazy loads)
+_MAX_PARAM_HASHES = 64
+
+
+def _suppressed(kind: FindingKind, site: CallSite | None) -> bool:
+    return kind.value in allowed_kinds.get() or ignored_at(site, kind.value)
+
+
+@dataclass
+class Execution:
+    """One ORM execution in the scope and where its rows sit in the relationship graph."""
+
+    chain: Chain
+    relationship_load: bool
+    lazy_origin: Origin | None = None
+    lazy_key: tuple[Origin, str] | None = None
+
+
+@dataclass
+class ShapeGroup:
+    """Executions of one statement shape from one call site."""
+
+    sql: str
+    count: int = 0
+    param_hashes: set[int] = field(default_factory=set)
+    suppressed: bool = False
+
+
+@dataclass
+class LazyGroup:
+    """Lazy loads of one relationship for instances of one result set."""
+
+    chain: Chain
+    parents: set[int] = field(default_factory=set)
+    queries: int = 0
+    call_site: CallSite | None = None
+    sql: str | None = None
+    suppressed: bool = False
+
+
+@dataclass
+class SlowGroup:
+    sql: str
+    call_site: CallSite | None
+    count: int = 0
+    max_ms: float = 0.0
+    total_ms: float = 0.0
+    suppressed: bool = False
+
+
+@dataclass
+class PendingExplain:
+    engine: Engine
+    statement: str
+    parameters: Any
+    fingerprint: str
+
+
+class Scope:
+    """Everything recorded for one unit of work; use through ``Profiler.scope(name)``."""
+
+    def __init__(
+        self,
+        profiler: Profiler,
+        name: str,
+        *,
+        modes: dict[FindingKind, Mode] | None = None,
+        capture_sites: bool = False,
+    ) -> None:
+        self.profiler = profiler
+        self.name = name
+        self.capture_sites = capture_sites  # every query's call site (budgets list them)
+        self.modes: dict[FindingKind, Mode] = {**profiler.modes, **(modes or {})}
+        self.parent: Scope | None = None
+        self.started = 0.0
+        self.duration_ms = 0.0
+        self.query_count = 0
+        self.db_time_ms = 0.0
+        self.queries: list[QueryRecord] = []
+        self.findings: list[Finding] = []
+        self.closed = False
+        self._token: Token[Scope | None] | None = None
+        self._shape_counts: Counter[str] = Counter()
+        self._first_sql: dict[str, str] = {}
+        self._shape_groups: dict[tuple[str, CallSite | None], ShapeGroup] = {}
+        self._duplicates: Counter[tuple[str, int]] = Counter()
+        self._duplicate_sites: dict[tuple[str, int], CallSite | None] = {}
+        self._duplicate_suppressed: set[tuple[str, int]] = set()
+        self._slow: dict[str, SlowGroup] = {}
+        self._unbounded: dict[tuple[str, CallSite | None], tuple[str, int, bool]] = {}
+        self.pending_explains: list[PendingExplain] = []
+        self._executions: dict[int, Execution] = {}
+        self._origins: weakref.WeakKeyDictionary[InstanceState[Any], Origin] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._origin_chain: dict[Origin, Chain] = {}
+        self._origin_size: Counter[Origin] = Counter()
+        self._lazy: dict[tuple[Origin, str], LazyGroup] = {}
+
+    # -- entering and leaving ------------------------------------------------------------
+
+    def __enter__(self) -> Scope:
+        self._open()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        self._close()
+        self.profiler._finish(self, raising=exc_type is None)
+
+    async def __aenter__(self) -> Scope:
+        self._open()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        self._close()
+        await self.profiler._finish_async(self, raising=exc_type is None)
+
+    def _open(self) -> None:
+        if self._token is not None:
+            raise RuntimeError(f"scope {self.name!r} is already open; make a new one per use")
+        self.parent = current_scope.get()
+        self._token = current_scope.set(self)
+        self.started = time.perf_counter()
+
+    def _close(self) -> None:
+        self.duration_ms = (time.perf_counter() - self.started) * 1000
+        assert self._token is not None
+        try:
+            current_scope.reset(self._token)
+        except ValueError:  # closed in another context (e.g. a different task): just unset
+            current_scope.set(self.parent)
+        self.closed = True
+
+    def server_timing(self) -> str:
+        """A ``Server-Timing`` header value: database time and query count so far."""
+        return f'db;dur={self.db_time_ms:.1f};desc="{self.query_count} queries"'
+
+    # -- recording (called from the profiler's event listeners) ---------------------------
+
+    def record_query(
+        self,
+        statement: str,
+        parameters: Any,
+        duration_ms: float,
+        rowcount: int,
+        server: str,
+        execution: Execution | None,
+        engine: Engine,
+        executemany: bool,
+    ) -> None:
+        shape = shape_of(statement)
+        relationship_load = execution is not None and execution.relationship_load
+        site: CallSite | None = None
+        site_taken = False
+
+        def site_now() -> CallSite | None:
+            nonlocal site, site_taken
+            if not site_taken:
+                site, site_taken = capture_call_site(), True
+            return site
+
+        if self.capture_sites:
+            site_now()
+        params_hash = 0 if executemany else _hash_params(parameters)
+        for scope in self._chain():
+            scope._add(
+                statement,
+                shape.fingerprint,
+                params_hash,
+                duration_ms,
+                rowcount,
+                relationship_load,
+                site_now,
+            )
+        profiler = self.profiler
+        if duration_ms >= profiler.slow_query_ms:
+            self._note_slow(statement, shape.fingerprint, duration_ms, site_now())
+            if profiler.wants_explain(shape.fingerprint):
+                self.pending_explains.append(
+                    PendingExplain(engine, statement, parameters, shape.fingerprint)
+                )
+        if shape.is_select and not shape.has_limit and rowcount > profiler.max_rows:
+            where = site_now()
+            key = (shape.fingerprint, where)
+            if key not in self._unbounded:
+                suppressed = _suppressed(FindingKind.UNBOUNDED_RESULT, where)
+                self._unbounded[key] = (statement, rowcount, suppressed)
+        if len(self.queries) < profiler.keep_queries:
+            self.queries.append(
+                QueryRecord(
+                    statement,
+                    shape.fingerprint,
+                    duration_ms,
+                    rowcount,
+                    server,
+                    parameters
+                    if profiler.capture_params
+                    else ("<redacted>" if parameters else None),
+                    site if site_taken else None,
+                    relationship_load,
+                )
+            )
+
+    def _chain(self) -> list[Scope]:
+        scopes, scope = [], self
+        while scope is not None:
+            scopes.append(scope)
+            scope = scope.parent  # type: ignore[assignment]
+        return scopes
+
+    def _add(
+        self,
+        statement: str,
+        fingerprint: str,
+        params_hash: int,
+        duration_ms: float,
+        rowcount: int,
+        relationship_load: bool,
+        site_now: Any,
+    ) -> None:
+        self.query_count += 1
+        self.db_time_ms += duration_ms
+        if relationship_load:
+            return  # judged by the ORM detector, which knows the relationship
+        seen = self._shape_counts[fingerprint] = self._shape_counts[fingerprint] + 1
+        if seen == 1:
+            self._first_sql[fingerprint] = statement
+        else:
+            where = site_now()
+            group = self._shape_groups.get((fingerprint, where))
+            if group is None:
+                group = ShapeGroup(statement, suppressed=_suppressed(FindingKind.N_PLUS_ONE, where))
+                if not any(f == fingerprint for f, _ in self._shape_groups):
+                    group.count = 1  # the uncaptured first run is attributed to this site
+                self._shape_groups[(fingerprint, where)] = group
+            group.count += 1
+            if len(group.param_hashes) < _MAX_PARAM_HASHES:
+                group.param_hashes.add(params_hash)
+        if params_hash:
+            key = (statement, params_hash)
+            self._duplicates[key] += 1
+            if self._duplicates[key] == 2:
+                where = site_now()
+                self._duplicate_sites[key] = where
+                if _suppressed(FindingKind.DUPLICATE, where):
+                    self._duplicate_suppressed.add(key)
+
+    def _note_slow(
+        self, statement: str, fingerprint: str, ms: float, site: CallSite | None
+    ) -> None:
+        group = self._slow.get(fingerprint)
+        if group is None:
+            group = self._slow[fingerprint] = SlowGroup(
+                statement, site, suppressed=_suppressed(FindingKind.SLOW_QUERY, site)
+            )
+        group.count += 1
+        group.max_ms = max(group.max_ms, ms)
+        group.total_ms += ms
+
+    # -- ORM bookkeeping ---------------------------------------------------------------------
+
+    def begin_execution(self, token: int, execution: Execution) -> None:
+        self._executions[token] = execution
+
+    def execution(self, token: int | None) -> Execution | None:
+        return None if token is None else self._executions.get(token)
+
+    def origin_of(self, state: InstanceState[Any]) -> Origin:
+        return self._origins.get(state) or ("object", id(state))
+
+    def chain_of(self, origin: Origin) -> Chain:
+        return self._origin_chain.get(origin, ())
+
+    def note_loaded(self, state: InstanceState[Any], origin: Origin, chain: Chain) -> None:
+        if state in self._origins:
+            return  # already known: the first result set that produced it is its origin
+        self._origins[state] = origin
+        self._origin_chain[origin] = chain
+        self._origin_size[origin] += 1
+
+    def note_lazy_load(
+        self, parent: InstanceState[Any], prop: RelationshipProperty[Any], chain: Chain
+    ) -> None:
+        origin = self.origin_of(parent)
+        key = (origin, str(prop))
+        group = self._lazy.get(key)
+        if group is None:
+            group = self._lazy[key] = LazyGroup(chain)
+        group.parents.add(id(parent))
+        group.queries += 1
+        if len(group.parents) == 2:  # first suspicion: now the call site is worth a walk
+            group.call_site = capture_call_site()
+            group.suppressed = _suppressed(FindingKind.N_PLUS_ONE, group.call_site)
+
+    def lazy_statement(self, key: tuple[Origin, str], statement: str) -> None:
+        group = self._lazy.get(key)
+        if group is not None and group.sql is None:
+            group.sql = statement
+
+    # -- what the detectors read ---------------------------------------------------------------
+
+    def lazy_groups(self) -> list[tuple[Origin, LazyGroup]]:
+        return [(origin, group) for (origin, _), group in self._lazy.items()]
+
+    def origin_size(self, origin: Origin) -> int:
+        return self._origin_size.get(origin, 0)
+
+    def shape_groups(self) -> dict[tuple[str, CallSite | None], ShapeGroup]:
+        return self._shape_groups
+
+    def duplicate_groups(self) -> list[tuple[str, int, CallSite | None, bool]]:
+        return [
+            (
+                sql,
+                count,
+                self._duplicate_sites.get((sql, h)),
+                (sql, h) in self._duplicate_suppressed,
+            )
+            for (sql, h), count in self._duplicates.items()
+            if count > 1
+        ]
+
+    def slow_groups(self) -> dict[str, SlowGroup]:
+        return self._slow
+
+    def unbounded_groups(self) -> dict[tuple[str, CallSite | None], tuple[str, int, bool]]:
+        return self._unbounded
+
+
+def _hash_params(parameters: Any) -> int:
+    if not parameters:
+        return 1  # "no parameters" is a parameter set too: a repeat is a duplicate
+    try:
+        return hash(repr(parameters)) or 2
+    except Exception:
+        return 0

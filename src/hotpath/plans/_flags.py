@@ -1,0 +1,269 @@
+"""Plan analysis: walk an EXPLAIN JSON plan and grade what makes it slow."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from ._columns import condition_columns
+
+LARGE_TABLE_ROWS = 10_000
+MANY_LOOPS = 1_000
+
+
+class Severity(str, Enum):
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+@dataclass(frozen=True)
+class PlanFlag:
+    """One problem in a plan: what, where, how bad, and the fix when there is one."""
+
+    kind: str
+    severity: Severity
+    message: str
+    node: str
+    table: str | None = None
+    columns: tuple[str, ...] = ()
+    suggestion: str | None = None
+    evidence: dict[str, float] = field(default_factory=dict)
+
+
+def plan_root(plan: Any) -> dict[str, Any]:
+    """The top ``Plan`` node of ``EXPLAIN (FORMAT JSON)`` output (list, dict or node)."""
+    if isinstance(plan, list):
+        plan = plan[0]
+    if isinstance(plan, Mapping) and "Plan" in plan:
+        plan = plan["Plan"]
+    if not isinstance(plan, dict) or "Node Type" not in plan:
+        raise ValueError("not an EXPLAIN (FORMAT JSON) plan: no 'Node Type' found")
+    return plan
+
+
+def walk(node: dict[str, Any], depth: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
+    yield depth, node
+    for child in node.get("Plans", []):
+        yield from walk(child, depth + 1)
+
+
+def plan_relations(plan: Any) -> list[str]:
+    """Qualified names of the tables a plan reads (for looking up their sizes)."""
+    seen: list[str] = []
+    for _, node in walk(plan_root(plan)):
+        name = _qualified(node)
+        if name and name not in seen:
+            seen.append(name)
+    return seen
+
+
+def analyze_plan(plan: Any, table_rows: Mapping[str, float] | None = None) -> list[PlanFlag]:
+    """Flags for ``plan``, worst first. ``table_rows`` maps table name -> row estimate
+    (``pg_class.reltuples``) so plain (non-ANALYZE) plans can judge table size too."""
+    table_rows = table_rows or {}
+    flags: list[PlanFlag] = []
+    for _, node in walk(plan_root(plan)):
+        for check in (
+            _seq_scan,
+            _filter_waste,
+            _misestimate,
+            _disk_spill,
+            _many_loops,
+            _heap_fetches,
+        ):
+            flag = check(node, table_rows)
+            if flag is not None:
+                flags.append(flag)
+    order = {Severity.CRITICAL: 0, Severity.WARNING: 1, Severity.INFO: 2}
+    return sorted(flags, key=lambda f: order[f.severity])
+
+
+def _qualified(node: Mapping[str, Any]) -> str | None:
+    relation = node.get("Relation Name")
+    if not relation:
+        return None
+    schema = node.get("Schema")
+    return f"{schema}.{relation}" if schema and schema != "public" else str(relation)
+
+
+def _index_suggestion(
+    table: str | None, condition: str | None
+) -> tuple[tuple[str, ...], str | None]:
+    if not table or not condition:
+        return (), None
+    equality, other = condition_columns(condition)
+    columns = equality + other[: max(0, 3 - len(equality))]
+    if not columns:
+        return (), None
+    return columns, f"CREATE INDEX CONCURRENTLY ON {table} ({', '.join(columns)});"
+
+
+def _rows_scanned(node: Mapping[str, Any], table_rows: Mapping[str, float]) -> float | None:
+    if "Actual Rows" in node:
+        loops = node.get("Actual Loops", 1) or 1
+        return float(node["Actual Rows"] * loops + node.get("Rows Removed by Filter", 0) * loops)
+    table = _qualified(node)
+    return table_rows.get(table) if table else None
+
+
+def _seq_scan(node: Mapping[str, Any], table_rows: Mapping[str, float]) -> PlanFlag | None:
+    if node.get("Node Type") != "Seq Scan":
+        return None
+    scanned = _rows_scanned(node, table_rows)
+    if scanned is None or scanned < LARGE_TABLE_ROWS:
+        return None
+    table = _qualified(node)
+    condition = node.get("Filter")
+    columns, suggestion = _index_suggestion(table, condition)
+    severity = Severity.CRITICAL if scanned >= 100 * LARGE_TABLE_ROWS else Severity.WARNING
+    where = f" filtering on {', '.join(columns)}" if columns else ""
+    return PlanFlag(
+        "seq_scan",
+        severity,
+        f"sequential scan of {table} ({scanned:,.0f} rows){where}",
+        "Seq Scan",
+        table,
+        columns,
+        suggestion,
+        {"rows_scanned": scanned},
+    )
+
+
+def _filter_waste(node: Mapping[str, Any], table_rows: Mapping[str, float]) -> PlanFlag | None:
+    removed = node.get("Rows Removed by Filter")
+    if not removed or "Actual Rows" not in node:
+        return None
+    loops = node.get("Actual Loops", 1) or 1
+    kept = node["Actual Rows"] * loops
+    removed_total = removed * loops
+    share = removed_total / (removed_total + kept)
+    if removed_total < 1000 or share < 0.9:
+        return None
+    table = _qualified(node)
+    columns, suggestion = _index_suggestion(table, node.get("Filter"))
+    return PlanFlag(
+        "rows_removed_by_filter",
+        Severity.WARNING,
+        f"{share:.1%} of the rows read from {table} were thrown away by the filter "
+        f"({removed_total:,.0f} removed, {kept:,.0f} kept)",
+        str(node.get("Node Type")),
+        table,
+        columns,
+        suggestion,
+        {"rows_removed": float(removed_total), "rows_kept": float(kept), "share": share},
+    )
+
+
+def _misestimate(node: Mapping[str, Any], table_rows: Mapping[str, float]) -> PlanFlag | None:
+    if "Actual Rows" not in node:
+        return None
+    estimated, actual = float(node.get("Plan Rows", 0)), float(node["Actual Rows"])
+    low, high = max(1.0, min(estimated, actual)), max(estimated, actual)
+    if high < 100:
+        return None
+    factor = high / low
+    if factor < 10:
+        return None
+    severity = (
+        Severity.CRITICAL
+        if factor >= 1000
+        else Severity.WARNING
+        if factor >= 100
+        else Severity.INFO
+    )
+    table = _qualified(node)
+    direction = "under" if actual > estimated else "over"
+    fix = f"ANALYZE {table};" if table else None
+    return PlanFlag(
+        "row_misestimate",
+        severity,
+        f"{node.get('Node Type')}{' on ' + table if table else ''}: the planner {direction}-"
+        f"estimated rows {factor:,.0f}x (estimated {estimated:,.0f}, actual {actual:,.0f})",
+        str(node.get("Node Type")),
+        table,
+        (),
+        fix,
+        {"estimated": estimated, "actual": actual, "factor": factor},
+    )
+
+
+def _disk_spill(node: Mapping[str, Any], table_rows: Mapping[str, float]) -> PlanFlag | None:
+    kind = node.get("Node Type")
+    if node.get("Sort Space Type") == "Disk":
+        used = float(node.get("Sort Space Used", 0))
+        return PlanFlag(
+            "disk_spill",
+            Severity.WARNING,
+            f"sort spilled to disk ({used:,.0f} kB, {node.get('Sort Method')})",
+            str(kind),
+            None,
+            (),
+            "raise work_mem for this query, or index the ORDER BY columns",
+            {"disk_kb": used},
+        )
+    batches = node.get("Hash Batches", 1) or 1
+    if kind == "Hash" and batches > 1:
+        return PlanFlag(
+            "disk_spill",
+            Severity.WARNING,
+            f"hash table spilled to disk in {batches} batches",
+            str(kind),
+            None,
+            (),
+            "raise work_mem for this query",
+            {"batches": float(batches)},
+        )
+    return None
+
+
+def _many_loops(node: Mapping[str, Any], table_rows: Mapping[str, float]) -> PlanFlag | None:
+    if node.get("Node Type") != "Nested Loop":
+        return None
+    children = node.get("Plans", [])
+    if len(children) < 2:
+        return None
+    inner = children[1]
+    loops = inner.get("Actual Loops", 0)
+    if loops < MANY_LOOPS:
+        return None
+    table = _qualified(inner)
+    condition = inner.get("Index Cond") or inner.get("Filter") or inner.get("Join Filter")
+    columns: tuple[str, ...] = ()
+    suggestion = None
+    if inner.get("Node Type") == "Seq Scan":
+        columns, suggestion = _index_suggestion(table, condition)
+    return PlanFlag(
+        "nested_loop_many_loops",
+        Severity.WARNING,
+        f"nested loop ran its inner side {loops:,} times"
+        f"{' (' + str(inner.get('Node Type')) + ' on ' + table + ')' if table else ''}",
+        "Nested Loop",
+        table,
+        columns,
+        suggestion,
+        {"loops": float(loops)},
+    )
+
+
+def _heap_fetches(node: Mapping[str, Any], table_rows: Mapping[str, float]) -> PlanFlag | None:
+    if node.get("Node Type") != "Index Only Scan" or not node.get("Heap Fetches"):
+        return None
+    fetches = float(node["Heap Fetches"])
+    returned = float(node.get("Actual Rows", 0) * (node.get("Actual Loops", 1) or 1)) or 1.0
+    if fetches / returned < 0.1:
+        return None
+    table = _qualified(node)
+    return PlanFlag(
+        "heap_fetches",
+        Severity.INFO,
+        f"index-only scan on {table} still fetched {fetches:,.0f} heap pages "
+        "(the visibility map is stale)",
+        "Index Only Scan",
+        table,
+        (),
+        f"VACUUM {table};" if table else None,
+        {"heap_fetches": fetches},
+    )

@@ -1,0 +1,199 @@
+"""Middleware under FastAPI and Flask, roll-up reports, function profiling, pytest plugin."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from flask import Flask
+from sqlalchemy import Engine, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.orm import Session
+
+from hotpath.observe import (
+    ASGIMiddleware,
+    Profiler,
+    QueryBudgetError,
+    WSGIMiddleware,
+    assert_max_queries,
+)
+from hotpath.testing import ModuleDatabase
+
+from .models import ORDERS_PER_USER, USERS, User
+
+
+def test_asgi_middleware_names_scopes_by_route_and_adds_server_timing(
+    async_engine: AsyncEngine,
+) -> None:
+    profiler = Profiler(async_engine, modes={"n_plus_one": "log"})
+    app = FastAPI()
+
+    @app.get("/users/{user_id}/orders")
+    async def user_orders(user_id: int) -> dict[str, int]:
+        async with AsyncSession(async_engine) as session:
+            users = (await session.scalars(select(User))).all()
+            counts = [len(await u.awaitable_attrs.orders) for u in users]
+        return {"user": user_id, "orders": sum(counts)}
+
+    app.add_middleware(ASGIMiddleware, profiler=profiler)
+    try:
+        with TestClient(app) as client:
+            for user_id in (1, 2, 3):
+                response = client.get(f"/users/{user_id}/orders")
+                assert response.status_code == 200
+                assert response.json()["orders"] == USERS * ORDERS_PER_USER
+            timing = response.headers["server-timing"]
+        assert timing.startswith("db;dur=")
+        assert f'desc="{1 + USERS} queries"' in timing
+        report = profiler.report()
+        [stats] = report.scopes
+        assert stats.name == "GET /users/{user_id}/orders"  # the template, not /users/3/orders
+        assert stats.count == 3
+        assert stats.queries_max == 1 + USERS
+        assert stats.findings[0]["kind"] == "n_plus_one"
+        assert stats.findings[0]["scopes"] == 3
+    finally:
+        profiler.uninstrument()
+
+
+def test_wsgi_middleware_under_flask(engine: Engine) -> None:
+    profiler = Profiler(engine, modes={"n_plus_one": "log"})
+    app = Flask(__name__)
+
+    @app.get("/users/<int:user_id>")
+    def user(user_id: int) -> dict[str, object]:
+        with Session(engine) as session:
+            found = session.get(User, user_id)
+            assert found is not None
+            return {"name": found.name, "orders": len(found.orders)}
+
+    app.wsgi_app = WSGIMiddleware(app.wsgi_app, profiler)  # type: ignore[method-assign]
+    try:
+        client = app.test_client()
+        for user_id in (1, 2):
+            response = client.get(f"/users/{user_id}")
+            assert response.status_code == 200
+            assert response.json == {"name": f"user{user_id}", "orders": ORDERS_PER_USER}
+        assert 'desc="2 queries"' in response.headers["Server-Timing"]
+        [stats] = profiler.report().scopes
+        assert stats.name == "GET /users/<int:user_id>"
+        assert stats.count == 2
+        assert stats.findings == []  # one user per request: a single lazy load is no N+1
+    finally:
+        profiler.uninstrument()
+
+
+def test_report_percentiles_and_json(engine: Engine) -> None:
+    profiler = Profiler(engine)
+    try:
+        for queries in range(1, 11):
+            with profiler.scope("job"), Session(engine) as session:
+                for _ in range(queries):
+                    session.execute(select(User.id).where(User.id == 1)).all()
+        report = profiler.report()
+        [job] = report.scopes
+        assert job.count == 10
+        assert job.queries_max == 10
+        assert 5 <= job.queries_p50 <= 6
+        assert 0 < job.p50_ms <= job.p95_ms <= job.p99_ms <= job.max_ms
+        data = json.loads(report.to_json())
+        assert data["scopes"][0]["name"] == "job"
+    finally:
+        profiler.uninstrument()
+
+
+async def test_profile_decorator_and_block_sync_and_async() -> None:
+    profiler = Profiler()
+
+    @profiler.profile
+    def compute(n: int) -> int:
+        return sum(range(n))
+
+    @profiler.profile
+    async def fetch() -> str:
+        await asyncio.sleep(0.002)
+        return "ok"
+
+    for n in range(20):
+        assert compute(n) == sum(range(n))
+    assert [await fetch() for _ in range(5)] == ["ok"] * 5
+    async with profiler.profile("block"):
+        await asyncio.sleep(0.001)
+    stats = {f.name.rsplit(".", 1)[-1]: f for f in profiler.report().functions}
+    assert stats["compute"].count == 20
+    assert stats["fetch"].count == 5
+    assert stats["fetch"].p50_ms >= 2.0
+    assert stats["block"].count == 1
+
+
+def test_assert_max_queries_lists_the_queries(engine: Engine) -> None:
+    with assert_max_queries(2, engine), Session(engine) as session:
+        session.execute(select(User)).all()
+    with (
+        pytest.raises(QueryBudgetError) as raised,
+        assert_max_queries(2, engine),
+        Session(engine) as session,
+    ):
+        for user in session.scalars(select(User)):
+            _ = user.orders
+    message = str(raised.value)
+    assert f"{1 + USERS} queries ran, the budget is 2" in message
+    assert "test_integrations.py" in message
+
+
+_PLUGIN_TESTS = textwrap.dedent(
+    """
+    import pytest
+    from sqlalchemy import create_engine, select
+    from sqlalchemy.orm import Session
+    from tests.observe.models import User
+
+    URL = {url!r}
+
+    def test_lazy_loop(hotpath_profiler):
+        engine = create_engine(URL)
+        with Session(engine) as session:
+            for user in session.scalars(select(User)):
+                user.orders
+        engine.dispose()
+
+    def test_eager(hotpath_profiler):
+        from sqlalchemy.orm import selectinload
+        engine = create_engine(URL)
+        with Session(engine) as session:
+            for user in session.scalars(select(User).options(selectinload(User.orders))):
+                user.orders
+        engine.dispose()
+
+    @pytest.mark.max_queries(1)
+    def test_over_budget():
+        engine = create_engine(URL)
+        with Session(engine) as session:
+            session.execute(select(User)).all()
+            session.execute(select(User)).all()
+        engine.dispose()
+    """
+)
+
+
+def test_pytest_plugin_fails_n_plus_one_and_budgets(
+    pytester: pytest.Pytester, hotpath_db: ModuleDatabase, engine: Engine
+) -> None:
+    pytester.makepyfile(test_app=_PLUGIN_TESTS.format(url=hotpath_db.url))
+    pytester._monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parents[2]))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--hotpath-n-plus-one=raise")
+    result.assert_outcomes(passed=1, failed=2)
+    output = result.stdout.str()
+    assert "NPlusOneError" in output
+    assert "selectinload(User.orders)" in output
+    assert "test_app.py:" in output  # the call site in the failing test
+    assert "QueryBudgetError" in output
+    assert "2 queries ran, the budget is 1" in output
+    # the same suite with N+1 checking off: only the budget fails
+    relaxed = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--hotpath-n-plus-one=off")
+    relaxed.assert_outcomes(passed=2, failed=1)

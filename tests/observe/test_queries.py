@@ -1,0 +1,151 @@
+"""Duplicates, slow queries with plans, safe EXPLAIN ANALYZE, unbounded results, capture."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine, create_engine, select, text
+from sqlalchemy.orm import Session
+
+from hotpath.observe import FindingKind, Profiler
+from hotpath.testing import ModuleDatabase
+
+from .models import User
+
+BIG_ROWS = 120_000
+
+
+@pytest.fixture(scope="module")
+def big_table(engine: Engine) -> str:
+    with engine.begin() as conn:
+        conn.execute(
+            text("CREATE TABLE events (id bigint PRIMARY KEY, customer_id int NOT NULL, kind text)")
+        )
+        conn.execute(
+            text(
+                "INSERT INTO events SELECT g, g % 5000, 'k' || (g % 7) "
+                f"FROM generate_series(1, {BIG_ROWS}) g"
+            )
+        )
+        conn.execute(text("ANALYZE events"))
+        conn.execute(text("CREATE TABLE counters (id int PRIMARY KEY, n int NOT NULL)"))
+        conn.execute(text("INSERT INTO counters VALUES (1, 0)"))
+    return "events"
+
+
+@pytest.fixture
+def profiler(engine: Engine) -> Iterator[Profiler]:
+    profiler = Profiler(
+        engine,
+        slow_query_ms=1.0,
+        explain="plan",
+        max_rows=1000,
+        modes=dict.fromkeys(("n_plus_one", "duplicate", "slow_query", "unbounded_result"), "log"),
+    )  # type: ignore[arg-type]
+    yield profiler
+    profiler.uninstrument()
+
+
+def kinds(scope_findings: list, kind: FindingKind) -> list:  # type: ignore[type-arg]
+    return [f for f in scope_findings if f.kind is kind]
+
+
+def test_duplicates_same_params_only(profiler: Profiler, engine: Engine) -> None:
+    with profiler.scope("dups") as scope, Session(engine) as session:
+        for _ in range(3):
+            session.execute(select(User).where(User.name == "user1")).all()
+        session.execute(select(User).where(User.name == "user2")).all()  # other params: fine
+    [dup] = kinds(scope.findings, FindingKind.DUPLICATE)
+    assert dup.count == 3
+    assert dup.call_site is not None
+    assert "users.name" in (dup.sql or "")
+
+
+def test_slow_seq_scan_is_flagged_with_table_column_and_index(
+    profiler: Profiler, engine: Engine, big_table: str
+) -> None:
+    with profiler.scope("report") as scope, engine.connect() as conn:
+        conn.execute(text("SELECT count(*) FROM events WHERE customer_id = :c"), {"c": 42}).all()
+    [slow] = kinds(scope.findings, FindingKind.SLOW_QUERY)
+    seq = [f for f in slow.plan_flags if f.kind == "seq_scan"]
+    assert seq, slow.describe()
+    assert seq[0].table == "events"
+    assert seq[0].columns == ("customer_id",)
+    assert slow.fix == "CREATE INDEX CONCURRENTLY ON events (customer_id);"
+    plan = profiler.plan_for(slow.fingerprint or "")
+    assert plan is not None
+    assert plan[2] is False  # explain="plan": not executed
+    # the healthy control: with the index the same query is not a seq scan any more
+    with engine.begin() as conn:
+        conn.execute(text("CREATE INDEX events_customer ON events (customer_id)"))
+    try:
+        fresh = Profiler(engine, slow_query_ms=0.001, explain="plan", modes={"slow_query": "log"})
+        with fresh.scope("report") as scope, engine.connect() as conn:
+            conn.execute(text("SELECT count(*) FROM events WHERE customer_id = :c"), {"c": 42})
+        [slow] = kinds(scope.findings, FindingKind.SLOW_QUERY)
+        assert [f for f in slow.plan_flags if f.kind == "seq_scan"] == []
+        fresh.uninstrument()
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("DROP INDEX events_customer"))
+
+
+def test_explain_analyze_runs_selects_but_refuses_writes(engine: Engine, big_table: str) -> None:
+    profiler = Profiler(
+        engine,
+        slow_query_ms=0.001,
+        explain="analyze",
+        modes={"slow_query": "log", "duplicate": "off"},
+    )
+    try:
+        with profiler.scope("write") as scope, engine.begin() as conn:
+            conn.execute(text("UPDATE counters SET n = n + 1 WHERE id = 1"))
+            conn.execute(text("SELECT * FROM events WHERE kind = 'k3' LIMIT 10")).all()
+        by_sql = {f.sql.split()[0]: f for f in kinds(scope.findings, FindingKind.SLOW_QUERY)}
+        update_plan = profiler.plan_for(by_sql["UPDATE"].fingerprint or "")
+        select_plan = profiler.plan_for(by_sql["SELECT"].fingerprint or "")
+        assert update_plan is not None
+        assert select_plan is not None
+        assert update_plan[2] is False  # the UPDATE got a plain plan...
+        assert select_plan[2] is True  # ...the SELECT was analyzed
+        assert "Actual Rows" in select_plan[0][0]["Plan"]
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT n FROM counters")).scalar_one() == 1  # ran once
+            # the danger being avoided: EXPLAIN ANALYZE really executes a write
+            conn.execute(text("EXPLAIN ANALYZE UPDATE counters SET n = n + 1 WHERE id = 1"))
+            conn.commit()
+            assert conn.execute(text("SELECT n FROM counters")).scalar_one() == 2
+    finally:
+        profiler.uninstrument()
+
+
+def test_unbounded_result_without_limit(profiler: Profiler, engine: Engine, big_table: str) -> None:
+    with profiler.scope("export") as scope, engine.connect() as conn:
+        conn.execute(text("SELECT id FROM events WHERE id <= 5000")).all()
+        conn.execute(text("SELECT id FROM events WHERE id <= 5000 LIMIT 2000")).all()
+        conn.execute(text("SELECT id FROM events WHERE id <= 50")).all()
+    [unbounded] = kinds(scope.findings, FindingKind.UNBOUNDED_RESULT)
+    assert unbounded.details["rows"] == 5000
+    assert "LIMIT" not in (unbounded.sql or "")
+
+
+def test_params_redacted_unless_opted_in_and_server_recorded(
+    engine: Engine, hotpath_db: ModuleDatabase
+) -> None:
+    replica = create_engine(hotpath_db.replica_urls[0])
+    for capture, expected in ((False, "<redacted>"), (True, {"name_1": "secret-name"})):
+        profiler = Profiler(engine, replica, capture_params=capture)
+        try:
+            with profiler.scope("params") as scope:
+                for target in (engine, replica):
+                    with Session(target) as session:
+                        session.execute(select(User).where(User.name == "secret-name")).all()
+            primary_q, replica_q = scope.queries
+            assert primary_q.params == expected
+            assert primary_q.server == f"{engine.url.host}:{engine.url.port}"
+            assert replica_q.server == f"{replica.url.host}:{replica.url.port}"
+            assert primary_q.server != replica_q.server
+        finally:
+            profiler.uninstrument()
+    replica.dispose()
