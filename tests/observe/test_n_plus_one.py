@@ -246,3 +246,27 @@ def test_instrument_is_idempotent_and_uninstrument_removes_every_listener(engine
     with profiler.scope("after") as scope, Session(engine) as session:
         session.execute(select(User)).all()
     assert scope.query_count == 0
+
+
+@pytest.mark.parametrize("loader", [selectinload, joinedload], ids=["selectin", "joined"])
+def test_unused_eager_load_is_reported_and_used_one_is_not(
+    profiler: Profiler, engine: Engine, loader: object
+) -> None:
+    query = select(User).options(loader(User.orders))  # type: ignore[operator]
+    with profiler.scope("unused") as scope, Session(engine) as session:
+        users = session.scalars(query).unique().all()  # marker:eager-query
+        assert [u.name for u in users]  # the users are used, their orders never are
+    [unused] = [f for f in scope.findings if f.kind is FindingKind.UNUSED_EAGER_LOAD]
+    assert unused.details["relationship"] == "User.orders"
+    assert unused.count == USERS
+    assert unused.call_site is not None
+    assert unused.call_site.lineno == line_of("marker:eager-query")
+    with profiler.scope("used") as scope, Session(engine) as session:
+        users = session.scalars(query).unique().all()
+        assert sum(len(u.orders) for u in users) == USERS * ORDERS_PER_USER
+    assert [f for f in scope.findings if f.kind is FindingKind.UNUSED_EAGER_LOAD] == []
+    # a lazily loaded collection is read by definition: never "unused"
+    with profiler.scope("lazy") as scope, Session(engine) as session:
+        for user in session.scalars(select(User)):
+            _ = user.orders
+    assert [f for f in scope.findings if f.kind is FindingKind.UNUSED_EAGER_LOAD] == []

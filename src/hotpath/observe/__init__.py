@@ -23,6 +23,7 @@ from ._records import (
     QueryRecord,
     SlowQueryError,
     UnboundedResultError,
+    UnusedEagerLoadError,
 )
 from ._report import FunctionStats, Report, ScopeStats
 from ._scope import Scope
@@ -47,6 +48,7 @@ __all__ = [
     "ScopeStats",
     "SlowQueryError",
     "UnboundedResultError",
+    "UnusedEagerLoadError",
     "WSGIMiddleware",
     "assert_max_queries",
 ]

@@ -28,7 +28,25 @@ def find_problems(scope: Scope, profiler: Profiler) -> list[Finding]:
         findings += _slow_queries(scope, profiler)
     if modes[FindingKind.UNBOUNDED_RESULT] != "off":
         findings += _unbounded(scope, profiler)
+    if modes[FindingKind.UNUSED_EAGER_LOAD] != "off":
+        findings += _unused_eager(scope)
     return findings
+
+
+def _unused_eager(scope: Scope) -> list[Finding]:
+    return [
+        Finding(
+            FindingKind.UNUSED_EAGER_LOAD,
+            f"unused eager load: {group.relationship} was loaded for {group.collections} "
+            "objects and never read",
+            group.call_site,
+            group.collections,
+            fix=f"drop the eager loader of {group.relationship} from this query's .options(...)",
+            details={"relationship": group.relationship},
+        )
+        for group in scope.eager_groups()
+        if not group.used and not group.suppressed and group.collections
+    ]
 
 
 def relationship_name(prop: Any) -> str:
@@ -51,8 +69,8 @@ def _orm_n_plus_one(scope: Scope, profiler: Profiler) -> list[Finding]:
         parents = len(group.parents)
         if group.suppressed or parents < profiler.n_plus_one_threshold:
             continue
-        if origin[0] == "object" or scope.origin_size(origin) < 2:
-            continue  # unrelated single loads are not an N+1
+        if origin[0] == "object":
+            continue  # parents of unknown origin: no evidence they came from one result
         prop = group.chain[-1]
         name = relationship_name(prop)
         root = group.chain[0].parent.class_.__name__

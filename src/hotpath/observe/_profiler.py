@@ -18,7 +18,7 @@ from typing import Any, Literal, TypeVar, overload
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.orm import Mapper, ORMExecuteState, RelationshipProperty, Session
+from sqlalchemy.orm import Mapper, ORMExecuteState, Session
 from sqlalchemy.orm.attributes import instance_state
 
 from .._errors import HotpathError
@@ -27,7 +27,7 @@ from ._detect import find_problems
 from ._explain import explain_async, explain_sync
 from ._records import ERRORS, MODES, Finding, FindingKind, Mode, QueryBudgetError
 from ._report import Report, Rollup, Timing, build_report
-from ._scope import Execution, Scope, allowed_kinds, current_scope
+from ._scope import Execution, Scope, allowed_kinds, current_scope, relationships
 
 logger = logging.getLogger("hotpath.observe")
 
@@ -38,6 +38,7 @@ DEFAULT_MODES: dict[FindingKind, Mode] = {
     FindingKind.DUPLICATE: "log",
     FindingKind.SLOW_QUERY: "log",
     FindingKind.UNBOUNDED_RESULT: "log",
+    FindingKind.UNUSED_EAGER_LOAD: "log",
 }
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -109,6 +110,7 @@ class Profiler:
         self.explain_interval_s = explain_interval_s
         self.explain_per_minute = explain_per_minute
         self._targets: list[Any] = []
+        self._watched: dict[Any, Any] = {}  # relationship property -> its class attribute
         self._orm_listening = False
         self._tokens = itertools.count(1)
         self._lock = threading.Lock()
@@ -147,6 +149,10 @@ class Profiler:
             event.remove(target, "before_cursor_execute", self._before_cursor_execute)
             event.remove(target, "after_cursor_execute", self._after_cursor_execute)
         self._targets.clear()
+        for prop, attribute in self._watched.items():
+            if prop.uselist:
+                event.remove(attribute, "init_collection", self._on_init_collection)
+        self._watched.clear()
         if self._orm_listening:
             event.remove(Session, "do_orm_execute", self._on_orm_execute)
             event.remove(Mapper, "load", self._on_load)
@@ -351,9 +357,11 @@ class Profiler:
             return
         token = next(self._tokens)
         execution = Execution((), relationship_load=state.is_relationship_load)
+        for mapper in state.all_mappers:
+            self._watch_collections(mapper)
         if state.is_relationship_load:
             path = state.loader_strategy_path
-            chain = _relationships(path)
+            chain = relationships(path)
             parent = state.lazy_loaded_from
             if parent is not None and chain:
                 prop = chain[-1]
@@ -366,25 +374,32 @@ class Profiler:
         scope.begin_execution(token, execution)
         state.update_execution_options(**{TOKEN: token})
 
-    def _on_load(self, target: Any, context: Any) -> None:
+    def _watch_collections(self, mapper: Any) -> None:
+        """Listen for collection creation on every collection reachable from ``mapper``."""
+        pending = [mapper]
+        while pending:
+            for prop in pending.pop().relationships:
+                if prop in self._watched:
+                    continue
+                attribute = prop.class_attribute
+                self._watched[prop] = attribute
+                if prop.uselist:
+                    event.listen(attribute, "init_collection", self._on_init_collection)
+                pending.append(prop.mapper)
+
+    def _on_init_collection(self, target: Any, collection: Any, adapter: Any) -> None:
         scope = self._mine()
-        if scope is None:
-            return
-        execution = scope.execution(context.execution_options.get(TOKEN))
-        if execution is None:
-            return
-        state = instance_state(target)
-        if execution.lazy_origin is not None:
-            scope.note_loaded(state, execution.lazy_origin, execution.chain)
-        else:
-            chain = _relationships(state.load_path)
-            scope.note_loaded(state, ("query", id(execution), chain), chain)
+        if scope is not None:
+            scope.note_collection(instance_state(target), adapter.attr.parent_token, collection)
 
-
-def _relationships(path: Any) -> tuple[RelationshipProperty[Any], ...]:
-    if path is None:
-        return ()
-    return tuple(p for p in path.natural_path if isinstance(p, RelationshipProperty))
+    def _on_load(self, target: Any, context: Any) -> None:
+        scope = current_scope.get()
+        if scope is None or scope.profiler is not self:
+            return
+        token = context.execution_options.get(TOKEN)
+        execution = scope.execution(token)
+        if execution is not None:
+            scope.note_loaded(instance_state(target), token, execution)
 
 
 class _ProfileBlock:

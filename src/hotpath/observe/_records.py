@@ -21,6 +21,7 @@ class FindingKind(str, Enum):
     DUPLICATE = "duplicate"
     SLOW_QUERY = "slow_query"
     UNBOUNDED_RESULT = "unbounded_result"
+    UNUSED_EAGER_LOAD = "unused_eager_load"
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,10 @@ class UnboundedResultError(ObserveError):
     """A query without LIMIT returned more than ``max_rows`` rows."""
 
 
+class UnusedEagerLoadError(ObserveError):
+    """A relationship was eager-loaded and never read in the scope."""
+
+
 class QueryBudgetError(HotpathError):
     """A block ran more queries than its budget (``assert_max_queries`` / ``max_queries``)."""
 
@@ -142,4 +147,5 @@ ERRORS: dict[FindingKind, type[ObserveError]] = {
     FindingKind.DUPLICATE: DuplicateQueryError,
     FindingKind.SLOW_QUERY: SlowQueryError,
     FindingKind.UNBOUNDED_RESULT: UnboundedResultError,
+    FindingKind.UNUSED_EAGER_LOAD: UnusedEagerLoadError,
 }

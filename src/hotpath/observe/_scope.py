@@ -8,20 +8,22 @@ queries). Findings are derived when the scope closes.
 
 from __future__ import annotations
 
+import itertools
 import time
-import weakref
 from collections import Counter
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.orm import RelationshipProperty
+
 from ._callsite import capture_call_site, ignored_at
+from ._eager import EagerGroup, watch
 from ._fingerprint import shape_of
 from ._records import CallSite, Finding, FindingKind, Mode, QueryRecord
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
-    from sqlalchemy.orm import RelationshipProperty
     from sqlalchemy.orm.state import InstanceState
 
     from ._profiler import Profiler
@@ -32,6 +34,8 @@ allowed_kinds: ContextVar[frozenset[str]] = ContextVar(
 )
 
 Chain = tuple["RelationshipProperty[Any]", ...]
+_ORIGIN_KEY = "hotpath.observe.origin"
+_serials = itertools.count(1)
 Origin = tuple[Any, ...]  # identifies one result set (or the union of sibling lazy loads)
 _MAX_PARAM_HASHES = 64
 
@@ -116,6 +120,8 @@ class Scope:
         self._token: Token[Scope | None] | None = None
         self._shape_counts: Counter[str] = Counter()
         self._first_sql: dict[str, str] = {}
+        self._last_site: dict[str, CallSite | None] = {}
+        self._walk_limit = profiler.shape_threshold + 1
         self._shape_groups: dict[tuple[str, CallSite | None], ShapeGroup] = {}
         self._duplicates: Counter[tuple[str, int]] = Counter()
         self._duplicate_sites: dict[tuple[str, int], CallSite | None] = {}
@@ -124,12 +130,12 @@ class Scope:
         self._unbounded: dict[tuple[str, CallSite | None], tuple[str, int, bool]] = {}
         self.pending_explains: list[PendingExplain] = []
         self._executions: dict[int, Execution] = {}
-        self._origins: weakref.WeakKeyDictionary[InstanceState[Any], Origin] = (
-            weakref.WeakKeyDictionary()
-        )
         self._origin_chain: dict[Origin, Chain] = {}
-        self._origin_size: Counter[Origin] = Counter()
+        self._origin_cache: dict[tuple[int, Any], tuple[Origin, Chain]] = {}
         self._lazy: dict[tuple[Origin, str], LazyGroup] = {}
+        self._lazy_targets: set[tuple[int, str]] = set()  # (id(parent state), key) loading now
+        self._eager: dict[str, EagerGroup] = {}
+        self._serial = next(_serials)  # marks this scope's entries in InstanceState.info
 
     # -- entering and leaving ------------------------------------------------------------
 
@@ -260,11 +266,16 @@ class Scope:
         if seen == 1:
             self._first_sql[fingerprint] = statement
         else:
-            where = site_now()
+            # Walk the stack for the first runs of a shape and then at powers of two; runs in
+            # between are attributed to the last site seen, which keeps loops cheap.
+            if seen <= self._walk_limit or not seen & (seen - 1):
+                where = self._last_site[fingerprint] = site_now()
+            else:
+                where = self._last_site.get(fingerprint)
             group = self._shape_groups.get((fingerprint, where))
             if group is None:
                 group = ShapeGroup(statement, suppressed=_suppressed(FindingKind.N_PLUS_ONE, where))
-                if not any(f == fingerprint for f, _ in self._shape_groups):
+                if seen == 2:
                     group.count = 1  # the uncaptured first run is attributed to this site
                 self._shape_groups[(fingerprint, where)] = group
             group.count += 1
@@ -300,17 +311,36 @@ class Scope:
         return None if token is None else self._executions.get(token)
 
     def origin_of(self, state: InstanceState[Any]) -> Origin:
-        return self._origins.get(state) or ("object", id(state))
+        """The result set ``state`` was loaded by in this scope (its own identity if unknown)."""
+        mark = state.info.get(_ORIGIN_KEY)
+        if mark is not None and mark[0] == self._serial:
+            return mark[1]  # type: ignore[no-any-return]
+        return ("object", id(state))
 
     def chain_of(self, origin: Origin) -> Chain:
         return self._origin_chain.get(origin, ())
 
-    def note_loaded(self, state: InstanceState[Any], origin: Origin, chain: Chain) -> None:
-        if state in self._origins:
-            return  # already known: the first result set that produced it is its origin
-        self._origins[state] = origin
-        self._origin_chain[origin] = chain
-        self._origin_size[origin] += 1
+    def note_loaded(self, state: InstanceState[Any], token: int, execution: Execution) -> None:
+        """Remember which result set produced ``state`` (the first one, if several did).
+
+        Runs once per loaded instance, so the origin is computed once per execution and
+        load path and kept in ``InstanceState.info`` (dies with the instance).
+        """
+        info = state.info
+        mark = info.get(_ORIGIN_KEY)
+        if mark is not None and mark[0] == self._serial:
+            return
+        path = state.load_path
+        cached = self._origin_cache.get((token, path))
+        if cached is None:
+            if execution.lazy_origin is not None:
+                cached = (execution.lazy_origin, execution.chain)
+            else:
+                chain = relationships(path)
+                cached = (("query", token, chain), chain)
+            self._origin_cache[(token, path)] = cached
+            self._origin_chain[cached[0]] = cached[1]
+        info[_ORIGIN_KEY] = (self._serial, cached[0])
 
     def note_lazy_load(
         self, parent: InstanceState[Any], prop: RelationshipProperty[Any], chain: Chain
@@ -322,9 +352,27 @@ class Scope:
             group = self._lazy[key] = LazyGroup(chain)
         group.parents.add(id(parent))
         group.queries += 1
+        self._lazy_targets.add((id(parent), prop.key))
         if len(group.parents) == 2:  # first suspicion: now the call site is worth a walk
             group.call_site = capture_call_site()
             group.suppressed = _suppressed(FindingKind.N_PLUS_ONE, group.call_site)
+
+    def note_collection(self, state: InstanceState[Any], prop: Any, collection: Any) -> None:
+        """A collection was created for a loaded instance: watch it if an eager loader did."""
+        if state.key is None:
+            return  # a new object's empty collection, not a load
+        if (id(state), prop.key) in self._lazy_targets:
+            self._lazy_targets.discard((id(state), prop.key))
+            return  # a lazy load: it is being read right now
+        name = f"{prop.parent.class_.__name__}.{prop.key}"
+        group = self._eager.get(name)
+        if group is None:
+            site = capture_call_site()
+            group = self._eager[name] = EagerGroup(
+                name, call_site=site, suppressed=_suppressed(FindingKind.UNUSED_EAGER_LOAD, site)
+            )
+        if watch(collection, group):
+            group.collections += 1
 
     def lazy_statement(self, key: tuple[Origin, str], statement: str) -> None:
         group = self._lazy.get(key)
@@ -336,8 +384,8 @@ class Scope:
     def lazy_groups(self) -> list[tuple[Origin, LazyGroup]]:
         return [(origin, group) for (origin, _), group in self._lazy.items()]
 
-    def origin_size(self, origin: Origin) -> int:
-        return self._origin_size.get(origin, 0)
+    def eager_groups(self) -> list[EagerGroup]:
+        return list(self._eager.values())
 
     def shape_groups(self) -> dict[tuple[str, CallSite | None], ShapeGroup]:
         return self._shape_groups
@@ -359,6 +407,13 @@ class Scope:
 
     def unbounded_groups(self) -> dict[tuple[str, CallSite | None], tuple[str, int, bool]]:
         return self._unbounded
+
+
+def relationships(path: Any) -> Chain:
+    """The relationship properties along an ORM loader path (mappers skipped)."""
+    if path is None:
+        return ()
+    return tuple(p for p in path.natural_path if isinstance(p, RelationshipProperty))
 
 
 def _hash_params(parameters: Any) -> int:
