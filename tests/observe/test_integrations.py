@@ -197,3 +197,33 @@ def test_pytest_plugin_fails_n_plus_one_and_budgets(
     # the same suite with N+1 checking off: only the budget fails
     relaxed = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--hotpath-n-plus-one=off")
     relaxed.assert_outcomes(passed=2, failed=1)
+
+
+def test_findings_become_opentelemetry_span_events(engine: Engine) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    profiler = Profiler(engine, modes={"n_plus_one": "log"})
+    try:
+        with (
+            tracer.start_as_current_span("GET /users"),
+            profiler.scope("GET /users"),
+            Session(engine) as session,
+        ):
+            for user in session.scalars(select(User)):
+                _ = user.orders
+        [span] = exporter.get_finished_spans()
+        assert span.attributes is not None
+        assert span.attributes["hotpath.db.queries"] == 1 + USERS
+        [event] = [e for e in span.events if e.name == "hotpath.finding"]
+        assert event.attributes is not None
+        assert event.attributes["hotpath.kind"] == "n_plus_one"
+        assert event.attributes["code.filepath"] == __file__
+        assert "selectinload(User.orders)" in str(event.attributes["hotpath.fix"])
+    finally:
+        profiler.uninstrument()

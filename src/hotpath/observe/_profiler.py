@@ -25,6 +25,7 @@ from .._errors import HotpathError
 from ..plans import PlanFlag
 from ._detect import find_problems
 from ._explain import explain_async, explain_sync
+from ._otel import export as export_to_otel
 from ._records import ERRORS, MODES, Finding, FindingKind, Mode, QueryBudgetError
 from ._report import Report, Rollup, Timing, build_report
 from ._scope import Execution, Scope, allowed_kinds, current_scope, relationships
@@ -214,6 +215,7 @@ class Profiler:
 
     def _conclude(self, scope: Scope, raising: bool) -> None:
         scope.findings = find_problems(scope, self)
+        export_to_otel(scope)
         self._rollup(scope.name).add(
             scope.duration_ms, scope.query_count, scope.db_time_ms, scope.findings
         )
