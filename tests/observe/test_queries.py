@@ -149,3 +149,39 @@ def test_params_redacted_unless_opted_in_and_server_recorded(
         finally:
             profiler.uninstrument()
     replica.dispose()
+
+
+async def test_async_duplicates_slow_and_unbounded(
+    engine: Engine, big_table: str, hotpath_db: ModuleDatabase
+) -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    async_engine = create_async_engine(hotpath_db.async_url)
+    profiler = Profiler(
+        async_engine,
+        slow_query_ms=1.0,
+        explain="analyze",
+        max_rows=1000,
+        modes=dict.fromkeys(("duplicate", "slow_query", "unbounded_result"), "log"),
+    )  # type: ignore[arg-type]
+    try:
+        async with profiler.scope("async") as scope, async_engine.connect() as conn:
+            for _ in range(2):
+                await conn.execute(text("SELECT name FROM users WHERE id = 1"))
+            await conn.execute(text("SELECT count(*) FROM events WHERE customer_id = 42"))
+            rows = (await conn.execute(text("SELECT id FROM events WHERE id <= 3000"))).all()
+            assert len(rows) == 3000
+        found = {f.kind for f in scope.findings}
+        assert {FindingKind.DUPLICATE, FindingKind.SLOW_QUERY} <= found
+        slow = next(
+            f
+            for f in scope.findings
+            if f.kind is FindingKind.SLOW_QUERY and "customer_id" in (f.sql or "")
+        )
+        assert any(flag.kind == "seq_scan" for flag in slow.plan_flags)
+        plan = profiler.plan_for(slow.fingerprint or "")
+        assert plan is not None
+        assert plan[2] is True  # analyzed through the async engine, rolled back
+    finally:
+        profiler.uninstrument()
+        await async_engine.dispose()
