@@ -1,0 +1,195 @@
+"""What :class:`ReplicaSet` and :class:`AsyncReplicaSet` share: options, engine hooks, status.
+
+The engine hooks (SQLAlchemy pool and connection events on the user's engines) count
+connections in use per node, make replica connections read-only, mark commits on writer
+connections for Core token capture, and turn a replica's read-only refusal into
+:class:`ReplicaWriteError`. They are removed again by ``close()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine, event
+from sqlalchemy.engine import ExceptionContext
+
+from ._config import AllUnhealthy, Policy, SessionOptions, make_config
+from ._errors import ReplicaWriteError
+from ._health import ProbeResult
+from ._probe import READ_ONLY_SQL, describe_error
+from ._replayed import replayed_on
+from ._router import NodeReport, Route, RoutedNode, RouterCore
+from ._tokens import context_box
+
+log = logging.getLogger("hotpath.routing")
+
+COMMITTED = "hotpath_routing_committed"
+_READ_ONLY_SQLSTATE = "25006"
+
+
+def is_connection_failure(exc: BaseException) -> bool:
+    """A node could not be reached or dropped the connection (safe to retry a read elsewhere)."""
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError  # noqa: PLC0415
+
+    if isinstance(exc, OSError):
+        return True
+    if isinstance(exc, DBAPIError):
+        return bool(exc.connection_invalidated) or isinstance(
+            exc, (OperationalError, InterfaceError)
+        )
+    return False
+
+
+class ReplicaSetBase:
+    """Shared state and behaviour of the sync and async replica sets (no I/O of its own)."""
+
+    def __init__(
+        self,
+        primary: tuple[Any, Engine],
+        replicas: Sequence[tuple[Any, Engine]],
+        *,
+        max_lag_s: float,
+        max_lag_bytes: int | None,
+        policy: Policy,
+        weights: Sequence[float] | None,
+        probe_interval_s: float,
+        probe_timeout_s: float,
+        eject_after: int,
+        readmit_after: int,
+        on_all_unhealthy: AllUnhealthy,
+    ) -> None:
+        config = make_config(
+            len(replicas),
+            max_lag_s=max_lag_s,
+            max_lag_bytes=max_lag_bytes,
+            policy=policy,
+            weights=weights,
+            probe_interval_s=probe_interval_s,
+            probe_timeout_s=probe_timeout_s,
+            eject_after=eject_after,
+            readmit_after=readmit_after,
+            on_all_unhealthy=on_all_unhealthy,
+        )
+        self._router = RouterCore(primary, replicas, config)
+        self._hooks: list[tuple[Any, str, Callable[..., Any]]] = []
+        for node in self._router.nodes:
+            self._hook_node(node)
+
+    @property
+    def router(self) -> RouterCore:
+        return self._router
+
+    @contextmanager
+    def primary_only(self) -> Iterator[None]:
+        """Send every read of this block (sessions and ``connect``) to the primary."""
+        with self._router.primary_only():
+            yield
+
+    def status(self) -> list[NodeReport]:
+        """Per node: role, writer, healthy, lag (s, bytes), replayed LSN, in flight, why ejected."""
+        return self._router.status()
+
+    def stats(self) -> dict[str, int]:
+        """Counters: ejections, failovers, fallbacks to the primary (by reason), token checks."""
+        return dict(self._router.counters)
+
+    def _route_read(self, options: SessionOptions, exclude: Sequence[RoutedNode] = ()) -> Route:
+        """Choose the node for a read now, checking the token on the spot when needed.
+
+        Sync I/O through the nodes' sync engines: also correct inside an ``AsyncSession``'s
+        greenlet, where SQLAlchemy awaits it.
+        """
+        token = context_box().position
+        route = self._router.choose_read(token, options.consistency, exclude)
+        if not route.verify:
+            return route
+        assert token is not None
+        wait = options.wait_timeout_s if options.mode == "wait" else None
+        position = None
+        try:
+            position = replayed_on(self._router, route.node, token, wait)
+        except Exception as exc:
+            if not is_connection_failure(exc):
+                raise
+            self._note_read_failure(route.node, exc)
+        return self._router.settle(route, position, token)
+
+    def _note_read_failure(self, node: RoutedNode, exc: BaseException) -> None:
+        self._router.counters["read retries"] += 1
+        self._router.record_failure(
+            node, f"read failed: {describe_error(exc)}", time.monotonic(), at_once=True
+        )
+
+    # -- probes (the I/O is the subclass's) -------------------------------------------------
+
+    def _jittered_interval(self) -> float:
+        return self._router.config.probe_interval_s * random.uniform(0.8, 1.2)
+
+    def _apply_probe(self, node: RoutedNode, result: ProbeResult, now: float) -> list[RoutedNode]:
+        """Record a probe; returns nodes whose pools must be emptied (they became primaries)."""
+        was = node.health.role
+        elected = self._router.record_probe(node, result, now)
+        if elected is not None:
+            log.warning("hotpath.routing: writes now go to %s (%s)", elected.name, elected.address)
+        promoted = was == "replica" and node.health.role == "primary"
+        # Pooled connections of a promoted replica were opened read-only: drop them.
+        return [node] if promoted else []
+
+    # -- engine hooks ----------------------------------------------------------------------
+
+    def _listen(self, target: Any, name: str, fn: Callable[..., Any]) -> None:
+        event.listen(target, name, fn)
+        self._hooks.append((target, name, fn))
+
+    def _unhook(self) -> None:
+        for target, name, fn in self._hooks:
+            if event.contains(target, name, fn):
+                event.remove(target, name, fn)
+        self._hooks.clear()
+
+    def _hook_node(self, node: RoutedNode) -> None:
+        health = node.health
+        router = self._router
+
+        def on_checkout(*_: Any) -> None:
+            health.in_flight += 1
+
+        def on_checkin(*_: Any) -> None:
+            health.in_flight = max(0, health.in_flight - 1)
+
+        def on_connect(dbapi_connection: Any, _record: Any) -> None:
+            if node is router.writer or health.role == "primary":
+                return
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute(READ_ONLY_SQL)
+            finally:
+                cursor.close()
+            dbapi_connection.commit()  # a SET in a transaction that is rolled back is undone
+
+        def on_commit(conn: Any) -> None:
+            conn.info[COMMITTED] = True
+
+        def on_error(context: ExceptionContext) -> BaseException | None:
+            orig = context.original_exception
+            state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+            if state != _READ_ONLY_SQLSTATE or node is router.writer:
+                return None
+            verb = (context.statement or "").split(None, 1)[0:1]
+            return ReplicaWriteError(
+                f"a write ({verb[0].upper() if verb else 'statement'}) reached {node.name} "
+                f"({node.address}), a read-only replica: run it on the primary, inside "
+                "`with replicas.primary_only():`, in a Session(writing=True), or through "
+                "replicas.connect() without readonly=True"
+            )
+
+        self._listen(node.bind, "checkout", on_checkout)
+        self._listen(node.bind, "checkin", on_checkin)
+        self._listen(node.bind, "connect", on_connect)
+        self._listen(node.bind, "commit", on_commit)
+        self._listen(node.bind, "handle_error", on_error)

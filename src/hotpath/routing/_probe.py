@@ -1,0 +1,76 @@
+"""The SQL the router runs (probe, on-the-spot replay check, token) and how to read the answers."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy.engine import URL
+
+from ._health import ProbeResult
+from ._lsn import parse_lsn
+
+# One round trip that works on either role, so a promotion shows up in the same probe.
+PROBE_SQL = (
+    "SELECT pg_is_in_recovery(),"
+    " (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()"
+    " ELSE pg_current_wal_lsn() END)::text,"
+    " coalesce(CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() END, false)"
+)
+# Taken after COMMIT: the commit record ends at or before this position.
+WRITE_POSITION_SQL = "SELECT pg_current_wal_lsn()::text"
+REPLAYED_SQL = "SELECT pg_last_wal_replay_lsn()::text"
+READ_ONLY_SQL = "SET default_transaction_read_only = on"
+
+_LIBPQ_DRIVERS = {"psycopg", "psycopg2", "psycopg_async", "psycopg2cffi"}
+
+
+class ProbeFailed(Exception):
+    """A probe answered something unusable (not a connection error)."""
+
+
+def parse_probe_row(row: Sequence[Any] | None) -> ProbeResult:
+    if row is None or row[1] is None:
+        raise ProbeFailed("the server reported no WAL position yet")
+    return ProbeResult(in_recovery=bool(row[0]), lsn=parse_lsn(row[1]), replay_paused=bool(row[2]))
+
+
+def parse_position(value: Any) -> int | None:
+    return None if value is None else parse_lsn(str(value))
+
+
+def probe_engine_options(url: URL, timeout_s: float) -> dict[str, Any]:
+    """``create_engine`` options for a node's private probe pool: one connection, strict timeouts.
+
+    Timeouts are passed the way each driver takes them; a hung server that neither answers nor
+    drops the connection is still caught, by the router's probe deadline.
+    """
+    millis = max(1, int(timeout_s * 1000))
+    driver = url.get_driver_name()
+    connect_args: dict[str, Any] = {}
+    if driver in _LIBPQ_DRIVERS:
+        # libpq rounds connect_timeout up to at least 2 s.
+        connect_args = {
+            "connect_timeout": max(2, math.ceil(timeout_s)),
+            "options": f"-c statement_timeout={millis}",
+        }
+    elif driver == "asyncpg":
+        connect_args = {
+            "timeout": timeout_s,
+            "command_timeout": timeout_s,
+            "server_settings": {"statement_timeout": str(millis)},
+        }
+    return {
+        "pool_size": 1,
+        "max_overflow": 0,
+        "pool_pre_ping": False,
+        "connect_args": connect_args,
+    }
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line naming a probe or connection failure, without parameters or passwords."""
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
+    return f"{type(orig).__name__}: {text}"[:200] if text else type(orig).__name__

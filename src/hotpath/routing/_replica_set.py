@@ -1,0 +1,208 @@
+"""``ReplicaSet``: a primary and its streaming replicas behind one router, probed by threads."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from types import TracebackType
+
+from sqlalchemy import Connection, Engine, create_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ._base import COMMITTED, ReplicaSetBase, is_connection_failure, log
+from ._config import AllUnhealthy, Consistency, Policy, SessionOptions, TokenMode
+from ._errors import RoutingConfigError
+from ._probe import PROBE_SQL, describe_error, parse_probe_row, probe_engine_options
+from ._replayed import write_position
+from ._router import RoutedNode
+from ._tokens import context_box
+
+
+class ReplicaSet(ReplicaSetBase):
+    """A primary ``Engine`` and replica ``Engine``\\ s, with lag probes, ejection and balancing.
+
+    >>> replicas = ReplicaSet(primary=engine, replicas=[r1, r2], max_lag_s=1.0)  # doctest: +SKIP
+    >>> Session = routed_sessionmaker(replicas)                                  # doctest: +SKIP
+
+    A thread per node probes role, WAL position and lag every ``probe_interval_s`` (jittered
+    ±20%) with ``probe_timeout_s`` timeouts. A replica is ejected after ``eject_after`` bad
+    probes (error, or lag over ``max_lag_s`` / ``max_lag_bytes``) and readmitted after
+    ``readmit_after`` good ones. ``on_all_unhealthy``: ``"primary"`` (reads fall back to the
+    primary), ``"least_lagged"`` (the least lagged reachable replica) or ``"error"``.
+    """
+
+    def __init__(
+        self,
+        primary: Engine,
+        replicas: Sequence[Engine],
+        *,
+        max_lag_s: float = 1.0,
+        max_lag_bytes: int | None = None,
+        policy: Policy = "least_in_flight",
+        weights: Sequence[float] | None = None,
+        probe_interval_s: float = 0.5,
+        probe_timeout_s: float = 1.0,
+        eject_after: int = 2,
+        readmit_after: int = 2,
+        on_all_unhealthy: AllUnhealthy = "primary",
+        start: bool = True,
+    ) -> None:
+        engines = [primary, *replicas]
+        if any(isinstance(e, AsyncEngine) for e in engines):
+            raise RoutingConfigError(
+                "ReplicaSet takes sync Engines: use AsyncReplicaSet for create_async_engine()"
+            )
+        if not all(isinstance(e, Engine) for e in engines):
+            raise RoutingConfigError(
+                "ReplicaSet(primary=..., replicas=[...]) takes SQLAlchemy Engines "
+                "(create_engine(url)); got " + ", ".join(type(e).__name__ for e in engines)
+            )
+        super().__init__(
+            (primary, primary),
+            [(e, e) for e in replicas],
+            max_lag_s=max_lag_s,
+            max_lag_bytes=max_lag_bytes,
+            policy=policy,
+            weights=weights,
+            probe_interval_s=probe_interval_s,
+            probe_timeout_s=probe_timeout_s,
+            eject_after=eject_after,
+            readmit_after=readmit_after,
+            on_all_unhealthy=on_all_unhealthy,
+        )
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._probe_engines = {
+            node.name: create_engine(
+                node.bind.url, **probe_engine_options(node.bind.url, probe_timeout_s)
+            )
+            for node in self._router.nodes
+        }
+        if start:
+            self.start()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> ReplicaSet:
+        """Probe every node once (in parallel), then keep probing in the background."""
+        if self._threads:
+            return self
+        self._stop.clear()
+        for node in self._router.nodes:
+            thread = threading.Thread(
+                target=self._monitor, args=(node,), name=f"hotpath-probe-{node.name}", daemon=True
+            )
+            self._threads.append(thread)
+            thread.start()
+        deadline = time.monotonic() + self._router.config.probe_timeout_s + 1.0
+        while time.monotonic() < deadline and any(
+            n.health.last_probe_at is None for n in self._router.nodes
+        ):
+            time.sleep(0.005)
+        return self
+
+    def close(self) -> None:
+        """Stop the probes and remove hotpath's hooks from the engines (they stay usable)."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=self._router.config.probe_timeout_s + 2.0)
+        self._threads.clear()
+        for engine in self._probe_engines.values():
+            engine.dispose()
+        self._unhook()
+
+    def __enter__(self) -> ReplicaSet:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def probe_now(self) -> None:
+        """Probe every node once, now, in this thread (the background probes keep running)."""
+        for node in self._router.nodes:
+            self._probe_once(node)
+
+    @property
+    def primary(self) -> Engine:
+        """The engine writes go to now (follows a promotion seen by the probes)."""
+        engine: Engine = self._router.writer.bind
+        return engine
+
+    @property
+    def replicas(self) -> list[Engine]:
+        return [n.bind for n in self._router.nodes[1:]]
+
+    # -- Core routing ----------------------------------------------------------------------
+
+    @contextmanager
+    def connect(
+        self,
+        readonly: bool = False,
+        *,
+        consistency: Consistency = "read_your_writes",
+        mode: TokenMode = "fast",
+        wait_timeout_s: float = 0.5,
+    ) -> Iterator[Connection]:
+        """A Core ``Connection``: the primary, or with ``readonly=True`` a routed replica.
+
+        On the primary, a committed transaction advances this context's read-your-writes token.
+        A replica that cannot be reached is ejected and the next choice is tried once.
+        """
+        options = SessionOptions(consistency, mode, wait_timeout_s)
+        if not readonly:
+            with self._router.writer.bind.connect() as conn:
+                try:
+                    yield conn
+                finally:
+                    self._capture_token(conn)
+            return
+        route = self._route_read(options)
+        try:
+            conn = route.node.bind.connect()
+        except Exception as exc:
+            if not is_connection_failure(exc) or route.node is self._router.writer:
+                raise
+            self._note_read_failure(route.node, exc)
+            route = self._route_read(options, exclude=[route.node])
+            conn = route.node.bind.connect()
+        with conn:
+            yield conn
+
+    def _capture_token(self, conn: Connection) -> None:
+        if not conn.info.pop(COMMITTED, False) or conn.invalidated or conn.closed:
+            return
+        try:
+            position = write_position(conn)
+            conn.rollback()
+        except Exception as exc:  # the commit itself succeeded; only the token is lost
+            log.warning("hotpath.routing: could not read the WAL position after COMMIT: %s", exc)
+            return
+        if position is not None:
+            context_box().advance(position)
+
+    # -- probes ----------------------------------------------------------------------------
+
+    def _monitor(self, node: RoutedNode) -> None:
+        while not self._stop.is_set():
+            self._probe_once(node)
+            self._stop.wait(self._jittered_interval())
+
+    def _probe_once(self, node: RoutedNode) -> None:
+        self._router.probe_started(node, time.monotonic())
+        try:
+            with self._probe_engines[node.name].connect() as conn:
+                row = conn.exec_driver_sql(PROBE_SQL).fetchone()
+            result = parse_probe_row(row)
+        except Exception as exc:
+            reason = f"probe failed: {describe_error(exc)}"
+            self._router.record_failure(node, reason, time.monotonic(), at_once=False)
+            return
+        for promoted in self._apply_probe(node, result, time.monotonic()):
+            promoted.bind.dispose()

@@ -1,0 +1,214 @@
+"""Routed ORM sessions: ``RoutingSession`` (a ``Session`` subclass) and the sessionmakers.
+
+Routing uses SQLAlchemy's public hooks: ``Session.get_bind`` sends flushes and writes to the
+primary; the ``do_orm_execute`` event places each read (so a failed replica read can be retried
+once elsewhere); ``after_commit`` takes the read-your-writes token after COMMIT. The async twin is
+``AsyncSession(sync_session_class=RoutingSession)``: these hooks run in its greenlet.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Union
+
+from sqlalchemy import Connection, Engine, event
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, sessionmaker
+
+from ._base import ReplicaSetBase, is_connection_failure, log
+from ._config import Consistency, SessionOptions, TokenMode
+from ._errors import ReplicaWriteError, RoutingConfigError
+from ._replayed import write_position
+from ._router import Route, RoutedNode
+from ._statements import is_write
+from ._tokens import context_box
+
+if TYPE_CHECKING:
+    from ._async_replica_set import AsyncReplicaSet
+    from ._replica_set import ReplicaSet
+
+
+class RoutingSession(Session):
+    """A ``Session`` whose reads go to replicas and whose writes go to the primary.
+
+    ``writing=True`` sends everything to the primary from the first statement (read-modify-
+    write on fresh data); ``readonly=True`` refuses writes before they leave the process.
+    """
+
+    def __init__(
+        self,
+        bind: Any = None,
+        *,
+        replicas: ReplicaSetBase,
+        consistency: Consistency = "read_your_writes",
+        mode: TokenMode = "fast",
+        wait_timeout_s: float = 0.5,
+        writing: bool = False,
+        readonly: bool = False,
+        **kw: Any,
+    ) -> None:
+        if bind is not None or kw.get("binds"):
+            raise RoutingConfigError(
+                "a routed session picks its own bind per statement: drop bind=/binds= "
+                "(use replicas.primary_only() or Session(writing=True) to pin the primary)"
+            )
+        if not isinstance(replicas, ReplicaSetBase):
+            raise RoutingConfigError(
+                f"replicas={replicas!r}: pass a ReplicaSet (or AsyncReplicaSet) instance"
+            )
+        if writing and readonly:
+            raise RoutingConfigError("writing=True and readonly=True contradict: pick one")
+        super().__init__(**kw)
+        self.replicas = replicas
+        self.routing = SessionOptions(consistency, mode, wait_timeout_s)
+        self.writing = writing
+        self.readonly = readonly
+        self._token_box = context_box()
+        self._txn_writer: RoutedNode | None = None
+        self._txn_reader: RoutedNode | None = None
+        self._txn_nodes: set[str] = set()
+
+    def get_bind(
+        self,
+        mapper: Any = None,
+        *,
+        clause: Any = None,
+        bind: Any = None,
+        **kw: Any,
+    ) -> Union[Engine, Connection]:  # noqa: UP007 - matches Session.get_bind
+        if bind is not None:
+            return bind  # type: ignore[no-any-return]
+        if clause is not None and not is_write(clause):
+            return self._read_node().bind
+        return self._write_node(clause).bind
+
+    # -- routing ---------------------------------------------------------------------------
+
+    def _write_node(self, clause: Any) -> RoutedNode:
+        if self.readonly:
+            verb = type(clause).__name__ if clause is not None else "flush"
+            raise ReplicaWriteError(
+                f"this session is read-only (readonly=True) and was asked to write ({verb}): "
+                "open the session without readonly=True, or write through replicas.connect()"
+            )
+        node = self.replicas.router.writer
+        if self._txn_writer is None:
+            self._txn_writer = node
+        self._txn_nodes.add(node.name)
+        return node
+
+    def _read_node(self, exclude: tuple[RoutedNode, ...] = ()) -> RoutedNode:
+        router = self.replicas.router
+        if self.writing or self._txn_writer is not None:
+            node = self._txn_writer or router.writer
+            router.count_read(Route(node))
+        elif self._txn_reader is not None and self._txn_reader not in exclude:
+            node = self._txn_reader  # one transaction reads one snapshot
+        else:
+            node = self.replicas._route_read(self.routing, exclude).node
+            if node is not router.writer:
+                self._txn_reader = node
+        return node
+
+    def _reset(self) -> None:
+        self._txn_writer = None
+        self._txn_reader = None
+        self._txn_nodes = set()
+
+
+@event.listens_for(RoutingSession, "do_orm_execute")
+def _place_read(state: ORMExecuteState) -> Any:
+    session = state.session
+    if not isinstance(session, RoutingSession) or state.bind_arguments.get("bind") is not None:
+        return None
+    if is_write(state.statement):
+        return None  # get_bind sends it to the primary; writes are never retried
+    node = session._read_node()
+    if node.name in session._txn_nodes or node is session.replicas.router.writer:
+        session._txn_nodes.add(node.name)
+        return state.invoke_statement(bind_arguments={"bind": node.bind})
+    fresh_transaction = not session._txn_nodes
+    try:
+        # Connect first: a dead replica fails here, before joining the session's transaction.
+        session.connection(bind_arguments={"bind": node.bind})
+        session._txn_nodes.add(node.name)
+        return state.invoke_statement(bind_arguments={"bind": node.bind})
+    except Exception as exc:
+        if not is_connection_failure(exc):
+            raise
+        session.replicas._note_read_failure(node, exc)
+        joined = node.name in session._txn_nodes
+        pristine = not (session.new or session.dirty or session.deleted)
+        if joined and not (fresh_transaction and pristine):
+            raise  # the transaction holds other work on that connection: not safe to redo
+        if joined:
+            session.rollback()  # nothing else happened in this transaction: start it again
+        session._txn_reader = None
+        retry = session._read_node(exclude=(node,))
+        session._txn_nodes.add(retry.name)
+        return state.invoke_statement(bind_arguments={"bind": retry.bind})
+
+
+@event.listens_for(RoutingSession, "after_commit")
+def _take_token(session: Session) -> None:
+    if not isinstance(session, RoutingSession) or session._txn_writer is None:
+        return
+    try:
+        position = write_position(session._txn_writer.bind)
+    except Exception as exc:  # committed all the same; without a token reads may be stale
+        log.warning("hotpath.routing: could not read the WAL position after COMMIT: %s", exc)
+        return
+    if position is not None:
+        session._token_box.advance(position)
+
+
+@event.listens_for(RoutingSession, "after_transaction_end")
+def _end_transaction(session: Session, transaction: SessionTransaction) -> None:
+    if isinstance(session, RoutingSession) and transaction.parent is None:
+        session._reset()
+
+
+def routed_sessionmaker(
+    replicas: ReplicaSet,
+    *,
+    consistency: Consistency = "read_your_writes",
+    mode: TokenMode = "fast",
+    wait_timeout_s: float = 0.5,
+    **session_options: Any,
+) -> sessionmaker[RoutingSession]:
+    """A ``sessionmaker`` of :class:`RoutingSession` on ``replicas``.
+
+    ``consistency``: ``"read_your_writes"`` (a read goes to a replica that replayed this
+    context's last commit, else the primary; ``mode="wait"`` waits up to ``wait_timeout_s`` for
+    it first), ``"eventual"`` (any healthy replica) or ``"strong"`` (the primary).
+    """
+    SessionOptions(consistency, mode, wait_timeout_s)  # fail here, not at the first session
+    return sessionmaker(
+        class_=RoutingSession,
+        replicas=replicas,
+        consistency=consistency,
+        mode=mode,
+        wait_timeout_s=wait_timeout_s,
+        **session_options,
+    )
+
+
+def async_routed_sessionmaker(
+    replicas: AsyncReplicaSet,
+    *,
+    consistency: Consistency = "read_your_writes",
+    mode: TokenMode = "fast",
+    wait_timeout_s: float = 0.5,
+    **session_options: Any,
+) -> async_sessionmaker[AsyncSession]:
+    """The async twin of :func:`routed_sessionmaker`, for an :class:`AsyncReplicaSet`."""
+    SessionOptions(consistency, mode, wait_timeout_s)
+    session_options.setdefault("expire_on_commit", False)
+    return async_sessionmaker(
+        class_=AsyncSession,
+        sync_session_class=RoutingSession,
+        replicas=replicas,
+        consistency=consistency,
+        mode=mode,
+        wait_timeout_s=wait_timeout_s,
+        **session_options,
+    )

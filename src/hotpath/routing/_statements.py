@@ -1,0 +1,52 @@
+"""Which statements must run on the primary: writes, locking reads, DDL, and unknown text."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Any
+
+_LEADING_NOISE = re.compile(r"^(?:\s+|--[^\n]*\n?|/\*.*?\*/|\()*", re.S)
+_LOCKING = re.compile(r"\bfor\s+(?:update|share|no\s+key\s+update|key\s+share)\b", re.I)
+_MODIFYING = re.compile(r"\b(?:insert|update|delete|merge)\b", re.I)
+_SELECT_INTO = re.compile(r"\binto\b", re.I)
+_ANALYZE = re.compile(r"\banalyze\b", re.I)
+_READ_VERBS = {"select", "with", "show", "values", "table", "explain"}
+
+
+def is_write(statement: Any) -> bool:
+    """True when ``statement`` (a SQLAlchemy executable or SQL text) must go to the primary.
+
+    Unknown kinds count as writes: sending a read to the primary costs a little load, sending
+    a write to a replica fails.
+    """
+    if statement is None:
+        return True
+    if isinstance(statement, str):
+        return text_is_write(statement)
+    if getattr(statement, "is_dml", False) or getattr(statement, "is_ddl", False):
+        return True
+    if getattr(statement, "is_select", False):
+        # SQLAlchemy keeps with_for_update() here (the documented routing recipes read it too).
+        return getattr(statement, "_for_update_arg", None) is not None
+    if getattr(statement, "is_text", False):
+        return text_is_write(str(getattr(statement, "text", "")))
+    return True
+
+
+@lru_cache(maxsize=2048)
+def text_is_write(sql: str) -> bool:
+    """Classify raw SQL by its leading verb; SELECT ... FOR UPDATE/SHARE and INTO are writes."""
+    body = _LEADING_NOISE.sub("", sql, count=1)
+    verb = body.split(None, 1)[0].lower() if body.strip() else ""
+    if verb not in _READ_VERBS:
+        return True
+    if _LOCKING.search(body):
+        return True
+    if verb == "select":
+        return bool(_SELECT_INTO.search(body))
+    if verb == "with":
+        return bool(_MODIFYING.search(body))
+    if verb == "explain":  # EXPLAIN ANALYZE runs the statement: keep it off replicas
+        return bool(_ANALYZE.search(body))
+    return False
