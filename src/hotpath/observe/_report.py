@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from hdrh.histogram import HdrHistogram
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ._records import Finding
@@ -147,11 +148,14 @@ class Report:
         console.print(table)
         for s in self.scopes:
             for f in s.findings[:5]:
-                console.print(f"[bold]{s.name}[/] [{f['kind']}] x{f['scopes']} {f['message']}")
+                kind = escape("[" + f["kind"] + "]")
+                console.print(
+                    f"[bold]{escape(s.name)}[/] {kind} x{f['scopes']} {escape(f['message'])}"
+                )
                 if f["call_site"]:
-                    console.print(f"    at {f['call_site']}")
+                    console.print(f"    at {escape(f['call_site'])}")
                 if f["fix"]:
-                    console.print(f"    fix: {f['fix']}")
+                    console.print(f"    fix: {escape(f['fix'])}")
         if self.functions:
             ftable = Table(
                 "function",

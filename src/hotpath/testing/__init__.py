@@ -19,22 +19,35 @@ Fixtures:
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from ._database import ModuleDatabase
-from ._endpoints import REDIS_CLUSTER_ENV, ExternalStack, ServerStack
-
 if TYPE_CHECKING:
+    from ..observe import Profiler, Scope
     from ..stack import LocalStack
+    from ._database import ModuleDatabase
+    from ._endpoints import ExternalStack, ServerStack
 
 __all__ = ["ExternalStack", "ModuleDatabase", "ServerStack"]
 
-if TYPE_CHECKING:
-    from ..observe import Profiler, Scope
+# Imported on first use: this module loads in every pytest run of any project that has
+# hotpath installed, so it must not pull in drivers and clients up front.
+_LAZY = {
+    "ModuleDatabase": "._database",
+    "ExternalStack": "._endpoints",
+    "ServerStack": "._endpoints",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hotpath.testing' has no attribute {name!r}")
+    return getattr(importlib.import_module(module, __name__), name)
 
 _N_PLUS_ONE_MODES = ("raise", "warn", "log", "off")
 _TEST_SCOPE: pytest.StashKey[Scope] = pytest.StashKey()
@@ -45,6 +58,8 @@ _module_counter = iter(range(1, 1_000_000))
 @pytest.fixture(scope="session")
 def hotpath_stack() -> Iterator[ServerStack]:
     """Primary + 2 streaming replicas + Redis for the whole test session."""
+    from ._endpoints import ExternalStack  # noqa: PLC0415
+
     external = ExternalStack.from_env()
     if external is not None:
         yield external
@@ -68,6 +83,8 @@ def hotpath_local_stack(hotpath_stack: ServerStack) -> LocalStack:
 @pytest.fixture(scope="session")
 def redis_cluster_stack() -> Iterator[str]:
     """The seed URL of a 3-master Redis Cluster (for ``RedisCluster.from_url``)."""
+    from ._endpoints import REDIS_CLUSTER_ENV  # noqa: PLC0415
+
     configured = os.environ.get(REDIS_CLUSTER_ENV)
     if configured:
         yield configured
