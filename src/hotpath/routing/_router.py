@@ -116,6 +116,7 @@ class RouterCore:
         for node in self.nodes:
             if node is not current and node.health.role == "primary" and node.health.admitted:
                 self._writer = node
+                self.counters["failovers"] += 1
                 return node
         return None
 
@@ -132,8 +133,6 @@ class RouterCore:
             before = node.health.ejections
             node.health.observe(result, self.history.latest, self.history, self.config, now)
             elected = self._elect_writer()
-            if elected is not None:
-                self.counters["failovers"] += 1
             if node.health.ejections > before:
                 self.counters["ejections"] += 1
             return elected

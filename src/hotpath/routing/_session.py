@@ -81,6 +81,19 @@ class RoutingSession(Session):
             return self._read_node().bind
         return self._write_node(clause).bind
 
+    def close(self) -> None:
+        """Close as ``Session.close``; a replica that died after serving reads is not an error.
+
+        Ending a read-only replica transaction has nothing to lose, so a dropped connection
+        there is invalidated instead of raised (a failed COMMIT still raises).
+        """
+        try:
+            super().close()
+        except Exception as exc:
+            if not is_connection_failure(exc):
+                raise
+            self.invalidate()
+
     # -- routing ---------------------------------------------------------------------------
 
     def _write_node(self, clause: Any) -> RoutedNode:

@@ -6,6 +6,8 @@ import re
 from functools import lru_cache
 from typing import Any
 
+from sqlalchemy import TextClause
+
 _LEADING_NOISE = re.compile(r"^(?:\s+|--[^\n]*\n?|/\*.*?\*/|\()*", re.S)
 _LOCKING = re.compile(r"\bfor\s+(?:update|share|no\s+key\s+update|key\s+share)\b", re.I)
 _MODIFYING = re.compile(r"\b(?:insert|update|delete|merge)\b", re.I)
@@ -24,13 +26,13 @@ def is_write(statement: Any) -> bool:
         return True
     if isinstance(statement, str):
         return text_is_write(statement)
+    if isinstance(statement, TextClause):
+        return text_is_write(statement.text)
     if getattr(statement, "is_dml", False) or getattr(statement, "is_ddl", False):
         return True
     if getattr(statement, "is_select", False):
         # SQLAlchemy keeps with_for_update() here (the documented routing recipes read it too).
         return getattr(statement, "_for_update_arg", None) is not None
-    if getattr(statement, "is_text", False):
-        return text_is_write(str(getattr(statement, "text", "")))
     return True
 
 
