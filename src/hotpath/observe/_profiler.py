@@ -112,6 +112,7 @@ class Profiler:
         self.explain_per_minute = explain_per_minute
         self._targets: list[Any] = []
         self._watched: dict[Any, Any] = {}  # relationship property -> its class attribute
+        self._seen_mappers: set[Any] = set()
         self._orm_listening = False
         self._tokens = itertools.count(1)
         self._lock = threading.Lock()
@@ -154,6 +155,7 @@ class Profiler:
             if prop.uselist:
                 event.remove(attribute, "init_collection", self._on_init_collection)
         self._watched.clear()
+        self._seen_mappers.clear()
         if self._orm_listening:
             event.remove(Session, "do_orm_execute", self._on_orm_execute)
             event.remove(Mapper, "load", self._on_load)
@@ -359,7 +361,9 @@ class Profiler:
             return
         token = next(self._tokens)
         execution = Execution((), relationship_load=state.is_relationship_load)
-        for mapper in state.all_mappers:
+        mapper = state.bind_mapper
+        if mapper is not None and mapper not in self._seen_mappers:
+            self._seen_mappers.add(mapper)
             self._watch_collections(mapper)
         if state.is_relationship_load:
             path = state.loader_strategy_path
