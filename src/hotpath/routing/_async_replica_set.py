@@ -159,8 +159,10 @@ class AsyncReplicaSet(ReplicaSetBase):
             self._note_read_failure(route.node, exc)
             route = await self._route_read_async(options, exclude=[route.node])
             conn = await route.node.engine.connect()
-        async with conn:
+        try:
             yield conn
+        finally:
+            await conn.close()
 
     async def _route_read_async(
         self, options: SessionOptions, exclude: Sequence[RoutedNode] = ()

@@ -1,0 +1,207 @@
+"""The async twins on real streaming replicas (asyncpg): the same guarantees as the sync tests."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+
+from hotpath.routing import (
+    ASGITokenMiddleware,
+    AsyncReplicaSet,
+    ReplicaWriteError,
+    async_routed_sessionmaker,
+    use_token,
+)
+from hotpath.stack import LocalStack
+from hotpath.testing import ModuleDatabase, ServerStack
+
+from ._helpers import PORT, VALUE
+from .conftest import Engines
+
+
+@pytest.fixture
+async def replicas(engines: Engines, hotpath_db: ModuleDatabase) -> AsyncIterator[AsyncReplicaSet]:
+    primary = create_async_engine(hotpath_db.async_url)
+    replica_engines = [
+        create_async_engine(r.url_for(hotpath_db.name, driver="asyncpg"))
+        for r in hotpath_db.replicas
+    ]
+    async with AsyncReplicaSet(
+        primary, replica_engines, max_lag_s=0.3, probe_interval_s=0.1
+    ) as replica_set:
+        yield replica_set
+    for engine in [primary, *replica_engines]:
+        await engine.dispose()
+
+
+async def _bump(session: AsyncSession, counter: int) -> int:
+    result = await session.execute(
+        text("UPDATE counters SET value = value + 1 WHERE id = :id RETURNING value"),
+        {"id": counter},
+    )
+    value = int(result.scalar_one())
+    await session.commit()
+    return value
+
+
+async def _until(check: object, timeout: float, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():  # type: ignore[operator]
+        if loop.time() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        await asyncio.sleep(0.02)
+
+
+def _port(engine: AsyncEngine) -> int | None:
+    return engine.url.port
+
+
+async def test_async_read_your_writes_never_stale_while_eventual_is(
+    hotpath_stack: ServerStack, replicas: AsyncReplicaSet, resume_all: None
+) -> None:
+    ryw = async_routed_sessionmaker(replicas)
+    eventual = async_routed_sessionmaker(replicas, consistency="eventual")
+    rng = random.Random(7)
+    violations = {"read_your_writes": 0, "eventual": 0}
+    paused = [False, False]
+    try:
+        for i in range(800):
+            if i % 40 == 0:
+                which = rng.randrange(2)
+                server = hotpath_stack.replicas[which]
+                await asyncio.to_thread(
+                    server.resume_replay if paused[which] else server.pause_replay
+                )
+                paused[which] = not paused[which]
+            name, maker = ("read_your_writes", ryw) if i % 2 else ("eventual", eventual)
+            with use_token(None):
+                async with maker() as session:
+                    written = await _bump(session, 1)
+                    seen = (await session.execute(VALUE, {"id": 1})).scalar_one()
+            violations[name] += seen != written
+    finally:
+        for which, server in enumerate(hotpath_stack.replicas):
+            if paused[which]:
+                server.resume_replay()
+    assert violations["read_your_writes"] == 0
+    assert violations["eventual"] > 0
+    replica_reads = sum(n.reads for n in replicas.status() if n.name != "primary")
+    assert replica_reads > 400
+
+
+async def test_async_lagging_replica_is_ejected_and_readmitted(
+    hotpath_stack: ServerStack, engines: Engines, replicas: AsyncReplicaSet, resume_all: None
+) -> None:
+    Session = async_routed_sessionmaker(replicas, consistency="eventual")
+    lagging_port = engines.replicas[0].url.port
+    await asyncio.to_thread(hotpath_stack.replicas[0].pause_replay)
+    try:
+
+        async def ejected() -> bool:
+            async with replicas.connect() as conn:
+                await conn.execute(text("UPDATE counters SET value = value + 1 WHERE id = 2"))
+                await conn.commit()
+            return not replicas.status()[1].healthy
+
+        await _until(ejected, 10, "replica1 ejected")
+        assert (replicas.status()[1].why_ejected or "").startswith("lagging")
+        for _ in range(30):
+            async with Session() as session:
+                assert (await session.execute(PORT)).scalar_one() != lagging_port
+    finally:
+        hotpath_stack.replicas[0].resume_replay()
+
+    async def readmitted() -> bool:
+        return replicas.status()[1].healthy
+
+    await _until(readmitted, 10, "replica1 readmitted")
+
+
+async def test_async_stray_writes_raise_the_clear_error(
+    engines: Engines, replicas: AsyncReplicaSet
+) -> None:
+    with engines.primary.connect() as conn:
+        before = conn.execute(VALUE, {"id": 2}).scalar_one()
+    with pytest.raises(ReplicaWriteError, match="read-only replica"):
+        async with replicas.connect(readonly=True) as conn:
+            await conn.execute(text("UPDATE counters SET value = -1 WHERE id = 2"))
+    ReadOnly = async_routed_sessionmaker(replicas, readonly=True)
+    with pytest.raises(ReplicaWriteError, match="readonly=True"):
+        async with ReadOnly() as session:
+            await session.execute(text("DELETE FROM counters"))
+    with engines.primary.connect() as conn:
+        assert conn.execute(VALUE, {"id": 2}).scalar_one() == before
+
+
+async def test_async_token_round_trip_through_asgi_middleware(
+    hotpath_stack: ServerStack, replicas: AsyncReplicaSet, resume_all: None
+) -> None:
+    import httpx
+    from fastapi import FastAPI
+
+    Session = async_routed_sessionmaker(replicas)
+    api = FastAPI()
+
+    @api.post("/bump")
+    async def bump() -> dict[str, int]:
+        async with Session() as session:
+            return {"value": await _bump(session, 1)}
+
+    @api.get("/value")
+    async def value() -> dict[str, int]:
+        async with Session() as session:
+            return {"value": (await session.execute(VALUE, {"id": 1})).scalar_one()}
+
+    app = ASGITokenMiddleware(api)
+    for replica in hotpath_stack.replicas:
+        await asyncio.to_thread(replica.pause_replay)
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        httpx.AsyncClient(transport=transport, base_url="http://app") as user,
+        httpx.AsyncClient(transport=transport, base_url="http://app") as stranger,
+    ):
+        response = await user.post("/bump")
+        written = response.json()["value"]
+        assert response.headers["x-hotpath-lsn"]
+        assert (await user.get("/value")).json()["value"] == written  # the cookie carried it
+        assert (await stranger.get("/value")).json()["value"] < written  # no token: stale
+
+
+async def test_async_killed_replica_under_concurrent_reads(
+    hotpath_local_stack: LocalStack, replicas: AsyncReplicaSet
+) -> None:
+    Session = async_routed_sessionmaker(replicas, consistency="eventual")
+    failures: list[BaseException] = []
+    reads = 0
+    stop = asyncio.Event()
+
+    async def reader() -> None:
+        nonlocal reads
+        while not stop.is_set():
+            try:
+                async with Session() as session:
+                    (await session.execute(VALUE, {"id": 1})).scalar_one()
+                reads += 1
+            except Exception as exc:
+                failures.append(exc)
+
+    victim = hotpath_local_stack.replicas[1]
+    tasks = [asyncio.create_task(reader()) for _ in range(4)]
+    try:
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(victim.kill)
+        await asyncio.sleep(1.0)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+        await asyncio.to_thread(victim.start)
+        await asyncio.to_thread(hotpath_local_stack.wait_replicas_caught_up, 30)
+    assert failures == []
+    assert reads > 50
+    assert replicas.status()[2].ejections >= 1
