@@ -1,0 +1,140 @@
+"""A bounded closed-loop load generator for the demo: loopback only, capped in time and
+request count, N simulated users each sending their next request when the last returns.
+
+A *step* is one user action (an ``async`` callable), usually one request, sometimes a short
+flow such as "place an order, then read my orders back", checked for stale reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from .._errors import HotpathError
+from ..observe._report import Timing
+
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+class LoadTargetError(HotpathError):
+    """The load generator only sends traffic to this machine's loopback interface."""
+
+
+@dataclass
+class EndpointStats:
+    requests: int = 0
+    errors: int = 0
+    latency: Timing = field(default_factory=Timing)
+
+
+@dataclass
+class LoadResult:
+    """Per endpoint and overall: requests, errors, latency percentiles, throughput."""
+
+    duration_s: float
+    endpoints: dict[str, EndpointStats]
+    stale_reads: int = 0
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def requests(self) -> int:
+        return sum(e.requests for e in self.endpoints.values())
+
+    @property
+    def errors(self) -> int:
+        return sum(e.errors for e in self.endpoints.values())
+
+    def throughput(self, endpoint: str | None = None) -> float:
+        count = self.endpoints[endpoint].requests if endpoint else self.requests
+        return count / self.duration_s if self.duration_s else 0.0
+
+    def overall_latency(self) -> Timing:
+        merged = Timing()
+        for stats in self.endpoints.values():
+            merged.histogram.add(stats.latency.histogram)
+            merged.count += stats.latency.count
+            merged.total_ms += stats.latency.total_ms
+        return merged
+
+
+class Recorder:
+    """What steps use to send a measured request."""
+
+    def __init__(self, client: httpx.AsyncClient, result: LoadResult) -> None:
+        self.client = client
+        self._result = result
+
+    async def request(
+        self, name: str, method: str, path: str, **kwargs: Any
+    ) -> httpx.Response | None:
+        stats = self._result.endpoints.setdefault(name, EndpointStats())
+        started = time.perf_counter()
+        try:
+            response = await self.client.request(method, path, **kwargs)
+        except httpx.HTTPError:
+            response = None
+        stats.latency.record_ms((time.perf_counter() - started) * 1000)
+        stats.requests += 1
+        if response is None or response.status_code >= 500:
+            stats.errors += 1
+            return None
+        return response
+
+    def stale_read(self) -> None:
+        self._result.stale_reads += 1
+
+
+Step = Callable[[Recorder, random.Random], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """Bounds of one run."""
+
+    concurrency: int = 16
+    duration_s: float = 20.0
+    max_requests: int = 200_000
+    seed: int = 7
+    timeout_s: float = 10.0
+
+
+async def run_load(base_url: str, mix: Sequence[tuple[float, Step]], spec: LoadSpec) -> LoadResult:
+    """Run ``mix`` (weights and steps) against ``base_url`` until the duration or the request
+    cap is reached; every simulated user has its own deterministic random stream."""
+    host = urlsplit(base_url).hostname or ""
+    if host not in _LOOPBACK:
+        raise LoadTargetError(
+            f"refusing to send load to {host!r}: the demo's load generator only targets "
+            "127.0.0.1 / localhost"
+        )
+    if not mix:
+        raise LoadTargetError("the request mix is empty: give at least one (weight, step)")
+    weights = [w for w, _ in mix]
+    steps = [s for _, s in mix]
+    result = LoadResult(0.0, {})
+    limits = httpx.Limits(
+        max_connections=spec.concurrency, max_keepalive_connections=spec.concurrency
+    )
+    async with httpx.AsyncClient(
+        base_url=base_url, timeout=spec.timeout_s, limits=limits
+    ) as client:
+        recorder = Recorder(client, result)
+        started = time.perf_counter()
+        deadline = started + spec.duration_s
+
+        async def user(number: int) -> None:
+            rng = random.Random(f"{spec.seed}:{number}")
+            while time.perf_counter() < deadline and result.requests < spec.max_requests:
+                step = rng.choices(steps, weights=weights, k=1)[0]
+                await step(recorder, rng)
+
+        await asyncio.gather(*(user(n) for n in range(spec.concurrency)))
+        result.duration_s = time.perf_counter() - started
+    return result

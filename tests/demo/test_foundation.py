@@ -1,0 +1,93 @@
+"""The demo's building blocks: deterministic data, Zipf popularity, the bounded load generator."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+
+import psycopg
+import pytest
+from fastapi import FastAPI, HTTPException
+
+from hotpath.demo._load import LoadSpec, LoadTargetError, Recorder, run_load
+from hotpath.demo._server import serve
+from hotpath.demo.shop import SCALES, generate, load_shop
+from hotpath.demo.shop.data import Zipf
+from hotpath.testing import ModuleDatabase
+
+
+def test_generated_data_is_deterministic_per_seed() -> None:
+    tiny = SCALES["tiny"]
+    first = list(generate(tiny, seed=1)["orders"]())
+    assert first == list(generate(tiny, seed=1)["orders"]())
+    assert first != list(generate(tiny, seed=2)["orders"]())
+    assert len(first) == tiny.orders
+
+
+def test_popularity_is_zipf_skewed() -> None:
+    draws = Zipf(1000).draws(random.Random(3), 20_000)
+    counts = Counter(draws)
+    top_ten = sum(count for _, count in counts.most_common(10))
+    assert top_ten / len(draws) > 0.3  # 1% of the items get over 30% of the picks
+    assert len(counts) > 500  # ...and the long tail is still there
+
+
+def test_load_shop_fills_every_table_with_copy(hotpath_db: ModuleDatabase) -> None:
+    counts = load_shop(hotpath_db.dsn, SCALES["tiny"])
+    with psycopg.connect(hotpath_db.dsn) as conn:
+        for table, expected in counts.items():
+            assert conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (expected,)
+        indexes = conn.execute(
+            "SELECT count(*) FROM pg_indexes WHERE schemaname = 'public'"
+        ).fetchone()
+    assert indexes == (len(counts),)  # primary keys only: the naive starting point
+
+
+def _slow_app() -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/items/{item_id}")
+    async def item(item_id: int) -> dict[str, int]:
+        await asyncio.sleep(0.005)
+        return {"id": item_id}
+
+    @app.get("/broken")
+    async def broken() -> dict[str, int]:
+        raise HTTPException(503, "dependency down")
+
+    return app
+
+
+async def _get_item(recorder: Recorder, rng: random.Random) -> None:
+    await recorder.request("GET /items/{id}", "GET", f"/items/{rng.randint(1, 100)}")
+
+
+async def _get_broken(recorder: Recorder, rng: random.Random) -> None:
+    await recorder.request("GET /broken", "GET", "/broken")
+
+
+async def test_load_is_bounded_by_request_count_and_duration() -> None:
+    with serve(_slow_app()) as base_url:
+        capped = await run_load(
+            base_url, [(1.0, _get_item)], LoadSpec(concurrency=4, duration_s=30, max_requests=40)
+        )
+        assert 40 <= capped.requests <= 43  # each of the 4 users may finish one in flight
+        assert capped.duration_s < 10
+        timed = await run_load(
+            base_url,
+            [(4.0, _get_item), (1.0, _get_broken)],
+            LoadSpec(concurrency=4, duration_s=0.5, max_requests=10**6),
+        )
+    assert 0.5 <= timed.duration_s < 3
+    items, broken = timed.endpoints["GET /items/{id}"], timed.endpoints["GET /broken"]
+    assert items.errors == 0
+    assert broken.errors == broken.requests > 0
+    assert items.requests > broken.requests  # the 4:1 mix
+    assert items.latency.percentile_ms(50) >= 5.0  # the server's own sleep
+    assert timed.throughput() > 0
+
+
+async def test_load_refuses_anything_but_loopback() -> None:
+    with pytest.raises(LoadTargetError, match=r"only targets 127\.0\.0\.1"):
+        await run_load("http://10.0.0.5:8000", [(1.0, _get_item)], LoadSpec(duration_s=0.1))
