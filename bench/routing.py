@@ -1,0 +1,191 @@
+"""Replica routing: overhead, replica share under read-your-writes, read throughput.
+
+Side by side in one run, on a fresh ``LocalStack(replicas=2, redis=False)``:
+
+1. Per-statement routing overhead on primary-key SELECTs (one session, many statements):
+   a plain ``Session`` on a replica engine (baseline) against hotpath's routed session
+   (``eventual`` and ``read_your_writes``). Target: <= 1.05x.
+2. A 10%-writes workload of one user (a write, then reads of what it wrote and of other rows,
+   with a few ms of think time): the share of reads served by replicas and the stale reads of
+   the user's own writes, for hotpath's LSN tokens (``fast`` and ``wait``) against a
+   Rails-style 2 s stickiness after any write (``DatabaseSelector``'s delay) and naive routing.
+   Target: LSN keeps >= 3x more reads on replicas than the 2 s delay, at 0 violations.
+3. Read throughput of 8 threads doing PK SELECTs: routed over 2 replicas against the
+   primary alone (every server shares the same cores here, so this bounds the gain below).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.orm import Session
+
+from hotpath.routing import ReplicaSet, routed_sessionmaker, use_token
+from hotpath.stack import LocalStack
+
+from ._harness import Series, console, report
+
+ROWS = 1000
+GET = text("SELECT name FROM products WHERE id = :id")
+SET = text("UPDATE products SET name = :name WHERE id = :id")
+
+
+def _seed(primary: Engine) -> None:
+    with primary.begin() as conn:
+        conn.execute(text("CREATE TABLE products (id int PRIMARY KEY, name text NOT NULL)"))
+        conn.execute(
+            text("INSERT INTO products SELECT g, 'p' || g FROM generate_series(1, :n) g"),
+            {"n": ROWS},
+        )
+
+
+def _overhead(primary: Engine, replica: Engine, replicas: ReplicaSet, n: int) -> str:
+    eventual = routed_sessionmaker(replicas, consistency="eventual")
+    ryw = routed_sessionmaker(replicas)
+    contenders: dict[str, Callable[[], Session]] = {
+        "direct replica engine": lambda: Session(replica),
+        "hotpath eventual": eventual,
+        "hotpath read_your_writes": ryw,
+    }
+    series = {name: Series(name) for name in contenders}
+    rng = random.Random(1)
+    for _ in range(3):  # interleaved rounds, so machine drift hits every contender alike
+        for name, make in contenders.items():
+            with use_token(None), make() as session:
+                session.execute(GET, {"id": 1}).scalar_one()  # connect outside the timing
+                for _ in range(n // 3):
+                    began = time.perf_counter()
+                    session.execute(GET, {"id": rng.randint(1, ROWS)}).scalar_one()
+                    series[name].samples.append(time.perf_counter() - began)
+    return report("PK SELECT per statement", list(series.values()), "direct replica engine", "us")
+
+
+def _workload(replicas: ReplicaSet, blind: ReplicaSet, ops: int, think_s: float) -> tuple[str, str]:
+    strategies: dict[str, Callable[[float], Session]] = {}
+    ryw_fast = routed_sessionmaker(replicas, consistency="read_your_writes")
+    ryw_wait = routed_sessionmaker(replicas, mode="wait", wait_timeout_s=0.05)
+    eventual = routed_sessionmaker(blind, consistency="eventual")
+    strong = routed_sessionmaker(blind, consistency="strong")
+    strategies["hotpath LSN token (fast)"] = lambda _since: ryw_fast()
+    strategies["hotpath LSN token (wait 50 ms)"] = lambda _since: ryw_wait()
+    strategies["Rails-style 2 s delay"] = lambda since: strong() if since < 2.0 else eventual()
+    strategies["naive (always replica)"] = lambda _since: eventual()
+    latency = {name: Series(name) for name in strategies}
+    rows = []
+    primary_port = replicas.primary.url.port
+    for name, make in strategies.items():
+        rng = random.Random(2)
+        last_write = -1e9
+        mine: dict[int, str] = {}
+        on_replica = total = stale = 0
+        with use_token(None):
+            for op in range(ops):
+                if rng.random() < 0.10:
+                    row, value = rng.randint(1, ROWS), f"v{op}-{name}"
+                    with make(0.0) as session:
+                        session.execute(SET, {"id": row, "name": value})
+                        session.commit()
+                    mine[row], last_write = value, time.monotonic()
+                else:
+                    own = mine and rng.random() < 0.5
+                    row = rng.choice(list(mine)) if own else rng.randint(1, ROWS)
+                    began = time.perf_counter()
+                    with make(time.monotonic() - last_write) as session:
+                        seen = session.execute(GET, {"id": row}).scalar_one()
+                        port = session.execute(text("SELECT inet_server_port()")).scalar_one()
+                    latency[name].samples.append(time.perf_counter() - began)
+                    total += 1
+                    on_replica += port != primary_port
+                    stale += row in mine and seen != mine[row]
+                time.sleep(think_s)
+        share = on_replica / total
+        rows.append((name, total, share, stale))
+    rails_share = next(r[2] for r in rows if r[0].startswith("Rails"))
+    lines = [
+        "| strategy | reads | on replicas | x Rails 2 s | stale own reads |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, total, share, stale in rows:
+        ratio = f"{share / rails_share:.1f}" if rails_share else "inf"
+        lines.append(f"| {name} | {total} | {share:.1%} | {ratio} | {stale} |")
+    console.print("\n".join(lines))
+    timing = report(
+        "read latency in the workload", list(latency.values()), "naive (always replica)"
+    )
+    return "\n".join(lines), timing
+
+
+def _throughput(
+    make: Callable[[], Session], seconds: float, threads: int = 8
+) -> tuple[Series, float]:
+    series = Series("")
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        local: list[float] = []
+        while not stop.is_set():
+            began = time.perf_counter()
+            with make() as session:
+                session.execute(GET, {"id": rng.randint(1, ROWS)}).scalar_one()
+            local.append(time.perf_counter() - began)
+        with lock:
+            series.samples.extend(local)
+
+    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for thread in pool:
+        thread.start()
+    time.sleep(seconds)
+    stop.set()
+    for thread in pool:
+        thread.join()
+    return series, len(series.samples) / seconds
+
+
+def run(quick: bool) -> str:
+    with LocalStack(replicas=2, redis=False) as stack:
+        primary = create_engine(stack.primary.url, pool_size=10)
+        replica_engines = [create_engine(r.url, pool_size=10) for r in stack.replicas]
+        _seed(primary)
+        stack.wait_replicas_caught_up(timeout=30)
+        engines: list[Any] = [primary, *replica_engines]
+        with (
+            ReplicaSet(primary, replica_engines, probe_interval_s=0.2) as replicas,
+            # lag-blind routing for the naive and Rails-style contenders
+            ReplicaSet(
+                primary, replica_engines, max_lag_s=3600, policy="random", probe_interval_s=1
+            ) as blind,
+        ):
+            overhead = _overhead(primary, replica_engines[0], replicas, 900 if quick else 6000)
+            ops = 250 if quick else 1200
+            shares, timing = _workload(replicas, blind, ops, 0.005)
+            stack.replicas[0].pause_replay()  # real lag on one replica for the second pass
+            try:
+                lag_shares, lag_timing = _workload(replicas, blind, ops, 0.005)
+            finally:
+                stack.replicas[0].resume_replay()
+            stack.wait_replicas_caught_up(timeout=30)
+            seconds = 1.5 if quick else 5.0
+            alone, alone_rate = _throughput(lambda: Session(primary), seconds)
+            alone.name, alone.note = "primary alone", f"{alone_rate:.0f} reads/s"
+            spread, spread_rate = _throughput(
+                routed_sessionmaker(replicas, consistency="eventual"), seconds
+            )
+            spread.name = "hotpath over 2 replicas"
+            spread.note = f"{spread_rate:.0f} reads/s ({spread_rate / alone_rate:.2f}x)"
+            throughput = report("read latency, 8 threads", [alone, spread], "primary alone")
+        for engine in engines:
+            engine.dispose()
+    return (
+        f"### per-statement overhead (PK SELECT)\n\n{overhead}\n\n"
+        f"### replica share, 10% writes, one user (replication on loopback, no lag)\n\n"
+        f"{shares}\n\n{timing}\n\n"
+        f"### the same with replica1's replay paused (real lag)\n\n{lag_shares}\n\n{lag_timing}\n\n"
+        f"### read throughput, 8 threads\n\n{throughput}\n"
+    )
