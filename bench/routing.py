@@ -86,7 +86,7 @@ def _workload(replicas: ReplicaSet, blind: ReplicaSet, ops: int, think_s: float)
         with use_token(None):
             for op in range(ops):
                 if rng.random() < 0.10:
-                    row, value = rng.randint(1, ROWS), f"v{op}-{name}"
+                    row, value = rng.randint(1, ROWS), f"v{op}-{time.monotonic_ns()}"
                     with make(0.0) as session:
                         session.execute(SET, {"id": row, "name": value})
                         session.commit()
