@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 import warnings
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, Literal, TypeVar, overload
@@ -113,6 +114,7 @@ class Profiler:
         self._targets: list[Any] = []
         self._watched: dict[Any, Any] = {}  # relationship property -> its class attribute
         self._seen_mappers: set[Any] = set()
+        self._servers: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
         self._orm_listening = False
         self._tokens = itertools.count(1)
         self._lock = threading.Lock()
@@ -356,27 +358,28 @@ class Profiler:
             scope.lazy_statement(execution.lazy_key, statement)
 
     def _on_orm_execute(self, state: ORMExecuteState) -> None:
-        scope = self._mine()
-        if scope is None:
+        scope = current_scope.get()
+        if scope is None or scope.profiler is not self:
+            return
+        if not state.is_relationship_load or not scope.tracks_n_plus_one:
+            # A top-level query: its rows are tied to it through the load event's context,
+            # so nothing to tag here; just make sure its collections are watched.
+            mapper = state.bind_mapper
+            if mapper is not None and mapper not in self._seen_mappers:
+                self._seen_mappers.add(mapper)
+                self._watch_collections(mapper)
             return
         token = next(self._tokens)
-        execution = Execution((), relationship_load=state.is_relationship_load)
-        mapper = state.bind_mapper
-        if mapper is not None and mapper not in self._seen_mappers:
-            self._seen_mappers.add(mapper)
-            self._watch_collections(mapper)
-        if state.is_relationship_load:
-            path = state.loader_strategy_path
-            chain = relationships(path)
-            parent = state.lazy_loaded_from
-            if parent is not None and chain:
-                prop = chain[-1]
-                origin = scope.origin_of(parent)
-                chain = (*scope.chain_of(origin), prop)
-                execution.lazy_origin = ("lazy", origin, str(prop))
-                execution.lazy_key = (origin, str(prop))
-                scope.note_lazy_load(parent, prop, chain)
-            execution.chain = chain
+        chain = relationships(state.loader_strategy_path)
+        execution = Execution(chain, relationship_load=True)
+        parent = state.lazy_loaded_from
+        if parent is not None and chain:
+            prop = chain[-1]
+            origin = scope.origin_of(parent)
+            execution.chain = (*scope.chain_of(origin), prop)
+            execution.lazy_origin = ("lazy", origin, str(prop))
+            execution.lazy_key = (origin, str(prop))
+            scope.note_lazy_load(parent, prop, execution.chain)
         scope.begin_execution(token, execution)
         state.update_execution_options(**{TOKEN: token})
 
@@ -399,13 +402,15 @@ class Profiler:
             scope.note_collection(instance_state(target), adapter.attr.parent_token, collection)
 
     def _on_load(self, target: Any, context: Any) -> None:
+        token = context.execution_options.get(TOKEN)
+        if token is None:
+            return  # rows of top-level queries are traced through InstanceState.runid
         scope = current_scope.get()
         if scope is None or scope.profiler is not self:
             return
-        token = context.execution_options.get(TOKEN)
         execution = scope.execution(token)
         if execution is not None:
-            scope.note_loaded(instance_state(target), token, execution)
+            scope.note_relationship_run(context.runid, execution)
 
 
 class _ProfileBlock:

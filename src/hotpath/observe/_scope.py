@@ -8,7 +8,6 @@ queries). Findings are derived when the scope closes.
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections import Counter
 from contextvars import ContextVar, Token
@@ -34,8 +33,6 @@ allowed_kinds: ContextVar[frozenset[str]] = ContextVar(
 )
 
 Chain = tuple["RelationshipProperty[Any]", ...]
-_ORIGIN_KEY = "hotpath.observe.origin"
-_serials = itertools.count(1)
 Origin = tuple[Any, ...]  # identifies one result set (or the union of sibling lazy loads)
 _MAX_PARAM_HASHES = 64
 
@@ -109,6 +106,10 @@ class Scope:
         self.name = name
         self.capture_sites = capture_sites  # every query's call site (budgets list them)
         self.modes: dict[FindingKind, Mode] = {**profiler.modes, **(modes or {})}
+        # a detector that is off costs nothing: its bookkeeping is skipped entirely
+        self.tracks_n_plus_one = self.modes[FindingKind.N_PLUS_ONE] != "off"
+        self.tracks_duplicates = self.modes[FindingKind.DUPLICATE] != "off"
+        self.tracks_eager = self.modes[FindingKind.UNUSED_EAGER_LOAD] != "off"
         self.parent: Scope | None = None
         self.started = 0.0
         self.duration_ms = 0.0
@@ -119,7 +120,6 @@ class Scope:
         self.closed = False
         self._token: Token[Scope | None] | None = None
         self._shape_counts: Counter[str] = Counter()
-        self._first_sql: dict[str, str] = {}
         self._last_site: dict[str, CallSite | None] = {}
         self._walk_limit = profiler.shape_threshold + 1
         self._shape_groups: dict[tuple[str, CallSite | None], ShapeGroup] = {}
@@ -131,11 +131,11 @@ class Scope:
         self.pending_explains: list[PendingExplain] = []
         self._executions: dict[int, Execution] = {}
         self._origin_chain: dict[Origin, Chain] = {}
-        self._origin_cache: dict[tuple[int, Any], tuple[Origin, Chain]] = {}
+        self._origin_cache: dict[tuple[int, Any], Origin] = {}
+        self._run_origins: dict[int, Origin] = {}
         self._lazy: dict[tuple[Origin, str], LazyGroup] = {}
         self._lazy_targets: set[tuple[int, str]] = set()  # (id(parent state), key) loading now
         self._eager: dict[str, EagerGroup] = {}
-        self._serial = next(_serials)  # marks this scope's entries in InstanceState.info
 
     # -- entering and leaving ------------------------------------------------------------
 
@@ -201,7 +201,8 @@ class Scope:
 
         if self.capture_sites:
             site_now()
-        params_hash = 0 if executemany else _hash_params(parameters)
+        needs_hash = not executemany and (self.tracks_duplicates or self.tracks_n_plus_one)
+        params_hash = _hash_params(parameters) if needs_hash else 0
         for scope in self._chain():
             scope._add(
                 statement,
@@ -242,6 +243,8 @@ class Scope:
             )
 
     def _chain(self) -> list[Scope]:
+        if self.parent is None:
+            return [self]
         scopes, scope = [], self
         while scope is not None:
             scopes.append(scope)
@@ -262,26 +265,9 @@ class Scope:
         self.db_time_ms += duration_ms
         if relationship_load:
             return  # judged by the ORM detector, which knows the relationship
-        seen = self._shape_counts[fingerprint] = self._shape_counts[fingerprint] + 1
-        if seen == 1:
-            self._first_sql[fingerprint] = statement
-        else:
-            # Walk the stack for the first runs of a shape and then at powers of two; runs in
-            # between are attributed to the last site seen, which keeps loops cheap.
-            if seen <= self._walk_limit or not seen & (seen - 1):
-                where = self._last_site[fingerprint] = site_now()
-            else:
-                where = self._last_site.get(fingerprint)
-            group = self._shape_groups.get((fingerprint, where))
-            if group is None:
-                group = ShapeGroup(statement, suppressed=_suppressed(FindingKind.N_PLUS_ONE, where))
-                if seen == 2:
-                    group.count = 1  # the uncaptured first run is attributed to this site
-                self._shape_groups[(fingerprint, where)] = group
-            group.count += 1
-            if len(group.param_hashes) < _MAX_PARAM_HASHES:
-                group.param_hashes.add(params_hash)
-        if params_hash:
+        if self.tracks_n_plus_one:
+            self._track_shape(statement, fingerprint, params_hash, site_now)
+        if params_hash and self.tracks_duplicates:
             key = (statement, params_hash)
             self._duplicates[key] += 1
             if self._duplicates[key] == 2:
@@ -289,6 +275,28 @@ class Scope:
                 self._duplicate_sites[key] = where
                 if _suppressed(FindingKind.DUPLICATE, where):
                     self._duplicate_suppressed.add(key)
+
+    def _track_shape(
+        self, statement: str, fingerprint: str, params_hash: int, site_now: Any
+    ) -> None:
+        seen = self._shape_counts[fingerprint] = self._shape_counts[fingerprint] + 1
+        if seen == 1:
+            return
+        # Walk the stack for the first runs of a shape and then at powers of two; runs in
+        # between are attributed to the last site seen, which keeps loops cheap.
+        if seen <= self._walk_limit or not seen & (seen - 1):
+            where = self._last_site[fingerprint] = site_now()
+        else:
+            where = self._last_site.get(fingerprint)
+        group = self._shape_groups.get((fingerprint, where))
+        if group is None:
+            group = ShapeGroup(statement, suppressed=_suppressed(FindingKind.N_PLUS_ONE, where))
+            if seen == 2:
+                group.count = 1  # the uncaptured first run is attributed to this site
+            self._shape_groups[(fingerprint, where)] = group
+        group.count += 1
+        if len(group.param_hashes) < _MAX_PARAM_HASHES:
+            group.param_hashes.add(params_hash)
 
     def _note_slow(
         self, statement: str, fingerprint: str, ms: float, site: CallSite | None
@@ -311,36 +319,31 @@ class Scope:
         return None if token is None else self._executions.get(token)
 
     def origin_of(self, state: InstanceState[Any]) -> Origin:
-        """The result set ``state`` was loaded by in this scope (its own identity if unknown)."""
-        mark = state.info.get(_ORIGIN_KEY)
-        if mark is not None and mark[0] == self._serial:
-            return mark[1]  # type: ignore[no-any-return]
-        return ("object", id(state))
+        """The result set that produced ``state``: the query run SQLAlchemy's loader stamped
+        on it, with lazy-load runs folded into one origin per (parent origin, relationship)
+        so that nested loops group across parents."""
+        run = getattr(state, "runid", None)  # set by the ORM loader on every loaded instance
+        if run is None:
+            return ("object", id(state))
+        lazy = self._run_origins.get(run)
+        if lazy is not None:
+            return lazy
+        path = state.load_path
+        origin = self._origin_cache.get((run, path))
+        if origin is None:
+            chain = relationships(path)
+            origin = self._origin_cache[(run, path)] = ("query", run, chain)
+            self._origin_chain[origin] = chain
+        return origin
 
     def chain_of(self, origin: Origin) -> Chain:
         return self._origin_chain.get(origin, ())
 
-    def note_loaded(self, state: InstanceState[Any], token: int, execution: Execution) -> None:
-        """Remember which result set produced ``state`` (the first one, if several did).
-
-        Runs once per loaded instance, so the origin is computed once per execution and
-        load path and kept in ``InstanceState.info`` (dies with the instance).
-        """
-        info = state.info
-        mark = info.get(_ORIGIN_KEY)
-        if mark is not None and mark[0] == self._serial:
-            return
-        path = state.load_path
-        cached = self._origin_cache.get((token, path))
-        if cached is None:
-            if execution.lazy_origin is not None:
-                cached = (execution.lazy_origin, execution.chain)
-            else:
-                chain = relationships(path)
-                cached = (("query", token, chain), chain)
-            self._origin_cache[(token, path)] = cached
-            self._origin_chain[cached[0]] = cached[1]
-        info[_ORIGIN_KEY] = (self._serial, cached[0])
+    def note_relationship_run(self, run: int, execution: Execution) -> None:
+        """Rows of ``run`` came from a lazy load: their origin is the lazy-load group."""
+        if execution.lazy_origin is not None and run not in self._run_origins:
+            self._run_origins[run] = execution.lazy_origin
+            self._origin_chain[execution.lazy_origin] = execution.chain
 
     def note_lazy_load(
         self, parent: InstanceState[Any], prop: RelationshipProperty[Any], chain: Chain
@@ -359,7 +362,7 @@ class Scope:
 
     def note_collection(self, state: InstanceState[Any], prop: Any, collection: Any) -> None:
         """A collection was created for a loaded instance: watch it if an eager loader did."""
-        if state.key is None:
+        if not self.tracks_eager or state.key is None:
             return  # a new object's empty collection, not a load
         if (id(state), prop.key) in self._lazy_targets:
             self._lazy_targets.discard((id(state), prop.key))
