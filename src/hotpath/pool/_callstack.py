@@ -1,0 +1,82 @@
+"""Cheap capture of the stack that checked a connection out, and its rendering.
+
+Capture keeps (code object, line) pairs only, a few microseconds per checkout; file names,
+source lines and the "first application frame" are worked out only when a leak or an
+exhausted pool is reported. Under async SQLAlchemy the checkout runs in a greenlet whose stack
+ends at ``greenlet_spawn``; the walk continues in the parent greenlet, where the ``await`` is.
+"""
+
+from __future__ import annotations
+
+import linecache
+import os
+import sys
+from types import CodeType, FrameType
+
+Stack = tuple[tuple[CodeType, int], ...]
+
+_MAX_FRAMES = 48
+
+
+def _walk(frame: FrameType | None, into: list[tuple[CodeType, int]]) -> None:
+    while frame is not None and len(into) < _MAX_FRAMES:
+        into.append((frame.f_code, frame.f_lineno))
+        frame = frame.f_back
+
+
+def capture_stack(skip: int = 1) -> Stack:
+    """The current stack, innermost first (``skip`` frames of the caller's own dropped)."""
+    frames: list[tuple[CodeType, int]] = []
+    _walk(sys._getframe(skip + 1), frames)
+    greenlet_module = sys.modules.get("greenlet")
+    if greenlet_module is not None:
+        current = greenlet_module.getcurrent()
+        while current.parent is not None and len(frames) < _MAX_FRAMES:
+            current = current.parent
+            _walk(current.gr_frame, frames)
+    return tuple(frames)
+
+
+def _is_library(code: CodeType) -> bool:
+    # One verdict for the whole package: observe already classifies frames for its call sites.
+    from ..observe._callsite import _is_library as observe_is_library  # noqa: PLC0415
+
+    if code.co_filename.startswith(_POOL_DIR):
+        return True
+    return observe_is_library(code)
+
+
+_POOL_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def call_site(stack: Stack) -> str:
+    """``path:line in function`` of the first application frame (else the outermost one)."""
+    for code, line in stack:
+        if not _is_library(code):
+            return _site(code, line)
+    if stack:
+        code, line = stack[-1]
+        return _site(code, line)
+    return "<unknown>"
+
+
+def _site(code: CodeType, line: int) -> str:
+    path = code.co_filename
+    try:
+        relative = os.path.relpath(path)
+        if not relative.startswith(".."):
+            path = relative
+    except ValueError:  # another drive (Windows)
+        pass
+    return f"{path}:{line} in {code.co_name}"
+
+
+def format_stack(stack: Stack) -> str:
+    """A traceback-style rendering, outermost call first."""
+    lines = []
+    for code, line in reversed(stack):
+        lines.append(f'  File "{code.co_filename}", line {line}, in {code.co_name}')
+        source = linecache.getline(code.co_filename, line).strip()
+        if source:
+            lines.append(f"    {source}")
+    return "\n".join(lines)

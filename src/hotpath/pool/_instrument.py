@@ -1,0 +1,131 @@
+"""instrument_pool(): attach PoolMetrics (and liveness) to an engine or a psycopg pool."""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from . import _leaks
+from ._errors import PoolConfigError
+from ._metrics import PoolMetrics
+from ._psycopg import _Metering
+from ._sa_pools import _MeteredMixin
+from ._sqlalchemy import EngineInstrumentation, pool_shape
+
+_instrumented: weakref.WeakKeyDictionary[Any, PoolMetrics] = weakref.WeakKeyDictionary()
+
+
+def instrument_pool(
+    target: Engine | AsyncEngine | Any,
+    *,
+    name: str | None = None,
+    leak_threshold_s: float | None = 30.0,
+    validate_idle_s: float | None = 0.5,
+    max_lifetime_s: float | None = 1800.0,
+    lifetime_jitter: float = 0.05,
+    transaction_pooler: bool = False,
+    capture_stacks: bool = True,
+) -> PoolMetrics:
+    """Meter ``target``'s pool; return its :class:`PoolMetrics` (``.snapshot()``).
+
+    ``target``: a SQLAlchemy ``Engine`` or ``AsyncEngine`` (full metrics when its pool is a
+    ``MeteredQueuePool`` / ``AsyncMeteredQueuePool``, as ``PoolPlan.engine_kwargs()`` sets;
+    without it, acquire wait, waiting callers and timeouts read ``None``), or a
+    ``MeteredConnectionPool`` / ``AsyncMeteredConnectionPool``. For engines it also installs
+    the liveness rules: ping on checkout only after ``validate_idle_s`` idle, replace
+    connections after ``max_lifetime_s`` (minus up to ``lifetime_jitter``), and, with
+    ``transaction_pooler``, warn about statements that set session state.
+    """
+    _check_options(leak_threshold_s, validate_idle_s, max_lifetime_s, lifetime_jitter)
+    key = target.sync_engine if isinstance(target, AsyncEngine) else target
+    if key in _instrumented:
+        raise PoolConfigError(
+            f"{_describe(target)} is already instrumented: keep and reuse the PoolMetrics the "
+            "first instrument_pool() call returned"
+        )
+    if isinstance(key, Engine):
+        metrics = _instrument_engine(
+            key,
+            name,
+            leak_threshold_s=leak_threshold_s,
+            validate_idle_s=validate_idle_s,
+            max_lifetime_s=max_lifetime_s,
+            lifetime_jitter=lifetime_jitter,
+            transaction_pooler=transaction_pooler,
+            capture_stacks=capture_stacks,
+        )
+    elif isinstance(key, _Metering):
+        metrics = key.hotpath_metrics
+        metrics.name = name or metrics.name
+        metrics.leak_threshold_s = leak_threshold_s
+        metrics.capture_stacks = capture_stacks
+        key.validate_idle_s = validate_idle_s
+    else:
+        raise PoolConfigError(
+            f"cannot instrument {_describe(target)}: pass a SQLAlchemy Engine or AsyncEngine, "
+            "or a hotpath.pool.MeteredConnectionPool / AsyncMeteredConnectionPool (a drop-in "
+            "psycopg_pool subclass: psycopg_pool itself has no checkout hooks to attach to)"
+        )
+    _instrumented[key] = metrics
+    _leaks.watch(metrics)
+    return metrics
+
+
+def _instrument_engine(
+    engine: Engine,
+    name: str | None,
+    *,
+    leak_threshold_s: float | None,
+    validate_idle_s: float | None,
+    max_lifetime_s: float | None,
+    lifetime_jitter: float,
+    transaction_pooler: bool,
+    capture_stacks: bool,
+) -> PoolMetrics:
+    metrics = PoolMetrics(
+        name or _engine_name(engine),
+        lambda: pool_shape(engine.pool),
+        leak_threshold_s=leak_threshold_s,
+        capture_stacks=capture_stacks,
+        metered_acquire=isinstance(engine.pool, _MeteredMixin),
+    )
+    EngineInstrumentation(
+        engine,
+        metrics,
+        validate_idle_s=validate_idle_s,
+        max_lifetime_s=max_lifetime_s,
+        lifetime_jitter=lifetime_jitter,
+        transaction_pooler=transaction_pooler,
+    ).install()
+    return metrics
+
+
+def _engine_name(engine: Engine) -> str:
+    url = engine.url
+    return f"{url.host or 'local'}:{url.port or 5432}/{url.database or ''}"
+
+
+def _describe(target: object) -> str:
+    return f"{type(target).__module__}.{type(target).__qualname__}"
+
+
+def _check_options(
+    leak_threshold_s: float | None,
+    validate_idle_s: float | None,
+    max_lifetime_s: float | None,
+    lifetime_jitter: float,
+) -> None:
+    problems = []
+    if leak_threshold_s is not None and leak_threshold_s <= 0:
+        problems.append(f"leak_threshold_s={leak_threshold_s} (use > 0, or None for off)")
+    if validate_idle_s is not None and validate_idle_s < 0:
+        problems.append(f"validate_idle_s={validate_idle_s} (use >= 0, or None for never)")
+    if max_lifetime_s is not None and max_lifetime_s <= 0:
+        problems.append(f"max_lifetime_s={max_lifetime_s} (use > 0, or None for unlimited)")
+    if not 0 <= lifetime_jitter < 1:
+        problems.append(f"lifetime_jitter={lifetime_jitter} (use 0 <= jitter < 1, e.g. 0.05)")
+    if problems:
+        raise PoolConfigError("bad instrument_pool option: " + "; ".join(problems))

@@ -1,0 +1,373 @@
+"""PoolMetrics: the one place a pool's events are counted, timed and attributed.
+
+The adapters (SQLAlchemy events, the metered pool classes, psycopg_pool) only translate their
+own callbacks into the calls below; every number in a :class:`PoolSnapshot`, the leak reports
+and the exhaustion message come from here. Times are recorded in microseconds in HdrHistograms
+(1 µs .. 1 h, 3 significant digits).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from hdrh.histogram import HdrHistogram
+
+from ._callstack import Stack, call_site, capture_stack, format_stack
+from ._errors import PoolExhaustedError
+
+logger = logging.getLogger("hotpath.pool")
+
+_HOUR_US = 3_600_000_000
+
+
+def _histogram() -> HdrHistogram:
+    return HdrHistogram(1, _HOUR_US, 3)
+
+
+@dataclass(frozen=True)
+class Percentiles:
+    """Milliseconds: median, 99th percentile and maximum over ``count`` samples."""
+
+    p50: float
+    p99: float
+    max: float
+    count: int
+
+    def __str__(self) -> str:
+        return (
+            f"p50 {self.p50:.2f} ms, p99 {self.p99:.2f} ms, max {self.max:.2f} ms (n={self.count})"
+        )
+
+
+def _percentiles(hist: HdrHistogram) -> Percentiles:
+    count = hist.get_total_count()
+    if count == 0:
+        return Percentiles(0.0, 0.0, 0.0, 0)
+    return Percentiles(
+        hist.get_value_at_percentile(50) / 1e3,
+        hist.get_value_at_percentile(99) / 1e3,
+        hist.get_max_value() / 1e3,
+        count,
+    )
+
+
+@dataclass(frozen=True)
+class PoolShape:
+    """What the pool itself says about its limits (and, for psycopg_pool, its state)."""
+
+    pool_size: int
+    max_overflow: int
+    timeout_s: float | None
+    kind: str
+    size: int | None = None  # open connections, when the pool reports them itself
+    idle: int | None = None
+    waiting: int | None = None
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Connections checked out from one call site right now."""
+
+    call_site: str
+    count: int
+    longest_s: float
+    median_s: float
+
+    def __str__(self) -> str:
+        held = f"held up to {self.longest_s:.2f} s"
+        if self.count > 1:
+            held += f", median {self.median_s:.2f} s"
+        return f"{self.count}x {self.call_site} ({held})"
+
+
+@dataclass(frozen=True)
+class PoolSnapshot:
+    """A consistent view of one pool at one instant (see ``docs/pool.md`` for each field)."""
+
+    name: str
+    kind: str
+    size: int
+    checked_out: int
+    idle: int
+    overflow: int
+    pool_size: int
+    max_overflow: int
+    waiting: int | None
+    acquire_wait: Percentiles | None
+    hold: Percentiles
+    connect: Percentiles
+    checkouts: int
+    timeouts: int | None
+    invalidations: int
+    expired: int
+    connects: int
+    pings: int
+    pings_failed: int
+    leaks: int
+    oldest_connection_age_s: float | None
+    holders: tuple[Holder, ...] = field(default=())
+
+    def describe(self) -> str:
+        """A few lines for logs and the CLI."""
+        wait = str(self.acquire_wait) if self.acquire_wait else "n/a (pool not metered)"
+        age = (
+            f"{self.oldest_connection_age_s:.1f} s"
+            if self.oldest_connection_age_s is not None
+            else "-"
+        )
+        lines = [
+            f"pool {self.name} ({self.kind}): {self.size} open = {self.checked_out} checked out"
+            f" + {self.idle} idle; overflow {self.overflow}/{self.max_overflow};"
+            f" waiting {self.waiting if self.waiting is not None else 'n/a'}",
+            f"  acquire wait: {wait}",
+            f"  hold: {self.hold}",
+            f"  connect: {self.connect}",
+            f"  checkouts {self.checkouts}, timeouts {self.timeouts}, invalidations"
+            f" {self.invalidations}, expired {self.expired}, connects {self.connects},"
+            f" pings {self.pings} ({self.pings_failed} failed), leaks {self.leaks},"
+            f" oldest connection {age}",
+        ]
+        lines += [f"  holder: {h}" for h in self.holders]
+        return "\n".join(lines)
+
+
+@dataclass
+class _Hold:
+    started: float
+    stack: Stack
+    leak_reported: bool = False
+
+
+class PoolMetrics:
+    """Counters, histograms and holders of one pool; thread-safe, cheap per checkout."""
+
+    def __init__(
+        self,
+        name: str,
+        shape: Callable[[], PoolShape],
+        *,
+        leak_threshold_s: float | None = 30.0,
+        capture_stacks: bool = True,
+        metered_acquire: bool = True,
+    ) -> None:
+        self.name = name
+        self.leak_threshold_s = leak_threshold_s
+        self.capture_stacks = capture_stacks
+        self.metered_acquire = metered_acquire
+        self._shape = shape
+        self._lock = threading.Lock()
+        self._acquire_us = _histogram()
+        self._hold_us = _histogram()
+        self._connect_us = _histogram()
+        self._holds: dict[int, _Hold] = {}
+        self._opened: dict[int, float] = {}  # connection key -> monotonic open time
+        self._waiting = 0
+        self._checkouts = 0
+        self._timeouts = 0
+        self._invalidations = 0
+        self._expired = 0
+        self._connects = 0
+        self._pings = 0
+        self._pings_failed = 0
+        self._leaks = 0
+
+    # -- acquiring (metered pools only) ----------------------------------------------------
+
+    def acquire_started(self) -> float:
+        with self._lock:
+            self._waiting += 1
+        return time.perf_counter()
+
+    def acquire_finished(self, started: float) -> None:
+        elapsed_us = (time.perf_counter() - started) * 1e6
+        with self._lock:
+            self._waiting -= 1
+            self._acquire_us.record_value(max(1, int(elapsed_us)))
+
+    def acquire_failed(self, started: float, *, timed_out: bool) -> None:
+        with self._lock:
+            self._waiting -= 1
+            if timed_out:
+                self._timeouts += 1
+
+    def exhausted(
+        self, started: float, original: BaseException, error: type[PoolExhaustedError]
+    ) -> PoolExhaustedError:
+        """Count the timeout and build the error that names the pool state and the holders."""
+        waited = time.perf_counter() - started
+        self.acquire_failed(started, timed_out=True)
+        snap = self.snapshot()
+        holders = "; ".join(str(h) for h in snap.holders) or "none tracked"
+        timeout = self._shape().timeout_s
+        limit = f"{timeout:g} s" if timeout is not None else f"{waited:.2f} s"
+        return error(
+            f"pool {self.name} exhausted: no connection within {limit} "
+            f"({snap.checked_out} of {snap.pool_size}+{snap.max_overflow} checked out, "
+            f"{snap.idle} idle, {snap.waiting} other callers waiting, {snap.timeouts} timeouts "
+            f"so far). Holders: {holders}. Fix: return connections sooner (no network calls "
+            "or sleeps while a session or transaction is open; close sessions), or size the "
+            "pool from the workload within the server's budget (PoolPlan.for_app(...)."
+            f"explain()). Original error: {original}"
+        )
+
+    # -- connection lifecycle --------------------------------------------------------------
+
+    def connection_opened(self, key: int, connect_s: float | None) -> None:
+        with self._lock:
+            self._opened[key] = time.monotonic()
+            self._connects += 1
+            if connect_s is not None:
+                self._connect_us.record_value(max(1, int(connect_s * 1e6)))
+
+    def connection_closed(self, key: int) -> None:
+        with self._lock:
+            self._opened.pop(key, None)
+
+    def invalidated(self, *, expired: bool = False) -> None:
+        with self._lock:
+            if expired:
+                self._expired += 1
+            else:
+                self._invalidations += 1
+
+    def pinged(self, *, ok: bool) -> None:
+        with self._lock:
+            self._pings += 1
+            if not ok:
+                self._pings_failed += 1
+
+    # -- checkout / checkin ----------------------------------------------------------------
+
+    def checked_out(self, key: int, skip: int = 1) -> None:
+        stack = capture_stack(skip + 1) if self.capture_stacks else ()
+        hold = _Hold(time.monotonic(), stack)
+        with self._lock:
+            self._holds[key] = hold
+            self._checkouts += 1
+
+    def checked_in(self, key: int) -> None:
+        now = time.monotonic()
+        with self._lock:
+            hold = self._holds.pop(key, None)
+            if hold is None:
+                return
+            held = now - hold.started
+            self._hold_us.record_value(max(1, int(held * 1e6)))
+        if hold.leak_reported:
+            logger.info(
+                "pool %s: the connection reported as leaked was returned after %.2f s (from %s)",
+                self.name,
+                held,
+                call_site(hold.stack),
+            )
+
+    # -- leak detection (driven by the watcher thread) -------------------------------------
+
+    def check_leaks(self) -> int:
+        """Log (once each) connections held longer than the threshold; return how many."""
+        threshold = self.leak_threshold_s
+        if threshold is None:
+            return 0
+        now = time.monotonic()
+        found: list[tuple[float, _Hold]] = []
+        with self._lock:
+            for hold in self._holds.values():
+                if not hold.leak_reported and now - hold.started > threshold:
+                    hold.leak_reported = True
+                    self._leaks += 1
+                    found.append((now - hold.started, hold))
+        for held, hold in found:
+            logger.warning(
+                "pool %s: possible connection leak: checked out %.2f s ago (threshold %g s) "
+                "at %s and not returned; checked out by:\n%s",
+                self.name,
+                held,
+                threshold,
+                call_site(hold.stack),
+                format_stack(hold.stack) or "  (stack capture is off)",
+            )
+        return len(found)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def holders(self, top: int = 5) -> tuple[Holder, ...]:
+        """Call sites holding connections now, the biggest holders first."""
+        now = time.monotonic()
+        with self._lock:
+            holds = list(self._holds.values())
+        by_site: dict[str, list[float]] = {}
+        for hold in holds:
+            site = call_site(hold.stack) if hold.stack else "<stack capture off>"
+            by_site.setdefault(site, []).append(now - hold.started)
+        ranked = sorted(by_site.items(), key=lambda item: (-len(item[1]), -max(item[1])))
+        return tuple(
+            Holder(site, len(times), max(times), statistics.median(times))
+            for site, times in ranked[:top]
+        )
+
+    def snapshot(self, *, holders: bool = True) -> PoolSnapshot:
+        shape = self._shape()
+        now = time.monotonic()
+        with self._lock:
+            checked_out = len(self._holds)
+            size = shape.size if shape.size is not None else len(self._opened)
+            oldest = min(self._opened.values(), default=None)
+            acquire = _percentiles(self._acquire_us) if self.metered_acquire else None
+            hold = _percentiles(self._hold_us)
+            connect = _percentiles(self._connect_us)
+            counters = (
+                self._checkouts,
+                self._timeouts,
+                self._invalidations,
+                self._expired,
+                self._connects,
+                self._pings,
+                self._pings_failed,
+                self._leaks,
+            )
+            waiting = self._waiting if self.metered_acquire else shape.waiting
+        idle = shape.idle if shape.idle is not None else max(0, size - checked_out)
+        checkouts, timeouts, invalidations, expired, connects, pings, failed, leaks = counters
+        return PoolSnapshot(
+            name=self.name,
+            kind=shape.kind,
+            size=size,
+            checked_out=checked_out,
+            idle=idle,
+            overflow=max(0, size - shape.pool_size),
+            pool_size=shape.pool_size,
+            max_overflow=shape.max_overflow,
+            waiting=waiting,
+            acquire_wait=acquire,
+            hold=hold,
+            connect=connect,
+            checkouts=checkouts,
+            timeouts=timeouts if self.metered_acquire else None,
+            invalidations=invalidations,
+            expired=expired,
+            connects=connects,
+            pings=pings,
+            pings_failed=failed,
+            leaks=leaks,
+            oldest_connection_age_s=None if oldest is None else now - oldest,
+            holders=self.holders() if holders else (),
+        )
+
+    def histograms(self) -> dict[str, HdrHistogram]:
+        """Copies of the raw histograms (µs), for exporters."""
+        with self._lock:
+            out = {"hold": _copy(self._hold_us), "connect": _copy(self._connect_us)}
+            if self.metered_acquire:
+                out["acquire_wait"] = _copy(self._acquire_us)
+        return out
+
+
+def _copy(hist: HdrHistogram) -> HdrHistogram:
+    clone = _histogram()
+    clone.add(hist)
+    return clone

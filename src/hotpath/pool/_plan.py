@@ -1,0 +1,427 @@
+"""PoolPlan: pool sizes from the workload and the server's real connection budget.
+
+Pure arithmetic over :class:`ServerBudget` values (read from the servers by
+:meth:`PoolPlan.for_app`, or given by :meth:`PoolPlan.from_settings`), plus the keyword
+arguments that put the plan into SQLAlchemy, async SQLAlchemy and psycopg_pool.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from ._budget import ServerBudget, read_server_budget
+from ._errors import PoolConfigError
+from ._pooler import driver_connect_args
+from ._sa_pools import AsyncMeteredQueuePool, MeteredQueuePool
+
+if TYPE_CHECKING:
+    from ._metrics import PoolMetrics
+
+PoolerMode = Literal["transaction", "session"]
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    """Per-process pool settings and the arithmetic behind them (see :meth:`explain`)."""
+
+    processes: int
+    concurrency_per_process: int
+    pool_size: int
+    max_overflow: int
+    timeout_s: float
+    primary: ServerBudget
+    replicas: tuple[ServerBudget, ...]
+    replica_pool_size: int | None
+    headroom: int
+    pgbouncer: PoolerMode | None
+    pgbouncer_detected: bool
+    server_cores: int | None
+    effective_spindles: int
+    validate_idle_s: float | None
+    max_lifetime_s: float | None
+    lifetime_jitter: float
+    leak_threshold_s: float | None
+    keepalives: bool
+    warnings: tuple[str, ...] = field(default=())
+
+    # -- construction ----------------------------------------------------------------------
+
+    @classmethod
+    def for_app(
+        cls,
+        *,
+        processes: int,
+        concurrency_per_process: int,
+        server_url: str,
+        replica_urls: Sequence[str] = (),
+        other_clients: int | None = None,
+        pgbouncer: PoolerMode | None = None,
+        server_cores: int | None = None,
+        effective_spindles: int = 0,
+        headroom: int = 5,
+        timeout_s: float = 5.0,
+        validate_idle_s: float | None = 0.5,
+        max_lifetime_s: float | None = 1800.0,
+        lifetime_jitter: float = 0.05,
+        leak_threshold_s: float | None = 30.0,
+        keepalives: bool = True,
+    ) -> PoolPlan:
+        """Read each server's budget and size the pools of ``processes`` app processes.
+
+        ``other_clients`` defaults to the client connections open on each server now (other
+        apps, cron jobs, consoles); pass your own peak if now is not representative.
+        ``pgbouncer`` says the URLs point at a pooler in that mode; left out, a pooler is
+        assumed (transaction mode) when the server answers on another port than dialled.
+        ``server_cores`` defaults to this machine's cores when the server is on loopback.
+        """
+        _check_workload(processes, concurrency_per_process, pgbouncer)
+        primary = read_server_budget(server_url, "primary", other_clients)
+        replicas = tuple(
+            read_server_budget(url, f"replica{i}", other_clients)
+            for i, url in enumerate(replica_urls, start=1)
+        )
+        if server_cores is None and _is_loopback(primary.host):
+            server_cores = os.cpu_count()
+        return _compute(
+            processes,
+            concurrency_per_process,
+            primary,
+            replicas,
+            pgbouncer=pgbouncer,
+            server_cores=server_cores,
+            effective_spindles=effective_spindles,
+            headroom=headroom,
+            timeout_s=timeout_s,
+            validate_idle_s=validate_idle_s,
+            max_lifetime_s=max_lifetime_s,
+            lifetime_jitter=lifetime_jitter,
+            leak_threshold_s=leak_threshold_s,
+            keepalives=keepalives,
+        )
+
+    @classmethod
+    def from_settings(
+        cls,
+        *,
+        processes: int,
+        concurrency_per_process: int,
+        max_connections: int,
+        superuser_reserved_connections: int = 3,
+        reserved_connections: int = 0,
+        other_clients: int = 0,
+        replicas: int = 0,
+        pgbouncer: PoolerMode | None = None,
+        server_cores: int | None = None,
+        effective_spindles: int = 0,
+        headroom: int = 5,
+        timeout_s: float = 5.0,
+        validate_idle_s: float | None = 0.5,
+        max_lifetime_s: float | None = 1800.0,
+        lifetime_jitter: float = 0.05,
+        leak_threshold_s: float | None = 30.0,
+        keepalives: bool = True,
+    ) -> PoolPlan:
+        """The same plan from settings you know (replicas assumed configured alike)."""
+        _check_workload(processes, concurrency_per_process, pgbouncer)
+
+        def budget(name: str) -> ServerBudget:
+            return ServerBudget(
+                name,
+                "",
+                0,
+                0,
+                max_connections,
+                superuser_reserved_connections,
+                reserved_connections,
+                other_clients,
+                behind_proxy=False,
+            )
+
+        return _compute(
+            processes,
+            concurrency_per_process,
+            budget("primary"),
+            tuple(budget(f"replica{i}") for i in range(1, replicas + 1)),
+            pgbouncer=pgbouncer,
+            server_cores=server_cores,
+            effective_spindles=effective_spindles,
+            headroom=headroom,
+            timeout_s=timeout_s,
+            validate_idle_s=validate_idle_s,
+            max_lifetime_s=max_lifetime_s,
+            lifetime_jitter=lifetime_jitter,
+            leak_threshold_s=leak_threshold_s,
+            keepalives=keepalives,
+        )
+
+    # -- derived ---------------------------------------------------------------------------
+
+    @property
+    def transaction_pooler(self) -> bool:
+        return self.pgbouncer == "transaction"
+
+    @property
+    def total_connections(self) -> int:
+        """Server connections the app opens on the primary at peak, all processes together."""
+        return self.processes * (self.pool_size + self.max_overflow)
+
+    @property
+    def fits(self) -> bool:
+        return not self.warnings
+
+    @property
+    def useful_active(self) -> int | None:
+        """HikariCP's ``core_count * 2 + effective_spindle_count`` for the server."""
+        if self.server_cores is None:
+            return None
+        return self.server_cores * 2 + self.effective_spindles
+
+    @property
+    def max_processes_without_pooler(self) -> int:
+        """How many processes of this concurrency fit the primary's budget directly."""
+        return max(0, self.primary.available(self.headroom)) // self.concurrency_per_process
+
+    def explain(self) -> str:
+        """The arithmetic, in words."""
+        demand = self.processes * self.concurrency_per_process
+        lines = [
+            f"Workload: {self.processes} processes x {self.concurrency_per_process} concurrent "
+            f"requests = {demand} connections at peak if every request holds one.",
+        ]
+        for server in (self.primary, *self.replicas):
+            where = f" at {server.host}:{server.port}" if server.port else ""
+            version = (
+                f" (PostgreSQL {server.server_version_num // 10000})"
+                if server.server_version_num
+                else ""
+            )
+            lines.append(
+                f"{server.name}{where}{version}: {server.arithmetic(self.headroom)} "
+                "connections available to this app."
+            )
+        if self.pgbouncer is not None:
+            how = (
+                "detected: the server answers on another port"
+                if self.pgbouncer_detected
+                else ("as configured")
+            )
+            lines.append(
+                f"Pooler: {self.pgbouncer} pooling ({how}). Each process keeps "
+                f"pool_size={self.pool_size} client connections to the pooler (cheap, ~2 kB "
+                f"each); the pooler's server pool should stay within "
+                f"{self.primary.available(self.headroom)}"
+                + (f", ideally about {self.useful_active}" if self.useful_active else "")
+                + "."
+            )
+        else:
+            lines.append(
+                f"Per process: pool_size={self.pool_size}, max_overflow={self.max_overflow} "
+                f"(fixed size: connections are opened once, never on a request's path); "
+                f"{self.processes} x {self.pool_size + self.max_overflow} = "
+                f"{self.total_connections} on the primary."
+            )
+            if self.replica_pool_size is not None:
+                lines.append(
+                    f"Per process and replica: pool_size={self.replica_pool_size} "
+                    f"({self.processes * self.replica_pool_size} on each replica)."
+                )
+        lines.append(
+            f"Acquire timeout {self.timeout_s:g} s: a request that cannot get a connection "
+            "fails fast with the pool's state and the holders, instead of piling up."
+        )
+        if self.useful_active is not None:
+            lines.append(
+                f"The server has {self.server_cores} cores: about {self.useful_active} queries "
+                "do useful work at once (HikariCP: cores * 2 + effective spindles); "
+                "connections beyond that wait inside PostgreSQL rather than in the pool, so "
+                "a smaller pool with a queue usually gives a lower p99."
+            )
+        lines.extend(f"WARNING: {w}" for w in self.warnings)
+        if self.pgbouncer is None:
+            lines.append(
+                f"PgBouncer: not needed up to {self.max_processes_without_pooler} processes of "
+                f"{self.concurrency_per_process}; past that, put PgBouncer in transaction mode "
+                "in front and plan again with pgbouncer='transaction'."
+            )
+        liveness = []
+        if self.validate_idle_s is not None:
+            liveness.append(f"ping only connections idle > {self.validate_idle_s:g} s")
+        if self.max_lifetime_s is not None:
+            liveness.append(
+                f"max lifetime {self.max_lifetime_s:g} s minus up to "
+                f"{self.lifetime_jitter:.0%} jitter"
+            )
+        if self.keepalives:
+            liveness.append("TCP keepalives after 30 s idle (psycopg)")
+        if self.leak_threshold_s is not None:
+            liveness.append(f"leak report after {self.leak_threshold_s:g} s checked out")
+        if liveness:
+            lines.append("Liveness: " + "; ".join(liveness) + ".")
+        return "\n".join(lines)
+
+    # -- into the libraries ----------------------------------------------------------------
+
+    def engine_kwargs(self, driver: str = "psycopg") -> dict[str, Any]:
+        """``create_engine(url, **plan.engine_kwargs())``; then ``plan.instrument(engine)``."""
+        return self._sqlalchemy_kwargs(MeteredQueuePool, driver)
+
+    def async_engine_kwargs(self, driver: str = "asyncpg") -> dict[str, Any]:
+        """``create_async_engine(url, **plan.async_engine_kwargs())``."""
+        return self._sqlalchemy_kwargs(AsyncMeteredQueuePool, driver)
+
+    def psycopg_pool_kwargs(self) -> dict[str, Any]:
+        """``MeteredConnectionPool(conninfo, **plan.psycopg_pool_kwargs())`` (or ConnectionPool)."""
+        kwargs: dict[str, Any] = {
+            "min_size": self.pool_size,
+            "max_size": self.pool_size + self.max_overflow,
+            "timeout": self.timeout_s,
+            "kwargs": self._connect_args("psycopg"),
+        }
+        if self.max_lifetime_s is not None:
+            kwargs["max_lifetime"] = self.max_lifetime_s  # psycopg_pool adds -5% jitter itself
+        return kwargs
+
+    def instrument(self, target: Any, name: str | None = None) -> PoolMetrics:
+        """``instrument_pool`` with this plan's liveness and leak settings."""
+        from ._instrument import instrument_pool  # noqa: PLC0415 - avoids an import cycle
+
+        return instrument_pool(
+            target,
+            name=name,
+            leak_threshold_s=self.leak_threshold_s,
+            validate_idle_s=self.validate_idle_s,
+            max_lifetime_s=self.max_lifetime_s,
+            lifetime_jitter=self.lifetime_jitter,
+            transaction_pooler=self.transaction_pooler,
+        )
+
+    def _sqlalchemy_kwargs(self, poolclass: type, driver: str) -> dict[str, Any]:
+        return {
+            "poolclass": poolclass,
+            "pool_size": self.pool_size,
+            "max_overflow": self.max_overflow,
+            "pool_timeout": self.timeout_s,
+            # liveness comes from instrument_pool: ping only idle connections, jittered lifetime
+            "pool_pre_ping": False,
+            "pool_recycle": -1,
+            # LIFO keeps the hottest connections in use, so they skip the idle ping
+            "pool_use_lifo": True,
+            "connect_args": self._connect_args(driver),
+        }
+
+    def _connect_args(self, driver: str) -> dict[str, Any]:
+        if driver not in {"psycopg", "asyncpg"}:
+            raise PoolConfigError(f"driver {driver!r} is not supported: use 'psycopg' or 'asyncpg'")
+        return driver_connect_args(
+            driver,
+            transaction_pooler=self.transaction_pooler,
+            keepalives=self.keepalives,
+            connect_timeout_s=10.0,
+        )
+
+
+def _check_workload(processes: int, concurrency: int, pgbouncer: str | None) -> None:
+    if processes < 1 or concurrency < 1:
+        raise PoolConfigError(
+            f"processes={processes}, concurrency_per_process={concurrency}: both must be >= 1 "
+            "(count worker processes across every host, and the requests or tasks one process "
+            "serves at once)"
+        )
+    if pgbouncer not in {None, "transaction", "session"}:
+        raise PoolConfigError(
+            f"pgbouncer={pgbouncer!r}: use 'transaction', 'session', or leave it out"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host in {"localhost", ""} or host.startswith("/"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _compute(
+    processes: int,
+    concurrency: int,
+    primary: ServerBudget,
+    replicas: tuple[ServerBudget, ...],
+    *,
+    pgbouncer: PoolerMode | None,
+    server_cores: int | None,
+    effective_spindles: int,
+    headroom: int,
+    timeout_s: float,
+    validate_idle_s: float | None,
+    max_lifetime_s: float | None,
+    lifetime_jitter: float,
+    leak_threshold_s: float | None,
+    keepalives: bool,
+) -> PoolPlan:
+    if timeout_s <= 0 or headroom < 0 or not 0 <= lifetime_jitter < 1:
+        raise PoolConfigError(
+            f"timeout_s={timeout_s}, headroom={headroom}, lifetime_jitter={lifetime_jitter}: "
+            "use timeout_s > 0, headroom >= 0 and 0 <= lifetime_jitter < 1"
+        )
+    detected = pgbouncer is None and primary.behind_proxy
+    mode: PoolerMode | None = "transaction" if detected else pgbouncer
+    demand = processes * concurrency
+    warnings: list[str] = []
+    if mode is not None:
+        # Client connections to a pooler are cheap; the pooler owns the server budget.
+        pool_size = concurrency
+        replica_size = concurrency if replicas else None
+    else:
+        pool_size = _share(primary, processes, concurrency, headroom, demand, warnings)
+        replica_size = None
+        for replica in replicas:
+            share = _share(replica, processes, concurrency, headroom, demand, warnings)
+            replica_size = share if replica_size is None else min(replica_size, share)
+    return PoolPlan(
+        processes=processes,
+        concurrency_per_process=concurrency,
+        pool_size=pool_size,
+        max_overflow=0,
+        timeout_s=timeout_s,
+        primary=primary,
+        replicas=replicas,
+        replica_pool_size=replica_size,
+        headroom=headroom,
+        pgbouncer=mode,
+        pgbouncer_detected=detected,
+        server_cores=server_cores,
+        effective_spindles=effective_spindles,
+        validate_idle_s=validate_idle_s,
+        max_lifetime_s=max_lifetime_s,
+        lifetime_jitter=lifetime_jitter,
+        leak_threshold_s=leak_threshold_s,
+        keepalives=keepalives,
+        warnings=tuple(warnings),
+    )
+
+
+def _share(
+    server: ServerBudget,
+    processes: int,
+    concurrency: int,
+    headroom: int,
+    demand: int,
+    warnings: list[str],
+) -> int:
+    available = server.available(headroom)
+    if demand <= available:
+        return concurrency
+    share = max(1, available // processes)
+    warnings.append(
+        f"{server.name}: {processes} processes x {concurrency} = {demand} connections exceed "
+        f"the {max(0, available)} available ({server.arithmetic(headroom)}); capped at "
+        f"pool_size={share} per process, so up to {concurrency - share} requests per process "
+        "queue for a connection. Put PgBouncer in transaction mode in front "
+        "(PoolPlan.for_app(..., pgbouncer='transaction')), or raise max_connections."
+    )
+    return share

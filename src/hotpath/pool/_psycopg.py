@@ -1,0 +1,211 @@
+"""psycopg_pool pools that meter every acquire and hold, and validate only idle connections.
+
+psycopg_pool has no per-checkout hooks, so these subclasses override the public ``getconn()``
+/ ``putconn()`` (which ``connection()`` uses) and pass a ``connection_class`` that times each
+connect and reports each close. Validation uses psycopg_pool's own ``check`` callback, skipped
+for connections returned less than ``validate_idle_s`` ago. Lifetime jitter and reconnect
+backoff are psycopg_pool's own (``max_lifetime``, ``reconnect_timeout``).
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from typing import Any
+
+from psycopg import AsyncConnection, Connection
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
+
+from ._errors import ConnectionPoolExhaustedError
+from ._metrics import PoolMetrics, PoolShape
+
+
+class _Metering:
+    """State and logic shared by the sync and async metered pools."""
+
+    hotpath_metrics: PoolMetrics
+    validate_idle_s: float | None
+
+    def _setup_metering(self, name: str | None, validate_idle_s: float | None) -> None:
+        self.validate_idle_s = validate_idle_s
+        self._returned_at: dict[int, float] = {}
+        self.hotpath_metrics = PoolMetrics(name or "psycopg_pool", self._hotpath_shape)
+
+    def _hotpath_shape(self) -> PoolShape:
+        stats: dict[str, int] = self.get_stats()  # type: ignore[attr-defined]
+        low, high = stats.get("pool_min", 0), stats.get("pool_max", 0)
+        return PoolShape(
+            low,
+            high - low,
+            float(self.timeout),  # type: ignore[attr-defined]
+            type(self).__name__,
+            size=stats.get("pool_size", 0),
+            idle=stats.get("pool_available", 0),
+            waiting=stats.get("requests_waiting", 0),
+        )
+
+    def _needs_check(self, conn: object) -> bool:
+        if self.validate_idle_s is None:
+            return False
+        returned = self._returned_at.get(id(conn))
+        return returned is not None and time.monotonic() - returned > self.validate_idle_s
+
+    def _hotpath_forget(self, conn: object) -> None:
+        self._returned_at.pop(id(conn), None)
+        self.hotpath_metrics.connection_closed(id(conn))
+
+
+def _timed_connection_class(base: type[Connection[Any]], pool: _Metering) -> type[Any]:
+    owner = weakref.ref(pool)
+
+    class TimedConnection(base):  # type: ignore[valid-type, misc]
+        @classmethod
+        def connect(cls, *args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            conn = super().connect(*args, **kwargs)
+            metered = owner()
+            if metered is not None:
+                metered.hotpath_metrics.connection_opened(id(conn), time.perf_counter() - started)
+            return conn
+
+        def close(self) -> None:
+            metered = owner()
+            if metered is not None and not self.closed:
+                metered._hotpath_forget(self)
+            super().close()
+
+    TimedConnection.__name__ = TimedConnection.__qualname__ = base.__name__
+    return TimedConnection
+
+
+def _timed_async_connection_class(base: type[AsyncConnection[Any]], pool: _Metering) -> type[Any]:
+    owner = weakref.ref(pool)
+
+    class TimedAsyncConnection(base):  # type: ignore[valid-type, misc]
+        @classmethod
+        async def connect(cls, *args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            conn = await super().connect(*args, **kwargs)
+            metered = owner()
+            if metered is not None:
+                metered.hotpath_metrics.connection_opened(id(conn), time.perf_counter() - started)
+            return conn
+
+        async def close(self) -> None:
+            metered = owner()
+            if metered is not None and not self.closed:
+                metered._hotpath_forget(self)
+            await super().close()
+
+    TimedAsyncConnection.__name__ = TimedAsyncConnection.__qualname__ = base.__name__
+    return TimedAsyncConnection
+
+
+class MeteredConnectionPool(_Metering, ConnectionPool):
+    """``psycopg_pool.ConnectionPool`` with hotpath metrics, leak detection and cheap checks.
+
+    Same arguments as ``ConnectionPool`` plus ``validate_idle_s`` (``None``: never check;
+    a ``check`` you pass yourself runs instead of the idle-based one).
+    """
+
+    def __init__(
+        self,
+        conninfo: Any = "",
+        *,
+        validate_idle_s: float | None = 0.5,
+        connection_class: type[Connection[Any]] = Connection,
+        check: Any = None,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._setup_metering(name, validate_idle_s)
+        super().__init__(
+            conninfo,
+            connection_class=_timed_connection_class(connection_class, self),
+            check=check if check is not None else self._check_if_idle,
+            name=name,
+            **kwargs,
+        )
+
+    def _check_if_idle(self, conn: Connection[Any]) -> None:
+        if not self._needs_check(conn):
+            return
+        try:
+            ConnectionPool.check_connection(conn)
+        except Exception:
+            self.hotpath_metrics.pinged(ok=False)
+            self.hotpath_metrics.invalidated()
+            raise
+        self.hotpath_metrics.pinged(ok=True)
+
+    def getconn(self, timeout: float | None = None) -> Any:
+        metrics = self.hotpath_metrics
+        started = metrics.acquire_started()
+        try:
+            conn = super().getconn(timeout)
+        except PoolTimeout as exc:
+            raise metrics.exhausted(started, exc, ConnectionPoolExhaustedError) from exc
+        except BaseException:
+            metrics.acquire_failed(started, timed_out=False)
+            raise
+        metrics.acquire_finished(started)
+        metrics.checked_out(id(conn), skip=1)
+        return conn
+
+    def putconn(self, conn: Any) -> None:
+        self.hotpath_metrics.checked_in(id(conn))
+        self._returned_at[id(conn)] = time.monotonic()
+        super().putconn(conn)
+
+
+class AsyncMeteredConnectionPool(_Metering, AsyncConnectionPool):
+    """``psycopg_pool.AsyncConnectionPool`` twin of :class:`MeteredConnectionPool`."""
+
+    def __init__(
+        self,
+        conninfo: Any = "",
+        *,
+        validate_idle_s: float | None = 0.5,
+        connection_class: type[AsyncConnection[Any]] = AsyncConnection,
+        check: Any = None,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._setup_metering(name, validate_idle_s)
+        super().__init__(
+            conninfo,
+            connection_class=_timed_async_connection_class(connection_class, self),
+            check=check if check is not None else self._check_if_idle,
+            name=name,
+            **kwargs,
+        )
+
+    async def _check_if_idle(self, conn: AsyncConnection[Any]) -> None:
+        if not self._needs_check(conn):
+            return
+        try:
+            await AsyncConnectionPool.check_connection(conn)
+        except Exception:
+            self.hotpath_metrics.pinged(ok=False)
+            self.hotpath_metrics.invalidated()
+            raise
+        self.hotpath_metrics.pinged(ok=True)
+
+    async def getconn(self, timeout: float | None = None) -> Any:
+        metrics = self.hotpath_metrics
+        started = metrics.acquire_started()
+        try:
+            conn = await super().getconn(timeout)
+        except PoolTimeout as exc:
+            raise metrics.exhausted(started, exc, ConnectionPoolExhaustedError) from exc
+        except BaseException:
+            metrics.acquire_failed(started, timed_out=False)
+            raise
+        metrics.acquire_finished(started)
+        metrics.checked_out(id(conn), skip=1)
+        return conn
+
+    async def putconn(self, conn: Any) -> None:
+        self.hotpath_metrics.checked_in(id(conn))
+        self._returned_at[id(conn)] = time.monotonic()
+        await super().putconn(conn)
