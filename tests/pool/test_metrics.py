@@ -1,0 +1,209 @@
+"""Pool metrics under real concurrent load match what happened: checkouts, waits, holds,
+timeouts, connects; sync and async engines, psycopg_pool, Prometheus."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import psycopg_pool
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from sqlalchemy import create_engine, exc, text
+
+from hotpath.pool import (
+    ConnectionPoolExhaustedError,
+    MeteredConnectionPool,
+    PoolCollector,
+    PoolConfigError,
+    PoolExhaustedError,
+    QueuePoolExhaustedError,
+    instrument_pool,
+)
+from hotpath.testing import ModuleDatabase
+
+from ._helpers import planned_async_engine, planned_engine, small_plan
+
+HOLD_S = 0.1
+
+
+def test_sync_snapshot_matches_the_load(hotpath_db: ModuleDatabase) -> None:
+    engine, metrics = planned_engine(hotpath_db.url, pool_size=3)
+    workers, rounds = 6, 4
+    start = threading.Barrier(workers + 1)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        start.wait()
+        try:
+            for _ in range(rounds):
+                with engine.connect() as conn:
+                    conn.execute(text("SELECT pg_sleep(:s)"), {"s": HOLD_S})
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(workers)]
+    try:
+        for t in threads:
+            t.start()
+        start.wait()
+        time.sleep(HOLD_S / 2)
+        during = metrics.snapshot()
+        for t in threads:
+            t.join(30)
+        after = metrics.snapshot()
+    finally:
+        engine.dispose()
+    assert not errors
+    # 6 workers on 3 connections: all 3 in use, the other 3 callers waiting
+    assert (during.checked_out, during.waiting, during.size) == (3, 3, 3)
+    assert len(during.holders) == 1
+    assert "test_metrics.py" in during.holders[0].call_site
+    assert during.holders[0].count == 3
+    assert after.checkouts == after.hold.count == workers * rounds
+    assert after.acquire_wait is not None
+    assert after.acquire_wait.count == workers * rounds
+    assert after.hold.p50 >= HOLD_S * 1000
+    # half the acquires queue behind a full hold: the p99 wait is at least most of one
+    assert after.acquire_wait.p99 >= HOLD_S * 1000 * 0.8
+    assert after.acquire_wait.p50 < after.acquire_wait.p99
+    assert (after.connects, after.connect.count) == (3, 3)
+    assert after.connect.p50 > 0
+    assert (after.checked_out, after.idle, after.waiting, after.timeouts) == (0, 3, 0, 0)
+    assert after.oldest_connection_age_s is not None
+    assert after.oldest_connection_age_s > HOLD_S
+
+
+def test_timeouts_are_counted_and_explained(hotpath_db: ModuleDatabase) -> None:
+    engine, metrics = planned_engine(hotpath_db.url, pool_size=1, timeout_s=0.2)
+    try:
+        with engine.connect():
+            raised = 0
+            for _ in range(3):
+                with pytest.raises(QueuePoolExhaustedError) as info:
+                    engine.connect()
+                raised += 1
+        assert isinstance(info.value, exc.TimeoutError)  # old handlers still catch it
+        assert metrics.snapshot().timeouts == raised == 3
+        with engine.connect() as conn:  # the pool is usable again
+            assert conn.execute(text("SELECT 2")).scalar() == 2
+    finally:
+        engine.dispose()
+
+
+async def test_async_snapshot_matches_the_load(hotpath_db: ModuleDatabase) -> None:
+    engine, metrics = planned_async_engine(hotpath_db.async_url, pool_size=2)
+    tasks, rounds = 5, 3
+
+    async def work() -> None:
+        for _ in range(rounds):
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT pg_sleep(:s)"), {"s": HOLD_S})
+
+    try:
+        running = asyncio.gather(*(work() for _ in range(tasks)))
+        await asyncio.sleep(HOLD_S / 2)
+        during = metrics.snapshot()
+        await asyncio.wait_for(running, 30)
+        after = metrics.snapshot()
+    finally:
+        await engine.dispose()
+    assert (during.checked_out, during.waiting) == (2, 3)
+    # the call site is found through the greenlet SQLAlchemy runs the checkout in
+    assert "test_metrics.py" in during.holders[0].call_site
+    assert "in work" in during.holders[0].call_site
+    assert after.checkouts == after.hold.count == tasks * rounds
+    assert after.acquire_wait is not None
+    assert after.acquire_wait.p99 >= HOLD_S * 1000 * 0.8
+    assert after.hold.p50 >= HOLD_S * 1000
+    assert (after.connects, after.checked_out, after.waiting) == (2, 0, 0)
+
+
+async def test_async_timeout_names_the_holder(hotpath_db: ModuleDatabase) -> None:
+    engine, metrics = planned_async_engine(hotpath_db.async_url, pool_size=1, timeout_s=0.2)
+    try:
+        async with engine.connect():
+            with pytest.raises(PoolExhaustedError, match=r"1x .*test_metrics.py:\d+ in test_async"):
+                await engine.connect()
+        assert metrics.snapshot().timeouts == 1
+    finally:
+        await engine.dispose()
+
+
+def test_plain_engine_gets_event_metrics_but_no_acquire_timing(hotpath_db: ModuleDatabase) -> None:
+    engine = create_engine(hotpath_db.url, pool_size=2)
+    metrics = instrument_pool(engine)
+    try:
+        for _ in range(3):
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 2"))
+        snap = metrics.snapshot()
+        assert (snap.checkouts, snap.hold.count, snap.connects) == (3, 3, 1)
+        assert snap.acquire_wait is None
+        assert snap.waiting is None
+        assert snap.timeouts is None
+        assert "not metered" in snap.describe()
+        with pytest.raises(PoolConfigError, match="already instrumented"):
+            instrument_pool(engine)
+    finally:
+        engine.dispose()
+
+
+def test_unsupported_target_is_a_clear_error(hotpath_db: ModuleDatabase) -> None:
+    pool = psycopg_pool.ConnectionPool(hotpath_db.dsn, min_size=1, open=False)
+    with pytest.raises(PoolConfigError, match="MeteredConnectionPool"):
+        instrument_pool(pool)
+    with pytest.raises(PoolConfigError, match="leak_threshold_s=-1"):
+        instrument_pool(create_engine(hotpath_db.url), leak_threshold_s=-1)
+
+
+def test_psycopg_pool_metrics_and_exhaustion(hotpath_db: ModuleDatabase) -> None:
+    plan = small_plan(2, timeout_s=0.3)
+    with MeteredConnectionPool(hotpath_db.dsn, open=True, **plan.psycopg_pool_kwargs()) as pool:
+        metrics = plan.instrument(pool, name="pp")
+        pool.wait(10)
+        workers = 4
+        start = threading.Barrier(workers)
+
+        def work() -> None:
+            start.wait()
+            for _ in range(2):
+                with pool.connection(timeout=10) as conn:
+                    conn.execute("SELECT pg_sleep(%s)", [HOLD_S])
+
+        threads = [threading.Thread(target=work) for _ in range(workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        snap = metrics.snapshot()
+        assert snap.checkouts == snap.hold.count == 8
+        assert snap.acquire_wait is not None
+        assert snap.acquire_wait.p99 >= HOLD_S * 1000 * 0.8
+        assert (snap.size, snap.checked_out, snap.connects) == (2, 0, 2)
+        with pool.connection(), pool.connection():
+            with pytest.raises(ConnectionPoolExhaustedError, match="2x .*test_metrics.py"):
+                pool.getconn()
+        assert metrics.snapshot().timeouts == 1
+    # the pool closed its connections: none is tracked as open any more
+    assert metrics.snapshot(holders=False).oldest_connection_age_s is None
+
+
+def test_prometheus_collector_exports_the_snapshot(hotpath_db: ModuleDatabase) -> None:
+    engine, metrics = planned_engine(hotpath_db.url, pool_size=2)
+    registry = CollectorRegistry()
+    registry.register(PoolCollector(metrics))
+    try:
+        for _ in range(5):
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 2"))
+        with engine.connect():
+            exposition = generate_latest(registry).decode()
+    finally:
+        engine.dispose()
+    assert 'hotpath_pool_checkouts_total{pool="test"} 6.0' in exposition
+    assert 'hotpath_pool_checked_out{pool="test"} 1.0' in exposition
+    assert 'hotpath_pool_hold_seconds_count{pool="test"} 5.0' in exposition
+    assert 'hotpath_pool_acquire_wait_seconds{pool="test",quantile="0.99"}' in exposition
+    assert 'hotpath_pool_connects_total{pool="test"} 1.0' in exposition
