@@ -182,9 +182,12 @@ def test_psycopg_pool_metrics_and_exhaustion(hotpath_db: ModuleDatabase) -> None
         assert snap.acquire_wait is not None
         assert snap.acquire_wait.p99 >= HOLD_S * 1000 * 0.8
         assert (snap.size, snap.checked_out, snap.connects) == (2, 0, 2)
-        with pool.connection(), pool.connection():
-            with pytest.raises(ConnectionPoolExhaustedError, match="2x .*test_metrics.py"):
-                pool.getconn()
+        with (
+            pool.connection(),
+            pool.connection(),
+            pytest.raises(ConnectionPoolExhaustedError, match=r"2x .*test_metrics\.py"),
+        ):
+            pool.getconn()
         assert metrics.snapshot().timeouts == 1
     # the pool closed its connections: none is tracked as open any more
     assert metrics.snapshot(holders=False).oldest_connection_age_s is None
