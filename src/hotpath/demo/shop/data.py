@@ -230,6 +230,12 @@ def load_shop(
         for table, rows in generate(scale, seed).items():
             columns = columns_of(table)
             counts[table] = _copy(conn, table, columns, rows(), progress)
+            # COPY wrote explicit ids: move the SERIAL sequence past them for new rows
+            conn.execute(
+                f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
+                f" (SELECT coalesce(max(id), 0) + 1 FROM {table}), false)"
+            )
+        conn.commit()
         conn.execute("ANALYZE")
     return counts
 

@@ -1,0 +1,130 @@
+"""The shop's HTTP API (FastAPI on async SQLAlchemy), built for one configuration of fixes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel, Field
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from . import queries
+from .fixes import Fixes
+
+
+@dataclass
+class ShopSettings:
+    """Where the shop's servers are and which fixes are on."""
+
+    primary_url: str
+    payment_url: str
+    fixes: Fixes = field(default_factory=Fixes)
+    replica_urls: list[str] = field(default_factory=list)
+    redis_url: str | None = None
+    concurrency: int = 16
+
+
+class OrderLine(BaseModel):
+    product_id: int
+    quantity: int = Field(ge=1, le=100)
+
+
+class NewOrder(BaseModel):
+    user_id: int
+    lines: list[OrderLine] = Field(min_length=1, max_length=20)
+
+
+def _engine(settings: ShopSettings) -> AsyncEngine:
+    if settings.fixes.pool:
+        return create_async_engine(
+            settings.primary_url,
+            pool_size=settings.concurrency,
+            max_overflow=0,
+            pool_timeout=10,
+        )
+    # naive: every session opens (and closes) its own connection
+    return create_async_engine(settings.primary_url, poolclass=NullPool)
+
+
+def create_app(settings: ShopSettings) -> FastAPI:
+    fixes = settings.fixes
+    engine = _engine(settings)
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    payments = httpx.AsyncClient(base_url=settings.payment_url, timeout=None)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await payments.aclose()
+        await engine.dispose()
+
+    app = FastAPI(title=f"hotpath shop ({fixes.label})", lifespan=lifespan)
+    app.state.engine = engine
+    app.state.settings = settings
+
+    @app.get("/categories/{category_id}/products")
+    async def list_products(
+        category_id: int,
+        min_price: Decimal | None = None,
+        max_price: Decimal | None = None,
+        page: int = 0,
+    ) -> dict[str, Any]:
+        async with sessions() as session:
+            return await queries.list_products(
+                session, fixes, category_id, min_price, max_price, page
+            )
+
+    @app.get("/products/{product_id}")
+    async def product_detail(product_id: int) -> dict[str, Any]:
+        async with sessions() as session:
+            found = await queries.product_detail(session, fixes, product_id)
+        if found is None:
+            raise HTTPException(404, f"no product {product_id}")
+        return found
+
+    @app.get("/users/{user_id}/orders")
+    async def user_orders(user_id: int) -> list[dict[str, Any]]:
+        async with sessions() as session:
+            return await queries.user_orders(session, fixes, user_id)
+
+    @app.post("/orders", status_code=201)
+    async def place_order(order: NewOrder) -> dict[str, Any]:
+        async with sessions() as session:
+            try:
+                return await queries.place_order(
+                    session,
+                    order.user_id,
+                    [(line.product_id, line.quantity) for line in order.lines],
+                )
+            except LookupError as exc:
+                raise HTTPException(422, str(exc)) from exc
+
+    @app.get("/search")
+    async def search(q: str) -> list[dict[str, Any]]:
+        async with sessions() as session:
+            return await queries.search_products(session, q)
+
+    @app.get("/reports/sales")
+    async def sales(start: date, days: int = 7) -> list[dict[str, Any]]:
+        async with sessions() as session:
+            return await queries.sales_report(session, start, days)
+
+    @app.get("/users/{user_id}/profile")
+    async def profile(user_id: int) -> dict[str, Any]:
+        # naive: the sources one after another, and no deadline on the external call
+        async with sessions() as session:
+            summary = await queries.user_summary(session, user_id)
+        if summary is None:
+            raise HTTPException(404, f"no user {user_id}")
+        response = await payments.get(f"/payments/{user_id}")
+        payment = response.json() if response.status_code == 200 else None
+        return {**summary, "payment": payment, "degraded": payment is None}
+
+    return app

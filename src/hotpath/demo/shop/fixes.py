@@ -1,0 +1,49 @@
+"""The optimizations the demo switches on one at a time (ablation) or all together."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+FIX_DESCRIPTIONS = {
+    "pool": "a planned connection pool instead of a new connection per request",
+    "eager": "eager loads where observe found N+1s",
+    "indexes": "the indexes hotpath advise recommends for this workload",
+    "cache": "L1 + Redis cache, invalidated by tags on writes",
+    "replicas": "reads on replicas with read-your-writes",
+    "fanout": "parallel external calls with deadlines and a circuit breaker",
+    "keyset": "keyset pagination instead of OFFSET",
+}
+
+
+@dataclass(frozen=True)
+class Fixes:
+    """Which optimizations are on. ``Fixes()`` is the naive shop."""
+
+    pool: bool = False
+    eager: bool = False
+    indexes: bool = False
+    cache: bool = False
+    replicas: bool = False
+    fanout: bool = False
+    keyset: bool = False
+
+    @classmethod
+    def naive(cls) -> Fixes:
+        return cls()
+
+    @classmethod
+    def optimized(cls) -> Fixes:
+        return cls(**{f.name: True for f in fields(cls)})
+
+    @classmethod
+    def only(cls, name: str) -> Fixes:
+        if name not in FIX_DESCRIPTIONS:
+            raise ValueError(f"unknown fix {name!r}: use one of {', '.join(FIX_DESCRIPTIONS)}")
+        return replace(cls(), **{name: True})
+
+    @property
+    def label(self) -> str:
+        on = [f.name for f in fields(self) if getattr(self, f.name)]
+        if not on:
+            return "naive"
+        return "optimized" if len(on) == len(fields(self)) else "+" + "+".join(on)

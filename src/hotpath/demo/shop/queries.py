@@ -1,0 +1,187 @@
+"""The shop's data access: one function per endpoint, the same code for every
+configuration. Each fix changes *how* the data is fetched, never *what* is returned: every
+function returns plain JSON-ready values, compared across configurations by the tests."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Select, func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import joinedload, selectinload
+
+from .fixes import Fixes
+from .models import Order, OrderItem, Product, User
+
+PAGE_SIZE = 20
+
+
+def _money(value: Decimal) -> str:
+    return f"{value:.2f}"
+
+
+async def _product_row(session: AsyncSession, product: Product) -> dict[str, Any]:
+    # naive: each attribute access below may run a lazy load (the N+1 observe reports)
+    category = await product.awaitable_attrs.category
+    reviews = await product.awaitable_attrs.reviews
+    ratings = [r.rating for r in reviews]
+    return {
+        "id": product.id,
+        "name": product.name,
+        "price": _money(product.price),
+        "category": category.name,
+        "reviews": len(ratings),
+        "rating": round(sum(ratings) / len(ratings), 2) if ratings else None,
+    }
+
+
+def product_list_query(
+    category_id: int, min_price: Decimal | None, max_price: Decimal | None, fixes: Fixes
+) -> Select[Any]:
+    query = select(Product).where(Product.category_id == category_id, Product.is_active)
+    if min_price is not None:
+        query = query.where(Product.price >= min_price)
+    if max_price is not None:
+        query = query.where(Product.price <= max_price)
+    if fixes.eager:
+        query = query.options(joinedload(Product.category), selectinload(Product.reviews))
+    return query
+
+
+async def list_products(
+    session: AsyncSession,
+    fixes: Fixes,
+    category_id: int,
+    min_price: Decimal | None = None,
+    max_price: Decimal | None = None,
+    page: int = 0,
+) -> dict[str, Any]:
+    """A page of a category's active products, newest first (OFFSET paging)."""
+    query = product_list_query(category_id, min_price, max_price, fixes)
+    query = query.order_by(Product.created_at.desc(), Product.id.desc())
+    products = (await session.scalars(query.offset(page * PAGE_SIZE).limit(PAGE_SIZE))).all()
+    return {"page": page, "items": [await _product_row(session, p) for p in products]}
+
+
+async def product_detail(
+    session: AsyncSession, fixes: Fixes, product_id: int
+) -> dict[str, Any] | None:
+    query = select(Product).where(Product.id == product_id)
+    if fixes.eager:
+        query = query.options(joinedload(Product.category), selectinload(Product.reviews))
+    product = (await session.scalars(query)).first()
+    if product is None:
+        return None
+    row = await _product_row(session, product)
+    reviews = await product.awaitable_attrs.reviews
+    row["description"] = product.description
+    row["latest_reviews"] = [
+        {"rating": r.rating, "body": r.body}
+        for r in sorted(reviews, key=lambda r: (r.created_at, r.id), reverse=True)[:5]
+    ]
+    return row
+
+
+async def user_orders(session: AsyncSession, fixes: Fixes, user_id: int) -> list[dict[str, Any]]:
+    """A user's latest 10 orders with their items and product names."""
+    query = (
+        select(Order)
+        .where(Order.user_id == user_id)
+        .order_by(Order.created_at.desc(), Order.id.desc())
+        .limit(10)
+    )
+    if fixes.eager:
+        query = query.options(selectinload(Order.items).joinedload(OrderItem.product))
+    orders = (await session.scalars(query)).all()
+    result = []
+    for order in orders:
+        items = []
+        for item in await order.awaitable_attrs.items:
+            product = await item.awaitable_attrs.product
+            items.append(
+                {
+                    "product": product.name,
+                    "quantity": item.quantity,
+                    "unit_price": _money(item.unit_price),
+                }
+            )
+        result.append(
+            {
+                "id": order.id,
+                "status": order.status,
+                "total": _money(order.total),
+                "created_at": order.created_at.isoformat(),
+                "items": items,
+            }
+        )
+    return result
+
+
+async def place_order(
+    session: AsyncSession, user_id: int, lines: list[tuple[int, int]]
+) -> dict[str, Any]:
+    """Create an order for ``lines`` of (product id, quantity) at today's prices."""
+    prices = dict(
+        (
+            await session.execute(
+                select(Product.id, Product.price).where(Product.id.in_([p for p, _ in lines]))
+            )
+        ).all()
+    )
+    missing = [p for p, _ in lines if p not in prices]
+    if missing:
+        raise LookupError(f"unknown products: {missing}")
+    order = Order(
+        user_id=user_id,
+        status="paid",
+        created_at=datetime.now(timezone.utc),
+        total=sum((prices[p] * q for p, q in lines), Decimal("0")),
+        items=[OrderItem(product_id=p, quantity=q, unit_price=prices[p]) for p, q in lines],
+    )
+    session.add(order)
+    await session.commit()
+    return {"id": order.id, "total": _money(order.total)}
+
+
+async def search_products(session: AsyncSession, q: str) -> list[dict[str, Any]]:
+    """Full-text search on product names (the same predicate with or without its index)."""
+    rows = await session.execute(
+        text(
+            "SELECT id, name, price FROM products"
+            " WHERE to_tsvector('simple', name) @@ plainto_tsquery('simple', :q)"
+            " ORDER BY id LIMIT 20"
+        ),
+        {"q": q},
+    )
+    return [{"id": i, "name": n, "price": _money(p)} for i, n, p in rows]
+
+
+async def sales_report(session: AsyncSession, start: date, days: int) -> list[dict[str, Any]]:
+    """Orders and revenue per day over ``days`` days from ``start``."""
+    begin = datetime(start.year, start.month, start.day, tzinfo=timezone.utc)
+    day = func.date_trunc("day", Order.created_at)
+    rows = await session.execute(
+        select(day, func.count(), func.sum(Order.total))
+        .where(Order.created_at >= begin, Order.created_at < begin + timedelta(days=days))
+        .group_by(day)
+        .order_by(day)
+    )
+    return [
+        {"day": d.date().isoformat(), "orders": n, "revenue": _money(total)} for d, n, total in rows
+    ]
+
+
+async def user_summary(session: AsyncSession, user_id: int) -> dict[str, Any] | None:
+    user = await session.get(User, user_id)
+    if user is None:
+        return None
+    count, spent = (
+        await session.execute(
+            select(func.count(), func.coalesce(func.sum(Order.total), 0)).where(
+                Order.user_id == user_id
+            )
+        )
+    ).one()
+    return {"id": user.id, "name": user.name, "orders": count, "spent": _money(spent)}

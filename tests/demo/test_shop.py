@@ -1,0 +1,110 @@
+"""The shop answers the same in every configuration, and the fixes change how, not what."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from hotpath.demo._server import serve
+from hotpath.demo.shop import SCALES, load_shop
+from hotpath.demo.shop.app import ShopSettings, create_app
+from hotpath.demo.shop.fixes import Fixes
+from hotpath.demo.shop.payments import PaymentBehaviour, create_payment_app
+from hotpath.observe import Profiler
+from hotpath.testing import ModuleDatabase
+
+READS = [
+    "/categories/3/products",
+    "/categories/3/products?page=2&min_price=20&max_price=300",
+    "/products/1",
+    "/products/777",
+    "/users/1/orders",
+    "/users/42/orders",
+    "/search?q=oak",
+    "/reports/sales?start=2025-03-01&days=14",
+    "/users/5/profile",
+]
+
+
+@pytest.fixture(scope="module")
+def shop_db(hotpath_db: ModuleDatabase) -> ModuleDatabase:
+    load_shop(hotpath_db.dsn, SCALES["tiny"])
+    return hotpath_db
+
+
+@pytest.fixture(scope="module")
+def payment_url() -> Iterator[str]:
+    with serve(create_payment_app(PaymentBehaviour(latency_s=0.001))) as url:
+        yield url
+
+
+def _app(db: ModuleDatabase, payment_url: str, fixes: Fixes) -> FastAPI:
+    return create_app(ShopSettings(db.async_url, payment_url, fixes))
+
+
+@pytest.fixture
+async def clients(
+    shop_db: ModuleDatabase, payment_url: str
+) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
+    configs = {"naive": Fixes.naive(), "eager": Fixes.only("eager"), "pool": Fixes.only("pool")}
+    apps = {name: _app(shop_db, payment_url, fixes) for name, fixes in configs.items()}
+    clients = {
+        name: httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://shop")
+        for name, app in apps.items()
+    }
+    yield clients
+    for name, client in clients.items():
+        await client.aclose()
+        await apps[name].state.engine.dispose()
+
+
+async def test_every_configuration_returns_the_same_data(
+    clients: dict[str, httpx.AsyncClient],
+) -> None:
+    for path in READS:
+        answers: dict[str, Any] = {}
+        for name, client in clients.items():
+            response = await client.get(path)
+            assert response.status_code == 200, (name, path, response.text)
+            answers[name] = response.json()
+        assert answers["naive"] == answers["eager"] == answers["pool"], path
+    assert answers["naive"]  # the data really is there
+
+
+async def test_eager_fix_turns_n_plus_one_into_constant_queries(
+    clients: dict[str, httpx.AsyncClient], shop_db: ModuleDatabase
+) -> None:
+    counts: dict[str, int] = {}
+    for name in ("naive", "eager"):
+        engine = clients[name]._transport.app.state.engine  # type: ignore[attr-defined]
+        profiler = Profiler(engine, modes={"n_plus_one": "log"})
+        try:
+            async with profiler.scope(name) as scope:
+                response = await clients[name].get("/users/1/orders")  # the most active user
+                assert len(response.json()) == 10
+            counts[name] = scope.query_count
+            if name == "naive":
+                assert any(f.details.get("relationship") == "Order.items" for f in scope.findings)
+        finally:
+            profiler.uninstrument()
+    assert counts["naive"] > 10  # one query per order (and per product)
+    assert counts["eager"] <= 3
+
+
+async def test_a_placed_order_is_visible_on_the_next_request(
+    clients: dict[str, httpx.AsyncClient],
+) -> None:
+    client = clients["pool"]
+    placed = await client.post("/orders", json={"user_id": 7, "lines": [
+        {"product_id": 1, "quantity": 2}, {"product_id": 2, "quantity": 1}]})
+    assert placed.status_code == 201, placed.text
+    orders = (await client.get("/users/7/orders")).json()
+    assert orders[0]["id"] == placed.json()["id"]
+    assert [item["quantity"] for item in orders[0]["items"]] == [2, 1]
+    bad = await client.post("/orders", json={"user_id": 7, "lines": [
+        {"product_id": 10**9, "quantity": 1}]})
+    assert bad.status_code == 422
