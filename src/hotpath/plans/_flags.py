@@ -11,6 +11,10 @@ from ._columns import condition_columns
 
 LARGE_TABLE_ROWS = 10_000
 MANY_LOOPS = 1_000
+# PEV2's grades for a node's own share of the execution time: 10% / 40% / 90%
+TIME_SHARE_GRADES = (0.9, 0.4, 0.1)
+# a node this fast is not worth a flag, whatever its share of a tiny plan
+MIN_NODE_MS = 1.0
 
 
 class Severity(str, Enum):
@@ -65,7 +69,9 @@ def analyze_plan(plan: Any, table_rows: Mapping[str, float] | None = None) -> li
     (``pg_class.reltuples``) so plain (non-ANALYZE) plans can judge table size too."""
     table_rows = table_rows or {}
     flags: list[PlanFlag] = []
-    for _, node in walk(plan_root(plan)):
+    root = plan_root(plan)
+    total_ms = _inclusive_ms(root)
+    for _, node in walk(root):
         for check in (
             _seq_scan,
             _filter_waste,
@@ -77,6 +83,9 @@ def analyze_plan(plan: Any, table_rows: Mapping[str, float] | None = None) -> li
             flag = check(node, table_rows)
             if flag is not None:
                 flags.append(flag)
+        share = _time_share(node, total_ms)
+        if share is not None:
+            flags.append(share)
     order = {Severity.CRITICAL: 0, Severity.WARNING: 1, Severity.INFO: 2}
     return sorted(flags, key=lambda f: order[f.severity])
 
@@ -140,13 +149,14 @@ def _filter_waste(node: Mapping[str, Any], table_rows: Mapping[str, float]) -> P
     kept = node["Actual Rows"] * loops
     removed_total = removed * loops
     share = removed_total / (removed_total + kept)
-    if removed_total < 1000 or share < 0.9:
+    if removed_total < 1000 or share < 0.5:
         return None
+    severity = Severity.WARNING if share >= 0.9 else Severity.INFO
     table = _qualified(node)
     columns, suggestion = _index_suggestion(table, node.get("Filter"))
     return PlanFlag(
         "rows_removed_by_filter",
-        Severity.WARNING,
+        severity,
         f"{share:.1%} of the rows read from {table} were thrown away by the filter "
         f"({removed_total:,.0f} removed, {kept:,.0f} kept)",
         str(node.get("Node Type")),
@@ -266,4 +276,48 @@ def _heap_fetches(node: Mapping[str, Any], table_rows: Mapping[str, float]) -> P
         (),
         f"VACUUM {table};" if table else None,
         {"heap_fetches": fetches},
+    )
+
+
+def _inclusive_ms(node: Mapping[str, Any]) -> float | None:
+    if "Actual Total Time" not in node:
+        return None
+    return float(node["Actual Total Time"]) * float(node.get("Actual Loops", 1) or 1)
+
+
+def _exclusive_ms(node: Mapping[str, Any]) -> float | None:
+    """The node's own time: its inclusive time minus its children's (as PEV2 computes it)."""
+    own = _inclusive_ms(node)
+    if own is None:
+        return None
+    for child in node.get("Plans", []):
+        # InitPlans/SubPlans run under their parent's clock too; parallel workers' loops would
+        # double count, so a child can never take more than the parent measured
+        own -= _inclusive_ms(child) or 0.0
+    return max(0.0, own)
+
+
+def _time_share(node: Mapping[str, Any], total_ms: float | None) -> PlanFlag | None:
+    own = _exclusive_ms(node)
+    if own is None or not total_ms or own < MIN_NODE_MS:
+        return None
+    share = min(1.0, own / total_ms)
+    grades = zip(TIME_SHARE_GRADES, (Severity.CRITICAL, Severity.WARNING, Severity.INFO))
+    severity = next((sev for limit, sev in grades if share > limit), None)
+    if severity is None:
+        return None
+    table = _qualified(node)
+    kind = str(node.get("Node Type"))
+    condition = node.get("Filter") if kind == "Seq Scan" else None
+    columns, suggestion = _index_suggestion(table, condition)
+    return PlanFlag(
+        "node_time_share",
+        severity,
+        f"{kind}{' on ' + table if table else ''} took {share:.0%} of the execution time "
+        f"({own:,.2f} of {total_ms:,.2f} ms)",
+        kind,
+        table,
+        columns,
+        suggestion,
+        {"share": share, "node_ms": own, "total_ms": total_ms},
     )

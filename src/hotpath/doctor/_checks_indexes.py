@@ -1,0 +1,248 @@
+"""Checks on indexes: missing, unused, duplicate, invalid, and foreign keys without one."""
+
+from __future__ import annotations
+
+from ..plans import Severity
+from ._context import Context, display_name
+from ._model import Finding
+from ._registry import check
+from ._sqlparse import parse_query, tables_of
+
+_USER_SCHEMAS = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'"
+
+
+@check("missing_indexes", "Large tables read mostly by sequential scans")
+def missing_indexes(ctx: Context) -> list[Finding]:
+    """Tables over the size threshold whose scans are mostly sequential, with the queries
+    (from pg_stat_statements) that read them and the columns those queries filter on."""
+    t = ctx.thresholds
+    findings = []
+    for table in ctx.tables:
+        rows = float(table["reltuples"])
+        seq, idx = int(table["seq_scan"] or 0), int(table["idx_scan"] or 0)
+        if rows < t.large_table_rows or seq == 0 or seq / (seq + idx) < t.seq_scan_share:
+            continue
+        per_scan = int(table["seq_tup_read"] or 0) / seq
+        if per_scan < t.large_table_rows:
+            continue  # the scans stopped early (LIMIT): not a full read
+        name = display_name(table["schemaname"], table["relname"])
+        queries = _queries_on(ctx, table["relname"], name)
+        columns = _filter_columns(queries, table["relname"])
+        fix = (
+            f"CREATE INDEX CONCURRENTLY ON {name} ({', '.join(columns)});  -- validate first: "
+            f"hotpath advise URL"
+            if columns
+            else f"hotpath advise URL  -- finds and validates the index for {name}'s queries"
+        )
+        tied = "; ".join(
+            f"{int(q['calls']):,} calls of: {' '.join(str(q['query']).split())[:100]}"
+            for q in queries[:3]
+        )
+        severity = Severity.CRITICAL if rows >= 100 * t.large_table_rows else Severity.WARNING
+        findings.append(
+            Finding(
+                "missing_indexes",
+                severity,
+                name,
+                f"{name} ({rows:,.0f} rows) was read by {seq:,} sequential scans "
+                f"({seq / (seq + idx):.0%} of its scans, {per_scan:,.0f} rows each)"
+                + (f"; queries: {tied}" if tied else ""),
+                {
+                    "rows": rows,
+                    "seq_scan": seq,
+                    "idx_scan": idx,
+                    "rows_per_seq_scan": round(per_scan),
+                    "queries": len(queries),
+                },
+                fix,
+                "sql" if columns else "action",
+                f"~{seq * per_scan:,.0f} rows read by sequential scans so far",
+            )
+        )
+    return findings
+
+
+def _queries_on(ctx: Context, relname: str, name: str) -> list[dict[str, object]]:
+    if "pg_stat_statements" not in ctx.caps.extensions:
+        return []
+    return [
+        q
+        for q in ctx.statements
+        if {relname, name} & set(tables_of(str(q["query"])))
+        and parse_query(str(q["query"])).kind in ("select", "update", "delete")
+    ]
+
+
+def _filter_columns(queries: list[dict[str, object]], relname: str) -> list[str]:
+    """Equality columns, then range columns, the queries filter ``relname`` on."""
+    equality: list[str] = []
+    ranges: list[str] = []
+    for q in queries:
+        for use in parse_query(str(q["query"])).uses:
+            if use.table == relname:
+                equality += [c for c in use.equality if c not in equality]
+                ranges += [c for c in use.range if c not in ranges]
+    return (equality + [c for c in ranges if c not in equality])[:3]
+
+
+@check("unused_indexes", "Unused indexes (no scans since statistics began)")
+def unused_indexes(ctx: Context) -> list[Finding]:
+    """Indexes never scanned, excluding primary keys, unique, replica-identity and
+    constraint-backing indexes (they enforce something even when never read)."""
+    rows = ctx.rows(
+        "SELECT s.schemaname, s.relname, s.indexrelname, s.idx_scan,"
+        " pg_relation_size(s.indexrelid) AS bytes, pg_get_indexdef(s.indexrelid) AS def"
+        " FROM pg_stat_user_indexes s JOIN pg_index i ON i.indexrelid = s.indexrelid"
+        " WHERE s.idx_scan = 0 AND NOT i.indisunique AND NOT i.indisprimary"
+        " AND NOT i.indisreplident AND i.indisvalid"
+        " AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = s.indexrelid)"
+        " AND pg_relation_size(s.indexrelid) >= %s ORDER BY bytes DESC",
+        (ctx.thresholds.unused_index_min_bytes,),
+    )
+    since = ctx.stats_since
+    findings = []
+    for r in rows:
+        name = display_name(r["schemaname"], r["indexrelname"])
+        findings.append(
+            Finding(
+                "unused_indexes",
+                Severity.WARNING,
+                name,
+                f"index {name} on {r['relname']} ({_mb(r['bytes'])}) has not been scanned since "
+                f"statistics began ({since}); replicas keep their own usage counters — check "
+                "each replica before dropping",
+                {"idx_scan": 0, "bytes": int(r["bytes"]), "stats_since": since},
+                f"DROP INDEX CONCURRENTLY {name};  -- recreate with: {r['def']}",
+                "sql",
+                f"{_mb(r['bytes'])} of disk and one less index to update on every write",
+            )
+        )
+    return findings
+
+
+@check("duplicate_indexes", "Duplicate and redundant indexes")
+def duplicate_indexes(ctx: Context) -> list[Finding]:
+    """Indexes whose key columns equal, or are a prefix of, another index's on the same table
+    (same access method, operator classes, expressions and predicate)."""
+    rows = ctx.rows(
+        "SELECT n.nspname AS schema, ca.relname AS dup, cb.relname AS keeper, t.relname AS tbl,"
+        " pg_relation_size(a.indexrelid) AS bytes, pg_get_indexdef(a.indexrelid) AS dup_def,"
+        " pg_get_indexdef(b.indexrelid) AS keeper_def"
+        " FROM pg_index a JOIN pg_index b ON a.indrelid = b.indrelid"
+        "  AND a.indexrelid <> b.indexrelid"
+        " JOIN pg_class ca ON ca.oid = a.indexrelid JOIN pg_class cb ON cb.oid = b.indexrelid"
+        " JOIN pg_class t ON t.oid = a.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace"
+        f" WHERE {_USER_SCHEMAS} AND ca.relam = cb.relam AND a.indisvalid AND b.indisvalid"
+        " AND NOT a.indisprimary AND NOT a.indisunique AND a.indnatts = a.indnkeyatts"
+        " AND a.indnkeyatts <= b.indnkeyatts"
+        " AND (a.indkey::int2[])[0:a.indnkeyatts - 1] = (b.indkey::int2[])[0:a.indnkeyatts - 1]"
+        " AND (a.indclass::oid[])[0:a.indnkeyatts - 1] = (b.indclass::oid[])[0:a.indnkeyatts - 1]"
+        " AND coalesce(pg_get_expr(a.indexprs, a.indrelid), '')"
+        "  = coalesce(pg_get_expr(b.indexprs, b.indrelid), '')"
+        " AND coalesce(pg_get_expr(a.indpred, a.indrelid), '')"
+        "  = coalesce(pg_get_expr(b.indpred, b.indrelid), '')"
+        # identical pairs: report one of the two (keep the unique one, or the older one)
+        " AND (a.indnatts < b.indnatts OR b.indisunique OR a.indexrelid > b.indexrelid)"
+        " AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = a.indexrelid)"
+        " ORDER BY bytes DESC"
+    )
+    findings = []
+    seen: set[str] = set()
+    for r in rows:
+        name = display_name(r["schema"], r["dup"])
+        if name in seen:
+            continue
+        seen.add(name)
+        findings.append(
+            Finding(
+                "duplicate_indexes",
+                Severity.WARNING,
+                name,
+                f"{name} on {r['tbl']} is redundant: {display_name(r['schema'], r['keeper'])} "
+                "covers the same leading columns",
+                {"bytes": int(r["bytes"])},
+                f"DROP INDEX CONCURRENTLY {name};  -- covered by: {r['keeper_def']}",
+                "sql",
+                f"{_mb(r['bytes'])} of disk and one less index to update on every write",
+            )
+        )
+    return findings
+
+
+@check("invalid_indexes", "Invalid indexes (failed CREATE INDEX CONCURRENTLY)")
+def invalid_indexes(ctx: Context) -> list[Finding]:
+    """Indexes left invalid by a failed concurrent build: written to on every change, never
+    used by a query. Indexes being built right now are not reported."""
+    progress = (
+        " AND NOT EXISTS (SELECT 1 FROM pg_stat_progress_create_index p"
+        "  WHERE p.index_relid = i.indexrelid)"
+    )
+    rows = ctx.rows(
+        "SELECT n.nspname AS schema, c.relname AS idx, t.relname AS tbl,"
+        " pg_relation_size(i.indexrelid) AS bytes, pg_get_indexdef(i.indexrelid) AS def"
+        " FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+        " JOIN pg_class t ON t.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+        f" WHERE NOT i.indisvalid AND {_USER_SCHEMAS}{progress}"
+    )
+    findings = []
+    for r in rows:
+        name = display_name(r["schema"], r["idx"])
+        definition = str(r["def"]).replace(" INDEX ", " INDEX CONCURRENTLY ", 1)
+        findings.append(
+            Finding(
+                "invalid_indexes",
+                Severity.WARNING,
+                name,
+                f"index {name} on {r['tbl']} is invalid (a CREATE INDEX CONCURRENTLY failed): "
+                "it slows every write and serves no read",
+                {"bytes": int(r["bytes"])},
+                f"DROP INDEX CONCURRENTLY {name}; {definition};",
+                "sql",
+            )
+        )
+    return findings
+
+
+@check("fk_without_index", "Foreign keys without an index")
+def fk_without_index(ctx: Context) -> list[Finding]:
+    """Foreign keys whose columns lead no index: every delete or key update on the referenced
+    table scans the referencing table, and joins on the key cannot use an index."""
+    rows = ctx.rows(
+        "SELECT n.nspname AS schema, t.relname AS tbl, c.conname, t.reltuples::float8 AS rows,"
+        " c.confrelid::regclass::text AS referenced,"
+        " (SELECT array_agg(a.attname::text ORDER BY k.ord) FROM unnest(c.conkey)"
+        "   WITH ORDINALITY AS k(attnum, ord) JOIN pg_attribute a"
+        "   ON a.attrelid = c.conrelid AND a.attnum = k.attnum) AS cols"
+        " FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid"
+        " JOIN pg_namespace n ON n.oid = t.relnamespace"
+        f" WHERE c.contype = 'f' AND {_USER_SCHEMAS}"
+        " AND NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.conrelid"
+        "  AND i.indisvalid AND i.indpred IS NULL"
+        "  AND (i.indkey::int2[])[0:cardinality(c.conkey) - 1] @> c.conkey"
+        "  AND (i.indkey::int2[])[0:cardinality(c.conkey) - 1] <@ c.conkey)"
+    )
+    findings = []
+    for r in rows:
+        table = display_name(r["schema"], r["tbl"])
+        cols = ", ".join(r["cols"])
+        rows_n = max(0.0, float(r["rows"]))
+        severity = Severity.WARNING if rows_n >= ctx.thresholds.large_table_rows else Severity.INFO
+        findings.append(
+            Finding(
+                "fk_without_index",
+                severity,
+                f"{table}.{r['conname']}",
+                f"foreign key {r['conname']} on {table} ({cols}) -> {r['referenced']} has no "
+                f"index: each delete/update of a {r['referenced']} key scans {table} "
+                f"({rows_n:,.0f} rows)",
+                {"rows": rows_n},
+                f"CREATE INDEX CONCURRENTLY ON {table} ({cols});",
+                "sql",
+                f"an index lookup instead of a {rows_n:,.0f}-row scan per referenced-key change",
+            )
+        )
+    return findings
+
+
+def _mb(value: object) -> str:
+    return f"{int(value) / 1024 / 1024:,.1f} MB"  # type: ignore[call-overload]

@@ -1,0 +1,132 @@
+"""The ``hotpath doctor`` / ``advise`` / ``explain`` commands (registered by hotpath.cli)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import orjson
+import typer
+from rich.console import Console
+from rich.progress import Progress
+
+from ._errors import DoctorError
+
+_out = Console(highlight=False)
+_err = Console(stderr=True, highlight=False)
+
+
+class Format(str, Enum):
+    text = "text"
+    html = "html"
+    json = "json"
+
+
+class FailOn(str, Enum):
+    warning = "warning"
+    critical = "critical"
+
+
+def doctor(
+    url: Annotated[str, typer.Argument(help="postgresql://user:password@host:port/db")],
+    format: Annotated[Format, typer.Option("--format", help="text, html or json")] = Format.text,
+    output: Annotated[Optional[Path], typer.Option("--output", help="write to FILE")] = None,  # noqa: UP045
+    fail_on: Annotated[
+        Optional[FailOn], typer.Option("--fail-on", help="exit 1 at this severity")
+    ] = None,  # noqa: UP045
+    only: Annotated[Optional[str], typer.Option("--only", help="CHECK,CHECK,...")] = None,  # noqa: UP045
+    show_literals: Annotated[
+        bool, typer.Option("--show-literals", help="do not redact literals")
+    ] = False,
+) -> None:
+    """Diagnose a live PostgreSQL database (read-only) and print what to fix."""
+    from ._diagnose import diagnose  # noqa: PLC0415 - keep `hotpath --help` fast
+    from ._render import render_html, render_text  # noqa: PLC0415
+
+    if format is Format.text and output is None:
+        with Progress(console=_err, transient=True) as progress:
+            task = progress.add_task("checking", total=None)
+
+            def step(check: object, number: int, total: int) -> None:
+                progress.update(
+                    task,
+                    total=total,
+                    completed=number - 1,
+                    description=f"{getattr(check, 'id', '')}",
+                )
+
+            report = diagnose(url, only, show_literals=show_literals, progress=step)
+        render_text(report, _out)
+    else:
+        report = diagnose(url, only, show_literals=show_literals)
+        if format is Format.json:
+            text = report.to_json()
+        elif format is Format.html:
+            text = render_html(report)
+        else:
+            console = Console(record=True, width=120, file=open("/dev/null", "w"))  # noqa: SIM115
+            render_text(report, console)
+            text = console.export_text()
+        _write(text, output)
+    if report.fails(fail_on.value if fail_on else None):
+        raise typer.Exit(1)
+
+
+def advise(
+    url: Annotated[str, typer.Argument(help="postgresql://user:password@host:port/db")],
+    workload: Annotated[
+        str, typer.Option("--workload", help="pg_stat_statements or FILE.sql")
+    ] = "pg_stat_statements",
+    min_gain: Annotated[
+        float, typer.Option("--min-gain", help="cost reduction an index must bring")
+    ] = 0.3,
+    format: Annotated[Format, typer.Option("--format", help="text or json")] = Format.text,
+) -> None:
+    """Advise indexes for the workload, validated with HypoPG when it is installed."""
+    from ._advise import advise_indexes  # noqa: PLC0415
+    from ._render import render_advice  # noqa: PLC0415
+
+    if workload != "pg_stat_statements" and not Path(workload).is_file():
+        raise DoctorError(
+            f"--workload {workload}: give pg_stat_statements or a .sql file that exists"
+        )
+    queries = None if workload == "pg_stat_statements" else Path(workload)
+    if queries is not None and queries.suffix != ".sql":
+        raise DoctorError(f"--workload {workload}: the file must end in .sql")
+    advice = advise_indexes(url, queries, min_gain)
+    if format is Format.json:
+        _write(orjson.dumps(advice.to_dict(), option=orjson.OPT_INDENT_2).decode(), None)
+    else:
+        render_advice(advice, _out)
+
+
+def explain(
+    url: Annotated[str, typer.Argument(help="postgresql://user:password@host:port/db")],
+    sql: Annotated[str, typer.Argument(help="the statement to plan")],
+    analyze: Annotated[
+        bool, typer.Option("--analyze", help="run it (plain SELECT only, rolled back)")
+    ] = False,
+) -> None:
+    """Show a statement's plan as a tree with the flags that make it slow."""
+    from ._explain import explain as run_explain  # noqa: PLC0415
+    from ._render import render_explained  # noqa: PLC0415
+
+    render_explained(run_explain(url, sql, analyze=analyze), _out)
+
+
+def _write(text: str, output: Path | None) -> None:
+    if output is None:
+        _out.print(text, markup=False, highlight=False, soft_wrap=True)
+        return
+    try:
+        output.write_text(text)
+    except OSError as exc:
+        raise DoctorError(f"cannot write {output}: {exc.strerror}") from None
+    _err.print(f"wrote {output}")
+
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app.command()(doctor)
+app.command()(advise)
+app.command()(explain)

@@ -1,0 +1,78 @@
+"""The advisor's workload: pg_stat_statements, a SQL file, or a list of statements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pglast import parser
+
+from ._errors import DoctorError
+from ._session import Session
+from ._sqlparse import tables_of
+
+
+@dataclass(frozen=True)
+class WorkloadQuery:
+    """One statement of the workload, with its weight when statistics give one."""
+
+    sql: str
+    calls: int = 1
+    mean_ms: float | None = None
+    source: str = "given"
+
+    @property
+    def weight(self) -> float | None:
+        """Time it costs the database (ms); None when only a planner cost can weigh it."""
+        return None if self.mean_ms is None else self.calls * self.mean_ms
+
+
+def from_statements(session: Session, limit: int = 100) -> list[WorkloadQuery]:
+    """The database's heaviest statements from pg_stat_statements (catalog queries skipped)."""
+    if "pg_stat_statements" not in session.capabilities.extensions:
+        raise DoctorError(
+            "pg_stat_statements is not installed in this database: add it to "
+            "shared_preload_libraries and CREATE EXTENSION pg_stat_statements, or pass "
+            "--workload FILE.sql"
+        )
+    total = "total_exec_time" if session.capabilities.server_version >= 130000 else "total_time"
+    rows = session.rows(
+        f"SELECT s.query, sum(s.calls)::bigint AS calls, sum(s.{total})::float8 AS total_ms"
+        " FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid"
+        " WHERE d.datname = current_database() AND s.calls > 0"
+        " AND s.query ~* '^\\s*(with|select|update|delete)\\M'"
+        f" GROUP BY s.query ORDER BY 3 DESC LIMIT {int(limit) * 3}"
+    )
+    found = []
+    for r in rows:
+        names = tables_of(str(r["query"]))
+        if not names or all(n.split(".")[-1].startswith("pg_") for n in names):
+            continue  # monitoring and catalog queries (doctor's own among them)
+        calls = int(r["calls"])
+        found.append(
+            WorkloadQuery(
+                str(r["query"]), calls, float(r["total_ms"]) / calls, "pg_stat_statements"
+            )
+        )
+    return found[:limit]
+
+
+def from_file(path: str | Path) -> list[WorkloadQuery]:
+    """Statements of a ``.sql`` file (split by PostgreSQL's own scanner)."""
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise DoctorError(f"cannot read workload file {file}: {exc.strerror}") from None
+    return from_list(_split(text), source=file.name)
+
+
+def from_list(queries: list[str], source: str = "given") -> list[WorkloadQuery]:
+    return [WorkloadQuery(q.strip().rstrip(";"), source=source) for q in queries if q.strip()]
+
+
+def _split(text: str) -> list[str]:
+    try:
+        return list(parser.split(text))
+    except Exception as exc:
+        raise DoctorError(f"cannot split the SQL file into statements: {exc}") from None
