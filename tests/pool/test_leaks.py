@@ -1,0 +1,118 @@
+"""Leak detection names the line that checked the connection out; an exhausted pool names
+its holders. Plain SQLAlchemy says neither."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import pytest
+from sqlalchemy import Connection, Engine, create_engine, exc, text
+
+from hotpath.pool import PoolExhaustedError
+from hotpath.testing import ModuleDatabase
+
+from ._helpers import planned_async_engine, planned_engine
+
+
+def _leak_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if "possible connection leak" in r.getMessage()]
+
+
+def test_leak_is_reported_once_with_the_checkout_line(
+    hotpath_db: ModuleDatabase, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="hotpath.pool")
+    engine, metrics = planned_engine(hotpath_db.url, pool_size=2, leak_threshold_s=0.2)
+    try:
+        with engine.connect() as quick:  # returned in time: never reported
+            quick.execute(text("SELECT 2"))
+        leaked = engine.connect()
+        line = sys._getframe().f_lineno  # noqa: E702
+        time.sleep(0.8)  # several watch periods: still one report
+        leaks = _leak_records(caplog)
+        assert len(leaks) == 1
+        message = leaks[0].getMessage()
+        assert f"test_leaks.py:{line} in test_leak_is_reported_once" in message
+        assert "leaked = engine.connect()" in message  # the source line of the stack trace
+        assert metrics.snapshot().leaks == 1
+        leaked.close()
+        assert any("was returned after" in r.getMessage() for r in caplog.records)
+    finally:
+        engine.dispose()
+
+
+def test_plain_pool_says_nothing_about_the_same_leak(
+    hotpath_db: ModuleDatabase, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    engine = create_engine(hotpath_db.url, pool_size=2)
+    try:
+        leaked = engine.connect()
+        time.sleep(0.5)
+        assert not _leak_records(caplog)
+        leaked.close()
+    finally:
+        engine.dispose()
+
+
+async def test_async_leak_is_attributed_through_the_greenlet(
+    hotpath_db: ModuleDatabase, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="hotpath.pool")
+    engine, metrics = planned_async_engine(hotpath_db.async_url, pool_size=1, leak_threshold_s=0.2)
+    try:
+        leaked = await engine.connect()
+        line = sys._getframe().f_lineno  # noqa: E702
+        await _sleep(0.6)
+        leaks = _leak_records(caplog)
+        assert len(leaks) == 1
+        assert f"test_leaks.py:{line} in test_async_leak" in leaks[0].getMessage()
+        assert metrics.snapshot().leaks == 1
+        await leaked.close()
+    finally:
+        await engine.dispose()
+
+
+async def _sleep(seconds: float) -> None:
+    import asyncio
+
+    await asyncio.sleep(seconds)
+
+
+def _hold_for_report(engine: Engine) -> Connection:
+    return engine.connect()
+
+
+def _hold_for_export(engine: Engine) -> Connection:
+    return engine.connect()
+
+
+def test_exhaustion_error_names_the_holders(hotpath_db: ModuleDatabase) -> None:
+    engine, _ = planned_engine(hotpath_db.url, pool_size=3, timeout_s=0.3)
+    plain = create_engine(hotpath_db.url, pool_size=3, max_overflow=0, pool_timeout=0.3)
+    try:
+        for target in (engine, plain):
+            held = [_hold_for_report(target), _hold_for_report(target), _hold_for_export(target)]
+            with pytest.raises(exc.TimeoutError) as info:
+                target.connect()
+            for conn in held:
+                conn.close()
+            message = str(info.value)
+            if target is engine:
+                assert isinstance(info.value, PoolExhaustedError)
+                assert "3 of 3+0 checked out, 0 idle" in message
+                assert "2x tests/pool/test_leaks.py" in message
+                assert "in _hold_for_report (held up to" in message
+                assert "1x tests/pool/test_leaks.py" in message
+                assert "in _hold_for_export" in message
+                assert "QueuePool limit of size 3 overflow 0 reached" in message  # kept
+            else:
+                # the unprotected path: the bare error says nothing about who holds what
+                assert "QueuePool limit of size 3 overflow 0 reached" in message
+                assert "_hold_for_report" not in message
+                assert "test_leaks.py" not in message
+    finally:
+        engine.dispose()
+        plain.dispose()

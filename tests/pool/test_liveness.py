@@ -1,0 +1,88 @@
+"""Cheap liveness: ping only connections idle longer than validate_idle_s (pings counted on
+the server), against SQLAlchemy's ping on every checkout; jittered max lifetime."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, create_engine, event, text
+
+from hotpath.pool._sqlalchemy import _EXPIRES
+from hotpath.testing import ModuleDatabase
+
+from ._helpers import planned_engine
+
+
+def _count_pings(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the pings the dialect really sends (psycopg's is an empty query, ``;``, which
+    pg_stat_statements does not record, so the count is taken at the dialect)."""
+    calls = [0]
+    original = engine.dialect.do_ping
+
+    def counting(dbapi_connection: Any) -> bool:
+        calls[0] += 1
+        return original(dbapi_connection)
+
+    monkeypatch.setattr(engine.dialect, "do_ping", counting)
+    return calls
+
+
+def _checkouts(engine: Engine, times: int) -> None:
+    for _ in range(times):
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_backend_pid()"))  # not normalized like a ping
+
+
+def test_recent_connections_skip_the_ping_idle_ones_get_it(
+    hotpath_db: ModuleDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, metrics = planned_engine(hotpath_db.url, pool_size=2, validate_idle_s=0.5)
+    pre_ping = create_engine(hotpath_db.url, pool_size=2, pool_pre_ping=True)
+    pings, pre_pings = _count_pings(engine, monkeypatch), _count_pings(pre_ping, monkeypatch)
+    try:
+        _checkouts(engine, 20)  # back to back: each connection used < 0.5 s ago
+        assert pings == [0]
+        assert metrics.snapshot().pings == 0
+
+        time.sleep(0.7)
+        _checkouts(engine, 1)  # idle 0.7 s: validated once
+        assert pings == [1]
+        assert metrics.snapshot().pings == 1
+
+        _checkouts(pre_ping, 21)  # SQLAlchemy's pre-ping: every checkout of a pooled one
+        assert pre_pings == [20]  # (the first checkout opened the connection)
+    finally:
+        engine.dispose()
+        pre_ping.dispose()
+
+
+def test_max_lifetime_replaces_connections_with_jitter(hotpath_db: ModuleDatabase) -> None:
+    lifetime, jitter = 0.6, 0.3
+    engine, metrics = planned_engine(
+        hotpath_db.url, pool_size=4, max_lifetime_s=lifetime, lifetime_jitter=jitter
+    )
+    expiries: list[float] = []
+
+    @event.listens_for(engine, "connect")
+    def remember(dbapi_connection: Any, record: Any) -> None:  # runs after hotpath's listener
+        expiries.append(record.info[_EXPIRES] - record.info["hotpath.opened"])
+
+    try:
+        held = [engine.connect() for _ in range(4)]
+        first = {c.execute(text("SELECT pg_backend_pid()")).scalar() for c in held}
+        for conn in held:
+            conn.close()
+        time.sleep(lifetime + 0.1)
+        held = [engine.connect() for _ in range(4)]
+        second = {c.execute(text("SELECT pg_backend_pid()")).scalar() for c in held}
+        for conn in held:
+            conn.close()
+        snap = metrics.snapshot()
+    finally:
+        engine.dispose()
+    assert first.isdisjoint(second)  # every connection was replaced, none reused past its life
+    assert (snap.expired, snap.invalidations, snap.connects) == (4, 0, 8)
+    assert all(lifetime * (1 - jitter) <= e <= lifetime for e in expiries)
+    assert len(set(expiries)) == len(expiries)  # spread, not one mass reconnection
