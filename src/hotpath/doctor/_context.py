@@ -108,7 +108,8 @@ class Context:
             " WHERE d.datname = current_database() AND s.calls > 0"
             f" ORDER BY s.{total} DESC"
         )
-        return [r for r in rows if not _catalog_only(str(r["query"]))]
+        # without pg_read_all_stats, other users' rows come back with no queryid and no text
+        return [r for r in rows if r["queryid"] is not None and not _catalog_only(str(r["query"]))]
 
     @cached_property
     def tables(self) -> list[dict[str, Any]]:
