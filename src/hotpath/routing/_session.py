@@ -18,7 +18,7 @@ from ._base import ReplicaSetBase, is_connection_failure, log
 from ._config import Consistency, SessionOptions, TokenMode
 from ._errors import ReplicaWriteError, RoutingConfigError
 from ._replayed import write_position
-from ._router import Route, RoutedNode
+from ._router import RoutedNode
 from ._statements import is_write
 from ._tokens import context_box
 
@@ -109,17 +109,22 @@ class RoutingSession(Session):
         self._txn_nodes.add(node.name)
         return node
 
-    def _read_node(self, exclude: tuple[RoutedNode, ...] = ()) -> RoutedNode:
+    def _pinned_node(self) -> RoutedNode | None:
+        """The node this statement must use without a new choice, if any."""
         router = self.replicas.router
-        if self.writing or self._txn_writer is not None:
-            node = self._txn_writer or router.writer
-            router.count_read(Route(node))
-        elif self._txn_reader is not None and self._txn_reader not in exclude:
-            node = self._txn_reader  # one transaction reads one snapshot
-        else:
-            node = self.replicas._route_read(self.routing, exclude).node
-            if node is not router.writer:
-                self._txn_reader = node
+        if self._txn_writer is not None:
+            return self._txn_writer  # reads after a write see it: same transaction
+        if self.writing or router.forced_primary() or self.routing.consistency == "strong":
+            return router.writer
+        return self._txn_reader  # one transaction reads one snapshot, on one node
+
+    def _read_node(self, exclude: tuple[RoutedNode, ...] = ()) -> RoutedNode:
+        pinned = self._pinned_node()
+        if pinned is not None and pinned not in exclude:
+            pinned.health.reads += 1
+            return pinned
+        node = self.replicas._route_read(self.routing, exclude).node
+        self._txn_reader = node
         return node
 
     def _reset(self) -> None:
@@ -130,13 +135,21 @@ class RoutingSession(Session):
 
 @event.listens_for(RoutingSession, "do_orm_execute")
 def _place_read(state: ORMExecuteState) -> Any:
+    """Place the first read of a transaction, so that a dead replica can be retried once.
+
+    Later reads (pinned to the transaction's node) and writes are left to ``get_bind``: no
+    second pass through the ORM's execute path for them.
+    """
     session = state.session
-    if not isinstance(session, RoutingSession) or state.bind_arguments.get("bind") is not None:
+    if (
+        not isinstance(session, RoutingSession)
+        or state.bind_arguments.get("bind") is not None
+        or session._pinned_node() is not None
+        or is_write(state.statement)
+    ):
         return None
-    if is_write(state.statement):
-        return None  # get_bind sends it to the primary; writes are never retried
     node = session._read_node()
-    if node.name in session._txn_nodes or node is session.replicas.router.writer:
+    if node is session.replicas.router.writer:
         session._txn_nodes.add(node.name)
         return state.invoke_statement(bind_arguments={"bind": node.bind})
     fresh_transaction = not session._txn_nodes
