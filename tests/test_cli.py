@@ -101,7 +101,7 @@ def test_bad_input_is_one_clear_line(env: dict[str, str], args: list[str], messa
 
 
 def test_demo_shows_urls_and_a_replica_receiving_a_write() -> None:
-    result = run("demo", "--rows", "500", env={"COLUMNS": "200"})
+    result = run("demo", "--smoke", "--rows", "500", env={"COLUMNS": "200"})
     assert result.returncode == 0, result.stderr
     assert "HOTPATH_PRIMARY_URL=postgresql+psycopg://" in result.stdout
     assert "HOTPATH_REDIS_URL=redis://" in result.stdout

@@ -1,4 +1,4 @@
-"""``hotpath demo``: start the local stack, show its URLs and run the smoke workload."""
+"""``hotpath demo``: the local stack, then the shop run naive and optimized under load."""
 
 from __future__ import annotations
 
@@ -8,51 +8,120 @@ import typer
 from rich.table import Table
 
 from ..demo import run_smoke
+from ..demo._runner import run_shop, summary_rows
+from ..demo.shop.data import SCALES
 from ..stack import LocalStack
 from ._console import out
 from ._stack import status_table
 
 
 def demo(
-    replicas: Annotated[int, typer.Option(min=1, max=8, help="Streaming replicas.")] = 2,
-    rows: Annotated[int, typer.Option(min=1, max=1_000_000, help="Rows to write.")] = 10_000,
+    scale: Annotated[str, typer.Option(help=f"Shop size: {', '.join(SCALES)}.")] = "small",
+    duration: Annotated[float, typer.Option(min=1, max=600, help="Seconds per run.")] = 20,
+    users: Annotated[int, typer.Option(min=1, max=256, help="Concurrent simulated users.")] = 16,
+    ablation: Annotated[bool, typer.Option(help="Also run naive + one fix at a time.")] = False,
+    smoke: Annotated[
+        bool, typer.Option(help="Only start the stack and check replication.")
+    ] = False,
+    rows: Annotated[
+        int, typer.Option(min=1, max=1_000_000, help="Rows for the smoke write.")
+    ] = 10_000,
 ) -> None:
-    """Start a local primary + replicas + Redis, print their URLs, run a short smoke workload."""
+    """Start a local primary + 2 replicas + Redis, check replication, then run the shop
+    naive and optimized under the same load and print the before/after."""
+    if scale not in SCALES:
+        raise typer.BadParameter(f"unknown scale {scale!r}: use one of {', '.join(SCALES)}")
     with out.status("starting PostgreSQL primary, replicas and Redis..."):
-        stack = LocalStack(replicas=replicas, redis=True).start()
+        stack = LocalStack(replicas=2, redis=True).start()
     try:
-        out.print(f"[bold]Local stack up in {stack.startup_seconds:.1f}s[/] ({stack.directory})")
-        for name, value in stack.env_exports().items():
-            out.print(f"  {name}={value}")
-        with out.status("running the smoke workload..."):
-            report = run_smoke(stack, rows=rows)
-
-        out.print(
-            f"\n[bold]Write on the primary[/]: {report.rows_written} rows "
-            f"in {report.write_ms:.1f} ms"
-        )
-        table = Table(
-            "replica", "rows seen", "visible after", "replayed LSN", title="Streaming replication"
-        )
-        for obs in report.replicas:
-            table.add_row(
-                obs.name,
-                str(obs.rows_seen),
-                f"{obs.visible_after_ms:.1f} ms",
-                f"{obs.lsn_before} -> {obs.lsn_after}",
+        _smoke(stack, rows)
+        if smoke:
+            return
+        with out.status("the shop under load...") as status:
+            result = run_shop(
+                stack,
+                scale,
+                duration,
+                users,
+                ablation,
+                progress=status.update,
             )
-        out.print(table)
-        out.print(
-            f"[bold]Replay paused on {report.paused_replica}[/]: primary has "
-            f"{report.primary_rows} rows, {report.paused_replica} still shows "
-            f"{report.paused_rows_seen} ({report.paused_lag_bytes} bytes of WAL behind); "
-            f"after resume it shows {report.resumed_rows_seen}."
-        )
-        out.print(
-            f"[bold]Redis[/]: {report.redis_roundtrips} SET+GET round trips, "
-            f"p50 {report.redis_p50_us:.0f} us, p99 {report.redis_p99_us:.0f} us"
-        )
-        out.print(status_table(stack.status()))
+        _before_after(result)
     finally:
         stack.stop()
     out.print("stack stopped; nothing left running.")
+
+
+def _smoke(stack: LocalStack, rows: int) -> None:
+    out.print(f"[bold]Local stack up in {stack.startup_seconds:.1f}s[/] ({stack.directory})")
+    for name, value in stack.env_exports().items():
+        out.print(f"  {name}={value}")
+    with out.status("checking replication..."):
+        report = run_smoke(stack, rows=rows)
+    table = Table(
+        "replica",
+        "rows seen",
+        "visible after",
+        "replayed LSN",
+        title=f"A write of {report.rows_written} rows on the primary",
+    )
+    for obs in report.replicas:
+        table.add_row(
+            obs.name,
+            str(obs.rows_seen),
+            f"{obs.visible_after_ms:.1f} ms",
+            f"{obs.lsn_before} -> {obs.lsn_after}",
+        )
+    out.print(table)
+    out.print(
+        f"[bold]Replay paused on {report.paused_replica}[/]: primary has "
+        f"{report.primary_rows} rows, {report.paused_replica} still shows "
+        f"{report.paused_rows_seen} ({report.paused_lag_bytes} bytes of WAL behind); "
+        f"after resume it shows {report.resumed_rows_seen}."
+    )
+    out.print(
+        f"[bold]Redis[/]: {report.redis_roundtrips} SET+GET round trips, "
+        f"p50 {report.redis_p50_us:.0f} us, p99 {report.redis_p99_us:.0f} us"
+    )
+    out.print(status_table(stack.status()))
+
+
+def _before_after(result: object) -> None:
+    from ..demo._runner import DemoResult  # noqa: PLC0415
+
+    assert isinstance(result, DemoResult)
+    rows = summary_rows(result)
+    base = rows[0]
+    table = Table(
+        "configuration",
+        "req/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "errors",
+        "stale reads",
+        "connections opened",
+        title=f"The shop ({result.scale}) under the same load",
+    )
+    for row in rows:
+        speedup = row["requests/s"] / base["requests/s"] if base["requests/s"] else 0
+        table.add_row(
+            row["configuration"],
+            f"{row['requests/s']:.0f} ({speedup:.1f}x)",
+            f"{row['p50 ms']:.1f}",
+            f"{row['p95 ms']:.1f}",
+            f"{row['p99 ms']:.1f}",
+            str(row["errors"]),
+            str(row["stale reads"]),
+            str(row["connections opened"]),
+        )
+    out.print(table)
+    routes = sorted({name for run in result.runs for name in run.queries_per_request})
+    queries = Table(
+        "endpoint", *(run.label for run in result.runs), title="Queries per request (median)"
+    )
+    for route in routes:
+        queries.add_row(
+            route, *(f"{run.queries_per_request.get(route, 0):.0f}" for run in result.runs)
+        )
+    out.print(queries)

@@ -62,7 +62,8 @@ async def list_products(
     query = product_list_query(category_id, min_price, max_price, fixes)
     query = query.order_by(Product.created_at.desc(), Product.id.desc())
     products = (await session.scalars(query.offset(page * PAGE_SIZE).limit(PAGE_SIZE))).all()
-    return {"page": page, "items": [await _product_row(session, p) for p in products]}
+    items = [await _product_row(session, p) for p in products]
+    return {"items": items, "next": {"page": page + 1} if len(items) == PAGE_SIZE else None}
 
 
 async def product_detail(
