@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -50,10 +51,8 @@ def background(url: str, sql: str) -> Iterator[psycopg.Connection]:
 
 
 def _swallow(conn: psycopg.Connection, sql: str) -> None:
-    try:
+    with contextlib.suppress(psycopg.Error):  # cancelled by the test's cleanup
         conn.execute(sql)
-    except psycopg.Error:
-        pass  # cancelled by the test's cleanup
 
 
 def test_idle_in_transaction_session_is_flagged_then_gone(db: str) -> None:
@@ -85,8 +84,10 @@ def test_lock_wait_names_the_blocking_chain(db: str) -> None:
     try:
         root.execute("BEGIN")
         root.execute("UPDATE jobs SET state = 'a' WHERE id = 2")
-        with background(db, "UPDATE jobs SET state = 'b' WHERE id = 2") as waiter, \
-                background(db, "LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE"):
+        with (
+            background(db, "UPDATE jobs SET state = 'b' WHERE id = 2") as waiter,
+            background(db, "LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE"),
+        ):
             wait_until(lambda: len(diagnose(db, ["lock_waits"], thresholds=FAST).findings) >= 2)
             findings = diagnose(db, ["lock_waits"], thresholds=FAST).findings
             direct = next(f for f in findings if f.object == f"pid {waiter.info.backend_pid}")

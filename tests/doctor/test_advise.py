@@ -19,7 +19,9 @@ SCHEMA = [
     " FROM generate_series(1, 20000) g",
     "CREATE TABLE tiny AS SELECT g AS id FROM generate_series(1, 50) g",
     "CREATE INDEX orders_status ON orders (status)",
-    "ANALYZE orders", "ANALYZE docs", "ANALYZE tiny",
+    "ANALYZE orders",
+    "ANALYZE docs",
+    "ANALYZE tiny",
 ]
 QUERIES = [
     "SELECT * FROM orders WHERE customer_id = 42 AND created_at > now() - interval '1 day'",
@@ -51,32 +53,42 @@ def pg15(pg15_url: str) -> str:
 
 def test_validated_with_hypopg_with_reasons_for_every_rejection(pg15: str) -> None:
     advice = advise_indexes(pg15, QUERIES, min_gain=0.3)
-    assert advice.hypopg and advice.hint is None
+    assert advice.hypopg
+    assert advice.hint is None
     btrees = [s for s in advice.suggestions if s.candidate.method == "btree"]
     [best] = btrees
     assert best.ddl == "CREATE INDEX CONCURRENTLY ON orders (customer_id, created_at);"
-    assert best.validated and best.best_gain is not None and best.best_gain >= 0.9
+    assert best.validated
+    assert best.best_gain is not None
+    assert best.best_gain >= 0.9
     effect = next(e for e in best.effects if e.used)
     assert effect.cost_after < effect.cost_before
     # GIN cannot be simulated by HypoPG: kept, but marked unvalidated with the reason
     [gin] = [s for s in advice.suggestions if s.candidate.method == "gin"]
-    assert not gin.validated and "HypoPG" in gin.note
+    assert not gin.validated
+    assert "HypoPG" in gin.note
     reasons = {r.ddl: r.reason for r in advice.rejected}
-    assert "already served by the existing index orders_status" in reasons[
-        "CREATE INDEX CONCURRENTLY ON orders (status);"]
+    assert (
+        "already served by the existing index orders_status"
+        in reasons["CREATE INDEX CONCURRENTLY ON orders (status);"]
+    )
     assert "50 rows" in reasons["(any index on tiny)"]
     assert not any("paid" in s.ddl for s in advice.suggestions)  # trap: no index helps
     measured = [r for r in reasons.values() if "existing index" not in r]
-    assert measured and all(any(ch.isdigit() for ch in r) for r in measured)  # with numbers
+    assert measured
+    assert all(any(ch.isdigit() for ch in r) for r in measured)
     assert [q for q, _ in advice.unanalysed] == ["INSERT INTO orders (id) VALUES (1)"]
 
 
 def test_min_gain_and_write_heavy_tables_raise_the_bar(pg15: str) -> None:
     query = "SELECT * FROM orders WHERE customer_id = 42"
     kept = advise_indexes(pg15, [query], min_gain=0.3)
-    assert [s.ddl for s in kept.suggestions] == ["CREATE INDEX CONCURRENTLY ON orders (customer_id);"]
+    assert [s.ddl for s in kept.suggestions] == [
+        "CREATE INDEX CONCURRENTLY ON orders (customer_id);"
+    ]
     strict = advise_indexes(pg15, [query], min_gain=0.9999)
-    assert strict.suggestions == [] and "< required 100%" in strict.rejected[0].reason
+    assert strict.suggestions == []
+    assert "< required 100%" in strict.rejected[0].reason
     ranged = "SELECT * FROM orders WHERE customer_id BETWEEN 1 AND 400"  # 8% of the rows
     read_only = advise_indexes(pg15, [ranged], min_gain=0.3)
     [suggestion] = read_only.suggestions
@@ -86,12 +98,15 @@ def test_min_gain_and_write_heavy_tables_raise_the_bar(pg15: str) -> None:
     assert "write-heavy orders (400 write calls vs 1 read calls)" in rejection.reason
 
 
-def test_without_hypopg_candidates_are_unvalidated_with_install_hint(pg18: str, tmp_path: Path) -> None:
+def test_without_hypopg_candidates_are_unvalidated_with_install_hint(
+    pg18: str, tmp_path: Path
+) -> None:
     workload = tmp_path / "workload.sql"
     workload.write_text(";\n".join(QUERIES) + ";\n")
     advice = advise_indexes(pg18, workload)
     assert not advice.hypopg
-    assert advice.hint is not None and "postgresql-18-hypopg" in advice.hint
+    assert advice.hint is not None
+    assert "postgresql-18-hypopg" in advice.hint
     ddls = {s.ddl for s in advice.suggestions}
     assert "CREATE INDEX CONCURRENTLY ON orders (customer_id, created_at);" in ddls
     assert "CREATE INDEX CONCURRENTLY ON docs USING gin (attrs);" in ddls
@@ -103,12 +118,15 @@ def test_generic_plans_from_pg_stat_statements_on_pg18(pg18: str) -> None:
     with connect(pg18) as conn:
         conn.execute("SELECT pg_stat_statements_reset()")
         for i in range(3):
-            conn.execute("SELECT * FROM orders WHERE customer_id = %s AND created_at > %s::timestamptz",
-                         (i, "2026-01-01"))
+            conn.execute(
+                "SELECT * FROM orders WHERE customer_id = %s AND created_at > %s::timestamptz",
+                (i, "2026-01-01"),
+            )
     advice = advise_indexes(pg18)  # normalised statements, planned with EXPLAIN (GENERIC_PLAN)
     assert advice.unanalysed == []
     assert "CREATE INDEX CONCURRENTLY ON orders (customer_id, created_at);" in {
-        s.ddl for s in advice.suggestions}
+        s.ddl for s in advice.suggestions
+    }
 
 
 def test_bad_arguments_are_clear(pg18: str) -> None:

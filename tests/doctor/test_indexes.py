@@ -29,7 +29,9 @@ def db(hotpath_db: ModuleDatabase) -> str:
             conn.execute("SELECT * FROM accounts WHERE id = %s", (i,))
         # unused + duplicate + redundant: an index never scanned, a copy, a prefix
         conn.execute("CREATE TABLE items (id int PRIMARY KEY, a int, b int, sku text UNIQUE)")
-        conn.execute("INSERT INTO items SELECT g, g % 10, g % 20, 's' || g FROM generate_series(1, 2000) g")
+        conn.execute(
+            "INSERT INTO items SELECT g, g % 10, g % 20, 's' || g FROM generate_series(1, 2000) g"
+        )
         conn.execute("CREATE INDEX items_a ON items (a)")
         conn.execute("CREATE INDEX items_a_copy ON items (a)")
         conn.execute("CREATE INDEX items_a_b ON items (a, b)")
@@ -57,9 +59,8 @@ def test_missing_index_names_table_query_and_columns(db: str) -> None:
     assert finding.object == "orders"
     assert finding.evidence["seq_scan"] >= 5
     assert "customer_id = $1" in finding.message
-    assert finding.fix is not None and finding.fix.startswith(
-        "CREATE INDEX CONCURRENTLY ON orders (customer_id)"
-    )
+    assert finding.fix is not None
+    assert finding.fix.startswith("CREATE INDEX CONCURRENTLY ON orders (customer_id)")
 
 
 def test_unused_indexes_spare_primary_unique_and_used(db: str) -> None:
@@ -73,7 +74,9 @@ def test_unused_indexes_spare_primary_unique_and_used(db: str) -> None:
 
 
 def test_duplicate_and_redundant_indexes(db: str) -> None:
-    flagged = {f.object: f for f in diagnose(db, ["duplicate_indexes"]).by_check("duplicate_indexes")}
+    flagged = {
+        f.object: f for f in diagnose(db, ["duplicate_indexes"]).by_check("duplicate_indexes")
+    }
     # items_a_copy duplicates items_a (the newer of an identical pair is reported), and
     # items_a is a prefix of items_a_b; items_b and items_a_b are healthy: nothing covers them
     assert flagged.keys() == {"items_a", "items_a_copy"}

@@ -23,7 +23,9 @@ def db(hotpath_db: ModuleDatabase) -> str:
             conn.execute(
                 f"CREATE TABLE {name} (id int, pad text) WITH (autovacuum_enabled = false)"
             )
-            conn.execute(f"INSERT INTO {name} SELECT g, md5(g::text) FROM generate_series(1, 40000) g")
+            conn.execute(
+                f"INSERT INTO {name} SELECT g, md5(g::text) FROM generate_series(1, 40000) g"
+            )
             conn.execute(f"CREATE INDEX {name}_id ON {name} (id)")
         conn.execute("DELETE FROM bloated WHERE id % 10 < 8")
         conn.execute("VACUUM ANALYZE bloated")
@@ -47,7 +49,9 @@ def db(hotpath_db: ModuleDatabase) -> str:
         conn.execute("SELECT pg_stat_statements_reset()")
         for _ in range(3):
             conn.execute("SELECT count(*) FROM events WHERE created_at > now() - interval '1 day'")
-            conn.execute("SELECT count(*) FROM sessions WHERE created_at > now() - interval '1 day'")
+            conn.execute(
+                "SELECT count(*) FROM sessions WHERE created_at > now() - interval '1 day'"
+            )
         flush_stats(conn)
     return hotpath_db.url
 
@@ -57,7 +61,8 @@ def test_table_and_index_bloat(db: str) -> None:
     tables = {f.object: f for f in report.by_check("table_bloat")}
     assert set(tables) == {"bloated"}  # dense is not flagged
     assert tables["bloated"].evidence["bloat_ratio"] >= 0.6
-    assert tables["bloated"].fix is not None and "VACUUM FULL bloated" in tables["bloated"].fix
+    assert tables["bloated"].fix is not None
+    assert "VACUUM FULL bloated" in tables["bloated"].fix
     indexes = {f.object for f in report.by_check("index_bloat")}
     assert indexes == {"bloated_id"}
     assert "REINDEX INDEX CONCURRENTLY bloated_id" in (report.by_check("index_bloat")[0].fix or "")
@@ -137,7 +142,8 @@ def test_partition_candidate_is_append_only_and_filtered_by_time(db: str) -> Non
 
 def test_top_queries_and_how_to_enable_pg_stat_statements(db: str) -> None:
     report = diagnose(db, ["top_queries"])
-    assert report.top_queries and report.findings
+    assert report.top_queries
+    assert report.findings
     assert all(f.check == "top_queries" and "mean" in f.message for f in report.findings)
     with connect(db) as conn:
         conn.execute("DROP EXTENSION pg_stat_statements")

@@ -182,12 +182,12 @@ def advise_indexes(
     with Session(url, statement_timeout_ms=statement_timeout_ms) as session:
         if queries is None:
             workload = from_statements(session)
-        elif isinstance(queries, (str, Path)) and str(queries).endswith(".sql"):
+        elif isinstance(queries, Path) or (isinstance(queries, str) and queries.endswith(".sql")):
             workload = from_file(queries)
         elif isinstance(queries, str):
             workload = from_list([queries])
         else:
-            workload = from_list(list(queries))
+            workload = from_list([str(q) for q in queries])
         return _Advisor(session, min_gain, use_hypopg).run(workload)
 
 
@@ -246,7 +246,8 @@ class _Advisor:
         correlation = {str(s["attname"]): abs(float(s["correlation"] or 0)) for s in stats}
         indexes = []
         for i in self.session.rows(
-            "SELECT ic.relname, am.amname, i.indnkeyatts, pg_get_expr(i.indpred, i.indrelid) AS pred,"
+            "SELECT ic.relname, am.amname, i.indnkeyatts,"
+            " pg_get_expr(i.indpred, i.indrelid) AS pred,"
             " array(SELECT pg_get_indexdef(i.indexrelid, k, true)"
             "  FROM generate_series(1, i.indnatts) k) AS cols"
             " FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid"
@@ -503,7 +504,7 @@ class _Advisor:
         reads = self.read_calls.get(table.name, 0)
         if writes <= reads:
             return self.min_gain
-        return min(0.9, self.min_gain * (1 + writes / max(1, reads)) ** 0.5)
+        return float(min(0.9, self.min_gain * (1 + writes / max(1, reads)) ** 0.5))
 
     def _write_note(self, table: _Table, need: float) -> str:
         if need <= self.min_gain:
@@ -634,7 +635,8 @@ class _Advisor:
             Rejection(
                 cand.definition(),
                 f"about {matching:,.0f} of {table.rows:,.0f} rows match "
-                f"({matching / max(1.0, table.rows):.0%}, from pg_stats n_distinct): too unselective "
+                f"({matching / max(1.0, table.rows):.0%}, from pg_stats n_distinct): "
+                "too unselective "
                 "for an index",
             )
         )

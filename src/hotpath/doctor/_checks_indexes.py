@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..plans import Severity
 from ._context import Context, display_name
 from ._model import Finding
@@ -62,7 +64,7 @@ def missing_indexes(ctx: Context) -> list[Finding]:
     return findings
 
 
-def _queries_on(ctx: Context, relname: str, name: str) -> list[dict[str, object]]:
+def _queries_on(ctx: Context, relname: str, name: str) -> list[dict[str, Any]]:
     if "pg_stat_statements" not in ctx.caps.extensions:
         return []
     return [
@@ -73,7 +75,7 @@ def _queries_on(ctx: Context, relname: str, name: str) -> list[dict[str, object]
     ]
 
 
-def _filter_columns(queries: list[dict[str, object]], relname: str) -> list[str]:
+def _filter_columns(queries: list[dict[str, Any]], relname: str) -> list[str]:
     """Equality columns, then range columns, the queries filter ``relname`` on."""
     equality: list[str] = []
     ranges: list[str] = []

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 from ..plans import Severity
 from ._context import Context, display_name
-from ._model import Finding
+from ._model import Evidence, Finding
 from ._registry import check
 
 _TYPE_MAX = {"smallint": 32767, "integer": 2147483647, "bigint": 9223372036854775807}
@@ -44,7 +44,10 @@ def sequences(ctx: Context) -> list[Finding]:
         name = display_name(r["schemaname"], r["sequencename"])
         column = f"{r['tbl']}.{r['col']} ({r['col_type']})" if r["tbl"] else None
         if col_max is not None and col_max < _TYPE_MAX["bigint"]:
-            fix = f"ALTER TABLE {r['tbl']} ALTER COLUMN {r['col']} TYPE bigint;  -- rewrites the table"
+            fix = (
+                f"ALTER TABLE {r['tbl']} ALTER COLUMN {r['col']} TYPE bigint;"
+                "  -- rewrites the table"
+            )
         else:
             fix = f"ALTER SEQUENCE {name} AS bigint MAXVALUE 9223372036854775807;"
         findings.append(
@@ -114,7 +117,7 @@ def vacuum_analyze(ctx: Context) -> list[Finding]:
         analyzed = _latest(r["last_analyze"], r["last_autoanalyze"])
         vacuumed = _latest(r["last_vacuum"], r["last_autovacuum"])
         changed = int(r["n_mod_since_analyze"] or 0)
-        evidence = {
+        evidence: Evidence = {
             "live_rows": live,
             "dead_rows": dead,
             "modified_since_analyze": changed,
@@ -142,7 +145,8 @@ def vacuum_analyze(ctx: Context) -> list[Finding]:
                     "vacuum_analyze",
                     Severity.WARNING,
                     name,
-                    f"{name} was last analyzed {(now - analyzed).days} days ago and {changed:,} rows "
+                    f"{name} was last analyzed {(now - analyzed).days} days ago and "
+                    f"{changed:,} rows "
                     f"changed since{off}",
                     evidence,
                     f"ANALYZE {name};",

@@ -31,7 +31,8 @@ def replication_lag(ctx: Context) -> list[Finding]:
                 Severity.CRITICAL if lag_s >= 10 * t.replication_lag_s else Severity.WARNING,
                 f"replica {r['application_name']} ({r['addr']})",
                 f"replica {r['application_name']} is {lag_bytes / 1024 / 1024:,.1f} MB "
-                f"({lag_s:,.1f} s) behind the primary; {float(r['unreplayed'] or 0) / 1024:,.0f} kB "
+                f"({lag_s:,.1f} s) behind the primary; "
+                f"{float(r['unreplayed'] or 0) / 1024:,.0f} kB "
                 "received but not replayed",
                 {
                     "lag_bytes": lag_bytes,

@@ -67,7 +67,8 @@ def table_bloat(ctx: Context) -> list[Finding]:
 def index_bloat(ctx: Context) -> list[Finding]:
     """Pages a b-tree index holds beyond what its entries need (plain column indexes)."""
     rows = ctx.rows(
-        "SELECT n.nspname AS schema, ic.relname AS idx, ic.relpages, ic.reltuples::float8 AS tuples,"
+        "SELECT n.nspname AS schema, ic.relname AS idx, ic.relpages,"
+        " ic.reltuples::float8 AS tuples,"
         " current_setting('block_size')::int AS bs,"
         " coalesce((SELECT option_value::int FROM pg_options_to_table(ic.reloptions)"
         "  WHERE option_name = 'fillfactor'), 90) AS fillfactor,"
@@ -148,8 +149,8 @@ def cache_hit(ctx: Context) -> list[Finding]:
     shared = ctx.rows("SELECT setting, unit FROM pg_settings WHERE name = 'shared_buffers'")[0]
     shared_mb = int(shared["setting"]) * 8 / 1024  # unit is 8kB blocks
     findings = []
-    for kind, hit, read in (("table", r["th"], r["tr"]), ("index", r["ih"], r["ir"])):
-        hit, read = float(hit or 0), float(read or 0)
+    for kind, hits, reads in (("table", r["th"], r["tr"]), ("index", r["ih"], r["ir"])):
+        hit, read = float(hits or 0), float(reads or 0)
         if hit + read < ctx.thresholds.cache_min_blocks:
             continue
         ratio = hit / (hit + read)
@@ -160,7 +161,8 @@ def cache_hit(ctx: Context) -> list[Finding]:
                 "cache_hit",
                 Severity.WARNING,
                 f"{ctx.caps.database} ({kind}s)",
-                f"{kind} cache hit ratio is {ratio:.1%} (target {ctx.thresholds.cache_hit_ratio:.0%}):"
+                f"{kind} cache hit ratio is {ratio:.1%} "
+                f"(target {ctx.thresholds.cache_hit_ratio:.0%}):"
                 f" {read:,.0f} blocks read from disk, {hit:,.0f} from shared_buffers"
                 f" ({shared_mb:,.0f} MB)",
                 {

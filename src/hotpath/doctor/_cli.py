@@ -33,8 +33,8 @@ def doctor(
     format: Annotated[Format, typer.Option("--format", help="text, html or json")] = Format.text,
     output: Annotated[Optional[Path], typer.Option("--output", help="write to FILE")] = None,  # noqa: UP045
     fail_on: Annotated[
-        Optional[FailOn], typer.Option("--fail-on", help="exit 1 at this severity")
-    ] = None,  # noqa: UP045
+        FailOn | None, typer.Option("--fail-on", help="exit 1 at this severity")
+    ] = None,
     only: Annotated[Optional[str], typer.Option("--only", help="CHECK,CHECK,...")] = None,  # noqa: UP045
     show_literals: Annotated[
         bool, typer.Option("--show-literals", help="do not redact literals")

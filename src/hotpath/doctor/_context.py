@@ -119,7 +119,8 @@ class Context:
             " t.schemaname, t.relname, c.reltuples::float8 AS reltuples, c.relpages,"
             " pg_table_size(t.relid) AS bytes, t.seq_scan, t.seq_tup_read,"
             " coalesce(t.idx_scan, 0) AS idx_scan, t.n_tup_ins, t.n_tup_upd, t.n_tup_del,"
-            " t.n_live_tup, t.n_dead_tup, t.n_mod_since_analyze, c.reloptions, t.last_vacuum, t.last_autovacuum, t.last_analyze,"
+            " t.n_live_tup, t.n_dead_tup, t.n_mod_since_analyze, c.reloptions, t.last_vacuum,"
+            " t.last_autovacuum, t.last_analyze,"
             " t.last_autoanalyze, c.relkind"
             " FROM pg_stat_user_tables t JOIN pg_class c ON c.oid = t.relid"
         )

@@ -62,9 +62,12 @@ def diagnose(
             if progress is not None:
                 progress(item, number, len(checks))
             _run(ctx, item, report)
-        report.stats_since = _quiet(lambda: ctx.stats_since)
-        if "pg_stat_statements" in caps.extensions:
-            report.top_queries = _quiet(lambda: _top(ctx)) or []
+        try:
+            report.stats_since = ctx.stats_since
+            if "pg_stat_statements" in caps.extensions:
+                report.top_queries = _top(ctx)
+        except psycopg.Error:
+            pass  # the summary figures are extras: the findings stand without them
     report.sort()
     report.duration_s = time.perf_counter() - began
     return report
@@ -124,13 +127,6 @@ def _top(ctx: Context) -> list[QueryStat]:
         )
         for r in rows[: ctx.thresholds.top_queries]
     ]
-
-
-def _quiet(get: Callable[[], object]) -> object:
-    try:
-        return get()
-    except psycopg.Error:
-        return None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -125,10 +125,12 @@ def _bar_chart(items: list[tuple[str, float]], unit: str, width: int = 640) -> s
 
 
 _CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
-table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
+table{border-collapse:collapse;margin:1em 0}
+td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
 .critical{color:#b00;font-weight:bold}.warning{color:#a60}.info{color:#07a}
-code,pre{background:#f4f4f4;padding:2px 4px;white-space:pre-wrap}.finding{border-left:4px solid #ccc;
-padding:0 1em;margin:1em 0}.finding.critical{border-color:#b00}.finding.warning{border-color:#d80}"""
+code,pre{background:#f4f4f4;padding:2px 4px;white-space:pre-wrap}
+.finding{border-left:4px solid #ccc;padding:0 1em;margin:1em 0}
+.finding.critical{border-color:#b00}.finding.warning{border-color:#d80}"""
 
 
 def render_html(report: Report) -> str:
@@ -178,7 +180,8 @@ statistics since {e(str(report.stats_since))}. {report.count(Severity.CRITICAL)}
 <h2>Summary</h2><table><tr><th>check</th><th>critical</th><th>warning</th><th>info</th></tr>{rows}</table>
 <h2>Top queries by total time</h2>{_bar_chart(top, "ms")}
 <h2>Share of database time</h2>{_bar_chart(shares, "%")}
-<table><tr><th></th><th>query</th><th>calls</th><th>total ms</th><th>mean ms</th><th>share</th></tr>{queries}</table>
+<table><tr><th></th><th>query</th><th>calls</th><th>total ms</th><th>mean ms</th><th>share</th></tr>
+{queries}</table>
 <h2>Findings</h2>{findings or "<p>none</p>"}
 <h2>Skipped checks</h2><ul>{skipped or "<li>none</li>"}</ul>
 </body></html>"""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 from pglast import ast, parser
 from pglast.enums import A_Expr_Kind, BoolExprType, SortByDir
@@ -97,17 +98,17 @@ def tables_of(sql: str) -> tuple[str, ...]:
     found: list[str] = []
     for node in _walk(statements):
         if isinstance(node, ast.RangeVar):
-            name = f"{node.schemaname}.{node.relname}" if node.schemaname else node.relname
+            name = f"{node.schemaname}.{node.relname}" if node.schemaname else str(node.relname)
             if name not in found:
                 found.append(name)
     return tuple(found)
 
 
-def deparse(node: ast.Node) -> str:
+def deparse(node: Any) -> str:
     return str(RawStream()(node))
 
 
-def _walk(root: object) -> Iterator[ast.Node]:
+def _walk(root: object) -> Iterator[Any]:
     stack: list[object] = [root]
     while stack:
         node = stack.pop()
@@ -119,15 +120,16 @@ def _walk(root: object) -> Iterator[ast.Node]:
             stack.extend(node)
 
 
-def _scopes(stmt: ast.Node) -> Iterator[ast.Node]:
+def _scopes(stmt: Any) -> Iterator[Any]:
     for node in _walk(stmt):
         if isinstance(node, (ast.SelectStmt, ast.UpdateStmt, ast.DeleteStmt)):
             yield node
 
 
-def _range_vars(from_items: object) -> Iterator[tuple[ast.RangeVar, list[ast.Node]]]:
+def _range_vars(from_items: object) -> Iterator[tuple[Any, list[Any]]]:
     """Tables of a FROM list with the JOIN ... ON conditions met on the way."""
-    for item in from_items or ():
+    items: Any = from_items or ()
+    for item in items:
         if isinstance(item, ast.RangeVar):
             yield item, []
         elif isinstance(item, ast.JoinExpr):
@@ -139,14 +141,14 @@ def _range_vars(from_items: object) -> Iterator[tuple[ast.RangeVar, list[ast.Nod
                     first = False
 
 
-def _scope_uses(scope: ast.Node, columns_of: ColumnsOf) -> list[TableUse]:
-    conditions: list[ast.Node] = []
+def _scope_uses(scope: Any, columns_of: ColumnsOf) -> list[TableUse]:
+    conditions: list[Any] = []
     if isinstance(scope, ast.SelectStmt):
         ranges = list(_range_vars(scope.fromClause))
     elif isinstance(scope, ast.UpdateStmt):
-        ranges = [(scope.relation, [])] + list(_range_vars(scope.fromClause))
+        ranges = [(scope.relation, []), *list(_range_vars(scope.fromClause))]
     else:
-        ranges = [(scope.relation, [])] + list(_range_vars(getattr(scope, "usingClause", None)))
+        ranges = [(scope.relation, []), *list(_range_vars(getattr(scope, "usingClause", None)))]
     uses: dict[str, TableUse] = {}
     for rv, quals in ranges:
         alias = rv.alias.aliasname if rv.alias else rv.relname
@@ -173,12 +175,12 @@ def _scope_uses(scope: ast.Node, columns_of: ColumnsOf) -> list[TableUse]:
     return list(uses.values())
 
 
-def _selected(scope: ast.SelectStmt, uses: dict[str, TableUse], resolver: _Resolver) -> None:
+def _selected(scope: Any, uses: dict[str, TableUse], resolver: _Resolver) -> None:
     for target in scope.targetList or ():
         value = target.val if isinstance(target, ast.ResTarget) else target
         for node in _walk(value):
             if isinstance(node, ast.ColumnRef):
-                if any(isinstance(f, ast.A_Star) for f in node.fields):
+                if any(isinstance(f, ast.A_Star) for f in node.fields or ()):
                     for use in uses.values():
                         use.selected = None
                     continue
@@ -187,9 +189,9 @@ def _selected(scope: ast.SelectStmt, uses: dict[str, TableUse], resolver: _Resol
                     found[0].selected.append(found[1])
 
 
-def _conjuncts(node: ast.Node) -> Iterator[ast.Node]:
+def _conjuncts(node: Any) -> Iterator[Any]:
     if isinstance(node, ast.BoolExpr) and node.boolop == BoolExprType.AND_EXPR:
-        for arg in node.args:
+        for arg in node.args or ():
             yield from _conjuncts(arg)
     else:
         yield node
@@ -205,8 +207,9 @@ class _Resolver:
             node = node.arg
         if not isinstance(node, ast.ColumnRef):
             return None
-        names = [f.sval for f in node.fields if isinstance(f, ast.String)]
-        if not names or len(names) != len(node.fields):
+        fields: tuple[Any, ...] = node.fields or ()
+        names = [str(f.sval) for f in fields if isinstance(f, ast.String)]
+        if not names or len(names) != len(fields):
             return None
         if len(names) >= 2:
             use = self.uses.get(names[-2])
@@ -241,14 +244,14 @@ def _add(items: list[str], value: str) -> None:
         items.append(value)
 
 
-def _classify(term: ast.Node, r: _Resolver) -> None:
+def _classify(term: Any, r: _Resolver) -> None:  # noqa: PLR0915
     if isinstance(term, ast.ColumnRef):  # WHERE active
         found = r.column(term)
         if found:
             _add(found[0].constant_predicates, found[1])
         return
     if isinstance(term, ast.BoolExpr) and term.boolop == BoolExprType.NOT_EXPR:
-        found = r.column(term.args[0])
+        found = r.column((term.args or (None,))[0])
         if found:
             _add(found[0].constant_predicates, f"NOT {found[1]}")
         return
@@ -298,7 +301,7 @@ def _classify(term: ast.Node, r: _Resolver) -> None:
         return
     if term.kind == A_Expr_Kind.AEXPR_OP and op == "@@":
         for side in (term.lexpr, term.rexpr):
-            if isinstance(side, ast.FuncCall) and side.funcname[-1].sval == "to_tsvector":
+            if isinstance(side, ast.FuncCall) and _func_name(side) == "to_tsvector":
                 cols = [r.column(n) for n in _walk(side) if isinstance(n, ast.ColumnRef)]
                 owners = {id(c[0]): c[0] for c in cols if c}
                 if len(owners) == 1:
@@ -313,3 +316,8 @@ def _is_boolean_literal(node: object) -> bool:
     while isinstance(node, ast.TypeCast):
         node = node.arg
     return isinstance(node, ast.A_Const) and isinstance(node.val, ast.Boolean)
+
+
+def _func_name(call: Any) -> str:
+    names = call.funcname or ()
+    return str(names[-1].sval) if names else ""

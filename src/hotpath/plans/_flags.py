@@ -302,7 +302,9 @@ def _time_share(node: Mapping[str, Any], total_ms: float | None) -> PlanFlag | N
     if own is None or not total_ms or own < MIN_NODE_MS:
         return None
     share = min(1.0, own / total_ms)
-    grades = zip(TIME_SHARE_GRADES, (Severity.CRITICAL, Severity.WARNING, Severity.INFO))
+    grades = zip(
+        TIME_SHARE_GRADES, (Severity.CRITICAL, Severity.WARNING, Severity.INFO), strict=True
+    )
     severity = next((sev for limit, sev in grades if share > limit), None)
     if severity is None:
         return None
