@@ -205,3 +205,33 @@ async def test_async_killed_replica_under_concurrent_reads(
     assert failures == []
     assert reads > 50
     assert replicas.status()[2].ejections >= 1
+
+
+@pytest.mark.slow
+async def test_async_promotion_moves_writes_to_the_new_primary() -> None:
+    stack = await asyncio.to_thread(LocalStack(replicas=1, redis=False).start)
+    try:
+        primary = create_async_engine(stack.primary.url_for("postgres", driver="asyncpg"))
+        replica = create_async_engine(stack.replicas[0].url_for("postgres", driver="asyncpg"))
+        async with primary.begin() as conn:
+            await conn.execute(text("CREATE TABLE t (id int PRIMARY KEY)"))
+        await asyncio.to_thread(stack.wait_replicas_caught_up, 10)
+        async with AsyncReplicaSet(primary, [replica], probe_interval_s=0.1) as replicas:
+            Session = async_routed_sessionmaker(replicas)
+            await asyncio.to_thread(stack.primary.kill)
+            await asyncio.to_thread(stack.replicas[0].promote)
+
+            async def promoted() -> bool:
+                return replicas.primary is replica
+
+            await _until(promoted, 10, "writes follow the promotion")
+            async with Session() as session:
+                await session.execute(text("INSERT INTO t VALUES (1)"))
+                await session.commit()
+                assert (await session.execute(text("SELECT count(*) FROM t"))).scalar_one() == 1
+            assert replicas.stats()["failovers"] == 1
+            assert not replicas.status()[0].healthy
+        for engine in (primary, replica):
+            await engine.dispose()
+    finally:
+        await asyncio.to_thread(stack.stop)

@@ -9,10 +9,12 @@ malformed token from a client is ignored: it could only make that client's reads
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from contextlib import AbstractContextManager
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
 
 from ._errors import TokenError
+from ._lsn import parse_lsn
 from ._tokens import TokenBox, use_token
 
 COOKIE = "hotpath_lsn"
@@ -55,11 +57,16 @@ class _TokenCarrier:
         self.max_age_s = max_age_s
         self.secure = secure
 
-    def scope_for(self, cookie_header: str | None, header: str | None) -> Any:
+    def scope_for(
+        self, cookie_header: str | None, header: str | None
+    ) -> AbstractContextManager[TokenBox]:
+        token = _incoming(cookie_header, header, self.cookie)
         try:
-            return use_token(_incoming(cookie_header, header, self.cookie))
+            if token is not None:
+                parse_lsn(token)
         except TokenError:
-            return use_token(None)
+            token = None
+        return use_token(token)
 
     def response_headers(self, box: TokenBox, before: int | None) -> list[tuple[str, str]]:
         token = box.token

@@ -161,7 +161,8 @@ class RouterCore:
             _PRIMARY_ONLY.reset(reset)
 
     def forced_primary(self) -> bool:
-        return id(self) in _PRIMARY_ONLY.get()
+        forced = _PRIMARY_ONLY.get()
+        return bool(forced) and id(self) in forced
 
     def eligible(self, exclude: Sequence[RoutedNode] = ()) -> list[RoutedNode]:
         now = time.monotonic()

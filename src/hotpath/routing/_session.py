@@ -59,7 +59,9 @@ class RoutingSession(Session):
             raise RoutingConfigError("writing=True and readonly=True contradict: pick one")
         super().__init__(**kw)
         self.replicas = replicas
+        self._router = replicas.router
         self.routing = SessionOptions(consistency, mode, wait_timeout_s)
+        self._strong = consistency == "strong"
         self.writing = writing
         self.readonly = readonly
         self._token_box = context_box()
@@ -103,7 +105,7 @@ class RoutingSession(Session):
                 f"this session is read-only (readonly=True) and was asked to write ({verb}): "
                 "open the session without readonly=True, or write through replicas.connect()"
             )
-        node = self.replicas.router.writer
+        node = self._router.writer
         if self._txn_writer is None:
             self._txn_writer = node
         self._txn_nodes.add(node.name)
@@ -111,10 +113,10 @@ class RoutingSession(Session):
 
     def _pinned_node(self) -> RoutedNode | None:
         """The node this statement must use without a new choice, if any."""
-        router = self.replicas.router
+        router = self._router
         if self._txn_writer is not None:
             return self._txn_writer  # reads after a write see it: same transaction
-        if self.writing or router.forced_primary() or self.routing.consistency == "strong":
+        if self.writing or self._strong or router.forced_primary():
             return router.writer
         return self._txn_reader  # one transaction reads one snapshot, on one node
 
@@ -143,13 +145,15 @@ def _place_read(state: ORMExecuteState) -> Any:
     session = state.session
     if (
         not isinstance(session, RoutingSession)
+        or session._txn_reader is not None  # cheap checks first: this runs for every statement
+        or session._txn_writer is not None
         or state.bind_arguments.get("bind") is not None
         or session._pinned_node() is not None
         or is_write(state.statement)
     ):
         return None
     node = session._read_node()
-    if node is session.replicas.router.writer:
+    if node is session._router.writer:
         session._txn_nodes.add(node.name)
         return state.invoke_statement(bind_arguments={"bind": node.bind})
     fresh_transaction = not session._txn_nodes
