@@ -15,14 +15,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Optional server extras from Debian (needs root and apt): HypoPG for PostgreSQL 15, which
-# doctor's index advisor validates candidates with, and PgBouncer. CI installs them; without
-# them the tests that need them are skipped with the reason.
+# Optional extras from Debian (needs root and apt): HypoPG for PostgreSQL 15, which doctor's
+# index advisor validates candidates with, PgBouncer, and Chromium (the demo report is
+# rendered in it). CI installs them; without them the tests that need them skip, saying why.
 system-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  missing=""; \
 	  [ -f /usr/share/postgresql/15/extension/hypopg.control ] || missing="$$missing postgresql-15-hypopg"; \
 	  command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || missing="$$missing pgbouncer"; \
+	  command -v chromium >/dev/null || missing="$$missing chromium"; \
 	  if [ -n "$$missing" ]; then \
 	    echo "installing$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \

@@ -99,12 +99,18 @@ async def test_a_placed_order_is_visible_on_the_next_request(
     clients: dict[str, httpx.AsyncClient],
 ) -> None:
     client = clients["pool"]
-    placed = await client.post("/orders", json={"user_id": 7, "lines": [
-        {"product_id": 1, "quantity": 2}, {"product_id": 2, "quantity": 1}]})
+    placed = await client.post(
+        "/orders",
+        json={
+            "user_id": 7,
+            "lines": [{"product_id": 1, "quantity": 2}, {"product_id": 2, "quantity": 1}],
+        },
+    )
     assert placed.status_code == 201, placed.text
     orders = (await client.get("/users/7/orders")).json()
     assert orders[0]["id"] == placed.json()["id"]
     assert [item["quantity"] for item in orders[0]["items"]] == [2, 1]
-    bad = await client.post("/orders", json={"user_id": 7, "lines": [
-        {"product_id": 10**9, "quantity": 1}]})
+    bad = await client.post(
+        "/orders", json={"user_id": 7, "lines": [{"product_id": 10**9, "quantity": 1}]}
+    )
     assert bad.status_code == 422

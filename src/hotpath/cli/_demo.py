@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from ..demo import run_smoke
+from ..demo._report import render_html
 from ..demo._runner import run_shop, summary_rows
 from ..demo.shop.data import SCALES
 from ..stack import LocalStack
@@ -26,6 +28,9 @@ def demo(
     rows: Annotated[
         int, typer.Option(min=1, max=1_000_000, help="Rows for the smoke write.")
     ] = 10_000,
+    report: Annotated[
+        Path, typer.Option(help="Where to write the self-contained HTML report.")
+    ] = Path("demo-report.html"),
 ) -> None:
     """Start a local primary + 2 replicas + Redis, check replication, then run the shop
     naive and optimized under the same load and print the before/after."""
@@ -47,6 +52,8 @@ def demo(
                 progress=status.update,
             )
         _before_after(result)
+        report.write_text(render_html(result))
+        out.print(f"[bold]report[/]: {report.resolve()}")
     finally:
         stack.stop()
     out.print("stack stopped; nothing left running.")

@@ -54,9 +54,13 @@ class RunResult:
 
 @dataclass
 class DemoResult:
+    """Every configuration's run, with what the runs had in common."""
+
     scale: str
     runs: list[RunResult]
     setup_seconds: float
+    duration_s: float = 0.0
+    concurrency: int = 0
 
 
 def prepare_indexes(dsn: str, fixes: Fixes) -> None:
@@ -128,7 +132,7 @@ def run_shop(
             )
             spec = LoadSpec(concurrency=concurrency, duration_s=duration_s)
             runs.append(asyncio.run(run_configuration(settings, spec, scale)))
-    return DemoResult(scale, runs, setup)
+    return DemoResult(scale, runs, setup, duration_s, concurrency)
 
 
 def summary_rows(result: DemoResult) -> list[dict[str, Any]]:
