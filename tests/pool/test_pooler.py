@@ -8,7 +8,7 @@ import threading
 import warnings
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from hotpath.pool import PoolPlan, SessionStateWarning, session_state_use
@@ -77,14 +77,30 @@ def test_session_state_warns_once_per_call_site_in_pooler_mode(hotpath_db: Modul
             engine.dispose()
 
 
-def _hammer(run_once: object, workers: int = 4, rounds: int = 25) -> list[BaseException]:
+def _alternate(engine: Engine, rounds: int = 8) -> BaseException | None:
+    """Two clients take turns, one transaction each. PgBouncer hands both the server
+    connection released last, so statements one client prepared are seen by the other."""
+    with engine.connect() as first, engine.connect() as second:
+        for _ in range(rounds):
+            for conn in (first, second):
+                try:
+                    conn.execute(QUERY, {"n": 1})
+                    conn.commit()
+                except Exception as e:  # the unprotected run is expected to fail here
+                    conn.rollback()
+                    return e
+    return None
+
+
+def _concurrently(engine: Engine, workers: int = 4, rounds: int = 20) -> list[BaseException]:
     errors: list[BaseException] = []
 
     def work() -> None:
         for _ in range(rounds):
             try:
-                run_once()  # type: ignore[operator]
-            except Exception as e:  # collected: the unprotected run is expected to fail
+                with engine.begin() as conn:
+                    conn.execute(QUERY, {"n": 1})
+            except Exception as e:  # reported by the caller
                 errors.append(e)
 
     threads = [threading.Thread(target=work) for _ in range(workers)]
@@ -105,19 +121,15 @@ def test_psycopg_through_pgbouncer_needs_the_pooler_settings(own_stack: LocalSta
     planned = create_engine(url, **plan.engine_kwargs())
     plan.instrument(planned)
     naive = create_engine(url, pool_size=4)  # psycopg prepares a statement after 5 runs
-
-    def once(engine: object) -> None:
-        with engine.begin() as conn:  # type: ignore[attr-defined]
-            conn.execute(QUERY, {"n": 1})
-
     try:
-        assert _hammer(lambda: once(planned)) == []
-        failed = _hammer(lambda: once(naive))
+        assert _alternate(planned) is None
+        assert _concurrently(planned) == []
+        failure = _alternate(naive)
     finally:
         planned.dispose()
         naive.dispose()
-    assert failed, "default psycopg settings unexpectedly survived transaction pooling"
-    assert any("prepared statement" in str(e) for e in failed)
+    assert failure is not None, "default psycopg settings unexpectedly survived PgBouncer"
+    assert "prepared statement" in str(failure)
 
 
 @needs_pgbouncer

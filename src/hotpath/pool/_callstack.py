@@ -1,9 +1,10 @@
 """Cheap capture of the stack that checked a connection out, and its rendering.
 
-Capture keeps (code object, line) pairs only, a few microseconds per checkout; file names,
-source lines and the "first application frame" are worked out only when a leak or an
-exhausted pool is reported. Under async SQLAlchemy the checkout runs in a greenlet whose stack
-ends at ``greenlet_spawn``; the walk continues in the parent greenlet, where the ``await`` is.
+Capture keeps (code object, bytecode offset) pairs only, about a microsecond per checkout;
+line numbers, file names, source lines and the "first application frame" are worked out only
+when a leak or an exhausted pool is reported. Under async SQLAlchemy the checkout runs in a
+greenlet whose stack ends at ``greenlet_spawn``; the walk continues in the parent greenlet,
+where the ``await`` is.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ _MAX_FRAMES = 48
 
 def _walk(frame: FrameType | None, into: list[tuple[CodeType, int]]) -> None:
     while frame is not None and len(into) < _MAX_FRAMES:
-        into.append((frame.f_code, frame.f_lineno))
+        into.append((frame.f_code, frame.f_lasti))  # f_lineno costs a line-table decode
         frame = frame.f_back
 
 
@@ -37,6 +38,13 @@ def capture_stack(skip: int = 1) -> Stack:
     return tuple(frames)
 
 
+def _line(code: CodeType, offset: int) -> int:
+    for start, end, line in code.co_lines():
+        if start <= offset < end and line is not None:
+            return line
+    return code.co_firstlineno
+
+
 def _is_library(code: CodeType) -> bool:
     # One verdict for the whole package: observe already classifies frames for its call sites.
     from ..observe._callsite import _is_library as observe_is_library  # noqa: PLC0415
@@ -51,12 +59,12 @@ _POOL_DIR = os.path.dirname(os.path.abspath(__file__))
 
 def call_site(stack: Stack) -> str:
     """``path:line in function`` of the first application frame (else the outermost one)."""
-    for code, line in stack:
+    for code, offset in stack:
         if not _is_library(code):
-            return _site(code, line)
+            return _site(code, _line(code, offset))
     if stack:
-        code, line = stack[-1]
-        return _site(code, line)
+        code, offset = stack[-1]
+        return _site(code, _line(code, offset))
     return "<unknown>"
 
 
@@ -74,7 +82,8 @@ def _site(code: CodeType, line: int) -> str:
 def format_stack(stack: Stack) -> str:
     """A traceback-style rendering, outermost call first."""
     lines = []
-    for code, line in reversed(stack):
+    for code, offset in reversed(stack):
+        line = _line(code, offset)
         lines.append(f'  File "{code.co_filename}", line {line}, in {code.co_name}')
         source = linecache.getline(code.co_filename, line).strip()
         if source:

@@ -2,8 +2,9 @@
 
 The adapters (SQLAlchemy events, the metered pool classes, psycopg_pool) only translate their
 own callbacks into the calls below; every number in a :class:`PoolSnapshot`, the leak reports
-and the exhaustion message come from here. Times are recorded in microseconds in HdrHistograms
-(1 µs .. 1 h, 3 significant digits).
+and the exhaustion message come from here. Times are kept in microseconds in HdrHistograms
+(1 µs .. 1 h, 3 significant digits). A checkout only appends to a deque (atomic, no lock); the
+samples are folded into the histograms when they are read, or every 50,000 samples.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import statistics
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -23,6 +25,7 @@ from ._errors import PoolExhaustedError
 logger = logging.getLogger("hotpath.pool")
 
 _HOUR_US = 3_600_000_000
+_FOLD_AT = 50_000
 
 
 def _histogram() -> HdrHistogram:
@@ -161,9 +164,13 @@ class PoolMetrics:
         self.metered_acquire = metered_acquire
         self._shape = shape
         self._lock = threading.Lock()
+        self._fold_lock = threading.Lock()
         self._acquire_us = _histogram()
         self._hold_us = _histogram()
         self._connect_us = _histogram()
+        self._acquire_raw: deque[int] = deque()
+        self._hold_raw: deque[int] = deque()
+        self._connect_raw: deque[int] = deque()
         self._holds: dict[int, _Hold] = {}
         self._opened: dict[int, float] = {}  # connection key -> monotonic open time
         self._waiting = 0
@@ -184,10 +191,9 @@ class PoolMetrics:
         return time.perf_counter()
 
     def acquire_finished(self, started: float) -> None:
-        elapsed_us = (time.perf_counter() - started) * 1e6
+        self._record(self._acquire_raw, time.perf_counter() - started)
         with self._lock:
             self._waiting -= 1
-            self._acquire_us.record_value(max(1, int(elapsed_us)))
 
     def acquire_failed(self, started: float, *, timed_out: bool) -> None:
         with self._lock:
@@ -221,8 +227,8 @@ class PoolMetrics:
         with self._lock:
             self._opened[key] = time.monotonic()
             self._connects += 1
-            if connect_s is not None:
-                self._connect_us.record_value(max(1, int(connect_s * 1e6)))
+        if connect_s is not None:
+            self._record(self._connect_raw, connect_s)
 
     def connection_closed(self, key: int) -> None:
         with self._lock:
@@ -245,19 +251,17 @@ class PoolMetrics:
 
     def checked_out(self, key: int, skip: int = 1) -> None:
         stack = capture_stack(skip + 1) if self.capture_stacks else ()
-        hold = _Hold(time.monotonic(), stack)
+        self._holds[key] = _Hold(time.monotonic(), stack)
         with self._lock:
-            self._holds[key] = hold
             self._checkouts += 1
 
     def checked_in(self, key: int) -> None:
         now = time.monotonic()
-        with self._lock:
-            hold = self._holds.pop(key, None)
-            if hold is None:
-                return
-            held = now - hold.started
-            self._hold_us.record_value(max(1, int(held * 1e6)))
+        hold = self._holds.pop(key, None)  # dict.pop is atomic; holds are keyed per checkout
+        if hold is None:
+            return
+        held = now - hold.started
+        self._record(self._hold_raw, held)
         if hold.leak_reported:
             logger.info(
                 "pool %s: the connection reported as leaked was returned after %.2f s (from %s)",
@@ -265,6 +269,24 @@ class PoolMetrics:
                 held,
                 call_site(hold.stack),
             )
+
+    # -- histograms ------------------------------------------------------------------------
+
+    def _record(self, raw: deque[int], seconds: float) -> None:
+        raw.append(max(1, int(seconds * 1e6)))
+        if len(raw) > _FOLD_AT:
+            self._fold()
+
+    def _fold(self) -> None:
+        with self._fold_lock:
+            for raw, hist in (
+                (self._acquire_raw, self._acquire_us),
+                (self._hold_raw, self._hold_us),
+                (self._connect_raw, self._connect_us),
+            ):
+                take = raw.popleft
+                for _ in range(len(raw)):
+                    hist.record_value(take())
 
     # -- leak detection (driven by the watcher thread) -------------------------------------
 
@@ -276,7 +298,7 @@ class PoolMetrics:
         now = time.monotonic()
         found: list[tuple[float, _Hold]] = []
         with self._lock:
-            for hold in self._holds.values():
+            for hold in list(self._holds.values()):
                 if not hold.leak_reported and now - hold.started > threshold:
                     hold.leak_reported = True
                     self._leaks += 1
@@ -298,8 +320,7 @@ class PoolMetrics:
     def holders(self, top: int = 5) -> tuple[Holder, ...]:
         """Call sites holding connections now, the biggest holders first."""
         now = time.monotonic()
-        with self._lock:
-            holds = list(self._holds.values())
+        holds = list(self._holds.values())
         by_site: dict[str, list[float]] = {}
         for hold in holds:
             site = call_site(hold.stack) if hold.stack else "<stack capture off>"
@@ -312,8 +333,9 @@ class PoolMetrics:
 
     def snapshot(self, *, holders: bool = True) -> PoolSnapshot:
         shape = self._shape()
+        self._fold()
         now = time.monotonic()
-        with self._lock:
+        with self._fold_lock, self._lock:
             checked_out = len(self._holds)
             size = shape.size if shape.size is not None else len(self._opened)
             oldest = min(self._opened.values(), default=None)
@@ -360,7 +382,8 @@ class PoolMetrics:
 
     def histograms(self) -> dict[str, HdrHistogram]:
         """Copies of the raw histograms (µs), for exporters."""
-        with self._lock:
+        self._fold()
+        with self._fold_lock:
             out = {"hold": _copy(self._hold_us), "connect": _copy(self._connect_us)}
             if self.metered_acquire:
                 out["acquire_wait"] = _copy(self._acquire_us)
