@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from hotpath.pool import PoolPlan, SessionStateWarning, session_state_use
 from hotpath.stack import LocalStack
@@ -140,20 +140,35 @@ async def test_asyncpg_through_pgbouncer_needs_the_pooler_settings(own_stack: Lo
     plan.instrument(planned)
     naive = create_async_engine(url, pool_size=4)
 
-    async def run(engine: object) -> list[BaseException]:
+    async def moved(engine: AsyncEngine) -> BaseException | None:
+        """A client's second transaction lands on another server connection than its first
+        (a third client holds the first): statements cached by the driver are not there."""
+        async with engine.connect() as client, engine.connect() as holder:
+            await client.execute(QUERY, {"n": 1})
+            await client.commit()  # PgBouncer takes the server connection back
+            await holder.execute(text("SELECT 2"))  # ... gives it to holder, which keeps it
+            try:
+                await client.execute(QUERY, {"n": 1})  # so this runs on another one
+            except Exception as e:  # the unprotected run is expected to fail here
+                await client.rollback()
+                return e
+            await client.commit()
+        return None
+
+    async def concurrently(engine: AsyncEngine) -> list[BaseException]:
         async def once() -> None:
-            async with engine.begin() as conn:  # type: ignore[attr-defined]
-                await conn.execute(
-                    text("SELECT count(*) FROM pg_class WHERE relpages > :n"), {"n": 1}
-                )
+            async with engine.begin() as conn:
+                await conn.execute(QUERY, {"n": 1})
 
         results = await asyncio.gather(*(once() for _ in range(40)), return_exceptions=True)
         return [r for r in results if isinstance(r, BaseException)]
 
     try:
-        assert await run(planned) == []
-        failed = await run(naive)
+        assert await moved(planned) is None
+        assert await concurrently(planned) == []
+        failed = await moved(naive)
     finally:
         await planned.dispose()
         await naive.dispose()
-    assert failed, "default asyncpg settings unexpectedly survived transaction pooling"
+    assert failed is not None, "default asyncpg settings unexpectedly survived PgBouncer"
+    assert "prepared statement" in str(failed)
