@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from sqlalchemy import create_engine, exc, text
 
 from hotpath.pool import (
+    AsyncMeteredConnectionPool,
     ConnectionPoolExhaustedError,
     MeteredConnectionPool,
     PoolCollector,
@@ -210,3 +211,27 @@ def test_prometheus_collector_exports_the_snapshot(hotpath_db: ModuleDatabase) -
     assert 'hotpath_pool_hold_seconds_count{pool="test"} 5.0' in exposition
     assert 'hotpath_pool_acquire_wait_seconds{pool="test",quantile="0.99"}' in exposition
     assert 'hotpath_pool_connects_total{pool="test"} 1.0' in exposition
+
+
+async def test_async_psycopg_pool_metrics(hotpath_db: ModuleDatabase) -> None:
+    plan = small_plan(2, timeout_s=0.3)
+    pool = AsyncMeteredConnectionPool(hotpath_db.dsn, open=False, **plan.psycopg_pool_kwargs())
+    metrics = plan.instrument(pool, name="app")
+    async with pool:
+        await pool.wait(10)
+
+        async def work() -> None:
+            for _ in range(2):
+                async with pool.connection(timeout=10) as conn:
+                    await conn.execute("SELECT pg_sleep(%s)", [HOLD_S])
+
+        await asyncio.wait_for(asyncio.gather(*(work() for _ in range(4))), 30)
+        snap = metrics.snapshot()
+        assert snap.checkouts == snap.hold.count == 8
+        assert snap.acquire_wait is not None
+        assert snap.acquire_wait.p99 >= HOLD_S * 1000 * 0.8
+        assert (snap.size, snap.checked_out, snap.waiting, snap.connects) == (2, 0, 0, 2)
+        async with pool.connection(), pool.connection():
+            with pytest.raises(ConnectionPoolExhaustedError, match=r"2x .*test_metrics\.py"):
+                await pool.getconn()
+        assert metrics.snapshot().timeouts == 1

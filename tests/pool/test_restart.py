@@ -11,9 +11,10 @@ import time
 import pytest
 from sqlalchemy import create_engine, exc, text
 
+from hotpath.pool import MeteredConnectionPool
 from hotpath.stack import LocalStack
 
-from ._helpers import planned_async_engine, planned_engine
+from ._helpers import planned_async_engine, planned_engine, small_plan
 
 
 def test_pool_heals_after_a_restart_under_load(own_stack: LocalStack) -> None:
@@ -104,3 +105,25 @@ async def test_async_pool_heals_after_a_restart(own_stack: LocalStack) -> None:
         assert (snap.checked_out, snap.waiting) == (0, 0)
     finally:
         await engine.dispose()
+
+
+def test_psycopg_pool_discards_dead_idle_connections_after_a_restart(
+    own_stack: LocalStack,
+) -> None:
+    plan = small_plan(2)
+    with MeteredConnectionPool(
+        own_stack.primary.dsn, open=True, **plan.psycopg_pool_kwargs()
+    ) as pool:
+        metrics = plan.instrument(pool, name="pp-restart")
+        pool.wait(10)
+        with pool.connection() as a, pool.connection() as b:
+            a.execute("SELECT 2")
+            b.execute("SELECT 2")
+        own_stack.primary.restart()
+        time.sleep(0.6)  # longer than validate_idle_s
+        for _ in range(3):
+            with pool.connection(timeout=10) as conn:
+                assert conn.execute("SELECT 2").fetchone() == (2,)
+        snap = metrics.snapshot()
+    assert snap.pings_failed >= 1  # the dead ones were found by the idle check, not the app
+    assert snap.connects >= 3
