@@ -331,3 +331,18 @@ def test_promotion_moves_writes_to_the_new_primary() -> None:
             assert replicas.stats()["failovers"] == 1
         for engine in [primary, *replica_engines]:
             engine.dispose()
+
+
+def test_token_is_read_on_the_sessions_own_connection(engines: Engines) -> None:
+    """With a one-connection primary pool, a second checkout for the token would time out."""
+    from sqlalchemy import create_engine
+
+    tight = create_engine(engines.primary.url, pool_size=1, max_overflow=0, pool_timeout=1)
+    try:
+        with ReplicaSet(tight, engines.replicas) as replicas:
+            Session = routed_sessionmaker(replicas)
+            with use_token(None) as box, Session() as session:
+                _bump(session, 2)
+                assert box.token is not None
+    finally:
+        tight.dispose()

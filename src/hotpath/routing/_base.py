@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from ._config import AllUnhealthy, Policy, SessionOptions, make_config
 from ._errors import ReplicaWriteError
@@ -30,18 +31,29 @@ log = logging.getLogger("hotpath.routing")
 
 COMMITTED = "hotpath_routing_committed"
 _READ_ONLY_SQLSTATE = "25006"
+_SHUTDOWN_STATES = {"57P01", "57P02", "57P03"}
 
 
 def is_connection_failure(exc: BaseException) -> bool:
-    """A node could not be reached or dropped the connection (safe to retry a read elsewhere)."""
-    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError  # noqa: PLC0415
+    """A node could not be reached or dropped the connection (safe to retry a read elsewhere).
 
-    if isinstance(exc, OSError):
+    Driver-neutral: SQLAlchemy's disconnect flag and error classes, then the SQLSTATE of the
+    driver's error or its cause (class 08 connection exceptions, 57P01-3 shutdowns), then OSError.
+    """
+    if isinstance(exc, DBAPIError) and (
+        exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError))
+    ):
         return True
-    if isinstance(exc, DBAPIError):
-        return bool(exc.connection_invalidated) or isinstance(
-            exc, (OperationalError, InterfaceError)
-        )
+    seen: BaseException | None = exc
+    for _ in range(4):  # the wrapper, the adapted driver error, the driver's own error
+        if seen is None:
+            return False
+        if isinstance(seen, OSError):
+            return True
+        state = getattr(seen, "sqlstate", None) or getattr(seen, "pgcode", None)
+        if isinstance(state, str) and (state.startswith("08") or state in _SHUTDOWN_STATES):
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__ or seen.__context__
     return False
 
 

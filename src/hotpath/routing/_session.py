@@ -68,6 +68,7 @@ class RoutingSession(Session):
         self._txn_writer: RoutedNode | None = None
         self._txn_reader: RoutedNode | None = None
         self._txn_nodes: set[str] = set()
+        self._txn_connections: dict[Engine, Connection] = {}
 
     def get_bind(
         self,
@@ -100,7 +101,7 @@ class RoutingSession(Session):
 
     def _write_node(self, clause: Any) -> RoutedNode:
         if self.readonly:
-            verb = type(clause).__name__ if clause is not None else "flush"
+            verb = type(clause).__name__ if clause is not None else "a flush or connection()"
             raise ReplicaWriteError(
                 f"this session is read-only (readonly=True) and was asked to write ({verb}): "
                 "open the session without readonly=True, or write through replicas.connect()"
@@ -133,6 +134,15 @@ class RoutingSession(Session):
         self._txn_writer = None
         self._txn_reader = None
         self._txn_nodes = set()
+        self._txn_connections = {}
+
+
+@event.listens_for(RoutingSession, "after_begin")
+def _remember_connection(
+    session: Session, transaction: SessionTransaction, connection: Connection
+) -> None:
+    if isinstance(session, RoutingSession):
+        session._txn_connections[connection.engine] = connection
 
 
 @event.listens_for(RoutingSession, "do_orm_execute")
@@ -182,8 +192,13 @@ def _place_read(state: ORMExecuteState) -> Any:
 def _take_token(session: Session) -> None:
     if not isinstance(session, RoutingSession) or session._txn_writer is None:
         return
+    bind = session._txn_writer.bind
+    conn = session._txn_connections.get(bind)
     try:
-        position = write_position(session._txn_writer.bind)
+        # The session's own connection, just committed (the session releases it right after):
+        # no second checkout, so a full pool cannot deadlock here.
+        usable = conn is not None and not conn.closed and not conn.invalidated
+        position = write_position(conn if usable and conn is not None else bind)
     except Exception as exc:  # committed all the same; without a token reads may be stale
         log.warning("hotpath.routing: could not read the WAL position after COMMIT: %s", exc)
         return
