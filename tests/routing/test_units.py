@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from sqlalchemy import column, delete, insert, select, table, text, update
 
-from hotpath.routing import RoutingConfigError, TokenError, format_lsn, parse_lsn, use_token
+from hotpath.routing import (
+    NoHealthyNodeError,
+    RoutingConfigError,
+    TokenError,
+    format_lsn,
+    parse_lsn,
+    use_token,
+)
 from hotpath.routing._config import RoutingConfig
 from hotpath.routing._health import NodeHealth, ProbeResult, WalHistory
 from hotpath.routing._statements import is_write
@@ -89,3 +98,58 @@ def test_bad_options_name_the_fix() -> None:
         RoutingConfig(max_lag_s=-1)
     with pytest.raises(RoutingConfigError, match="eject_after=0"):
         RoutingConfig(eject_after=0)
+
+
+def _router(on_all_unhealthy: str = "primary") -> Any:
+    from sqlalchemy import create_engine
+
+    from hotpath.routing._router import RouterCore
+
+    engines = [create_engine(f"postgresql+psycopg://u@127.0.0.1:{p}/db") for p in (1, 2, 3)]
+    config = RoutingConfig(max_lag_s=1.0, eject_after=1, on_all_unhealthy=on_all_unhealthy)  # type: ignore[arg-type]
+    return RouterCore((engines[0], engines[0]), [(e, e) for e in engines[1:]], config)
+
+
+def _probe(router: Any, index: int, lsn: int, now: float, in_recovery: bool = True) -> None:
+    router.record_probe(router.nodes[index], ProbeResult(in_recovery, lsn), now)
+
+
+def test_a_token_is_satisfied_per_replica_not_by_any_replica() -> None:
+    """GitLab #413203: one caught-up replica must not unstick reads on another."""
+    router = _router()
+    _probe(router, 0, 1000, 0.0, in_recovery=False)
+    _probe(router, 1, 1000, 0.0)  # replica1 replayed the token
+    _probe(router, 2, 900, 0.0)  # replica2 has not (lag is still tiny: it stays admitted)
+    assert [n.name for n in router.eligible()] == ["replica1", "replica2"]
+    for _ in range(20):
+        route = router.choose_read(1000, "read_your_writes")
+        assert route.node.name == "replica1"
+        assert not route.verify
+    # Nobody known to have replayed a newer token: check the chosen replica on the spot.
+    assert router.choose_read(2000, "read_your_writes").verify
+    assert not router.choose_read(2000, "eventual").verify
+
+
+def test_all_unhealthy_policies_and_writer_election() -> None:
+    for policy, expected in (("primary", "primary"), ("least_lagged", "replica2")):
+        router = _router(policy)
+        _probe(router, 0, 100, 0.0, in_recovery=False)
+        _probe(router, 0, 500, 1.0, in_recovery=False)
+        _probe(router, 1, 100, 5.0)  # 4 s behind
+        _probe(router, 2, 400, 5.0)  # also 4 s behind in time, fewer bytes
+        assert router.eligible() == []
+        route = router.choose_read(None, "eventual")
+        assert route.node.name == expected
+    router = _router("error")
+    _probe(router, 0, 100, 0.0, in_recovery=False)
+    _probe(router, 0, 500, 1.0, in_recovery=False)
+    _probe(router, 1, 100, 5.0)
+    _probe(router, 2, 100, 5.0)
+    with pytest.raises(NoHealthyNodeError, match="replica1: lagging"):
+        router.choose_read(None, "eventual")
+    # The primary dies and replica1 is promoted: writes follow, replica1 serves no reads.
+    router.record_failure(router.nodes[0], "probe failed: refused", 6.0, at_once=False)
+    _probe(router, 1, 600, 6.1, in_recovery=False)
+    assert router.writer.name == "replica1"
+    assert router.counters["failovers"] == 1
+    assert all(n.name != "replica1" for n in router.eligible())

@@ -59,6 +59,7 @@ class NodeHealth:
     configured_role: Role
     role: Role = "unknown"
     admitted: bool = False
+    reachable: bool = False  # the last probe answered (a lagging replica is reachable)
     reason: str | None = "not probed yet"
     lsn: int | None = None
     lag_s: float | None = None
@@ -89,7 +90,11 @@ class NodeHealth:
         """Apply a successful probe: update role, position and lag, then admit or eject."""
         self.probes += 1
         self.last_probe_at = now
-        self.role = "replica" if result.in_recovery else "primary"
+        self.reachable = True
+        role: Role = "replica" if result.in_recovery else "primary"
+        if role != self.role and self.role != "unknown":
+            self._probed = False  # a new role (promotion) is judged afresh, without hysteresis
+        self.role = role
         self.replay_paused = result.replay_paused if result.in_recovery else None
         # A replica's replayed position never goes back; an on-the-spot check may be newer.
         keep_newer = self.role == "replica" and self.lsn is not None and self.lsn > result.lsn
@@ -114,6 +119,7 @@ class NodeHealth:
     def fail(self, reason: str, config: RoutingConfig, now: float, *, at_once: bool) -> None:
         """A failed probe (counts toward ejection) or a failed read (``at_once``: eject now)."""
         self.last_probe_at = now
+        self.reachable = False
         if at_once:
             self.bad_streak = max(self.bad_streak, config.eject_after - 1)
         self._verdict(reason, config)

@@ -236,8 +236,8 @@ class RouterCore:
                 if n.health.role == "replica"
                 and n is not self._writer
                 and n not in exclude
+                and n.health.reachable
                 and n.health.lag_s is not None
-                and (n.health.reason or "").startswith("lagging")
             ]
             if reachable:
                 best = min(reachable, key=lambda n: n.lag_key)
