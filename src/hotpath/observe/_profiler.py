@@ -116,6 +116,7 @@ class Profiler:
         self._seen_mappers: set[Any] = set()
         self._servers: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
         self._orm_listening = False
+        self._load_listening = False
         self._tokens = itertools.count(1)
         self._lock = threading.Lock()
         self._rollups: dict[str, Rollup] = {}
@@ -143,9 +144,16 @@ class Profiler:
             self._targets.append(sync)
         if not self._orm_listening:
             event.listen(Session, "do_orm_execute", self._on_orm_execute)
-            event.listen(Mapper, "load", self._on_load)
             self._orm_listening = True
         return self
+
+    def _listen_for_loads(self) -> None:
+        # Per-instance ``load`` events cost a call for every row the ORM builds; they are only
+        # needed to follow rows produced by lazy loads, so they start with the first one seen.
+        with self._lock:
+            if not self._load_listening and self._orm_listening:
+                event.listen(Mapper, "load", self._on_load)
+                self._load_listening = True
 
     def uninstrument(self) -> None:
         """Remove every listener this profiler added."""
@@ -160,8 +168,10 @@ class Profiler:
         self._seen_mappers.clear()
         if self._orm_listening:
             event.remove(Session, "do_orm_execute", self._on_orm_execute)
-            event.remove(Mapper, "load", self._on_load)
             self._orm_listening = False
+        if self._load_listening:
+            event.remove(Mapper, "load", self._on_load)
+            self._load_listening = False
 
     @property
     def instrumented(self) -> bool:
@@ -374,6 +384,8 @@ class Profiler:
         execution = Execution(chain, relationship_load=True)
         parent = state.lazy_loaded_from
         if parent is not None and chain:
+            if not self._load_listening:
+                self._listen_for_loads()
             prop = chain[-1]
             origin = scope.origin_of(parent)
             execution.chain = (*scope.chain_of(origin), prop)
