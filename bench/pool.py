@@ -11,7 +11,11 @@ password authentication (the stack's only way in), running a short indexed query
    against hotpath's instrumented ``MeteredQueuePool`` (with and without checkout stacks),
    psycopg_pool against ``MeteredConnectionPool``, and asyncpg's pool (target: hotpath's
    instrumentation within 1.10x of the pool it meters).
-3. ``liveness``: a request on a warm pool with no validation, SQLAlchemy's
+3. ``instrumented request``: this process's CPU time per request (checkout, the query,
+   return) on a plain ``QueuePool`` against the planned, instrumented pool; CPU time, because
+   the instrumentation's cost is client CPU and wall time on a shared machine is too noisy to
+   show a few microseconds.
+4. ``liveness``: a request on a warm pool with no validation, SQLAlchemy's
    ``pool_pre_ping`` (a ping on every checkout) and hotpath's ping-only-when-idle.
 """
 
@@ -187,6 +191,39 @@ def _overhead(url: str, dsn: str, asyncpg_dsn: str, quick: bool) -> str:
     return markdown
 
 
+def _instrumented_request(url: str, quick: bool) -> str:
+    rounds, ops = (10, 100) if quick else (30, 300)
+    plan = PoolPlan.for_app(processes=1, concurrency_per_process=2, server_url=url)
+    plain = create_engine(url, pool_size=2, max_overflow=0)
+    planned = create_engine(url, **plan.engine_kwargs())
+    plan.instrument(planned, name="instrumented")
+    no_stacks = create_engine(url, **plan.engine_kwargs())
+    instrument_pool(no_stacks, name="no-stacks", capture_stacks=False)
+    contenders = {
+        "SQLAlchemy QueuePool": plain,
+        "hotpath planned + instrumented": planned,
+        "hotpath, no checkout stacks": no_stacks,
+    }
+    series = {name: Series(name) for name in contenders}
+    for engine in contenders.values():
+        _request(engine, 0)
+    for _ in range(rounds):
+        for name, engine in contenders.items():
+            began = time.process_time()
+            for i in range(ops):
+                _request(engine, i)
+            series[name].samples.append((time.process_time() - began) / ops)
+    markdown = report(
+        f"client CPU per request, mean of {ops} per sample",
+        list(series.values()),
+        baseline="SQLAlchemy QueuePool",
+        unit="us",
+    )
+    for engine in contenders.values():
+        engine.dispose()
+    return markdown
+
+
 def _liveness(url: str, quick: bool) -> str:
     rounds, ops = (10, 100) if quick else (30, 300)
     plan = PoolPlan.for_app(processes=1, concurrency_per_process=2, server_url=url)
@@ -230,11 +267,13 @@ def run(quick: bool) -> str:
             stack.primary.url_for("postgres").replace("postgresql+psycopg", "postgresql"),
             quick,
         )
+        request = _instrumented_request(url, quick)
         liveness = _liveness(url, quick)
     return (
         "Over TCP with scram-sha-256 authentication, query "
         "`SELECT v FROM items WHERE id = :id` (10,000 rows).\n\n"
         f"### connect per request against the planned pool\n\n{requests}\n\n"
         f"### acquire+release overhead\n\n{overhead}\n\n"
+        f"### instrumentation on a request (client CPU)\n\n{request}\n\n"
         f"### liveness: pre-ping every checkout against idle-based validation\n\n{liveness}\n"
     )

@@ -16,25 +16,28 @@ from types import CodeType, FrameType
 
 Stack = tuple[tuple[CodeType, int], ...]
 
-_MAX_FRAMES = 48
+_MAX_FRAMES = 32
 
 
-def _walk(frame: FrameType | None, into: list[tuple[CodeType, int]]) -> None:
-    while frame is not None and len(into) < _MAX_FRAMES:
-        into.append((frame.f_code, frame.f_lasti))  # f_lineno costs a line-table decode
+def _walk(frame: FrameType | None, into: list[tuple[CodeType, int]], budget: int) -> int:
+    append = into.append
+    while frame is not None and budget:
+        append((frame.f_code, frame.f_lasti))  # f_lineno would cost a line-table decode
         frame = frame.f_back
+        budget -= 1
+    return budget
 
 
 def capture_stack(skip: int = 1) -> Stack:
     """The current stack, innermost first (``skip`` frames of the caller's own dropped)."""
     frames: list[tuple[CodeType, int]] = []
-    _walk(sys._getframe(skip + 1), frames)
+    budget = _walk(sys._getframe(skip + 1), frames, _MAX_FRAMES)
     greenlet_module = sys.modules.get("greenlet")
     if greenlet_module is not None:
         current = greenlet_module.getcurrent()
-        while current.parent is not None and len(frames) < _MAX_FRAMES:
+        while current.parent is not None and budget:
             current = current.parent
-            _walk(current.gr_frame, frames)
+            budget = _walk(current.gr_frame, frames, budget)
     return tuple(frames)
 
 
