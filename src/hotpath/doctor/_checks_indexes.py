@@ -102,17 +102,20 @@ def unused_indexes(ctx: Context) -> list[Finding]:
         (ctx.thresholds.unused_index_min_bytes,),
     )
     since = ctx.stats_since
+    # a week of counters covers weekly jobs; younger statistics prove little
+    young = (ctx.stats_days or 0.0) < 7
+    caution = " — statistics are under a week old: wait before dropping" if young else ""
     findings = []
     for r in rows:
         name = display_name(r["schemaname"], r["indexrelname"])
         findings.append(
             Finding(
                 "unused_indexes",
-                Severity.WARNING,
+                Severity.INFO if young else Severity.WARNING,
                 name,
                 f"index {name} on {r['relname']} ({_mb(r['bytes'])}) has not been scanned since "
-                f"statistics began ({since}); replicas keep their own usage counters — check "
-                "each replica before dropping",
+                f"statistics began {since}; replicas keep their own usage counters — check "
+                f"each replica before dropping{caution}",
                 {"idx_scan": 0, "bytes": int(r["bytes"]), "stats_since": since},
                 f"DROP INDEX CONCURRENTLY {name};  -- recreate with: {r['def']}",
                 "sql",

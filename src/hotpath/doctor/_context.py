@@ -126,12 +126,27 @@ class Context:
         )
 
     @cached_property
-    def stats_since(self) -> str | None:
+    def stats_days(self) -> float | None:
+        """Days the usage counters have been gathering."""
         row = self.rows(
-            "SELECT coalesce(stats_reset, pg_postmaster_start_time())::text AS since"
+            "SELECT extract(epoch FROM now() - coalesce(stats_reset, pg_postmaster_start_time()))"
+            "::float8 / 86400 AS days FROM pg_stat_database WHERE datname = current_database()"
+        )
+        return float(row[0]["days"]) if row else None
+
+    @cached_property
+    def stats_since(self) -> str | None:
+        """When the usage counters began (last reset, else server start), in UTC."""
+        row = self.rows(
+            "SELECT to_char(coalesce(stats_reset, pg_postmaster_start_time())"
+            " AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI \"UTC\"') AS since,"
+            " extract(epoch FROM now() - coalesce(stats_reset, pg_postmaster_start_time()))"
+            "::float8 / 86400 AS days"
             " FROM pg_stat_database WHERE datname = current_database()"
         )
-        return str(row[0]["since"]) if row else None
+        if not row:
+            return None
+        return f"{row[0]['since']} ({float(row[0]['days']):,.1f} days ago)"
 
 
 _LITERALS = re.compile(r"'(?:[^']|'')*'|\b\d+(?:\.\d+)?\b")
