@@ -117,3 +117,11 @@ def test_bad_url_and_unreachable_server_are_one_line() -> None:
     assert "\n" not in str(info.value)
     with pytest.raises(DoctorError, match="unknown check nope"):
         diagnose("postgresql://u@127.0.0.1:1/db", ["nope"])
+
+
+def test_on_a_replica_primary_only_checks_say_where_to_run(hotpath_db: ModuleDatabase) -> None:
+    report = diagnose(hotpath_db.replica_urls[0])
+    skipped = {s.check: s for s in report.skipped}
+    assert set(skipped) == {"replication_lag", "replication_slots"}
+    assert "standby" in skipped["replication_slots"].reason
+    assert "unused_indexes" in report.checks_run  # replicas keep their own usage counters

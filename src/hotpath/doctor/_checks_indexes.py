@@ -76,15 +76,19 @@ def _queries_on(ctx: Context, relname: str, name: str) -> list[dict[str, Any]]:
 
 
 def _filter_columns(queries: list[dict[str, Any]], relname: str) -> list[str]:
-    """Equality columns, then range columns, the queries filter ``relname`` on."""
+    """Equality columns, then range columns (or, without a range, the ORDER BY columns) the
+    queries filter ``relname`` on: a first guess that ``hotpath advise`` validates."""
     equality: list[str] = []
     ranges: list[str] = []
+    order: list[str] = []
     for q in queries:
         for use in parse_query(str(q["query"])).uses:
             if use.table == relname:
                 equality += [c for c in use.equality if c not in equality]
                 ranges += [c for c in use.range if c not in ranges]
-    return (equality + [c for c in ranges if c not in equality])[:3]
+                order += [c for c, _ in use.order_by if c not in order]
+    tail = ranges or (order if equality else [])
+    return (equality + [c for c in tail if c not in equality])[:3]
 
 
 @check("unused_indexes", "Unused indexes (no scans since statistics began)")

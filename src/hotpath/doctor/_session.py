@@ -95,7 +95,7 @@ class Session:
                 row_factory=dict_row,
             )
         except psycopg.OperationalError as exc:
-            first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            first = " ".join(str(exc).split()) or type(exc).__name__
             raise DoctorError(
                 f"cannot connect to {_redact(dsn)}: {first} — check host, port, user and password"
             ) from None
