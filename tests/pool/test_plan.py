@@ -62,6 +62,9 @@ def test_plan_reads_the_servers_budget(hotpath_db: ModuleDatabase) -> None:
     assert after.total_connections == 32
     assert [r.name for r in before.replicas] == ["replica1", "replica2"]
     assert before.replica_pool_size == 8
+    assert before.engine_kwargs(replica=True)["pool_size"] == 8
+    with pytest.raises(PoolConfigError, match="this plan has no replicas"):
+        after.engine_kwargs(replica=True)
     explained = before.explain()
     assert f"{expected['max_connections']} max_connections" in explained
     assert "pool_size=8, max_overflow=0" in explained

@@ -265,19 +265,25 @@ class PoolPlan:
 
     # -- into the libraries ----------------------------------------------------------------
 
-    def engine_kwargs(self, driver: str = "psycopg") -> dict[str, Any]:
-        """``create_engine(url, **plan.engine_kwargs())``; then ``plan.instrument(engine)``."""
-        return self._sqlalchemy_kwargs(MeteredQueuePool, driver)
+    def engine_kwargs(self, driver: str = "psycopg", *, replica: bool = False) -> dict[str, Any]:
+        """``create_engine(url, **plan.engine_kwargs())``; then ``plan.instrument(engine)``.
 
-    def async_engine_kwargs(self, driver: str = "asyncpg") -> dict[str, Any]:
+        ``replica=True``: the size planned for each replica's pool.
+        """
+        return self._sqlalchemy_kwargs(MeteredQueuePool, driver, replica)
+
+    def async_engine_kwargs(
+        self, driver: str = "asyncpg", *, replica: bool = False
+    ) -> dict[str, Any]:
         """``create_async_engine(url, **plan.async_engine_kwargs())``."""
-        return self._sqlalchemy_kwargs(AsyncMeteredQueuePool, driver)
+        return self._sqlalchemy_kwargs(AsyncMeteredQueuePool, driver, replica)
 
-    def psycopg_pool_kwargs(self) -> dict[str, Any]:
+    def psycopg_pool_kwargs(self, *, replica: bool = False) -> dict[str, Any]:
         """``MeteredConnectionPool(conninfo, **plan.psycopg_pool_kwargs())`` (or ConnectionPool)."""
+        size = self._size(replica)
         kwargs: dict[str, Any] = {
-            "min_size": self.pool_size,
-            "max_size": self.pool_size + self.max_overflow,
+            "min_size": size,
+            "max_size": size + self.max_overflow,
             "timeout": self.timeout_s,
             "kwargs": self._connect_args("psycopg"),
         }
@@ -299,10 +305,20 @@ class PoolPlan:
             transaction_pooler=self.transaction_pooler,
         )
 
-    def _sqlalchemy_kwargs(self, poolclass: type, driver: str) -> dict[str, Any]:
+    def _size(self, replica: bool) -> int:
+        if not replica:
+            return self.pool_size
+        if self.replica_pool_size is None:
+            raise PoolConfigError(
+                "this plan has no replicas: pass replica_urls= to PoolPlan.for_app (or "
+                "replicas= to from_settings) to size replica pools"
+            )
+        return self.replica_pool_size
+
+    def _sqlalchemy_kwargs(self, poolclass: type, driver: str, replica: bool) -> dict[str, Any]:
         return {
             "poolclass": poolclass,
-            "pool_size": self.pool_size,
+            "pool_size": self._size(replica),
             "max_overflow": self.max_overflow,
             "pool_timeout": self.timeout_s,
             # liveness comes from instrument_pool: ping only idle connections, jittered lifetime
