@@ -11,7 +11,7 @@ from types import TracebackType
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from ._base import COMMITTED, ReplicaSetBase, is_connection_failure, log
+from ._base import ReplicaSetBase, is_connection_failure, log
 from ._config import AllUnhealthy, Consistency, Policy, SessionOptions, TokenMode
 from ._errors import RoutingConfigError
 from ._health import ProbeResult
@@ -190,7 +190,8 @@ class AsyncReplicaSet(ReplicaSetBase):
         return router.settle(route, position, token)
 
     async def _capture_token(self, conn: AsyncConnection) -> None:
-        if not conn.sync_connection or not conn.sync_connection.info.pop(COMMITTED, False):
+        sync = conn.sync_connection
+        if sync is None or sync.invalidated or sync.closed:
             return
         try:
             position = parse_position((await conn.exec_driver_sql(WRITE_POSITION_SQL)).scalar())

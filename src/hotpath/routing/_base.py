@@ -1,9 +1,9 @@
 """What :class:`ReplicaSet` and :class:`AsyncReplicaSet` share: options, engine hooks, status.
 
-The engine hooks (SQLAlchemy pool and connection events on the user's engines) count
-connections in use per node, make replica connections read-only, mark commits on writer
-connections for Core token capture, and turn a replica's read-only refusal into
-:class:`ReplicaWriteError`. They are removed again by ``close()``.
+The engine hooks (SQLAlchemy pool and dialect events on the user's engines) count connections
+in use per node, make replica connections read-only and turn a replica's read-only refusal into
+:class:`ReplicaWriteError`. No per-statement connection event is used: those switch on
+SQLAlchemy's event dispatch for every execute. The hooks are removed again by ``close()``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from ._tokens import context_box
 
 log = logging.getLogger("hotpath.routing")
 
-COMMITTED = "hotpath_routing_committed"
 _READ_ONLY_SQLSTATE = "25006"
 _SHUTDOWN_STATES = {"57P01", "57P02", "57P03"}
 
@@ -184,9 +183,6 @@ class ReplicaSetBase:
                 cursor.close()
             dbapi_connection.commit()  # a SET in a transaction that is rolled back is undone
 
-        def on_commit(conn: Any) -> None:
-            conn.info[COMMITTED] = True
-
         def on_error(context: ExceptionContext) -> BaseException | None:
             orig = context.original_exception
             state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
@@ -203,5 +199,4 @@ class ReplicaSetBase:
         self._listen(node.bind, "checkout", on_checkout)
         self._listen(node.bind, "checkin", on_checkin)
         self._listen(node.bind, "connect", on_connect)
-        self._listen(node.bind, "commit", on_commit)
         self._listen(node.bind, "handle_error", on_error)

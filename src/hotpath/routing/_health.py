@@ -92,7 +92,7 @@ class NodeHealth:
         self.last_probe_at = now
         self.reachable = True
         role: Role = "replica" if result.in_recovery else "primary"
-        if role != self.role and self.role != "unknown":
+        if self.role not in (role, "unknown"):
             self._probed = False  # a new role (promotion) is judged afresh, without hysteresis
         self.role = role
         self.replay_paused = result.replay_paused if result.in_recovery else None

@@ -11,7 +11,7 @@ from types import TracebackType
 from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ._base import COMMITTED, ReplicaSetBase, is_connection_failure, log
+from ._base import ReplicaSetBase, is_connection_failure, log
 from ._config import AllUnhealthy, Consistency, Policy, SessionOptions, TokenMode
 from ._errors import RoutingConfigError
 from ._probe import PROBE_SQL, describe_error, parse_probe_row, probe_engine_options
@@ -152,7 +152,8 @@ class ReplicaSet(ReplicaSetBase):
     ) -> Iterator[Connection]:
         """A Core ``Connection``: the primary, or with ``readonly=True`` a routed replica.
 
-        On the primary, a committed transaction advances this context's read-your-writes token.
+        On the primary, the WAL position is read when the block ends (one round trip), so a
+        transaction committed in it advances this context's read-your-writes token.
         A replica that cannot be reached is ejected and the next choice is tried once.
         """
         options = SessionOptions(consistency, mode, wait_timeout_s)
@@ -176,7 +177,9 @@ class ReplicaSet(ReplicaSetBase):
             yield conn
 
     def _capture_token(self, conn: Connection) -> None:
-        if not conn.info.pop(COMMITTED, False) or conn.invalidated or conn.closed:
+        # Read at the end of every primary block: a commit in it is then covered (reading the
+        # position after a rollback only makes the token conservative).
+        if conn.invalidated or conn.closed:
             return
         try:
             position = write_position(conn)

@@ -1,8 +1,9 @@
 """Routed ORM sessions: ``RoutingSession`` (a ``Session`` subclass) and the sessionmakers.
 
 Routing uses SQLAlchemy's public hooks: ``Session.get_bind`` sends flushes and writes to the
-primary; the ``do_orm_execute`` event places each read (so a failed replica read can be retried
-once elsewhere); ``after_commit`` takes the read-your-writes token after COMMIT. The async twin is
+primary and later reads to the transaction's node; the ``do_orm_execute`` event places the first
+read of a transaction (so a dead replica can be retried once elsewhere); ``after_commit`` reads
+the token on the session's own connection after COMMIT. The async twin is
 ``AsyncSession(sync_session_class=RoutingSession)``: these hooks run in its greenlet.
 """
 
