@@ -190,10 +190,14 @@ class PoolMetrics:
             self._waiting += 1
         return time.perf_counter()
 
-    def acquire_finished(self, started: float) -> None:
+    def acquired(self, started: float, key: int, skip: int = 1) -> None:
+        """An acquire that began at ``started`` got connection ``key``: wait time and hold."""
         self._record(self._acquire_raw, time.perf_counter() - started)
+        stack = capture_stack(skip + 1) if self.capture_stacks else ()
+        self._holds[key] = _Hold(time.monotonic(), stack)
         with self._lock:
             self._waiting -= 1
+            self._checkouts += 1
 
     def acquire_failed(self, started: float, *, timed_out: bool) -> None:
         with self._lock:

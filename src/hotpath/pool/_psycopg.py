@@ -148,8 +148,7 @@ class MeteredConnectionPool(_Metering, ConnectionPool):
         except BaseException:
             metrics.acquire_failed(started, timed_out=False)
             raise
-        metrics.acquire_finished(started)
-        metrics.checked_out(id(conn), skip=1)
+        metrics.acquired(started, id(conn))
         return conn
 
     def putconn(self, conn: Any) -> None:
@@ -201,8 +200,7 @@ class AsyncMeteredConnectionPool(_Metering, AsyncConnectionPool):
         except BaseException:
             metrics.acquire_failed(started, timed_out=False)
             raise
-        metrics.acquire_finished(started)
-        metrics.checked_out(id(conn), skip=1)
+        metrics.acquired(started, id(conn))
         return conn
 
     async def putconn(self, conn: Any) -> None:

@@ -63,6 +63,8 @@ class EngineInstrumentation:
         self.lifetime_jitter = lifetime_jitter
         self.transaction_pooler = transaction_pooler
         self._suspect_before = 0.0  # connections opened before this are pinged at checkout
+        # A metered pool records the checkout itself, a few frames nearer the caller.
+        self._metered = isinstance(engine.pool, _MeteredMixin)
         self._warned: set[tuple[str, str]] = set()
 
     def install(self) -> None:
@@ -108,7 +110,7 @@ class EngineInstrumentation:
 
     def _on_detach(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         self.metrics.connection_closed(id(dbapi_connection))
-        self.metrics.checked_in(id(record))
+        self.metrics.checked_in(id(record.info))
 
     def _on_invalidate(
         self, dbapi_connection: Any, record: ConnectionPoolEntry, exception: BaseException | None
@@ -136,7 +138,8 @@ class EngineInstrumentation:
         if expires is not None and now >= expires:
             info[_RETIRING] = True
             raise sa_exc.DisconnectionError("connection reached its max lifetime; replacing it")
-        self.metrics.checked_out(id(record), skip=1)
+        if not self._metered:
+            self.metrics.checked_out(id(info), skip=1)
 
     def _validate(self, dbapi_connection: Any, idle: float) -> None:
         try:
@@ -150,8 +153,9 @@ class EngineInstrumentation:
             )
 
     def _on_checkin(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-        record.info[_LAST_USED] = time.monotonic()
-        self.metrics.checked_in(id(record))
+        info = record.info
+        info[_LAST_USED] = time.monotonic()
+        self.metrics.checked_in(id(info))
 
     # -- transaction-pooler mode -----------------------------------------------------------
 
