@@ -89,6 +89,7 @@ def test_plan_caps_pools_and_recommends_pgbouncer_past_the_budget() -> None:
     assert "192 connections exceed the 80 available" in explained
     assert "PgBouncer in transaction mode" in explained
     assert "about 8 queries do useful work at once" in explained
+    assert "try pool_size=1 per process (12 x 1 = 12)" in explained
     assert plan.max_processes_without_pooler == 80 // 16
     with_pooler = PoolPlan.from_settings(
         processes=12, concurrency_per_process=16, max_connections=100, pgbouncer="transaction"

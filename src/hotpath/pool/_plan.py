@@ -240,6 +240,13 @@ class PoolPlan:
                 "connections beyond that wait inside PostgreSQL rather than in the pool, so "
                 "a smaller pool with a queue usually gives a lower p99."
             )
+            small = -(-self.useful_active // self.processes)  # ceil
+            if self.pgbouncer is None and self.pool_size > 2 * small:
+                lines.append(
+                    f"If requests spend most of their time in SQL, try pool_size={small} per "
+                    f"process ({self.processes} x {small} = {self.processes * small}) with the "
+                    "same timeout, and compare p99 under load (python -m bench pool shows how)."
+                )
         lines.extend(f"WARNING: {w}" for w in self.warnings)
         if self.pgbouncer is None:
             lines.append(
