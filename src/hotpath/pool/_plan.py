@@ -245,7 +245,7 @@ class PoolPlan:
                 lines.append(
                     f"If requests spend most of their time in SQL, try pool_size={small} per "
                     f"process ({self.processes} x {small} = {self.processes * small}) with the "
-                    "same timeout, and compare p99 under load (python -m bench pool shows how)."
+                    "same timeout, and compare p99 under load."
                 )
         lines.extend(f"WARNING: {w}" for w in self.warnings)
         if self.pgbouncer is None:
