@@ -1,9 +1,9 @@
 """What :class:`ReplicaSet` and :class:`AsyncReplicaSet` share: options, engine hooks, status.
 
-The engine hooks (SQLAlchemy pool and dialect events on the user's engines) count connections
-in use per node, make replica connections read-only and turn a replica's read-only refusal into
-:class:`ReplicaWriteError`. No per-statement connection event is used: those switch on
-SQLAlchemy's event dispatch for every execute. The hooks are removed again by ``close()``.
+The engine hooks (SQLAlchemy pool and dialect events on the user's engines) make replica
+connections read-only and turn a replica's read-only refusal into :class:`ReplicaWriteError`.
+No per-statement connection event is used: those switch on SQLAlchemy's event dispatch for
+every execute. In-flight counts come from the pools themselves. ``close()`` removes the hooks.
 """
 
 from __future__ import annotations
@@ -167,12 +167,6 @@ class ReplicaSetBase:
         health = node.health
         router = self._router
 
-        def on_checkout(*_: Any) -> None:
-            health.in_flight += 1
-
-        def on_checkin(*_: Any) -> None:
-            health.in_flight = max(0, health.in_flight - 1)
-
         def on_connect(dbapi_connection: Any, _record: Any) -> None:
             if node is router.writer or health.role == "primary":
                 return
@@ -196,7 +190,5 @@ class ReplicaSetBase:
                 "replicas.connect() without readonly=True"
             )
 
-        self._listen(node.bind, "checkout", on_checkout)
-        self._listen(node.bind, "checkin", on_checkin)
         self._listen(node.bind, "connect", on_connect)
         self._listen(node.bind, "handle_error", on_error)

@@ -72,7 +72,6 @@ class NodeHealth:
     probe_started_at: float | None = None
     last_probe_at: float | None = None
     reads: int = 0
-    in_flight: int = 0
     _probed: bool = field(default=False, repr=False)
 
     def probe_hung(self, now: float, timeout: float) -> bool:

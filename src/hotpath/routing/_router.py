@@ -39,7 +39,9 @@ class RoutedNode:
 
     @property
     def in_flight(self) -> int:
-        return self.health.in_flight
+        """Connections of this node's pool in use now (QueuePool and its async twin count them)."""
+        checkedout = getattr(self.bind.pool, "checkedout", None)
+        return int(checkedout()) if callable(checkedout) else 0
 
     @property
     def lag_key(self) -> tuple[float, int]:
@@ -101,6 +103,7 @@ class RouterCore:
         self._writer = self.nodes[0]
         self._balancer = Balancer(config.policy)
         self._lock = threading.Lock()
+        self._tally_lock = threading.Lock()
 
     # -- writer ----------------------------------------------------------------------------
 
@@ -190,7 +193,7 @@ class RouterCore:
         return route
 
     def count_read(self, route: Route) -> None:
-        route.node.health.reads += 1
+        self.tally(route.node)
         if route.fallback is not None:
             self.counters[f"fallback: {route.fallback}"] += 1
 
@@ -203,6 +206,11 @@ class RouterCore:
             self.count_read(verified)
             return verified
         return self.to_primary("token not replayed")
+
+    def tally(self, node: RoutedNode) -> None:
+        """Count one read on ``node`` (under a lock: threads must not lose counts)."""
+        with self._tally_lock:
+            node.health.reads += 1
 
     def to_primary(self, reason: str) -> Route:
         route = Route(self._writer, fallback=reason)
@@ -279,7 +287,7 @@ class RouterCore:
                     lag_bytes=h.lag_bytes,
                     replayed=None if h.lsn is None else format_lsn(h.lsn),
                     replay_paused=h.replay_paused,
-                    in_flight=h.in_flight,
+                    in_flight=n.in_flight,
                     reads=h.reads,
                     ejections=h.ejections,
                     why_ejected=None if healthy else reason,

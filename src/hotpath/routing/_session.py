@@ -125,7 +125,7 @@ class RoutingSession(Session):
     def _read_node(self, exclude: tuple[RoutedNode, ...] = ()) -> RoutedNode:
         pinned = self._pinned_node()
         if pinned is not None and pinned not in exclude:
-            pinned.health.reads += 1
+            self._router.tally(pinned)
             return pinned
         node = self.replicas._route_read(self.routing, exclude).node
         self._txn_reader = node
