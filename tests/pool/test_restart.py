@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from sqlalchemy import create_engine, exc, text
+from sqlalchemy import create_engine, exc, make_url, text
 
 from hotpath.pool import MeteredConnectionPool
 from hotpath.stack import LocalStack
@@ -128,3 +128,42 @@ def test_psycopg_pool_discards_dead_idle_connections_after_a_restart(
         snap = metrics.snapshot()
     assert snap.pings_failed >= 1  # the dead ones were found by the idle check, not the app
     assert snap.connects >= 3
+
+
+def test_pool_follows_a_failover_to_the_promoted_replica() -> None:
+    """Primary killed, replica promoted; a multi-host URL with target_session_attrs lets the
+    pool find the new primary once the dead connections are weeded out."""
+    with LocalStack(replicas=1, redis=False) as stack:
+        old, new = stack.primary, stack.replicas[0]
+        base = make_url(old.url)
+        url = base.set(
+            host=None,
+            port=None,
+            query={
+                "host": [f"127.0.0.1:{old.port}", f"127.0.0.1:{new.port}"],
+                "target_session_attrs": "read-write",
+            },
+        ).render_as_string(hide_password=False)
+        engine, metrics = planned_engine(url, pool_size=2)
+        plain = create_engine(url, pool_size=2)
+        try:
+            with engine.begin() as conn:
+                conn.execute(text("CREATE TABLE events (id int)"))
+            for target in (engine, plain):
+                with target.connect() as a, target.connect() as b:
+                    a.execute(text("SELECT 2"))
+                    b.execute(text("SELECT 2"))
+            stack.wait_replicas_caught_up(timeout=30)
+            old.kill()
+            new.promote()
+            time.sleep(0.6)
+            with engine.begin() as conn:  # dead ones discarded; reconnects reach the new primary
+                conn.execute(text("INSERT INTO events VALUES (1)"))
+                port = conn.execute(text("SELECT inet_server_port()")).scalar()
+            assert port == new.port
+            with pytest.raises(exc.OperationalError), plain.begin() as conn:
+                conn.execute(text("INSERT INTO events VALUES (2)"))
+            assert metrics.snapshot().pings_failed >= 1
+        finally:
+            engine.dispose()
+            plain.dispose()
