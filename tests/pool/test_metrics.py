@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 
 import psycopg_pool
 import pytest
@@ -19,6 +20,8 @@ from hotpath.pool import (
     PoolCollector,
     PoolConfigError,
     PoolExhaustedError,
+    PoolMetrics,
+    PoolSnapshot,
     QueuePoolExhaustedError,
     instrument_pool,
 )
@@ -27,6 +30,18 @@ from hotpath.testing import ModuleDatabase
 from ._helpers import planned_async_engine, planned_engine, small_plan
 
 HOLD_S = 0.1
+
+
+def _busiest(metrics: PoolMetrics, pause: Callable[[], None], polls: int = 200) -> PoolSnapshot:
+    """The snapshot with the most connections in use and callers waiting, over ~1 s of load
+    (a single snapshot at a fixed delay would depend on how fast the machine starts threads)."""
+    best = metrics.snapshot()
+    for _ in range(polls):
+        pause()
+        seen = metrics.snapshot()
+        if (seen.checked_out, seen.waiting or 0) > (best.checked_out, best.waiting or 0):
+            best = seen
+    return best
 
 
 def test_sync_snapshot_matches_the_load(hotpath_db: ModuleDatabase) -> None:
@@ -49,8 +64,7 @@ def test_sync_snapshot_matches_the_load(hotpath_db: ModuleDatabase) -> None:
         for t in threads:
             t.start()
         start.wait()
-        time.sleep(HOLD_S / 2)
-        during = metrics.snapshot()
+        during = _busiest(metrics, lambda: time.sleep(0.005))
         for t in threads:
             t.join(30)
         after = metrics.snapshot()
@@ -104,8 +118,12 @@ async def test_async_snapshot_matches_the_load(hotpath_db: ModuleDatabase) -> No
 
     try:
         running = asyncio.gather(*(work() for _ in range(tasks)))
-        await asyncio.sleep(HOLD_S / 2)
         during = metrics.snapshot()
+        for _ in range(200):  # the busiest moment seen while the tasks run
+            await asyncio.sleep(0.005)
+            seen = metrics.snapshot()
+            if (seen.checked_out, seen.waiting or 0) > (during.checked_out, during.waiting or 0):
+                during = seen
         await asyncio.wait_for(running, 30)
         after = metrics.snapshot()
     finally:
