@@ -393,7 +393,7 @@ class _Advisor:
                 out.append(Candidate(name, (column,), "gin", kind="gin"))
         for expression in use.fulltext:
             out.append(Candidate(name, (f"({expression})",), "gin", kind="gin"))
-        for column in use.range:
+        for column in [] if eq else use.range:  # with an equality column a btree leads
             if (
                 known.get(column) in _TIME_TYPES
                 and table.rows >= BRIN_MIN_ROWS
