@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -20,7 +21,7 @@ from hotpath.routing import (
 from hotpath.stack import LocalStack
 from hotpath.testing import ModuleDatabase, ServerStack
 
-from ._helpers import PORT, VALUE
+from ._helpers import PORT, VALUE, signal_all
 from .conftest import Engines
 
 
@@ -235,3 +236,47 @@ async def test_async_promotion_moves_writes_to_the_new_primary() -> None:
             await engine.dispose()
     finally:
         await asyncio.to_thread(stack.stop)
+
+
+async def test_async_hung_replica_is_avoided_after_the_probe_deadline(
+    hotpath_local_stack: LocalStack, engines: Engines, hotpath_db: ModuleDatabase
+) -> None:
+    import signal
+
+    from hotpath.stack._process import process_family
+
+    hung = hotpath_local_stack.replicas[0]
+    assert hung.pid is not None
+    primary = create_async_engine(hotpath_db.async_url)
+    replica_engines = [
+        create_async_engine(r.url_for(hotpath_db.name, driver="asyncpg"))
+        for r in hotpath_db.replicas
+    ]
+    family: list[Any] = []
+    try:
+        async with AsyncReplicaSet(
+            primary, replica_engines, probe_interval_s=0.1, probe_timeout_s=0.4
+        ) as replicas:
+            Session = async_routed_sessionmaker(replicas, consistency="eventual")
+            family = process_family(hung.pid)  # now: with the probe's backend
+            signal_all(family, signal.SIGSTOP)
+
+            async def avoided() -> bool:
+                return not replicas.status()[1].healthy
+
+            await _until(avoided, 5, "replica1 avoided")
+            assert (replicas.status()[1].why_ejected or "").startswith("probe")
+            for _ in range(20):
+                async with Session() as session:
+                    port = (await session.execute(PORT)).scalar_one()
+                    assert port == engines.replicas[1].url.port
+            signal_all(family, signal.SIGCONT)
+
+            async def back() -> bool:
+                return replicas.status()[1].healthy
+
+            await _until(back, 10, "replica1 back after SIGCONT")
+    finally:
+        signal_all(family, signal.SIGCONT)
+        for engine in [primary, *replica_engines]:
+            await engine.dispose()

@@ -23,7 +23,7 @@ from hotpath.routing import (
 from hotpath.stack import LocalStack
 from hotpath.testing import ServerStack
 
-from ._helpers import PORT, VALUE, eventually
+from ._helpers import PORT, VALUE, eventually, signal_all
 from .conftest import Engines
 
 
@@ -346,3 +346,32 @@ def test_token_is_read_on_the_sessions_own_connection(engines: Engines) -> None:
                 assert box.token is not None
     finally:
         tight.dispose()
+
+
+def test_hung_replica_is_avoided_after_the_probe_deadline(
+    hotpath_local_stack: LocalStack, engines: Engines
+) -> None:
+    """A SIGSTOPped replica neither answers nor drops connections: the probe deadline ejects it."""
+    import signal
+
+    from hotpath.stack._process import process_family
+
+    hung = hotpath_local_stack.replicas[0]
+    assert hung.pid is not None
+    healthy_port = engines.replicas[1].url.port
+    with ReplicaSet(
+        engines.primary, engines.replicas, probe_interval_s=0.1, probe_timeout_s=0.4
+    ) as replicas:
+        Session = routed_sessionmaker(replicas, consistency="eventual")
+        family = process_family(hung.pid)
+        signal_all(family, signal.SIGSTOP)
+        try:
+            eventually(lambda: not _healthy(replicas, "replica1"), 5, "replica1 avoided")
+            report = next(n for n in replicas.status() if n.name == "replica1")
+            assert (report.why_ejected or "").startswith("probe unanswered")
+            for _ in range(20):
+                with Session() as session:
+                    assert session.execute(PORT).scalar_one() == healthy_port
+        finally:
+            signal_all(family, signal.SIGCONT)
+        eventually(lambda: _healthy(replicas, "replica1"), 10, "replica1 back after SIGCONT")

@@ -198,13 +198,19 @@ class ReplicaSet(ReplicaSetBase):
             self._stop.wait(self._jittered_interval())
 
     def _probe_once(self, node: RoutedNode) -> None:
-        self._router.probe_started(node, time.monotonic())
+        started = time.monotonic()
+        self._router.probe_started(node, started)
         try:
             with self._probe_engines[node.name].connect() as conn:
                 row = conn.exec_driver_sql(PROBE_SQL).fetchone()
             result = parse_probe_row(row)
         except Exception as exc:
             reason = f"probe failed: {describe_error(exc)}"
+            self._router.record_failure(node, reason, time.monotonic(), at_once=False)
+            return
+        elapsed, limit = time.monotonic() - started, self._router.config.probe_timeout_s
+        if elapsed > limit:  # a server that hung, then answered: as the async twin's timeout
+            reason = f"probe timed out ({elapsed:.1f}s > probe_timeout_s={limit:g})"
             self._router.record_failure(node, reason, time.monotonic(), at_once=False)
             return
         for promoted in self._apply_probe(node, result, time.monotonic()):
