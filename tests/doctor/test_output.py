@@ -133,3 +133,16 @@ def test_cli_errors_are_one_line(db: str) -> None:
     assert "pw" not in str(result.exception)
     result = runner.invoke(app, ["advise", db, "--workload", "missing.sql"])
     assert isinstance(result.exception, DoctorError)
+
+
+def test_cli_advise_json_from_a_sql_file(db: str, tmp_path: Path) -> None:
+    workload = tmp_path / "workload.sql"
+    workload.write_text("SELECT * FROM big WHERE a = 5;\nSELECT * FROM parents WHERE id = 1;\n")
+    result = runner.invoke(app, ["advise", db, "--workload", str(workload), "--format", "json"])
+    assert result.exit_code == 0
+    data = orjson.loads(result.output)
+    assert data["schema"] == "hotpath.advise/1"
+    assert data["hypopg"] is False
+    assert "hypopg" in data["hint"]
+    assert [s["ddl"] for s in data["suggestions"]] == ["CREATE INDEX CONCURRENTLY ON big (a);"]
+    assert data["suggestions"][0]["validated"] is False
