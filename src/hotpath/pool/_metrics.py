@@ -139,7 +139,7 @@ class PoolSnapshot:
         return "\n".join(lines)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Hold:
     started: float
     stack: Stack
