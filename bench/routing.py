@@ -4,8 +4,8 @@ Side by side in one run, on a fresh ``LocalStack(replicas=2, redis=False)``:
 
 1. Per-statement routing overhead on primary-key SELECTs (one session, many statements):
    a plain ``Session`` on a replica engine (baseline) against SQLAlchemy's documented
-   ``get_bind`` recipe and hotpath's routed session (``eventual`` and ``read_your_writes``).
-   Target: <= 1.05x.
+   ``get_bind`` recipe and hotpath's routed session (``eventual``, ``read_your_writes``, and
+   without the read-retry hook). Target: <= 1.05x.
 2. A 10%-writes workload of one user (a write, then reads of what it wrote and of other rows,
    with a few ms of think time): the share of reads served by replicas and the stale reads of
    the user's own writes, for hotpath's LSN tokens (``fast`` and ``wait``) against a
@@ -66,14 +66,17 @@ def _overhead(stack: LocalStack, replicas: ReplicaSet, n: int) -> str:
     _RecipeSession.followers = recipe_engines[:1]  # same replica as the others: fair
     eventual = routed_sessionmaker(replicas, consistency="eventual")
     ryw = routed_sessionmaker(replicas)
+    no_retry = routed_sessionmaker(replicas, retry_reads=False)
     contenders: dict[str, Callable[[], Session]] = {
         "direct replica engine": lambda: Session(direct),
         "SQLAlchemy get_bind recipe": _RecipeSession,
         "hotpath eventual": eventual,
         "hotpath read_your_writes": ryw,
+        "hotpath read_your_writes, retry_reads=False": no_retry,
     }
     series = {name: Series(name) for name in contenders}
     series["SQLAlchemy get_bind recipe"].note = "no lag/health/RYW"
+    series["hotpath read_your_writes, retry_reads=False"].note = "no do_orm_execute hook"
     rng = random.Random(1)
     rounds = 10
     for _ in range(rounds):  # interleaved, so drift on the loaded machine hits all alike

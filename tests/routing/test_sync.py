@@ -265,10 +265,12 @@ def test_token_round_trip_through_wsgi_middleware(
     assert stranger.get("/value").json["value"] < written  # type: ignore[index]  # no token: stale
 
 
+@pytest.mark.parametrize("retry_reads", [True, False])
 def test_killed_replica_under_concurrent_reads(
-    hotpath_local_stack: LocalStack, engines: Engines, replicas: ReplicaSet
+    hotpath_local_stack: LocalStack, engines: Engines, replicas: ReplicaSet, retry_reads: bool
 ) -> None:
-    Session = routed_sessionmaker(replicas, consistency="eventual")
+    """0 failed reads with the retry; without it (the unprotected path) reads do fail."""
+    Session = routed_sessionmaker(replicas, consistency="eventual", retry_reads=retry_reads)
     stop = threading.Event()
     failures: list[BaseException] = []
     reads = [0]
@@ -296,7 +298,10 @@ def test_killed_replica_under_concurrent_reads(
             thread.join(10)
         victim.start()
         hotpath_local_stack.wait_replicas_caught_up(timeout=30)
-    assert failures == []
+    if retry_reads:
+        assert failures == []
+    else:
+        assert failures
     assert reads[0] > 50
     report = next(n for n in replicas.status() if n.name == "replica1")
     assert report.ejections >= 1

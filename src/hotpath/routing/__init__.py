@@ -24,7 +24,12 @@ from ._metrics import RoutingCollector
 from ._middleware import ASGITokenMiddleware, WSGITokenMiddleware
 from ._replica_set import ReplicaSet
 from ._router import NodeReport
-from ._session import RoutingSession, async_routed_sessionmaker, routed_sessionmaker
+from ._session import (
+    RetryingRoutingSession,
+    RoutingSession,
+    async_routed_sessionmaker,
+    routed_sessionmaker,
+)
 from ._tokens import TokenBox, current_token, use_token
 
 __all__ = [
@@ -37,6 +42,7 @@ __all__ = [
     "Policy",
     "ReplicaSet",
     "ReplicaWriteError",
+    "RetryingRoutingSession",
     "RoutingCollector",
     "RoutingConfigError",
     "RoutingError",

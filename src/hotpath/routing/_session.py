@@ -1,10 +1,13 @@
-"""Routed ORM sessions: ``RoutingSession`` (a ``Session`` subclass) and the sessionmakers.
+"""Routed ORM sessions: ``RoutingSession`` / ``RetryingRoutingSession`` and the sessionmakers.
 
 Routing uses SQLAlchemy's public hooks: ``Session.get_bind`` sends flushes and writes to the
-primary and later reads to the transaction's node; the ``do_orm_execute`` event places the first
-read of a transaction (so a dead replica can be retried once elsewhere); ``after_commit`` reads
-the token on the session's own connection after COMMIT. The async twin is
-``AsyncSession(sync_session_class=RoutingSession)``: these hooks run in its greenlet.
+primary and reads to a replica (the transaction's node after its first read); ``after_commit``
+reads the token on the session's own connection after COMMIT. ``RetryingRoutingSession`` (the
+sessionmakers' default) adds a ``do_orm_execute`` hook that places the first read of a
+transaction itself, so that a dead replica can be retried once elsewhere; SQLAlchemy builds an
+``ORMExecuteState`` for every statement once such a hook exists (a few microseconds), hence
+the plain class for ``retry_reads=False``. The async twin is ``AsyncSession`` with one of these
+as ``sync_session_class``: the hooks run in its greenlet.
 """
 
 from __future__ import annotations
@@ -146,7 +149,12 @@ def _remember_connection(
         session._txn_connections[connection.engine] = connection
 
 
-@event.listens_for(RoutingSession, "do_orm_execute")
+class RetryingRoutingSession(RoutingSession):
+    """A :class:`RoutingSession` that retries a transaction's first read once on another node
+    when its replica cannot be reached (the default of the routed sessionmakers)."""
+
+
+@event.listens_for(RetryingRoutingSession, "do_orm_execute")
 def _place_read(state: ORMExecuteState) -> Any:
     """Place the first read of a transaction, so that a dead replica can be retried once.
 
@@ -219,9 +227,11 @@ def routed_sessionmaker(
     consistency: Consistency = "read_your_writes",
     mode: TokenMode = "fast",
     wait_timeout_s: float = 0.5,
+    retry_reads: bool = True,
     **session_options: Any,
 ) -> sessionmaker[RoutingSession]:
-    """A ``sessionmaker`` of :class:`RoutingSession` on ``replicas``.
+    """A ``sessionmaker`` of :class:`RetryingRoutingSession` (``retry_reads=False``:
+    :class:`RoutingSession`) on ``replicas``.
 
     ``consistency``: ``"read_your_writes"`` (a read goes to a replica that replayed this
     context's last commit, else the primary; ``mode="wait"`` waits up to ``wait_timeout_s`` for
@@ -229,7 +239,7 @@ def routed_sessionmaker(
     """
     SessionOptions(consistency, mode, wait_timeout_s)  # fail here, not at the first session
     return sessionmaker(
-        class_=RoutingSession,
+        class_=RetryingRoutingSession if retry_reads else RoutingSession,
         replicas=replicas,
         consistency=consistency,
         mode=mode,
@@ -244,6 +254,7 @@ def async_routed_sessionmaker(
     consistency: Consistency = "read_your_writes",
     mode: TokenMode = "fast",
     wait_timeout_s: float = 0.5,
+    retry_reads: bool = True,
     **session_options: Any,
 ) -> async_sessionmaker[AsyncSession]:
     """The async twin of :func:`routed_sessionmaker`, for an :class:`AsyncReplicaSet`."""
@@ -251,7 +262,7 @@ def async_routed_sessionmaker(
     session_options.setdefault("expire_on_commit", False)
     return async_sessionmaker(
         class_=AsyncSession,
-        sync_session_class=RoutingSession,
+        sync_session_class=RetryingRoutingSession if retry_reads else RoutingSession,
         replicas=replicas,
         consistency=consistency,
         mode=mode,
