@@ -1,4 +1,4 @@
-"""One daemon thread per process that looks for leaked connections in every metered pool.
+"""One daemon thread per process for every instrumented pool: leak checks, histogram folding.
 
 A thread rather than a timer per checkout: a checkout then costs nothing extra, and the watch
 works the same for threads and asyncio tasks (it only reads the holders under a lock).
@@ -18,16 +18,14 @@ _thread: threading.Thread | None = None
 
 
 def watch(metrics: PoolMetrics) -> None:
-    """Check ``metrics`` for leaks from now on (until it is garbage-collected)."""
+    """Look after ``metrics`` from now on (until it is garbage-collected)."""
     global _thread
-    if metrics.leak_threshold_s is None:
-        return
     with _lock:
         _watched.add(metrics)
         if _thread is None or not _thread.is_alive():
-            _thread = threading.Thread(target=_run, name="hotpath-pool-leaks", daemon=True)
+            _thread = threading.Thread(target=_run, name="hotpath-pool", daemon=True)
             _thread.start()
-    _wakeup.set()  # a shorter threshold than before: re-plan the sleep now
+    _wakeup.set()  # a shorter leak threshold than before: re-plan the sleep now
 
 
 def _interval() -> float:
@@ -43,6 +41,7 @@ def _run() -> None:
         _wakeup.clear()
         for metrics in list(_watched):
             try:
+                metrics.fold()
                 metrics.check_leaks()
             except Exception:  # never let one bad pool stop the watch for the others
-                logger.exception("pool %s: leak check failed", metrics.name)
+                logger.exception("pool %s: housekeeping failed", metrics.name)

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from . import _leaks
+from . import _housekeeping
 from ._errors import PoolConfigError
 from ._metrics import PoolMetrics
 from ._psycopg import _Metering
@@ -70,7 +70,7 @@ def instrument_pool(
             "psycopg_pool subclass: psycopg_pool itself has no checkout hooks to attach to)"
         )
     _instrumented[key] = metrics
-    _leaks.watch(metrics)
+    _housekeeping.watch(metrics)
     return metrics
 
 
