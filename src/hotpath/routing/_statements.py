@@ -28,7 +28,7 @@ def is_write(statement: Any) -> bool:
         return text_is_write(statement)
     if isinstance(statement, TextClause):
         return text_is_write(statement.text)
-    if getattr(statement, "is_dml", False) or getattr(statement, "is_ddl", False):
+    if getattr(statement, "is_dml", False):
         return True
     if getattr(statement, "is_select", False):
         # SQLAlchemy keeps with_for_update() here (the documented routing recipes read it too).
