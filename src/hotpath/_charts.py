@@ -1,5 +1,6 @@
 """Small inline-SVG charts for hotpath's self-contained HTML reports (no JavaScript, no
-external assets): grouped bars and lines, labelled, with a legend."""
+external assets): grouped vertical bars and lines with a legend (demo), horizontal bars with
+long labels (doctor's top queries)."""
 
 from __future__ import annotations
 
@@ -151,5 +152,27 @@ def line_chart(
         f'transform="rotate(-90 12 {top + plot_h / 2:.1f})">{escape(y_label)}</text>'
     )
     parts += _legend(names, left + plot_w + 16, top)
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def hbar_chart(items: Sequence[tuple[str, float]], unit: str, width: int = 640) -> str:
+    """A horizontal bar chart as inline SVG (labels escaped)."""
+    if not items:
+        return "<p>no data</p>"
+    top = max(v for _, v in items) or 1.0
+    row = 22
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" '
+        f'height="{row * len(items) + 4}" role="img">'
+    ]
+    for i, (label, value) in enumerate(items):
+        bar = (width - 260) * value / top
+        y = i * row + 2
+        parts.append(
+            f'<text x="0" y="{y + 15}" font-size="12">{escape(label[:38])}</text>'
+            f'<rect x="250" y="{y + 3}" width="{bar:.1f}" height="16" fill="#4a7bd0"/>'
+            f'<text x="{255 + bar:.1f}" y="{y + 15}" font-size="12">{value:,.1f} {unit}</text>'
+        )
     parts.append("</svg>")
     return "".join(parts)

@@ -9,6 +9,7 @@ import typer
 
 from .. import __version__
 from .._errors import HotpathError
+from ..doctor._cli import advise, doctor, explain
 from ._console import err
 from ._demo import demo
 from ._stack import stack_app
@@ -23,6 +24,9 @@ app = typer.Typer(
 )
 app.add_typer(stack_app, name="stack")
 app.command()(demo)
+app.command()(doctor)
+app.command()(advise)
+app.command()(explain)
 
 
 def _show_version(value: bool) -> None:

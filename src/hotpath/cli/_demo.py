@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from ..demo import run_smoke
-from ..demo._report import render_html
-from ..demo._runner import run_shop, summary_rows
-from ..demo.shop.data import SCALES
-from ..stack import LocalStack
 from ._console import out
 from ._stack import status_table
+
+if TYPE_CHECKING:
+    from ..demo._runner import DemoResult
+    from ..stack import LocalStack
+
+SCALES = ("tiny", "small", "medium")  # hotpath.demo.shop.data.SCALES, without importing it
 
 
 def demo(
@@ -32,8 +33,12 @@ def demo(
         Path, typer.Option(help="Where to write the self-contained HTML report.")
     ] = Path("demo-report.html"),
 ) -> None:
-    """Start a local primary + 2 replicas + Redis, check replication, then run the shop
-    naive and optimized under the same load and print the before/after."""
+    """Run the shop naive and optimized under the same load on a local stack; print the
+    before/after and write an HTML report."""
+    from ..demo._report import render_html  # noqa: PLC0415 - keep `hotpath --help` fast
+    from ..demo._runner import run_shop  # noqa: PLC0415
+    from ..stack import LocalStack  # noqa: PLC0415
+
     if scale not in SCALES:
         raise typer.BadParameter(f"unknown scale {scale!r}: use one of {', '.join(SCALES)}")
     with out.status("starting PostgreSQL primary, replicas and Redis..."):
@@ -60,6 +65,8 @@ def demo(
 
 
 def _smoke(stack: LocalStack, rows: int) -> None:
+    from ..demo import run_smoke  # noqa: PLC0415
+
     out.print(f"[bold]Local stack up in {stack.startup_seconds:.1f}s[/] ({stack.directory})")
     for name, value in stack.env_exports().items():
         out.print(f"  {name}={value}")
@@ -93,10 +100,9 @@ def _smoke(stack: LocalStack, rows: int) -> None:
     out.print(status_table(stack.status()))
 
 
-def _before_after(result: object) -> None:
-    from ..demo._runner import DemoResult  # noqa: PLC0415
+def _before_after(result: DemoResult) -> None:
+    from ..demo._runner import summary_rows  # noqa: PLC0415
 
-    assert isinstance(result, DemoResult)
     rows = summary_rows(result)
     base = rows[0]
     table = Table(

@@ -10,6 +10,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from .._charts import hbar_chart
 from ..plans import Severity, render_plan
 from ._model import Report
 
@@ -102,28 +103,6 @@ def render_explained(explained: Explained, console: Console) -> None:
         console.print(Text("no problems flagged in this plan", style="green"))
 
 
-def _bar_chart(items: list[tuple[str, float]], unit: str, width: int = 640) -> str:
-    """A horizontal bar chart as inline SVG (labels escaped)."""
-    if not items:
-        return "<p>no data</p>"
-    top = max(v for _, v in items) or 1.0
-    row = 22
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" '
-        f'height="{row * len(items) + 4}" role="img">'
-    ]
-    for i, (label, value) in enumerate(items):
-        bar = (width - 260) * value / top
-        y = i * row + 2
-        parts.append(
-            f'<text x="0" y="{y + 15}" font-size="12">{html.escape(label[:38])}</text>'
-            f'<rect x="250" y="{y + 3}" width="{bar:.1f}" height="16" fill="#4a7bd0"/>'
-            f'<text x="{255 + bar:.1f}" y="{y + 15}" font-size="12">{value:,.1f} {unit}</text>'
-        )
-    parts.append("</svg>")
-    return "".join(parts)
-
-
 _CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:1em 0}
 td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
@@ -178,8 +157,8 @@ def render_html(report: Report) -> str:
 statistics since {e(str(report.stats_since))}. {report.count(Severity.CRITICAL)} critical,
 {report.count(Severity.WARNING)} warning, {report.count(Severity.INFO)} info.</p>
 <h2>Summary</h2><table><tr><th>check</th><th>critical</th><th>warning</th><th>info</th></tr>{rows}</table>
-<h2>Top queries by total time</h2>{_bar_chart(top, "ms")}
-<h2>Share of database time</h2>{_bar_chart(shares, "%")}
+<h2>Top queries by total time</h2>{hbar_chart(top, "ms")}
+<h2>Share of database time</h2>{hbar_chart(shares, "%")}
 <table><tr><th></th><th>query</th><th>calls</th><th>total ms</th><th>mean ms</th><th>share</th></tr>
 {queries}</table>
 <h2>Findings</h2>{findings or "<p>none</p>"}

@@ -19,12 +19,13 @@ Fixtures:
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
+
+from .._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from ..observe import Profiler, Scope
@@ -36,18 +37,14 @@ __all__ = ["ExternalStack", "ModuleDatabase", "ServerStack"]
 
 # Imported on first use: this module loads in every pytest run of any project that has
 # hotpath installed, so it must not pull in drivers and clients up front.
-_LAZY = {
-    "ModuleDatabase": "._database",
-    "ExternalStack": "._endpoints",
-    "ServerStack": "._endpoints",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'hotpath.testing' has no attribute {name!r}")
-    return getattr(importlib.import_module(module, __name__), name)
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "ModuleDatabase": "._database",
+        "ExternalStack": "._endpoints",
+        "ServerStack": "._endpoints",
+    },
+)
 
 _N_PLUS_ONE_MODES = ("raise", "warn", "log", "off")
 _TEST_SCOPE: pytest.StashKey[Scope] = pytest.StashKey()
