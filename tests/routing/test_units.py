@@ -153,3 +153,29 @@ def test_all_unhealthy_policies_and_writer_election() -> None:
     assert router.writer.name == "replica1"
     assert router.counters["failovers"] == 1
     assert all(n.name != "replica1" for n in router.eligible())
+
+
+def test_sync_and_async_sets_and_makers_refuse_each_other() -> None:
+    from sqlalchemy import create_engine
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from hotpath.routing import (
+        AsyncReplicaSet,
+        ReplicaSet,
+        async_routed_sessionmaker,
+        routed_sessionmaker,
+    )
+
+    sync_engine = create_engine("postgresql+psycopg://u@127.0.0.1:1/db")
+    async_engine = create_async_engine("postgresql+asyncpg://u@127.0.0.1:1/db")
+    with pytest.raises(RoutingConfigError, match="use AsyncReplicaSet"):
+        ReplicaSet(async_engine, [], start=False)  # type: ignore[arg-type]
+    with pytest.raises(RoutingConfigError, match="takes AsyncEngines"):
+        AsyncReplicaSet(sync_engine, [])  # type: ignore[arg-type]
+    replicas = AsyncReplicaSet(async_engine, [])
+    with pytest.raises(RoutingConfigError, match="use async_routed_sessionmaker"):
+        routed_sessionmaker(replicas)  # type: ignore[arg-type]
+    with pytest.raises(RoutingConfigError, match="weights=\\[1\\]: give one positive number"):
+        ReplicaSet(sync_engine, [], weights=[1], start=False)
+    with pytest.raises(RoutingConfigError, match="consistency='causal' is not one of"):
+        async_routed_sessionmaker(replicas, consistency="causal")  # type: ignore[arg-type]

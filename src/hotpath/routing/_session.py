@@ -12,23 +12,21 @@ as ``sync_session_class``: the hooks run in its greenlet.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any, Union
 
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, sessionmaker
 
+from ._async_replica_set import AsyncReplicaSet
 from ._base import ReplicaSetBase, is_connection_failure, log
 from ._config import Consistency, SessionOptions, TokenMode
 from ._errors import ReplicaWriteError, RoutingConfigError
 from ._replayed import write_position
+from ._replica_set import ReplicaSet
 from ._router import RoutedNode
 from ._statements import is_write
 from ._tokens import context_box
-
-if TYPE_CHECKING:
-    from ._async_replica_set import AsyncReplicaSet
-    from ._replica_set import ReplicaSet
 
 
 class RoutingSession(Session):
@@ -238,6 +236,7 @@ def routed_sessionmaker(
     it first), ``"eventual"`` (any healthy replica) or ``"strong"`` (the primary).
     """
     SessionOptions(consistency, mode, wait_timeout_s)  # fail here, not at the first session
+    _require(replicas, asynchronous=False)
     return sessionmaker(
         class_=RetryingRoutingSession if retry_reads else RoutingSession,
         replicas=replicas,
@@ -259,6 +258,7 @@ def async_routed_sessionmaker(
 ) -> async_sessionmaker[AsyncSession]:
     """The async twin of :func:`routed_sessionmaker`, for an :class:`AsyncReplicaSet`."""
     SessionOptions(consistency, mode, wait_timeout_s)
+    _require(replicas, asynchronous=True)
     session_options.setdefault("expire_on_commit", False)
     return async_sessionmaker(
         class_=AsyncSession,
@@ -269,3 +269,16 @@ def async_routed_sessionmaker(
         wait_timeout_s=wait_timeout_s,
         **session_options,
     )
+
+
+def _require(replicas: object, *, asynchronous: bool) -> None:
+    wanted, other = (AsyncReplicaSet, ReplicaSet) if asynchronous else (ReplicaSet, AsyncReplicaSet)
+    if isinstance(replicas, wanted):
+        return
+    maker = "async_routed_sessionmaker" if asynchronous else "routed_sessionmaker"
+    fix = (
+        f"use {'routed_sessionmaker' if asynchronous else 'async_routed_sessionmaker'} for it"
+        if isinstance(replicas, other)
+        else f"pass a {wanted.__name__}"
+    )
+    raise RoutingConfigError(f"{maker}() got {type(replicas).__name__}: {fix}")
