@@ -7,6 +7,8 @@ Components (each a sub-package with its own public API):
 - :mod:`hotpath.observe` — query capture, N+1/duplicate/slow detection, reports, middleware.
 - :mod:`hotpath.plans` — EXPLAIN plan analysis shared by observe and doctor.
 - :mod:`hotpath.doctor` — diagnose a live database; index advice validated with HypoPG.
+- :mod:`hotpath.pool` — pools sized from the server's budget, metrics, leak detection,
+  self-healing.
 
 The names below are imported on first use, so ``import hotpath`` (which the pytest plugin
 does in every project that installs hotpath) stays cheap.
@@ -22,6 +24,7 @@ from ._lazy import lazy_exports
 if TYPE_CHECKING:
     from .doctor import advise_indexes, diagnose
     from .observe import Profiler
+    from .pool import PoolPlan, instrument_pool
     from .stack import LocalStack, StackError
 
 __version__ = "0.1.0"
@@ -34,15 +37,19 @@ __getattr__ = lazy_exports(
         "Profiler": "hotpath.observe",
         "diagnose": "hotpath.doctor",
         "advise_indexes": "hotpath.doctor",
+        "PoolPlan": "hotpath.pool",
+        "instrument_pool": "hotpath.pool",
     },
 )
 
 __all__ = [
     "HotpathError",
     "LocalStack",
+    "PoolPlan",
     "Profiler",
     "StackError",
     "__version__",
     "advise_indexes",
     "diagnose",
+    "instrument_pool",
 ]

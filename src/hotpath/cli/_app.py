@@ -10,6 +10,7 @@ import typer
 from .. import __version__
 from .._errors import HotpathError
 from ..doctor._cli import advise, doctor, explain
+from ..pool._cli import pool_app
 from ._console import err
 from ._demo import demo
 from ._stack import stack_app
@@ -23,6 +24,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 app.add_typer(stack_app, name="stack")
+app.add_typer(pool_app, name="pool")
 app.command()(demo)
 app.command()(doctor)
 app.command()(advise)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Literal
 
 from .._errors import HotpathError
+from .._frames import describe_site
 from ..plans import PlanFlag
 
 Mode = Literal["off", "log", "warn", "raise"]
@@ -33,14 +33,7 @@ class CallSite:
     function: str
 
     def __str__(self) -> str:
-        path = self.filename
-        try:
-            relative = os.path.relpath(path)
-            if not relative.startswith(".."):
-                path = relative
-        except ValueError:  # another drive (Windows)
-            pass
-        return f"{path}:{self.lineno} in {self.function}"
+        return describe_site(self.filename, self.lineno, self.function)
 
 
 @dataclass

@@ -10,9 +10,10 @@ where the ``await`` is.
 from __future__ import annotations
 
 import linecache
-import os
 import sys
 from types import CodeType, FrameType
+
+from .._frames import describe_site, is_library, parent_greenlet_frames
 
 Stack = tuple[tuple[CodeType, int], ...]
 
@@ -32,12 +33,10 @@ def capture_stack(skip: int = 1) -> Stack:
     """The current stack, innermost first (``skip`` frames of the caller's own dropped)."""
     frames: list[tuple[CodeType, int]] = []
     budget = _walk(sys._getframe(skip + 1), frames, _MAX_FRAMES)
-    greenlet_module = sys.modules.get("greenlet")
-    if greenlet_module is not None:
-        current = greenlet_module.getcurrent()
-        while current.parent is not None and budget:
-            current = current.parent
-            budget = _walk(current.gr_frame, frames, budget)
+    for parent in parent_greenlet_frames():
+        if not budget:
+            break
+        budget = _walk(parent, frames, budget)
     return tuple(frames)
 
 
@@ -48,22 +47,10 @@ def _line(code: CodeType, offset: int) -> int:
     return code.co_firstlineno
 
 
-def _is_library(code: CodeType) -> bool:
-    # One verdict for the whole package: observe already classifies frames for its call sites.
-    from ..observe._callsite import _is_library as observe_is_library  # noqa: PLC0415
-
-    if code.co_filename.startswith(_POOL_DIR):
-        return True
-    return observe_is_library(code)
-
-
-_POOL_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
 def call_site(stack: Stack) -> str:
     """``path:line in function`` of the first application frame (else the outermost one)."""
     for code, offset in stack:
-        if not _is_library(code):
+        if not is_library(code):
             return _site(code, _line(code, offset))
     if stack:
         code, offset = stack[-1]
@@ -72,14 +59,7 @@ def call_site(stack: Stack) -> str:
 
 
 def _site(code: CodeType, line: int) -> str:
-    path = code.co_filename
-    try:
-        relative = os.path.relpath(path)
-        if not relative.startswith(".."):
-            path = relative
-    except ValueError:  # another drive (Windows)
-        pass
-    return f"{path}:{line} in {code.co_name}"
+    return describe_site(code.co_filename, line, code.co_name)
 
 
 def format_stack(stack: Stack) -> str:
