@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from ...pool import PoolMetrics, PoolPlan
 from . import queries
 from .fixes import Fixes
 
@@ -41,21 +42,23 @@ class NewOrder(BaseModel):
     lines: list[OrderLine] = Field(min_length=1, max_length=20)
 
 
-def _engine(settings: ShopSettings) -> AsyncEngine:
+def _engine(settings: ShopSettings) -> tuple[AsyncEngine, PoolMetrics | None]:
     if settings.fixes.pool:
-        return create_async_engine(
-            settings.primary_url,
-            pool_size=settings.concurrency,
-            max_overflow=0,
-            pool_timeout=10,
+        # sized from the server's real budget, metered (connections opened, waits, holders)
+        plan = PoolPlan.for_app(
+            processes=1,
+            concurrency_per_process=settings.concurrency,
+            server_url=settings.primary_url,
         )
+        engine = create_async_engine(settings.primary_url, **plan.async_engine_kwargs())
+        return engine, plan.instrument(engine, name="shop")
     # naive: every session opens (and closes) its own connection
-    return create_async_engine(settings.primary_url, poolclass=NullPool)
+    return create_async_engine(settings.primary_url, poolclass=NullPool), None
 
 
 def create_app(settings: ShopSettings) -> FastAPI:
     fixes = settings.fixes
-    engine = _engine(settings)
+    engine, pool_metrics = _engine(settings)
     sessions = async_sessionmaker(engine, expire_on_commit=False)
     payments = httpx.AsyncClient(base_url=settings.payment_url, timeout=None)
 
@@ -67,6 +70,7 @@ def create_app(settings: ShopSettings) -> FastAPI:
 
     app = FastAPI(title=f"hotpath shop ({fixes.label})", lifespan=lifespan)
     app.state.engine = engine
+    app.state.pool_metrics = pool_metrics
     app.state.settings = settings
 
     @app.get("/categories/{category_id}/products")
