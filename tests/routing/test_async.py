@@ -174,10 +174,12 @@ async def test_async_token_round_trip_through_asgi_middleware(
         assert (await stranger.get("/value")).json()["value"] < written  # no token: stale
 
 
+@pytest.mark.parametrize("retry_reads", [True, False])
 async def test_async_killed_replica_under_concurrent_reads(
-    hotpath_local_stack: LocalStack, replicas: AsyncReplicaSet
+    hotpath_local_stack: LocalStack, replicas: AsyncReplicaSet, retry_reads: bool
 ) -> None:
-    Session = async_routed_sessionmaker(replicas, consistency="eventual")
+    """0 failed reads with the retry; without it (the unprotected path) reads do fail."""
+    Session = async_routed_sessionmaker(replicas, consistency="eventual", retry_reads=retry_reads)
     failures: list[BaseException] = []
     reads = 0
     stop = asyncio.Event()
@@ -203,7 +205,10 @@ async def test_async_killed_replica_under_concurrent_reads(
         await asyncio.gather(*tasks)
         await asyncio.to_thread(victim.start)
         await asyncio.to_thread(hotpath_local_stack.wait_replicas_caught_up, 30)
-    assert failures == []
+    if retry_reads:
+        assert failures == []
+    else:
+        assert failures
     assert reads > 50
     assert replicas.status()[2].ejections >= 1
 
