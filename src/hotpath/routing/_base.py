@@ -25,7 +25,6 @@ from ._health import ProbeResult
 from ._probe import READ_ONLY_SQL, describe_error
 from ._replayed import replayed_on
 from ._router import NodeReport, Route, RoutedNode, RouterCore
-from ._tokens import context_box
 
 log = logging.getLogger("hotpath.routing")
 
@@ -109,13 +108,17 @@ class ReplicaSetBase:
         """Counters: ejections, failovers, fallbacks to the primary (by reason), token checks."""
         return dict(self._router.counters)
 
-    def _route_read(self, options: SessionOptions, exclude: Sequence[RoutedNode] = ()) -> Route:
-        """Choose the node for a read now, checking the token on the spot when needed.
+    def _route_read(
+        self,
+        options: SessionOptions,
+        token: int | None,
+        exclude: Sequence[RoutedNode] = (),
+    ) -> Route:
+        """Choose the node for a read now, checking ``token`` on the spot when needed.
 
         Sync I/O through the nodes' sync engines: also correct inside an ``AsyncSession``'s
         greenlet, where SQLAlchemy awaits it.
         """
-        token = context_box().position
         route = self._router.choose_read(token, options.consistency, exclude)
         if not route.verify:
             return route
@@ -131,7 +134,7 @@ class ReplicaSetBase:
         return self._router.settle(route, position, token)
 
     def _note_read_failure(self, node: RoutedNode, exc: BaseException) -> None:
-        self._router.counters["read retries"] += 1
+        self._router.counters["read failures"] += 1
         self._router.record_failure(
             node, f"read failed: {describe_error(exc)}", time.monotonic(), at_once=True
         )

@@ -164,14 +164,15 @@ class ReplicaSet(ReplicaSetBase):
                 finally:
                     self._capture_token(conn)
             return
-        route = self._route_read(options)
+        token = context_box().position
+        route = self._route_read(options, token)
         try:
             conn = route.node.bind.connect()
         except Exception as exc:
             if not is_connection_failure(exc) or route.node is self._router.writer:
                 raise
             self._note_read_failure(route.node, exc)
-            route = self._route_read(options, exclude=[route.node])
+            route = self._route_read(options, token, exclude=[route.node])
             conn = route.node.bind.connect()
         with conn:
             yield conn

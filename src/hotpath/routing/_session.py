@@ -128,7 +128,7 @@ class RoutingSession(Session):
         if pinned is not None and pinned not in exclude:
             self._router.tally(pinned)
             return pinned
-        node = self.replicas._route_read(self.routing, exclude).node
+        node = self.replicas._route_read(self.routing, self._token_box.position, exclude).node
         self._txn_reader = node
         return node
 
