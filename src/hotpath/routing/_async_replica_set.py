@@ -150,14 +150,15 @@ class AsyncReplicaSet(ReplicaSetBase):
                 finally:
                     await self._capture_token(conn)
             return
-        route = await self._route_read_async(options)
+        token = context_box().position
+        route = await self._route_read_async(options, token)
         try:
             conn = await route.node.engine.connect()
         except Exception as exc:
             if not is_connection_failure(exc) or route.node is self._router.writer:
                 raise
             self._note_read_failure(route.node, exc)
-            route = await self._route_read_async(options, exclude=[route.node])
+            route = await self._route_read_async(options, token, exclude=[route.node])
             conn = await route.node.engine.connect()
         try:
             yield conn
@@ -165,10 +166,10 @@ class AsyncReplicaSet(ReplicaSetBase):
             await conn.close()
 
     async def _route_read_async(
-        self, options: SessionOptions, exclude: Sequence[RoutedNode] = ()
+        self, options: SessionOptions, token: int | None, exclude: Sequence[RoutedNode] = ()
     ) -> Route:
+        """The async twin of ``_route_read`` (same decision, same on-the-spot check)."""
         router = self._router
-        token = context_box().position
         route = router.choose_read(token, options.consistency, exclude)
         if not route.verify:
             return route
@@ -197,7 +198,10 @@ class AsyncReplicaSet(ReplicaSetBase):
             position = parse_position((await conn.exec_driver_sql(WRITE_POSITION_SQL)).scalar())
             await conn.rollback()
         except Exception as exc:
-            log.warning("hotpath.routing: could not read the WAL position after COMMIT: %s", exc)
+            log.warning(
+                "hotpath.routing: could not read the WAL position at the end of a primary block: %s",
+                exc,
+            )
             return
         if position is not None:
             context_box().advance(position)

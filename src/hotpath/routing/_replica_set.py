@@ -186,7 +186,10 @@ class ReplicaSet(ReplicaSetBase):
             position = write_position(conn)
             conn.rollback()
         except Exception as exc:  # the commit itself succeeded; only the token is lost
-            log.warning("hotpath.routing: could not read the WAL position after COMMIT: %s", exc)
+            log.warning(
+                "hotpath.routing: could not read the WAL position at the end of a primary block: %s",
+                exc,
+            )
             return
         if position is not None:
             context_box().advance(position)
