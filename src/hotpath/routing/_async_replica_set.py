@@ -199,7 +199,7 @@ class AsyncReplicaSet(ReplicaSetBase):
             await conn.rollback()
         except Exception as exc:
             log.warning(
-                "hotpath.routing: could not read the WAL position at the end of a primary block: %s",
+                "hotpath.routing: no WAL position after a primary block: %s",
                 exc,
             )
             return

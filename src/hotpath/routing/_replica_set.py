@@ -187,7 +187,7 @@ class ReplicaSet(ReplicaSetBase):
             conn.rollback()
         except Exception as exc:  # the commit itself succeeded; only the token is lost
             log.warning(
-                "hotpath.routing: could not read the WAL position at the end of a primary block: %s",
+                "hotpath.routing: no WAL position after a primary block: %s",
                 exc,
             )
             return
