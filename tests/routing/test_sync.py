@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import select, text, update
+from sqlalchemy import column, select, table, text, update
 from sqlalchemy.orm import Session
 
 from hotpath.routing import (
@@ -33,6 +33,9 @@ def replicas(engines: Engines) -> Iterator[ReplicaSet]:
         engines.primary, engines.replicas, max_lag_s=0.3, probe_interval_s=0.1, probe_timeout_s=1.0
     ) as replica_set:
         yield replica_set
+
+
+COUNTERS = table("counters", column("id"), column("value"))
 
 
 def _bump(session: Session, counter: int) -> int:
@@ -149,7 +152,9 @@ def test_writes_locking_reads_and_writing_sessions_use_the_primary(
         locked = select(text("inet_server_port()")).select_from(text("counters")).with_for_update()
         assert session.execute(locked).first()[0] == primary_port  # type: ignore[index]
     with Session() as session:
-        session.execute(update_counter())
+        session.execute(
+            update(COUNTERS).where(COUNTERS.c.id == 2).values(value=COUNTERS.c.value + 1)
+        )
         assert session.execute(PORT).scalar_one() == primary_port  # after a write: same txn
     with Session(writing=True) as session:
         assert session.execute(PORT).scalar_one() == primary_port  # from the first statement
@@ -158,16 +163,6 @@ def test_writes_locking_reads_and_writing_sessions_use_the_primary(
     strong = routed_sessionmaker(replicas, consistency="strong")
     with strong() as session:
         assert session.execute(PORT).scalar_one() == primary_port
-
-
-def update_counter() -> object:
-    from sqlalchemy import column, table
-
-    return (
-        update(table("counters", column("id"), column("value")))
-        .where(text("id = 2"))
-        .values(value=text("value + 1"))
-    )
 
 
 def test_stray_writes_on_replica_connections_raise_the_clear_error(
