@@ -12,7 +12,7 @@ from hotpath.testing import ModuleDatabase, ServerStack
 def test_status_shows_each_node_and_fails_on_a_lagging_replica(
     hotpath_stack: ServerStack, hotpath_db: ModuleDatabase
 ) -> None:
-    args = ["--primary", hotpath_db.url]
+    args = ["status", "--primary", hotpath_db.url]
     for url in hotpath_db.replica_urls:
         args += ["--replica", url]
     runner = CliRunner()

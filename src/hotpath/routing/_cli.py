@@ -23,15 +23,20 @@ routing_app = typer.Typer(
 )
 
 
+@routing_app.callback()
+def _group() -> None:
+    """Replica routing: what a ReplicaSet sees of each node."""
+
+
 @routing_app.command()
 def status(
     primary: Annotated[
         Optional[str],  # noqa: UP045 - typer needs Optional on Python 3.10
-        typer.Option(help="Primary URL [default: $HOTPATH_PRIMARY_URL]."),
+        typer.Option(help="Primary URL (default: $HOTPATH_PRIMARY_URL)."),
     ] = None,
     replica: Annotated[
         Optional[list[str]],  # noqa: UP045
-        typer.Option(help="A replica URL; repeat for each [default: $HOTPATH_REPLICA_URLS]."),
+        typer.Option(help="A replica URL; repeat for each (default: $HOTPATH_REPLICA_URLS)."),
     ] = None,
     max_lag_s: Annotated[float, typer.Option(min=0.001, help="Ejection threshold.")] = 1.0,
     probe_for_s: Annotated[
