@@ -9,6 +9,8 @@ Components (each a sub-package with its own public API):
 - :mod:`hotpath.doctor` — diagnose a live database; index advice validated with HypoPG.
 - :mod:`hotpath.pool` — pools sized from the server's budget, metrics, leak detection,
   self-healing.
+- :mod:`hotpath.routing` — reads to replicas, writes to the primary, read-your-writes by WAL
+  position, lag ejection, failover.
 
 The names below are imported on first use, so ``import hotpath`` (which the pytest plugin
 does in every project that installs hotpath) stays cheap.
@@ -25,6 +27,12 @@ if TYPE_CHECKING:
     from .doctor import advise_indexes, diagnose
     from .observe import Profiler
     from .pool import PoolPlan, instrument_pool
+    from .routing import (
+        AsyncReplicaSet,
+        ReplicaSet,
+        async_routed_sessionmaker,
+        routed_sessionmaker,
+    )
     from .stack import LocalStack, StackError
 
 __version__ = "0.1.0"
@@ -39,17 +47,25 @@ __getattr__ = lazy_exports(
         "advise_indexes": "hotpath.doctor",
         "PoolPlan": "hotpath.pool",
         "instrument_pool": "hotpath.pool",
+        "ReplicaSet": "hotpath.routing",
+        "AsyncReplicaSet": "hotpath.routing",
+        "routed_sessionmaker": "hotpath.routing",
+        "async_routed_sessionmaker": "hotpath.routing",
     },
 )
 
 __all__ = [
+    "AsyncReplicaSet",
     "HotpathError",
     "LocalStack",
     "PoolPlan",
     "Profiler",
+    "ReplicaSet",
     "StackError",
     "__version__",
     "advise_indexes",
+    "async_routed_sessionmaker",
     "diagnose",
     "instrument_pool",
+    "routed_sessionmaker",
 ]

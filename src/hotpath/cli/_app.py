@@ -11,6 +11,7 @@ from .. import __version__
 from .._errors import HotpathError
 from ..doctor._cli import advise, doctor, explain
 from ..pool._cli import pool_app
+from ..routing._cli import routing_app
 from ._console import err
 from ._demo import demo
 from ._stack import stack_app
@@ -25,6 +26,7 @@ app = typer.Typer(
 )
 app.add_typer(stack_app, name="stack")
 app.add_typer(pool_app, name="pool")
+app.add_typer(routing_app, name="routing")
 app.command()(demo)
 app.command()(doctor)
 app.command()(advise)
