@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -15,7 +16,7 @@ from hotpath.demo.shop.app import ShopSettings, create_app
 from hotpath.demo.shop.fixes import Fixes
 from hotpath.demo.shop.payments import PaymentBehaviour, create_payment_app
 from hotpath.observe import Profiler
-from hotpath.testing import ModuleDatabase
+from hotpath.testing import ModuleDatabase, ServerStack
 
 READS = [
     "/categories/3/products",
@@ -31,8 +32,9 @@ READS = [
 
 
 @pytest.fixture(scope="module")
-def shop_db(hotpath_db: ModuleDatabase) -> ModuleDatabase:
+def shop_db(hotpath_db: ModuleDatabase, hotpath_stack: ServerStack) -> ModuleDatabase:
     load_shop(hotpath_db.dsn, SCALES["tiny"])
+    hotpath_stack.wait_replicas_caught_up(timeout=30)
     return hotpath_db
 
 
@@ -43,23 +45,29 @@ def payment_url() -> Iterator[str]:
 
 
 def _app(db: ModuleDatabase, payment_url: str, fixes: Fixes) -> FastAPI:
-    return create_app(ShopSettings(db.async_url, payment_url, fixes))
+    replicas = [r.url_for(db.name, driver="asyncpg") for r in db.replicas]
+    return create_app(ShopSettings(db.async_url, payment_url, fixes, replica_urls=replicas))
 
 
 @pytest.fixture
 async def clients(
     shop_db: ModuleDatabase, payment_url: str
 ) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
-    configs = {"naive": Fixes.naive(), "eager": Fixes.only("eager"), "pool": Fixes.only("pool")}
-    apps = {name: _app(shop_db, payment_url, fixes) for name, fixes in configs.items()}
-    clients = {
-        name: httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://shop")
-        for name, app in apps.items()
+    configs = {
+        "naive": Fixes.naive(),
+        "eager": Fixes.only("eager"),
+        "pool": Fixes.only("pool"),
+        "replicas": Fixes(pool=True, replicas=True),
     }
-    yield clients
-    for name, client in clients.items():
-        await client.aclose()
-        await apps[name].state.engine.dispose()
+    apps = {name: _app(shop_db, payment_url, fixes) for name, fixes in configs.items()}
+    async with contextlib.AsyncExitStack() as stack:
+        clients = {}
+        for name, app in apps.items():
+            await stack.enter_async_context(app.router.lifespan_context(app))
+            clients[name] = await stack.enter_async_context(
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://shop")
+            )
+        yield clients
 
 
 async def test_every_configuration_returns_the_same_data(
@@ -71,7 +79,7 @@ async def test_every_configuration_returns_the_same_data(
             response = await client.get(path)
             assert response.status_code == 200, (name, path, response.text)
             answers[name] = response.json()
-        assert answers["naive"] == answers["eager"] == answers["pool"], path
+        assert answers["naive"] == answers["eager"] == answers["pool"] == answers["replicas"], path
     assert answers["naive"]  # the data really is there
 
 
@@ -95,10 +103,11 @@ async def test_eager_fix_turns_n_plus_one_into_constant_queries(
     assert counts["eager"] <= 3
 
 
+@pytest.mark.parametrize("config", ["pool", "replicas"])
 async def test_a_placed_order_is_visible_on_the_next_request(
-    clients: dict[str, httpx.AsyncClient],
+    clients: dict[str, httpx.AsyncClient], config: str
 ) -> None:
-    client = clients["pool"]
+    client = clients[config]
     placed = await client.post(
         "/orders",
         json={

@@ -114,10 +114,12 @@ def _before_after(result: DemoResult) -> None:
         "errors",
         "stale reads",
         "connections opened",
+        "reads on replicas",
         title=f"The shop ({result.scale}) under the same load",
     )
     for row in rows:
         speedup = row["requests/s"] / base["requests/s"] if base["requests/s"] else 0
+        share = row["replica share"]
         table.add_row(
             row["configuration"],
             f"{row['requests/s']:.0f} ({speedup:.1f}x)",
@@ -127,6 +129,7 @@ def _before_after(result: DemoResult) -> None:
             str(row["errors"]),
             str(row["stale reads"]),
             str(row["connections opened"]),
+            "-" if share is None else f"{share:.0%}",
         )
     out.print(table)
     routes = sorted({name for run in result.runs for name in run.queries_per_request})

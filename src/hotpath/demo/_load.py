@@ -8,6 +8,7 @@ flow such as "place an order, then read my orders back", checked for stale reads
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -119,13 +120,21 @@ async def run_load(base_url: str, mix: Sequence[tuple[float, Step]], spec: LoadS
     weights = [w for w, _ in mix]
     steps = [s for _, s in mix]
     result = LoadResult(0.0, {})
-    limits = httpx.Limits(
-        max_connections=spec.concurrency, max_keepalive_connections=spec.concurrency
-    )
-    async with httpx.AsyncClient(
-        base_url=base_url, timeout=spec.timeout_s, limits=limits
-    ) as client:
-        recorder = Recorder(client, result)
+    # one client per simulated user: its own connection and its own cookies (a session token)
+    async with contextlib.AsyncExitStack() as clients:
+        recorders = [
+            Recorder(
+                await clients.enter_async_context(
+                    httpx.AsyncClient(
+                        base_url=base_url,
+                        timeout=spec.timeout_s,
+                        limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+                    )
+                ),
+                result,
+            )
+            for _ in range(spec.concurrency)
+        ]
         started = time.perf_counter()
         deadline = started + spec.duration_s
 
@@ -133,7 +142,7 @@ async def run_load(base_url: str, mix: Sequence[tuple[float, Step]], spec: LoadS
             rng = random.Random(f"{spec.seed}:{number}")
             while time.perf_counter() < deadline and result.requests < spec.max_requests:
                 step = rng.choices(steps, weights=weights, k=1)[0]
-                await step(recorder, rng)
+                await step(recorders[number], rng)
 
         await asyncio.gather(*(user(n) for n in range(spec.concurrency)))
         result.duration_s = time.perf_counter() - started

@@ -46,6 +46,14 @@ class RunResult:
     load: LoadResult
     queries_per_request: dict[str, float] = field(default_factory=dict)
     connections_opened: int = 0
+    replica_reads: int = 0
+    primary_reads: int = 0
+
+    @property
+    def replica_share(self) -> float | None:
+        """Share of routed reads served by replicas (None without the replicas fix)."""
+        total = self.replica_reads + self.primary_reads
+        return self.replica_reads / total if total else None
 
     @property
     def label(self) -> str:
@@ -86,11 +94,18 @@ async def run_configuration(settings: ShopSettings, spec: LoadSpec, scale: str) 
             load = await run_load(url, shop_mix(SCALES[scale]), spec)
             stats = (await client.get("/__hotpath/stats")).json()
     queries = {s["name"]: float(s["queries_p50"]) for s in stats["observe"]["scopes"]}
-    return RunResult(settings.fixes, load, queries, int(stats["connections_opened"]))
+    return RunResult(
+        settings.fixes,
+        load,
+        queries,
+        int(stats["connections_opened"]),
+        int(stats["replica_reads"]),
+        int(stats["primary_reads"]),
+    )
 
 
 def configurations(ablation: bool) -> list[Fixes]:
-    available = ("pool", "eager", "indexes")  # the fixes wired so far
+    available = ("pool", "eager", "indexes", "replicas")  # the fixes wired so far
     optimized = Fixes(**dict.fromkeys(available, True))
     runs = [Fixes.naive(), optimized]
     if ablation:
@@ -149,6 +164,7 @@ def summary_rows(result: DemoResult) -> list[dict[str, Any]]:
                 "errors": run.load.errors,
                 "stale reads": run.load.stale_reads,
                 "connections opened": run.connections_opened,
+                "replica share": run.replica_share,
             }
         )
     return rows

@@ -23,16 +23,18 @@ from .fixes import Fixes
 
 def build(settings: ShopSettings) -> Any:
     app = create_app(settings)
-    engine = app.state.engine
+    database = app.state.database
     opened = {"connections": 0}
 
-    @event.listens_for(engine.sync_engine, "connect")
     def _count(*_: object) -> None:
         opened["connections"] += 1
 
+    for engine in database.engines:
+        event.listen(engine.sync_engine, "connect", _count)
+
     # production settings: counts and timings only, no per-query bookkeeping
     profiler = Profiler(
-        engine,
+        *database.engines,
         keep_queries=0,
         slow_query_ms=10_000,
         modes={
@@ -47,7 +49,19 @@ def build(settings: ShopSettings) -> Any:
     @app.get("/__hotpath/stats", include_in_schema=False)
     async def stats() -> dict[str, Any]:
         report = profiler.report().to_dict()
-        return {"observe": report, "connections_opened": opened["connections"]}
+        replica_reads = primary_reads = 0
+        if database.replica_set is not None:
+            for node in database.replica_set.status():
+                if node.writer:
+                    primary_reads += node.reads
+                else:
+                    replica_reads += node.reads
+        return {
+            "observe": report,
+            "connections_opened": opened["connections"],
+            "replica_reads": replica_reads,
+            "primary_reads": primary_reads,
+        }
 
     @app.post("/__hotpath/reset", include_in_schema=False)
     async def reset() -> dict[str, str]:

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlalchemy.pool import NullPool
 
 from ...pool import PoolMetrics, PoolPlan
+from ...routing import ASGITokenMiddleware, AsyncReplicaSet, async_routed_sessionmaker
 from . import queries
 from .fixes import Fixes
 
@@ -42,35 +43,77 @@ class NewOrder(BaseModel):
     lines: list[OrderLine] = Field(min_length=1, max_length=20)
 
 
-def _engine(settings: ShopSettings) -> tuple[AsyncEngine, PoolMetrics | None]:
-    if settings.fixes.pool:
-        # sized from the server's real budget, metered (connections opened, waits, holders)
+@dataclass
+class _Database:
+    """The engines of one configuration and how sessions are made from them."""
+
+    primary: AsyncEngine
+    replicas: list[AsyncEngine]
+    pool_metrics: list[PoolMetrics]
+    replica_set: AsyncReplicaSet | None = None
+
+    @property
+    def engines(self) -> list[AsyncEngine]:
+        return [self.primary, *self.replicas]
+
+    async def close(self) -> None:
+        if self.replica_set is not None:
+            await self.replica_set.close()
+        for engine in self.engines:
+            await engine.dispose()
+
+
+def _database(settings: ShopSettings) -> _Database:
+    fixes = settings.fixes
+    replica_urls = settings.replica_urls if fixes.replicas else []
+    if fixes.pool:
+        # sized from the servers' real budgets, metered (connections opened, waits, holders)
         plan = PoolPlan.for_app(
             processes=1,
             concurrency_per_process=settings.concurrency,
             server_url=settings.primary_url,
+            replica_urls=replica_urls,
         )
-        engine = create_async_engine(settings.primary_url, **plan.async_engine_kwargs())
-        return engine, plan.instrument(engine, name="shop")
-    # naive: every session opens (and closes) its own connection
-    return create_async_engine(settings.primary_url, poolclass=NullPool), None
+        primary = create_async_engine(settings.primary_url, **plan.async_engine_kwargs())
+        replicas = [
+            create_async_engine(url, **plan.async_engine_kwargs(replica=True))
+            for url in replica_urls
+        ]
+        metrics = [plan.instrument(engine) for engine in [primary, *replicas]]
+    else:
+        # naive: every session opens (and closes) its own connection
+        primary = create_async_engine(settings.primary_url, poolclass=NullPool)
+        replicas = [create_async_engine(url, poolclass=NullPool) for url in replica_urls]
+        metrics = []
+    database = _Database(primary, replicas, metrics)
+    if replicas:
+        database.replica_set = AsyncReplicaSet(primary, replicas, max_lag_s=1.0)
+    return database
 
 
 def create_app(settings: ShopSettings) -> FastAPI:
     fixes = settings.fixes
-    engine, pool_metrics = _engine(settings)
-    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    database = _database(settings)
+    if database.replica_set is not None:
+        # reads on replicas that have replayed this user's last write (token in a cookie)
+        sessions: Any = async_routed_sessionmaker(database.replica_set, expire_on_commit=False)
+    else:
+        sessions = async_sessionmaker(database.primary, expire_on_commit=False)
     payments = httpx.AsyncClient(base_url=settings.payment_url, timeout=None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if database.replica_set is not None:
+            await database.replica_set.start()
         yield
         await payments.aclose()
-        await engine.dispose()
+        await database.close()
 
     app = FastAPI(title=f"hotpath shop ({fixes.label})", lifespan=lifespan)
-    app.state.engine = engine
-    app.state.pool_metrics = pool_metrics
+    app.state.engine = database.primary
+    app.state.database = database
+    if database.replica_set is not None:
+        app.add_middleware(ASGITokenMiddleware)
     app.state.settings = settings
 
     @app.get("/categories/{category_id}/products")
