@@ -101,36 +101,17 @@ def _smoke(stack: LocalStack, rows: int) -> None:
 
 
 def _before_after(result: DemoResult) -> None:
-    from ..demo._runner import summary_rows  # noqa: PLC0415
+    from ..demo._runner import SUMMARY_HEADERS, summary_cells, summary_rows  # noqa: PLC0415
+
+    def ratio(value: float, base: float, higher_is_better: bool) -> str:
+        if not value or not base:
+            return ""
+        return f" ({(value / base if higher_is_better else base / value):.1f}x)"
 
     rows = summary_rows(result)
-    base = rows[0]
-    table = Table(
-        "configuration",
-        "req/s",
-        "p50 ms",
-        "p95 ms",
-        "p99 ms",
-        "errors",
-        "stale reads",
-        "connections opened",
-        "reads on replicas",
-        title=f"The shop ({result.scale}) under the same load",
-    )
+    table = Table(*SUMMARY_HEADERS, title=f"The shop ({result.scale}) under the same load")
     for row in rows:
-        speedup = row["requests/s"] / base["requests/s"] if base["requests/s"] else 0
-        share = row["replica share"]
-        table.add_row(
-            row["configuration"],
-            f"{row['requests/s']:.0f} ({speedup:.1f}x)",
-            f"{row['p50 ms']:.1f}",
-            f"{row['p95 ms']:.1f}",
-            f"{row['p99 ms']:.1f}",
-            str(row["errors"]),
-            str(row["stale reads"]),
-            str(row["connections opened"]),
-            "-" if share is None else f"{share:.0%}",
-        )
+        table.add_row(*summary_cells(row, rows[0], ratio))
     out.print(table)
     routes = sorted({name for run in result.runs for name in run.queries_per_request})
     queries = Table(

@@ -9,7 +9,7 @@ from html import escape
 import psutil
 
 from .._charts import bar_chart, line_chart
-from ._runner import DemoResult, RunResult, summary_rows
+from ._runner import SUMMARY_HEADERS, DemoResult, RunResult, summary_cells, summary_rows
 from .shop.fixes import FIX_DESCRIPTIONS
 
 PERCENTILES = (0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 97.5, 99, 99.9)
@@ -55,31 +55,7 @@ def render_html(result: DemoResult) -> str:
     rows = summary_rows(result)
     base = rows[0]
     labels = [run.label for run in result.runs]
-    summary = _table(
-        [
-            "configuration",
-            "requests/s",
-            "p50 ms",
-            "p95 ms",
-            "p99 ms",
-            "errors",
-            "stale reads",
-            "connections opened",
-        ],
-        [
-            [
-                escape(r["configuration"]),
-                f"{r['requests/s']:.0f}{_ratio(r['requests/s'], base['requests/s'], True)}",
-                f"{r['p50 ms']:.1f}{_ratio(r['p50 ms'], base['p50 ms'], False)}",
-                f"{r['p95 ms']:.1f}{_ratio(r['p95 ms'], base['p95 ms'], False)}",
-                f"{r['p99 ms']:.1f}{_ratio(r['p99 ms'], base['p99 ms'], False)}",
-                str(r["errors"]),
-                str(r["stale reads"]),
-                str(r["connections opened"]),
-            ]
-            for r in rows
-        ],
-    )
+    summary = _table(list(SUMMARY_HEADERS), [summary_cells(r, base, _ratio) for r in rows])
     routes = sorted({name for run in result.runs for name in run.load.endpoints})
     first, last = result.runs[0], result.runs[-1]
 

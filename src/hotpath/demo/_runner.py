@@ -170,4 +170,45 @@ def summary_rows(result: DemoResult) -> list[dict[str, Any]]:
     return rows
 
 
-__all__ = ["FIX_DESCRIPTIONS", "DemoResult", "RunResult", "run_shop", "summary_rows"]
+SUMMARY_HEADERS = (
+    "configuration",
+    "requests/s",
+    "p50 ms",
+    "p95 ms",
+    "p99 ms",
+    "errors",
+    "stale reads",
+    "connections opened",
+    "reads on replicas",
+)
+
+
+def summary_cells(
+    row: dict[str, Any], base: dict[str, Any], ratio: Callable[[float, float, bool], str]
+) -> list[str]:
+    """One row of the before/after, with ``ratio(value, baseline, higher_is_better)`` after
+    each throughput and latency figure (the CLI and the HTML report format it their way)."""
+    share = row["replica share"]
+    return [
+        str(row["configuration"]),
+        f"{row['requests/s']:.0f}{ratio(row['requests/s'], base['requests/s'], True)}",
+        *(
+            f"{row[key]:.1f}{ratio(row[key], base[key], False)}"
+            for key in ("p50 ms", "p95 ms", "p99 ms")
+        ),
+        str(row["errors"]),
+        str(row["stale reads"]),
+        str(row["connections opened"]),
+        "-" if share is None else f"{share:.0%}",
+    ]
+
+
+__all__ = [
+    "FIX_DESCRIPTIONS",
+    "SUMMARY_HEADERS",
+    "DemoResult",
+    "RunResult",
+    "run_shop",
+    "summary_cells",
+    "summary_rows",
+]
