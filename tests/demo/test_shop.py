@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -10,6 +12,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from hotpath.concurrent import BreakerState
 from hotpath.demo._server import serve
 from hotpath.demo.shop import SCALES, load_shop
 from hotpath.demo.shop.app import ShopSettings, create_app
@@ -58,6 +61,7 @@ async def clients(
         "eager": Fixes.only("eager"),
         "pool": Fixes.only("pool"),
         "replicas": Fixes(pool=True, replicas=True),
+        "fanout": Fixes(pool=True, fanout=True),
     }
     apps = {name: _app(shop_db, payment_url, fixes) for name, fixes in configs.items()}
     async with contextlib.AsyncExitStack() as stack:
@@ -79,7 +83,7 @@ async def test_every_configuration_returns_the_same_data(
             response = await client.get(path)
             assert response.status_code == 200, (name, path, response.text)
             answers[name] = response.json()
-        assert answers["naive"] == answers["eager"] == answers["pool"] == answers["replicas"], path
+        assert all(answer == answers["naive"] for answer in answers.values()), path
     assert answers["naive"]  # the data really is there
 
 
@@ -123,3 +127,46 @@ async def test_a_placed_order_is_visible_on_the_next_request(
         "/orders", json={"user_id": 7, "lines": [{"product_id": 10**9, "quantity": 1}]}
     )
     assert bad.status_code == 422
+
+
+async def test_payment_down_profile_degrades_within_its_deadline_and_the_breaker_opens(
+    shop_db: ModuleDatabase,
+) -> None:
+    behaviour = PaymentBehaviour(latency_s=0.001)
+    with serve(create_payment_app(behaviour)) as payment_url:
+        fanout = _app(shop_db, payment_url, Fixes(pool=True, fanout=True))
+        naive = _app(shop_db, payment_url, Fixes.naive())
+        async with contextlib.AsyncExitStack() as stack:
+            clients = {}
+            for name, app in (("fanout", fanout), ("naive", naive)):
+                await stack.enter_async_context(app.router.lifespan_context(app))
+                clients[name] = await stack.enter_async_context(
+                    httpx.AsyncClient(
+                        transport=httpx.ASGITransport(app=app), base_url="http://shop", timeout=2.0
+                    )
+                )
+            healthy = (await clients["fanout"].get("/users/5/profile")).json()
+            assert healthy["degraded"] is False
+            assert healthy["payment"]["user_id"] == 5
+
+            behaviour.down = True  # the provider hangs from now on
+            timings = []
+            for _ in range(7):
+                began = time.perf_counter()
+                response = await clients["fanout"].get("/users/5/profile")
+                timings.append(time.perf_counter() - began)
+                assert response.status_code == 200
+                body = response.json()
+                assert body["degraded"] is True
+                assert (body["name"], body["orders"]) == (healthy["name"], healthy["orders"])
+            assert max(timings) < 1.0  # bounded by the 0.25 s deadline, not the hang
+            assert fanout.state.breaker.state is BreakerState.OPEN
+            calls_while_open = behaviour.calls
+            await clients["fanout"].get("/users/5/profile")
+            assert behaviour.calls == calls_while_open  # open: the provider is not even asked
+            assert min(timings[5:]) < min(timings[:5])  # failing fast beats waiting out a deadline
+
+            # the naive profile has no deadline: it hangs with the provider (ASGITransport has
+            # no timeouts of its own, so the test bounds the wait)
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(clients["naive"].get("/users/5/profile"), 2.0)

@@ -15,6 +15,13 @@ from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from ...concurrent import (
+    CircuitBreaker,
+    CircuitOpenError,
+    DeadlineExceeded,
+    gather_bounded,
+    with_deadline,
+)
 from ...pool import PoolMetrics, PoolPlan
 from ...routing import ASGITokenMiddleware, AsyncReplicaSet, async_routed_sessionmaker
 from . import queries
@@ -31,6 +38,9 @@ class ShopSettings:
     replica_urls: list[str] = field(default_factory=list)
     redis_url: str | None = None
     concurrency: int = 16
+
+
+PAYMENT_DEADLINE_S = 0.25  # the payment provider answers in ~50 ms when healthy
 
 
 class OrderLine(BaseModel):
@@ -91,6 +101,50 @@ def _database(settings: ShopSettings) -> _Database:
     return database
 
 
+async def _profile(
+    user_id: int, sessions: Any, payments: httpx.AsyncClient, breaker: CircuitBreaker | None
+) -> dict[str, Any]:
+    """A user's profile from three sources: the user, their orders, the payment provider."""
+
+    async def user() -> dict[str, Any] | None:
+        async with sessions() as session:
+            return await queries.user_info(session, user_id)
+
+    async def orders() -> dict[str, Any]:
+        async with sessions() as session:
+            return await queries.order_summary(session, user_id)
+
+    async def payment() -> dict[str, Any]:
+        response = await payments.get(f"/payments/{user_id}")
+        response.raise_for_status()
+        return dict(response.json())
+
+    paid: dict[str, Any] | None
+    if breaker is not None:
+        # the fanout fix: all three at once; the external one under a deadline and a circuit
+        # breaker, and a profile without it (degraded) rather than no profile
+        async def bounded_payment() -> dict[str, Any]:
+            return await with_deadline(payment(), PAYMENT_DEADLINE_S, "the payment provider")
+
+        async def guarded_payment() -> dict[str, Any] | None:
+            try:
+                return dict(await breaker.acall(bounded_payment))
+            except (CircuitOpenError, DeadlineExceeded, httpx.HTTPError):
+                return None
+
+        found, summary, paid = await gather_bounded(user(), orders(), guarded_payment())
+    else:
+        # naive: one after another, and no deadline on the external call
+        found, summary = await user(), await orders()
+        try:
+            paid = await payment()
+        except httpx.HTTPStatusError:
+            paid = None
+    if found is None:
+        raise HTTPException(404, f"no user {user_id}")
+    return {**found, **summary, "payment": paid, "degraded": paid is None}
+
+
 def create_app(settings: ShopSettings) -> FastAPI:
     fixes = settings.fixes
     database = _database(settings)
@@ -100,6 +154,7 @@ def create_app(settings: ShopSettings) -> FastAPI:
     else:
         sessions = async_sessionmaker(database.primary, expire_on_commit=False)
     payments = httpx.AsyncClient(base_url=settings.payment_url, timeout=None)
+    breaker = CircuitBreaker(failure_threshold=5, reset_timeout=5.0, name="payments")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -110,6 +165,7 @@ def create_app(settings: ShopSettings) -> FastAPI:
         await database.close()
 
     app = FastAPI(title=f"hotpath shop ({fixes.label})", lifespan=lifespan)
+    app.state.breaker = breaker
     app.state.engine = database.primary
     app.state.database = database
     if database.replica_set is not None:
@@ -165,13 +221,6 @@ def create_app(settings: ShopSettings) -> FastAPI:
 
     @app.get("/users/{user_id}/profile")
     async def profile(user_id: int) -> dict[str, Any]:
-        # naive: the sources one after another, and no deadline on the external call
-        async with sessions() as session:
-            summary = await queries.user_summary(session, user_id)
-        if summary is None:
-            raise HTTPException(404, f"no user {user_id}")
-        response = await payments.get(f"/payments/{user_id}")
-        payment = response.json() if response.status_code == 200 else None
-        return {**summary, "payment": payment, "degraded": payment is None}
+        return await _profile(user_id, sessions, payments, breaker if fixes.fanout else None)
 
     return app

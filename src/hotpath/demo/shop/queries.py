@@ -174,15 +174,12 @@ async def sales_report(session: AsyncSession, start: date, days: int) -> list[di
     ]
 
 
-async def user_summary(session: AsyncSession, user_id: int) -> dict[str, Any] | None:
+async def user_info(session: AsyncSession, user_id: int) -> dict[str, Any] | None:
     user = await session.get(User, user_id)
-    if user is None:
-        return None
-    count, spent = (
-        await session.execute(
-            select(func.count(), func.coalesce(func.sum(Order.total), 0)).where(
-                Order.user_id == user_id
-            )
-        )
-    ).one()
-    return {"id": user.id, "name": user.name, "orders": count, "spent": _money(spent)}
+    return None if user is None else {"id": user.id, "name": user.name}
+
+
+async def order_summary(session: AsyncSession, user_id: int) -> dict[str, Any]:
+    totals = select(func.count(), func.coalesce(func.sum(Order.total), 0))
+    count, spent = (await session.execute(totals.where(Order.user_id == user_id))).one()
+    return {"orders": count, "spent": _money(spent)}
