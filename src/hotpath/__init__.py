@@ -9,6 +9,7 @@ Components (each a sub-package with its own public API):
 - :mod:`hotpath.doctor` — diagnose a live database; index advice validated with HypoPG.
 - :mod:`hotpath.pool` — pools sized from the server's budget, metrics, leak detection,
   self-healing.
+- :mod:`hotpath.concurrent` — bounded gather, deadlines, circuit breaker, retries.
 - :mod:`hotpath.routing` — reads to replicas, writes to the primary, read-your-writes by WAL
   position, lag ejection, failover.
 
@@ -24,6 +25,7 @@ from ._errors import HotpathError
 from ._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from .concurrent import CircuitBreaker, gather_bounded
     from .doctor import advise_indexes, diagnose
     from .observe import Profiler
     from .pool import PoolPlan, instrument_pool
@@ -44,6 +46,8 @@ __getattr__ = lazy_exports(
         "StackError": "hotpath.stack",
         "Profiler": "hotpath.observe",
         "diagnose": "hotpath.doctor",
+        "CircuitBreaker": "hotpath.concurrent",
+        "gather_bounded": "hotpath.concurrent",
         "advise_indexes": "hotpath.doctor",
         "PoolPlan": "hotpath.pool",
         "instrument_pool": "hotpath.pool",
@@ -56,6 +60,7 @@ __getattr__ = lazy_exports(
 
 __all__ = [
     "AsyncReplicaSet",
+    "CircuitBreaker",
     "HotpathError",
     "LocalStack",
     "PoolPlan",
@@ -66,6 +71,7 @@ __all__ = [
     "advise_indexes",
     "async_routed_sessionmaker",
     "diagnose",
+    "gather_bounded",
     "instrument_pool",
     "routed_sessionmaker",
 ]
