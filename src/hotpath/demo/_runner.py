@@ -105,7 +105,7 @@ async def run_configuration(settings: ShopSettings, spec: LoadSpec, scale: str) 
 
 
 def configurations(ablation: bool) -> list[Fixes]:
-    available = ("pool", "eager", "indexes", "replicas", "fanout")  # the fixes wired so far
+    available = ("pool", "eager", "indexes", "replicas", "fanout", "keyset")  # wired so far
     optimized = Fixes(**dict.fromkeys(available, True))
     runs = [Fixes.naive(), optimized]
     if ablation:

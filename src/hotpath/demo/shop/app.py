@@ -22,6 +22,7 @@ from ...concurrent import (
     gather_bounded,
     with_deadline,
 )
+from ...paging import InvalidCursor
 from ...pool import PoolMetrics, PoolPlan
 from ...routing import ASGITokenMiddleware, AsyncReplicaSet, async_routed_sessionmaker
 from . import queries
@@ -178,11 +179,15 @@ def create_app(settings: ShopSettings) -> FastAPI:
         min_price: Decimal | None = None,
         max_price: Decimal | None = None,
         page: int = 0,
+        after: str | None = None,
     ) -> dict[str, Any]:
         async with sessions() as session:
-            return await queries.list_products(
-                session, fixes, category_id, min_price, max_price, page
-            )
+            try:
+                return await queries.list_products(
+                    session, fixes, category_id, min_price, max_price, page, after
+                )
+            except InvalidCursor as exc:
+                raise HTTPException(400, f"bad 'after' cursor: {exc}") from exc
 
     @app.get("/products/{product_id}")
     async def product_detail(product_id: int) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from sqlalchemy import Select, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload, selectinload
 
+from ...paging import keyset_page_async
 from .fixes import Fixes
 from .models import Order, OrderItem, Product, User
 
@@ -50,6 +51,9 @@ def product_list_query(
     return query
 
 
+NEWEST_FIRST = (Product.created_at.desc(), Product.id.desc())
+
+
 async def list_products(
     session: AsyncSession,
     fixes: Fixes,
@@ -57,13 +61,25 @@ async def list_products(
     min_price: Decimal | None = None,
     max_price: Decimal | None = None,
     page: int = 0,
+    after: str | None = None,
 ) -> dict[str, Any]:
-    """A page of a category's active products, newest first (OFFSET paging)."""
+    """A page of a category's active products, newest first.
+
+    Naive: OFFSET paging (``page``), which reads every earlier row. The keyset fix: the
+    "next" link carries a cursor (``after``), and every page costs the same.
+    """
     query = product_list_query(category_id, min_price, max_price, fixes)
-    query = query.order_by(Product.created_at.desc(), Product.id.desc())
-    products = (await session.scalars(query.offset(page * PAGE_SIZE).limit(PAGE_SIZE))).all()
+    follow: dict[str, Any] | None
+    if fixes.keyset and page == 0:
+        found = await keyset_page_async(session, query, NEWEST_FIRST, after, PAGE_SIZE)
+        products = found.items
+        follow = {"after": found.next_cursor} if found.next_cursor else None
+    else:
+        query = query.order_by(*NEWEST_FIRST).offset(page * PAGE_SIZE).limit(PAGE_SIZE)
+        products = list((await session.scalars(query)).all())
+        follow = {"page": page + 1} if len(products) == PAGE_SIZE else None
     items = [await _product_row(session, p) for p in products]
-    return {"items": items, "next": {"page": page + 1} if len(items) == PAGE_SIZE else None}
+    return {"items": items, "next": follow}
 
 
 async def product_detail(
