@@ -10,6 +10,7 @@ Components (each a sub-package with its own public API):
 - :mod:`hotpath.pool` — pools sized from the server's budget, metrics, leak detection,
   self-healing.
 - :mod:`hotpath.concurrent` — bounded gather, deadlines, circuit breaker, retries.
+- :mod:`hotpath.paging` — keyset pagination with signed cursors, keyset iteration.
 - :mod:`hotpath.routing` — reads to replicas, writes to the primary, read-your-writes by WAL
   position, lag ejection, failover.
 

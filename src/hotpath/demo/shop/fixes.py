@@ -43,7 +43,13 @@ class Fixes:
 
     @property
     def label(self) -> str:
-        on = [f.name for f in fields(self) if getattr(self, f.name)]
+        names = [f.name for f in fields(self)]
+        on = [name for name in names if getattr(self, name)]
+        off = [name for name in names if not getattr(self, name)]
         if not on:
             return "naive"
-        return "optimized" if len(on) == len(fields(self)) else "+" + "+".join(on)
+        if not off:
+            return "optimized"
+        if len(on) > len(off):
+            return "optimized without " + ", ".join(off)
+        return "+" + "+".join(on)
