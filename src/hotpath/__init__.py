@@ -9,6 +9,7 @@ Components (each a sub-package with its own public API):
 - :mod:`hotpath.doctor` — diagnose a live database; index advice validated with HypoPG.
 - :mod:`hotpath.pool` — pools sized from the server's budget, metrics, leak detection,
   self-healing.
+- :mod:`hotpath.bulk` — COPY bulk writes and upserts.
 - :mod:`hotpath.concurrent` — bounded gather, deadlines, circuit breaker, retries.
 - :mod:`hotpath.paging` — keyset pagination with signed cursors, keyset iteration.
 - :mod:`hotpath.routing` — reads to replicas, writes to the primary, read-your-writes by WAL
