@@ -218,42 +218,47 @@ def load_shop(
     seed: int = 42,
     progress: Callable[[str, int], None] | None = None,
 ) -> dict[str, int]:
-    """Create the schema (primary keys only) and fill it with COPY; returns rows per table."""
-    from sqlalchemy import create_engine  # noqa: PLC0415
+    """Create the schema (primary keys only) and fill it with ``hotpath.bulk``'s COPY;
+    returns rows per table. ``progress(table, rows_so_far)`` is called every 10,000 rows."""
+    from sqlalchemy import create_engine, text  # noqa: PLC0415
+
+    from ...bulk import copy_rows  # noqa: PLC0415
 
     engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(dsn))
-    Base.metadata.drop_all(engine)
-    Base.metadata.create_all(engine)
-    engine.dispose()
-    counts: dict[str, int] = {}
-    with psycopg.connect(dsn) as conn:
-        for table, rows in generate(scale, seed).items():
-            columns = columns_of(table)
-            counts[table] = _copy(conn, table, columns, rows(), progress)
-            # COPY wrote explicit ids: move the SERIAL sequence past them for new rows
-            conn.execute(
-                f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
-                f" (SELECT coalesce(max(id), 0) + 1 FROM {table}), false)"
-            )
-        conn.commit()
-        conn.execute("ANALYZE")
+    try:
+        Base.metadata.drop_all(engine)
+        Base.metadata.create_all(engine)
+        counts: dict[str, int] = {}
+        with engine.begin() as conn:
+            for table, rows in generate(scale, seed).items():
+                counts[table] = copy_rows(
+                    conn,
+                    Base.metadata.tables[table],
+                    _reporting(table, rows(), progress),
+                    columns_of(table),
+                )
+                # COPY wrote explicit ids: move the SERIAL sequence past them for new rows
+                conn.execute(
+                    text(
+                        f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
+                        f" (SELECT coalesce(max(id), 0) + 1 FROM {table}), false)"
+                    )
+                )
+        with engine.connect() as conn:
+            conn.execute(text("ANALYZE"))
+    finally:
+        engine.dispose()
     return counts
 
 
-def _copy(
-    conn: psycopg.Connection[Any],
-    table: str,
-    columns: Sequence[str],
-    rows: Iterator[tuple[Any, ...]],
-    progress: Callable[[str, int], None] | None,
-) -> int:
+def _reporting(
+    table: str, rows: Iterator[tuple[Any, ...]], progress: Callable[[str, int], None] | None
+) -> Iterator[tuple[Any, ...]]:
     count = 0
-    with conn.cursor().copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row(row)
-            count += 1
-            if progress is not None and count % 10_000 == 0:
-                progress(table, count)
+    for row in rows:
+        yield row
+        count += 1
+        if progress is not None and count % 10_000 == 0:
+            progress(table, count)
     if progress is not None:
         progress(table, count)
-    return count
