@@ -11,6 +11,7 @@ Components (each a sub-package with its own public API):
   self-healing.
 - :mod:`hotpath.bulk` — COPY bulk writes and upserts.
 - :mod:`hotpath.concurrent` — bounded gather, deadlines, circuit breaker, retries.
+- :mod:`hotpath.partitions` — time partitions ahead of time, old ones detached.
 - :mod:`hotpath.paging` — keyset pagination with signed cursors, keyset iteration.
 - :mod:`hotpath.routing` — reads to replicas, writes to the primary, read-your-writes by WAL
   position, lag ejection, failover.

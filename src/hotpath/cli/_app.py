@@ -10,6 +10,7 @@ import typer
 from .. import __version__
 from .._errors import HotpathError
 from ..doctor._cli import advise, doctor, explain
+from ..partitions._cli import partitions_app
 from ..pool._cli import pool_app
 from ..routing._cli import routing_app
 from ._console import err
@@ -25,6 +26,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 app.add_typer(stack_app, name="stack")
+app.add_typer(partitions_app, name="partitions")
 app.add_typer(pool_app, name="pool")
 app.add_typer(routing_app, name="routing")
 app.command()(demo)
