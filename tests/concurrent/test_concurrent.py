@@ -244,3 +244,17 @@ def test_bad_options_are_refused() -> None:
         CircuitBreaker(failure_threshold=0)
     with pytest.raises(ConcurrencyConfigError):
         asyncio.run(gather_bounded(limit=0))
+
+
+async def test_a_dependency_that_is_down_opens_the_breaker() -> None:
+    from hotpath.stack._process import free_ports
+
+    down = f"http://127.0.0.1:{free_ports(1)[0]}"  # nothing listens there
+    breaker = CircuitBreaker(failure_threshold=2, reset_timeout=60, name="down")
+    async with httpx.AsyncClient(base_url=down, timeout=1.0) as client:
+        for _ in range(2):
+            with pytest.raises(httpx.ConnectError):
+                await breaker.acall(_get, client, "/ok")
+        with pytest.raises(CircuitOpenError):
+            await breaker.acall(_get, client, "/ok")
+    assert breaker.stats().opened == 1

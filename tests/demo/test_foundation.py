@@ -38,10 +38,22 @@ def test_load_shop_fills_every_table_with_copy(hotpath_db: ModuleDatabase) -> No
     with psycopg.connect(hotpath_db.dsn) as conn:
         for table, expected in counts.items():
             assert conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (expected,)
-        indexes = conn.execute(
-            "SELECT count(*) FROM pg_indexes WHERE schemaname = 'public'"
-        ).fetchone()
-    assert indexes == (len(counts),)  # primary keys only: the naive starting point
+        indexes = [
+            name
+            for (name,) in conn.execute(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = 'public'"
+            )
+        ]
+        partitions = [
+            name
+            for (name,) in conn.execute(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                " WHERE i.inhparent = 'order_events'::regclass"
+            )
+        ]
+    assert all(name.endswith("_pkey") for name in indexes)  # primary keys only: naive
+    assert {f"{table}_pkey" for table in counts} <= set(indexes)
+    assert len(partitions) == 4  # order events: this month and the next three
 
 
 def _slow_app() -> FastAPI:

@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime, timezone
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from fastapi import FastAPI
 
@@ -131,7 +133,7 @@ async def test_eager_fix_turns_n_plus_one_into_constant_queries(
 
 @pytest.mark.parametrize("config", ["pool", "replicas"])
 async def test_a_placed_order_is_visible_on_the_next_request(
-    clients: dict[str, httpx.AsyncClient], config: str
+    clients: dict[str, httpx.AsyncClient], config: str, shop_db: ModuleDatabase
 ) -> None:
     client = clients[config]
     placed = await client.post(
@@ -144,6 +146,12 @@ async def test_a_placed_order_is_visible_on_the_next_request(
     assert placed.status_code == 201, placed.text
     orders = (await client.get("/users/7/orders")).json()
     assert orders[0]["id"] == placed.json()["id"]
+    with psycopg.connect(shop_db.dsn) as conn:  # its event sits in this month's partition
+        where = conn.execute(
+            "SELECT tableoid::regclass::text FROM order_events WHERE order_id = %s",
+            [placed.json()["id"]],
+        ).fetchone()
+    assert where == (f"order_events_p{datetime.now(timezone.utc):%Y%m}01",)
     assert [item["quantity"] for item in orders[0]["items"]] == [2, 1]
     bad = await client.post(
         "/orders", json={"user_id": 7, "lines": [{"product_id": 10**9, "quantity": 1}]}

@@ -223,6 +223,7 @@ def load_shop(
     from sqlalchemy import create_engine, text  # noqa: PLC0415
 
     from ...bulk import copy_rows  # noqa: PLC0415
+    from ...partitions import ensure_partitions  # noqa: PLC0415
 
     engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(dsn))
     try:
@@ -244,6 +245,8 @@ def load_shop(
                         f" (SELECT coalesce(max(id), 0) + 1 FROM {table}), false)"
                     )
                 )
+        # order events are range-partitioned by month: this month's and the next three
+        ensure_partitions(engine, "order_events", "month", ahead=3)
         with engine.connect() as conn:
             conn.execute(text("ANALYZE"))
     finally:

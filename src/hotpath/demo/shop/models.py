@@ -75,3 +75,15 @@ class Review(Base):
     body: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     product: Mapped[Product] = relationship(back_populates="reviews")
+
+
+class OrderEvent(Base):
+    """What happened to an order, append-only: range-partitioned by month (hotpath.partitions
+    keeps the current and coming months' partitions in place)."""
+
+    __tablename__ = "order_events"
+    __table_args__ = {"postgresql_partition_by": "RANGE (created_at)"}  # noqa: RUF012
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    order_id: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(20))

@@ -14,7 +14,7 @@ from sqlalchemy.orm import joinedload, selectinload
 
 from ...paging import keyset_page_async
 from .fixes import Fixes
-from .models import Order, OrderItem, Product, User
+from .models import Order, OrderEvent, OrderItem, Product, User
 
 PAGE_SIZE = 20
 
@@ -158,6 +158,8 @@ async def place_order(
         items=[OrderItem(product_id=p, quantity=q, unit_price=prices[p]) for p, q in lines],
     )
     session.add(order)
+    await session.flush()
+    session.add(OrderEvent(order_id=order.id, kind="placed", created_at=order.created_at))
     await session.commit()
     return {"id": order.id, "total": _money(order.total)}
 
