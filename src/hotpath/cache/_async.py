@@ -1,0 +1,255 @@
+"""``AsyncCache``: the async twin. Runs the shared flows with redis.asyncio and tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar
+
+import redis
+import redis.asyncio.cluster
+
+from ..concurrent import CircuitOpenError
+from . import _core as core
+from ._commands import command_for
+from ._core import UNAVAILABLE, CacheCore, Flow, Op
+from ._decorator import KeyTemplate
+from ._memory import MemoryTier
+from ._redis import SCRIPTS, AsyncClient, RedisTier
+from ._serialize import Serializer
+from ._stats import CacheStats
+from ._sync import loading, reentrant_error
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class AsyncCache:
+    """The async twin of :class:`hotpath.cache.Cache`: the same options and methods, as
+    coroutines; loaders may be sync or async functions."""
+
+    def __init__(
+        self,
+        l1: MemoryTier | None = None,
+        l2: RedisTier | None = None,
+        *,
+        namespace: str = "hotpath",
+        default_ttl: float = 300.0,
+        stale_ttl: float | None = None,
+        negative_ttl: float | None = 30.0,
+        jitter: float = 0.1,
+        xfetch_beta: float = 1.0,
+        serializer: str | Serializer = "json",
+        max_value_bytes: int = 1 << 20,
+        wait_timeout: float | None = None,
+    ) -> None:
+        self._core = CacheCore(
+            l1,
+            l2,
+            namespace=namespace,
+            default_ttl=default_ttl,
+            stale_ttl=stale_ttl,
+            negative_ttl=negative_ttl,
+            jitter=jitter,
+            xfetch_beta=xfetch_beta,
+            serializer=serializer,
+            max_value_bytes=max_value_bytes,
+            wait_timeout=wait_timeout,
+        )
+        self._l2 = l2
+        self._ns = self._core.namespace
+        self._client: AsyncClient | None = l2.async_client() if l2 is not None else None
+        self._scripts = (
+            {name: self._client.register_script(lua) for name, lua in SCRIPTS.items()}
+            if self._client is not None
+            else {}
+        )
+        self._flights: dict[str, asyncio.Future[Any]] = {}
+        self._refreshing: dict[str, asyncio.Task[None]] = {}
+        self._listener = self._core.start_channel()
+
+    # -- public API ------------------------------------------------------------------------
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        name = self._core.name(key)
+        value = self._core.fresh_from_l1(name)
+        if value is core.MISS:
+            value = await self._drive(self._core.get_flow(name))
+        return default if value is core.MISS else value
+
+    async def set(
+        self, key: str, value: Any, ttl: float | None = None, tags: Iterable[str] = ()
+    ) -> None:
+        flow = self._core.set_flow(
+            self._core.name(key), value, ttl, self._core.tag_names(tuple(tags))
+        )
+        await self._drive(flow)
+
+    async def delete(self, key: str) -> None:
+        await self._drive(self._core.delete_flow(self._core.name(key)))
+
+    async def invalidate_tags(self, *tags: str) -> None:
+        await self._drive(self._core.invalidate_flow(self._core.tag_names(tags)))
+
+    async def get_or_set(
+        self,
+        key: str,
+        loader: Callable[[], Awaitable[R]] | Callable[[], R],
+        ttl: float | None = None,
+        tags: Iterable[str] = (),
+    ) -> R:
+        name = self._core.name(key)
+        value = self._core.fresh_from_l1(name)
+        if value is not core.MISS:
+            return value  # type: ignore[no-any-return]
+        if name in loading.get():
+            raise reentrant_error(name)
+        flight = self._flights.get(name)
+        if flight is not None:
+            self._core.counters.stampede_joins += 1
+            return await asyncio.shield(flight)
+        flight = self._flights[name] = asyncio.get_running_loop().create_future()
+        token = loading.set(loading.get() | {name})
+        try:
+            flow = self._core.get_or_set_flow(name, loader, ttl, self._core.tag_names(tuple(tags)))
+            value = await self._drive(flow)
+        except BaseException as error:
+            if not flight.done():
+                flight.set_exception(error)
+                flight.exception()  # retrieved: no "never retrieved" warning without joiners
+            raise
+        else:
+            flight.set_result(value)
+            return value  # type: ignore[no-any-return]
+        finally:
+            loading.reset(token)
+            del self._flights[name]
+
+    def cached(
+        self, ttl: float | None = None, key: str | None = None, tags: Iterable[str] = ()
+    ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
+        """Decorator for ``async def`` functions (same templates as ``Cache.cached``)."""
+
+        def decorate(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+            template = KeyTemplate(fn, key, tuple(tags))
+
+            @functools.wraps(fn)
+            async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+                built, built_tags = template.build(args, kwargs)
+                return await self.get_or_set(built, lambda: fn(*args, **kwargs), ttl, built_tags)
+
+            return wrapper
+
+        return decorate
+
+    def stats(self) -> CacheStats:
+        return self._core.stats()
+
+    async def aclose(self) -> None:
+        for task in list(self._refreshing.values()):
+            task.cancel()
+        if self._listener is not None:
+            await asyncio.to_thread(self._listener.stop)
+            self._listener = None
+        if self._l2 is not None:
+            await self._l2.aclose()
+
+    async def __aenter__(self) -> AsyncCache:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- the driver ------------------------------------------------------------------------
+
+    async def _drive(self, flow: Flow) -> Any:
+        result: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                op = flow.send(result) if error is None else flow.throw(error)
+            except StopIteration as done:
+                return done.value
+            result, error = None, None
+            if isinstance(op, core.Load):
+                began = time.perf_counter()
+                try:
+                    value = op.loader()
+                    if inspect.isawaitable(value):
+                        value = await value
+                except Exception as failure:
+                    error = failure
+                else:
+                    result = (value, time.perf_counter() - began)
+            else:
+                result = await self._execute(op)
+
+    async def _execute(self, op: Op) -> Any:
+        if isinstance(op, core.Wait):
+            up = self._listener is not None and self._listener.connected.is_set()
+            timeout = op.timeout if up else min(op.timeout, 0.05)  # no channel: short naps
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(op.waiter.wait(), timeout)
+            return None
+        if isinstance(op, core.Refresh):
+            self._refresh_in_background(op)
+            return None
+        assert self._l2 is not None
+        try:
+            with self._l2.breaker:
+                return await self._redis(op)
+        except CircuitOpenError:
+            self._core.counters.redis_skipped += 1
+        except (redis.RedisError, OSError, asyncio.TimeoutError):
+            self._core.counters.redis_errors += 1
+        return UNAVAILABLE
+
+    async def _redis(self, op: Op) -> Any:
+        client = self._client
+        assert client is not None
+        assert self._l2 is not None
+        command = command_for(op, self._ns, int(self._l2.lease_ttl * 1000))
+        if command.script is None:
+            if command.command == "get":
+                return command.parse(await client.get(command.keys[0]))
+            if isinstance(client, redis.asyncio.cluster.RedisCluster):
+                return command.parse(await client.mget_nonatomic(command.keys))
+            return command.parse(await client.mget(command.keys))
+        script = self._scripts[command.script]
+        if not isinstance(op, core.Acquire):
+            return command.parse(await script(keys=command.keys, args=command.args))
+        event = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def wake() -> None:  # called from the listener thread
+            loop.call_soon_threadsafe(event.set)
+
+        if op.wait:
+            self._core.waiters.arm(op.name, wake)
+        try:
+            status, data = command.parse(await script(keys=command.keys, args=command.args))
+        except BaseException:
+            self._core.waiters.disarm(op.name, wake)
+            raise
+        if status != core.HELD:
+            self._core.waiters.disarm(op.name, wake)
+        return status, data, event
+
+    def _refresh_in_background(self, op: core.Refresh) -> None:
+        if op.name in self._refreshing:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._drive(self._core.refresh_flow(op.name, op.loader, op.ttl, op.tags))
+        )
+        self._refreshing[op.name] = task
+        task.add_done_callback(lambda _: self._refreshing.pop(op.name, None))

@@ -1,0 +1,611 @@
+"""The cache's logic, shared by the sync and async twins without any I/O of its own.
+
+Each operation is a generator ("flow") that yields small op objects (read Redis, take a lease,
+run the loader, wait for another process's load...) and receives their results; the sync and
+async drivers only execute ops. So every rule lives here once:
+
+- L1, then L2, then a load; a value past its soft TTL (or picked by XFetch) is served while one
+  caller refreshes it in the background; past its hard TTL it is gone.
+- A load on a miss takes a Redis lease first (``SET NX PX``); callers that find the lease
+  held wait to be woken by the holder's fill message, and the fill is stored only if the lease
+  is still the holder's (an invalidation deletes it): no stale sets.
+- Tags are version stamps: an entry records the versions it was loaded under (read *before*
+  the load), and is valid only while they are current.
+- Redis unavailable (error, timeout, open circuit) is a result, never an exception: the flow
+  falls back to L1 and the loader, and counts it.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any, Final
+
+from ._entry import Entry, TagVersions, check_namespace, expiries, pack, safe_name, unpack
+from ._errors import CacheConfigError, SerializationError
+from ._listener import Listener, Message, Waiters
+from ._memory import MemoryTier
+from ._redis import RedisTier, channel_name
+from ._serialize import Serializer, resolve_serializer
+from ._stats import CacheStats, Counters, snapshot
+
+log = logging.getLogger("hotpath.cache")
+
+
+class _Sentinel:
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return self._name
+
+
+MISS: Final = _Sentinel("MISS")
+UNAVAILABLE: Final = _Sentinel("UNAVAILABLE")  # Redis could not answer (error, timeout, circuit)
+
+HIT, LEASE, HELD = 1, 2, 3
+
+
+# -- ops: what a flow asks its driver to do -------------------------------------------------
+
+
+@dataclass(slots=True)
+class L2Get:
+    name: str
+
+
+@dataclass(slots=True)
+class TagRead:
+    tags: list[str]
+
+
+@dataclass(slots=True)
+class Acquire:
+    """Returns ``(HIT, bytes, None)``, ``(LEASE, None, None)`` or ``(HELD, seconds, waiter)``;
+    with ``wait`` the driver arms a waiter before asking, so no wake-up can be missed."""
+
+    name: str
+    token: str
+    skip_entry: bool
+    wait: bool
+
+
+@dataclass(slots=True)
+class Wait:
+    waiter: Any
+    timeout: float
+
+
+@dataclass(slots=True)
+class Fill:
+    name: str
+    token: str
+    payload: bytes
+    ttl_ms: int
+    message: str
+
+
+@dataclass(slots=True)
+class Release:
+    name: str
+    token: str
+    message: str
+
+
+@dataclass(slots=True)
+class Write:
+    name: str
+    payload: bytes
+    ttl_ms: int
+    message: str
+
+
+@dataclass(slots=True)
+class Delete:
+    name: str
+    message: str
+
+
+@dataclass(slots=True)
+class BumpTag:
+    tag: str
+    version: str
+    message: str
+
+
+@dataclass(slots=True)
+class Load:
+    """Run the loader; the result is ``(value, seconds)``, or its exception is thrown in."""
+
+    loader: Callable[[], Any]
+
+
+@dataclass(slots=True)
+class Refresh:
+    """Refresh ``name`` in the background (at most one refresh per key per process)."""
+
+    name: str
+    loader: Callable[[], Any]
+    ttl: float | None
+    tags: tuple[str, ...]
+
+
+Op = L2Get | TagRead | Acquire | Wait | Fill | Release | Write | Delete | BumpTag | Load | Refresh
+Flow = Generator[Op, Any, Any]
+
+
+class CacheCore:
+    """Configuration, counters and flows of one cache (see the module doc)."""
+
+    def __init__(
+        self,
+        l1: MemoryTier | None,
+        l2: RedisTier | None,
+        *,
+        namespace: str,
+        default_ttl: float,
+        stale_ttl: float | None,
+        negative_ttl: float | None,
+        jitter: float,
+        xfetch_beta: float,
+        serializer: str | Serializer,
+        max_value_bytes: int,
+        wait_timeout: float | None,
+    ) -> None:
+        if l1 is None and l2 is None:
+            raise CacheConfigError(
+                "a cache needs at least one tier: l1=MemoryTier(), l2=RedisTier(url)"
+            )
+        if default_ttl <= 0 or (negative_ttl is not None and negative_ttl <= 0):
+            raise CacheConfigError("default_ttl and negative_ttl must be > 0 seconds")
+        if not 0 <= jitter < 1 or xfetch_beta < 0 or max_value_bytes < 1:
+            raise CacheConfigError(
+                "jitter must be in [0, 1), xfetch_beta >= 0, max_value_bytes >= 1"
+            )
+        self.l1 = l1
+        self.l2 = l2
+        self.namespace = check_namespace(namespace)
+        self.default_ttl = default_ttl
+        self.stale_ttl = stale_ttl
+        self.negative_ttl = negative_ttl
+        self.jitter = jitter
+        self.beta = xfetch_beta
+        self.serializer = resolve_serializer(serializer)
+        self.max_value_bytes = max_value_bytes
+        self.wait_timeout = (
+            wait_timeout if wait_timeout is not None else (2 * l2.lease_ttl if l2 else 0.0)
+        )
+        self.origin = secrets.token_hex(6)
+        self.counters = Counters()
+        self.waiters = Waiters()
+        self.channel_connected = l2 is None  # an L1-only cache is trivially coherent
+        self.channel_drops = 0
+
+    # -- names and small helpers ---------------------------------------------------------
+
+    def name(self, key: str) -> str:
+        return safe_name(key, "key")
+
+    def tag_names(self, tags: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+        return tuple(safe_name(t, "tag") for t in tags)
+
+    def _message(self, kind: str, name: str, version: str = "") -> str:
+        return Message(self.origin, kind, name, version).encode()
+
+    def _l1(self) -> MemoryTier | None:
+        """L1 when its contents can be trusted: it hears other processes' invalidations, or
+        Redis is out of reach anyway (then L1 and the loader are all there is)."""
+        if self.l1 is None:
+            return None
+        if self.channel_connected or (
+            self.l2 is not None and self.l2.breaker.state.value == "open"
+        ):
+            return self.l1
+        return None
+
+    def _new_entry(
+        self, value: Any, ttl: float | None, seconds: float, versions: TagVersions
+    ) -> Entry:
+        if value is None and self.negative_ttl is not None:
+            life = self.negative_ttl if ttl is None else min(ttl, self.negative_ttl)
+        else:
+            life = self.default_ttl if ttl is None else ttl
+        if life <= 0:
+            raise CacheConfigError(f"ttl must be > 0 seconds, got {life}")
+        stale = life * 0.5 if self.stale_ttl is None else self.stale_ttl
+        soft, hard = expiries(time.time(), life, stale, self.jitter)
+        return Entry(value, soft, hard, seconds, versions)
+
+    def _pack(self, entry: Entry, name: str) -> tuple[bytes, int]:
+        payload = pack(entry, self.serializer, self.max_value_bytes, name)
+        ttl_ms = max(1, int((entry.hard_expiry - time.time()) * 1000))
+        return payload, ttl_ms
+
+    def _decode(self, raw: bytes) -> Entry | None:
+        try:
+            return unpack(raw, self.serializer)
+        except (SerializationError, ValueError, TypeError, KeyError) as error:
+            self.counters.decode_errors += 1
+            log.warning("hotpath.cache: unreadable entry treated as a miss: %s", error)
+            return None
+
+    def fresh_from_l1(self, name: str) -> Any:
+        """The fast path: a fresh, valid L1 value, or MISS (then run a flow)."""
+        l1 = self._l1()
+        if l1 is None:
+            return MISS
+        now = time.time()
+        entry = l1.get(name, now)
+        if entry is None or not entry.is_fresh(now, self.beta):
+            return MISS
+        if entry.tags and l1.tags_current(entry.tags) is not True:
+            return MISS
+        self.counters.l1_hits += 1
+        return entry.value
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _tags_valid(self, entry: Entry, mark: int | None) -> Generator[Op, Any, bool]:
+        if not entry.tags:
+            return True
+        l1 = self._l1()
+        if l1 is not None:
+            known = l1.tags_current(entry.tags)
+            if known is not None:
+                return known
+        if self.l2 is None:
+            return False
+        versions = yield TagRead(list(entry.tags))
+        if versions is UNAVAILABLE:
+            return False  # cannot tell whether it was invalidated: do not serve it
+        if l1 is not None:
+            l1.learn_tags(versions, since=mark)
+        return all(versions[t] == v for t, v in entry.tags.items())
+
+    def _snapshot(
+        self, tags: tuple[str, ...], mark: int | None
+    ) -> Generator[Op, Any, TagVersions | None]:
+        """Tag versions to store a load under, read before the load starts; None if Redis
+        cannot say."""
+        if not tags:
+            return {}
+        l1 = self._l1()
+        if l1 is not None:
+            known = l1.tag_versions(tags)
+            if known is not None:
+                return known
+        if self.l2 is None:
+            assert self.l1 is not None
+            self.l1.learn_tags({t: "" for t in tags if self.l1.tag_versions([t]) is None})
+            return self.l1.tag_versions(tags)
+        versions = yield TagRead(list(tags))
+        if versions is UNAVAILABLE:
+            return None
+        if l1 is not None:
+            l1.learn_tags(versions, since=mark)
+        return dict(versions)
+
+    def get_flow(self, name: str) -> Flow:
+        """A fresh value (or MISS): ``get`` never loads, so it never serves stale either."""
+        now = time.time()
+        l1 = self._l1()
+        if l1 is not None:
+            entry = l1.get(name, now)
+            if (
+                entry is not None
+                and now < entry.soft_expiry
+                and (yield from self._tags_valid(entry, None))
+            ):
+                self.counters.l1_hits += 1
+                return entry.value
+        if self.l2 is not None:
+            mark = l1.mark() if l1 is not None else None
+            raw = yield L2Get(name)
+            if raw is not UNAVAILABLE and raw is not None:
+                entry = self._decode(raw)
+                if (
+                    entry is not None
+                    and now < entry.soft_expiry
+                    and (yield from self._tags_valid(entry, mark))
+                ):
+                    self.counters.l2_hits += 1
+                    if l1 is not None:
+                        l1.fill(name, entry, since=mark)
+                    return entry.value
+        self.counters.misses += 1
+        return MISS
+
+    def get_or_set_flow(
+        self, name: str, loader: Callable[[], Any], ttl: float | None, tags: tuple[str, ...]
+    ) -> Flow:
+        now = time.time()
+        l1 = self._l1()
+        if l1 is not None:
+            entry = l1.get(name, now)
+            if entry is not None and (yield from self._tags_valid(entry, None)):
+                if entry.is_fresh(now, self.beta):
+                    self.counters.l1_hits += 1
+                    return entry.value
+                if entry.is_servable(now):
+                    self.counters.l1_hits += 1
+                    self.counters.stale_served += 1
+                    yield Refresh(name, loader, ttl, tags)
+                    return entry.value
+        mark = l1.mark() if l1 is not None else None
+        if self.l2 is None:
+            self.counters.misses += 1
+            return (yield from self._load_unleased(name, loader, ttl, tags, mark))
+        raw = yield L2Get(name)
+        if raw is UNAVAILABLE:
+            self.counters.misses += 1
+            return (yield from self._load_unleased(name, loader, ttl, tags, mark))
+        present = raw is not None
+        if present:
+            entry = self._decode(raw)
+            if (
+                entry is not None
+                and entry.is_servable(now)
+                and (yield from self._tags_valid(entry, mark))
+            ):
+                self.counters.l2_hits += 1
+                if l1 is not None:
+                    l1.fill(name, entry, since=mark)
+                if not entry.is_fresh(now, self.beta):
+                    self.counters.stale_served += 1
+                    yield Refresh(name, loader, ttl, tags)
+                return entry.value
+        self.counters.misses += 1
+        return (yield from self._load_leased(name, loader, ttl, tags, mark, skip_entry=present))
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def _run_loader(self, loader: Callable[[], Any]) -> Generator[Op, Any, tuple[Any, float]]:
+        try:
+            value, seconds = yield Load(loader)
+        except Exception:
+            self.counters.load_errors += 1
+            raise
+        self.counters.loads += 1
+        self.counters.load_seconds += seconds
+        return value, seconds
+
+    def _load_unleased(
+        self,
+        name: str,
+        loader: Callable[[], Any],
+        ttl: float | None,
+        tags: tuple[str, ...],
+        mark: int | None,
+    ) -> Flow:
+        """No Redis (L1-only, or Redis unavailable): load, and keep the value in L1 only."""
+        if self.l2 is not None:
+            self.counters.degraded_loads += 1
+        versions = yield from self._snapshot(tags, mark)
+        value, seconds = yield from self._run_loader(loader)
+        l1 = self._l1()
+        if l1 is not None:
+            if versions is None:  # Redis is down: the versions this process knows, or ""
+                versions = {t: (l1.tag_versions([t]) or {}).get(t, "") for t in tags}
+            entry = self._new_entry(value, ttl, seconds, versions)
+            self._pack(entry, name)  # size and serializability checks apply to L1 too
+            l1.fill(name, entry, since=mark)
+        return value
+
+    def _load_leased(
+        self,
+        name: str,
+        loader: Callable[[], Any],
+        ttl: float | None,
+        tags: tuple[str, ...],
+        mark: int | None,
+        *,
+        skip_entry: bool,
+    ) -> Flow:
+        versions = yield from self._snapshot(tags, mark)
+        if versions is None:
+            return (yield from self._load_unleased(name, loader, ttl, tags, mark))
+        token = secrets.token_hex(8)
+        deadline = time.monotonic() + self.wait_timeout
+        while True:
+            answer = yield Acquire(name, token, skip_entry, wait=True)
+            if answer is UNAVAILABLE:
+                return (yield from self._load_unleased(name, loader, ttl, tags, mark))
+            status, data, waiter = answer
+            if status == HIT:
+                entry = self._decode(data)
+                if (
+                    entry is not None
+                    and entry.is_servable(time.time())
+                    and (yield from self._tags_valid(entry, mark))
+                ):
+                    self.counters.l2_hits += 1
+                    l1 = self._l1()
+                    if l1 is not None:
+                        l1.fill(name, entry, since=mark)
+                    return entry.value
+                skip_entry = True
+                continue
+            if status == LEASE:
+                return (yield from self._load_and_fill(name, token, loader, ttl, versions, mark))
+            self.counters.lease_waits += 1
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.counters.wait_timeouts += 1
+                log.warning(
+                    "hotpath.cache: gave up waiting %.1fs for another loader of %r; loading "
+                    "without storing (raise RedisTier lease_ttl above your slowest loader)",
+                    self.wait_timeout,
+                    name,
+                )
+                value, _ = yield from self._run_loader(loader)
+                return value
+            yield Wait(waiter, min(max(data, 1.0) / 1000 + 0.005, remaining))
+            skip_entry = False
+            l1 = self._l1()
+            if l1 is not None:
+                mark = l1.mark()  # the fill that woke us is older than the read to come
+
+    def _load_and_fill(
+        self,
+        name: str,
+        token: str,
+        loader: Callable[[], Any],
+        ttl: float | None,
+        versions: TagVersions,
+        mark: int | None,
+    ) -> Flow:
+        """Holding the lease: load, then store only if the lease is still ours."""
+        try:
+            value, seconds = yield from self._run_loader(loader)
+            entry = self._new_entry(value, ttl, seconds, versions)
+            payload, ttl_ms = self._pack(entry, name)
+        except BaseException:
+            yield Release(name, token, self._message("k", name))
+            raise
+        l1 = self._l1()
+        # L1 first, so this process's own fill message can never arrive before it.
+        if l1 is not None:
+            l1.fill(name, entry, since=mark, write_id=token)
+        stored = yield Fill(name, token, payload, ttl_ms, self._message("k", name, token))
+        if stored is False:
+            self.counters.stale_sets_refused += 1
+            if l1 is not None:
+                l1.invalidate(name)
+        elif stored is UNAVAILABLE:
+            self.counters.writes_failed += 1
+        return value
+
+    def refresh_flow(
+        self, name: str, loader: Callable[[], Any], ttl: float | None, tags: tuple[str, ...]
+    ) -> Flow:
+        """Background refresh of a stale (or XFetch-picked) value; a failure leaves the stale
+        value in place until its hard TTL (fail-safe) and is counted."""
+        self.counters.refreshes += 1
+        l1 = self._l1()
+        mark = l1.mark() if l1 is not None else None
+        try:
+            if self.l2 is None:
+                yield from self._load_unleased(name, loader, ttl, tags, mark)
+                return None
+            versions = yield from self._snapshot(tags, mark)
+            if versions is None:
+                return None
+            token = secrets.token_hex(8)
+            answer = yield Acquire(name, token, skip_entry=True, wait=False)
+            if answer is UNAVAILABLE or answer[0] != LEASE:
+                return None  # another process is refreshing it
+            yield from self._load_and_fill(name, token, loader, ttl, versions, mark)
+        except Exception as error:
+            self.counters.stale_on_error += 1
+            log.warning(
+                "hotpath.cache: refresh of %r failed, serving the stale value: %r", name, error
+            )
+        return None
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def set_flow(self, name: str, value: Any, ttl: float | None, tags: tuple[str, ...]) -> Flow:
+        l1 = self._l1()
+        mark = l1.mark() if l1 is not None else None
+        versions = yield from self._snapshot(tags, mark)
+        if versions is None:
+            versions = dict.fromkeys(tags, "")
+        entry = self._new_entry(value, ttl, 0.0, versions)
+        payload, ttl_ms = self._pack(entry, name)
+        write_id = secrets.token_hex(8)
+        if self.l1 is not None:
+            self.l1.invalidate(name)
+            if l1 is not None:
+                l1.fill(name, entry, write_id=write_id)
+        if self.l2 is not None:
+            done = yield Write(name, payload, ttl_ms, self._message("k", name, write_id))
+            self._check_written(done, "set", name)
+        return None
+
+    def delete_flow(self, name: str) -> Flow:
+        if self.l1 is not None:
+            self.l1.invalidate(name)
+        if self.l2 is not None:
+            done = yield Delete(name, self._message("k", name))
+            self._check_written(done, "delete", name)
+        return None
+
+    def invalidate_flow(self, tags: tuple[str, ...]) -> Flow:
+        for tag in tags:
+            version = secrets.token_hex(8)
+            if self.l1 is not None:
+                self.l1.set_tag(tag, version)
+            if self.l2 is not None:
+                done = yield BumpTag(tag, version, self._message("t", tag, version))
+                self._check_written(done, "invalidate_tags", tag)
+        return None
+
+    def _check_written(self, done: Any, what: str, name: str) -> None:
+        if done is UNAVAILABLE:
+            self.counters.writes_failed += 1
+            log.warning(
+                "hotpath.cache: %s(%r) did not reach Redis (applied to this process's L1 only); "
+                "other processes may serve the old value until its TTL",
+                what,
+                name,
+            )
+
+    # -- the invalidation channel ----------------------------------------------------------
+
+    def on_message(self, message: Message) -> None:
+        self.counters.invalidations_received += 1
+        if message.kind == "k":
+            self.waiters.wake(message.name)
+            if self.l1 is not None:
+                if message.origin == self.origin:
+                    self.l1.invalidate_unless(message.name, message.version)
+                else:
+                    self.l1.invalidate(message.name)
+        elif message.kind == "t" and self.l1 is not None:
+            self.l1.set_tag(message.name, message.version)
+
+    def on_connect(self) -> None:
+        # Invalidations sent while we were away were missed: start from an empty L1.
+        self._flush()
+        self.channel_connected = True
+
+    def on_disconnect(self) -> None:
+        self.channel_connected = False
+        self.channel_drops += 1
+        self._flush()
+        self.waiters.wake_all()
+
+    def _flush(self) -> None:
+        if self.l1 is not None:
+            self.l1.clear()
+            self.counters.l1_flushes += 1
+
+    def start_channel(self) -> Listener | None:
+        """Subscribe to the invalidation channel (a daemon thread, for both twins)."""
+        if self.l2 is None:
+            return None
+        client = self.l2.listener_client()
+        listener = Listener(
+            client.pubsub,
+            channel_name(self.namespace),
+            self.on_message,
+            self.on_connect,
+            self.on_disconnect,
+            self.l2.health_interval,
+        )
+        listener.start()
+        listener.connected.wait(1.0)  # first calls can use L1 once subscribed
+        return listener
+
+    def stats(self) -> CacheStats:
+        return snapshot(
+            self.counters,
+            l1_size=len(self.l1) if self.l1 is not None else 0,
+            l1_evictions=self.l1.evictions if self.l1 is not None else 0,
+            circuit=self.l2.breaker.state.value if self.l2 is not None else "n/a",
+            channel_connected=self.channel_connected,
+            channel_drops=self.channel_drops,
+        )

@@ -1,0 +1,175 @@
+"""The in-process tier (L1): bounded entries with a TTL cap, the tag versions this process
+knows, and a short log of recent invalidations so a fill that raced one is refused."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Literal
+
+from ._entry import Entry, TagVersions
+from ._errors import CacheConfigError
+from ._policy import LruPolicy, Policy, TinyLfuPolicy
+
+_LOG_SIZE = 4096
+_ALL = "*"
+
+
+class MemoryTier:
+    """In-process cache tier.
+
+    ``maxsize`` bounds the entry count, ``ttl`` caps how long any entry lives here (the bound
+    on staleness if an invalidation message is lost), ``policy`` is ``"tinylfu"`` (default) or
+    ``"lru"``. Values are kept as Python objects and handed out as they are: treat them as
+    read-only.
+    """
+
+    def __init__(
+        self,
+        maxsize: int = 10_000,
+        ttl: float = 30.0,
+        *,
+        policy: Literal["tinylfu", "lru"] = "tinylfu",
+        max_tags: int = 100_000,
+    ) -> None:
+        if maxsize < 1 or ttl <= 0 or max_tags < 1:
+            raise CacheConfigError("MemoryTier needs maxsize >= 1, ttl > 0 and max_tags >= 1")
+        if policy not in ("tinylfu", "lru"):
+            raise CacheConfigError(f"unknown policy {policy!r}; use 'tinylfu' or 'lru'")
+        self.maxsize = maxsize
+        self.ttl = ttl
+        self.policy_name = policy
+        self._max_tags = max_tags
+        self._policy: Policy = TinyLfuPolicy(maxsize) if policy == "tinylfu" else LruPolicy(maxsize)
+        self._entries: dict[str, tuple[Entry, float, str]] = {}
+        self._tags: TagVersions = {}
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._log: deque[tuple[int, str]] = deque(maxlen=_LOG_SIZE)
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str, now: float) -> Entry | None:
+        with self._lock:
+            found = self._entries.get(key)
+            if found is None:
+                return None
+            if now >= found[1]:
+                del self._entries[key]
+                self._policy.remove(key)
+                return None
+            self._policy.hit(key)
+            return found[0]
+
+    def mark(self) -> int:
+        """A point in the invalidation log; pass it to :meth:`fill` after reading elsewhere."""
+        return self._seq
+
+    def fill(self, key: str, entry: Entry, since: int | None = None, write_id: str = "") -> bool:
+        """Store ``entry`` unless ``key``, one of its tags, or everything was invalidated after
+        ``since`` (then the value may predate the invalidation: refuse it). ``write_id`` names
+        the write, so this process's own invalidation message for it can be recognised."""
+        with self._lock:
+            if since is not None and self._invalidated_since(since, key, entry.tags):
+                return False
+            deadline = min(entry.hard_expiry, time.time() + self.ttl)
+            if key in self._entries:
+                self._entries[key] = (entry, deadline, write_id)
+                self._policy.hit(key)
+                return True
+            self._entries[key] = (entry, deadline, write_id)
+            for evicted in self._policy.insert(key):
+                self._entries.pop(evicted, None)  # type: ignore[call-overload]
+                self.evictions += 1
+            return key in self._entries
+
+    def _invalidated_since(self, since: int, key: str, tags: TagVersions) -> bool:
+        if since >= self._seq:
+            return False
+        if not self._log or self._log[0][0] > since + 1:
+            return True  # the log no longer reaches back to ``since``
+        names = {f"k:{key}", _ALL, *(f"t:{t}" for t in tags)}
+        for seq, name in reversed(self._log):
+            if seq <= since:
+                return False
+            if name in names:
+                return True
+        return False
+
+    def _note(self, name: str) -> None:
+        self._seq += 1
+        self._log.append((self._seq, name))
+
+    def invalidate(self, key: str) -> None:
+        with self._lock:
+            self._note(f"k:{key}")
+            if self._entries.pop(key, None) is not None:
+                self._policy.remove(key)
+
+    def invalidate_unless(self, key: str, write_id: str) -> None:
+        """Invalidate ``key`` unless its entry is the one written by ``write_id``."""
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None and write_id and found[2] == write_id:
+                return
+            self._note(f"k:{key}")
+            if found is not None:
+                del self._entries[key]
+                self._policy.remove(key)
+
+    def tag_versions(self, tags: tuple[str, ...] | list[str]) -> TagVersions | None:
+        """The known versions of ``tags``, or None if any is unknown here."""
+        known = self._tags
+        try:
+            return {t: known[t] for t in tags}
+        except KeyError:
+            return None
+
+    def tags_current(self, tags: TagVersions) -> bool | None:
+        """True if every tag still has the stored version, False if one moved, None if one is
+        unknown here (ask Redis)."""
+        known = self._tags
+        for tag, version in tags.items():
+            current = known.get(tag)
+            if current is None:
+                return None
+            if current != version:
+                return False
+        return True
+
+    def learn_tags(self, versions: TagVersions, since: int | None = None) -> None:
+        """Remember tag versions read from Redis (skipping any invalidated after ``since``)."""
+        with self._lock:
+            for tag, version in versions.items():
+                if since is not None and self._invalidated_since(since, "", {tag: ""}):
+                    continue
+                self._set_tag(tag, version)
+
+    def set_tag(self, tag: str, version: str) -> None:
+        """A tag moved to ``version`` (invalidated here or announced by another process)."""
+        with self._lock:
+            if self._tags.get(tag) == version:
+                return  # our own invalidation coming back over the channel
+            self._note(f"t:{tag}")
+            self._set_tag(tag, version)
+
+    def _set_tag(self, tag: str, version: str) -> None:
+        if tag not in self._tags and len(self._tags) >= self._max_tags:
+            # Forgetting a tag would make entries stored under an older version look valid
+            # again, so the table is never trimmed: everything is dropped instead.
+            self._clear_locked()
+        self._tags[tag] = version
+
+    def clear(self) -> None:
+        """Drop every entry and tag version (an invalidation of everything)."""
+        with self._lock:
+            self._clear_locked()
+
+    def _clear_locked(self) -> None:
+        self._note(_ALL)
+        self._entries.clear()
+        self._tags.clear()
+        self._policy.clear()

@@ -1,0 +1,220 @@
+"""The Redis tier (L2): how to reach Redis (URL or client; standalone, Sentinel-managed or
+Cluster; sync and async), the Lua scripts that make leases and fills atomic, the Redis names
+of entries, leases, tags and the invalidation channel, and the circuit breaker guarding it.
+
+Every key's entry and lease share one hash tag (``ns:{key}`` and ``ns:{key}:lease``), so the
+scripts touch one Cluster slot; tag versions live under ``ns:tag:{tag}``, one slot each.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
+
+from ..concurrent import CircuitBreaker
+from ._errors import CacheConfigError
+
+SyncClient = redis.Redis | redis.cluster.RedisCluster
+AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
+
+# KEYS: entry, lease. ARGV: token, lease ms, "1" to skip reading the entry.
+# -> {1, entry} present | {2} lease taken | {3, ms left} someone else holds the lease
+ACQUIRE = """
+if ARGV[3] == '0' then
+  local v = redis.call('GET', KEYS[1])
+  if v then return {1, v} end
+end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
+return {3, redis.call('PTTL', KEYS[2])}
+"""
+
+# KEYS: entry, lease. ARGV: token, payload, ttl ms, channel, message.
+# Stores only while the caller still holds its lease: an invalidation deletes the lease, so a
+# value loaded before it can never be written after it (memcache leases).
+FILL = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('DEL', KEYS[2])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 1
+"""
+
+# KEYS: lease. ARGV: token, channel, message. Give a lease back (the load failed).
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+  return 1
+end
+return 0
+"""
+
+# KEYS: entry, lease. ARGV: payload, ttl ms, channel, message. An explicit set wins over any
+# load in flight: the lease goes, so that load's older value is refused.
+WRITE = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('DEL', KEYS[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
+"""
+
+# KEYS: entry, lease. ARGV: channel, message.
+DELETE = """
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return 1
+"""
+
+# KEYS: tag. ARGV: new version, channel, message. O(1) whatever the number of tagged entries.
+BUMP_TAG = """
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
+"""
+
+SCRIPTS = {
+    "acquire": ACQUIRE,
+    "fill": FILL,
+    "release": RELEASE,
+    "write": WRITE,
+    "delete": DELETE,
+    "bump_tag": BUMP_TAG,
+}
+
+
+class RedisTier:
+    """The shared Redis tier.
+
+    ``target`` is a URL (``cluster=True`` for a Redis Cluster seed URL) or a ready client:
+    ``redis.Redis`` (also Sentinel's ``master_for(...)``), ``redis.cluster.RedisCluster`` or
+    their ``redis.asyncio`` twins. With a URL, hotpath sets short socket timeouts
+    (``socket_timeout``); with a client, its own timeouts apply, so keep them short.
+
+    ``lease_ttl`` bounds how long one loader holds a key (a crashed holder blocks nobody
+    longer); after ``failure_threshold`` consecutive Redis errors the circuit opens for
+    ``reset_timeout`` seconds, during which calls use L1 and the loader without waiting on Redis.
+    """
+
+    def __init__(
+        self,
+        target: str | SyncClient | AsyncClient,
+        *,
+        cluster: bool = False,
+        socket_timeout: float = 0.1,
+        connect_timeout: float = 0.25,
+        lease_ttl: float = 5.0,
+        failure_threshold: int = 3,
+        reset_timeout: float = 2.0,
+        health_interval: float = 0.5,
+    ) -> None:
+        if socket_timeout <= 0 or connect_timeout <= 0 or lease_ttl <= 0 or health_interval <= 0:
+            raise CacheConfigError(
+                "RedisTier timeouts, lease_ttl and health_interval must be > 0 seconds"
+            )
+        self.url = target if isinstance(target, str) else None
+        self._client = None if isinstance(target, str) else target
+        self.cluster = cluster or isinstance(
+            target, redis.cluster.RedisCluster | redis.asyncio.cluster.RedisCluster
+        )
+        self.socket_timeout = socket_timeout
+        self.connect_timeout = connect_timeout
+        self.lease_ttl = lease_ttl
+        self.health_interval = health_interval
+        self.breaker = CircuitBreaker(
+            failure_threshold,
+            reset_timeout,
+            name="hotpath.cache redis",
+            failure_types=(redis.RedisError, OSError),
+        )
+        self._sync: SyncClient | None = None
+        self._async: AsyncClient | None = None
+
+    def _options(self) -> dict[str, Any]:
+        return {
+            "socket_timeout": self.socket_timeout,
+            "socket_connect_timeout": self.connect_timeout,
+        }
+
+    def sync_client(self) -> SyncClient:
+        if self._sync is None:
+            if self._client is None:
+                assert self.url is not None
+                cls = redis.cluster.RedisCluster if self.cluster else redis.Redis
+                self._sync = cls.from_url(self.url, **self._options())
+            elif isinstance(self._client, redis.Redis | redis.cluster.RedisCluster):
+                self._sync = self._client
+            else:
+                raise CacheConfigError(
+                    "Cache (sync) was given a redis.asyncio client; pass a redis.Redis / "
+                    "RedisCluster client or a URL, or use AsyncCache"
+                )
+        return self._sync
+
+    def async_client(self) -> AsyncClient:
+        if self._async is None:
+            if self._client is None:
+                assert self.url is not None
+                if self.cluster:
+                    self._async = redis.asyncio.cluster.RedisCluster.from_url(
+                        self.url, **self._options()
+                    )
+                else:
+                    self._async = redis.asyncio.Redis.from_url(self.url, **self._options())
+            elif isinstance(self._client, redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster):
+                self._async = self._client
+            else:
+                raise CacheConfigError(
+                    "AsyncCache was given a sync redis client; pass a redis.asyncio client or "
+                    "a URL, or use Cache"
+                )
+        return self._async
+
+    def listener_client(self) -> SyncClient:
+        """A sync client for the invalidation listener thread (both twins use one)."""
+        if self._client is None or isinstance(
+            self._client, redis.Redis | redis.cluster.RedisCluster
+        ):
+            return self.sync_client()
+        if isinstance(self._client, redis.asyncio.cluster.RedisCluster):
+            node = self._client.get_default_node()
+            return redis.cluster.RedisCluster(
+                host=node.host, port=int(node.port), **self._options()
+            )
+        kwargs = dict(self._client.connection_pool.connection_kwargs)
+        if "host" not in kwargs:
+            raise CacheConfigError(
+                "cannot derive a pub/sub connection from this redis.asyncio client (Sentinel "
+                "or unix socket); pass RedisTier a URL instead"
+            )
+        keep = ("host", "port", "db", "username", "password")
+        return redis.Redis(**{k: kwargs[k] for k in keep if k in kwargs}, **self._options())
+
+    def close(self) -> None:
+        if self._sync is not None and self._client is None:
+            self._sync.close()
+            self._sync = None
+
+    async def aclose(self) -> None:
+        if self._async is not None and self._client is None:
+            await self._async.aclose()
+            self._async = None
+
+
+def entry_key(namespace: str, key: str) -> str:
+    return f"{namespace}:{{{key}}}"
+
+
+def lease_key(namespace: str, key: str) -> str:
+    return f"{namespace}:{{{key}}}:lease"
+
+
+def tag_key(namespace: str, tag: str) -> str:
+    return f"{namespace}:tag:{{{tag}}}"
+
+
+def channel_name(namespace: str) -> str:
+    return f"{namespace}:hotpath:invalidations"

@@ -1,0 +1,286 @@
+"""``Cache``: the sync twin. Runs the shared flows with redis-py, threads and futures."""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar
+
+import redis
+import redis.cluster
+
+from ..concurrent import CircuitOpenError
+from . import _core as core
+from ._commands import command_for
+from ._core import UNAVAILABLE, CacheCore, Flow, Op
+from ._decorator import KeyTemplate
+from ._errors import CacheError
+from ._memory import MemoryTier
+from ._redis import SCRIPTS, RedisTier, SyncClient
+from ._serialize import Serializer
+from ._stats import CacheStats
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+loading: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
+    "hotpath_cache_loading", default=frozenset()
+)
+
+
+def reentrant_error(name: str) -> CacheError:
+    return CacheError(
+        f"the loader of cache key {name!r} asked the cache for {name!r} again; it would wait "
+        "for itself forever: load the value directly inside its own loader"
+    )
+
+
+class Cache:
+    """A multi-tier cache (sync). See ``docs/cache.md``.
+
+    ``ttl`` is how long a value is fresh; for ``stale_ttl`` more seconds (default half the
+    ttl) it may still be served while one caller refreshes it or while the loader fails.
+    ``None`` is cached for ``negative_ttl`` seconds. ``jitter`` spreads TTLs by +-that
+    fraction; ``xfetch_beta`` scales probabilistic early refresh (0 turns it off).
+    """
+
+    def __init__(
+        self,
+        l1: MemoryTier | None = None,
+        l2: RedisTier | None = None,
+        *,
+        namespace: str = "hotpath",
+        default_ttl: float = 300.0,
+        stale_ttl: float | None = None,
+        negative_ttl: float | None = 30.0,
+        jitter: float = 0.1,
+        xfetch_beta: float = 1.0,
+        serializer: str | Serializer = "json",
+        max_value_bytes: int = 1 << 20,
+        wait_timeout: float | None = None,
+        refresh_workers: int = 2,
+    ) -> None:
+        self._core = CacheCore(
+            l1,
+            l2,
+            namespace=namespace,
+            default_ttl=default_ttl,
+            stale_ttl=stale_ttl,
+            negative_ttl=negative_ttl,
+            jitter=jitter,
+            xfetch_beta=xfetch_beta,
+            serializer=serializer,
+            max_value_bytes=max_value_bytes,
+            wait_timeout=wait_timeout,
+        )
+        self._l2 = l2
+        self._ns = self._core.namespace
+        self._client: SyncClient | None = l2.sync_client() if l2 is not None else None
+        self._scripts = (
+            {name: self._client.register_script(lua) for name, lua in SCRIPTS.items()}
+            if self._client is not None
+            else {}
+        )
+        self._flights: dict[str, Future[Any]] = {}
+        self._flights_lock = threading.Lock()
+        self._refreshing: set[str] = set()
+        self._executor = ThreadPoolExecutor(refresh_workers, thread_name_prefix="hotpath.cache")
+        self._listener = self._core.start_channel()
+
+    # -- public API ------------------------------------------------------------------------
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The cached value of ``key`` (which may be ``None``), or ``default`` on a miss."""
+        name = self._core.name(key)
+        value = self._core.fresh_from_l1(name)
+        if value is core.MISS:
+            value = self._drive(self._core.get_flow(name))
+        return default if value is core.MISS else value
+
+    def set(self, key: str, value: Any, ttl: float | None = None, tags: Iterable[str] = ()) -> None:
+        """Store ``value`` (write-through to every tier; other processes drop their L1 copy)."""
+        self._drive(
+            self._core.set_flow(self._core.name(key), value, ttl, self._core.tag_names(tuple(tags)))
+        )
+
+    def delete(self, key: str) -> None:
+        self._drive(self._core.delete_flow(self._core.name(key)))
+
+    def invalidate_tags(self, *tags: str) -> None:
+        """Invalidate every entry stored under any of ``tags`` (O(1) per tag)."""
+        self._drive(self._core.invalidate_flow(self._core.tag_names(tags)))
+
+    def get_or_set(
+        self,
+        key: str,
+        loader: Callable[[], R],
+        ttl: float | None = None,
+        tags: Iterable[str] = (),
+    ) -> R:
+        """The cached value, or ``loader()``'s, loaded once per key across threads and
+        processes, and stored only if nothing invalidated it meanwhile."""
+        name = self._core.name(key)
+        value = self._core.fresh_from_l1(name)
+        if value is not core.MISS:
+            return value  # type: ignore[no-any-return]
+        if name in loading.get():
+            raise reentrant_error(name)
+        with self._flights_lock:
+            flight = self._flights.get(name)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[name] = Future()
+        if not leader:
+            self._core.counters.stampede_joins += 1
+            return flight.result()  # type: ignore[no-any-return]
+        token = loading.set(loading.get() | {name})
+        try:
+            flow = self._core.get_or_set_flow(name, loader, ttl, self._core.tag_names(tuple(tags)))
+            value = self._drive(flow)
+        except BaseException as error:
+            flight.set_exception(error)
+            raise
+        else:
+            flight.set_result(value)
+            return value  # type: ignore[no-any-return]
+        finally:
+            loading.reset(token)
+            with self._flights_lock:
+                del self._flights[name]
+
+    def cached(
+        self, ttl: float | None = None, key: str | None = None, tags: Iterable[str] = ()
+    ) -> Callable[[Callable[P, R]], Callable[P, R]]:
+        """Decorator: ``@cache.cached(ttl=300, key="user:{user_id}", tags=("user:{user_id}",))``."""
+
+        def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+            template = KeyTemplate(fn, key, tuple(tags))
+
+            @functools.wraps(fn)
+            def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+                built, built_tags = template.build(args, kwargs)
+                return self.get_or_set(built, lambda: fn(*args, **kwargs), ttl, built_tags)
+
+            return wrapper
+
+        return decorate
+
+    def stats(self) -> CacheStats:
+        """Hits per tier, misses, loads and load time, stale served, stampede joins, errors."""
+        return self._core.stats()
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._listener.stop()
+            self._listener = None
+        self._executor.shutdown(wait=True)
+        if self._l2 is not None:
+            self._l2.close()
+
+    def __enter__(self) -> Cache:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- the driver ------------------------------------------------------------------------
+
+    def _drive(self, flow: Flow) -> Any:
+        result: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                op = flow.send(result) if error is None else flow.throw(error)
+            except StopIteration as done:
+                return done.value
+            result, error = None, None
+            if type(op) is core.Load:
+                began = time.perf_counter()
+                try:
+                    value = op.loader()
+                except Exception as failure:
+                    error = failure
+                else:
+                    result = (value, time.perf_counter() - began)
+            else:
+                result = self._execute(op)
+
+    def _execute(self, op: Op) -> Any:
+        kind = type(op)
+        if kind is core.Wait:
+            assert isinstance(op, core.Wait)
+            # Woken by the holder's fill message; without the channel, short naps instead.
+            op.waiter.wait(op.timeout if self._channel_up() else min(op.timeout, 0.05))
+            return None
+        if kind is core.Refresh:
+            assert isinstance(op, core.Refresh)
+            self._refresh_in_background(op)
+            return None
+        assert self._l2 is not None
+        try:
+            with self._l2.breaker:
+                return self._redis(op)
+        except CircuitOpenError:
+            self._core.counters.redis_skipped += 1
+        except (redis.RedisError, OSError):
+            self._core.counters.redis_errors += 1
+        return UNAVAILABLE
+
+    def _channel_up(self) -> bool:
+        return self._listener is not None and self._listener.connected.is_set()
+
+    def _redis(self, op: Op) -> Any:
+        client = self._client
+        assert client is not None
+        assert self._l2 is not None
+        command = command_for(op, self._ns, int(self._l2.lease_ttl * 1000))
+        if command.script is None:
+            if command.command == "get":
+                return command.parse(client.get(command.keys[0]))
+            if isinstance(client, redis.cluster.RedisCluster):
+                return command.parse(client.mget_nonatomic(command.keys))
+            return command.parse(client.mget(command.keys))
+        script = self._scripts[command.script]
+        if not isinstance(op, core.Acquire):
+            return command.parse(script(keys=command.keys, args=command.args))
+        # Armed before asking, so a fill landing between our reply and our wait still wakes us.
+        event = threading.Event()
+        if op.wait:
+            self._core.waiters.arm(op.name, event.set)
+        try:
+            status, data = command.parse(script(keys=command.keys, args=command.args))
+        except BaseException:
+            self._core.waiters.disarm(op.name, event.set)
+            raise
+        if status != core.HELD:
+            self._core.waiters.disarm(op.name, event.set)
+        return status, data, event
+
+    def _refresh_in_background(self, op: core.Refresh) -> None:
+        with self._flights_lock:
+            if op.name in self._refreshing:
+                return
+            self._refreshing.add(op.name)
+
+        def refresh() -> None:
+            try:
+                self._drive(self._core.refresh_flow(op.name, op.loader, op.ttl, op.tags))
+            finally:
+                with self._flights_lock:
+                    self._refreshing.discard(op.name)
+
+        try:
+            self._executor.submit(refresh)
+        except RuntimeError:  # closed
+            with self._flights_lock:
+                self._refreshing.discard(op.name)
