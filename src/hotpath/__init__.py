@@ -13,6 +13,8 @@ Components (each a sub-package with its own public API):
 - :mod:`hotpath.concurrent` — bounded gather, deadlines, circuit breaker, retries.
 - :mod:`hotpath.partitions` — time partitions ahead of time, old ones detached.
 - :mod:`hotpath.paging` — keyset pagination with signed cursors, keyset iteration.
+- :mod:`hotpath.cache` — multi-tier cache (in-process L1 + Redis L2): stampede-proof, never
+  stale, coherent across processes; ``hotpath.cache.orm`` for SQLAlchemy.
 - :mod:`hotpath.routing` — reads to replicas, writes to the primary, read-your-writes by WAL
   position, lag ejection, failover.
 
@@ -28,6 +30,7 @@ from ._errors import HotpathError
 from ._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from .cache import AsyncCache, Cache, MemoryTier, RedisTier
     from .concurrent import CircuitBreaker, gather_bounded
     from .doctor import advise_indexes, diagnose
     from .observe import Profiler
@@ -46,6 +49,10 @@ __getattr__ = lazy_exports(
     __name__,
     {
         "LocalStack": "hotpath.stack",
+        "Cache": "hotpath.cache",
+        "AsyncCache": "hotpath.cache",
+        "MemoryTier": "hotpath.cache",
+        "RedisTier": "hotpath.cache",
         "StackError": "hotpath.stack",
         "Profiler": "hotpath.observe",
         "diagnose": "hotpath.doctor",
@@ -62,12 +69,16 @@ __getattr__ = lazy_exports(
 )
 
 __all__ = [
+    "AsyncCache",
     "AsyncReplicaSet",
+    "Cache",
     "CircuitBreaker",
     "HotpathError",
     "LocalStack",
+    "MemoryTier",
     "PoolPlan",
     "Profiler",
+    "RedisTier",
     "ReplicaSet",
     "StackError",
     "__version__",
