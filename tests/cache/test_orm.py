@@ -255,9 +255,7 @@ def test_commit_aware_writes_apply_on_commit_and_drop_on_rollback(
         binding.unbind()
 
 
-def test_queued_writes_need_a_bound_session_in_a_transaction(
-    engine: Engine, cache: Cache
-) -> None:
+def test_queued_writes_need_a_bound_session_in_a_transaction(engine: Engine, cache: Cache) -> None:
     with sessionmaker(engine)() as unbound:
         unbound.execute(text("SELECT 1"))
         with pytest.raises(CacheError, match="not bound"):

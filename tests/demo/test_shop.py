@@ -51,7 +51,11 @@ def payment_url() -> Iterator[str]:
 
 def _app(db: ModuleDatabase, payment_url: str, fixes: Fixes) -> FastAPI:
     replicas = [r.url_for(db.name, driver="asyncpg") for r in db.replicas]
-    return create_app(ShopSettings(db.async_url, payment_url, fixes, replica_urls=replicas))
+    return create_app(
+        ShopSettings(
+            db.async_url, payment_url, fixes, replica_urls=replicas, redis_url=db.redis_url
+        )
+    )
 
 
 @pytest.fixture
@@ -65,6 +69,8 @@ async def clients(
         "replicas": Fixes(pool=True, replicas=True),
         "fanout": Fixes(pool=True, fanout=True),
         "keyset": Fixes(pool=True, keyset=True),
+        "cache": Fixes(pool=True, eager=True, cache=True),
+        "optimized": Fixes.optimized(),
     }
     apps = {name: _app(shop_db, payment_url, fixes) for name, fixes in configs.items()}
     async with contextlib.AsyncExitStack() as stack:
@@ -89,6 +95,11 @@ async def test_every_configuration_returns_the_same_data(
             if isinstance(body, dict):
                 body.pop("next", None)  # a page number or a cursor: the link's form may differ
             answers[name] = body
+            if name in ("cache", "optimized"):  # and again, from the cache
+                again = (await client.get(path)).json()
+                if isinstance(again, dict):
+                    again.pop("next", None)
+                assert again == body, (name, path)
         assert all(answer == answers["naive"] for answer in answers.values()), path
     assert answers["naive"]  # the data really is there
 
@@ -131,11 +142,12 @@ async def test_eager_fix_turns_n_plus_one_into_constant_queries(
     assert counts["eager"] <= 3
 
 
-@pytest.mark.parametrize("config", ["pool", "replicas"])
+@pytest.mark.parametrize("config", ["pool", "replicas", "cache", "optimized"])
 async def test_a_placed_order_is_visible_on_the_next_request(
     clients: dict[str, httpx.AsyncClient], config: str, shop_db: ModuleDatabase
 ) -> None:
     client = clients[config]
+    before = (await client.get("/users/7/orders")).json()  # cached now, with the cache fix
     placed = await client.post(
         "/orders",
         json={
@@ -146,6 +158,7 @@ async def test_a_placed_order_is_visible_on_the_next_request(
     assert placed.status_code == 201, placed.text
     orders = (await client.get("/users/7/orders")).json()
     assert orders[0]["id"] == placed.json()["id"]
+    assert orders[1:] == before[:9]
     with psycopg.connect(shop_db.dsn) as conn:  # its event sits in this month's partition
         where = conn.execute(
             "SELECT tableoid::regclass::text FROM order_events WHERE order_id = %s",
@@ -200,3 +213,26 @@ async def test_payment_down_profile_degrades_within_its_deadline_and_the_breaker
             # no timeouts of its own, so the test bounds the wait)
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(clients["naive"].get("/users/5/profile"), 2.0)
+
+
+async def test_cache_fix_answers_repeats_from_memory_and_the_orm_query_cache(
+    clients: dict[str, httpx.AsyncClient],
+) -> None:
+    client = clients["cache"]
+    cache = client._transport.app.state.cache  # type: ignore[attr-defined]
+    before = cache.stats()
+    engine = client._transport.app.state.engine  # type: ignore[attr-defined]
+    profiler = Profiler(engine)
+    try:
+        await client.get("/products/12")  # misses: load and store
+        await client.get("/categories/2/products")
+        async with profiler.scope("repeat") as scope:
+            for _ in range(3):
+                assert (await client.get("/products/12")).status_code == 200
+                assert (await client.get("/categories/2/products")).status_code == 200
+        after = cache.stats()
+    finally:
+        profiler.uninstrument()
+    assert after["query_hits"] - before["query_hits"] == 3  # the ORM query cache, no SQL
+    assert after["l1_hits"] - before["l1_hits"] >= 5
+    assert scope.query_count == 0

@@ -29,8 +29,21 @@ def mapper_name(mapper: Mapper[Any]) -> str:
 
 
 def statement_tables(statement: ClauseElement) -> set[str]:
-    """Every table a statement reads (FROM, JOIN, subqueries, CTEs)."""
-    return {str(e.fullname) for e in visitors.iterate(statement) if isinstance(e, Table)}
+    """Every table a statement reads: FROM, JOIN, subqueries, CTEs, and the tables its loader
+    options (``selectinload(User.orders).joinedload(Order.items)``) will load from.
+
+    Loader options are read through their paths (``Load.context``, not a documented API): if
+    that ever changes, relationships loaded by them are learned from the first result instead.
+    """
+    tables = {str(e.fullname) for e in visitors.iterate(statement) if isinstance(e, Table)}
+    for option in getattr(statement, "_with_options", ()):
+        for element in getattr(option, "context", ()):
+            for step in getattr(getattr(element, "path", None), "path", ()):
+                if isinstance(step, Mapper):
+                    tables.update(str(t.fullname) for t in step.tables if isinstance(t, Table))
+                elif isinstance(getattr(step, "secondary", None), Table):
+                    tables.add(str(step.secondary.fullname))
+    return tables
 
 
 def shape_id(structure: object) -> str:

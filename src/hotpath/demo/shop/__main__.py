@@ -2,7 +2,8 @@
 
 Settings come as JSON in ``HOTPATH_SHOP_SETTINGS`` (the demo runner writes them). Besides the
 shop's API, ``GET /__hotpath/stats`` returns what observe measured per route (queries per
-request, latency) and how many database connections the process opened.
+request, latency), how many database connections the process opened and, with the cache fix,
+the cache's hits per tier since the last ``POST /__hotpath/reset``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def build(settings: ShopSettings) -> Any:
     app = create_app(settings)
     database = app.state.database
     opened = {"connections": 0}
+    cache_baseline: dict[str, int] = {}  # the cache's counters at the last reset
 
     def _count(*_: object) -> None:
         opened["connections"] += 1
@@ -56,17 +58,26 @@ def build(settings: ShopSettings) -> Any:
                     primary_reads += node.reads
                 else:
                     replica_reads += node.reads
+        cache = app.state.cache
+        counted = {}
+        if cache is not None:
+            now = cache.stats()
+            counted = {k: v - cache_baseline.get(k, 0) for k, v in now.items()}
         return {
             "observe": report,
             "connections_opened": opened["connections"],
             "replica_reads": replica_reads,
             "primary_reads": primary_reads,
+            "cache": counted,
         }
 
     @app.post("/__hotpath/reset", include_in_schema=False)
     async def reset() -> dict[str, str]:
         profiler.reset()
         opened["connections"] = 0
+        if app.state.cache is not None:
+            cache_baseline.clear()
+            cache_baseline.update(app.state.cache.stats())
         return {"status": "reset"}
 
     measured = ASGIMiddleware(app, profiler, server_timing=False)

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Query
 from pydantic import BaseModel, Field
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.pool import NullPool
 
 from ...concurrent import (
@@ -26,6 +32,7 @@ from ...paging import InvalidCursor
 from ...pool import PoolMetrics, PoolPlan
 from ...routing import ASGITokenMiddleware, AsyncReplicaSet, async_routed_sessionmaker
 from . import queries
+from .caching import CATALOG_TTL_S, USER_TTL_S, ShopCache, sales_tags, user_orders_tag
 from .fixes import Fixes
 
 
@@ -40,6 +47,8 @@ class ShopSettings:
     redis_url: str | None = None
     concurrency: int = 16
 
+
+T = TypeVar("T")
 
 PAYMENT_DEADLINE_S = 0.25  # the payment provider answers in ~50 ms when healthy
 
@@ -103,17 +112,22 @@ def _database(settings: ShopSettings) -> _Database:
 
 
 async def _profile(
-    user_id: int, sessions: Any, payments: httpx.AsyncClient, breaker: CircuitBreaker | None
+    user_id: int, cached: Any, payments: httpx.AsyncClient, breaker: CircuitBreaker | None
 ) -> dict[str, Any]:
     """A user's profile from three sources: the user, their orders, the payment provider."""
 
     async def user() -> dict[str, Any] | None:
-        async with sessions() as session:
+        async def load(session: AsyncSession) -> dict[str, Any] | None:
             return await queries.user_info(session, user_id)
 
+        return await cached(f"user:{user_id}", (f"user:{user_id}",), load, USER_TTL_S)  # type: ignore[no-any-return]
+
     async def orders() -> dict[str, Any]:
-        async with sessions() as session:
+        async def load(session: AsyncSession) -> dict[str, Any]:
             return await queries.order_summary(session, user_id)
+
+        tags = (user_orders_tag(user_id),)
+        return await cached(f"order-summary:{user_id}", tags, load, USER_TTL_S)  # type: ignore[no-any-return]
 
     async def payment() -> dict[str, Any]:
         response = await payments.get(f"/payments/{user_id}")
@@ -146,14 +160,46 @@ async def _profile(
     return {**found, **summary, "payment": paid, "degraded": paid is None}
 
 
-def create_app(settings: ShopSettings) -> FastAPI:
-    fixes = settings.fixes
-    database = _database(settings)
+@dataclass
+class _Readers:
+    """How a configuration reads: its sessions, and its cache (when it has the fix)."""
+
+    sessions: Any
+    shop_cache: ShopCache | None
+
+    async def cached(
+        self,
+        key: str,
+        tags: tuple[str, ...],
+        loader: Callable[[AsyncSession], Awaitable[T]],
+        ttl: float = CATALOG_TTL_S,
+    ) -> T:
+        """``loader``'s answer, through the cache when the configuration has it."""
+        if self.shop_cache is not None:
+            return await self.shop_cache.read(key, tags, loader, ttl)
+        async with self.sessions() as session:
+            return await loader(session)
+
+
+def _readers(settings: ShopSettings, database: _Database) -> _Readers:
     if database.replica_set is not None:
         # reads on replicas that have replayed this user's last write (token in a cookie)
         sessions: Any = async_routed_sessionmaker(database.replica_set, expire_on_commit=False)
+        fill_sessions: Any = functools.partial(sessions, writing=True)
     else:
-        sessions = async_sessionmaker(database.primary, expire_on_commit=False)
+        sessions = fill_sessions = async_sessionmaker(database.primary, expire_on_commit=False)
+    if not settings.fixes.cache:
+        return _Readers(sessions, None)
+    if settings.redis_url is None:
+        raise ValueError("the cache fix needs a Redis: pass ShopSettings(redis_url=...)")
+    return _Readers(sessions, ShopCache(settings.redis_url, sessions, fill_sessions))
+
+
+def create_app(settings: ShopSettings) -> FastAPI:
+    fixes = settings.fixes
+    database = _database(settings)
+    readers = _readers(settings, database)
+    sessions, shop_cache, cached = readers.sessions, readers.shop_cache, readers.cached
     payments = httpx.AsyncClient(base_url=settings.payment_url, timeout=None)
     breaker = CircuitBreaker(failure_threshold=5, reset_timeout=5.0, name="payments")
 
@@ -163,12 +209,15 @@ def create_app(settings: ShopSettings) -> FastAPI:
             await database.replica_set.start()
         yield
         await payments.aclose()
+        if shop_cache is not None:
+            await shop_cache.close()
         await database.close()
 
     app = FastAPI(title=f"hotpath shop ({fixes.label})", lifespan=lifespan)
     app.state.breaker = breaker
     app.state.engine = database.primary
     app.state.database = database
+    app.state.cache = shop_cache
     if database.replica_set is not None:
         app.add_middleware(ASGITokenMiddleware)
     app.state.settings = settings
@@ -181,17 +230,20 @@ def create_app(settings: ShopSettings) -> FastAPI:
         page: int = 0,
         after: str | None = None,
     ) -> dict[str, Any]:
-        async with sessions() as session:
-            try:
-                return await queries.list_products(
-                    session, fixes, category_id, min_price, max_price, page, after
-                )
-            except InvalidCursor as exc:
-                raise HTTPException(400, f"bad 'after' cursor: {exc}") from exc
+        async def load(session: AsyncSession) -> dict[str, Any]:
+            return await queries.list_products(
+                session, fixes, category_id, min_price, max_price, page, after
+            )
+
+        key = f"products:{category_id}:{min_price}:{max_price}:{page}:{after}"
+        try:
+            return await cached(key, ("catalog",), load)
+        except InvalidCursor as exc:
+            raise HTTPException(400, f"bad 'after' cursor: {exc}") from exc
 
     @app.get("/products/{product_id}")
     async def product_detail(product_id: int) -> dict[str, Any]:
-        async with sessions() as session:
+        async with sessions() as session:  # cached by the ORM query cache (see queries)
             found = await queries.product_detail(session, fixes, product_id)
         if found is None:
             raise HTTPException(404, f"no product {product_id}")
@@ -199,8 +251,14 @@ def create_app(settings: ShopSettings) -> FastAPI:
 
     @app.get("/users/{user_id}/orders")
     async def user_orders(user_id: int) -> list[dict[str, Any]]:
-        async with sessions() as session:
+        async def load(session: AsyncSession) -> list[dict[str, Any]]:
             return await queries.user_orders(session, fixes, user_id)
+
+        return await cached(f"orders:{user_id}", (user_orders_tag(user_id),), load, USER_TTL_S)
+
+    def order_placed(session: AsyncSession, order: Any) -> None:
+        if shop_cache is not None:
+            shop_cache.order_placed(session, order.user_id, order.created_at.date())
 
     @app.post("/orders", status_code=201)
     async def place_order(order: NewOrder) -> dict[str, Any]:
@@ -210,22 +268,27 @@ def create_app(settings: ShopSettings) -> FastAPI:
                     session,
                     order.user_id,
                     [(line.product_id, line.quantity) for line in order.lines],
+                    order_placed,
                 )
             except LookupError as exc:
                 raise HTTPException(422, str(exc)) from exc
 
     @app.get("/search")
     async def search(q: str) -> list[dict[str, Any]]:
-        async with sessions() as session:
+        async def load(session: AsyncSession) -> list[dict[str, Any]]:
             return await queries.search_products(session, q)
 
+        return await cached(f"search:{q}", ("catalog",), load)
+
     @app.get("/reports/sales")
-    async def sales(start: date, days: int = 7) -> list[dict[str, Any]]:
-        async with sessions() as session:
+    async def sales(start: date, days: int = Query(7, ge=1, le=366)) -> list[dict[str, Any]]:
+        async def load(session: AsyncSession) -> list[dict[str, Any]]:
             return await queries.sales_report(session, start, days)
+
+        return await cached(f"sales:{start}:{days}", sales_tags(start, days), load)
 
     @app.get("/users/{user_id}/profile")
     async def profile(user_id: int) -> dict[str, Any]:
-        return await _profile(user_id, sessions, payments, breaker if fixes.fanout else None)
+        return await _profile(user_id, cached, payments, breaker if fixes.fanout else None)
 
     return app

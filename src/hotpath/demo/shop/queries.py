@@ -4,6 +4,7 @@ function returns plain JSON-ready values, compared across configurations by the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -88,6 +89,9 @@ async def product_detail(
     query = select(Product).where(Product.id == product_id)
     if fixes.eager:
         query = query.options(joinedload(Product.category), selectinload(Product.reviews))
+    if fixes.cache:
+        # the ORM query cache: invalidated when products, categories or reviews are written
+        query = query.execution_options(hotpath_cache=True)
     product = (await session.scalars(query)).first()
     if product is None:
         return None
@@ -137,9 +141,13 @@ async def user_orders(session: AsyncSession, fixes: Fixes, user_id: int) -> list
 
 
 async def place_order(
-    session: AsyncSession, user_id: int, lines: list[tuple[int, int]]
+    session: AsyncSession,
+    user_id: int,
+    lines: list[tuple[int, int]],
+    before_commit: Callable[[AsyncSession, Order], None] | None = None,
 ) -> dict[str, Any]:
-    """Create an order for ``lines`` of (product id, quantity) at today's prices."""
+    """Create an order for ``lines`` of (product id, quantity) at today's prices;
+    ``before_commit`` may queue work that must happen only if the order commits."""
     prices = dict(
         (
             await session.execute(
@@ -160,6 +168,8 @@ async def place_order(
     session.add(order)
     await session.flush()
     session.add(OrderEvent(order_id=order.id, kind="placed", created_at=order.created_at))
+    if before_commit is not None:
+        before_commit(session, order)
     await session.commit()
     return {"id": order.id, "total": _money(order.total)}
 
