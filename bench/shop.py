@@ -25,8 +25,8 @@ def _markdown(result: DemoResult) -> str:
         "configuration",
         "",
         "| configuration | req/s | x naive | p50 ms | p95 ms | p99 ms | p99 x naive | errors "
-        "| stale reads | connections opened |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| stale reads | connections opened | cache hits (L1 / Redis) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         lines.append(
@@ -34,7 +34,7 @@ def _markdown(result: DemoResult) -> str:
             f"| {row['requests/s'] / base['requests/s']:.2f} | {row['p50 ms']:.1f} "
             f"| {row['p95 ms']:.1f} | {row['p99 ms']:.1f} "
             f"| {base['p99 ms'] / row['p99 ms']:.2f} | {row['errors']} | {row['stale reads']} "
-            f"| {row['connections opened']} |"
+            f"| {row['connections opened']} | {_hits(row['cache hits'])} |"
         )
     naive, best = result.runs[0], result.runs[-1]
     lines += [
@@ -54,7 +54,16 @@ def _markdown(result: DemoResult) -> str:
             f"| {o.latency.percentile_ms(99):.1f} | {naive.queries_per_request.get(route, 0):.0f} "
             f"| {best.queries_per_request.get(route, 0):.0f} |"
         )
+    if result.indexes:
+        lines += ["", "Indexes `hotpath advise` recommended from the naive run:", ""]
+        lines += [f"- `{ddl}`" for ddl in result.indexes]
     return "\n".join(lines) + "\n"
+
+
+def _hits(rates: tuple[float, float] | None) -> str:
+    if rates is None:
+        return "-"
+    return f"{rates[0] + rates[1]:.0%} ({rates[0]:.0%} / {rates[1]:.0%})"
 
 
 def run(quick: bool) -> str:

@@ -54,6 +54,19 @@ def test_the_run_measures_both_configurations(result: DemoResult) -> None:
     assert optimized.connections_opened < naive.connections_opened  # the pool reuses them
     orders = "GET /users/{user_id}/orders"
     assert naive.queries_per_request[orders] > 3 >= optimized.queries_per_request[orders]
+    assert naive.cache_hit_rates is None
+    hits = optimized.cache_hit_rates
+    assert hits is not None
+    assert hits[0] + hits[1] > 0.2
+
+
+def test_the_index_fix_uses_what_hotpath_advise_found_in_the_naive_run(
+    result: DemoResult,
+) -> None:
+    # the statements the naive run recorded in pg_stat_statements lead to these
+    assert any(ddl.startswith("CREATE INDEX ON orders (user_id") for ddl in result.indexes)
+    assert any(ddl.startswith("CREATE INDEX ON order_items (order_id") for ddl in result.indexes)
+    assert not any("$" in ddl for ddl in result.indexes)  # no pg_stat_statements placeholders
 
 
 def test_report_is_valid_html_with_every_section(result: DemoResult, tmp_path: Path) -> None:
@@ -62,6 +75,7 @@ def test_report_is_valid_html_with_every_section(result: DemoResult, tmp_path: P
     outline.feed(html)
     outline.close()
     assert outline.sections == ["summary", "charts", "endpoints", "fixes", "published"]
+    assert "cache hits L1 / Redis" in html
     assert outline.svgs >= 4
     assert outline.open == []  # every element closed
     assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")  # no assets

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from ._console import out
@@ -47,21 +57,49 @@ def demo(
         _smoke(stack, rows)
         if smoke:
             return
-        with out.status("the shop under load...") as status:
+        with _progress() as (say, rows_loaded):
             result = run_shop(
-                stack,
-                scale,
-                duration,
-                users,
-                ablation,
-                progress=status.update,
+                stack, scale, duration, users, ablation, progress=say, rows_loaded=rows_loaded
             )
+        if result.indexes:
+            out.print("[bold]indexes hotpath advise recommended[/] (the index fix):")
+            for ddl in result.indexes:
+                out.print(f"  {ddl}")
         _before_after(result)
         report.write_text(render_html(result))
         out.print(f"[bold]report[/]: {report.resolve()}")
     finally:
         stack.stop()
     out.print("stack stopped; nothing left running.")
+
+
+@contextmanager
+def _progress() -> Iterator[tuple[Callable[[str], None], Callable[[int, int], None]]]:
+    """A status line for each step and a bar for the data load, in one live display."""
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[rows]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=out, transient=True) as progress:
+        step = progress.add_task("starting", total=None, rows="")
+        bar: list[TaskID] = []
+
+        def say(message: str) -> None:
+            out.print(f"[dim]{message}[/]")
+            progress.update(step, description=message)
+
+        def rows_loaded(done: int, expected: int) -> None:
+            if not bar:
+                bar.append(progress.add_task("rows loaded", total=expected, rows=""))
+            total = max(expected, done)
+            progress.update(bar[0], completed=done, total=total, rows=f"{done:,} rows")
+            if done >= expected:
+                progress.update(bar[0], visible=False)
+
+        yield say, rows_loaded
 
 
 def _smoke(stack: LocalStack, rows: int) -> None:

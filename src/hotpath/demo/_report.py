@@ -135,6 +135,13 @@ def render_html(result: DemoResult) -> str:
         [[escape(name), escape(text)] for name, text in FIX_DESCRIPTIONS.items()],
         css="text",
     )
+    advised = ""
+    if result.indexes:
+        listed = "".join(f"<li><code>{escape(ddl)}</code></li>" for ddl in result.indexes)
+        advised = (
+            "<p>The index fix creates what <code>hotpath advise</code> recommended from the "
+            f"statements the naive run recorded in pg_stat_statements:</p><ul>{listed}</ul>"
+        )
     published = _table(
         ["technique", "published figure"],
         [[escape(a), escape(b)] for a, b in PUBLISHED],
@@ -155,7 +162,7 @@ users, {result.duration_s:.0f} s per configuration, the same request mix (about 
 <section id="summary"><h2>Summary</h2>{summary}</section>
 <section id="charts"><h2>Charts</h2>{"".join(f"<div>{c}</div>" for c in charts)}</section>
 <section id="endpoints"><h2>Per endpoint</h2>{per_endpoint}</section>
-<section id="fixes"><h2>The fixes</h2>{fixes}</section>
+<section id="fixes"><h2>The fixes</h2>{fixes}{advised}</section>
 <section id="published"><h2>Published figures this project started from</h2>{published}
 <p class="muted">Measured above on this machine, in one run, against the same naive shop.</p>
 </section>

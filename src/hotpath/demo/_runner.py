@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,12 +24,13 @@ from ._server import serve
 from ._workload import shop_mix
 from .shop import SCALES, load_shop
 from .shop.app import ShopSettings
+from .shop.data import Scale, expected_rows
 from .shop.fixes import FIX_DESCRIPTIONS, Fixes
 from .shop.payments import PaymentBehaviour, create_payment_app
 
-# The indexes this workload needs. Until doctor's advisor lands they are stated here; they
-# are also what the advisor is expected to find on this workload.
-EXPECTED_INDEXES = (
+# Only if the advisor cannot run (say, pg_stat_statements missing on an external server):
+# the indexes it finds on this workload, stated by hand.
+FALLBACK_INDEXES = (
     "CREATE INDEX ON products (category_id, created_at DESC, id DESC) WHERE is_active",
     "CREATE INDEX ON reviews (product_id)",
     "CREATE INDEX ON orders (user_id, created_at DESC, id DESC)",
@@ -78,10 +79,11 @@ class DemoResult:
     setup_seconds: float
     duration_s: float = 0.0
     concurrency: int = 0
+    indexes: list[str] = field(default_factory=list)  # what hotpath advise recommended
 
 
-def prepare_indexes(dsn: str, fixes: Fixes) -> None:
-    """Drop every secondary index, then create the configuration's (if it has the fix)."""
+def prepare_indexes(dsn: str, fixes: Fixes, indexes: Sequence[str]) -> None:
+    """Drop every secondary index, then create ``indexes`` if the configuration has the fix."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         for (name,) in conn.execute(
             "SELECT indexname FROM pg_indexes WHERE schemaname = 'public'"
@@ -89,9 +91,31 @@ def prepare_indexes(dsn: str, fixes: Fixes) -> None:
         ).fetchall():
             conn.execute(f'DROP INDEX "{name}"')
         if fixes.indexes:
-            for statement in EXPECTED_INDEXES:
+            for statement in indexes:
                 conn.execute(statement)
             conn.execute("ANALYZE")
+
+
+def advised_indexes(dsn: str, progress: Callable[[str], None]) -> list[str]:
+    """What ``hotpath advise`` recommends for the workload pg_stat_statements recorded (the
+    naive run's), as plain ``CREATE INDEX`` statements."""
+    from ..doctor import advise_indexes  # noqa: PLC0415 - doctor is only needed here
+    from ..doctor._errors import DoctorError  # noqa: PLC0415
+
+    try:
+        advice = advise_indexes(dsn)
+    except DoctorError as error:
+        progress(f"hotpath advise could not run ({error}); using the known indexes instead")
+        return list(FALLBACK_INDEXES)
+    found = [s.candidate.definition(concurrently=False).rstrip(";") for s in advice.suggestions]
+    how = "validated with HypoPG" if advice.hypopg else "not validated: no HypoPG"
+    progress(f"hotpath advise recommends {len(found)} indexes ({how})")
+    return found
+
+
+def _reset_statement_stats(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_statements_reset()")
 
 
 async def run_configuration(settings: ShopSettings, spec: LoadSpec, scale: str) -> RunResult:
@@ -128,23 +152,35 @@ def run_shop(
     concurrency: int = 16,
     ablation: bool = False,
     progress: Callable[[str], None] = print,
+    rows_loaded: Callable[[int, int], None] | None = None,
 ) -> DemoResult:
-    """Load the shop into ``stack`` and run each configuration under the same load."""
+    """Load the shop into ``stack`` and run each configuration under the same load.
+
+    The naive configuration runs first; the index fix then uses what ``hotpath advise``
+    recommends from the statements that run recorded. ``rows_loaded(done, expected)`` follows
+    the data load.
+    """
     began = time.monotonic()
     with stack.primary.connect() as conn:
         conn.execute("DROP DATABASE IF EXISTS shop WITH (FORCE)")
         conn.execute("CREATE DATABASE shop")
     dsn = stack.primary.dsn_for("shop")
     progress(f"loading the {scale} shop with COPY")
-    load_shop(dsn, SCALES[scale])
+    load_shop(dsn, SCALES[scale], progress=_row_counter(SCALES[scale], rows_loaded))
     stack.wait_replicas_caught_up(timeout=120)
     setup = time.monotonic() - began
     behaviour = PaymentBehaviour(latency_s=0.05, failure_rate=0.02)
     runs: list[RunResult] = []
+    indexes: list[str] = []
     with serve(create_payment_app(behaviour)) as payment_url:
         for fixes in configurations(ablation):
+            if fixes.indexes and not indexes:
+                progress("asking hotpath advise for indexes on the naive run's statements")
+                indexes = advised_indexes(dsn, progress)
             progress(f"running {fixes.label} for {duration_s:.0f}s with {concurrency} users")
-            prepare_indexes(dsn, fixes)
+            prepare_indexes(dsn, fixes, indexes)
+            if fixes == Fixes.naive():
+                _reset_statement_stats(dsn)  # the advisor reads this run's statements
             with redis.Redis.from_url(stack.redis_url) as client:
                 client.flushdb()  # every configuration starts with a cold cache
             settings = ShopSettings(
@@ -157,7 +193,23 @@ def run_shop(
             )
             spec = LoadSpec(concurrency=concurrency, duration_s=duration_s)
             runs.append(asyncio.run(run_configuration(settings, spec, scale)))
-    return DemoResult(scale, runs, setup, duration_s, concurrency)
+    return DemoResult(scale, runs, setup, duration_s, concurrency, indexes)
+
+
+def _row_counter(
+    scale: Scale, rows_loaded: Callable[[int, int], None] | None
+) -> Callable[[str, int], None] | None:
+    """Turns load_shop's per-table counts into one running total."""
+    if rows_loaded is None:
+        return None
+    expected = expected_rows(scale)
+    finished: dict[str, int] = {}
+
+    def seen(table: str, count: int) -> None:
+        finished[table] = count
+        rows_loaded(sum(finished.values()), expected)
+
+    return seen
 
 
 def summary_rows(result: DemoResult) -> list[dict[str, Any]]:

@@ -338,6 +338,16 @@ class _Advisor:
             for use in uses:
                 for cand in self.candidates(use):
                     ddl = cand.definition()
+                    if _PARAM.search(ddl):
+                        # pg_stat_statements replaced a constant the index needs ('simple' in
+                        # to_tsvector('simple', name)) by a placeholder: it cannot be guessed.
+                        self._reject_once(
+                            ddl,
+                            "its expression holds a placeholder pg_stat_statements put where a "
+                            "constant was: give advise the statements with their constants "
+                            "(--workload FILE.sql), or write this index with the constant",
+                        )
+                        continue
                     candidates.setdefault(ddl, cand)
                     origins.setdefault(ddl, []).append(query.sql)
         fresh = [c for c in candidates.values() if self._not_served(c)]

@@ -208,6 +208,12 @@ def generate(scale: Scale, seed: int = 42) -> dict[str, Callable[[], Iterator[tu
     }
 
 
+def expected_rows(scale: Scale) -> int:
+    """About how many rows :func:`load_shop` writes (order items are drawn at random)."""
+    items = scale.orders * (1 + scale.max_items_per_order) // 2
+    return scale.users + scale.categories + scale.products + scale.orders + items + scale.reviews
+
+
 def columns_of(table: str) -> Sequence[str]:
     return [c.name for c in Base.metadata.tables[table].columns]
 
