@@ -30,10 +30,13 @@ def _acquired(reply: Any) -> tuple[int, Any]:
     return int(reply[0]), (reply[1] if len(reply) > 1 else None)
 
 
+def _as_is(reply: Any) -> Any:
+    return reply
+
+
 def command_for(op: core.Op, namespace: str, lease_ms: int) -> Command:
-    channel = channel_name(namespace)
-    if isinstance(op, core.L2Get):
-        return Command(None, "get", [entry_key(namespace, op.name)], [], lambda reply: reply)
+    if isinstance(op, core.L2Get):  # the hot one: every L2 read
+        return Command(None, "get", [entry_key(namespace, op.name)], [], _as_is)
     if isinstance(op, core.TagRead):
         tags = op.tags
 
@@ -41,6 +44,7 @@ def command_for(op: core.Op, namespace: str, lease_ms: int) -> Command:
             return {t: (v.decode() if v else "") for t, v in zip(tags, reply, strict=True)}
 
         return Command(None, "mget", [tag_key(namespace, t) for t in tags], [], versions)
+    channel = channel_name(namespace)
     if isinstance(op, core.Acquire):
         keys = [entry_key(namespace, op.name), lease_key(namespace, op.name)]
         args = [op.token, lease_ms, "1" if op.skip_entry else "0"]

@@ -309,7 +309,7 @@ class CacheCore:
                 if (
                     entry is not None
                     and now < entry.soft_expiry
-                    and (yield from self._tags_valid(entry, mark))
+                    and (not entry.tags or (yield from self._tags_valid(entry, mark)))
                 ):
                     self.counters.l2_hits += 1
                     if l1 is not None:
@@ -348,7 +348,7 @@ class CacheCore:
             if (
                 entry is not None
                 and entry.is_servable(now)
-                and (yield from self._tags_valid(entry, mark))
+                and (not entry.tags or (yield from self._tags_valid(entry, mark)))
             ):
                 self.counters.l2_hits += 1
                 if l1 is not None:
