@@ -92,6 +92,8 @@ class CircuitBreaker:
         return self._state
 
     def _admit(self) -> None:
+        if self._state is BreakerState.CLOSED:
+            return  # the hot path: one attribute read, no lock (closing only ever takes it)
         with self._lock:
             state = self._current()
             if state is BreakerState.CLOSED:
@@ -107,6 +109,11 @@ class CircuitBreaker:
         )
 
     def _record(self, error: BaseException | None) -> None:
+        if error is None and self._state is BreakerState.CLOSED and not self._consecutive:
+            # The hot path: a success while healthy changes nothing but a counter (a racing
+            # increment may be lost: ``successes`` is a statistic, not a decision input).
+            self._successes += 1
+            return
         with self._lock:
             if error is None or not isinstance(error, self.failure_types):
                 self._successes += 1
