@@ -9,7 +9,7 @@ import inspect
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, overload
 
 import redis
 import redis.asyncio.cluster
@@ -27,6 +27,8 @@ from ._sync import loading, reentrant_error
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+_LEADER_CANCELLED = object()  # a joined load's result when its caller was cancelled
 
 
 class AsyncCache:
@@ -96,6 +98,24 @@ class AsyncCache:
     async def invalidate_tags(self, *tags: str) -> None:
         await self._drive(self._core.invalidate_flow(self._core.tag_names(tags)))
 
+    @overload
+    async def get_or_set(
+        self,
+        key: str,
+        loader: Callable[[], Awaitable[R]],
+        ttl: float | None = None,
+        tags: Iterable[str] = (),
+    ) -> R: ...
+
+    @overload
+    async def get_or_set(
+        self,
+        key: str,
+        loader: Callable[[], R],
+        ttl: float | None = None,
+        tags: Iterable[str] = (),
+    ) -> R: ...
+
     async def get_or_set(
         self,
         key: str,
@@ -103,6 +123,8 @@ class AsyncCache:
         ttl: float | None = None,
         tags: Iterable[str] = (),
     ) -> R:
+        """The cached value, or the (sync or async) loader's, loaded once per key across tasks
+        and processes, and stored only if nothing invalidated it meanwhile."""
         name = self._core.name(key)
         value = self._core.fresh_from_l1(name)
         if value is not core.MISS:
@@ -112,7 +134,11 @@ class AsyncCache:
         flight = self._flights.get(name)
         if flight is not None:
             self._core.counters.stampede_joins += 1
-            return await asyncio.shield(flight)
+            while flight is not None:
+                value = await asyncio.shield(flight)
+                if value is not _LEADER_CANCELLED:
+                    return value  # type: ignore[no-any-return]
+                flight = self._flights.get(name)  # the leader went: load (or join) anew
         flight = self._flights[name] = asyncio.get_running_loop().create_future()
         token = loading.set(loading.get() | {name})
         try:
@@ -120,8 +146,11 @@ class AsyncCache:
             value = await self._drive(flow)
         except BaseException as error:
             if not flight.done():
-                flight.set_exception(error)
-                flight.exception()  # retrieved: no "never retrieved" warning without joiners
+                if isinstance(error, asyncio.CancelledError):
+                    flight.set_result(_LEADER_CANCELLED)  # its joiners were not cancelled
+                else:
+                    flight.set_exception(error)
+                    flight.exception()  # retrieved: no "never retrieved" warning
             raise
         else:
             flight.set_result(value)
@@ -151,8 +180,10 @@ class AsyncCache:
         return self._core.stats()
 
     async def aclose(self) -> None:
-        for task in list(self._refreshing.values()):
+        refreshes = list(self._refreshing.values())
+        for task in refreshes:
             task.cancel()
+        await asyncio.gather(*refreshes, return_exceptions=True)  # leases given back first
         if self._listener is not None:
             await asyncio.to_thread(self._listener.stop)
             self._listener = None
@@ -187,7 +218,7 @@ class AsyncCache:
                     value = op.loader()
                     if inspect.isawaitable(value):
                         value = await value
-                except Exception as failure:
+                except BaseException as failure:  # cancelled too: the flow gives its lease back
                     error = failure
                 else:
                     result = (value, time.perf_counter() - began)

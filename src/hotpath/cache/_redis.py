@@ -180,7 +180,10 @@ class RedisTier:
         ):
             return self.sync_client()
         if isinstance(self._client, redis.asyncio.cluster.RedisCluster):
-            node = self._client.get_default_node()
+            # Before its first command an async cluster client has no default node yet.
+            manager = self._client.nodes_manager
+            nodes = [self._client.get_default_node(), *manager.startup_nodes.values()]
+            node = next(n for n in nodes if n is not None)
             return redis.cluster.RedisCluster(
                 host=node.host, port=int(node.port), **self._options()
             )

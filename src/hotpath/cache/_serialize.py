@@ -1,10 +1,10 @@
 """Serializers: orjson by default (type-faithful), msgpack on request, pickle only on opt-in.
 
 Values that JSON cannot express exactly (datetime, date, time, UUID, Decimal, bytes, tuple,
-set, frozenset and dataclasses) are tagged as ``{"$t": kind, "v": ...}`` when encoded and
-restored when decoded, so they round-trip faithfully. Dataclasses are rebuilt only for classes
-this process has encoded or registered (:func:`register_type`): a stored name never makes the
-reader import or call anything else.
+set, frozenset, dataclasses, ints beyond 64 bits, NaN and infinities) are tagged as
+``{"$t": kind, "v": ...}`` when encoded and restored when decoded, so they round-trip
+faithfully. Dataclasses are rebuilt only for classes this process has encoded or registered
+(:func:`register_type`): a stored name never makes the reader import or call anything else.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import decimal
+import math
 import pickle
 import uuid
 from collections.abc import Callable
@@ -23,6 +24,7 @@ import orjson
 from ._errors import CacheConfigError, SerializationError
 
 _TAG = "$t"
+_INT_MIN, _INT_MAX = -(1 << 63), (1 << 64) - 1  # the ints orjson and msgpack carry as numbers
 _registered: dict[str, type[Any]] = {}
 
 
@@ -52,8 +54,12 @@ def _type_name(cls: type[Any]) -> str:
 def _tag(value: Any) -> Any:
     """``value`` with the types JSON would lose replaced by tagged objects."""
     kind = type(value)
-    if kind in (str, int, float, bool) or value is None:
+    if kind is str or kind is bool or value is None:
         return value
+    if kind is int:
+        return value if _INT_MIN <= value <= _INT_MAX else {_TAG: "int", "v": str(value)}
+    if kind is float:  # orjson would write NaN and infinities as null
+        return value if math.isfinite(value) else {_TAG: "float", "v": repr(value)}
     if kind is dict:
         if _TAG in value or any(type(k) is not str for k in value):
             return {_TAG: "map", "v": [[_tag(k), _tag(v)] for k, v in value.items()]}
@@ -88,6 +94,8 @@ def _tag(value: Any) -> Any:
 
 
 _RESTORE: dict[str, Callable[[Any], Any]] = {
+    "int": int,
+    "float": float,
     "tuple": lambda v: tuple(_untag(x) for x in v),
     "set": lambda v: {_untag(x) for x in v},
     "frozenset": lambda v: frozenset(_untag(x) for x in v),
@@ -128,7 +136,10 @@ class JsonSerializer:
     name = "json"
 
     def dumps(self, value: Any) -> bytes:
-        body = orjson.dumps(_tag(value))
+        try:
+            body = orjson.dumps(_tag(value))
+        except orjson.JSONEncodeError as error:  # e.g. nested too deep
+            raise SerializationError(f"cannot cache this value as JSON: {error}") from error
         # One leading byte says whether the body holds tags, so plain JSON decodes at C speed.
         # '"$t":' can only be a key: quotes inside strings are escaped, and user dicts that
         # have a "$t" key are themselves encoded as tagged maps.

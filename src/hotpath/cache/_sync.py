@@ -232,7 +232,7 @@ class Cache:
                 began = time.perf_counter()
                 try:
                     value = op.loader()
-                except Exception as failure:
+                except BaseException as failure:  # interrupted too: the flow gives its lease back
                     error = failure
                 else:
                     result = (value, time.perf_counter() - began)

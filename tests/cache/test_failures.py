@@ -1,0 +1,260 @@
+"""Redis failures never reach the caller on the read path: Redis killed mid-run (callers keep
+getting values, the circuit opens, and closes after the restart) or paused (calls return
+within a few socket timeouts); writes that could not reach Redis are counted and applied to
+this process's L1. Redis is always restored, whatever happens."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from hotpath.cache import AsyncCache, Cache
+from hotpath.stack import LocalStack, RedisServer, StackError
+
+from ._helpers import wait_until
+from .conftest import MakeAsyncCache, MakeCache
+
+pytestmark = pytest.mark.timeout(60)
+
+FAST_FAILING = {
+    "socket_timeout": 0.1,
+    "connect_timeout": 0.1,
+    "failure_threshold": 3,
+    "reset_timeout": 0.3,
+}
+
+
+@pytest.fixture
+def redis_server(hotpath_local_stack: LocalStack) -> Iterator[RedisServer]:
+    """The stack's Redis; running and answering again after the test, whatever it did."""
+    server = hotpath_local_stack.redis
+    yield server
+    with contextlib.suppress(StackError):  # not running (killed): started below
+        server.resume()
+    server.start()
+    with server.client() as client:
+        assert client.ping()
+
+
+def value_of(key: str) -> str:
+    return f"value of {key}"
+
+
+class Load:
+    def __init__(self, cache: Cache) -> None:
+        self.cache = cache
+        self.errors: list[BaseException] = []
+        self.wrong: list[tuple[str, Any]] = []
+        self.calls = 0
+        self.slowest = 0.0
+        self.circuits: set[str] = set()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._work) for _ in range(4)]
+        self._threads.append(threading.Thread(target=self._watch))
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            key = f"k{random.randrange(30)}"
+            began = time.monotonic()
+            try:
+                got = self.cache.get_or_set(key, lambda key=key: value_of(key))
+            except BaseException as error:
+                self.errors.append(error)
+                continue
+            self.slowest = max(self.slowest, time.monotonic() - began)
+            self.calls += 1
+            if got != value_of(key):
+                self.wrong.append((key, got))
+            time.sleep(0.002)
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            self.circuits.add(self.cache.stats().circuit)
+            time.sleep(0.005)
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(10)
+
+
+def test_redis_killed_mid_run(
+    make_cache: MakeCache, redis_server: RedisServer, raw: redis.Redis, ns: str, redis_url: str
+) -> None:
+    cache = make_cache(tier=FAST_FAILING)
+    plain = redis.Redis.from_url(redis_url, socket_connect_timeout=0.2)
+    with Load(cache) as load:
+        time.sleep(0.3)
+        redis_server.kill()
+        killed = time.monotonic()
+        # The unprotected path: a plain client call fails outright.
+        with pytest.raises(redis.ConnectionError):
+            plain.get("k1")
+        wait_until(lambda: "open" in load.circuits, timeout=3)
+        opened_after = time.monotonic() - killed
+        calls_during = load.calls
+        time.sleep(0.5)
+        calls_during = load.calls - calls_during
+        redis_server.start()
+        restarted = time.monotonic()
+        wait_until(lambda: cache.stats().circuit == "closed", timeout=5)
+        closed_after = time.monotonic() - restarted
+        wait_until(lambda: cache.stats().channel_connected, timeout=5)
+        time.sleep(0.3)
+    plain.close()
+    stats = cache.stats()
+    print(
+        f"\nRedis killed: circuit open after {opened_after:.2f} s, {calls_during} calls served "
+        f"in 0.5 s of outage, closed {closed_after:.2f} s after the restart; slowest call "
+        f"{load.slowest * 1000:.0f} ms; redis_errors={stats.redis_errors} "
+        f"redis_skipped={stats.redis_skipped} degraded_loads={stats.degraded_loads}"
+    )
+    assert load.errors == []
+    assert load.wrong == []
+    assert calls_during > 50
+    assert {"closed", "open"} <= load.circuits
+    assert stats.redis_errors >= 3
+    assert stats.redis_skipped > 0
+    assert stats.degraded_loads > 0
+    assert load.slowest < 1.0
+    # Back to normal: loads are stored in Redis again.
+    assert cache.get_or_set("after", lambda: "stored") == "stored"
+    assert raw.exists(f"{ns}:{{after}}") == 1
+
+
+async def test_async_redis_killed_mid_run(
+    make_async_cache: MakeAsyncCache, redis_server: RedisServer, raw: redis.Redis, ns: str
+) -> None:
+    cache: AsyncCache = make_async_cache(tier=FAST_FAILING)
+    errors: list[BaseException] = []
+    circuits: set[str] = set()
+    stop = asyncio.Event()
+    served = 0
+
+    async def work() -> None:
+        nonlocal served
+        while not stop.is_set():
+            key = f"k{random.randrange(30)}"
+            try:
+                got = await cache.get_or_set(key, lambda key=key: value_of(key))
+                assert got == value_of(key)
+                served += 1
+            except BaseException as error:
+                errors.append(error)
+            circuits.add(cache.stats().circuit)
+            await asyncio.sleep(0.002)
+
+    tasks = [asyncio.create_task(work()) for _ in range(4)]
+    try:
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(redis_server.kill)
+        for _ in range(300):
+            if "open" in circuits:
+                break
+            await asyncio.sleep(0.01)
+        served_before = served
+        await asyncio.sleep(0.5)
+        assert served - served_before > 50
+        await asyncio.to_thread(redis_server.start)
+        for _ in range(500):
+            if cache.stats().circuit == "closed" and cache.stats().channel_connected:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+    assert errors == []
+    assert {"closed", "open"} <= circuits
+    assert cache.stats().circuit == "closed"
+    assert await cache.get_or_set("after", lambda: "stored") == "stored"
+    assert raw.exists(f"{ns}:{{after}}") == 1
+
+
+def test_paused_redis_costs_socket_timeouts_not_hangs(
+    make_cache: MakeCache, redis_server: RedisServer, redis_url: str
+) -> None:
+    cache = make_cache(tier={**FAST_FAILING, "reset_timeout": 5.0})
+    other = make_cache(tier=FAST_FAILING)
+    for i in range(5):
+        cache.set(f"cached{i}", i, tags=("group",))
+    hung_client = redis.Redis.from_url(redis_url)  # redis-py's default: no socket timeout
+    hung_client.ping()
+    durations: list[float] = []
+    redis_server.pause()
+    hung = threading.Thread(target=hung_client.get, args=("anything",), daemon=True)
+    hung.start()
+    try:
+        for i in range(10):
+            began = time.monotonic()
+            assert cache.get_or_set(f"new{i}", lambda i=i: f"loaded {i}") == f"loaded {i}"
+            assert cache.get(f"cached{i % 5}") == i % 5
+            durations.append(time.monotonic() - began)
+        # Writes that cannot reach Redis: counted, and applied to this process's L1.
+        cache.set("cached0", "written during the outage")
+        cache.delete("cached1")
+        cache.invalidate_tags("group")
+        cache.set("fresh", "kept", tags=("group",))
+        stats = cache.stats()
+        local_view = [cache.get(f"cached{i}", "MISS") for i in range(5)]
+        fresh = cache.get("fresh")
+        # The unprotected path: a client without a socket timeout is still stuck.
+        hung.join(1.0)
+        still_hung = hung.is_alive()
+    finally:
+        redis_server.resume()
+    hung.join(5)
+    hung_client.close()
+    print(
+        f"\nRedis paused: slowest call {max(durations) * 1000:.0f} ms, 10 calls in "
+        f"{sum(durations) * 1000:.0f} ms; writes_failed={stats.writes_failed}; a client without "
+        f"a socket timeout was still waiting after 1 s: {still_hung}"
+    )
+    assert max(durations) < 0.5
+    assert sum(durations) < 1.5
+    assert stats.circuit == "open"
+    assert stats.writes_failed == 4
+    # set, delete and the tag invalidation all applied locally (cached0 lost its tag)
+    assert local_view == ["written during the outage", "MISS", "MISS", "MISS", "MISS"]
+    assert fresh == "kept"
+    assert still_hung
+    # Once Redis answers, the channel comes back and the other process reads Redis again.
+    wait_until(lambda: other.stats().channel_connected, timeout=5)
+    assert other.get("cached2", "MISS") in (2, "MISS")
+
+
+async def test_async_paused_redis_costs_socket_timeouts_not_hangs(
+    make_async_cache: MakeAsyncCache, redis_server: RedisServer
+) -> None:
+    cache = make_async_cache(tier={**FAST_FAILING, "reset_timeout": 5.0})
+    await cache.set("cached", "v")
+    durations: list[float] = []
+    redis_server.pause()
+    try:
+        for i in range(10):
+            began = time.monotonic()
+            assert await cache.get_or_set(f"new{i}", lambda i=i: i) == i
+            durations.append(time.monotonic() - began)
+        await cache.set("cached", "during")
+        await cache.invalidate_tags("t")
+        stats = cache.stats()
+        during = await cache.get("cached")
+    finally:
+        redis_server.resume()
+    assert max(durations) < 0.5
+    assert sum(durations) < 1.5
+    assert stats.circuit == "open"
+    assert stats.writes_failed == 2
+    assert during == "during"

@@ -1,0 +1,274 @@
+"""No stale sets: readers load hot rows from PostgreSQL through the cache while writers update
+them and invalidate (key deletes or tag invalidations); once everyone stops, every value any
+cache serves equals the database. Plain cache-aside (GET, load, SET; writers UPDATE then DEL)
+under the same race leaves stale entries behind for good."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from hotpath.cache import AsyncCache
+from hotpath.testing import ModuleDatabase
+
+from .conftest import MakeAsyncCache, MakeCache
+
+pytestmark = pytest.mark.timeout(90)
+
+ROWS = 8
+READERS, WRITERS = 8, 2
+RACE_S = 1.5
+
+
+@pytest.fixture(scope="module")
+def engine(hotpath_db: ModuleDatabase) -> Iterator[Engine]:
+    engine = create_engine(hotpath_db.url, pool_size=READERS + WRITERS + 2)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE hot (id int PRIMARY KEY, v int NOT NULL)"))
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def rows(engine: Engine) -> Engine:
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM hot"))
+        conn.execute(text("INSERT INTO hot SELECT g, 0 FROM generate_series(1, :n) g"), {"n": ROWS})
+    return engine
+
+
+def database(engine: Engine) -> dict[int, int]:
+    with engine.connect() as conn:
+        return {int(row[0]): int(row[1]) for row in conn.execute(text("SELECT id, v FROM hot"))}
+
+
+def read_row(engine: Engine, row: int) -> int:
+    with engine.connect() as conn:
+        value = conn.execute(text("SELECT v FROM hot WHERE id = :id"), {"id": row}).scalar_one()
+    time.sleep(random.uniform(0.005, 0.03))  # a slow loader widens the race
+    return int(value)
+
+
+def update_row(engine: Engine, row: int) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE hot SET v = v + 1 WHERE id = :id"), {"id": row})
+
+
+def race(
+    read: Callable[[int], object], write: Callable[[int], None], readers: int = READERS
+) -> tuple[int, int]:
+    """Readers and writers on ROWS hot rows for RACE_S, then writers stop, readers run on a
+    little, then everyone stops. Returns (reads, writes)."""
+    stop_writers, stop_readers = threading.Event(), threading.Event()
+    counts = {"reads": 0, "writes": 0}
+    errors: list[BaseException] = []
+
+    def reader(n: int) -> None:
+        try:
+            while not stop_readers.is_set():
+                read(random.randint(1, ROWS))
+                counts["reads"] += 1
+        except BaseException as error:
+            errors.append(error)
+
+    def writer(n: int) -> None:
+        try:
+            while not stop_writers.is_set():
+                write(random.randint(1, ROWS))
+                counts["writes"] += 1
+                time.sleep(random.uniform(0, 0.004))
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=reader, args=(n,)) for n in range(readers)]
+    threads += [threading.Thread(target=writer, args=(n,)) for n in range(WRITERS)]
+    for t in threads:
+        t.start()
+    time.sleep(RACE_S)
+    stop_writers.set()
+    time.sleep(0.2)  # readers run on after the last write (quiescence for the writers)
+    stop_readers.set()
+    for t in threads:
+        t.join(10)
+    assert not errors, errors
+    return counts["reads"], counts["writes"]
+
+
+def key(row: int) -> str:
+    return f"hot:{row}"
+
+
+@pytest.mark.parametrize("invalidation", ["delete", "tags"])
+def test_no_stale_entries_after_the_race(
+    rows: Engine, make_cache: MakeCache, invalidation: str
+) -> None:
+    caches = [make_cache(default_ttl=60, jitter=0) for _ in range(3)]  # three "processes"
+    by_tag = invalidation == "tags"
+
+    def read(row: int) -> object:
+        cache = caches[row % 3 if random.random() < 0.5 else random.randrange(3)]
+        tags = (f"hot:{row}",) if by_tag else ()
+        return cache.get_or_set(key(row), lambda: read_row(rows, row), tags=tags)
+
+    def write(row: int) -> None:
+        update_row(rows, row)
+        cache = random.choice(caches)
+        if by_tag:
+            cache.invalidate_tags(f"hot:{row}")
+        else:
+            cache.delete(key(row))
+
+    reads, writes = race(read, write)
+    time.sleep(0.1)  # let the last invalidation messages land
+    truth = database(rows)
+    observer = make_cache()  # a process that did not take part: what L2 holds
+    stale = [
+        (n, row, served, truth[row])
+        for n, cache in enumerate([*caches, observer])
+        for row in range(1, ROWS + 1)
+        if (served := cache.get(key(row), "MISS")) != "MISS" and served != truth[row]
+    ]
+    stats = [c.stats() for c in caches]
+    refused = sum(s.stale_sets_refused for s in stats)
+    print(
+        f"\nhotpath ({invalidation}): {reads} reads, {writes} writes, stale entries: "
+        f"{len(stale)}, loads refused after an invalidation: {refused}"
+    )
+    assert stale == []
+    assert sum(s.loads for s in stats) > 20
+    assert writes > 100
+    if not by_tag:
+        assert refused > 0, "the race never happened: nothing to protect against"
+
+
+@pytest.mark.parametrize("invalidation", ["delete", "tags"])
+def test_plain_cache_aside_leaves_stale_entries(
+    rows: Engine, redis_url: str, ns: str, invalidation: str
+) -> None:
+    """The unprotected path (redis-py GET / load / SET; writers UPDATE then DEL, or DEL every
+    key of a tag set as cashews does): the same race leaves stale values in Redis."""
+    client = redis.Redis.from_url(redis_url, max_connections=READERS + WRITERS + 2)
+
+    def read(row: int) -> object:
+        cached = client.get(f"{ns}:{row}")
+        if cached is not None:
+            return int(cached)
+        value = read_row(rows, row)
+        client.set(f"{ns}:{row}", value, ex=60)
+        if invalidation == "tags":
+            client.sadd(f"{ns}:tag:{row}", f"{ns}:{row}")
+        return value
+
+    def write(row: int) -> None:
+        update_row(rows, row)
+        if invalidation == "tags":
+            members = client.smembers(f"{ns}:tag:{row}")
+            if members:
+                client.delete(*members)
+        else:
+            client.delete(f"{ns}:{row}")
+
+    stale: list[tuple[int, int, int]] = []
+    rounds = 0
+    while not stale and rounds < 3:  # a race: give it up to three rounds to show itself
+        rounds += 1
+        race(read, write)
+        truth = database(rows)
+        for row in range(1, ROWS + 1):
+            cached = client.get(f"{ns}:{row}")
+            if cached is not None and int(cached) != truth[row]:
+                stale.append((row, int(cached), truth[row]))
+    client.close()
+    print(
+        f"\nplain cache-aside ({invalidation}): stale entries: {len(stale)} of {ROWS} rows "
+        f"(round {rounds})"
+    )
+    assert stale, "plain cache-aside came out clean this time"
+
+
+async def test_async_no_stale_entries_after_the_race(
+    rows: Engine, hotpath_db: ModuleDatabase, make_async_cache: MakeAsyncCache
+) -> None:
+    engine = create_async_engine(hotpath_db.async_url, pool_size=READERS + WRITERS + 2)
+    caches: list[AsyncCache] = [make_async_cache(default_ttl=60, jitter=0) for _ in range(3)]
+    stop_writers, stop_readers = asyncio.Event(), asyncio.Event()
+    writes = 0
+
+    async def load(row: int) -> int:
+        async with engine.connect() as conn:
+            result = await conn.execute(text("SELECT v FROM hot WHERE id = :id"), {"id": row})
+            value = result.scalar_one()
+        await asyncio.sleep(random.uniform(0.005, 0.03))
+        return int(value)
+
+    async def reader() -> None:
+        while not stop_readers.is_set():
+            row = random.randint(1, ROWS)
+            await random.choice(caches).get_or_set(key(row), lambda row=row: load(row))
+            await asyncio.sleep(0)  # an L1 hit never awaits: let the other tasks run
+
+    async def writer() -> None:
+        nonlocal writes
+        while not stop_writers.is_set():
+            row = random.randint(1, ROWS)
+            async with engine.begin() as conn:
+                await conn.execute(text("UPDATE hot SET v = v + 1 WHERE id = :id"), {"id": row})
+            await random.choice(caches).delete(key(row))
+            writes += 1
+            await asyncio.sleep(random.uniform(0, 0.004))
+
+    tasks = [asyncio.create_task(reader()) for _ in range(READERS)]
+    tasks += [asyncio.create_task(writer()) for _ in range(WRITERS)]
+    await asyncio.sleep(RACE_S)
+    stop_writers.set()
+    await asyncio.sleep(0.2)
+    stop_readers.set()
+    await asyncio.gather(*tasks)
+    await asyncio.sleep(0.1)
+    await engine.dispose()
+    truth = database(rows)
+    stale = [
+        (row, served)
+        for cache in caches
+        for row in range(1, ROWS + 1)
+        if (served := await cache.get(key(row), "MISS")) != "MISS" and served != truth[row]
+    ]
+    refused = sum(c.stats().stale_sets_refused for c in caches)
+    print(f"\nhotpath async: {writes} writes, stale entries: {len(stale)}, refused: {refused}")
+    assert stale == []
+    assert writes > 50
+    assert refused > 0
+
+
+@pytest.mark.parametrize("invalidate", ["delete", "set", "tags"])
+def test_a_load_that_raced_an_invalidation_is_not_stored(
+    make_cache: MakeCache, raw: redis.Redis, ns: str, invalidate: str
+) -> None:
+    """The race made deterministic: the invalidation lands while the loader runs."""
+    cache, writer = make_cache(), make_cache()
+
+    def load() -> str:
+        if invalidate == "delete":
+            writer.delete("k")
+        elif invalidate == "set":
+            writer.set("k", "written", tags=("t",))
+        else:
+            writer.invalidate_tags("t")
+        return "read before the invalidation"
+
+    assert cache.get_or_set("k", load, tags=("t",)) == "read before the invalidation"
+    expected = "written" if invalidate == "set" else "MISS"
+    assert make_cache().get("k", "MISS") == expected
+    assert cache.get("k", "MISS") == expected
+    if invalidate != "tags":
+        assert cache.stats().stale_sets_refused == 1
+    else:  # stored, but under the tag version it was read with: never served
+        assert raw.exists(f"{ns}:{{k}}") == 1

@@ -1,0 +1,358 @@
+"""Stampede protection: one loader call per key across threads, tasks and processes; a crashed
+lease holder blocks nobody for longer than the lease; waiters sleep until woken instead of
+polling Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+import redis
+import redis.cluster
+
+from hotpath.cache import Cache, MemoryTier, RedisTier
+
+from . import _workers
+from ._helpers import commands
+from .conftest import MakeAsyncCache, MakeCache
+
+pytestmark = pytest.mark.timeout(90)
+
+PROCESSES, CALLERS = 4, 50
+
+
+def run_stampede(
+    redis_url: str, ns: str, mode: str, *, cluster: bool = False
+) -> tuple[list[dict[str, Any]], int]:
+    """PROCESSES spawned processes x CALLERS threads or tasks on one cold key; returns each
+    process's report and how many times the loader ran in total (counted in Redis)."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(PROCESSES)
+    results = ctx.Queue()
+    counter = f"{ns}:loader-calls"
+    procs = [
+        ctx.Process(
+            target=_workers.stampede,
+            args=(redis_url, ns, "cold", counter, CALLERS, mode, barrier, results, cluster),
+        )
+        for _ in range(PROCESSES)
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        reports = [results.get(timeout=60) for _ in procs]
+    finally:
+        for proc in procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+    client: Any = (
+        redis.cluster.RedisCluster.from_url(redis_url)
+        if cluster
+        else redis.Redis.from_url(redis_url)
+    )
+    try:
+        calls = int(client.get(counter) or 0)
+    finally:
+        client.close()
+    return reports, calls
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_cold_key_is_loaded_once_across_processes(redis_url: str, ns: str, mode: str) -> None:
+    reports, calls = run_stampede(redis_url, ns, mode)
+    values = [v for r in reports for v in r["values"]]
+    assert [e for r in reports for e in r["errors"]] == []
+    assert len(values) == PROCESSES * CALLERS
+    assert calls == 1, f"loader ran {calls} times for one cold key"
+    assert len({(v["pid"], v["call"]) for v in values}) == 1  # everyone got that one load
+    stats = [r["stats"] for r in reports]
+    assert sum(s["loads"] for s in stats) == 1
+    # In each process the other callers joined the in-process flight, and the processes that
+    # did not load waited on the Redis lease.
+    assert sum(s["stampede_joins"] for s in stats) >= 0.9 * PROCESSES * (CALLERS - 1)
+    assert sum(1 for s in stats if s["lease_waits"] > 0) == PROCESSES - 1
+    assert sum(s["wait_timeouts"] for s in stats) == 0
+    print(f"\n{mode}: {PROCESSES}x{CALLERS} callers, loader calls: {calls}")
+
+
+def test_in_process_callers_share_one_load(make_cache: MakeCache) -> None:
+    cache = make_cache()
+    calls = Counter[str]()
+    start = threading.Barrier(50)
+    got: list[object] = []
+
+    def load() -> str:
+        calls["k"] += 1
+        time.sleep(0.2)
+        return "v"
+
+    def call() -> None:
+        start.wait()
+        got.append(cache.get_or_set("k", load))
+
+    threads = [threading.Thread(target=call) for _ in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert got == ["v"] * 50
+    assert calls["k"] == 1
+    assert cache.stats().stampede_joins >= 45  # the rest may find it in L1 already
+
+
+async def test_async_tasks_share_one_load_across_caches(make_async_cache: MakeAsyncCache) -> None:
+    caches = [make_async_cache() for _ in range(4)]  # four "processes" (separate L1s)
+    calls = 0
+
+    async def load() -> str:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.2)
+        return "v"
+
+    got = await asyncio.gather(*(c.get_or_set("k", load) for c in caches for _ in range(50)))
+    assert got == ["v"] * 200
+    assert calls == 1
+    assert sum(c.stats().lease_waits > 0 for c in caches) == 3
+
+
+def test_a_failing_loader_releases_its_lease_at_once(make_cache: MakeCache) -> None:
+    holder, waiter = make_cache(tier={"lease_ttl": 5}), make_cache(tier={"lease_ttl": 5})
+    entered = threading.Event()
+
+    def fail() -> str:
+        entered.set()
+        time.sleep(0.2)
+        raise RuntimeError("database down")
+
+    failure: list[BaseException] = []
+
+    def hold() -> None:
+        try:
+            holder.get_or_set("k", fail)
+        except RuntimeError as error:
+            failure.append(error)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert entered.wait(5)
+    began = time.monotonic()
+    assert waiter.get_or_set("k", lambda: "second try") == "second try"
+    waited = time.monotonic() - began
+    thread.join(5)
+    assert len(failure) == 1
+    assert waited < 1.0, f"waited {waited:.2f}s for a lease given back after 0.2 s"
+    assert waiter.stats().lease_waits >= 1
+
+
+def test_a_crashed_lease_holder_blocks_nobody_past_the_lease(
+    redis_url: str, ns: str, make_cache: MakeCache, raw: redis.Redis
+) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    holding = ctx.Event()
+    naive_lock = f"{ns}:naive-lock"
+    proc = ctx.Process(
+        target=_workers.die_holding_the_lease, args=(redis_url, ns, "k", naive_lock, holding)
+    )
+    proc.start()
+    try:
+        assert holding.wait(30), "the holder never took the lease"
+        proc.join(10)
+    finally:
+        if proc.is_alive():
+            proc.kill()
+    assert proc.exitcode == 17
+    crashed = time.monotonic()
+    assert raw.exists(f"{ns}:{{k}}:lease") == 1  # the dead process's lease is still there
+
+    caches = [make_cache() for _ in range(5)]
+    calls = Counter[str]()
+    got: list[tuple[object, float]] = []
+
+    def load() -> str:
+        calls["k"] += 1
+        return "reloaded"
+
+    def call(cache: Cache) -> None:
+        got.append((cache.get_or_set("k", load), time.monotonic()))
+
+    threads = [threading.Thread(target=call, args=(c,)) for c in caches for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert [v for v, _ in got] == ["reloaded"] * 50
+    assert calls["k"] == 1
+    latest = max(at for _, at in got) - crashed
+    assert latest < 1.5, f"waiters were blocked {latest:.2f}s by a 0.6 s lease"
+    # The unprotected path: a lock without an expiry (dogpile's default lock_timeout=None)
+    # outlives its crashed holder, so a waiter never gets it.
+    deadline = time.monotonic() + 0.5
+    acquired = False
+    while time.monotonic() < deadline and not acquired:
+        acquired = bool(raw.set(naive_lock, "me", nx=True))
+        time.sleep(0.01)
+    assert not acquired
+    assert raw.ttl(naive_lock) == -1
+
+
+def test_a_lease_taken_with_a_short_ttl_expires_for_waiters(
+    make_cache: MakeCache, raw: redis.Redis, ns: str
+) -> None:
+    raw.set(f"{ns}:{{k}}:lease", "someone-gone", px=400)
+    cache = make_cache()
+    began = time.monotonic()
+    assert cache.get_or_set("k", lambda: "mine") == "mine"
+    waited = time.monotonic() - began
+    assert 0.3 < waited < 1.0, waited
+    assert cache.stats().lease_waits >= 1
+
+
+def test_waiters_are_woken_not_polling(redis_url: str, ns: str, raw: redis.Redis) -> None:
+    """50 waiters in 50 caches (as if 50 processes) during a 1 s load cost a handful of Redis
+    commands each; a lock + poll loop (cashews' ``lock=True``) costs thousands."""
+    tier = {"health_interval": 0.1}
+    caches = [Cache(MemoryTier(10), RedisTier(redis_url, **tier), namespace=ns) for _ in range(51)]
+    holder, waiters = caches[0], caches[1:]
+    try:
+        for cache in caches:
+            cache.get("warm-up")  # connect now: HELLO and CLIENT SETINFO are not waiting
+        taken = threading.Event()
+
+        def slow() -> str:
+            taken.set()
+            time.sleep(1.0)
+            return "v"
+
+        loading = threading.Thread(target=holder.get_or_set, args=("k", slow))
+        loading.start()
+        assert taken.wait(5)
+        before = commands(raw)
+        got: list[object] = []
+        threads = [
+            threading.Thread(target=lambda c=c: got.append(c.get_or_set("k", str))) for c in waiters
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        loading.join(5)
+        hotpath = commands(raw) - before
+        assert got == ["v"] * 50
+        assert sum(c.stats().lease_waits for c in waiters) == 50
+    finally:
+        closers = [threading.Thread(target=c.close) for c in caches]
+        for t in closers:
+            t.start()
+        for t in closers:
+            t.join(10)
+
+    # The same wait with a lock and a 10 ms poll loop.
+    lock, value = f"{ns}:poll-lock", f"{ns}:poll-value"
+    raw.set(lock, "holder", px=5000)
+    poller = redis.Redis.from_url(redis_url, max_connections=60)
+    polling_started = threading.Barrier(51)
+
+    def poll() -> None:
+        poller.ping()  # connected before the measurement, like the caches
+        polling_started.wait()
+        while poller.get(value) is None:
+            time.sleep(0.01)
+
+    threads = [threading.Thread(target=poll) for _ in range(50)]
+    for t in threads:
+        t.start()
+    polling_started.wait()
+    before = commands(raw)
+    time.sleep(1.0)
+    raw.set(value, "v")
+    raw.delete(lock)
+    for t in threads:
+        t.join(5)
+    polling = commands(raw) - before
+    poller.close()
+    print(
+        f"\nRedis commands while 50 waiters wait out a 1 s load: hotpath {hotpath.total()} "
+        f"({dict(hotpath)}), lock + 10 ms poll {polling.total()}"
+    )
+    # Per waiter: GET, the lease script (GET, SET NX, PTTL) once before sleeping and once (GET)
+    # when woken; plus the holder's fill.
+    assert hotpath.total() <= 50 * 8 + 10
+    assert hotpath["evalsha"] <= 2 * 50 + 3  # + the fill (and a NOSCRIPT retry)
+    assert polling.total() > 10 * hotpath.total()
+
+
+def test_plain_cache_aside_stampedes(raw: redis.Redis, ns: str) -> None:
+    """The unprotected path: GET, load on a miss, SET; every concurrent caller loads."""
+    calls = Counter[str]()
+    start = threading.Barrier(50)
+
+    def call() -> None:
+        start.wait()
+        if raw.get(f"{ns}:plain") is None:
+            calls["k"] += 1
+            time.sleep(0.2)
+            raw.set(f"{ns}:plain", "v")
+
+    threads = [threading.Thread(target=call) for _ in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert calls["k"] > 10, calls
+
+
+async def test_a_cancelled_async_loader_cancels_nobody_else_and_gives_its_lease_back(
+    make_async_cache: MakeAsyncCache, raw: redis.Redis, ns: str
+) -> None:
+    """A request whose load is cancelled (a client gone, a timeout) must not cancel the other
+    requests that joined its load, nor leave its lease to block other processes."""
+    cache, elsewhere = make_async_cache(tier={"lease_ttl": 5}), make_async_cache()
+
+    async def slow() -> str:
+        await asyncio.sleep(1.0)
+        return "slow"
+
+    leader = asyncio.create_task(cache.get_or_set("k", slow))
+    await asyncio.sleep(0.05)  # the leader holds the lease and runs the loader
+    joiner = asyncio.create_task(cache.get_or_set("k", lambda: "joiner's own load"))
+    await asyncio.sleep(0.05)
+    leader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leader
+    assert await asyncio.wait_for(joiner, 2) == "joiner's own load"
+    began = time.monotonic()
+    assert await elsewhere.get_or_set("k2", lambda: "x") == "x"
+    other = asyncio.create_task(cache.get_or_set("k3", slow))
+    await asyncio.sleep(0.05)
+    other.cancel()
+    await asyncio.gather(other, return_exceptions=True)
+    assert raw.exists(f"{ns}:{{k3}}:lease") == 0  # given back at once, not after lease_ttl
+    assert await elsewhere.get_or_set("k3", lambda: "loaded elsewhere") == "loaded elsewhere"
+    assert time.monotonic() - began < 1.0
+
+
+class Interrupted(BaseException):
+    """Like gevent's Timeout or KeyboardInterrupt: not an Exception."""
+
+
+def test_a_loader_interrupted_by_a_base_exception_gives_its_lease_back(
+    make_cache: MakeCache, raw: redis.Redis, ns: str
+) -> None:
+    cache = make_cache(tier={"lease_ttl": 5})
+
+    def interrupted() -> str:
+        raise Interrupted
+
+    with pytest.raises(Interrupted):
+        cache.get_or_set("k", interrupted)
+    assert raw.exists(f"{ns}:{{k}}:lease") == 0  # not left to block others for lease_ttl
+    began = time.monotonic()
+    assert make_cache().get_or_set("k", lambda: "loaded elsewhere") == "loaded elsewhere"
+    assert time.monotonic() - began < 0.5
