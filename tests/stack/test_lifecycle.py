@@ -172,3 +172,18 @@ def test_startup_budget_is_reported(isolated_root: Path) -> None:
         assert 0 < stack.startup_seconds <= elapsed
         state = json.loads((stack.directory / "stack.json").read_text())  # type: ignore[operator]
         assert state["startup_seconds"] == stack.startup_seconds
+
+
+def test_a_crashed_stack_in_a_directory_is_cleared_and_started_again(isolated_root: Path) -> None:
+    directory = isolated_root / "dev"
+    crashed = LocalStack(replicas=0, redis=True, postgres=False, directory=directory).start()
+    pids = crashed.processes()
+    for pid in pids:  # the servers die; their state file stays behind
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (directory / "stack.json").exists()
+    with LocalStack(replicas=0, redis=True, postgres=False, directory=directory) as again:
+        assert again.directory == directory
+        assert alive(again.processes())

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from .. import __version__
 from .._errors import HotpathError
@@ -56,8 +58,21 @@ def main() -> None:
     try:
         app()
     except HotpathError as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+    except OSError as exc:  # the machine said no (permissions, disk full, a missing path)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
+        sys.exit(2)
+    except Exception as exc:
+        if os.environ.get("HOTPATH_DEBUG"):
+            raise
+        err.print(
+            f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}\n"
+            "This is a hotpath bug: rerun with HOTPATH_DEBUG=1 for the traceback and report it.",
+            markup=True,
+            soft_wrap=True,
+        )
+        sys.exit(1)

@@ -493,7 +493,10 @@ class LocalStack:
                         f"a hotpath stack is already running in {directory}: stop it with "
                         f"`hotpath stack down --dir {directory}`, or choose another directory"
                     )
-                previous.stop()  # a stale stack from a crashed run: clear it and reuse the dir
+                # A stale stack from a crashed run: clear it (which removes the directory
+                # with its data) and start afresh in the same place.
+                previous.stop()
+                directory.mkdir(parents=True, exist_ok=True)
             elif any(directory.iterdir()):
                 raise StackError(
                     f"{directory} is not empty and holds no hotpath stack; refusing to touch it: "
