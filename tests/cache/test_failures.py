@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis
 
-from hotpath.cache import AsyncCache, Cache
+from hotpath.cache import AsyncCache, Cache, RedisTier
 from hotpath.stack import LocalStack, RedisServer, StackError
 
 from ._helpers import wait_until
@@ -258,3 +258,29 @@ async def test_async_paused_redis_costs_socket_timeouts_not_hangs(
     assert stats.circuit == "open"
     assert stats.writes_failed == 2
     assert during == "during"
+
+
+class _BrokenGet(redis.Redis):
+    """A real client whose GET fails the way redis-py's async cluster client once did: with
+    an AttributeError from deep inside, not a RedisError."""
+
+    def get(self, name: Any) -> Any:
+        raise AttributeError("'NoneType' object has no attribute 'writelines'")
+
+
+def test_a_client_bug_on_the_read_path_is_redis_unavailable_not_an_exception(
+    redis_url: str, ns: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = Cache(None, RedisTier(_BrokenGet.from_url(redis_url)), namespace=ns)
+    try:
+        assert cache.get("k", "default") == "default"
+        assert cache.get_or_set("k", lambda: "loaded") == "loaded"
+        assert cache.get_or_set("k", lambda: "again") == "again"
+        stats = cache.stats()
+        assert stats.redis_errors >= 3
+        assert stats.loads == 2
+        logged = [r for r in caplog.records if "the Redis client raised" in r.getMessage()]
+        assert len(logged) == 1  # once per kind, with its traceback
+        assert logged[0].exc_info is not None
+    finally:
+        cache.close()

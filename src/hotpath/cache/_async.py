@@ -20,7 +20,7 @@ from ._commands import command_for
 from ._core import UNAVAILABLE, CacheCore, Flow, Op
 from ._decorator import KeyTemplate
 from ._memory import MemoryTier
-from ._redis import SCRIPTS, AsyncClient, RedisTier
+from ._redis import SCRIPTS, AsyncClient, RedisTier, entry_key
 from ._serialize import Serializer
 from ._stats import CacheStats
 from ._sync import loading, reentrant_error
@@ -81,7 +81,9 @@ class AsyncCache:
         name = self._core.name(key)
         value = self._core.fresh_from_l1(name)
         if value is core.MISS:
-            value = await self._drive(self._core.get_flow(name))
+            value, mark = await self._from_l2(name, early=False)
+            if type(value) is core.Unserved:
+                value = await self._drive(self._core.get_flow(name, value.reply, mark))
         return default if value is core.MISS else value
 
     async def set(
@@ -140,10 +142,8 @@ class AsyncCache:
                     return value  # type: ignore[no-any-return]
                 flight = self._flights.get(name)  # the leader went: load (or join) anew
         flight = self._flights[name] = asyncio.get_running_loop().create_future()
-        token = loading.set(loading.get() | {name})
         try:
-            flow = self._core.get_or_set_flow(name, loader, ttl, self._core.tag_names(tuple(tags)))
-            value = await self._drive(flow)
+            value = await self._lead(name, loader, ttl, tags)
         except BaseException as error:
             if not flight.done():
                 if isinstance(error, asyncio.CancelledError):
@@ -156,8 +156,27 @@ class AsyncCache:
             flight.set_result(value)
             return value  # type: ignore[no-any-return]
         finally:
-            loading.reset(token)
             del self._flights[name]
+
+    async def _lead(
+        self,
+        name: str,
+        loader: Callable[[], Awaitable[Any]] | Callable[[], Any],
+        ttl: float | None,
+        tags: Iterable[str],
+    ) -> Any:
+        """As ``Cache._lead``: one GET, served at once when it can be, else the flow."""
+        found, mark = await self._from_l2(name, early=True)
+        if type(found) is not core.Unserved:
+            return found
+        token = loading.set(loading.get() | {name})
+        try:
+            tag_names = self._core.tag_names(tuple(tags))
+            return await self._drive(
+                self._core.get_or_set_flow(name, loader, ttl, tag_names, found.reply, mark)
+            )
+        finally:
+            loading.reset(token)
 
     def cached(
         self, ttl: float | None = None, key: str | None = None, tags: Iterable[str] = ()
@@ -235,15 +254,31 @@ class AsyncCache:
         if isinstance(op, core.Refresh):
             self._refresh_in_background(op)
             return None
+        return await self._guarded(self._redis, op)
+
+    async def _guarded(self, call: Callable[[Any], Awaitable[Any]], arg: Any) -> Any:
+        """``await call(arg)`` through the circuit breaker; UNAVAILABLE (counted) if Redis
+        fails."""
         assert self._l2 is not None
         try:
             with self._l2.breaker:
-                return await self._redis(op)
+                return await call(arg)
         except CircuitOpenError:
             self._core.counters.redis_skipped += 1
         except (redis.RedisError, OSError, asyncio.TimeoutError):
             self._core.counters.redis_errors += 1
+        except Exception as error:  # e.g. redis-py's async cluster losing a connection's
+            # writer while it connects (seen with 50 tasks on cold connections)
+            self._core.client_failed(error)
         return UNAVAILABLE
+
+    async def _from_l2(self, name: str, *, early: bool) -> tuple[Any, int | None]:
+        """As ``Cache._from_l2``: the common L1 miss in one GET, without a flow."""
+        if self._client is None:
+            return core.Unserved(None), None
+        mark = self._core.mark_l1()
+        reply = await self._guarded(self._client.get, entry_key(self._ns, name))
+        return self._core.serve_l2_reply(name, reply, mark, early=early), mark
 
     async def _redis(self, op: Op) -> Any:
         client = self._client

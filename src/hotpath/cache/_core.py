@@ -45,8 +45,27 @@ class _Sentinel:
 
 MISS: Final = _Sentinel("MISS")
 UNAVAILABLE: Final = _Sentinel("UNAVAILABLE")  # Redis could not answer (error, timeout, circuit)
+ABSENT: Final = _Sentinel("ABSENT")  # L2 holds no entry for the key
+
+
+@dataclass(slots=True)
+class Unserved:
+    """``serve_l2_reply`` could not serve: continue with the flow from ``reply``."""
+
+    reply: Any
+
 
 HIT, LEASE, HELD = 1, 2, 3
+
+
+@dataclass(slots=True)
+class L2Reply:
+    """What a driver's own L2 read (the fast path of an L1 miss) hands on to a flow when it
+    could not serve it: the decoded entry (None if unreadable: already counted), and whether
+    it was found not fresh (XFetch drew once: a second draw would change the odds)."""
+
+    entry: Entry | None
+    known_stale: bool = False
 
 
 # -- ops: what a flow asks its driver to do -------------------------------------------------
@@ -183,6 +202,7 @@ class CacheCore:
         self.waiters = Waiters()
         self.channel_connected = l2 is None  # an L1-only cache is trivially coherent
         self.channel_drops = 0
+        self._client_failures_logged: set[type[Exception]] = set()
 
     # -- names and small helpers ---------------------------------------------------------
 
@@ -231,6 +251,53 @@ class CacheCore:
             self.counters.decode_errors += 1
             log.warning("hotpath.cache: unreadable entry treated as a miss: %s", error)
             return None
+
+    def _entry_of(self, reply: Any) -> Entry | None:
+        if type(reply) is L2Reply:
+            return reply.entry
+        return self._decode(reply)
+
+    def client_failed(self, error: Exception) -> None:
+        """The Redis client raised something other than a Redis or network error: count it
+        as Redis unavailable like those, and log each kind once with its traceback."""
+        self.counters.redis_errors += 1
+        kind = type(error)
+        if kind not in self._client_failures_logged:
+            self._client_failures_logged.add(kind)
+            log.warning(
+                "hotpath.cache: the Redis client raised %r; treated as Redis being unavailable "
+                "(logged once per kind)",
+                error,
+                exc_info=error,
+            )
+
+    def mark_l1(self) -> int | None:
+        """Where L1's invalidation log stands before an L2 read (see ``MemoryTier.fill``)."""
+        l1 = self._l1()
+        return l1.mark() if l1 is not None else None
+
+    def serve_l2_reply(self, name: str, reply: Any, mark: int | None, *, early: bool) -> Any:
+        """The fast path of an L1 miss, run by the drivers without a flow: the value of the
+        L2 GET ``reply`` when nothing more must be asked (fresh, and no tags or tags L1 knows
+        to be current), counted and copied to L1. Otherwise what the flow goes on from: the
+        reply as it came (absent, unavailable) or an :class:`L2Reply`, so nothing is decoded
+        twice. ``early``: whether XFetch may pick the value for an early refresh."""
+        if reply is UNAVAILABLE:
+            return Unserved(reply)
+        if reply is None:
+            return Unserved(ABSENT)
+        entry = self._decode(reply)
+        if entry is None:
+            return Unserved(L2Reply(None))
+        l1 = self._l1()
+        if entry.tags and (l1 is None or l1.tags_current(entry.tags) is not True):
+            return Unserved(L2Reply(entry))
+        if not entry.is_fresh(time.time(), self.beta if early else 0.0):
+            return Unserved(L2Reply(entry, known_stale=True))
+        self.counters.l2_hits += 1
+        if l1 is not None:
+            l1.fill(name, entry, since=mark)
+        return entry.value
 
     def fresh_from_l1(self, name: str) -> Any:
         """The fast path: a fresh, valid L1 value, or MISS (then run a flow)."""
@@ -288,8 +355,11 @@ class CacheCore:
             l1.learn_tags(versions, since=mark)
         return dict(versions)
 
-    def get_flow(self, name: str) -> Flow:
-        """A fresh value (or MISS): ``get`` never loads, so it never serves stale either."""
+    def get_flow(self, name: str, reply: Any = None, mark: int | None = None) -> Flow:
+        """A fresh value (or MISS): ``get`` never loads, so it never serves stale either.
+
+        ``reply`` is the driver's own L2 read (see :meth:`serve_l2_reply`), taken after
+        ``mark``; without one the flow reads L2 itself."""
         now = time.time()
         l1 = self._l1()
         if l1 is not None:
@@ -302,10 +372,11 @@ class CacheCore:
                 self.counters.l1_hits += 1
                 return entry.value
         if self.l2 is not None:
-            mark = l1.mark() if l1 is not None else None
-            raw = yield L2Get(name)
-            if raw is not UNAVAILABLE and raw is not None:
-                entry = self._decode(raw)
+            if reply is None:
+                mark = l1.mark() if l1 is not None else None
+                reply = (yield L2Get(name)) or ABSENT
+            if reply is not UNAVAILABLE and reply is not ABSENT:
+                entry = self._entry_of(reply)
                 if (
                     entry is not None
                     and now < entry.soft_expiry
@@ -319,8 +390,15 @@ class CacheCore:
         return MISS
 
     def get_or_set_flow(
-        self, name: str, loader: Callable[[], Any], ttl: float | None, tags: tuple[str, ...]
+        self,
+        name: str,
+        loader: Callable[[], Any],
+        ttl: float | None,
+        tags: tuple[str, ...],
+        reply: Any = None,
+        mark: int | None = None,
     ) -> Flow:
+        """``reply`` and ``mark`` as for :meth:`get_flow`."""
         now = time.time()
         l1 = self._l1()
         if l1 is not None:
@@ -334,17 +412,19 @@ class CacheCore:
                     self.counters.stale_served += 1
                     yield Refresh(name, loader, ttl, tags)
                     return entry.value
-        mark = l1.mark() if l1 is not None else None
+        if reply is None:
+            mark = l1.mark() if l1 is not None else None
         if self.l2 is None:
             self.counters.misses += 1
             return (yield from self._load_unleased(name, loader, ttl, tags, mark))
-        raw = yield L2Get(name)
-        if raw is UNAVAILABLE:
+        if reply is None:
+            reply = (yield L2Get(name)) or ABSENT  # (an entry is never empty bytes)
+        if reply is UNAVAILABLE:
             self.counters.misses += 1
             return (yield from self._load_unleased(name, loader, ttl, tags, mark))
-        present = raw is not None
+        present = reply is not ABSENT
         if present:
-            entry = self._decode(raw)
+            entry = self._entry_of(reply)
             if (
                 entry is not None
                 and entry.is_servable(now)
@@ -353,7 +433,8 @@ class CacheCore:
                 self.counters.l2_hits += 1
                 if l1 is not None:
                     l1.fill(name, entry, since=mark)
-                if not entry.is_fresh(now, self.beta):
+                known_stale = type(reply) is L2Reply and reply.known_stale
+                if known_stale or not entry.is_fresh(now, self.beta):
                     self.counters.stale_served += 1
                     yield Refresh(name, loader, ttl, tags)
                 return entry.value

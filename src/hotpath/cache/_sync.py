@@ -21,7 +21,7 @@ from ._core import UNAVAILABLE, CacheCore, Flow, Op
 from ._decorator import KeyTemplate
 from ._errors import CacheError
 from ._memory import MemoryTier
-from ._redis import SCRIPTS, RedisTier, SyncClient
+from ._redis import SCRIPTS, RedisTier, SyncClient, entry_key
 from ._serialize import Serializer
 from ._stats import CacheStats
 
@@ -111,7 +111,7 @@ class Cache:
             else {}
         )
         self._flights: dict[str, _Flight] = {}
-        self._flights_lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
         self._refreshing: set[str] = set()
         self._executor = ThreadPoolExecutor(refresh_workers, thread_name_prefix="hotpath.cache")
         self._listener = self._core.start_channel()
@@ -123,7 +123,9 @@ class Cache:
         name = self._core.name(key)
         value = self._core.fresh_from_l1(name)
         if value is core.MISS:
-            value = self._drive(self._core.get_flow(name))
+            value, mark = self._from_l2(name, early=False)
+            if type(value) is core.Unserved:
+                value = self._drive(self._core.get_flow(name, value.reply, mark))
         return default if value is core.MISS else value
 
     def set(self, key: str, value: Any, ttl: float | None = None, tags: Iterable[str] = ()) -> None:
@@ -154,18 +156,14 @@ class Cache:
             return value  # type: ignore[no-any-return]
         if name in loading.get():
             raise reentrant_error(name)
-        with self._flights_lock:
-            flight = self._flights.get(name)
-            leader = flight is None
-            if flight is None:
-                flight = self._flights[name] = _Flight()
-        if not leader:
+        # dict.setdefault and pop are atomic: the flights need no lock of their own.
+        mine = _Flight()
+        flight = self._flights.setdefault(name, mine)
+        if flight is not mine:
             self._core.counters.stampede_joins += 1
             return flight.result()  # type: ignore[no-any-return]
-        token = loading.set(loading.get() | {name})
         try:
-            flow = self._core.get_or_set_flow(name, loader, ttl, self._core.tag_names(tuple(tags)))
-            value = self._drive(flow)
+            value = self._lead(name, loader, ttl, tags)
         except BaseException as error:
             flight.finish(error=error)
             raise
@@ -173,9 +171,24 @@ class Cache:
             flight.finish(value)
             return value  # type: ignore[no-any-return]
         finally:
+            del self._flights[name]
+
+    def _lead(
+        self, name: str, loader: Callable[[], Any], ttl: float | None, tags: Iterable[str]
+    ) -> Any:
+        """The single-flight leader's part: one GET, served at once when it can be (the
+        common L1 miss), else the whole flow (tags, stale, lease, load)."""
+        found, mark = self._from_l2(name, early=True)
+        if type(found) is not core.Unserved:
+            return found
+        token = loading.set(loading.get() | {name})
+        try:
+            tag_names = self._core.tag_names(tuple(tags))
+            return self._drive(
+                self._core.get_or_set_flow(name, loader, ttl, tag_names, found.reply, mark)
+            )
+        finally:
             loading.reset(token)
-            with self._flights_lock:
-                del self._flights[name]
 
     def cached(
         self, ttl: float | None = None, key: str | None = None, tags: Iterable[str] = ()
@@ -250,15 +263,31 @@ class Cache:
             assert isinstance(op, core.Refresh)
             self._refresh_in_background(op)
             return None
+        return self._guarded(self._redis, op)
+
+    def _guarded(self, call: Callable[[Any], Any], arg: Any) -> Any:
+        """``call(arg)`` through the circuit breaker; UNAVAILABLE (counted) if Redis fails."""
         assert self._l2 is not None
         try:
             with self._l2.breaker:
-                return self._redis(op)
+                return call(arg)
         except CircuitOpenError:
             self._core.counters.redis_skipped += 1
         except (redis.RedisError, OSError):
             self._core.counters.redis_errors += 1
+        except Exception as error:  # a client bug must not reach the caller either
+            self._core.client_failed(error)
         return UNAVAILABLE
+
+    def _from_l2(self, name: str, *, early: bool) -> tuple[Any, int | None]:
+        """The common L1 miss in one GET, without a flow or a single-flight: the value, or
+        :class:`~hotpath.cache._core.Unserved` for the flow to go on from; and the L1 mark
+        taken before the read."""
+        if self._client is None:
+            return core.Unserved(None), None
+        mark = self._core.mark_l1()
+        reply = self._guarded(self._client.get, entry_key(self._ns, name))
+        return self._core.serve_l2_reply(name, reply, mark, early=early), mark
 
     def _channel_up(self) -> bool:
         return self._listener is not None and self._listener.connected.is_set()
@@ -291,7 +320,7 @@ class Cache:
         return status, data, event
 
     def _refresh_in_background(self, op: core.Refresh) -> None:
-        with self._flights_lock:
+        with self._refresh_lock:
             if op.name in self._refreshing:
                 return
             self._refreshing.add(op.name)
@@ -300,11 +329,11 @@ class Cache:
             try:
                 self._drive(self._core.refresh_flow(op.name, op.loader, op.ttl, op.tags))
             finally:
-                with self._flights_lock:
+                with self._refresh_lock:
                     self._refreshing.discard(op.name)
 
         try:
             self._executor.submit(refresh)
         except RuntimeError:  # closed
-            with self._flights_lock:
+            with self._refresh_lock:
                 self._refreshing.discard(op.name)
