@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from hotpath.demo._process import ShopServer
 from hotpath.demo._report import render_html
 from hotpath.demo._runner import DemoResult, run_shop
 from hotpath.stack import LocalStack
@@ -58,6 +59,25 @@ def test_the_run_measures_both_configurations(result: DemoResult) -> None:
     hits = optimized.cache_hit_rates
     assert hits is not None
     assert hits[0] + hits[1] > 0.2
+    assert naive.server_errors == optimized.server_errors == []
+
+
+def test_server_errors_are_read_from_its_log(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    trace = (
+        "Traceback (most recent call last):\n"
+        '  File "app.py", line 3, in handler\n'
+        "    boom()\n"
+        "{error}\n"
+    )
+    log.write_text(
+        "INFO: started\n"
+        + trace.format(error="ZeroDivisionError: division by zero")
+        + trace.format(error="KeyError: 'sku'")
+        + trace.format(error="ZeroDivisionError: division by zero")
+    )
+    server = ShopServer("http://127.0.0.1:1", log)
+    assert server.errors() == ["ZeroDivisionError: division by zero", "KeyError: 'sku'"]
 
 
 def test_the_index_fix_uses_what_hotpath_advise_found_in_the_naive_run(

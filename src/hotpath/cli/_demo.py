@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     Progress,
@@ -66,6 +67,9 @@ def demo(
             for ddl in result.indexes:
                 out.print(f"  {ddl}")
         _before_after(result)
+        for run in result.runs:
+            for error in run.server_errors:
+                out.print(f"[yellow]{run.label}: the server logged[/] {escape(error)}")
         report.write_text(render_html(result))
         out.print(f"[bold]report[/]: {report.resolve()}")
     finally:

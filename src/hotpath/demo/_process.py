@@ -7,10 +7,12 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import httpx
 
@@ -23,40 +25,62 @@ class ShopServerError(HotpathError):
     """The shop server process did not come up."""
 
 
+@dataclass(frozen=True)
+class ShopServer:
+    """A running shop server: its base URL and its log (stderr, kept in a file so that a
+    chatty server never blocks on a full pipe)."""
+
+    url: str
+    log_path: Path
+
+    def errors(self, limit: int = 5) -> list[str]:
+        """The distinct exceptions the server logged (the last line of each traceback)."""
+        text = self.log_path.read_text(errors="replace")
+        found: list[str] = []
+        for block in text.split("Traceback (most recent call last):")[1:]:
+            lines = [line for line in block.splitlines() if line and not line[0].isspace()]
+            if lines and lines[0] not in found:
+                found.append(lines[0])
+        return found[:limit]
+
+
 @contextmanager
-def shop_server(settings: ShopSettings, timeout: float = 30.0) -> Iterator[str]:
-    """Start ``python -m hotpath.demo.shop`` for ``settings``; yield its base URL."""
+def shop_server(settings: ShopSettings, timeout: float = 30.0) -> Iterator[ShopServer]:
+    """Start ``python -m hotpath.demo.shop`` for ``settings``; yield it once it answers."""
     port = free_ports(1)[0]
     env = {**os.environ, "HOTPATH_SHOP_SETTINGS": json.dumps(asdict(settings))}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "hotpath.demo.shop", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    url = f"http://{LOOPBACK}:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                output = process.stderr.read() if process.stderr else ""
-                raise ShopServerError(f"the shop server exited: {output[-800:]}")
-            try:
-                if httpx.get(f"{url}/__hotpath/stats", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise ShopServerError(
-                    f"the shop server did not answer on {url} within {timeout:.0f}s"
-                )
-            time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
+    with tempfile.TemporaryDirectory(prefix="hotpath-shop-") as directory:
+        log_path = Path(directory) / "server.log"
+        with log_path.open("w") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "hotpath.demo.shop", str(port)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                text=True,
+            )
+        url = f"http://{LOOPBACK}:{port}"
         try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            deadline = time.monotonic() + timeout
+            while True:
+                if process.poll() is not None:
+                    output = log_path.read_text(errors="replace")
+                    raise ShopServerError(f"the shop server exited: {output[-800:]}")
+                try:
+                    if httpx.get(f"{url}/__hotpath/stats", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise ShopServerError(
+                        f"the shop server did not answer on {url} within {timeout:.0f}s"
+                    )
+                time.sleep(0.1)
+            yield ShopServer(url, log_path)
+        finally:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

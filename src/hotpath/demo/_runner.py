@@ -51,6 +51,7 @@ class RunResult:
     replica_reads: int = 0
     primary_reads: int = 0
     cache: dict[str, int] = field(default_factory=dict)
+    server_errors: list[str] = field(default_factory=list)  # exceptions the server logged
 
     @property
     def cache_hit_rates(self) -> tuple[float, float] | None:
@@ -119,13 +120,14 @@ def _reset_statement_stats(dsn: str) -> None:
 
 
 async def run_configuration(settings: ShopSettings, spec: LoadSpec, scale: str) -> RunResult:
-    with shop_server(settings) as url:
-        async with httpx.AsyncClient(base_url=url) as client:
+    with shop_server(settings) as server:
+        async with httpx.AsyncClient(base_url=server.url) as client:
             # warm up: first connections, compiled statements, caches
             await client.get("/products/1")
             await client.post("/__hotpath/reset")
-            load = await run_load(url, shop_mix(SCALES[scale]), spec)
+            load = await run_load(server.url, shop_mix(SCALES[scale]), spec)
             stats = (await client.get("/__hotpath/stats")).json()
+        server_errors = server.errors()
     queries = {s["name"]: float(s["queries_p50"]) for s in stats["observe"]["scopes"]}
     return RunResult(
         settings.fixes,
@@ -135,6 +137,7 @@ async def run_configuration(settings: ShopSettings, spec: LoadSpec, scale: str) 
         int(stats["replica_reads"]),
         int(stats["primary_reads"]),
         {k: int(v) for k, v in stats.get("cache", {}).items()},
+        server_errors,
     )
 
 
