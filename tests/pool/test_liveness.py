@@ -86,3 +86,24 @@ def test_max_lifetime_replaces_connections_with_jitter(hotpath_db: ModuleDatabas
     assert (snap.expired, snap.invalidations, snap.connects) == (4, 0, 8)
     assert all(lifetime * (1 - jitter) <= e <= lifetime for e in expiries)
     assert len(set(expiries)) == len(expiries)  # spread, not one mass reconnection
+
+
+def test_max_lifetime_ends_under_continuous_use(hotpath_db: ModuleDatabase) -> None:
+    """A connection never idle is still replaced after its lifetime (by the housekeeping
+    sweep, within about a second), not kept for as long as it stays busy."""
+    engine, metrics = planned_engine(
+        hotpath_db.url, pool_size=1, max_lifetime_s=0.3, lifetime_jitter=0.0, validate_idle_s=60
+    )
+    try:
+        deadline = time.monotonic() + 2.5
+        pids = set()
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                pids.add(conn.execute(text("SELECT pg_backend_pid()")).scalar())
+            time.sleep(0.01)
+        snap = metrics.snapshot()
+    finally:
+        engine.dispose()
+    assert snap.expired >= 1
+    assert len(pids) >= 2
+    assert snap.invalidations == 0

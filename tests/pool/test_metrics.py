@@ -253,3 +253,16 @@ async def test_async_psycopg_pool_metrics(hotpath_db: ModuleDatabase) -> None:
             with pytest.raises(ConnectionPoolExhaustedError, match=r"2x .*test_metrics\.py"):
                 await pool.getconn()
         assert metrics.snapshot().timeouts == 1
+
+
+def test_metered_pool_replaces_only_trampolines() -> None:
+    """MeteredQueuePool replaces ``Pool.connect()`` and ``Pool._return_conn()`` instead of
+    wrapping them (a Python frame per checkout is a third of its overhead budget): that is
+    only right while SQLAlchemy's are the one-line trampolines they are in 2.x."""
+    from sqlalchemy.pool import AsyncAdaptedQueuePool, Pool, QueuePool
+
+    assert Pool.connect.__code__.co_names == ("_ConnectionFairy", "_checkout")
+    assert Pool._return_conn.__code__.co_names == ("_do_return_conn",)
+    for base in (QueuePool, AsyncAdaptedQueuePool):
+        assert base.connect is Pool.connect
+        assert base._return_conn is Pool._return_conn

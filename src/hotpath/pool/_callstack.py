@@ -1,7 +1,9 @@
 """Cheap capture of the stack that checked a connection out, and its rendering.
 
-Capture keeps (code object, bytecode offset) pairs only, about a microsecond per checkout;
-line numbers, file names, source lines and the "first application frame" are worked out only
+Capture walks from the pool towards the caller and stops at the first application frame
+(``hotpath._frames``): the frames in between are the libraries' (SQLAlchemy, hotpath), and
+the first application frame is the call site a leak report names. Only (code object,
+bytecode offset) pairs are kept; line numbers, file names and source lines are worked out
 when a leak or an exhausted pool is reported. Under async SQLAlchemy the checkout runs in a
 greenlet whose stack ends at ``greenlet_spawn``; the walk continues in the parent greenlet,
 where the ``await`` is.
@@ -11,33 +13,77 @@ from __future__ import annotations
 
 import linecache
 import sys
+from collections.abc import Iterator, Sequence
 from types import CodeType, FrameType
 
 from .._frames import describe_site, is_library, parent_greenlet_frames
 
-Stack = tuple[tuple[CodeType, int], ...]
+# Flat (code object, bytecode offset, code object, bytecode offset, ...), innermost first:
+# one tuple for the common capture of a single frame instead of a tuple of pairs.
+Stack = Sequence[object]
 
+# Kept when no application frame is found at all (a checkout from a library's own thread).
 _MAX_FRAMES = 32
 
+# Verdicts per file name: a str caches its hash, a code object does not (hashing one costs
+# about 100 ns), and whether a frame is the application's depends only on its file. The
+# metered pools read ``application_files`` inline for the caller's frame.
+_library_files: set[str] = set()
+application_files: set[str] = set()
 
-def _walk(frame: FrameType | None, into: list[tuple[CodeType, int]], budget: int) -> int:
-    append = into.append
-    while frame is not None and budget:
-        append((frame.f_code, frame.f_lasti))  # f_lineno would cost a line-table decode
-        frame = frame.f_back
-        budget -= 1
-    return budget
+_getframe = sys._getframe
+
+
+def _is_application_file(code: CodeType) -> bool:
+    filename = code.co_filename
+    if filename in application_files:
+        return True
+    if is_library(code):
+        _library_files.add(filename)
+        return False
+    application_files.add(filename)
+    return True
 
 
 def capture_stack(skip: int = 1) -> Stack:
-    """The current stack, innermost first (``skip`` frames of the caller's own dropped)."""
-    frames: list[tuple[CodeType, int]] = []
-    budget = _walk(sys._getframe(skip + 1), frames, _MAX_FRAMES)
+    """The caller's stack (``skip`` frames of its own dropped) out to the first application
+    frame, innermost first."""
+    return stack_from(_getframe(skip + 1))
+
+
+def stack_from(frame: FrameType | None) -> Stack:
+    """``frame`` and its callers out to the first application frame. About 0.1 µs per frame:
+    CPython 3.11+ materialises a frame object for each, so the walk stops at the call site."""
+    stack: list[object] = []
+    push = stack.append
+    library = _library_files
+    while frame is not None:
+        code = frame.f_code
+        push(code)
+        push(frame.f_lasti)  # f_lineno would cost a line-table decode
+        if code.co_filename not in library and _is_application_file(code):
+            return stack
+        frame = frame.f_back
+    # No application frame in this greenlet (async SQLAlchemy): go on in the parents'.
     for parent in parent_greenlet_frames():
-        if not budget:
-            break
-        budget = _walk(parent, frames, budget)
-    return tuple(frames)
+        frame = parent
+        while frame is not None:
+            code = frame.f_code
+            push(code)
+            push(frame.f_lasti)
+            if code.co_filename not in library and _is_application_file(code):
+                return stack
+            frame = frame.f_back
+    return stack[: 2 * _MAX_FRAMES]
+
+
+def frames(stack: Stack) -> Iterator[tuple[CodeType, int]]:
+    """(code object, bytecode offset) pairs of ``stack``, innermost first."""
+    for index in range(0, len(stack) - 1, 2):
+        code, offset = stack[index], stack[index + 1]
+        assert isinstance(code, CodeType)
+        assert isinstance(offset, int)
+        yield code, offset
 
 
 def _line(code: CodeType, offset: int) -> int:
@@ -49,11 +95,12 @@ def _line(code: CodeType, offset: int) -> int:
 
 def call_site(stack: Stack) -> str:
     """``path:line in function`` of the first application frame (else the outermost one)."""
-    for code, offset in stack:
+    pairs = list(frames(stack))
+    for code, offset in pairs:
         if not is_library(code):
             return _site(code, _line(code, offset))
-    if stack:
-        code, offset = stack[-1]
+    if pairs:
+        code, offset = pairs[-1]
         return _site(code, _line(code, offset))
     return "<unknown>"
 
@@ -65,7 +112,7 @@ def _site(code: CodeType, line: int) -> str:
 def format_stack(stack: Stack) -> str:
     """A traceback-style rendering, outermost call first."""
     lines = []
-    for code, offset in reversed(stack):
+    for code, offset in reversed(list(frames(stack))):
         line = _line(code, offset)
         lines.append(f'  File "{code.co_filename}", line {line}, in {code.co_name}')
         source = linecache.getline(code.co_filename, line).strip()

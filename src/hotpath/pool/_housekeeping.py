@@ -1,4 +1,5 @@
-"""One daemon thread per process for every instrumented pool: leak checks, histogram folding.
+"""One daemon thread per process for every instrumented pool: leak checks, histogram folding,
+liveness sweeps (connections past their lifetime).
 
 A thread rather than a timer per checkout: a checkout then costs nothing extra, and the watch
 works the same for threads and asyncio tasks (it only reads the holders under a lock).
@@ -43,5 +44,8 @@ def _run() -> None:
             try:
                 metrics.fold()
                 metrics.check_leaks()
+                sweep = metrics.sweep() if metrics.sweep is not None else None
+                if sweep is not None:
+                    sweep()
             except Exception:  # never let one bad pool stop the watch for the others
                 logger.exception("pool %s: housekeeping failed", metrics.name)

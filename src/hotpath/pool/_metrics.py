@@ -4,32 +4,31 @@ The adapters (SQLAlchemy events, the metered pool classes, psycopg_pool) only tr
 own callbacks into the calls below; every number in a :class:`PoolSnapshot`, the leak reports
 and the exhaustion message come from here. Times are kept in microseconds in HdrHistograms
 (1 µs .. 1 h, 3 significant digits). A checkout only appends to a deque (atomic, no lock); the
-samples are folded into the histograms by the housekeeping thread every second, when they
-are read, and in small slices by checkouts if a backlog builds up.
+samples are folded into the histograms by the housekeeping thread every second and when they
+are read.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import statistics
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-from ._callstack import Stack, call_site, capture_stack, format_stack
+from ._callstack import call_site, capture_stack, format_stack
 from ._errors import PoolExhaustedError
 
 logger = logging.getLogger("hotpath.pool")
 
 _HOUR_US = 3_600_000_000
-# Past this backlog a checkout folds a small slice itself (bounded, ~0.2 ms); the housekeeping
-# thread folds the rest every second, so no single request pays for a big fold.
-_FOLD_AT = 4096
-_FOLD_SLICE = 256
+_US = 1e6
 
 
 def _histogram() -> HdrHistogram:
@@ -143,15 +142,26 @@ class PoolSnapshot:
         return "\n".join(lines)
 
 
-@dataclass(slots=True)
-class _Hold:
-    started: float
-    stack: Stack
-    leak_reported: bool = False
+# (perf_counter() at checkout, *checkout stack): flat, one tuple per checkout.
+Hold = tuple[Any, ...]
+# What a hold is keyed by: the pool entry (SQLAlchemy) or the connection (psycopg_pool),
+# hashed by identity, the same object at checkout and at checkin.
+Key = object
+
+
+def _counted(counter: itertools.count[int]) -> int:
+    """How many times ``next(counter)`` has run (``itertools.count`` has no getter)."""
+    return int(repr(counter)[6:-1])
 
 
 class PoolMetrics:
-    """Counters, histograms and holders of one pool; thread-safe, cheap per checkout."""
+    """Counters, histograms and holders of one pool; thread-safe, cheap per checkout.
+
+    The per-checkout work is plain dict and deque operations, ``next()`` on
+    ``itertools.count`` objects (atomic under the GIL, no lock) and ``time.perf_counter()``;
+    the metered pool classes do it inline on the attributes marked "hot path" (a method call
+    per checkout would cost as much as all of that work). Everything else takes the lock.
+    """
 
     def __init__(
         self,
@@ -164,7 +174,7 @@ class PoolMetrics:
     ) -> None:
         self.name = name
         self.leak_threshold_s = leak_threshold_s
-        self.capture_stacks = capture_stacks
+        self.capture_stacks = capture_stacks  # hot path
         self.metered_acquire = metered_acquire
         self._shape = shape
         self._lock = threading.Lock()
@@ -172,13 +182,22 @@ class PoolMetrics:
         self._acquire_us = _histogram()
         self._hold_us = _histogram()
         self._connect_us = _histogram()
-        self._acquire_raw: deque[int] = deque()
-        self._hold_raw: deque[int] = deque()
-        self._connect_raw: deque[int] = deque()
-        self._holds: dict[int, _Hold] = {}
+        # Hot path: raw samples in seconds, folded into the histograms off the request path
+        # (every pool's metrics are watched by the housekeeping thread, which folds them).
+        # With a metered acquire, each checkout adds exactly one acquire sample: that is the
+        # checkout count, so no counter is needed for it.
+        self._acquire_raw: deque[float] = deque()
+        self._hold_raw: deque[float] = deque()
+        self._connect_raw: deque[float] = deque()
+        # Hot path: Key -> Hold; a checkout adds, a checkin pops (both atomic).
+        self._holds: dict[Key, Hold] = {}
+        # Holds reported as leaks; a checkin only looks here when it is not empty.
+        self._reported: dict[Key, Hold] = {}
+        # Hot path: acquires begun; waiting = begun - checkouts - failed.
+        self._acquiring = itertools.count()
+        self._checkouts = itertools.count()  # checkouts of pools without a metered acquire
         self._opened: dict[int, float] = {}  # connection key -> monotonic open time
-        self._waiting = 0
-        self._checkouts = 0
+        self._acquire_failures = 0
         self._timeouts = 0
         self._invalidations = 0
         self._expired = 0
@@ -186,26 +205,24 @@ class PoolMetrics:
         self._pings = 0
         self._pings_failed = 0
         self._leaks = 0
+        # Periodic liveness work of the pool's adapter, run by the housekeeping thread.
+        self.sweep: Callable[[], Callable[[], None] | None] | None = None
 
-    # -- acquiring (metered pools only) ----------------------------------------------------
+    # -- acquiring (the metered pools inline the success path) -----------------------------
 
     def acquire_started(self) -> float:
-        with self._lock:
-            self._waiting += 1
+        next(self._acquiring)
         return time.perf_counter()
 
-    def acquired(self, started: float, key: int, skip: int = 1) -> None:
+    def acquired(self, started: float, key: Key, skip: int = 1) -> None:
         """An acquire that began at ``started`` got connection ``key``: wait time and hold."""
-        self._record(self._acquire_raw, time.perf_counter() - started)
-        stack = capture_stack(skip + 1) if self.capture_stacks else ()
-        self._holds[key] = _Hold(time.monotonic(), stack)
-        with self._lock:
-            self._waiting -= 1
-            self._checkouts += 1
+        now = time.perf_counter()
+        self._acquire_raw.append(now - started)
+        self._holds[key] = (now, *capture_stack(skip + 1)) if self.capture_stacks else (now,)
 
     def acquire_failed(self, started: float, *, timed_out: bool) -> None:
         with self._lock:
-            self._waiting -= 1
+            self._acquire_failures += 1
             if timed_out:
                 self._timeouts += 1
 
@@ -236,7 +253,7 @@ class PoolMetrics:
             self._opened[key] = time.monotonic()
             self._connects += 1
         if connect_s is not None:
-            self._record(self._connect_raw, connect_s)
+            self._connect_raw.append(connect_s)
 
     def connection_closed(self, key: int) -> None:
         with self._lock:
@@ -255,70 +272,70 @@ class PoolMetrics:
             if not ok:
                 self._pings_failed += 1
 
-    # -- checkout / checkin ----------------------------------------------------------------
+    # -- checkout / checkin (pools without a metered acquire) ------------------------------
 
-    def checked_out(self, key: int, skip: int = 1) -> None:
-        stack = capture_stack(skip + 1) if self.capture_stacks else ()
-        self._holds[key] = _Hold(time.monotonic(), stack)
-        with self._lock:
-            self._checkouts += 1
+    def checked_out(self, key: Key, skip: int = 1) -> None:
+        next(self._checkouts)
+        now = time.perf_counter()
+        self._holds[key] = (now, *capture_stack(skip + 1)) if self.capture_stacks else (now,)
 
-    def checked_in(self, key: int) -> None:
-        now = time.monotonic()
+    def checked_in(self, key: Key) -> None:
         hold = self._holds.pop(key, None)  # dict.pop is atomic; holds are keyed per checkout
-        if hold is None:
-            return
-        held = now - hold.started
-        self._record(self._hold_raw, held)
-        if hold.leak_reported:
+        if hold is not None:
+            now = time.perf_counter()
+            self._hold_raw.append(now - hold[0])
+            if self._reported:
+                self.returned(key, hold, now)
+
+    def returned(self, key: Key, hold: Hold, now: float) -> None:
+        """A checkin while leaks are reported: log the return of a reported one."""
+        if self._reported.get(key) is hold and self._reported.pop(key, None) is hold:
             logger.info(
                 "pool %s: the connection reported as leaked was returned after %.2f s (from %s)",
                 self.name,
-                held,
-                call_site(hold.stack),
+                now - hold[0],
+                call_site(hold[1:]),
             )
 
     # -- histograms ------------------------------------------------------------------------
 
-    def _record(self, raw: deque[int], seconds: float) -> None:
-        raw.append(max(1, int(seconds * 1e6)))
-        if len(raw) > _FOLD_AT and self._fold_lock.acquire(blocking=False):
-            try:
-                self._fold_locked(_FOLD_SLICE)
-            finally:
-                self._fold_lock.release()
-
     def fold(self) -> None:
-        """Move every pending sample into the histograms (the housekeeping thread calls it)."""
+        """Move every pending sample into the histograms (the housekeeping thread calls it
+        every second, snapshots before reading)."""
         with self._fold_lock:
-            self._fold_locked(None)
-
-    def _fold_locked(self, limit: int | None) -> None:
-        for raw, hist in (
-            (self._acquire_raw, self._acquire_us),
-            (self._hold_raw, self._hold_us),
-            (self._connect_raw, self._connect_us),
-        ):
-            take = raw.popleft
-            count = len(raw) if limit is None else min(limit, len(raw))
-            for _ in range(count):
-                hist.record_value(take())
+            for raw, hist in (
+                (self._acquire_raw, self._acquire_us),
+                (self._hold_raw, self._hold_us),
+                (self._connect_raw, self._connect_us),
+            ):
+                take = raw.popleft  # popleft, not a swap: appends racing the fold stay safe
+                samples = [take() for _ in range(len(raw))]
+                # Equal microsecond values are recorded once with their count: a Counter runs
+                # in C, HdrHistogram.record_value in Python (~1 µs a call).
+                for value, count in Counter(map(int, map(_US.__mul__, samples))).items():
+                    hist.record_value(max(1, value), count)
 
     # -- leak detection (driven by the watcher thread) -------------------------------------
 
     def check_leaks(self) -> int:
         """Log (once each) connections held longer than the threshold; return how many."""
         threshold = self.leak_threshold_s
+        reported = self._reported
+        holds = self._holds
+        for key, hold in list(reported.items()):  # returned in a race with the last check
+            if holds.get(key) is not hold:
+                reported.pop(key, None)
         if threshold is None:
             return 0
-        now = time.monotonic()
-        found: list[tuple[float, _Hold]] = []
-        with self._lock:
-            for hold in list(self._holds.values()):
-                if not hold.leak_reported and now - hold.started > threshold:
-                    hold.leak_reported = True
-                    self._leaks += 1
-                    found.append((now - hold.started, hold))
+        now = time.perf_counter()
+        found: list[tuple[float, Hold]] = []
+        for key, hold in list(holds.items()):
+            if now - hold[0] > threshold and key not in reported:
+                reported[key] = hold
+                found.append((now - hold[0], hold))
+        if found:
+            with self._lock:
+                self._leaks += len(found)
         for held, hold in found:
             logger.warning(
                 "pool %s: possible connection leak: checked out %.2f s ago (threshold %g s) "
@@ -326,8 +343,8 @@ class PoolMetrics:
                 self.name,
                 held,
                 threshold,
-                call_site(hold.stack),
-                format_stack(hold.stack) or "  (stack capture is off)",
+                call_site(hold[1:]),
+                format_stack(hold[1:]) or "  (stack capture is off)",
             )
         return len(found)
 
@@ -335,12 +352,12 @@ class PoolMetrics:
 
     def holders(self, top: int = 5) -> tuple[Holder, ...]:
         """Call sites holding connections now, the biggest holders first."""
-        now = time.monotonic()
+        now = time.perf_counter()
         holds = list(self._holds.values())
         by_site: dict[str, list[float]] = {}
-        for hold in holds:
-            site = call_site(hold.stack) if hold.stack else "<stack capture off>"
-            by_site.setdefault(site, []).append(now - hold.started)
+        for started, *stack in holds:
+            site = call_site(stack) if stack else "<stack capture off>"
+            by_site.setdefault(site, []).append(now - started)
         ranked = sorted(by_site.items(), key=lambda item: (-len(item[1]), -max(item[1])))
         return tuple(
             Holder(site, len(times), max(times), statistics.median(times))
@@ -352,14 +369,25 @@ class PoolMetrics:
         self.fold()
         now = time.monotonic()
         with self._fold_lock, self._lock:
+            # Without a lock on the hot path, the order of these reads matters: a caller seen
+            # holding cannot also be counted as waiting (it must return, then begin again, after
+            # ``acquiring`` was read); a caller seen waiting that got its connection since is
+            # counted in ``checkouts`` too: waiting may read low for an instant, never high.
+            acquiring = _counted(self._acquiring)
             checked_out = len(self._holds)
             size = shape.size if shape.size is not None else len(self._opened)
             oldest = min(self._opened.values(), default=None)
             acquire = _percentiles(self._acquire_us) if self.metered_acquire else None
             hold = _percentiles(self._hold_us)
             connect = _percentiles(self._connect_us)
+            checkouts = (
+                self._acquire_us.get_total_count() + len(self._acquire_raw)
+                if self.metered_acquire
+                else _counted(self._checkouts)
+            )
+            failures = self._acquire_failures
             counters = (
-                self._checkouts,
+                checkouts,
                 self._timeouts,
                 self._invalidations,
                 self._expired,
@@ -368,7 +396,9 @@ class PoolMetrics:
                 self._pings_failed,
                 self._leaks,
             )
-            waiting = self._waiting if self.metered_acquire else shape.waiting
+            waiting: int | None = max(0, acquiring - checkouts - failures)
+            if not self.metered_acquire:
+                waiting = shape.waiting
         idle = shape.idle if shape.idle is not None else max(0, size - checked_out)
         checkouts, timeouts, invalidations, expired, connects, pings, failed, leaks = counters
         return PoolSnapshot(

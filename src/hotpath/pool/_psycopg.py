@@ -9,27 +9,46 @@ backoff are psycopg_pool's own (``max_lifetime``, ``reconnect_timeout``).
 
 from __future__ import annotations
 
+import sys
 import time
 import weakref
+from time import perf_counter
 from typing import Any
 
 from psycopg import AsyncConnection, Connection
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
+from . import _housekeeping
+from ._callstack import application_files, stack_from
 from ._errors import ConnectionPoolExhaustedError
 from ._metrics import PoolMetrics, PoolShape
+
+_getframe = sys._getframe
+_INF = float("inf")
 
 
 class _Metering:
     """State and logic shared by the sync and async metered pools."""
 
     hotpath_metrics: PoolMetrics
-    validate_idle_s: float | None
+    _idle_s: float
 
     def _setup_metering(self, name: str | None, validate_idle_s: float | None) -> None:
         self.validate_idle_s = validate_idle_s
-        self._returned_at: dict[int, float] = {}
-        self.hotpath_metrics = PoolMetrics(name or "psycopg_pool", self._hotpath_shape)
+        # No leak checks until instrument_pool() asks for them, but folded from the start:
+        # samples must not pile up in a pool nobody instruments.
+        self.hotpath_metrics = PoolMetrics(
+            name or "psycopg_pool", self._hotpath_shape, leak_threshold_s=None
+        )
+        _housekeeping.watch(self.hotpath_metrics)
+
+    @property
+    def validate_idle_s(self) -> float | None:
+        return None if self._idle_s == _INF else self._idle_s
+
+    @validate_idle_s.setter
+    def validate_idle_s(self, value: float | None) -> None:
+        self._idle_s = _INF if value is None else value  # hot path: one comparison
 
     def _hotpath_shape(self) -> PoolShape:
         stats: dict[str, int] = self.get_stats()  # type: ignore[attr-defined]
@@ -44,14 +63,32 @@ class _Metering:
             waiting=stats.get("requests_waiting", 0),
         )
 
-    def _needs_check(self, conn: object) -> bool:
-        if self.validate_idle_s is None:
-            return False
-        returned = self._returned_at.get(id(conn))
-        return returned is not None and time.monotonic() - returned > self.validate_idle_s
+    def _hotpath_acquired(self, conn: Any, started: float) -> None:
+        """Inline in the sync pool (hot path); the async one calls it."""
+        metrics = self.hotpath_metrics
+        now = perf_counter()
+        metrics._acquire_raw.append(now - started)
+        if metrics.capture_stacks:
+            frame = _getframe(2)
+            code = frame.f_code
+            if code.co_filename in application_files:
+                metrics._holds[conn] = (now, code, frame.f_lasti)
+            else:
+                metrics._holds[conn] = (now, *stack_from(frame))
+        else:
+            metrics._holds[conn] = (now,)
+
+    def _hotpath_returned(self, conn: Any) -> None:
+        metrics = self.hotpath_metrics
+        now = perf_counter()
+        hold = metrics._holds.pop(conn, None)
+        if hold is not None:
+            metrics._hold_raw.append(now - hold[0])
+            if metrics._reported:
+                metrics.returned(conn, hold, now)
+        conn.hotpath_check_at = now + self._idle_s
 
     def _hotpath_forget(self, conn: object) -> None:
-        self._returned_at.pop(id(conn), None)
         self.hotpath_metrics.connection_closed(id(conn))
 
 
@@ -59,6 +96,10 @@ def _timed_connection_class(base: type[Connection[Any]], pool: _Metering) -> typ
     owner = weakref.ref(pool)
 
     class TimedConnection(base):  # type: ignore[valid-type, misc]
+        # When the pool's check should ping it: returned + validate_idle_s (never before
+        # its first return: a new connection is not checked).
+        hotpath_check_at = _INF
+
         @classmethod
         def connect(cls, *args: Any, **kwargs: Any) -> Any:
             started = time.perf_counter()
@@ -82,6 +123,8 @@ def _timed_async_connection_class(base: type[AsyncConnection[Any]], pool: _Meter
     owner = weakref.ref(pool)
 
     class TimedAsyncConnection(base):  # type: ignore[valid-type, misc]
+        hotpath_check_at = _INF  # see TimedConnection
+
         @classmethod
         async def connect(cls, *args: Any, **kwargs: Any) -> Any:
             started = time.perf_counter()
@@ -128,7 +171,7 @@ class MeteredConnectionPool(_Metering, ConnectionPool):
         )
 
     def _check_if_idle(self, conn: Connection[Any]) -> None:
-        if not self._needs_check(conn):
+        if perf_counter() < conn.hotpath_check_at:  # type: ignore[attr-defined]
             return
         try:
             ConnectionPool.check_connection(conn)
@@ -139,22 +182,40 @@ class MeteredConnectionPool(_Metering, ConnectionPool):
         self.hotpath_metrics.pinged(ok=True)
 
     def getconn(self, timeout: float | None = None) -> Any:
+        # Inline, as MeteredQueuePool.connect(): every call and attribute counts here.
         metrics = self.hotpath_metrics
-        started = metrics.acquire_started()
+        next(metrics._acquiring)
+        started = perf_counter()
         try:
-            conn = super().getconn(timeout)
+            conn = ConnectionPool.getconn(self, timeout)
         except PoolTimeout as exc:
             raise metrics.exhausted(started, exc, ConnectionPoolExhaustedError) from exc
         except BaseException:
             metrics.acquire_failed(started, timed_out=False)
             raise
-        metrics.acquired(started, id(conn))
+        now = perf_counter()
+        metrics._acquire_raw.append(now - started)
+        if metrics.capture_stacks:
+            frame = _getframe(1)
+            code = frame.f_code
+            if code.co_filename in application_files:
+                metrics._holds[conn] = (now, code, frame.f_lasti)
+            else:
+                metrics._holds[conn] = (now, *stack_from(frame))
+        else:
+            metrics._holds[conn] = (now,)
         return conn
 
     def putconn(self, conn: Any) -> None:
-        self.hotpath_metrics.checked_in(id(conn))
-        self._returned_at[id(conn)] = time.monotonic()
-        super().putconn(conn)
+        metrics = self.hotpath_metrics
+        now = perf_counter()
+        hold = metrics._holds.pop(conn, None)
+        if hold is not None:
+            metrics._hold_raw.append(now - hold[0])
+            if metrics._reported:
+                metrics.returned(conn, hold, now)
+        conn.hotpath_check_at = now + self._idle_s
+        ConnectionPool.putconn(self, conn)
 
 
 class AsyncMeteredConnectionPool(_Metering, AsyncConnectionPool):
@@ -180,7 +241,7 @@ class AsyncMeteredConnectionPool(_Metering, AsyncConnectionPool):
         )
 
     async def _check_if_idle(self, conn: AsyncConnection[Any]) -> None:
-        if not self._needs_check(conn):
+        if perf_counter() < conn.hotpath_check_at:  # type: ignore[attr-defined]
             return
         try:
             await AsyncConnectionPool.check_connection(conn)
@@ -200,10 +261,9 @@ class AsyncMeteredConnectionPool(_Metering, AsyncConnectionPool):
         except BaseException:
             metrics.acquire_failed(started, timed_out=False)
             raise
-        metrics.acquired(started, id(conn))
+        self._hotpath_acquired(conn, started)
         return conn
 
     async def putconn(self, conn: Any) -> None:
-        self.hotpath_metrics.checked_in(id(conn))
-        self._returned_at[id(conn)] = time.monotonic()
+        self._hotpath_returned(conn)
         await super().putconn(conn)

@@ -7,6 +7,7 @@ Liveness, also in ``checkout``: a connection idle longer than ``validate_idle_s`
 which is SQLAlchemy's documented way to make the pool discard that connection and hand out a
 fresh one. After one dead connection is found, every connection opened before it is pinged at
 its next checkout, however recently used: that is how the pool heals after a restart.
+A metered pool (``_sa_pools``) does the checkout and checkin part itself, without events.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import random
 import time
 import warnings
+import weakref
 from typing import Any
 
 from sqlalchemy import event
@@ -29,9 +31,11 @@ from ._sa_pools import _MeteredMixin
 
 _CONNECT_STARTED = "hotpath.connect_started"
 _OPENED = "hotpath.opened"
-_LAST_USED = "hotpath.last_used"
+_VERIFIED = "hotpath.verified"  # opened, or last passed a ping
+_CHECK_AT = "hotpath.check_at"  # the earliest of: idle long enough to ping, end of lifetime
 _EXPIRES = "hotpath.expires"
 _RETIRING = "hotpath.retiring"
+_INF = float("inf")
 
 
 def pool_shape(pool: Pool) -> PoolShape:
@@ -44,7 +48,18 @@ def pool_shape(pool: Pool) -> PoolShape:
 
 
 class EngineInstrumentation:
-    """The listeners on one engine; ``PoolMetrics`` does the counting."""
+    """The listeners on one engine and its liveness rules; ``PoolMetrics`` does the counting.
+
+    Every connection's ``record.info`` carries ``_CHECK_AT``, the time it is next looked at:
+    a checkin sets it to "now + validate_idle_s", so the common checkout costs one dict read
+    and one comparison. The rarer reasons to look sooner are pushed into it instead of being
+    tested at every checkout: a dead connection found (every connection opened before it is
+    suspect) sets it to -inf on every known connection at once, and the housekeeping thread
+    does the same each second for connections past their max lifetime or still suspect (a
+    checkin racing with either is caught by the next sweep). A metered pool reads it in its
+    own ``connect()`` and checkin (no ``checkout``/``checkin`` listeners, see ``_sa_pools``);
+    other pools get the events.
+    """
 
     def __init__(
         self,
@@ -59,11 +74,15 @@ class EngineInstrumentation:
         self.engine = engine
         self.metrics = metrics
         self.validate_idle_s = validate_idle_s
+        # Hot path: seconds of idle before a ping (infinite: never).
+        self.idle_s = _INF if validate_idle_s is None else validate_idle_s
         self.max_lifetime_s = max_lifetime_s
         self.lifetime_jitter = lifetime_jitter
         self.transaction_pooler = transaction_pooler
-        self._suspect_before = 0.0  # connections opened before this are pinged at checkout
-        # A metered pool records the checkout itself, a few frames nearer the caller.
+        # Connections not verified since this perf_counter() are pinged at their checkout.
+        self.suspect_before = -_INF
+        # Every pool entry with a connection, for the sweeps (entries outlive reconnects).
+        self._records: weakref.WeakSet[ConnectionPoolEntry] = weakref.WeakSet()
         self._metered = isinstance(engine.pool, _MeteredMixin)
         self._warned: set[tuple[str, str]] = set()
 
@@ -71,8 +90,9 @@ class EngineInstrumentation:
         engine = self.engine
         event.listen(engine, "do_connect", self._on_do_connect)
         event.listen(engine, "connect", self._on_connect)
-        event.listen(engine, "checkout", self._on_checkout)
-        event.listen(engine, "checkin", self._on_checkin)
+        if not self._metered:
+            event.listen(engine, "checkout", self._on_checkout)
+            event.listen(engine, "checkin", self._on_checkin)
         event.listen(engine, "close", self._on_close)
         event.listen(engine, "close_detached", self._on_close_detached)
         event.listen(engine, "detach", self._on_detach)
@@ -81,7 +101,9 @@ class EngineInstrumentation:
         if self.transaction_pooler:
             event.listen(engine, "before_cursor_execute", self._on_statement)
         if isinstance(engine.pool, _MeteredMixin):
-            engine.pool.hotpath_metrics = self.metrics
+            engine.pool.hotpath_liveness = self
+        # A weak reference: the metrics must not keep the engine alive.
+        self.metrics.sweep = weakref.WeakMethod(self.sweep)
 
     # -- connection lifecycle --------------------------------------------------------------
 
@@ -92,15 +114,23 @@ class EngineInstrumentation:
 
     def _on_connect(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         started = record.info.pop(_CONNECT_STARTED, None)
-        connect_s = None if started is None else time.perf_counter() - started
-        now = time.monotonic()
-        record.info[_OPENED] = now
-        record.info[_LAST_USED] = now
+        now = time.perf_counter()
+        self._adopt(record, now)
+        connect_s = None if started is None else now - started
+        self.metrics.connection_opened(id(dbapi_connection), connect_s)
+
+    def _adopt(self, record: ConnectionPoolEntry, now: float) -> None:
+        """Stamp a connection opened now (or found unstamped: opened before instrumenting)."""
+        info = record.info
+        info[_OPENED] = info[_VERIFIED] = now
+        expires = _INF
         if self.max_lifetime_s is not None:
             # Jitter spreads the reconnects of connections opened together (HikariCP, psycopg)
             spread = 1.0 - random.uniform(0.0, self.lifetime_jitter)
-            record.info[_EXPIRES] = now + self.max_lifetime_s * spread
-        self.metrics.connection_opened(id(dbapi_connection), connect_s)
+            expires = now + self.max_lifetime_s * spread
+        info[_EXPIRES] = expires
+        info[_CHECK_AT] = min(now + self.idle_s, expires)
+        self._records.add(record)
 
     def _on_close(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         self.metrics.connection_closed(id(dbapi_connection))
@@ -110,14 +140,15 @@ class EngineInstrumentation:
 
     def _on_detach(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         self.metrics.connection_closed(id(dbapi_connection))
-        self.metrics.checked_in(id(record.info))
+        self.metrics.checked_in(record)
 
     def _on_invalidate(
         self, dbapi_connection: Any, record: ConnectionPoolEntry, exception: BaseException | None
     ) -> None:
         expired = bool(record.info.pop(_RETIRING, False))
-        if not expired:
-            self._suspect_before = time.monotonic()
+        if not expired and self.validate_idle_s is not None:
+            self.suspect_before = time.perf_counter()
+            self.sweep()  # every older connection: pinged at its next checkout
         self.metrics.invalidated(expired=expired)
 
     def _on_soft_invalidate(
@@ -125,23 +156,46 @@ class EngineInstrumentation:
     ) -> None:
         self.metrics.invalidated(expired=True)
 
-    # -- checkout / checkin ----------------------------------------------------------------
+    # -- liveness at checkout --------------------------------------------------------------
 
-    def _on_checkout(self, dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
+    def sweep(self) -> None:
+        """Make connections past their lifetime or still suspect be looked at on their next
+        checkout (run on a dead connection, and each second by the housekeeping thread)."""
+        now = time.perf_counter()
+        suspect_before = self.suspect_before
+        for record in list(self._records):
+            info = record.info
+            if now >= info.get(_EXPIRES, _INF) or info.get(_VERIFIED, _INF) < suspect_before:
+                info[_CHECK_AT] = -_INF
+
+    def check(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        """The slow path of a checkout whose ``_CHECK_AT`` has passed: raise
+        ``DisconnectionError`` if the connection must be replaced."""
         info = record.info
-        now = time.monotonic()
-        if self.validate_idle_s is not None:
-            idle = now - info.get(_LAST_USED, now)
-            if idle > self.validate_idle_s or info.get(_OPENED, now) < self._suspect_before:
-                self._validate(dbapi_connection, idle)
-        expires = info.get(_EXPIRES)
-        if expires is not None and now >= expires:
+        now = time.perf_counter()
+        if _CHECK_AT not in info:
+            self._adopt(record, now)
+        if now >= info[_EXPIRES]:
             info[_RETIRING] = True
             raise sa_exc.DisconnectionError("connection reached its max lifetime; replacing it")
-        if not self._metered:
-            self.metrics.checked_out(id(info), skip=1)
+        check_at = info[_CHECK_AT]
+        if self.validate_idle_s is not None and now >= check_at:
+            # _CHECK_AT is "last returned + idle_s", or -inf when swept: expired (above) or
+            # suspect; the ping is wanted either way.
+            if info[_VERIFIED] < self.suspect_before:
+                why = "opened before a dead connection was found"
+            else:
+                why = f"idle {now - (check_at - self.idle_s):.2f} s"
+            self._validate(dbapi_connection, why)
+            info[_VERIFIED] = now  # a suspect is pinged once, not at every checkout
+        info[_CHECK_AT] = min(now + self.idle_s, info[_EXPIRES])
 
-    def _validate(self, dbapi_connection: Any, idle: float) -> None:
+    def _on_checkout(self, dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
+        if time.perf_counter() >= record.info.get(_CHECK_AT, -_INF):
+            self.check(dbapi_connection, record)
+        self.metrics.checked_out(record, skip=1)
+
+    def _validate(self, dbapi_connection: Any, why: str) -> None:
         try:
             alive = bool(self.engine.dialect.do_ping(dbapi_connection))
         except Exception:  # any error on a trivial ping means the connection is unusable
@@ -149,13 +203,12 @@ class EngineInstrumentation:
         self.metrics.pinged(ok=alive)
         if not alive:
             raise sa_exc.DisconnectionError(
-                f"connection idle {idle:.2f} s failed its liveness check; replacing it"
+                f"connection ({why}) failed its liveness check; replacing it"
             )
 
     def _on_checkin(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-        info = record.info
-        info[_LAST_USED] = time.monotonic()
-        self.metrics.checked_in(id(info))
+        record.info[_CHECK_AT] = time.perf_counter() + self.idle_s
+        self.metrics.checked_in(record)
 
     # -- transaction-pooler mode -----------------------------------------------------------
 
