@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -23,6 +23,7 @@ from sqlalchemy.orm import (
 
 from hotpath.cache import AsyncCache, Cache, CacheError, MemoryTier, RedisTier
 from hotpath.cache import orm as cache_orm
+from hotpath.routing import ReplicaSet, routed_sessionmaker
 from hotpath.testing import ModuleDatabase
 
 
@@ -336,3 +337,34 @@ async def test_async_sessions(hotpath_db: ModuleDatabase) -> None:
         binding.unbind()
         await cache.aclose()
         await engine.dispose()
+
+
+def test_a_cached_query_on_routed_sessions_needs_no_connection(
+    engine: Engine, cache: Cache, hotpath_db: ModuleDatabase
+) -> None:
+    replica_engines = [create_engine(url) for url in hotpath_db.replica_urls]
+    checkouts: list[str] = []
+
+    def count(name: str) -> Callable[..., None]:
+        return lambda *args: checkouts.append(name)
+
+    for name, each in [("primary", engine), *(("replica", e) for e in replica_engines)]:
+        event.listen(each, "checkout", count(name))
+    replicas = ReplicaSet(engine, replica_engines, max_lag_s=5.0, probe_interval_s=0.2)
+    try:
+        sessions = routed_sessionmaker(replicas)
+        binding = cache_orm.bind(sessions, cache)
+        expected = warm(sessions)
+        checkouts.clear()
+        with sessions() as session:
+            assert snapshot(list(session.scalars(CACHED))) == expected
+        assert binding.stats.hits >= 1
+        assert checkouts == []  # answered before the router picked (and connected to) a node
+        with sessions() as session:
+            session.scalars(AUTHORS).all()  # not cached: routed to a node as usual
+        assert checkouts
+        binding.unbind()
+    finally:
+        replicas.close()
+        for each in replica_engines:
+            each.dispose()

@@ -198,7 +198,9 @@ class CacheBinding:
             ("after_soft_rollback", self._on_rollback),
         ]
         for name_, listener in self._listeners:
-            event.listen(self._target, name_, listener)
+            # First in line: a query answered from the cache must not reach listeners that
+            # would pick a node and connect for it (hotpath.routing's first-read placement).
+            event.listen(self._target, name_, listener, insert=name_ == "do_orm_execute")
 
     def _event_target(self, target: SessionTarget) -> Any:
         if isinstance(target, async_sessionmaker):

@@ -6,7 +6,7 @@ from dataclasses import dataclass, fields, replace
 
 FIX_DESCRIPTIONS = {
     "pool": "a planned connection pool instead of a new connection per request",
-    "eager": "eager loads where observe found N+1s",
+    "eager": "joined loads and one grouped query where observe found N+1s; LIMIT, not all rows",
     "indexes": "the indexes hotpath advise recommends for this workload",
     "cache": "L1 + Redis cache, invalidated by tags on writes",
     "replicas": "reads on replicas with read-your-writes",
