@@ -18,6 +18,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import repeat, starmap
 from typing import Any
 
 from hdrh.histogram import HdrHistogram
@@ -308,10 +309,11 @@ class PoolMetrics:
                 (self._hold_raw, self._hold_us),
                 (self._connect_raw, self._connect_us),
             ):
-                take = raw.popleft  # popleft, not a swap: appends racing the fold stay safe
-                samples = [take() for _ in range(len(raw))]
-                # Equal microsecond values are recorded once with their count: a Counter runs
-                # in C, HdrHistogram.record_value in Python (~1 µs a call).
+                # popleft, not a swap, so appends racing the fold are never lost; all in C
+                # (starmap, map, Counter: ~60 ns a sample, half of it a Python loop's). Equal
+                # microsecond values are then recorded once with their count
+                # (HdrHistogram.record_value is Python, ~1 µs a call).
+                samples = starmap(raw.popleft, repeat((), len(raw)))
                 for value, count in Counter(map(int, map(_US.__mul__, samples))).items():
                     hist.record_value(max(1, value), count)
 

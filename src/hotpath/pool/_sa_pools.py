@@ -45,7 +45,6 @@ _warned_unmetered = False
 # What Pool.connect() does (typed loosely: it is called with the mixin's self).
 _checkout: Callable[[Any], PoolProxiedConnection] = _ConnectionFairy._checkout
 _getframe = sys._getframe
-_CHECK_AT = "hotpath.check_at"  # = _sqlalchemy._CHECK_AT (not imported: import cycle)
 # A stale connection is replaced and the checkout retried; past this many in one checkout
 # something else is wrong (a lifetime shorter than a connect): hand out the last one.
 _ATTEMPTS = 3
@@ -75,8 +74,8 @@ class _MeteredMixin:
         record = connection._connection_record
         now = perf_counter()
         try:
-            stale = now >= record.info[_CHECK_AT]
-        except KeyError:  # opened before instrument_pool(): stamped by the check
+            stale = now >= record._hotpath_check_at  # see EngineInstrumentation
+        except AttributeError:  # opened before instrument_pool(): stamped by the check
             stale = True
         if stale:
             connection = self._hotpath_check(connection, liveness, metrics, started)
@@ -137,7 +136,7 @@ class _MeteredMixin:
                 if metrics._reported:
                     metrics.returned(record, hold, now)
             # An expiry or a suspicion overwritten here is set again by the next sweep.
-            record.info[_CHECK_AT] = now + liveness.idle_s
+            record._hotpath_check_at = now + liveness.idle_s  # type: ignore[attr-defined]
         self._do_return_conn(record)  # type: ignore[attr-defined]
 
     def recreate(self) -> Any:
