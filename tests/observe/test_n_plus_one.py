@@ -240,9 +240,13 @@ def test_instrument_is_idempotent_and_uninstrument_removes_every_listener(engine
     with profiler.scope("once") as scope, Session(engine) as session:
         session.execute(select(User)).all()
     assert scope.query_count == 1  # listening twice would count it twice
+    collections = [(a, fn) for a, fn in profiler._watched.values() if fn is not None]
+    assert {a.key for a, _ in collections} == {"orders", "items"}
+    assert all(event.contains(a, "init_collection", fn) for a, fn in collections)
     profiler.uninstrument()
     assert not event.contains(engine, "before_cursor_execute", profiler._before_cursor_execute)
     assert not event.contains(engine, "after_cursor_execute", profiler._after_cursor_execute)
+    assert not any(event.contains(a, "init_collection", fn) for a, fn in collections)
     with profiler.scope("after") as scope, Session(engine) as session:
         session.execute(select(User)).all()
     assert scope.query_count == 0
@@ -270,3 +274,33 @@ def test_unused_eager_load_is_reported_and_used_one_is_not(
         for user in session.scalars(select(User)):
             _ = user.orders
     assert [f for f in scope.findings if f.kind is FindingKind.UNUSED_EAGER_LOAD] == []
+
+
+def test_once_an_eager_collection_is_read_the_rest_go_unwatched(
+    profiler: Profiler, engine: Engine
+) -> None:
+    query = select(User).options(selectinload(User.orders)).order_by(User.id)
+    with profiler.scope("read one") as scope, Session(engine) as session:
+        first, *others = session.scalars(query).all()
+        watched = {type(u.__dict__["orders"]) for u in others}
+        assert len(first.orders) == ORDERS_PER_USER  # one read: the relationship is used
+        assert type(first.__dict__["orders"]).__name__ == "InstrumentedList"  # class restored
+        assert {t.__name__ for t in watched} == {"TrackedInstrumentedList"}
+        session.expunge_all()
+        again = session.scalars(query).all()  # the same relationship, loaded again
+        assert {type(u.__dict__["orders"]).__name__ for u in again} == {"InstrumentedList"}
+    assert [f for f in scope.findings if f.kind is FindingKind.UNUSED_EAGER_LOAD] == []
+
+
+def test_repeated_eager_loads_are_not_a_shape_n_plus_one_nor_duplicates(
+    profiler: Profiler, engine: Engine
+) -> None:
+    # yield_per runs the selectin load once per batch, from one call site, with other parents
+    # each time; that is the fix of an N+1, not one
+    query = select(User).options(selectinload(User.orders)).execution_options(yield_per=1)
+    with profiler.scope("batches") as scope, Session(engine) as session:
+        orders = sum(len(user.orders) for user in session.scalars(query))
+    assert orders == USERS * ORDERS_PER_USER
+    assert scope.query_count == 1 + USERS
+    assert sum(q.relationship_load for q in scope.queries) == USERS
+    assert scope.findings == []

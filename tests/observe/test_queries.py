@@ -62,6 +62,15 @@ def test_duplicates_same_params_only(profiler: Profiler, engine: Engine) -> None
     assert "users.name" in (dup.sql or "")
 
 
+def test_duplicates_with_unhashable_params(profiler: Profiler, engine: Engine) -> None:
+    # lists (arrays) and dicts (JSON) cannot be hashed as they are: still compared by value
+    with profiler.scope("arrays") as scope, engine.connect() as conn:
+        for ids in ([1, 2], [1, 2], [1, 2, 3]):
+            conn.execute(text("SELECT cardinality(CAST(:ids AS int[]))"), {"ids": ids}).all()
+    [dup] = kinds(scope.findings, FindingKind.DUPLICATE)
+    assert dup.count == 2
+
+
 def test_slow_seq_scan_is_flagged_with_table_column_and_index(
     profiler: Profiler, engine: Engine, big_table: str
 ) -> None:

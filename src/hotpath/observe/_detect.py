@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 
 def find_problems(scope: Scope, profiler: Profiler) -> list[Finding]:
+    if not scope.has_evidence():
+        return []
     modes = scope.modes
     findings: list[Finding] = []
     if modes[FindingKind.N_PLUS_ONE] != "off":

@@ -4,7 +4,9 @@ that the scope never reads.
 SQLAlchemy has no read event for attributes. When an eager loader creates a collection
 inside a scope (the public ``init_collection`` event), that one collection object is given a
 tracking subclass of its own class; its first read marks the relationship as used and puts
-the original class back, so later reads cost nothing. No SQLAlchemy class is modified.
+the original class back, so later reads cost nothing. Once one collection of a relationship
+was read, the relationship is used and its later collections in the scope are not watched at
+all. No SQLAlchemy class is modified.
 Scalar (many-to-one) eager loads have no collection to watch and are not judged.
 """
 
@@ -53,7 +55,11 @@ _READS_DICT = (
     "copy",
     "__repr__",
 )
-_TRACK_ATTR = "_hotpath_eager_group"
+TRACK_ATTR = "_hotpath_eager_group"  # a watched collection's group, in its __dict__
+# reads that take no argument: their tracking method skips packing *args and **kwargs
+_NO_ARGS = frozenset(
+    ("__iter__", "__len__", "__reversed__", "__repr__", "copy", "keys", "values", "items")
+)
 
 
 @dataclass
@@ -65,28 +71,51 @@ class EagerGroup:
     used: bool = False
     call_site: CallSite | None = None
     suppressed: bool = False
+    # the collection class last seen and its tracking class: a relationship's collections
+    # almost always share one class, so watching one is an identity test and two assignments
+    collection_class: type | None = None
+    tracking_class: type | None = None
 
 
-def _make_reader(name: str) -> Any:
+def _make_reader(name: str, original: type) -> Any:
+    # ``original`` and its method are bound once per tracking class: the first read of each
+    # watched collection then costs a dict pop and a class assignment, no MRO walk.
+    method = getattr(original, name)
+
     def read(self: Any, *args: Any, **kwargs: Any) -> Any:
-        group = self.__dict__.pop(_TRACK_ATTR, None)
-        original = type(self).__mro__[1]
+        group = self.__dict__.pop(TRACK_ATTR, None)
         self.__class__ = original
         if group is not None:
             group.used = True
-        return getattr(original, name)(self, *args, **kwargs)
+        return method(self, *args, **kwargs)
 
-    read.__name__ = name
-    return read
+    def read_no_args(self: Any) -> Any:
+        group = self.__dict__.pop(TRACK_ATTR, None)
+        self.__class__ = original
+        if group is not None:
+            group.used = True
+        return method(self)
+
+    reader = read_no_args if name in _NO_ARGS else read
+    reader.__name__ = name
+    return reader
 
 
-_tracking_classes: dict[type, type] = {}
+# The tracking subclass of each collection class, or None when it can't be watched (not a
+# list/set/dict, or instances without a ``__dict__`` to hold the group).
+_tracking_classes: dict[type, type | None] = {}
 
 
-def _tracking_class(cls: type) -> type | None:
-    tracked = _tracking_classes.get(cls)
-    if tracked is None:
-        reads: tuple[str, ...]
+def tracking_class(cls: type) -> type | None:
+    """The tracking subclass of ``cls``, made once; None if its instances can't be watched."""
+    try:
+        return _tracking_classes[cls]
+    except KeyError:
+        pass
+    reads: tuple[str, ...]
+    if not cls.__dictoffset__:
+        tracked = None
+    else:
         if issubclass(cls, list):
             reads = _READS_LIST
         elif issubclass(cls, set):
@@ -94,17 +123,8 @@ def _tracking_class(cls: type) -> type | None:
         elif issubclass(cls, dict):
             reads = _READS_DICT
         else:
-            return None
-        namespace = {name: _make_reader(name) for name in reads if hasattr(cls, name)}
-        tracked = _tracking_classes[cls] = type(f"Tracked{cls.__name__}", (cls,), namespace)
+            reads = ()
+        namespace = {name: _make_reader(name, cls) for name in reads if hasattr(cls, name)}
+        tracked = type(f"Tracked{cls.__name__}", (cls,), namespace) if reads else None
+    _tracking_classes[cls] = tracked
     return tracked
-
-
-def watch(collection: Any, group: EagerGroup) -> bool:
-    """Make the first read of ``collection`` mark ``group`` used; False if it can't be watched."""
-    tracked = _tracking_class(type(collection))
-    if tracked is None or not hasattr(collection, "__dict__"):
-        return False
-    collection.__dict__[_TRACK_ATTR] = group
-    collection.__class__ = tracked
-    return True

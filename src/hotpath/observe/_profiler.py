@@ -11,16 +11,15 @@ import logging
 import threading
 import time
 import warnings
-import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from time import perf_counter
 from typing import Any, Literal, TypeVar, overload
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Mapper, ORMExecuteState, Session
-from sqlalchemy.orm.attributes import instance_state
 
 from .._errors import HotpathError
 from ..plans import PlanFlag
@@ -29,7 +28,15 @@ from ._explain import explain_async, explain_sync
 from ._otel import export as export_to_otel
 from ._records import ERRORS, MODES, Finding, FindingKind, Mode, QueryBudgetError
 from ._report import Report, Rollup, Timing, build_report
-from ._scope import Execution, Scope, allowed_kinds, current_scope, relationships
+from ._scope import (
+    EAGER_TOKEN,
+    Execution,
+    Scope,
+    allowed_kinds,
+    collection_listener,
+    current_scope,
+    relationships,
+)
 
 logger = logging.getLogger("hotpath.observe")
 
@@ -112,9 +119,9 @@ class Profiler:
         self.explain_interval_s = explain_interval_s
         self.explain_per_minute = explain_per_minute
         self._targets: list[Any] = []
-        self._watched: dict[Any, Any] = {}  # relationship property -> its class attribute
+        # relationship property -> (its class attribute, its init_collection listener or None)
+        self._watched: dict[Any, tuple[Any, Callable[..., None] | None]] = {}
         self._seen_mappers: set[Any] = set()
-        self._servers: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
         self._orm_listening = False
         self._load_listening = False
         self._tokens = itertools.count(1)
@@ -161,9 +168,9 @@ class Profiler:
             event.remove(target, "before_cursor_execute", self._before_cursor_execute)
             event.remove(target, "after_cursor_execute", self._after_cursor_execute)
         self._targets.clear()
-        for prop, attribute in self._watched.items():
-            if prop.uselist:
-                event.remove(attribute, "init_collection", self._on_init_collection)
+        for attribute, listener in self._watched.values():
+            if listener is not None:
+                event.remove(attribute, "init_collection", listener)
         self._watched.clear()
         self._seen_mappers.clear()
         if self._orm_listening:
@@ -181,10 +188,12 @@ class Profiler:
 
     def scope(self, name: str, *, modes: Mapping[str, Mode] | None = None) -> Scope:
         """A unit of work to record: ``with profiler.scope(name):`` or ``async with``."""
+        if not modes:  # the common case (one scope per request): the profiler's modes as they are
+            return Scope(self, name)
         return Scope(
             self,
             name,
-            modes=parse_modes({**{k.value: v for k, v in self.modes.items()}, **(modes or {})}),
+            modes=parse_modes({**{k.value: v for k, v in self.modes.items()}, **modes}),
         )
 
     @staticmethod
@@ -321,9 +330,8 @@ class Profiler:
 
     # -- listeners -------------------------------------------------------------------------------
 
-    def _mine(self) -> Scope | None:
-        scope = current_scope.get()
-        return scope if scope is not None and scope.profiler is self else None
+    # Every listener fetches the current scope once and returns at once outside its own
+    # scopes: that is the whole cost of an instrumented engine outside a scope.
 
     def _before_cursor_execute(
         self,
@@ -334,8 +342,9 @@ class Profiler:
         context: Any,
         executemany: bool,
     ) -> None:
-        if self._mine() is not None and context is not None:
-            context._hotpath_started = time.perf_counter()
+        scope = current_scope.get()
+        if scope is not None and scope.profiler is self and context is not None:
+            context._hotpath_started = perf_counter()
 
     def _after_cursor_execute(
         self,
@@ -346,14 +355,18 @@ class Profiler:
         context: Any,
         executemany: bool,
     ) -> None:
-        scope = self._mine()
-        started = getattr(context, "_hotpath_started", None)
-        if scope is None or started is None:
+        scope = current_scope.get()
+        if scope is None or scope.profiler is not self:
             return
-        duration_ms = (time.perf_counter() - started) * 1000
+        started = getattr(context, "_hotpath_started", None)
+        if started is None:
+            return
+        duration_ms = (perf_counter() - started) * 1000
         rowcount = getattr(cursor, "rowcount", -1)
-        execution = scope.execution(context.execution_options.get(TOKEN))
-        url = conn.engine.url
+        token = context.execution_options.get(TOKEN)
+        execution = None if token is None else scope.execution(token)
+        engine = conn.engine
+        url = engine.url
         scope.record_query(
             statement,
             parameters,
@@ -361,7 +374,7 @@ class Profiler:
             rowcount if isinstance(rowcount, int) else -1,
             f"{url.host}:{url.port}",
             execution,
-            conn.engine,
+            engine,
             executemany,
         )
         if execution is not None and execution.lazy_key is not None:
@@ -371,7 +384,10 @@ class Profiler:
         scope = current_scope.get()
         if scope is None or scope.profiler is not self:
             return
-        if not state.is_relationship_load or not scope.tracks_n_plus_one:
+        # ``loader_strategy_path`` once, rather than ``is_relationship_load`` (which computes
+        # the compile options twice) and then the path again.
+        path = state.loader_strategy_path if scope.tracks_n_plus_one else None
+        if path is None or path.is_root:
             # A top-level query: its rows are tied to it through the load event's context,
             # so nothing to tag here; just make sure its collections are watched.
             mapper = state.bind_mapper
@@ -379,19 +395,22 @@ class Profiler:
                 self._seen_mappers.add(mapper)
                 self._watch_collections(mapper)
             return
-        token = next(self._tokens)
-        chain = relationships(state.loader_strategy_path)
-        execution = Execution(chain, relationship_load=True)
         parent = state.lazy_loaded_from
-        if parent is not None and chain:
-            if not self._load_listening:
-                self._listen_for_loads()
-            prop = chain[-1]
-            origin = scope.origin_of(parent)
-            execution.chain = (*scope.chain_of(origin), prop)
-            execution.lazy_origin = ("lazy", origin, str(prop))
-            execution.lazy_key = (origin, str(prop))
-            scope.note_lazy_load(parent, prop, execution.chain)
+        chain = relationships(path) if parent is not None else ()
+        if parent is None or not chain:
+            # An eager relationship load (selectin, subquery): its queries only need to be
+            # known as relationship loads, which one shared execution says for all of them.
+            state.update_execution_options(**{TOKEN: EAGER_TOKEN})
+            return
+        if not self._load_listening:
+            self._listen_for_loads()
+        token = next(self._tokens)
+        prop = chain[-1]
+        origin = scope.origin_of(parent)
+        execution = Execution((*scope.chain_of(origin), prop), relationship_load=True)
+        execution.lazy_origin = ("lazy", origin, str(prop))
+        execution.lazy_key = (origin, str(prop))
+        scope.note_lazy_load(parent, prop, execution.chain)
         scope.begin_execution(token, execution)
         state.update_execution_options(**{TOKEN: token})
 
@@ -403,20 +422,28 @@ class Profiler:
                 if prop in self._watched:
                     continue
                 attribute = prop.class_attribute
-                self._watched[prop] = attribute
-                if prop.uselist:
-                    event.listen(attribute, "init_collection", self._on_init_collection)
+                listener = collection_listener(self, prop) if prop.uselist else None
+                if listener is not None:
+                    # raw + retval + include_key: SQLAlchemy then calls the listener as is,
+                    # with the InstanceState, instead of through an adapter that looks up
+                    # the object (which we would only turn back into its state).
+                    event.listen(
+                        attribute,
+                        "init_collection",
+                        listener,
+                        raw=True,
+                        retval=True,
+                        include_key=True,
+                    )
+                self._watched[prop] = (attribute, listener)
                 pending.append(prop.mapper)
-
-    def _on_init_collection(self, target: Any, collection: Any, adapter: Any) -> None:
-        scope = self._mine()
-        if scope is not None:
-            scope.note_collection(instance_state(target), adapter.attr.parent_token, collection)
 
     def _on_load(self, target: Any, context: Any) -> None:
         token = context.execution_options.get(TOKEN)
-        if token is None:
-            return  # rows of top-level queries are traced through InstanceState.runid
+        if not token:
+            # Rows of top-level queries are traced through InstanceState.runid, and rows of
+            # eager loads (EAGER_TOKEN, 0) need no tracing: only lazy-load rows go on.
+            return
         scope = current_scope.get()
         if scope is None or scope.profiler is not self:
             return

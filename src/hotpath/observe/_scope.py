@@ -9,7 +9,7 @@ queries). Findings are derived when the scope closes.
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections.abc import Callable
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import RelationshipProperty
 
 from ._callsite import capture_call_site, ignored_at
-from ._eager import EagerGroup, watch
+from ._eager import TRACK_ATTR, EagerGroup, tracking_class
 from ._fingerprint import shape_of
 from ._records import CallSite, Finding, FindingKind, Mode, QueryRecord
 
@@ -49,6 +49,12 @@ class Execution:
     relationship_load: bool
     lazy_origin: Origin | None = None
     lazy_key: tuple[Origin, str] | None = None
+
+
+# The execution token of eager relationship loads (selectin, subquery): they share one
+# execution, registered in every scope, since only "this is a relationship load" matters.
+EAGER_TOKEN = 0
+_EAGER_EXECUTION = Execution((), relationship_load=True)
 
 
 @dataclass
@@ -119,23 +125,23 @@ class Scope:
         self.findings: list[Finding] = []
         self.closed = False
         self._token: Token[Scope | None] | None = None
-        self._shape_counts: Counter[str] = Counter()
-        self._last_site: dict[str, CallSite | None] = {}
+        self._shape_counts: dict[str, int] = {}
+        self._last_group: dict[str, ShapeGroup] = {}  # shape -> group of the last site seen
         self._walk_limit = profiler.shape_threshold + 1
         self._shape_groups: dict[tuple[str, CallSite | None], ShapeGroup] = {}
-        self._duplicates: Counter[tuple[str, int]] = Counter()
+        self._duplicates: dict[tuple[str, int], int] = {}
         self._duplicate_sites: dict[tuple[str, int], CallSite | None] = {}
         self._duplicate_suppressed: set[tuple[str, int]] = set()
         self._slow: dict[str, SlowGroup] = {}
         self._unbounded: dict[tuple[str, CallSite | None], tuple[str, int, bool]] = {}
         self.pending_explains: list[PendingExplain] = []
-        self._executions: dict[int, Execution] = {}
+        self._executions: dict[int, Execution] = {EAGER_TOKEN: _EAGER_EXECUTION}
         self._origin_chain: dict[Origin, Chain] = {}
         self._origin_cache: dict[tuple[int, Any], Origin] = {}
         self._run_origins: dict[int, Origin] = {}
         self._lazy: dict[tuple[Origin, str], LazyGroup] = {}
         self._lazy_targets: set[tuple[int, str]] = set()  # (id(parent state), key) loading now
-        self._eager: dict[str, EagerGroup] = {}
+        self._eager: dict[Any, EagerGroup] = {}  # relationship property -> its group
 
     # -- entering and leaving ------------------------------------------------------------
 
@@ -188,41 +194,36 @@ class Scope:
         engine: Engine,
         executemany: bool,
     ) -> None:
-        shape = shape_of(statement)
+        shape = shape_of(statement)  # cached per statement string: one dict lookup
+        fingerprint = shape.fingerprint
         relationship_load = execution is not None and execution.relationship_load
-        site: CallSite | None = None
-        site_taken = False
-
-        def site_now() -> CallSite | None:
-            nonlocal site, site_taken
-            if not site_taken:
-                site, site_taken = capture_call_site(), True
-            return site
-
+        site = _Site()
         if self.capture_sites:
-            site_now()
-        needs_hash = not executemany and (self.tracks_duplicates or self.tracks_n_plus_one)
-        params_hash = _hash_params(parameters) if needs_hash else 0
-        for scope in self._chain():
-            scope._add(
-                statement,
-                shape.fingerprint,
-                params_hash,
-                duration_ms,
-                rowcount,
-                relationship_load,
-                site_now,
-            )
+            site.get()
+        params_hash = 0
+        if not relationship_load and not executemany:
+            # relationship loads are judged by the ORM detector, never by shape or duplicate,
+            # so only other statements pay for hashing their parameters
+            scope: Scope | None = self
+            while scope is not None:
+                if scope.tracks_duplicates or scope.tracks_n_plus_one:
+                    params_hash = _hash_params(parameters)
+                    break
+                scope = scope.parent
+        scope = self
+        while scope is not None:  # this scope and the ones it is nested in
+            scope._add(statement, fingerprint, params_hash, duration_ms, relationship_load, site)
+            scope = scope.parent
         profiler = self.profiler
         if duration_ms >= profiler.slow_query_ms:
-            self._note_slow(statement, shape.fingerprint, duration_ms, site_now())
-            if profiler.wants_explain(shape.fingerprint):
+            self._note_slow(statement, fingerprint, duration_ms, site.get())
+            if profiler.wants_explain(fingerprint):
                 self.pending_explains.append(
-                    PendingExplain(engine, statement, parameters, shape.fingerprint)
+                    PendingExplain(engine, statement, parameters, fingerprint)
                 )
         if shape.is_select and not shape.has_limit and rowcount > profiler.max_rows:
-            where = site_now()
-            key = (shape.fingerprint, where)
+            where = site.get()
+            key = (fingerprint, where)
             if key not in self._unbounded:
                 suppressed = _suppressed(FindingKind.UNBOUNDED_RESULT, where)
                 self._unbounded[key] = (statement, rowcount, suppressed)
@@ -230,26 +231,17 @@ class Scope:
             self.queries.append(
                 QueryRecord(
                     statement,
-                    shape.fingerprint,
+                    fingerprint,
                     duration_ms,
                     rowcount,
                     server,
                     parameters
                     if profiler.capture_params
                     else ("<redacted>" if parameters else None),
-                    site if site_taken else None,
+                    site.site,  # only when it was taken anyway: never a walk just for this
                     relationship_load,
                 )
             )
-
-    def _chain(self) -> list[Scope]:
-        if self.parent is None:
-            return [self]
-        scopes, scope = [], self
-        while scope is not None:
-            scopes.append(scope)
-            scope = scope.parent  # type: ignore[assignment]
-        return scopes
 
     def _add(
         self,
@@ -257,43 +249,44 @@ class Scope:
         fingerprint: str,
         params_hash: int,
         duration_ms: float,
-        rowcount: int,
         relationship_load: bool,
-        site_now: Any,
+        site: _Site,
     ) -> None:
         self.query_count += 1
         self.db_time_ms += duration_ms
         if relationship_load:
             return  # judged by the ORM detector, which knows the relationship
         if self.tracks_n_plus_one:
-            self._track_shape(statement, fingerprint, params_hash, site_now)
+            self._track_shape(statement, fingerprint, params_hash, site)
         if params_hash and self.tracks_duplicates:
             key = (statement, params_hash)
-            self._duplicates[key] += 1
-            if self._duplicates[key] == 2:
-                where = site_now()
+            count = self._duplicates[key] = self._duplicates.get(key, 0) + 1
+            if count == 2:
+                where = site.get()
                 self._duplicate_sites[key] = where
                 if _suppressed(FindingKind.DUPLICATE, where):
                     self._duplicate_suppressed.add(key)
 
-    def _track_shape(
-        self, statement: str, fingerprint: str, params_hash: int, site_now: Any
-    ) -> None:
-        seen = self._shape_counts[fingerprint] = self._shape_counts[fingerprint] + 1
+    def _track_shape(self, statement: str, fingerprint: str, params_hash: int, site: _Site) -> None:
+        seen = self._shape_counts[fingerprint] = self._shape_counts.get(fingerprint, 0) + 1
         if seen == 1:
             return
         # Walk the stack for the first runs of a shape and then at powers of two; runs in
-        # between are attributed to the last site seen, which keeps loops cheap.
+        # between are attributed to the group of the last site seen (one dict lookup: no
+        # call site to hash), which keeps loops cheap.
         if seen <= self._walk_limit or not seen & (seen - 1):
-            where = self._last_site[fingerprint] = site_now()
+            where = site.get()
+            group = self._shape_groups.get((fingerprint, where))
+            if group is None:
+                suppressed = _suppressed(FindingKind.N_PLUS_ONE, where)
+                group = self._shape_groups[(fingerprint, where)] = ShapeGroup(
+                    statement, suppressed=suppressed
+                )
+                if seen == 2:
+                    group.count = 1  # the uncaptured first run is attributed to this site
+            self._last_group[fingerprint] = group
         else:
-            where = self._last_site.get(fingerprint)
-        group = self._shape_groups.get((fingerprint, where))
-        if group is None:
-            group = ShapeGroup(statement, suppressed=_suppressed(FindingKind.N_PLUS_ONE, where))
-            if seen == 2:
-                group.count = 1  # the uncaptured first run is attributed to this site
-            self._shape_groups[(fingerprint, where)] = group
+            group = self._last_group[fingerprint]
         group.count += 1
         if len(group.param_hashes) < _MAX_PARAM_HASHES:
             group.param_hashes.add(params_hash)
@@ -360,22 +353,18 @@ class Scope:
             group.call_site = capture_call_site()
             group.suppressed = _suppressed(FindingKind.N_PLUS_ONE, group.call_site)
 
-    def note_collection(self, state: InstanceState[Any], prop: Any, collection: Any) -> None:
-        """A collection was created for a loaded instance: watch it if an eager loader did."""
-        if not self.tracks_eager or state.key is None:
-            return  # a new object's empty collection, not a load
-        if (id(state), prop.key) in self._lazy_targets:
-            self._lazy_targets.discard((id(state), prop.key))
-            return  # a lazy load: it is being read right now
-        name = f"{prop.parent.class_.__name__}.{prop.key}"
-        group = self._eager.get(name)
+    def eager_group(self, prop: Any) -> EagerGroup:
+        """The group of an eagerly loaded relationship, made at its first collection (whose
+        call site, the query's, is then taken)."""
+        group = self._eager.get(prop)
         if group is None:
             site = capture_call_site()
-            group = self._eager[name] = EagerGroup(
-                name, call_site=site, suppressed=_suppressed(FindingKind.UNUSED_EAGER_LOAD, site)
+            group = self._eager[prop] = EagerGroup(
+                f"{prop.parent.class_.__name__}.{prop.key}",
+                call_site=site,
+                suppressed=_suppressed(FindingKind.UNUSED_EAGER_LOAD, site),
             )
-        if watch(collection, group):
-            group.collections += 1
+        return group
 
     def lazy_statement(self, key: tuple[Origin, str], statement: str) -> None:
         group = self._lazy.get(key)
@@ -394,22 +383,65 @@ class Scope:
         return self._shape_groups
 
     def duplicate_groups(self) -> list[tuple[str, int, CallSite | None, bool]]:
+        # _duplicate_sites holds exactly the repeated statements (set at the second run), so
+        # the scope's end looks at those, not at every statement it ran
         return [
-            (
-                sql,
-                count,
-                self._duplicate_sites.get((sql, h)),
-                (sql, h) in self._duplicate_suppressed,
-            )
-            for (sql, h), count in self._duplicates.items()
-            if count > 1
+            (sql, self._duplicates[(sql, h)], site, (sql, h) in self._duplicate_suppressed)
+            for (sql, h), site in self._duplicate_sites.items()
         ]
+
+    def has_evidence(self) -> bool:
+        """Whether any detector has something to judge (most scopes of a healthy app: no)."""
+        return bool(
+            self._lazy
+            or self._shape_groups
+            or self._duplicate_sites
+            or self._slow
+            or self._unbounded
+            or self._eager
+        )
 
     def slow_groups(self) -> dict[str, SlowGroup]:
         return self._slow
 
     def unbounded_groups(self) -> dict[tuple[str, CallSite | None], tuple[str, int, bool]]:
         return self._unbounded
+
+
+def collection_listener(profiler: Profiler, prop: Any) -> Callable[[Any, Any, Any], None]:
+    """The ``init_collection`` listener of one relationship (listened raw: it gets the state).
+
+    It runs for every collection an eager loader fills (a hundred for a selectinload of a
+    hundred parents), so it is one flat function: the scope lookup, then, for a collection
+    to watch, an identity test and two assignments; the verdict waits for the scope's end.
+    """
+    key = prop.key
+
+    def on_init_collection(state: InstanceState[Any], collection: Any, adapter: Any) -> None:
+        scope = current_scope.get()
+        if scope is None or scope.profiler is not profiler or not scope.tracks_eager:
+            return
+        if state.key is None:
+            return  # a new object's empty collection, not a load
+        lazy_targets = scope._lazy_targets
+        if lazy_targets:
+            target = (id(state), key)
+            if target in lazy_targets:
+                lazy_targets.discard(target)
+                return  # a lazy load: it is being read right now
+        group = scope._eager.get(prop) or scope.eager_group(prop)
+        if group.used:
+            return  # one of its collections was read: the relationship is used, stop watching
+        cls = type(collection)
+        if cls is not group.collection_class:
+            group.collection_class, group.tracking_class = cls, tracking_class(cls)
+        tracked = group.tracking_class
+        if tracked is not None:  # its first read marks the group used (see _eager)
+            collection.__dict__[TRACK_ATTR] = group
+            collection.__class__ = tracked
+            group.collections += 1
+
+    return on_init_collection
 
 
 def relationships(path: Any) -> Chain:
@@ -420,9 +452,38 @@ def relationships(path: Any) -> Chain:
 
 
 def _hash_params(parameters: Any) -> int:
+    """A hash of one statement's parameters (0: could not hash, not judged).
+
+    Hashing the items is several times cheaper than hashing their ``repr`` (a selectin load
+    of 100 parents has 100 parameters); values that compare equal (``1``, ``1.0``) hash
+    alike, as PostgreSQL compares them. Unhashable values (JSON documents, arrays) fall back
+    to the ``repr``.
+    """
     if not parameters:
         return 1  # "no parameters" is a parameter set too: a repeat is a duplicate
+    try:
+        if type(parameters) is dict:
+            return hash(tuple(parameters.items())) or 2
+        return hash(parameters) or 2
+    except TypeError:
+        pass
     try:
         return hash(repr(parameters)) or 2
     except Exception:
         return 0
+
+
+class _Site:
+    """The call site of the query being recorded: walked at most once, and only when a
+    detector asks for it (most queries never do)."""
+
+    __slots__ = ("site", "taken")
+
+    def __init__(self) -> None:
+        self.site: CallSite | None = None
+        self.taken = False
+
+    def get(self) -> CallSite | None:
+        if not self.taken:
+            self.site, self.taken = capture_call_site(), True
+        return self.site
