@@ -54,10 +54,32 @@ def _markdown(result: DemoResult) -> str:
             f"| {o.latency.percentile_ms(99):.1f} | {naive.queries_per_request.get(route, 0):.0f} "
             f"| {best.queries_per_request.get(route, 0):.0f} |"
         )
+    lines += ["", *_targets(result)]
     if result.indexes:
         lines += ["", "Indexes `hotpath advise` recommended from the naive run:", ""]
         lines += [f"- `{ddl}`" for ddl in result.indexes]
     return "\n".join(lines) + "\n"
+
+
+def _targets(result: DemoResult) -> list[str]:
+    """The demo issue's targets, optimized against naive, each with its measured figure."""
+    naive, best = result.runs[0], result.runs[-1]
+    throughput = best.load.throughput(LIST) / naive.load.throughput(LIST)
+    p99 = naive.load.overall_latency().percentile_ms(
+        99
+    ) / best.load.overall_latency().percentile_ms(99)
+    queries = best.queries_per_request.get(ORDERS, 0)
+
+    def verdict(met: bool) -> str:
+        return "met" if met else "**not met**"
+
+    return [
+        f"- product list throughput: {throughput:.1f}x naive (target >= 10x: "
+        f"{verdict(throughput >= 10)})",
+        f"- p99 latency, all requests: 1/{p99:.1f} of naive (target <= 1/10: {verdict(p99 >= 10)})",
+        f"- queries per request on the orders endpoint: {queries:.0f}, naive "
+        f"{naive.queries_per_request.get(ORDERS, 0):.0f} (target <= 3: {verdict(queries <= 3)})",
+    ]
 
 
 def _hits(rates: tuple[float, float] | None) -> str:
