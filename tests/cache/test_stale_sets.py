@@ -272,3 +272,86 @@ def test_a_load_that_raced_an_invalidation_is_not_stored(
         assert cache.stats().stale_sets_refused == 1
     else:  # stored, but under the tag version it was read with: never served
         assert raw.exists(f"{ns}:{{k}}") == 1
+
+
+# -- read-your-writes through the in-process single-flight ---------------------------------
+
+
+@pytest.mark.parametrize("invalidation", ["delete", "tags"])
+def test_a_writer_never_joins_a_load_that_began_before_its_write(
+    make_cache: MakeCache, engine: Engine, invalidation: str
+) -> None:
+    """A load in flight read the row before the write; the writer's next read must not share
+    it. A caller that wrote nothing still shares it (one load)."""
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO hot VALUES (100, 1) ON CONFLICT (id) DO UPDATE SET v = 1"))
+    cache = make_cache()
+    reading = threading.Event()
+
+    def slow_load() -> int:
+        with engine.connect() as conn:
+            value = int(conn.execute(text("SELECT v FROM hot WHERE id = 100")).scalar_one())
+        reading.set()
+        time.sleep(0.4)  # the write lands while this load is in flight
+        return value
+
+    def fresh_load() -> int:
+        with engine.connect() as conn:
+            return int(conn.execute(text("SELECT v FROM hot WHERE id = 100")).scalar_one())
+
+    results: dict[str, int] = {}
+    leader = threading.Thread(
+        target=lambda: results.__setitem__(
+            "leader", cache.get_or_set("row:100", slow_load, 60, ("hot",))
+        )
+    )
+    leader.start()
+    assert reading.wait(5)
+    bystander = threading.Thread(
+        target=lambda: results.__setitem__(
+            "bystander", cache.get_or_set("row:100", fresh_load, 60, ("hot",))
+        )
+    )
+    bystander.start()  # arrives before the write: joins the load in flight
+    time.sleep(0.05)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE hot SET v = 2 WHERE id = 100"))
+    if invalidation == "delete":
+        cache.delete("row:100")
+    else:
+        cache.invalidate_tags("hot")
+    mine = cache.get_or_set("row:100", fresh_load, 60, ("hot",))
+    leader.join(5)
+    bystander.join(5)
+    assert mine == 2  # read-your-writes
+    assert results == {"leader": 1, "bystander": 1}  # both began before the write
+    assert cache.stats().stampede_joins == 1  # the bystander, not the writer
+    assert cache.get("row:100") == 2  # and the late fill of 1 was not kept
+
+
+async def test_async_a_writer_never_joins_a_load_that_began_before_its_write(
+    make_async_cache: MakeAsyncCache,
+) -> None:
+    cache = make_async_cache()
+    value = {"v": 1}
+    reading = asyncio.Event()
+
+    async def slow_load() -> int:
+        seen = value["v"]
+        reading.set()
+        await asyncio.sleep(0.3)
+        return seen
+
+    async def fresh_load() -> int:
+        return value["v"]
+
+    leader = asyncio.create_task(cache.get_or_set("ryw", slow_load, 60, ("ryw",)))
+    await reading.wait()
+    bystander = asyncio.create_task(cache.get_or_set("ryw", fresh_load, 60, ("ryw",)))
+    await asyncio.sleep(0.02)
+    value["v"] = 2
+    await cache.invalidate_tags("ryw")
+    assert await cache.get_or_set("ryw", fresh_load, 60, ("ryw",)) == 2
+    assert await leader == await bystander == 1
+    assert cache.stats().stampede_joins == 1
+    assert await cache.get("ryw") == 2

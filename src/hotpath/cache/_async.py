@@ -71,7 +71,7 @@ class AsyncCache:
             if self._client is not None
             else {}
         )
-        self._flights: dict[str, asyncio.Future[Any]] = {}
+        self._flights: dict[str, tuple[asyncio.Future[Any], int]] = {}  # with its mark
         self._refreshing: dict[str, asyncio.Task[None]] = {}
         self._listener = self._core.start_channel()
 
@@ -133,15 +133,24 @@ class AsyncCache:
             return value  # type: ignore[no-any-return]
         if name in loading.get():
             raise reentrant_error(name)
-        flight = self._flights.get(name)
-        if flight is not None:
+        joined = self._flights.get(name)
+        if joined is not None:
+            flight, mark = joined
+            if not self._core.joinable(mark, name, self._core.tag_names(tuple(tags))):
+                # Invalidated since that load began (perhaps by this very caller): a load of
+                # its own, which the Redis lease still keeps to one per key.
+                return await self._lead(name, loader, ttl, tags)  # type: ignore[no-any-return]
             self._core.counters.stampede_joins += 1
-            while flight is not None:
+            while True:
                 value = await asyncio.shield(flight)
                 if value is not _LEADER_CANCELLED:
                     return value  # type: ignore[no-any-return]
-                flight = self._flights.get(name)  # the leader went: load (or join) anew
-        flight = self._flights[name] = asyncio.get_running_loop().create_future()
+                joined = self._flights.get(name)  # the leader went: load (or join) anew
+                if joined is None:
+                    break
+                flight = joined[0]
+        flight = asyncio.get_running_loop().create_future()
+        self._flights[name] = (flight, self._core.flight_mark())
         try:
             value = await self._lead(name, loader, ttl, tags)
         except BaseException as error:

@@ -203,6 +203,7 @@ class CacheCore:
         self.channel_connected = l2 is None  # an L1-only cache is trivially coherent
         self.channel_drops = 0
         self._client_failures_logged: set[type[Exception]] = set()
+        self._local_writes = 0  # sets, deletes and invalidations made by this process
 
     # -- names and small helpers ---------------------------------------------------------
 
@@ -270,6 +271,19 @@ class CacheCore:
                 error,
                 exc_info=error,
             )
+
+    def flight_mark(self) -> int:
+        """Where this process's invalidations stand as a load starts (see :meth:`joinable`)."""
+        return self.l1.mark() if self.l1 is not None else self._local_writes
+
+    def joinable(self, mark: int, name: str, tags: tuple[str, ...]) -> bool:
+        """Whether a caller may share this process's load of ``name`` started at ``mark``:
+        not if the key or one of ``tags`` was invalidated since (that load may have read the
+        data before the write, and the caller may be the writer: read-your-writes). Without
+        L1 any write of this process since counts."""
+        if self.l1 is not None:
+            return not self.l1.changed_since(mark, name, tags)
+        return mark == self._local_writes
 
     def mark_l1(self) -> int | None:
         """Where L1's invalidation log stands before an L2 read (see ``MemoryTier.fill``)."""
@@ -589,6 +603,7 @@ class CacheCore:
     # -- writing ---------------------------------------------------------------------------
 
     def set_flow(self, name: str, value: Any, ttl: float | None, tags: tuple[str, ...]) -> Flow:
+        self._local_writes += 1
         l1 = self._l1()
         mark = l1.mark() if l1 is not None else None
         versions = yield from self._snapshot(tags, mark)
@@ -607,6 +622,7 @@ class CacheCore:
         return None
 
     def delete_flow(self, name: str) -> Flow:
+        self._local_writes += 1
         if self.l1 is not None:
             self.l1.invalidate(name)
         if self.l2 is not None:
@@ -615,6 +631,7 @@ class CacheCore:
         return None
 
     def invalidate_flow(self, tags: tuple[str, ...]) -> Flow:
+        self._local_writes += 1
         for tag in tags:
             version = secrets.token_hex(8)
             if self.l1 is not None:

@@ -86,6 +86,11 @@ class MemoryTier:
                 self.evictions += 1
             return key in self._entries
 
+    def changed_since(self, since: int, key: str, tags: tuple[str, ...]) -> bool:
+        """Whether ``key``, one of ``tags`` or everything was invalidated after ``since``."""
+        with self._lock:
+            return self._invalidated_since(since, key, dict.fromkeys(tags, ""))
+
     def _invalidated_since(self, since: int, key: str, tags: TagVersions) -> bool:
         if since >= self._seq:
             return False

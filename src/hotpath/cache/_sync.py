@@ -37,9 +37,10 @@ class _Flight:
     """One thread's load of a key that other threads join: a lock the leader holds until the
     result is in (a ``Future`` costs ~10x more to make, on every L2 read of ``get_or_set``)."""
 
-    __slots__ = ("_done", "_error", "_value")
+    __slots__ = ("_done", "_error", "_value", "mark")
 
-    def __init__(self) -> None:
+    def __init__(self, mark: int) -> None:
+        self.mark = mark  # the invalidations this load may not have seen start after it
         self._done = threading.Lock()
         self._done.acquire()
         self._value: Any = None
@@ -157,11 +158,15 @@ class Cache:
         if name in loading.get():
             raise reentrant_error(name)
         # dict.setdefault and pop are atomic: the flights need no lock of their own.
-        mine = _Flight()
+        mine = _Flight(self._core.flight_mark())
         flight = self._flights.setdefault(name, mine)
         if flight is not mine:
-            self._core.counters.stampede_joins += 1
-            return flight.result()  # type: ignore[no-any-return]
+            if self._core.joinable(flight.mark, name, self._core.tag_names(tuple(tags))):
+                self._core.counters.stampede_joins += 1
+                return flight.result()  # type: ignore[no-any-return]
+            # Invalidated since that load began (perhaps by this very caller): a load of
+            # its own, which the Redis lease still keeps to one per key.
+            return self._lead(name, loader, ttl, tags)  # type: ignore[no-any-return]
         try:
             value = self._lead(name, loader, ttl, tags)
         except BaseException as error:
