@@ -187,3 +187,26 @@ def test_a_crashed_stack_in_a_directory_is_cleared_and_started_again(isolated_ro
     with LocalStack(replicas=0, redis=True, postgres=False, directory=directory) as again:
         assert again.directory == directory
         assert alive(again.processes())
+
+
+_SIGNAL_DURING_STOP = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    from hotpath.stack import LocalStack, _stack
+    stack = LocalStack(replicas=0, redis=True, postgres=False).start()
+    print(stack.directory, flush=True)
+    with _stack._attached_lock:  # as a first signal's handler does while it stops stacks
+        os.kill(os.getpid(), signal.SIGTERM)  # ...a second signal lands in the same thread
+    time.sleep(60)
+    """
+)
+
+
+def test_a_signal_during_the_stop_on_signal_does_not_deadlock(isolated_root: Path) -> None:
+    owner = subprocess.Popen(
+        [sys.executable, "-c", _SIGNAL_DURING_STOP], stdout=subprocess.PIPE, text=True
+    )
+    assert owner.stdout is not None
+    directory = Path(owner.stdout.readline().strip())
+    assert owner.wait(timeout=30) == -signal.SIGTERM
+    assert not directory.exists()

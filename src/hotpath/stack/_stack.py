@@ -624,7 +624,8 @@ def reap_stale_stacks(root: Path | None = None) -> list[Path]:
 # -- stopping attached stacks when the process ends ----------------------------------------
 
 _attached: set[LocalStack] = set()
-_attached_lock = threading.Lock()
+# Reentrant: a second signal can arrive while the first one's handler holds it (same thread).
+_attached_lock = threading.RLock()
 _hooks_installed = False
 _previous_handlers: dict[int, Any] = {}
 
