@@ -160,3 +160,26 @@ def test_every_check_runs_on_pg15_and_pg18(pg15: str, pg18: str) -> None:
         assert report.server_version // 10000 == major
         assert [s for s in report.skipped if s.check != "replication_lag"] == []
         assert len(report.checks_run) >= len(CHECKS) - 1
+
+
+def test_without_hypopg_an_index_whose_columns_lead_a_suggested_one_is_dropped(
+    pg18: str,
+) -> None:
+    advice = advise_indexes(
+        pg18,
+        [
+            "SELECT * FROM orders WHERE customer_id = 42",
+            "SELECT * FROM orders WHERE customer_id = 42 AND created_at > now() - interval '1 day'",
+        ],
+    )
+    ddls = {s.ddl for s in advice.suggestions}
+    assert "CREATE INDEX CONCURRENTLY ON orders (customer_id, created_at);" in ddls
+    assert "CREATE INDEX CONCURRENTLY ON orders (customer_id);" not in ddls
+    [reason] = [
+        r.reason
+        for r in advice.rejected
+        if r.ddl == "CREATE INDEX CONCURRENTLY ON orders (customer_id);"
+    ]
+    assert reason.startswith(
+        "redundant: CREATE INDEX CONCURRENTLY ON orders (customer_id, created_at)"
+    )

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -665,6 +666,15 @@ class _Advisor:
                 for cand in chosen:
                     keep.setdefault(cand.definition(), cand)
         for cand in keep.values():
+            wider = _covering_btree(cand, keep.values())
+            if wider is not None:
+                self.advice.rejected.append(
+                    Rejection(
+                        cand.definition(),
+                        f"redundant: {wider.definition()} has the same leading columns",
+                    )
+                )
+                continue
             self.advice.suggestions.append(
                 IndexSuggestion(
                     cand, False, note="unvalidated (no HypoPG): " + (self.advice.hint or "")
@@ -691,6 +701,27 @@ class _Advisor:
             )
         )
         return False
+
+
+def _covering_btree(cand: Candidate, others: Iterable[Candidate]) -> Candidate | None:
+    """A wider btree among ``others`` that serves every lookup ``cand`` would: same table and
+    predicate, ``cand``'s key columns as its leading ones, ``cand``'s INCLUDE columns in it."""
+    if cand.method != "btree":
+        return None
+    keys = cand.key_names
+    for other in others:
+        carried = set(other.key_names) | set(other.include)
+        if (
+            other is not cand
+            and other.method == "btree"
+            and other.table == cand.table
+            and other.where == cand.where
+            and len(other.key_names) > len(keys)
+            and other.key_names[: len(keys)] == keys
+            and set(cand.include) <= carried
+        ):
+            return other
+    return None
 
 
 def _uses_index(plan: Any, oid: int) -> bool:
