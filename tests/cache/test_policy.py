@@ -1,5 +1,5 @@
-"""L1 eviction: bounded by entry count; W-TinyLFU beats LRU at the same size on a Zipf(1.0)
-trace and keeps its hot set through a one-off scan that flushes LRU."""
+"""L1 eviction: bounded by entry count (and optionally bytes); W-TinyLFU beats LRU at the same
+size on a Zipf(1.0) trace and keeps its hot set through a one-off scan that flushes LRU."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import pytest
 
 from hotpath.cache import CacheConfigError, MemoryTier
 from hotpath.cache._entry import Entry
+
+from .conftest import MakeCache
 
 KEYS, REQUESTS = 10_000, 100_000
 
@@ -69,3 +71,34 @@ def test_memory_tier_options() -> None:
         MemoryTier(10, ttl=0)
     with pytest.raises(CacheConfigError, match="policy"):
         MemoryTier(10, policy="fifo")  # type: ignore[arg-type]
+    with pytest.raises(CacheConfigError, match="max_bytes"):
+        MemoryTier(10, max_bytes=0)
+
+
+@pytest.mark.parametrize("policy", ["tinylfu", "lru"])
+def test_max_bytes_bounds_the_total_size(policy: str) -> None:
+    tier = MemoryTier(1000, ttl=60, policy=policy, max_bytes=10_000)  # type: ignore[arg-type]
+    far = time.time() + 60
+    for n in range(200):
+        assert isinstance(tier.fill(f"k{n}", Entry(n, far, far, 0.0, {}, size=300)), bool)
+        assert tier.bytes <= 10_000
+    assert 30 <= len(tier) <= 33  # 10,000 / 300, whatever the count bound allows
+    assert tier.bytes == 300 * len(tier)
+    assert tier.evictions == 200 - len(tier)
+    big = Entry("big", far, far, 0.0, {}, size=10_001)
+    assert tier.fill("big", big) is False  # over the whole bound: not kept here
+    assert tier.get("big", time.time()) is None
+    tier.invalidate("k199")
+    tier.clear()
+    assert tier.bytes == 0
+
+
+def test_a_value_too_big_for_l1_is_still_served_from_redis(make_cache: MakeCache) -> None:
+    cache = make_cache(l1=MemoryTier(100, ttl=30, max_bytes=2_000))
+    cache.set("small", "x" * 100)
+    cache.set("large", "x" * 5_000)
+    assert cache.get("large") == "x" * 5_000
+    assert cache.get("small") == "x" * 100
+    stats = cache.stats()
+    assert stats.l2_hits >= 1  # "large" came from Redis each time
+    assert stats.l1_hits >= 1  # "small" from memory

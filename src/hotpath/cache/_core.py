@@ -242,6 +242,7 @@ class CacheCore:
 
     def _pack(self, entry: Entry, name: str) -> tuple[bytes, int]:
         payload = pack(entry, self.serializer, self.max_value_bytes, name)
+        entry.size = len(payload)
         ttl_ms = max(1, int((entry.hard_expiry - time.time()) * 1000))
         return payload, ttl_ms
 

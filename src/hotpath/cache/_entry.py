@@ -36,6 +36,7 @@ class Entry:
     hard_expiry: float
     load_seconds: float
     tags: TagVersions
+    size: int = 0  # bytes as stored in Redis (set when packed or unpacked): L1's byte bound
 
     def is_fresh(self, now: float, beta: float) -> bool:
         """Before the soft expiry and not picked for an XFetch early refresh.
@@ -89,7 +90,7 @@ def unpack(data: bytes, serializer: Serializer) -> Entry:
     start = _HEADER.size
     tags = orjson.loads(data[start : start + tag_length]) if tag_length else {}
     value = serializer.loads(data[start + tag_length :])
-    return Entry(value, soft, hard, seconds, tags)
+    return Entry(value, soft, hard, seconds, tags, len(data))
 
 
 def expiries(now: float, ttl: float, stale_ttl: float, jitter: float) -> tuple[float, float]:

@@ -19,10 +19,11 @@ _ALL = "*"
 class MemoryTier:
     """In-process cache tier.
 
-    ``maxsize`` bounds the entry count, ``ttl`` caps how long any entry lives here (the bound
-    on staleness if an invalidation message is lost), ``policy`` is ``"tinylfu"`` (default) or
-    ``"lru"``. Values are kept as Python objects and handed out as they are: treat them as
-    read-only.
+    ``maxsize`` bounds the entry count and ``max_bytes`` (optional) their total size as stored
+    in Redis (a proxy for memory: the objects themselves are usually a few times larger);
+    ``ttl`` caps how long any entry lives here (the bound on staleness if an invalidation
+    message is lost), ``policy`` is ``"tinylfu"`` (default) or ``"lru"``. Values are kept as
+    Python objects and handed out as they are: treat them as read-only.
     """
 
     def __init__(
@@ -32,9 +33,12 @@ class MemoryTier:
         *,
         policy: Literal["tinylfu", "lru"] = "tinylfu",
         max_tags: int = 100_000,
+        max_bytes: int | None = None,
     ) -> None:
-        if maxsize < 1 or ttl <= 0 or max_tags < 1:
-            raise CacheConfigError("MemoryTier needs maxsize >= 1, ttl > 0 and max_tags >= 1")
+        if maxsize < 1 or ttl <= 0 or max_tags < 1 or (max_bytes is not None and max_bytes < 1):
+            raise CacheConfigError(
+                "MemoryTier needs maxsize >= 1, ttl > 0, max_tags >= 1 and max_bytes >= 1 or None"
+            )
         if policy not in ("tinylfu", "lru"):
             raise CacheConfigError(f"unknown policy {policy!r}; use 'tinylfu' or 'lru'")
         self.maxsize = maxsize
@@ -48,6 +52,8 @@ class MemoryTier:
         self._seq = 0
         self._log: deque[tuple[int, str]] = deque(maxlen=_LOG_SIZE)
         self.evictions = 0
+        self.max_bytes = max_bytes
+        self.bytes = 0  # the entries' total size (Entry.size)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -58,8 +64,7 @@ class MemoryTier:
             if found is None:
                 return None
             if now >= found[1]:
-                del self._entries[key]
-                self._policy.remove(key)
+                self._drop(key)
                 return None
             self._policy.hit(key)
             return found[0]
@@ -75,16 +80,38 @@ class MemoryTier:
         with self._lock:
             if since is not None and self._invalidated_since(since, key, entry.tags):
                 return False
+            if self.max_bytes is not None and entry.size > self.max_bytes:
+                self._drop(key)  # bigger than the whole tier: not kept here (Redis has it)
+                return False
             deadline = min(entry.hard_expiry, time.time() + self.ttl)
-            if key in self._entries:
-                self._entries[key] = (entry, deadline, write_id)
-                self._policy.hit(key)
-                return True
+            previous = self._entries.get(key)
             self._entries[key] = (entry, deadline, write_id)
-            for evicted in self._policy.insert(key):
-                self._entries.pop(evicted, None)  # type: ignore[call-overload]
-                self.evictions += 1
+            self.bytes += entry.size
+            if previous is not None:
+                self.bytes -= previous[0].size
+                self._policy.hit(key)
+            else:
+                for evicted in self._policy.insert(key):
+                    self._evicted(evicted)  # type: ignore[arg-type]
+            while self.max_bytes is not None and self.bytes > self.max_bytes:
+                victim = self._policy.victim()
+                if victim is None:
+                    break
+                self._policy.remove(victim)
+                self._evicted(victim)  # type: ignore[arg-type]
             return key in self._entries
+
+    def _evicted(self, key: str) -> None:
+        found = self._entries.pop(key, None)
+        if found is not None:
+            self.bytes -= found[0].size
+            self.evictions += 1
+
+    def _drop(self, key: str) -> None:
+        found = self._entries.pop(key, None)
+        if found is not None:
+            self.bytes -= found[0].size
+            self._policy.remove(key)
 
     def changed_since(self, since: int, key: str, tags: tuple[str, ...]) -> bool:
         """Whether ``key``, one of ``tags`` or everything was invalidated after ``since``."""
@@ -111,8 +138,7 @@ class MemoryTier:
     def invalidate(self, key: str) -> None:
         with self._lock:
             self._note(f"k:{key}")
-            if self._entries.pop(key, None) is not None:
-                self._policy.remove(key)
+            self._drop(key)
 
     def invalidate_unless(self, key: str, write_id: str) -> None:
         """Invalidate ``key`` unless its entry is the one written by ``write_id``."""
@@ -121,9 +147,7 @@ class MemoryTier:
             if found is not None and write_id and found[2] == write_id:
                 return
             self._note(f"k:{key}")
-            if found is not None:
-                del self._entries[key]
-                self._policy.remove(key)
+            self._drop(key)
 
     def tag_versions(self, tags: tuple[str, ...] | list[str]) -> TagVersions | None:
         """The known versions of ``tags``, or None if any is unknown here."""
@@ -176,5 +200,6 @@ class MemoryTier:
     def _clear_locked(self) -> None:
         self._note(_ALL)
         self._entries.clear()
+        self.bytes = 0
         self._tags.clear()
         self._policy.clear()

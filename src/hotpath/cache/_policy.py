@@ -21,6 +21,10 @@ class Policy(Protocol):
 
     def remove(self, key: Hashable) -> None: ...
 
+    def victim(self) -> Hashable | None:
+        """The key to evict next when something other than the count is over its bound."""
+        ...
+
     def clear(self) -> None: ...
 
 
@@ -40,6 +44,9 @@ class LruPolicy:
 
     def remove(self, key: Hashable) -> None:
         self._order.pop(key, None)
+
+    def victim(self) -> Hashable | None:
+        return next(iter(self._order), None)
 
     def clear(self) -> None:
         self._order.clear()
@@ -136,6 +143,18 @@ class TinyLfuPolicy:
             return [victim]
         del self._where[candidate]
         return [candidate]
+
+    def victim(self) -> Hashable | None:
+        # The main space's coldest first (probation, then protected), the window last: the
+        # window holds the newest keys, which have not had their chance yet.
+        for segment in (
+            self._segments[_PROBATION],
+            self._segments[_PROTECTED],
+            *self._segments[:1],
+        ):
+            if segment:
+                return next(iter(segment))
+        return None
 
     def remove(self, key: Hashable) -> None:
         segment = self._where.pop(key, None)
