@@ -13,7 +13,9 @@ from typing import Any
 import redis
 import redis.asyncio
 import redis.asyncio.cluster
+import redis.asyncio.sentinel
 import redis.cluster
+import redis.sentinel
 
 from ..concurrent import CircuitBreaker
 from ._errors import CacheConfigError
@@ -187,11 +189,14 @@ class RedisTier:
             return redis.cluster.RedisCluster(
                 host=node.host, port=int(node.port), **self._options()
             )
-        kwargs = dict(self._client.connection_pool.connection_kwargs)
+        pool = self._client.connection_pool
+        if isinstance(pool, redis.asyncio.sentinel.SentinelConnectionPool):
+            return _sync_sentinel_master(pool, self._options())
+        kwargs = dict(pool.connection_kwargs)
         if "host" not in kwargs:
             raise CacheConfigError(
-                "cannot derive a pub/sub connection from this redis.asyncio client (Sentinel "
-                "or unix socket); pass RedisTier a URL instead"
+                "cannot derive a pub/sub connection from this redis.asyncio client (a unix "
+                "socket?); pass RedisTier a URL instead"
             )
         keep = ("host", "port", "db", "username", "password")
         return redis.Redis(**{k: kwargs[k] for k in keep if k in kwargs}, **self._options())
@@ -205,6 +210,27 @@ class RedisTier:
         if self._async is not None and self._client is None:
             await self._async.aclose()
             self._async = None
+
+
+def _sync_sentinel_master(
+    pool: redis.asyncio.sentinel.SentinelConnectionPool, options: dict[str, Any]
+) -> redis.Redis:
+    """A sync client on the same Sentinel-managed master as an async one (for the listener
+    thread): the same sentinels, service, database and credentials."""
+    manager = pool.sentinel_manager
+    sentinels = [
+        (s.connection_pool.connection_kwargs["host"], s.connection_pool.connection_kwargs["port"])
+        for s in manager.sentinels
+    ]
+    keep = ("db", "username", "password")
+    kwargs = {k: pool.connection_kwargs[k] for k in keep if k in pool.connection_kwargs}
+    sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        sentinels, sentinel_kwargs=manager.sentinel_kwargs
+    )
+    master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        pool.service_name, **kwargs, **options
+    )
+    return master
 
 
 def entry_key(namespace: str, key: str) -> str:
