@@ -209,7 +209,7 @@ class PoolMetrics:
         # Periodic liveness work of the pool's adapter, run by the housekeeping thread.
         self.sweep: Callable[[], Callable[[], None] | None] | None = None
 
-    # -- acquiring (the metered pools inline the success path) -----------------------------
+    # -- acquiring (the sync metered pools inline ``acquired``: their hot path) -------------
 
     def acquire_started(self) -> float:
         next(self._acquiring)

@@ -63,31 +63,6 @@ class _Metering:
             waiting=stats.get("requests_waiting", 0),
         )
 
-    def _hotpath_acquired(self, conn: Any, started: float) -> None:
-        """Inline in the sync pool (hot path); the async one calls it."""
-        metrics = self.hotpath_metrics
-        now = perf_counter()
-        metrics._acquire_raw.append(now - started)
-        if metrics.capture_stacks:
-            frame = _getframe(2)
-            code = frame.f_code
-            if code.co_filename in application_files:
-                metrics._holds[conn] = (now, code, frame.f_lasti)
-            else:
-                metrics._holds[conn] = (now, *stack_from(frame))
-        else:
-            metrics._holds[conn] = (now,)
-
-    def _hotpath_returned(self, conn: Any) -> None:
-        metrics = self.hotpath_metrics
-        now = perf_counter()
-        hold = metrics._holds.pop(conn, None)
-        if hold is not None:
-            metrics._hold_raw.append(now - hold[0])
-            if metrics._reported:
-                metrics.returned(conn, hold, now)
-        conn.hotpath_check_at = now + self._idle_s
-
     def _hotpath_forget(self, conn: object) -> None:
         self.hotpath_metrics.connection_closed(id(conn))
 
@@ -207,6 +182,7 @@ class MeteredConnectionPool(_Metering, ConnectionPool):
         return conn
 
     def putconn(self, conn: Any) -> None:
+        # PoolMetrics.checked_in inlined (the async twin calls it): this is the hot path.
         metrics = self.hotpath_metrics
         now = perf_counter()
         hold = metrics._holds.pop(conn, None)
@@ -261,9 +237,10 @@ class AsyncMeteredConnectionPool(_Metering, AsyncConnectionPool):
         except BaseException:
             metrics.acquire_failed(started, timed_out=False)
             raise
-        self._hotpath_acquired(conn, started)
+        metrics.acquired(started, conn)  # the sync twin inlines this: its hot path
         return conn
 
     async def putconn(self, conn: Any) -> None:
-        self._hotpath_returned(conn)
+        self.hotpath_metrics.checked_in(conn)
+        conn.hotpath_check_at = perf_counter() + self._idle_s
         await super().putconn(conn)
