@@ -6,11 +6,12 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from typing import Any
 
 import pytest
 from sqlalchemy import Connection, Engine, create_engine, exc, text
 
-from hotpath.pool import PoolExhaustedError
+from hotpath.pool import PoolExhaustedError, PoolMetrics
 from hotpath.testing import ModuleDatabase
 
 from ._helpers import planned_async_engine, planned_engine
@@ -116,3 +117,47 @@ def test_exhaustion_error_names_the_holders(hotpath_db: ModuleDatabase) -> None:
     finally:
         engine.dispose()
         plain.dispose()
+
+
+def _holder_sites(metrics: PoolMetrics) -> list[str]:
+    return [h.call_site for h in metrics.snapshot().holders]
+
+
+def _raw_connection_from_a_helper(engine: Engine) -> Any:
+    return engine.raw_connection()  # the call site a holder must name
+
+
+def _two_frames_further_out(engine: Engine) -> Any:
+    # Application frames where the distance learnt through Engine.connect() (three frames
+    # above raw_connection) lands: the jump must notice and walk instead.
+    def one_more_frame() -> Any:
+        return _raw_connection_from_a_helper(engine)
+
+    return one_more_frame()
+
+
+def test_call_sites_stay_exact_once_the_distance_is_learnt(hotpath_db: ModuleDatabase) -> None:
+    """After the first walk through ``Engine.connect()``, checkouts jump straight to the
+    application frame; another path into the same SQLAlchemy function (``raw_connection()``
+    called from the application, one frame closer) is still named exactly, not the frame
+    the learnt distance would land on."""
+    engine, metrics = planned_engine(hotpath_db.url, pool_size=3)
+    try:
+        for _ in range(3):  # learn, then jump
+            with engine.connect():
+                line = sys._getframe().f_lineno - 1
+                sites = _holder_sites(metrics)
+                assert len(sites) == 1
+                assert f"test_leaks.py:{line} in test_call_sites_stay_exact" in sites[0]
+        raw = _two_frames_further_out(engine)
+        sites = _holder_sites(metrics)
+        assert len(sites) == 1
+        assert "in _raw_connection_from_a_helper" in sites[0]
+        raw.close()
+        with engine.connect():  # and the learnt jump is still right afterwards
+            line = sys._getframe().f_lineno - 1
+            sites = _holder_sites(metrics)
+            assert len(sites) == 1
+            assert f"test_leaks.py:{line} in test_call_sites_stay_exact" in sites[0]
+    finally:
+        engine.dispose()

@@ -7,8 +7,10 @@ import time
 from typing import Any
 
 import pytest
+from psycopg_pool import ConnectionPool
 from sqlalchemy import Engine, create_engine, event, text
 
+from hotpath.pool import MeteredConnectionPool, instrument_pool
 from hotpath.pool._sqlalchemy import _EXPIRES
 from hotpath.testing import ModuleDatabase
 
@@ -107,3 +109,54 @@ def test_max_lifetime_ends_under_continuous_use(hotpath_db: ModuleDatabase) -> N
     assert snap.expired >= 1
     assert len(pids) >= 2
     assert snap.invalidations == 0
+
+
+def _counting_check_connection(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the pings psycopg_pool's ``check_connection`` really sends."""
+    calls = [0]
+    original = ConnectionPool.check_connection
+
+    def counting(conn: Any) -> None:
+        calls[0] += 1
+        original(conn)
+
+    monkeypatch.setattr(ConnectionPool, "check_connection", staticmethod(counting))
+    return calls
+
+
+def test_psycopg_pool_pings_only_idle_connections(
+    hotpath_db: ModuleDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pings = _counting_check_connection(monkeypatch)
+    with MeteredConnectionPool(
+        hotpath_db.dsn, min_size=1, max_size=1, open=True, validate_idle_s=0.3
+    ) as pool:
+        metrics = instrument_pool(pool, name="pp-idle", validate_idle_s=0.3)
+        pool.wait(10)
+        for _ in range(20):  # back to back: the connection was used a moment ago
+            with pool.connection() as conn:
+                conn.execute("SELECT 2")
+        assert pings == [0]
+        time.sleep(0.4)
+        with pool.connection() as conn:  # idle 0.4 s: pinged once, then used
+            conn.execute("SELECT 2")
+        assert pings == [1]
+        snap = metrics.snapshot()
+        assert (snap.pings, snap.pings_failed, snap.checkouts) == (1, 0, 21)
+
+
+def test_psycopg_pool_runs_a_check_you_pass_instead(
+    hotpath_db: ModuleDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pings = _counting_check_connection(monkeypatch)
+    checked: list[object] = []
+    with MeteredConnectionPool(
+        hotpath_db.dsn, min_size=1, max_size=1, open=True, check=checked.append
+    ) as pool:
+        pool.wait(10)
+        assert pool.validate_idle_s is None  # hotpath's own validation is off
+        for _ in range(3):
+            with pool.connection() as conn:
+                conn.execute("SELECT 2")
+    assert len(checked) == 3  # psycopg_pool ran it at every checkout
+    assert pings == [0]

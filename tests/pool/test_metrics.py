@@ -4,8 +4,10 @@ timeouts, connects; sync and async engines, psycopg_pool, Prometheus."""
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 import psycopg_pool
@@ -25,6 +27,7 @@ from hotpath.pool import (
     QueuePoolExhaustedError,
     instrument_pool,
 )
+from hotpath.pool._metrics import _fold_samples, _histogram
 from hotpath.testing import ModuleDatabase
 
 from ._helpers import planned_async_engine, planned_engine, small_plan
@@ -151,7 +154,7 @@ async def test_async_timeout_names_the_holder(hotpath_db: ModuleDatabase) -> Non
 
 
 def test_plain_engine_gets_event_metrics_but_no_acquire_timing(hotpath_db: ModuleDatabase) -> None:
-    engine = create_engine(hotpath_db.url, pool_size=2)
+    engine = create_engine(hotpath_db.url, pool_size=1, max_overflow=0)
     metrics = instrument_pool(engine)
     try:
         for _ in range(3):
@@ -160,8 +163,18 @@ def test_plain_engine_gets_event_metrics_but_no_acquire_timing(hotpath_db: Modul
         snap = metrics.snapshot()
         assert (snap.checkouts, snap.hold.count, snap.connects) == (3, 3, 1)
         assert snap.acquire_wait is None
-        assert snap.waiting is None
         assert snap.timeouts is None
+        # Waiting callers come from the pool's queue, metered or not: one blocked thread.
+        assert snap.waiting == 0
+        with engine.connect():
+            blocked = threading.Thread(target=lambda: engine.connect().close())
+            blocked.start()
+            deadline = time.monotonic() + 5
+            while metrics.snapshot().waiting != 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert metrics.snapshot().waiting == 1
+        blocked.join(10)
+        assert metrics.snapshot().waiting == 0
         assert "not metered" in snap.describe()
         with pytest.raises(PoolConfigError, match="already instrumented"):
             instrument_pool(engine)
@@ -266,3 +279,24 @@ def test_metered_pool_replaces_only_trampolines() -> None:
     for base in (QueuePool, AsyncAdaptedQueuePool):
         assert base.connect is Pool.connect
         assert base._return_conn is Pool._return_conn
+
+
+def test_folded_samples_keep_the_histogram_precision() -> None:
+    """Samples are packed as half floats before they are counted: the percentiles stay within
+    the HdrHistogram's own 3 significant digits, none is lost, and a sample past the
+    histogram's hour (past even a half float's 18 h) is clamped and counted, not dropped."""
+    rng = random.Random(7)
+    seconds = [rng.lognormvariate(-7, 2) for _ in range(50_000)]  # ~1 µs .. minutes
+    raw = deque(seconds)
+    hist = _histogram()
+    _fold_samples(raw, hist)
+    assert not raw
+    assert hist.get_total_count() == len(seconds)
+    exact = sorted(s * 1e6 for s in seconds)
+    for percentile in (50, 90, 99, 99.9):
+        expected = exact[int(len(exact) * percentile / 100) - 1]
+        assert hist.get_value_at_percentile(percentile) == pytest.approx(expected, rel=2e-3)
+    late = deque([0.5e-6, 20 * 3600.0, 2 * 3600.0])
+    _fold_samples(late, hist)
+    assert hist.get_total_count() == len(seconds) + 3
+    assert hist.get_max_value() == pytest.approx(3600e6, rel=1e-3)

@@ -14,6 +14,8 @@ so these do the checkout and checkin bookkeeping themselves, inline:
   rather than wrap them, so no Python frame is added (each costs ~0.15 µs). The pool's own
   ``_do_return_conn`` (the QueuePool subclass hook) still does the return.
   ``tests/pool/test_metrics.py`` checks that they are still trampolines;
+- the replacements are closures set on the pool instance by ``hotpath_meter()``
+  (``instrument_pool``), with the metrics' hot-path state in their cells;
 - detached connections never reach ``_return_conn``: the ``detach`` listener ends their hold.
 """
 
@@ -34,7 +36,7 @@ from sqlalchemy.pool import (
 )
 from sqlalchemy.pool.base import _ConnectionFairy
 
-from ._callstack import application_files, stack_from
+from ._callstack import application_files, checkout_stack
 from ._errors import QueuePoolExhaustedError
 from ._metrics import PoolMetrics
 
@@ -55,44 +57,18 @@ class _MeteredMixin:
     hotpath_liveness: EngineInstrumentation | None = None
 
     def connect(self) -> PoolProxiedConnection:
-        liveness = self.hotpath_liveness
-        if liveness is None:
-            _warn_unmetered()
-            return _checkout(self)
-        metrics = liveness.metrics
-        next(metrics._acquiring)
-        started = perf_counter()
-        try:
-            connection: PoolProxiedConnection = _checkout(self)
-        except sa_exc.TimeoutError as exc:
-            raise metrics.exhausted(started, exc, QueuePoolExhaustedError) from exc
-        except BaseException:
-            metrics.acquire_failed(started, timed_out=False)
-            raise
-        # The pool entry: the hold's key (the same object at checkin) and its info dict, read
-        # here because PoolProxiedConnection.info is a Python descriptor (~0.25 µs a read).
-        record = connection._connection_record
-        now = perf_counter()
-        try:
-            stale = now >= record._hotpath_check_at  # see EngineInstrumentation
-        except AttributeError:  # opened before instrument_pool(): stamped by the check
-            stale = True
-        if stale:
-            connection = self._hotpath_check(connection, liveness, metrics, started)
-            record = connection._connection_record
-            now = perf_counter()
-        metrics._acquire_raw.append(now - started)
-        if metrics.capture_stacks:
-            # Called from the application directly: one frame is the whole stack to keep.
-            frame = _getframe(1)
-            code = frame.f_code
-            if code.co_filename in application_files:
-                metrics._holds[record] = (now, code, frame.f_lasti)
-            else:
-                metrics._holds[record] = (now, *stack_from(frame))
-        else:
-            metrics._holds[record] = (now,)
-        return connection
+        # Replaced per instance by ``hotpath_meter``: reached only when nobody instrumented it.
+        _warn_unmetered()
+        return _checkout(self)
+
+    def hotpath_meter(self, liveness: EngineInstrumentation) -> None:
+        """Meter this pool from now on: install its checkout and checkin (see the module)."""
+        self.hotpath_liveness = liveness
+        self.hotpath_metrics = liveness.metrics
+        # Instance attributes shadow the class's methods (plain functions): SQLAlchemy calls
+        # ``pool.connect()`` and ``pool._return_conn(record)``.
+        connect, return_conn = _metered_checkout_checkin(self, liveness)
+        self.__dict__.update(connect=connect, _return_conn=return_conn)
 
     def _hotpath_check(
         self,
@@ -120,31 +96,76 @@ class _MeteredMixin:
                 connection = _checkout(self)
             except sa_exc.TimeoutError as exc:
                 raise metrics.exhausted(started, exc, QueuePoolExhaustedError) from exc
-            except BaseException:
-                metrics.acquire_failed(started, timed_out=False)
-                raise
         return connection
-
-    def _return_conn(self, record: ConnectionPoolEntry) -> None:
-        liveness = self.hotpath_liveness
-        if liveness is not None:
-            # PoolMetrics.checked_in inlined: this is the hot path.
-            metrics = liveness.metrics
-            now = perf_counter()
-            hold = metrics._holds.pop(record, None)
-            if hold is not None:
-                metrics._hold_raw.append(now - hold[0])
-                if metrics._reported:
-                    metrics.returned(record, hold, now)
-            # An expiry or a suspicion overwritten here is set again by the next sweep.
-            record._hotpath_check_at = now + liveness.idle_s  # type: ignore[attr-defined]
-        self._do_return_conn(record)  # type: ignore[attr-defined]
 
     def recreate(self) -> Any:
         fresh = super().recreate()  # type: ignore[misc]
-        fresh.hotpath_metrics = self.hotpath_metrics
-        fresh.hotpath_liveness = self.hotpath_liveness
+        if self.hotpath_liveness is not None:
+            fresh.hotpath_meter(self.hotpath_liveness)
         return fresh
+
+
+def _metered_checkout_checkin(
+    pool: _MeteredMixin, liveness: EngineInstrumentation
+) -> tuple[Callable[[], PoolProxiedConnection], Callable[[ConnectionPoolEntry], None]]:
+    """``connect()`` and ``_return_conn()`` for one metered pool.
+
+    Closures rather than methods: everything they touch is a cell of their own (no attribute
+    chain from ``self`` on each checkout), and they hold ``PoolMetrics``' hot-path state
+    directly, the parts of ``PoolMetrics.acquired``/``checked_in`` inlined.
+    """
+    metrics = liveness.metrics
+    holds = metrics._holds
+    reported = metrics._reported
+    acquire_sample = metrics._acquire_raw.append
+    hold_sample = metrics._hold_raw.append
+    idle_s = liveness.idle_s
+    capture_stacks = metrics.capture_stacks  # fixed by instrument_pool()
+    return_to_pool = pool._do_return_conn  # type: ignore[attr-defined]
+
+    def connect() -> PoolProxiedConnection:
+        started = perf_counter()
+        try:
+            connection: PoolProxiedConnection = _checkout(pool)
+        except sa_exc.TimeoutError as exc:
+            raise metrics.exhausted(started, exc, QueuePoolExhaustedError) from exc
+        # The pool entry: the hold's key (the same object at checkin) and its
+        # ``_hotpath_check_at`` (PoolProxiedConnection.info is a Python descriptor, ~0.25 µs).
+        record = connection._connection_record
+        now = perf_counter()
+        try:
+            stale = now >= record._hotpath_check_at  # see EngineInstrumentation
+        except AttributeError:  # opened before instrument_pool(): stamped by the check
+            stale = True
+        if stale:
+            connection = pool._hotpath_check(connection, liveness, metrics, started)
+            record = connection._connection_record
+            now = perf_counter()
+        acquire_sample(now - started)
+        if capture_stacks:
+            # Called from the application directly: one frame is the whole stack to keep.
+            frame = _getframe(1)
+            code = frame.f_code
+            if code.co_filename in application_files:
+                holds[record] = (now, code, frame.f_lasti)
+            else:
+                holds[record] = (now, *checkout_stack(frame))
+        else:
+            holds[record] = (now,)
+        return connection
+
+    def return_conn(record: ConnectionPoolEntry) -> None:
+        now = perf_counter()
+        hold = holds.pop(record, None)
+        if hold is not None:
+            hold_sample(now - hold[0])
+            if reported:
+                metrics.returned(record, hold, now)
+        # An expiry or a suspicion overwritten here is set again by the next sweep.
+        record._hotpath_check_at = now + idle_s  # type: ignore[attr-defined]
+        return_to_pool(record)
+
+    return connect, return_conn
 
 
 class MeteredQueuePool(_MeteredMixin, QueuePool):

@@ -22,6 +22,7 @@ from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import ConnectionPoolEntry, Pool, QueuePool
+from sqlalchemy.util.queue import AsyncAdaptedQueue
 
 from ._callstack import call_site, capture_stack
 from ._errors import SessionStateWarning
@@ -42,8 +43,30 @@ def pool_shape(pool: Pool) -> PoolShape:
     if isinstance(pool, QueuePool):
         # QueuePool has no public getter for max_overflow; read (never write) the attribute.
         max_overflow = int(getattr(pool, "_max_overflow", 0))
-        return PoolShape(pool.size(), max_overflow, pool.timeout(), kind)
+        waiting = _blocked_getters(getattr(pool, "_pool", None))
+        return PoolShape(pool.size(), max_overflow, pool.timeout(), kind, waiting=waiting)
     return PoolShape(0, 0, None, kind)
+
+
+def _blocked_getters(queue: object) -> int | None:
+    """Callers blocked in ``queue.get()``, waiting for a connection to be returned (``None``
+    when this queue cannot tell).
+
+    Read from the queue's own bookkeeping rather than counted per checkout, which would
+    cost the hot path a counter: QueuePool's ``sqlalchemy.util.queue.Queue`` waits on a
+    ``threading.Condition``, which holds one lock per blocked thread in ``_waiters``;
+    AsyncAdaptedQueue wraps an ``asyncio.Queue`` (made on first use), which holds one future
+    per blocked ``get()`` in ``_getters``. ``tests/pool/test_metrics.py`` checks both.
+    """
+    if isinstance(queue, AsyncAdaptedQueue):
+        inner = queue.__dict__.get("_queue")  # a memoized property: absent until first use
+        getters = getattr(inner, "_getters", None) if inner is not None else ()
+        if getters is None:
+            return None
+        # A copy first: the event loop's thread may change the deque while it is read.
+        return sum(not getter.done() for getter in tuple(getters))
+    waiters = getattr(getattr(queue, "not_empty", None), "_waiters", None)
+    return None if waiters is None else len(waiters)
 
 
 class EngineInstrumentation:
@@ -103,7 +126,7 @@ class EngineInstrumentation:
         if self.transaction_pooler:
             event.listen(engine, "before_cursor_execute", self._on_statement)
         if isinstance(engine.pool, _MeteredMixin):
-            engine.pool.hotpath_liveness = self
+            engine.pool.hotpath_meter(self)
         # A weak reference: the metrics must not keep the engine alive.
         self.metrics.sweep = weakref.WeakMethod(self.sweep)
 
