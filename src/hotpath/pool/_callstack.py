@@ -33,11 +33,15 @@ application_files: set[str] = set()
 
 _getframe = sys._getframe
 
-# id() of the code of a library function that checks connections out (SQLAlchemy's
-# ``Engine.raw_connection``, psycopg_pool's ``connection``...) -> how many frames above it
-# the application's frame was found. Library functions' code objects live as long as the
-# process, so an id stays theirs.
-_app_distance: dict[int, int] = {}
+# Call sites whose distance is known, for the metered pools' inline jump (see checkout_stack):
+# (id of the code object, bytecode offset) of an application frame -> (its distance in frames
+# above the checkout's caller, the code object). Holding the code object keeps its id its own.
+verified_sites: dict[tuple[int, int], tuple[int, CodeType]] = {}
+# The distance to try first: where the last checkout found its application frame.
+distance_hint = [0]
+_distances: list[int] = []  # every distance learnt, most recent first
+_MAX_DISTANCES = 8
+_MAX_SITES = 4096
 
 
 def _is_application_file(code: CodeType) -> bool:
@@ -57,36 +61,46 @@ def capture_stack(skip: int = 1) -> Stack:
     return stack_from(_getframe(skip + 1))
 
 
-def checkout_stack(caller: FrameType) -> Stack:
-    """The stack to keep for a checkout called from library code: ``caller`` is the frame of
-    the function that called the function calling this one (``sys._getframe(2)`` here).
+def checkout_stack() -> Stack:
+    """The stack to keep for a checkout: the caller of the function calling this one
+    (``sys._getframe(2)`` here) and its callers out to the first application frame.
 
-    The first walk from a given library caller learns how far above it the application frame
-    is; later checkouts from it jump there with ``sys._getframe(n)``, which materialises only
-    the frame it returns (a walk by ``f_back`` makes a frame object of each frame on the way:
-    ~0.3 µs per SQLAlchemy frame, three to eight of them per checkout). The jump is taken
-    when the frame it lands on is the application's and the one below it a library's;
-    otherwise (another path into the same library function) the stack is walked again. The
-    frames skipped are assumed library code, as they were when the distance was learnt; the
-    kept stack is then the application frame alone.
+    Through ``engine.connect()`` or a ``Session`` there are three to eight SQLAlchemy frames
+    between the pool and the application, and CPython 3.11 makes a frame object of each
+    frame walked (~0.1-0.3 µs each). So a walk records the application frame it found as a
+    verified site: its (code, bytecode offset) and its distance above the checkout's caller.
+    Later checkouts jump to a known distance with ``sys._getframe(n)``, which materialises
+    only the frame it returns, and keep it when it is a verified site at that distance: the
+    same call, at the same depth, goes through the same library frames. The metered pools
+    try the last distance inline (``distance_hint``) before calling this, which tries the
+    others and then walks. The stack kept after a jump is the application frame alone.
     """
-    distance = _app_distance.get(id(caller.f_code))
-    if distance is not None:
+    for distance in _distances:
         try:
-            app = _getframe(2 + distance)
-            below = _getframe(1 + distance)
+            frame = _getframe(2 + distance)
         except ValueError:  # not that deep: another path
-            pass
-        else:
-            code = app.f_code
-            if code.co_filename in application_files and below.f_code.co_filename in _library_files:
-                return (code, app.f_lasti)
-    stack = stack_from(caller)
-    frames_above = len(stack) // 2 - 1
-    if frames_above > 0 and _is_application_file(stack[-2]):  # type: ignore[arg-type]
-        try:  # found in this thread's own frames, not a parent greenlet's: learn the distance
-            if _getframe(2 + frames_above).f_code is stack[-2]:
-                _app_distance[id(caller.f_code)] = frames_above
+            continue
+        code = frame.f_code
+        lasti = frame.f_lasti
+        site = verified_sites.get((id(code), lasti))
+        if site is not None and site[0] == distance:
+            distance_hint[0] = distance
+            return (code, lasti)
+    stack = stack_from(_getframe(2))
+    distance = len(stack) // 2 - 1
+    found, offset = stack[-2], stack[-1]
+    assert isinstance(found, CodeType)
+    assert isinstance(offset, int)
+    if _is_application_file(found):
+        try:  # found in this thread's own frames, not a parent greenlet's: remember it
+            if _getframe(2 + distance).f_code is found:
+                if len(verified_sites) >= _MAX_SITES:
+                    verified_sites.clear()
+                verified_sites[(id(found), offset)] = (distance, found)
+                if distance not in _distances:
+                    _distances.insert(0, distance)
+                    del _distances[_MAX_DISTANCES:]
+                distance_hint[0] = distance
         except ValueError:
             pass
     return stack

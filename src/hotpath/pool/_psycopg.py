@@ -23,7 +23,7 @@ from psycopg import AsyncConnection, Connection
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from . import _housekeeping
-from ._callstack import application_files, checkout_stack
+from ._callstack import application_files, checkout_stack, distance_hint, verified_sites
 from ._errors import ConnectionPoolExhaustedError
 from ._metrics import PoolMetrics, PoolShape
 
@@ -167,12 +167,22 @@ class MeteredConnectionPool(_Metering, ConnectionPool):
             raise metrics.exhausted(started, exc, ConnectionPoolExhaustedError) from exc
         metrics._acquire_raw.append(now - started)
         if metrics.capture_stacks:
-            frame = _getframe(1)
-            code = frame.f_code
-            if code.co_filename in application_files:
-                metrics._holds[conn] = (now, code, frame.f_lasti)
+            # The last distance that found the application frame, tried inline (see
+            # checkout_stack): 0 when the application calls the pool itself.
+            distance = distance_hint[0]
+            try:
+                frame = _getframe(1 + distance)
+            except ValueError:  # shallower than that: another path
+                metrics._holds[conn] = (now, *checkout_stack())
             else:
-                metrics._holds[conn] = (now, *checkout_stack(frame))
+                code = frame.f_code
+                lasti = frame.f_lasti
+                if distance:
+                    site = verified_sites.get((id(code), lasti))
+                    known = site is not None and site[0] == distance
+                else:  # the caller itself: the first application frame if it is one
+                    known = code.co_filename in application_files
+                metrics._holds[conn] = (now, code, lasti) if known else (now, *checkout_stack())
         else:
             metrics._holds[conn] = (now,)
         return conn

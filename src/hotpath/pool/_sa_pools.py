@@ -36,7 +36,7 @@ from sqlalchemy.pool import (
 )
 from sqlalchemy.pool.base import _ConnectionFairy
 
-from ._callstack import application_files, checkout_stack
+from ._callstack import application_files, checkout_stack, distance_hint, verified_sites
 from ._errors import QueuePoolExhaustedError
 from ._metrics import PoolMetrics
 
@@ -114,14 +114,16 @@ def _metered_checkout_checkin(
     chain from ``self`` on each checkout), and they hold ``PoolMetrics``' hot-path state
     directly, the parts of ``PoolMetrics.acquired``/``checked_in`` inlined.
     """
+    return _metered_checkout(pool, liveness), _metered_checkin(pool, liveness)
+
+
+def _metered_checkout(
+    pool: _MeteredMixin, liveness: EngineInstrumentation
+) -> Callable[[], PoolProxiedConnection]:
     metrics = liveness.metrics
     holds = metrics._holds
-    reported = metrics._reported
     acquire_sample = metrics._acquire_raw.append
-    hold_sample = metrics._hold_raw.append
-    idle_s = liveness.idle_s
     capture_stacks = metrics.capture_stacks  # fixed by instrument_pool()
-    return_to_pool = pool._do_return_conn  # type: ignore[attr-defined]
 
     def connect() -> PoolProxiedConnection:
         started = perf_counter()
@@ -143,16 +145,38 @@ def _metered_checkout_checkin(
             now = perf_counter()
         acquire_sample(now - started)
         if capture_stacks:
-            # Called from the application directly: one frame is the whole stack to keep.
-            frame = _getframe(1)
-            code = frame.f_code
-            if code.co_filename in application_files:
-                holds[record] = (now, code, frame.f_lasti)
+            # The last distance that found the application frame, tried inline (see
+            # checkout_stack): 0 when the application calls the pool itself.
+            distance = distance_hint[0]
+            try:
+                frame = _getframe(1 + distance)
+            except ValueError:  # shallower than that: another path
+                holds[record] = (now, *checkout_stack())
             else:
-                holds[record] = (now, *checkout_stack(frame))
+                code = frame.f_code
+                lasti = frame.f_lasti
+                if distance:
+                    site = verified_sites.get((id(code), lasti))
+                    known = site is not None and site[0] == distance
+                else:  # the caller itself: the first application frame if it is one
+                    known = code.co_filename in application_files
+                holds[record] = (now, code, lasti) if known else (now, *checkout_stack())
         else:
             holds[record] = (now,)
         return connection
+
+    return connect
+
+
+def _metered_checkin(
+    pool: _MeteredMixin, liveness: EngineInstrumentation
+) -> Callable[[ConnectionPoolEntry], None]:
+    metrics = liveness.metrics
+    holds = metrics._holds
+    reported = metrics._reported
+    hold_sample = metrics._hold_raw.append
+    idle_s = liveness.idle_s
+    return_to_pool = pool._do_return_conn  # type: ignore[attr-defined]
 
     def return_conn(record: ConnectionPoolEntry) -> None:
         now = perf_counter()
@@ -165,7 +189,7 @@ def _metered_checkout_checkin(
         record._hotpath_check_at = now + idle_s  # type: ignore[attr-defined]
         return_to_pool(record)
 
-    return connect, return_conn
+    return return_conn
 
 
 class MeteredQueuePool(_MeteredMixin, QueuePool):
