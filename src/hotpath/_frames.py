@@ -77,8 +77,9 @@ def parent_greenlet_frames() -> Iterator[FrameType]:
     current = greenlet.getcurrent()
     while current.parent is not None:
         current = current.parent
-        if current.gr_frame is not None:
-            yield current.gr_frame
+        frame = current.gr_frame  # made on each access: read once
+        if frame is not None:
+            yield frame
 
 
 def display_path(filename: str) -> str:
