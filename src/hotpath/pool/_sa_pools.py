@@ -146,7 +146,9 @@ def _metered_checkout(
         acquire_sample(now - started)
         if capture_stacks:
             # The last distance that found the application frame, tried inline (see
-            # checkout_stack): 0 when the application calls the pool itself.
+            # checkout_stack): 0 when the application calls the pool itself. The same lines
+            # are in MeteredConnectionPool.getconn (_psycopg): a shared helper would be a
+            # call per checkout (~1%).
             distance = distance_hint[0]
             try:
                 frame = _getframe(1 + distance)
