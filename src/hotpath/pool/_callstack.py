@@ -35,8 +35,9 @@ _getframe = sys._getframe
 
 # Call sites whose distance is known, for the metered pools' inline jump (see checkout_stack):
 # (id of the code object, bytecode offset) of an application frame -> (its distance in frames
-# above the checkout's caller, the code object). Holding the code object keeps its id its own.
-verified_sites: dict[tuple[int, int], tuple[int, CodeType]] = {}
+# above the checkout's caller, the code of the library function it called then (None at
+# distance 0), its own code object: held so that its id stays its own).
+verified_sites: dict[tuple[int, int], tuple[int, CodeType | None, CodeType]] = {}
 # The distance to try first: where the last checkout found its application frame.
 distance_hint = [0]
 _distances: list[int] = []  # every distance learnt, most recent first
@@ -68,12 +69,17 @@ def checkout_stack() -> Stack:
     Through ``engine.connect()`` or a ``Session`` there are three to eight SQLAlchemy frames
     between the pool and the application, and CPython 3.11 makes a frame object of each
     frame walked (~0.1-0.3 µs each). So a walk records the application frame it found as a
-    verified site: its (code, bytecode offset) and its distance above the checkout's caller.
-    Later checkouts jump to a known distance with ``sys._getframe(n)``, which materialises
-    only the frame it returns, and keep it when it is a verified site at that distance: the
-    same call, at the same depth, goes through the same library frames. The metered pools
-    try the last distance inline (``distance_hint``) before calling this, which tries the
-    others and then walks. The stack kept after a jump is the application frame alone.
+    verified site: its (code, bytecode offset), its distance above the checkout's caller and
+    the library function it called. Later checkouts jump to a known distance with
+    ``sys._getframe(n)``, which materialises only the frames it returns, and keep the frame
+    they land on when it is a verified site at that distance that called the same function
+    (so ``f.connect()`` reaching an application class's ``connect`` is not taken for the same
+    line reaching ``Engine.connect``). The frames further in are then taken to be the library
+    frames the walk saw: an application frame that replaced one of them, at the same depth
+    under the same two frames (a ``Connection`` subclass set as ``Engine._connection_cls``), is
+    not looked for. The metered pools try the last distance inline (``distance_hint``) before
+    calling this, which tries the others and then walks. The stack kept after a jump is the
+    application frame alone.
     """
     for distance in _distances:
         try:
@@ -83,10 +89,18 @@ def checkout_stack() -> Stack:
         code = frame.f_code
         lasti = frame.f_lasti
         site = verified_sites.get((id(code), lasti))
-        if site is not None and site[0] == distance:
+        if (
+            site is not None
+            and site[0] == distance
+            and (not distance or _getframe(1 + distance).f_code is site[1])
+        ):
             distance_hint[0] = distance
             return (code, lasti)
-    stack = stack_from(_getframe(2))
+    try:
+        caller = _getframe(2)
+    except ValueError:  # the checkout is a thread's or greenlet's entry point: no caller
+        return ()
+    stack = stack_from(caller)
     distance = len(stack) // 2 - 1
     found, offset = stack[-2], stack[-1]
     assert isinstance(found, CodeType)
@@ -96,7 +110,9 @@ def checkout_stack() -> Stack:
             if _getframe(2 + distance).f_code is found:
                 if len(verified_sites) >= _MAX_SITES:
                     verified_sites.clear()
-                verified_sites[(id(found), offset)] = (distance, found)
+                inner = stack[-4] if distance else None  # the function the site called
+                assert inner is None or isinstance(inner, CodeType)
+                verified_sites[(id(found), offset)] = (distance, inner, found)
                 if distance not in _distances:
                     _distances.insert(0, distance)
                     del _distances[_MAX_DISTANCES:]

@@ -7,6 +7,7 @@ works the same for threads and asyncio tasks (it only reads the holders under a 
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 
@@ -20,13 +21,35 @@ _thread: threading.Thread | None = None
 
 def watch(metrics: PoolMetrics) -> None:
     """Look after ``metrics`` from now on (until it is garbage-collected)."""
-    global _thread
     with _lock:
         _watched.add(metrics)
-        if _thread is None or not _thread.is_alive():
-            _thread = threading.Thread(target=_run, name="hotpath-pool", daemon=True)
-            _thread.start()
+        _ensure_thread()
     _wakeup.set()  # a shorter leak threshold than before: re-plan the sleep now
+
+
+def _ensure_thread() -> None:
+    global _thread
+    if _thread is None or not _thread.is_alive():
+        _thread = threading.Thread(target=_run, name="hotpath-pool", daemon=True)
+        _thread.start()
+
+
+def _after_fork_in_child() -> None:
+    """Threads do not survive fork(): a child (gunicorn --preload, multiprocessing) that
+    inherited instrumented pools gets fresh locks and a housekeeping thread of its own."""
+    global _lock, _wakeup, _thread
+    _lock = threading.Lock()
+    _wakeup = threading.Event()
+    _thread = None
+    watched = list(_watched)
+    for metrics in watched:
+        metrics.after_fork()
+    if watched:
+        _ensure_thread()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _interval() -> float:

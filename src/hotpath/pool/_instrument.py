@@ -62,7 +62,8 @@ def instrument_pool(
         metrics.name = name or metrics.name
         metrics.leak_threshold_s = leak_threshold_s
         metrics.capture_stacks = capture_stacks
-        key.validate_idle_s = validate_idle_s
+        if not key.hotpath_user_check:  # the check passed to the pool stays the only one
+            key.validate_idle_s = validate_idle_s
     else:
         raise PoolConfigError(
             f"cannot instrument {_describe(target)}: pass a SQLAlchemy Engine or AsyncEngine, "

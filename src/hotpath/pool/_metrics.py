@@ -55,13 +55,14 @@ def _fold_samples(raw: deque[float], hist: HdrHistogram) -> None:
     try:
         packed = struct.pack(f"{len(samples)}e", *samples)
     except OverflowError:  # a sample over 65504 s (18 h): whole microseconds instead
-        for value, count in Counter(map(int, map(_US.__mul__, samples))).items():
+        for value, count in Counter(map(round, map(_US.__mul__, samples))).items():
             hist.record_value(min(max(1, value), _HOUR_US), count)
         return
     for half, count in Counter(memoryview(packed).cast("H")).items():
         (seconds,) = _HALF.unpack(half.to_bytes(2, sys.byteorder))
         # Clamped: a sample past the histogram's hour would be dropped, and with it a checkout.
-        hist.record_value(min(max(1, int(seconds * _US)), _HOUR_US), count)
+        # Rounded, not truncated: 3 µs reads back from a half float as 2.9998 µs.
+        hist.record_value(min(max(1, int(seconds * _US + 0.5)), _HOUR_US), count)
 
 
 @dataclass(frozen=True)
@@ -237,6 +238,14 @@ class PoolMetrics:
         # Periodic liveness work of the pool's adapter, run by the housekeeping thread.
         self.sweep: Callable[[], Callable[[], None] | None] | None = None
 
+    def after_fork(self) -> None:
+        """In a forked child: new locks (another thread may have held these at the fork), and
+        none of the parent's checkouts, which the child can never return."""
+        self._lock = threading.Lock()
+        self._fold_lock = threading.Lock()
+        self._holds.clear()
+        self._reported.clear()
+
     # -- acquiring (the sync metered pools inline ``acquired``: their hot path) -------------
 
     def acquire_started(self) -> float:
@@ -362,7 +371,8 @@ class PoolMetrics:
                 held,
                 threshold,
                 call_site(hold[1:]),
-                format_stack(hold[1:]) or "  (stack capture is off)",
+                format_stack(hold[1:])
+                or ("  (no caller frame)" if self.capture_stacks else "  (stack capture is off)"),
             )
         return len(found)
 
@@ -374,7 +384,10 @@ class PoolMetrics:
         holds = list(self._holds.values())
         by_site: dict[str, list[float]] = {}
         for started, *stack in holds:
-            site = call_site(stack) if stack else "<stack capture off>"
+            if stack:
+                site = call_site(stack)
+            else:
+                site = "<no caller frame>" if self.capture_stacks else "<stack capture off>"
             by_site.setdefault(site, []).append(now - started)
         ranked = sorted(by_site.items(), key=lambda item: (-len(item[1]), -max(item[1])))
         return tuple(

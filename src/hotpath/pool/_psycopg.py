@@ -31,14 +31,24 @@ _INF = float("inf")
 _getframe = sys._getframe
 
 
+def _detach_and_close(conn: Connection[Any]) -> None:
+    """Close a connection that failed its ping. Detached from the pool first, as psycopg_pool
+    does before closing one: with ``close_returns=True``, ``close()`` would otherwise return it
+    to the pool, and then the failed-check path would return it a second time."""
+    conn._pool = None
+    conn.close()
+
+
 class _Metering:
     """State and logic shared by the sync and async metered pools."""
 
     hotpath_metrics: PoolMetrics
     _idle_s: float
 
-    def _setup_metering(self, name: str | None, validate_idle_s: float | None) -> None:
-        self.validate_idle_s = validate_idle_s
+    def _setup_metering(self, name: str | None, validate_idle_s: float | None, check: Any) -> None:
+        # A check the user passed runs instead of hotpath's idle ping (psycopg_pool runs it).
+        self.hotpath_user_check = check is not None
+        self.validate_idle_s = None if self.hotpath_user_check else validate_idle_s
         # No leak checks until instrument_pool() asks for them, but folded from the start:
         # samples must not pile up in a pool nobody instruments.
         self.hotpath_metrics = PoolMetrics(
@@ -54,6 +64,17 @@ class _Metering:
     def validate_idle_s(self, value: float | None) -> None:
         self._idle_s = _INF if value is None else value  # hot path: one comparison
 
+    def _hotpath_waiting(self) -> int | None:
+        """Callers waiting for a connection now. psycopg_pool's ``requests_waiting`` counts
+        its queue, where a caller that timed out stays until a connection is next handed out:
+        it over-counts exactly when the pool is exhausted. Only entries still without a
+        connection or an error are waiting."""
+        queue = getattr(self, "_waiting", None)
+        if queue is None:
+            return None
+        # A copy first: other threads (or the event loop) change the deque while it is read.
+        return sum(entry.conn is None and entry.error is None for entry in tuple(queue))
+
     def _hotpath_shape(self) -> PoolShape:
         stats: dict[str, int] = self.get_stats()  # type: ignore[attr-defined]
         low, high = stats.get("pool_min", 0), stats.get("pool_max", 0)
@@ -64,7 +85,7 @@ class _Metering:
             type(self).__name__,
             size=stats.get("pool_size", 0),
             idle=stats.get("pool_available", 0),
-            waiting=stats.get("requests_waiting", 0),
+            waiting=self._hotpath_waiting(),
         )
 
     def _hotpath_forget(self, conn: object) -> None:
@@ -144,7 +165,7 @@ class MeteredConnectionPool(_Metering, ConnectionPool):
         name: str | None = None,
         **kwargs: Any,
     ) -> None:
-        self._setup_metering(name, validate_idle_s if check is None else None)
+        self._setup_metering(name, validate_idle_s, check)
         super().__init__(
             conninfo,
             connection_class=_timed_connection_class(connection_class, self),
@@ -179,9 +200,13 @@ class MeteredConnectionPool(_Metering, ConnectionPool):
             else:
                 code = frame.f_code
                 lasti = frame.f_lasti
-                if distance:
+                if distance:  # a verified site at that distance, that called the same function
                     site = verified_sites.get((id(code), lasti))
-                    known = site is not None and site[0] == distance
+                    known = (
+                        site is not None
+                        and site[0] == distance
+                        and _getframe(distance).f_code is site[1]
+                    )
                 else:  # the caller itself: the first application frame if it is one
                     known = code.co_filename in application_files
                 metrics._holds[conn] = (now, code, lasti) if known else (now, *checkout_stack())
@@ -198,8 +223,13 @@ class MeteredConnectionPool(_Metering, ConnectionPool):
             except Exception:
                 self.hotpath_metrics.pinged(ok=False)
                 self.hotpath_metrics.invalidated()
-                conn.close()  # never handed out again, whatever the failure was
+                _detach_and_close(conn)
                 self._putconn(conn, from_getconn=True)  # psycopg_pool's path for a failed check
+            except BaseException:
+                # Interrupted mid-ping (KeyboardInterrupt, gevent.Timeout): give it back, as
+                # psycopg_pool's own check loop does, rather than lose it.
+                self._putconn(conn, from_getconn=True)
+                raise
             else:
                 self.hotpath_metrics.pinged(ok=True)
                 return conn
@@ -233,7 +263,7 @@ class AsyncMeteredConnectionPool(_Metering, AsyncConnectionPool):
         name: str | None = None,
         **kwargs: Any,
     ) -> None:
-        self._setup_metering(name, validate_idle_s if check is None else None)
+        self._setup_metering(name, validate_idle_s, check)
         super().__init__(
             conninfo,
             connection_class=_timed_async_connection_class(connection_class, self),
@@ -262,8 +292,12 @@ class AsyncMeteredConnectionPool(_Metering, AsyncConnectionPool):
             except Exception:
                 self.hotpath_metrics.pinged(ok=False)
                 self.hotpath_metrics.invalidated()
+                conn._pool = None  # see _detach_and_close
                 await conn.close()
                 await self._putconn(conn, from_getconn=True)
+            except BaseException:  # cancelled mid-ping: give it back, then stop
+                await self._putconn(conn, from_getconn=True)
+                raise
             else:
                 self.hotpath_metrics.pinged(ok=True)
                 return conn

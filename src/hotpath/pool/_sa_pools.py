@@ -157,9 +157,13 @@ def _metered_checkout(
             else:
                 code = frame.f_code
                 lasti = frame.f_lasti
-                if distance:
+                if distance:  # a verified site at that distance, that called the same function
                     site = verified_sites.get((id(code), lasti))
-                    known = site is not None and site[0] == distance
+                    known = (
+                        site is not None
+                        and site[0] == distance
+                        and _getframe(distance).f_code is site[1]
+                    )
                 else:  # the caller itself: the first application frame if it is one
                     known = code.co_filename in application_files
                 holds[record] = (now, code, lasti) if known else (now, *checkout_stack())
