@@ -170,6 +170,18 @@ _PLUGIN_TESTS = textwrap.dedent(
                 user.orders
         engine.dispose()
 
+    @pytest.fixture
+    def lazy_fixture(hotpath_profiler):  # set up after the profiler: not the test's queries
+        engine = create_engine(URL)
+        with Session(engine) as session:
+            for user in session.scalars(select(User)):
+                user.orders
+        yield
+        engine.dispose()
+
+    def test_quiet_body(hotpath_profiler, lazy_fixture):
+        pass
+
     @pytest.mark.max_queries(1)
     def test_over_budget():
         engine = create_engine(URL)
@@ -187,7 +199,7 @@ def test_pytest_plugin_fails_n_plus_one_and_budgets(
     pytester.makepyfile(test_app=_PLUGIN_TESTS.format(url=hotpath_db.url))
     pytester._monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parents[2]))
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--hotpath-n-plus-one=raise")
-    result.assert_outcomes(passed=1, failed=2)
+    result.assert_outcomes(passed=2, failed=2)
     output = result.stdout.str()
     assert "NPlusOneError" in output
     assert "selectinload(User.orders)" in output
@@ -196,7 +208,7 @@ def test_pytest_plugin_fails_n_plus_one_and_budgets(
     assert "2 queries ran, the budget is 1" in output
     # the same suite with N+1 checking off: only the budget fails
     relaxed = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--hotpath-n-plus-one=off")
-    relaxed.assert_outcomes(passed=2, failed=1)
+    relaxed.assert_outcomes(passed=3, failed=1)
 
 
 def test_findings_become_opentelemetry_span_events(engine: Engine) -> None:

@@ -1,9 +1,13 @@
 """EXPLAIN for slow statement shapes, safely.
 
 Plans are taken on a fresh connection of the engine that ran the statement, once per shape
-and rate-limited. ``EXPLAIN ANALYZE`` runs only for plain SELECTs (no data-modifying CTE,
-no row locks), inside a transaction that is always rolled back, under a statement timeout;
-anything else gets a plain plan.
+and rate-limited, inside a READ ONLY transaction that is always rolled back, under a
+statement timeout. ``EXPLAIN ANALYZE`` (which runs the statement) is used only for a single
+SELECT with no data-modifying CTE, no row lock and no INTO anywhere in it, whose functions are
+none of them volatile on that server (``nextval``, ``pg_advisory_lock``, user functions that
+write...), and only once the server says the transaction is read-only; anything else gets a
+plain plan. Multi-statement text is never sent. Errors are logged without the statement's
+parameter values unless ``capture_params`` is on.
 """
 
 from __future__ import annotations
@@ -30,12 +34,39 @@ _TABLE_ROWS = text(
     "SELECT name, (SELECT reltuples FROM pg_class WHERE oid = to_regclass(name))"
     " FROM unnest(CAST(:names AS text[])) AS name"
 )
+# Any overload of any called function volatile: the statement may change something (or take
+# a session-level lock that survives the rollback), so it is not run for real.
+_VOLATILE = text(
+    "SELECT count(*) FROM pg_proc WHERE proname = ANY(CAST(:names AS text[])) AND provolatile = 'v'"
+)
+# Forces a real transaction (an AUTOCOMMIT engine would otherwise have none to roll back),
+# started READ ONLY: the server refuses writes, nextval() and row locks in it.
+_READ_ONLY = {"isolation_level": "READ COMMITTED", "postgresql_readonly": True}
 
 
-def _prefix(profiler: Profiler, statement: str) -> tuple[str, bool]:
-    analyze = profiler.explain == "analyze" and shape_of(statement).is_plain_select
-    options = "ANALYZE, BUFFERS, FORMAT JSON" if analyze else "FORMAT JSON"
-    return f"EXPLAIN ({options}) ", analyze
+def _may_analyze(profiler: Profiler, item: PendingExplain) -> bool:
+    shape = shape_of(item.statement)
+    return profiler.explain == "analyze" and shape.is_plain_select
+
+
+def _prefix(analyze: bool) -> str:
+    return "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " if analyze else "EXPLAIN (FORMAT JSON) "
+
+
+def _failed(profiler: Profiler, exc: Exception) -> None:
+    """Log a failed EXPLAIN. SQLAlchemy's message ends with the parameters, and the server's
+    may quote one (``invalid input syntax for type integer: "..."``): without
+    ``capture_params`` only the error's class and SQLSTATE are logged."""
+    if profiler.capture_params:
+        logger.warning("hotpath: EXPLAIN of a slow query failed: %s", exc)
+        return
+    original = getattr(exc, "orig", exc)
+    sqlstate = getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
+    logger.warning(
+        "hotpath: EXPLAIN of a slow query failed: %s%s (details hidden: capture_params=False)",
+        type(original).__name__,
+        f" (SQLSTATE {sqlstate})" if sqlstate else "",
+    )
 
 
 def _store(profiler: Profiler, item: PendingExplain, plan: Any, sizes: Any, analyzed: bool) -> None:
@@ -45,60 +76,76 @@ def _store(profiler: Profiler, item: PendingExplain, plan: Any, sizes: Any, anal
 
 def explain_sync(profiler: Profiler, items: list[PendingExplain]) -> None:
     for item in items:
-        if not profiler.claim_explain(item.fingerprint):
+        if not shape_of(item.statement).explainable:
             continue
         if item.engine.dialect.is_async:
             logger.info("hotpath: skipped EXPLAIN of a slow query: async engine in a sync scope")
             continue
-        prefix, analyzed = _prefix(profiler, item.statement)
+        if not profiler.claim_explain(item.fingerprint):
+            continue
         try:
             with item.engine.connect() as conn:
-                plan, sizes = _explain_on(conn, profiler, prefix, item)
+                conn.execution_options(**_READ_ONLY)
+                plan, sizes, analyzed = _explain_on(conn, profiler, item)
+            _store(profiler, item, plan, sizes, analyzed)
         except Exception as exc:  # a plan is a bonus: never fail the user's work over it
-            logger.warning("hotpath: EXPLAIN of a slow query failed: %s", exc)
-            continue
-        _store(profiler, item, plan, sizes, analyzed)
+            _failed(profiler, exc)
 
 
-def _explain_on(conn: Connection, profiler: Profiler, prefix: str, item: PendingExplain) -> Any:
+def _explain_on(conn: Connection, profiler: Profiler, item: PendingExplain) -> Any:
     transaction = conn.begin()
     try:
         conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(profiler.explain_timeout_ms)}")
-        plan = conn.exec_driver_sql(prefix + item.statement, item.parameters).scalar_one()
+        analyze = _may_analyze(profiler, item) and _safe_to_run(
+            conn.exec_driver_sql("SHOW transaction_read_only").scalar_one(),
+            conn.execute(_VOLATILE, {"names": _functions(item)}).scalar_one(),
+        )
+        plan = conn.exec_driver_sql(_prefix(analyze) + item.statement, item.parameters).scalar_one()
         sizes = conn.execute(_TABLE_ROWS, {"names": plan_relations(plan)}).all()
     finally:
         transaction.rollback()  # EXPLAIN ANALYZE really ran the statement: undo it
-    return plan, sizes
+    return plan, sizes, analyze
+
+
+def _functions(item: PendingExplain) -> list[str]:
+    return sorted(shape_of(item.statement).functions)
+
+
+def _safe_to_run(read_only: object, volatile_functions: object) -> bool:
+    return read_only == "on" and volatile_functions == 0
 
 
 async def explain_async(profiler: Profiler, items: list[PendingExplain]) -> None:
     from sqlalchemy.ext.asyncio import AsyncEngine  # noqa: PLC0415
 
     for item in items:
+        if not shape_of(item.statement).explainable:
+            continue
         if not item.engine.dialect.is_async:
             await asyncio.to_thread(explain_sync, profiler, [item])
             continue
         if not profiler.claim_explain(item.fingerprint):
             continue
-        prefix, analyzed = _prefix(profiler, item.statement)
         try:
             async with AsyncEngine(item.engine).connect() as conn:
-                plan, sizes = await _explain_on_async(conn, profiler, prefix, item)
+                await conn.execution_options(**_READ_ONLY)
+                plan, sizes, analyzed = await _explain_on_async(conn, profiler, item)
+            _store(profiler, item, plan, sizes, analyzed)
         except Exception as exc:
-            logger.warning("hotpath: EXPLAIN of a slow query failed: %s", exc)
-            continue
-        _store(profiler, item, plan, sizes, analyzed)
+            _failed(profiler, exc)
 
 
-async def _explain_on_async(
-    conn: AsyncConnection, profiler: Profiler, prefix: str, item: PendingExplain
-) -> Any:
+async def _explain_on_async(conn: AsyncConnection, profiler: Profiler, item: PendingExplain) -> Any:
     transaction = await conn.begin()
     try:
         await conn.exec_driver_sql(
             f"SET LOCAL statement_timeout = {int(profiler.explain_timeout_ms)}"
         )
-        result = await conn.exec_driver_sql(prefix + item.statement, item.parameters)
+        analyze = _may_analyze(profiler, item) and _safe_to_run(
+            (await conn.exec_driver_sql("SHOW transaction_read_only")).scalar_one(),
+            (await conn.execute(_VOLATILE, {"names": _functions(item)})).scalar_one(),
+        )
+        result = await conn.exec_driver_sql(_prefix(analyze) + item.statement, item.parameters)
         plan = result.scalar_one()
         if isinstance(plan, str):  # asyncpg returns json as text
             import orjson  # noqa: PLC0415
@@ -107,4 +154,4 @@ async def _explain_on_async(
         sizes = (await conn.execute(_TABLE_ROWS, {"names": plan_relations(plan)})).all()
     finally:
         await transaction.rollback()
-    return plan, sizes
+    return plan, sizes, analyze

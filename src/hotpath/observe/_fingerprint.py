@@ -12,7 +12,8 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from pglast import parser
+from pglast import ast, parser
+from pglast.visitors import Visitor
 
 _PLACEHOLDER = re.compile(r"%(?:\(\w+\))?s|%%")
 _LITERALS = re.compile(r"'(?:[^']|'')*'|\b\d+(?:\.\d+)?\b")
@@ -25,7 +26,36 @@ class Shape:
     fingerprint: str
     is_select: bool
     has_limit: bool
-    is_plain_select: bool  # no data-modifying CTE, no FOR UPDATE: safe to EXPLAIN ANALYZE
+    # A SELECT with no data-modifying CTE, no row lock and no INTO anywhere in it: may be
+    # EXPLAIN ANALYZEd, if its functions are not volatile (``functions``, checked on the server)
+    is_plain_select: bool
+    explainable: bool = False  # exactly one SELECT/INSERT/UPDATE/DELETE/MERGE: EXPLAIN may run
+    functions: frozenset[str] = frozenset()  # names of the functions it calls, lower case
+
+
+_EXPLAINABLE = {"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"}
+
+
+class _Facts(Visitor):
+    """What makes a SELECT unsafe to run for real, anywhere in its tree (subqueries, CTEs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.functions: set[str] = set()
+        self.unsafe = False
+
+    def visit_FuncCall(self, ancestors: object, node: ast.FuncCall) -> None:
+        if node.funcname:
+            name = node.funcname[-1]
+            self.functions.add(str(getattr(name, "sval", name)).lower())
+
+    def visit_SelectStmt(self, ancestors: object, node: ast.SelectStmt) -> None:
+        if node.lockingClause or node.intoClause:
+            self.unsafe = True
+
+    def visit_CommonTableExpr(self, ancestors: object, node: ast.CommonTableExpr) -> None:
+        if type(node.ctequery).__name__ != "SelectStmt":
+            self.unsafe = True
 
 
 def _dollar_params(statement: str) -> str:
@@ -41,17 +71,17 @@ def shape_of(statement: str) -> Shape:
     except Exception:  # not PostgreSQL (or not parseable): fall back to a literal-free hash
         folded = _LITERALS.sub("?", " ".join(text.split()).lower())
         return Shape(hashlib.sha1(folded.encode()).hexdigest()[:16], False, False, False)
-    if len(tree) != 1:
+    if len(tree) != 1:  # several statements: never sent to EXPLAIN (it would run the rest)
         return Shape(fingerprint, False, False, False)
     stmt = tree[0].stmt
-    is_select = type(stmt).__name__ == "SelectStmt"
+    if stmt is None:
+        return Shape(fingerprint, False, False, False)
+    kind = type(stmt).__name__
+    is_select = kind == "SelectStmt"
     has_limit = is_select and getattr(stmt, "limitCount", None) is not None
-    plain = is_select and not getattr(stmt, "lockingClause", None) and not _writes_in_ctes(stmt)
-    return Shape(fingerprint, is_select, has_limit, plain)
-
-
-def _writes_in_ctes(stmt: object) -> bool:
-    with_clause = getattr(stmt, "withClause", None)
-    if not with_clause:
-        return False
-    return any(type(cte.ctequery).__name__ != "SelectStmt" for cte in with_clause.ctes or ())
+    facts = _Facts()
+    facts(stmt)
+    plain = is_select and not facts.unsafe
+    return Shape(
+        fingerprint, is_select, has_limit, plain, kind in _EXPLAINABLE, frozenset(facts.functions)
+    )

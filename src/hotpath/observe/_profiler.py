@@ -228,12 +228,21 @@ class Profiler:
 
     def _finish(self, scope: Scope, *, raising: bool) -> None:
         if scope.pending_explains:
-            explain_sync(self, scope.pending_explains)
+            # hotpath's own EXPLAIN queries belong to no scope (an enclosing one included)
+            token = current_scope.set(None)
+            try:
+                explain_sync(self, scope.pending_explains)
+            finally:
+                current_scope.reset(token)
         self._conclude(scope, raising)
 
     async def _finish_async(self, scope: Scope, *, raising: bool) -> None:
         if scope.pending_explains:
-            await explain_async(self, scope.pending_explains)
+            token = current_scope.set(None)
+            try:
+                await explain_async(self, scope.pending_explains)
+            finally:
+                current_scope.reset(token)
         self._conclude(scope, raising)
 
     def _conclude(self, scope: Scope, raising: bool) -> None:

@@ -217,7 +217,7 @@ class Scope:
         profiler = self.profiler
         if duration_ms >= profiler.slow_query_ms:
             self._note_slow(statement, fingerprint, duration_ms, site.get())
-            if profiler.wants_explain(fingerprint):
+            if self.modes[FindingKind.SLOW_QUERY] != "off" and profiler.wants_explain(fingerprint):
                 self.pending_explains.append(
                     PendingExplain(engine, statement, parameters, fingerprint)
                 )

@@ -48,6 +48,7 @@ __getattr__ = lazy_exports(
 
 _N_PLUS_ONE_MODES = ("raise", "warn", "log", "off")
 _TEST_SCOPE: pytest.StashKey[Scope] = pytest.StashKey()
+_TEST_PROFILER: pytest.StashKey[Profiler] = pytest.StashKey()
 
 _module_counter = iter(range(1, 1_000_000))
 
@@ -130,13 +131,14 @@ def hotpath_profiler(request: pytest.FixtureRequest) -> Iterator[Profiler]:
         "hotpath_n_plus_one"
     )
     profiler = Profiler(modes={"n_plus_one": mode}).instrument()
-    scope = profiler.scope(request.node.nodeid)
-    scope.__enter__()
-    request.node.stash[_TEST_SCOPE] = scope
+    # The scope opens in pytest_runtest_call: queries of fixtures set up after this one are
+    # not the test's.
+    request.node.stash[_TEST_PROFILER] = profiler
     try:
         yield profiler
     finally:
-        if not scope.closed:  # the test failed before the call hook could judge it
+        scope = request.node.stash.get(_TEST_SCOPE, None)
+        if scope is not None and not scope.closed:  # the call hook did not get to judge it
             scope.__exit__(RuntimeError, None, None)
         profiler.uninstrument()
 
@@ -144,8 +146,13 @@ def hotpath_profiler(request: pytest.FixtureRequest) -> Iterator[Profiler]:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     marker = item.get_closest_marker("max_queries")
-    if marker is None and _TEST_SCOPE not in item.stash:
+    profiler = item.stash.get(_TEST_PROFILER, None)
+    if marker is None and profiler is None:
         return (yield)
+    if profiler is not None:
+        opened = profiler.scope(item.nodeid)
+        opened.__enter__()
+        item.stash[_TEST_SCOPE] = opened
     budget = None
     if marker is not None:
         from ..observe import assert_max_queries  # noqa: PLC0415
