@@ -182,6 +182,29 @@ _PLUGIN_TESTS = textwrap.dedent(
     def test_quiet_body(hotpath_profiler, lazy_fixture):
         pass
 
+    def test_n_plus_one_inside_an_app_scope(hotpath_profiler):
+        from hotpath.observe import Profiler
+        engine = create_engine(URL)
+        app = Profiler(engine, modes={{"n_plus_one": "log"}})  # what ASGIMiddleware opens
+        with app.scope("GET /users"), Session(engine) as session:
+            for user in session.scalars(select(User)):
+                user.orders
+        app.uninstrument()
+        engine.dispose()
+
+    @pytest.mark.max_queries(2)
+    def test_budget_inside_an_app_scope_on_another_engine():
+        from sqlalchemy import text
+        from hotpath.observe import Profiler
+        engine, reporting = create_engine(URL), create_engine(URL)
+        app = Profiler(engine)
+        with app.scope("GET /report"), reporting.connect() as conn:
+            for i in range(5):
+                conn.execute(text("SELECT :i"), {{"i": i}})
+        app.uninstrument()
+        engine.dispose()
+        reporting.dispose()
+
     @pytest.mark.max_queries(1)
     def test_over_budget():
         engine = create_engine(URL)
@@ -199,7 +222,7 @@ def test_pytest_plugin_fails_n_plus_one_and_budgets(
     pytester.makepyfile(test_app=_PLUGIN_TESTS.format(url=hotpath_db.url))
     pytester._monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parents[2]))
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--hotpath-n-plus-one=raise")
-    result.assert_outcomes(passed=2, failed=2)
+    result.assert_outcomes(passed=2, failed=4)
     output = result.stdout.str()
     assert "NPlusOneError" in output
     assert "selectinload(User.orders)" in output
@@ -208,7 +231,7 @@ def test_pytest_plugin_fails_n_plus_one_and_budgets(
     assert "2 queries ran, the budget is 1" in output
     # the same suite with N+1 checking off: only the budget fails
     relaxed = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--hotpath-n-plus-one=off")
-    relaxed.assert_outcomes(passed=3, failed=1)
+    relaxed.assert_outcomes(passed=4, failed=2)
 
 
 def test_findings_become_opentelemetry_span_events(engine: Engine) -> None:

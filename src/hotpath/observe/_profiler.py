@@ -340,7 +340,9 @@ class Profiler:
     # -- listeners -------------------------------------------------------------------------------
 
     # Every listener fetches the current scope once and returns at once outside its own
-    # scopes: that is the whole cost of an instrumented engine outside a scope.
+    # scopes: that is the whole cost of an instrumented engine outside a scope. Inside another
+    # profiler's scope (an app's middleware inside a test, say) it records into the nearest
+    # scope of its own, and never into a closed one (a task that outlived its request).
 
     def _before_cursor_execute(
         self,
@@ -352,7 +354,9 @@ class Profiler:
         executemany: bool,
     ) -> None:
         scope = current_scope.get()
-        if scope is not None and scope.profiler is self and context is not None:
+        if scope is not None and scope.profiler is not self:
+            scope = _own_scope(scope, self)
+        if scope is not None and context is not None and not scope.closed:
             context._hotpath_started = perf_counter()
 
     def _after_cursor_execute(
@@ -365,7 +369,9 @@ class Profiler:
         executemany: bool,
     ) -> None:
         scope = current_scope.get()
-        if scope is None or scope.profiler is not self:
+        if scope is not None and scope.profiler is not self:
+            scope = _own_scope(scope, self)
+        if scope is None or scope.closed:
             return
         started = getattr(context, "_hotpath_started", None)
         if started is None:
@@ -391,7 +397,9 @@ class Profiler:
 
     def _on_orm_execute(self, state: ORMExecuteState) -> None:
         scope = current_scope.get()
-        if scope is None or scope.profiler is not self:
+        if scope is not None and scope.profiler is not self:
+            scope = _own_scope(scope, self)
+        if scope is None or scope.closed:
             return
         # ``loader_strategy_path`` once, rather than ``is_relationship_load`` (which computes
         # the compile options twice) and then the path again.
@@ -454,11 +462,20 @@ class Profiler:
             # eager loads (EAGER_TOKEN, 0) need no tracing: only lazy-load rows go on.
             return
         scope = current_scope.get()
-        if scope is None or scope.profiler is not self:
+        if scope is not None and scope.profiler is not self:
+            scope = _own_scope(scope, self)
+        if scope is None or scope.closed:
             return
         execution = scope.execution(token)
         if execution is not None:
             scope.note_relationship_run(context.runid, execution)
+
+
+def _own_scope(scope: Scope | None, profiler: Profiler) -> Scope | None:
+    """The nearest scope of ``profiler`` among ``scope`` and the scopes it is nested in."""
+    while scope is not None and scope.profiler is not profiler:
+        scope = scope.parent
+    return scope
 
 
 class _ProfileBlock:

@@ -206,15 +206,20 @@ class Scope:
             # so only other statements pay for hashing their parameters
             scope: Scope | None = self
             while scope is not None:
-                if scope.tracks_duplicates or scope.tracks_n_plus_one:
+                if scope.profiler is self.profiler and (
+                    scope.tracks_duplicates or scope.tracks_n_plus_one
+                ):
                     params_hash = _hash_params(parameters)
                     break
                 scope = scope.parent
-        scope = self
-        while scope is not None:  # this scope and the ones it is nested in
-            scope._add(statement, fingerprint, params_hash, duration_ms, relationship_load, site)
-            scope = scope.parent
         profiler = self.profiler
+        scope = self
+        while scope is not None:  # this scope and the ones of this profiler it is nested in
+            if scope.profiler is profiler:  # another profiler's scopes hear from their own
+                scope._add(
+                    statement, fingerprint, params_hash, duration_ms, relationship_load, site
+                )
+            scope = scope.parent
         if duration_ms >= profiler.slow_query_ms:
             self._note_slow(statement, fingerprint, duration_ms, site.get())
             if self.modes[FindingKind.SLOW_QUERY] != "off" and profiler.wants_explain(fingerprint):
