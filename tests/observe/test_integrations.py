@@ -262,3 +262,50 @@ def test_findings_become_opentelemetry_span_events(engine: Engine) -> None:
         assert "selectinload(User.orders)" in str(event.attributes["hotpath.fix"])
     finally:
         profiler.uninstrument()
+
+
+def test_asgi_names_stay_bounded_and_background_work_is_not_the_requests(
+    async_engine: AsyncEngine,
+) -> None:
+    from starlette.background import BackgroundTask
+    from starlette.responses import JSONResponse
+
+    profiler = Profiler(async_engine, max_names=5)
+    app = FastAPI()
+
+    async def report_job() -> None:  # after the response: neither its time nor its queries
+        await asyncio.sleep(0.3)
+        async with AsyncSession(async_engine) as session:
+            await session.execute(select(User))
+
+    @app.get("/users/{user_id}")
+    async def user(user_id: int) -> JSONResponse:
+        async with AsyncSession(async_engine) as session:
+            await session.get(User, user_id)
+        return JSONResponse({"user": user_id}, background=BackgroundTask(report_job))
+
+    app.add_middleware(ASGIMiddleware, profiler=profiler)
+    try:
+        with TestClient(app) as client:
+            for user_id in (1, 2):
+                assert client.get(f"/users/{user_id}").status_code == 200
+            for n in range(30):  # a scan of URLs the app does not route
+                assert client.get(f"/wp-admin/{n}.php").status_code == 404
+        stats = {s.name: s for s in profiler.report().scopes}
+        assert set(stats) == {"GET /users/{user_id}", "GET <unmatched>"}
+        assert stats["GET <unmatched>"].count == 30
+        served = stats["GET /users/{user_id}"]
+        assert served.queries_max == 1  # the background job's query is not the request's
+        assert served.p99_ms < 250  # nor its 0.3 s
+    finally:
+        profiler.uninstrument()
+
+
+async def test_scope_names_past_max_names_share_one_rollup() -> None:
+    profiler = Profiler(max_names=3)
+    for n in range(10):
+        async with profiler.scope(f"GET /raw/{n}"):
+            pass
+    names = [s.name for s in profiler.report().scopes]
+    assert len(names) == 4
+    assert "<other names>" in names

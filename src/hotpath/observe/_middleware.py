@@ -13,6 +13,7 @@ from typing import Any
 from ._profiler import Profiler
 
 Message = MutableMapping[str, Any]
+UNMATCHED = "<unmatched>"
 ASGIApp = Callable[
     [
         MutableMapping[str, Any],
@@ -41,20 +42,34 @@ class ASGIMiddleware:
             await self.app(scope, receive, send)
             return
         method = scope.get("method", "GET")
+        # Named by the route template once routing has run; until then (and for a plain ASGI
+        # app, which has none) by the raw path. Profiler(max_names=...) bounds the names.
         async with self.profiler.scope(f"{method} {scope.get('path', '')}") as recording:
 
             async def send_with_timing(message: Message) -> None:
-                if message["type"] == "http.response.start":
-                    route = getattr(scope.get("route"), "path", None)
-                    if route:
-                        recording.name = f"{method} {route}"
+                kind = message["type"]
+                if kind == "http.response.start":
+                    recording.name = _asgi_name(method, scope, message.get("status", 200))
                     if self.server_timing:
                         headers = list(message.get("headers", []))
                         headers.append((b"server-timing", recording.server_timing().encode()))
                         message["headers"] = headers
                 await send(message)
+                if kind == "http.response.body" and not message.get("more_body", False):
+                    # The response is complete: what runs after it (background tasks) is not
+                    # the request's time nor its queries.
+                    recording.stop_recording()
 
             await self.app(scope, receive, send_with_timing)
+
+
+def _asgi_name(method: str, scope: MutableMapping[str, Any], status: int) -> str:
+    route = getattr(scope.get("route"), "path", None)
+    if route:
+        return f"{method} {route}"
+    if status == 404:  # Starlette found no route: one name for every unknown URL
+        return f"{method} {UNMATCHED}"
+    return f"{method} {scope.get('path', '')}"
 
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -76,8 +91,8 @@ class WSGIMiddleware:
             try:
                 rule, _ = self._url_map.bind_to_environ(environ).match(return_rule=True)
                 return f"{method} {rule.rule}"
-            except Exception:  # 404/405: the raw path is the best name
-                pass
+            except Exception:  # 404/405: one name for every URL the app does not route
+                return f"{method} {UNMATCHED}"
         return f"{method} {environ.get('PATH_INFO', '')}"
 
     def __call__(

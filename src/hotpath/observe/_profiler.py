@@ -100,6 +100,7 @@ class Profiler:
         keep_queries: int = 1000,
         explain_interval_s: float = 300.0,
         explain_per_minute: int = 10,
+        max_names: int = 1000,
     ) -> None:
         if explain not in ("off", "plan", "analyze"):
             raise ObserveConfigError(f"explain={explain!r}: use 'off', 'plan' or 'analyze'")
@@ -118,6 +119,9 @@ class Profiler:
         self.keep_queries = keep_queries
         self.explain_interval_s = explain_interval_s
         self.explain_per_minute = explain_per_minute
+        # Distinct scope names rolled up (three histograms each, ~0.5 MiB): past this, new
+        # names (raw paths of a URL scan, say) share OTHER_NAMES.
+        self.max_names = max_names
         self._targets: list[Any] = []
         # relationship property -> (its class attribute, its init_collection listener or None)
         self._watched: dict[Any, tuple[Any, Callable[..., None] | None]] = {}
@@ -267,7 +271,19 @@ class Profiler:
         with self._lock:
             rollup = self._rollups.get(name)
             if rollup is None:
-                rollup = self._rollups[name] = Rollup()
+                if len(self._rollups) >= self.max_names:
+                    if OTHER_NAMES not in self._rollups:
+                        logger.warning(
+                            "hotpath: %d scope names rolled up; further names are counted as "
+                            "%r (name scopes by route template, not raw path; or raise "
+                            "Profiler(max_names=...))",
+                            self.max_names,
+                            OTHER_NAMES,
+                        )
+                    name = OTHER_NAMES
+                    rollup = self._rollups.get(name)
+                if rollup is None:
+                    rollup = self._rollups[name] = Rollup()
             return rollup
 
     # -- function profiling --------------------------------------------------------------------
@@ -342,7 +358,8 @@ class Profiler:
     # Every listener fetches the current scope once and returns at once outside its own
     # scopes: that is the whole cost of an instrumented engine outside a scope. Inside another
     # profiler's scope (an app's middleware inside a test, say) it records into the nearest
-    # scope of its own, and never into a closed one (a task that outlived its request).
+    # scope of its own, and never into one that stopped recording (a task that outlived its
+    # request, a background task after the response).
 
     def _before_cursor_execute(
         self,
@@ -356,7 +373,7 @@ class Profiler:
         scope = current_scope.get()
         if scope is not None and scope.profiler is not self:
             scope = _own_scope(scope, self)
-        if scope is not None and context is not None and not scope.closed:
+        if scope is not None and context is not None and scope.recording:
             context._hotpath_started = perf_counter()
 
     def _after_cursor_execute(
@@ -371,7 +388,7 @@ class Profiler:
         scope = current_scope.get()
         if scope is not None and scope.profiler is not self:
             scope = _own_scope(scope, self)
-        if scope is None or scope.closed:
+        if scope is None or not scope.recording:
             return
         started = getattr(context, "_hotpath_started", None)
         if started is None:
@@ -399,7 +416,7 @@ class Profiler:
         scope = current_scope.get()
         if scope is not None and scope.profiler is not self:
             scope = _own_scope(scope, self)
-        if scope is None or scope.closed:
+        if scope is None or not scope.recording:
             return
         # ``loader_strategy_path`` once, rather than ``is_relationship_load`` (which computes
         # the compile options twice) and then the path again.
@@ -464,7 +481,7 @@ class Profiler:
         scope = current_scope.get()
         if scope is not None and scope.profiler is not self:
             scope = _own_scope(scope, self)
-        if scope is None or scope.closed:
+        if scope is None or not scope.recording:
             return
         execution = scope.execution(token)
         if execution is not None:
@@ -476,6 +493,9 @@ def _own_scope(scope: Scope | None, profiler: Profiler) -> Scope | None:
     while scope is not None and scope.profiler is not profiler:
         scope = scope.parent
     return scope
+
+
+OTHER_NAMES = "<other names>"
 
 
 class _ProfileBlock:

@@ -124,6 +124,8 @@ class Scope:
         self.queries: list[QueryRecord] = []
         self.findings: list[Finding] = []
         self.closed = False
+        self.recording = False  # open, and not stopped early (stop_recording)
+        self._stopped_at: float | None = None
         self._token: Token[Scope | None] | None = None
         self._shape_counts: dict[str, int] = {}
         self._last_group: dict[str, ShapeGroup] = {}  # shape -> group of the last site seen
@@ -167,9 +169,19 @@ class Scope:
         self.parent = current_scope.get()
         self._token = current_scope.set(self)
         self.started = time.perf_counter()
+        self.recording = True
+
+    def stop_recording(self) -> None:
+        """The unit of work is done though its code goes on (a response fully sent, then
+        Starlette's background tasks): stop its clock, and record nothing more into it."""
+        if self.recording:
+            self.recording = False
+            self._stopped_at = time.perf_counter()
 
     def _close(self) -> None:
-        self.duration_ms = (time.perf_counter() - self.started) * 1000
+        self.recording = False
+        ended = self._stopped_at if self._stopped_at is not None else time.perf_counter()
+        self.duration_ms = (ended - self.started) * 1000
         assert self._token is not None
         try:
             current_scope.reset(self._token)
