@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis
 
-from hotpath.cache import AsyncCache, Cache, RedisTier
+from hotpath.cache import AsyncCache, Cache, MemoryTier, RedisTier
 from hotpath.stack import LocalStack, RedisServer, StackError
 
 from ._helpers import wait_until
@@ -284,3 +284,28 @@ def test_a_client_bug_on_the_read_path_is_redis_unavailable_not_an_exception(
         assert logged[0].exc_info is not None
     finally:
         cache.close()
+
+
+def test_a_delete_while_the_circuit_is_open_is_replayed_once_redis_answers(
+    make_cache: MakeCache, raw: redis.Redis
+) -> None:
+    """Found in review: a delete or tag invalidation that could not reach Redis used to be
+    lost there: once Redis answered again, every process (the writer too, after its L1 TTL)
+    served the old entry for its whole TTL."""
+    tier = {"reset_timeout": 0.5}
+    writer = make_cache(l1=MemoryTier(ttl=1), tier=tier, default_ttl=300)
+    other = make_cache(l1=MemoryTier(ttl=1), tier=tier, default_ttl=300)
+    writer.set("user:1", "old")
+    writer.set("user:2", "old", tags=("user:2",))
+    raw.execute_command("CLIENT", "PAUSE", "400", "ALL")  # a short Redis stall
+    for n in range(3):
+        writer.get(f"probe:{n}")  # timeouts: the circuit opens
+    assert writer.stats().circuit == "open"
+    writer.delete("user:1")
+    writer.invalidate_tags("user:2")
+    assert writer.stats().writes_failed == 2
+    assert (writer.get("user:1"), writer.get("user:2")) == (None, None)  # at once, here
+    time.sleep(1.2)  # Redis answers again, the circuit may close, L1 copies have expired
+    assert (writer.get("user:1"), writer.get("user:2")) == (None, None)  # replayed first
+    assert writer.stats().writes_replayed == 2
+    assert (other.get("user:1"), other.get("user:2")) == (None, None)  # and for everyone

@@ -4,6 +4,7 @@ committed writes (never by rolled-back ones), commit-aware cache writes, eager l
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -368,3 +369,132 @@ def test_a_cached_query_on_routed_sessions_needs_no_connection(
         replicas.close()
         for each in replica_engines:
             each.dispose()
+
+
+# -- found in review: each fails without its fix ------------------------------------------
+
+
+def test_a_stale_cached_query_is_reloaded_by_its_caller_never_in_the_background(
+    engine: Engine, hotpath_db: ModuleDatabase
+) -> None:
+    """A background refresh would re-run the caller's statement on the caller's Session, from
+    another thread, later: reading that session's uncommitted writes into the shared cache."""
+    threads: list[str] = []
+
+    def spy(*_: Any) -> None:
+        threads.append(threading.current_thread().name)
+
+    event.listen(engine, "before_cursor_execute", spy)
+    query = (
+        select(Author)
+        .where(Author.id == 1)
+        .execution_options(hotpath_cache=cache_orm.CacheQuery(ttl=0.5))
+    )
+    try:
+        with new_cache(hotpath_db) as cache:
+            sessions = sessionmaker(engine)
+            cache_orm.bind(sessions, cache)
+            for _ in range(2):
+                with sessions() as session:
+                    assert [a.name for a in session.scalars(query)] == ["Ada"]
+            time.sleep(0.6)  # past the ttl, within the stale window
+            with sessions() as session, session.begin():
+                assert [a.name for a in session.scalars(query)] == ["Ada"]  # loaded here
+                session.execute(update(Author).where(Author.id == 1).values(name="UNCOMMITTED"))
+                time.sleep(0.3)
+                session.rollback()
+            with sessions() as session:
+                assert [a.name for a in session.scalars(query)] == ["Ada"]
+        assert not [name for name in threads if name.startswith("hotpath.cache")]
+    finally:
+        event.remove(engine, "before_cursor_execute", spy)
+
+
+def test_an_isolation_level_set_for_one_transaction_bypasses_the_cache(
+    engine: Engine, cache: Cache
+) -> None:
+    sessions = sessionmaker(engine)
+    binding = cache_orm.bind(sessions, cache)
+    warm(sessions)
+    with sessions() as session:
+        session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+        list(session.scalars(CACHED))
+    assert binding.stats.bypassed == 1
+
+
+def test_schema_translate_maps_key_the_cache_apart(
+    engine: Engine, hotpath_db: ModuleDatabase
+) -> None:
+    with engine.begin() as conn:
+        for tenant, name in (("tenant_a", "secret of a"), ("tenant_b", "public of b")):
+            conn.execute(text(f"DROP SCHEMA IF EXISTS {tenant} CASCADE"))
+            conn.execute(text(f"CREATE SCHEMA {tenant}"))
+            conn.execute(text(f"CREATE TABLE {tenant}.authors (id int PRIMARY KEY, name text)"))
+            conn.execute(text(f"INSERT INTO {tenant}.authors VALUES (1, '{name}')"))
+    query = select(Author.name).where(Author.id == 1).execution_options(hotpath_cache=True)
+    with new_cache(hotpath_db) as cache:
+        sessions = sessionmaker(engine)
+        cache_orm.bind(sessions, cache)
+        seen = {}
+        for tenant in ("tenant_a", "tenant_b", "tenant_a", "tenant_b"):
+            bind = engine.execution_options(schema_translate_map={None: tenant})
+            with sessions(bind=bind) as session:
+                seen.setdefault(tenant, set()).add(session.scalar(query))
+    assert seen == {"tenant_a": {"secret of a"}, "tenant_b": {"public of b"}}
+
+
+def test_cache_writes_queued_in_a_closed_session_never_apply(engine: Engine, cache: Cache) -> None:
+    sessions = sessionmaker(engine)
+    binding = cache_orm.bind(sessions, cache)
+    session = sessions()
+    session.execute(text("SELECT 1"))
+    cache_orm.set(session, "author:1", {"name": "rolled back"})
+    session.close()  # an implicit rollback: the queued set goes with it
+    with session.begin():  # the same Session object used again (scoped_session does)
+        session.execute(text("SELECT 1"))
+    assert cache.get("author:1") is None
+    assert binding.stats.ops_dropped == 1
+
+
+def test_a_failing_cache_write_after_commit_does_not_stop_the_others(
+    engine: Engine, hotpath_db: ModuleDatabase, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert hotpath_db.redis_url is not None
+    with Cache(
+        MemoryTier(),
+        RedisTier(hotpath_db.redis_url),
+        namespace=f"orm{secrets.token_hex(3)}",
+        max_value_bytes=1024,
+    ) as cache:
+        cache.set("author:1", "old")
+        sessions = sessionmaker(engine)
+        binding = cache_orm.bind(sessions, cache)
+        with sessions() as session, session.begin():
+            session.execute(update(Author).where(Author.id == 1).values(name="Ada L."))
+            cache_orm.set(session, "big", "x" * 10_000)  # too large: fails after the commit
+            cache_orm.delete(session, "author:1")
+        assert cache.get("author:1") is None  # applied although the set before it failed
+        assert binding.stats.ops_failed == 1
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT name FROM authors WHERE id = 1")).scalar() == "Ada L."
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "/* audit */ UPDATE authors SET name = 'x' WHERE id = 1",
+        "UPDATE public.authors SET name = 'x' WHERE id = 1",
+        "WITH gone AS (DELETE FROM books WHERE id = 3 RETURNING author_id) SELECT * FROM gone",
+    ],
+)
+def test_textual_writes_invalidate_what_they_write(
+    engine: Engine, cache: Cache, statement: str
+) -> None:
+    sessions = sessionmaker(engine)
+    cache_orm.bind(sessions, cache)
+    before = warm(sessions)
+    with sessions() as session, session.begin():
+        session.execute(text(statement))
+        assert snapshot(list(session.scalars(CACHED))) != before  # bypassed: it has writes
+    with sessions() as session:
+        assert snapshot(list(session.scalars(CACHED))) != before  # and invalidated at COMMIT

@@ -107,6 +107,8 @@ class AsyncCache:
         loader: Callable[[], Awaitable[R]],
         ttl: float | None = None,
         tags: Iterable[str] = (),
+        *,
+        stale: bool = True,
     ) -> R: ...
 
     @overload
@@ -116,6 +118,8 @@ class AsyncCache:
         loader: Callable[[], R],
         ttl: float | None = None,
         tags: Iterable[str] = (),
+        *,
+        stale: bool = True,
     ) -> R: ...
 
     async def get_or_set(
@@ -124,9 +128,12 @@ class AsyncCache:
         loader: Callable[[], Awaitable[R]] | Callable[[], R],
         ttl: float | None = None,
         tags: Iterable[str] = (),
+        *,
+        stale: bool = True,
     ) -> R:
         """The cached value, or the (sync or async) loader's, loaded once per key across tasks
-        and processes, and stored only if nothing invalidated it meanwhile."""
+        and processes, and stored only if nothing invalidated it meanwhile. ``stale`` as for
+        ``Cache.get_or_set``."""
         name = self._core.name(key)
         value = self._core.fresh_from_l1(name)
         if value is not core.MISS:
@@ -139,7 +146,7 @@ class AsyncCache:
             if not self._core.joinable(mark, name, self._core.tag_names(tuple(tags))):
                 # Invalidated since that load began (perhaps by this very caller): a load of
                 # its own, which the Redis lease still keeps to one per key.
-                return await self._lead(name, loader, ttl, tags)  # type: ignore[no-any-return]
+                return await self._lead(name, loader, ttl, tags, stale)  # type: ignore[no-any-return]
             self._core.counters.stampede_joins += 1
             while True:
                 value = await asyncio.shield(flight)
@@ -152,7 +159,7 @@ class AsyncCache:
         flight = asyncio.get_running_loop().create_future()
         self._flights[name] = (flight, self._core.flight_mark())
         try:
-            value = await self._lead(name, loader, ttl, tags)
+            value = await self._lead(name, loader, ttl, tags, stale)
         except BaseException as error:
             if not flight.done():
                 if isinstance(error, asyncio.CancelledError):
@@ -173,16 +180,19 @@ class AsyncCache:
         loader: Callable[[], Awaitable[Any]] | Callable[[], Any],
         ttl: float | None,
         tags: Iterable[str],
+        stale: bool = True,
     ) -> Any:
         """As ``Cache._lead``: one GET, served at once when it can be, else the flow."""
-        found, mark = await self._from_l2(name, early=True)
+        found, mark = await self._from_l2(name, early=stale)
         if type(found) is not core.Unserved:
             return found
         token = loading.set(loading.get() | {name})
         try:
             tag_names = self._core.tag_names(tuple(tags))
             return await self._drive(
-                self._core.get_or_set_flow(name, loader, ttl, tag_names, found.reply, mark)
+                self._core.get_or_set_flow(
+                    name, loader, ttl, tag_names, found.reply, mark, stale=stale
+                )
             )
         finally:
             loading.reset(token)
@@ -285,9 +295,19 @@ class AsyncCache:
         """As ``Cache._from_l2``: the common L1 miss in one GET, without a flow."""
         if self._client is None:
             return core.Unserved(None), None
+        if self._core.unsent:
+            await self._replay()
         mark = self._core.mark_l1()
         reply = await self._guarded(self._client.get, entry_key(self._ns, name))
         return self._core.serve_l2_reply(name, reply, mark, early=early), mark
+
+    async def _replay(self) -> None:
+        """As ``Cache._replay``."""
+        assert self._l2 is not None
+        if self._l2.breaker.state.value == "open":
+            return
+        for unsent, version, op in self._core.replay_ops():
+            self._core.replayed(unsent, version, await self._guarded(self._redis, op))
 
     async def _redis(self, op: Op) -> Any:
         client = self._client

@@ -204,6 +204,10 @@ class CacheCore:
         self.channel_drops = 0
         self._client_failures_logged: set[type[Exception]] = set()
         self._local_writes = 0  # sets, deletes and invalidations made by this process
+        # Writes that did not reach Redis (circuit open, Redis down): ("k", key) -> "" or
+        # ("t", tag) -> its new version. Until the drivers replay them (replay_ops), Redis
+        # entries they concern are misses here, and the replay brings other processes along.
+        self.unsent: dict[tuple[str, str], str] = {}
 
     # -- names and small helpers ---------------------------------------------------------
 
@@ -288,8 +292,12 @@ class CacheCore:
 
     def mark_l1(self) -> int | None:
         """Where L1's invalidation log stands before an L2 read (see ``MemoryTier.fill``)."""
-        l1 = self._l1()
-        return l1.mark() if l1 is not None else None
+        return self._mark()
+
+    def _mark(self) -> int | None:
+        # Taken whether or not L1 is trusted right now: the circuit may open during the load
+        # that follows, and a fill must still see the invalidations made meanwhile.
+        return self.l1.mark() if self.l1 is not None else None
 
     def serve_l2_reply(self, name: str, reply: Any, mark: int | None, *, early: bool) -> Any:
         """The fast path of an L1 miss, run by the drivers without a flow: the value of the
@@ -301,7 +309,7 @@ class CacheCore:
             return Unserved(reply)
         if reply is None:
             return Unserved(ABSENT)
-        entry = self._decode(reply)
+        entry = self._usable(name, self._decode(reply))
         if entry is None:
             return Unserved(L2Reply(None))
         l1 = self._l1()
@@ -388,10 +396,10 @@ class CacheCore:
                 return entry.value
         if self.l2 is not None:
             if reply is None:
-                mark = l1.mark() if l1 is not None else None
+                mark = self._mark()
                 reply = (yield L2Get(name)) or ABSENT
             if reply is not UNAVAILABLE and reply is not ABSENT:
-                entry = self._entry_of(reply)
+                entry = self._usable(name, self._entry_of(reply))
                 if (
                     entry is not None
                     and now < entry.soft_expiry
@@ -412,23 +420,27 @@ class CacheCore:
         tags: tuple[str, ...],
         reply: Any = None,
         mark: int | None = None,
+        stale: bool = True,
     ) -> Flow:
-        """``reply`` and ``mark`` as for :meth:`get_flow`."""
+        """``reply`` and ``mark`` as for :meth:`get_flow`. ``stale=False``: a value past its
+        ttl is a miss, and nothing is refreshed early or in the background (the loader runs
+        only in the caller: one bound to the caller's state, such as an ORM session)."""
         now = time.time()
+        beta = self.beta if stale else 0.0
         l1 = self._l1()
         if l1 is not None:
             entry = l1.get(name, now)
             if entry is not None and (yield from self._tags_valid(entry, None)):
-                if entry.is_fresh(now, self.beta):
+                if entry.is_fresh(now, beta):
                     self.counters.l1_hits += 1
                     return entry.value
-                if entry.is_servable(now):
+                if stale and entry.is_servable(now):
                     self.counters.l1_hits += 1
                     self.counters.stale_served += 1
                     yield Refresh(name, loader, ttl, tags)
                     return entry.value
         if reply is None:
-            mark = l1.mark() if l1 is not None else None
+            mark = self._mark()
         if self.l2 is None:
             self.counters.misses += 1
             return (yield from self._load_unleased(name, loader, ttl, tags, mark))
@@ -439,17 +451,18 @@ class CacheCore:
             return (yield from self._load_unleased(name, loader, ttl, tags, mark))
         present = reply is not ABSENT
         if present:
-            entry = self._entry_of(reply)
+            entry = self._usable(name, self._entry_of(reply))
+            known_stale = type(reply) is L2Reply and reply.known_stale
             if (
                 entry is not None
                 and entry.is_servable(now)
+                and (stale or not (known_stale or not entry.is_fresh(now, 0.0)))
                 and (not entry.tags or (yield from self._tags_valid(entry, mark)))
             ):
                 self.counters.l2_hits += 1
                 if l1 is not None:
                     l1.fill(name, entry, since=mark)
-                known_stale = type(reply) is L2Reply and reply.known_stale
-                if known_stale or not entry.is_fresh(now, self.beta):
+                if known_stale or not entry.is_fresh(now, beta):
                     self.counters.stale_served += 1
                     yield Refresh(name, loader, ttl, tags)
                 return entry.value
@@ -511,7 +524,7 @@ class CacheCore:
                 return (yield from self._load_unleased(name, loader, ttl, tags, mark))
             status, data, waiter = answer
             if status == HIT:
-                entry = self._decode(data)
+                entry = self._usable(name, self._decode(data))
                 if (
                     entry is not None
                     and entry.is_servable(time.time())
@@ -540,9 +553,7 @@ class CacheCore:
                 return value
             yield Wait(waiter, min(max(data, 1.0) / 1000 + 0.005, remaining))
             skip_entry = False
-            l1 = self._l1()
-            if l1 is not None:
-                mark = l1.mark()  # the fill that woke us is older than the read to come
+            mark = self._mark()  # the fill that woke us is older than the read to come
 
     def _load_and_fill(
         self,
@@ -580,8 +591,7 @@ class CacheCore:
         """Background refresh of a stale (or XFetch-picked) value; a failure leaves the stale
         value in place until its hard TTL (fail-safe) and is counted."""
         self.counters.refreshes += 1
-        l1 = self._l1()
-        mark = l1.mark() if l1 is not None else None
+        mark = self._mark()
         try:
             if self.l2 is None:
                 yield from self._load_unleased(name, loader, ttl, tags, mark)
@@ -606,7 +616,7 @@ class CacheCore:
     def set_flow(self, name: str, value: Any, ttl: float | None, tags: tuple[str, ...]) -> Flow:
         self._local_writes += 1
         l1 = self._l1()
-        mark = l1.mark() if l1 is not None else None
+        mark = self._mark()
         versions = yield from self._snapshot(tags, mark)
         if versions is None:
             versions = dict.fromkeys(tags, "")
@@ -619,7 +629,7 @@ class CacheCore:
                 l1.fill(name, entry, write_id=write_id)
         if self.l2 is not None:
             done = yield Write(name, payload, ttl_ms, self._message("k", name, write_id))
-            self._check_written(done, "set", name)
+            self._check_written(done, "set", name, ("k", name), "")
         return None
 
     def delete_flow(self, name: str) -> Flow:
@@ -628,7 +638,7 @@ class CacheCore:
             self.l1.invalidate(name)
         if self.l2 is not None:
             done = yield Delete(name, self._message("k", name))
-            self._check_written(done, "delete", name)
+            self._check_written(done, "delete", name, ("k", name), "")
         return None
 
     def invalidate_flow(self, tags: tuple[str, ...]) -> Flow:
@@ -639,18 +649,53 @@ class CacheCore:
                 self.l1.set_tag(tag, version)
             if self.l2 is not None:
                 done = yield BumpTag(tag, version, self._message("t", tag, version))
-                self._check_written(done, "invalidate_tags", tag)
+                self._check_written(done, "invalidate_tags", tag, ("t", tag), version)
         return None
 
-    def _check_written(self, done: Any, what: str, name: str) -> None:
+    def _check_written(
+        self, done: Any, what: str, name: str, unsent: tuple[str, str], version: str
+    ) -> None:
         if done is UNAVAILABLE:
             self.counters.writes_failed += 1
+            self.unsent[unsent] = version
             log.warning(
-                "hotpath.cache: %s(%r) did not reach Redis (applied to this process's L1 only); "
-                "other processes may serve the old value until its TTL",
+                "hotpath.cache: %s(%r) did not reach Redis: applied to this process's L1, and "
+                "sent again by this process's next cache call once Redis answers (other "
+                "processes may serve the old value until then)",
                 what,
                 name,
             )
+        elif self.unsent:
+            self.unsent.pop(unsent, None)  # this write supersedes the one that failed
+
+    def replay_ops(self) -> list[tuple[tuple[str, str], str, Op]]:
+        """The writes to send again: a delete for a key (a failed set included: its value is
+        not kept, and a delete is always safe) and the latest version of a tag."""
+        ops: list[tuple[tuple[str, str], str, Op]] = []
+        for unsent, version in list(self.unsent.items()):
+            kind, name = unsent
+            op: Op
+            if kind == "k":
+                op = Delete(name, self._message("k", name))
+            else:
+                op = BumpTag(name, version, self._message("t", name, version))
+            ops.append((unsent, version, op))
+        return ops
+
+    def replayed(self, unsent: tuple[str, str], version: str, done: Any) -> None:
+        if done is not UNAVAILABLE and self.unsent.get(unsent) == version:
+            del self.unsent[unsent]
+            self.counters.writes_replayed += 1
+
+    def _usable(self, name: str, entry: Entry | None) -> Entry | None:
+        """``entry`` from Redis, unless a write of this process that Redis has not heard of
+        yet concerns it (its key, or one of its tags): then it is a miss here."""
+        if entry is None or not self.unsent:
+            return entry
+        unsent = self.unsent
+        if ("k", name) in unsent or any(("t", tag) in unsent for tag in entry.tags):
+            return None
+        return entry
 
     # -- the invalidation channel ----------------------------------------------------------
 

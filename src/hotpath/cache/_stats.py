@@ -26,6 +26,7 @@ class Counters:
     redis_skipped: int = 0
     degraded_loads: int = 0
     writes_failed: int = 0
+    writes_replayed: int = 0
     invalidations_received: int = 0
     l1_flushes: int = 0
     decode_errors: int = 0
@@ -39,7 +40,8 @@ class CacheStats(Counters):
     ``lease_waits``: waits for another process's load; ``stale_sets_refused``: loads whose
     value was not stored because the key or a tag was invalidated while they ran;
     ``redis_skipped``: calls not sent because the circuit was open; ``writes_failed``: sets,
-    deletes and tag invalidations that could not reach Redis (applied to L1 only).
+    deletes and tag invalidations that could not reach Redis (applied to L1 at once, sent
+    again by a later call: ``writes_replayed``).
     """
 
     l1_size: int = 0

@@ -148,9 +148,13 @@ class Cache:
         loader: Callable[[], R],
         ttl: float | None = None,
         tags: Iterable[str] = (),
+        *,
+        stale: bool = True,
     ) -> R:
         """The cached value, or ``loader()``'s, loaded once per key across threads and
-        processes, and stored only if nothing invalidated it meanwhile."""
+        processes, and stored only if nothing invalidated it meanwhile. ``stale=False``: never
+        serve a value past its ttl nor refresh one in the background; the loader runs only in
+        this caller (for a loader bound to the caller's state, such as an ORM session)."""
         name = self._core.name(key)
         value = self._core.fresh_from_l1(name)
         if value is not core.MISS:
@@ -166,9 +170,9 @@ class Cache:
                 return flight.result()  # type: ignore[no-any-return]
             # Invalidated since that load began (perhaps by this very caller): a load of
             # its own, which the Redis lease still keeps to one per key.
-            return self._lead(name, loader, ttl, tags)  # type: ignore[no-any-return]
+            return self._lead(name, loader, ttl, tags, stale)  # type: ignore[no-any-return]
         try:
-            value = self._lead(name, loader, ttl, tags)
+            value = self._lead(name, loader, ttl, tags, stale)
         except BaseException as error:
             flight.finish(error=error)
             raise
@@ -179,18 +183,25 @@ class Cache:
             del self._flights[name]
 
     def _lead(
-        self, name: str, loader: Callable[[], Any], ttl: float | None, tags: Iterable[str]
+        self,
+        name: str,
+        loader: Callable[[], Any],
+        ttl: float | None,
+        tags: Iterable[str],
+        stale: bool = True,
     ) -> Any:
         """The single-flight leader's part: one GET, served at once when it can be (the
         common L1 miss), else the whole flow (tags, stale, lease, load)."""
-        found, mark = self._from_l2(name, early=True)
+        found, mark = self._from_l2(name, early=stale)
         if type(found) is not core.Unserved:
             return found
         token = loading.set(loading.get() | {name})
         try:
             tag_names = self._core.tag_names(tuple(tags))
             return self._drive(
-                self._core.get_or_set_flow(name, loader, ttl, tag_names, found.reply, mark)
+                self._core.get_or_set_flow(
+                    name, loader, ttl, tag_names, found.reply, mark, stale=stale
+                )
             )
         finally:
             loading.reset(token)
@@ -290,9 +301,20 @@ class Cache:
         taken before the read."""
         if self._client is None:
             return core.Unserved(None), None
+        if self._core.unsent:
+            self._replay()
         mark = self._core.mark_l1()
         reply = self._guarded(self._client.get, entry_key(self._ns, name))
         return self._core.serve_l2_reply(name, reply, mark, early=early), mark
+
+    def _replay(self) -> None:
+        """Send again the writes that did not reach Redis (see ``CacheCore.unsent``), unless
+        the circuit is still open."""
+        assert self._l2 is not None
+        if self._l2.breaker.state.value == "open":
+            return
+        for unsent, version, op in self._core.replay_ops():
+            self._core.replayed(unsent, version, self._guarded(self._redis, op))
 
     def _channel_up(self) -> bool:
         return self._listener is not None and self._listener.connected.is_set()

@@ -21,8 +21,10 @@ import hashlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Final, TypeAlias
 
+from pglast.visitors import Visitor
 from sqlalchemy import event
 from sqlalchemy.engine import Result
 from sqlalchemy.engine.result import FrozenResult, IteratorResult, SimpleResultMetaData
@@ -88,6 +90,7 @@ class QueryCacheStats:
     tables_invalidated: int = 0
     ops_applied: int = 0
     ops_dropped: int = 0
+    ops_failed: int = 0  # cache operations that failed after a COMMIT (logged)
 
 
 @dataclass(slots=True)
@@ -196,6 +199,7 @@ class CacheBinding:
             ("after_flush", self._on_flush),
             ("after_commit", self._on_commit),
             ("after_soft_rollback", self._on_rollback),
+            ("after_transaction_end", self._on_transaction_end),
         ]
         for name_, listener in self._listeners:
             # First in line: a query answered from the cache must not reach listeners that
@@ -265,11 +269,23 @@ class CacheBinding:
                 tables.extend(op.args[0])
         if tables:
             self.stats.tables_invalidated += len(tables)
-            self._apply("tags", tuple(dict.fromkeys(table_tag(t) for t in tables)))
+            self._apply_logged("tags", tuple(dict.fromkeys(table_tag(t) for t in tables)))
         for op in pending.ops:
             if op.kind != "tables":
                 self.stats.ops_applied += 1
-                self._apply(op.kind, op.args)
+                self._apply_logged(op.kind, op.args)
+
+    def _apply_logged(self, kind: str, args: tuple[Any, ...]) -> None:
+        """The database has committed: a cache operation that fails (a value too large or
+        not serializable) is logged and the others still run, rather than raising out of
+        ``commit()`` and skipping the rest."""
+        try:
+            self._apply(kind, args)
+        except Exception as error:
+            self.stats.ops_failed += 1
+            log.error(
+                "hotpath.cache.orm: after COMMIT, cache %s of %r failed: %r", kind, args[:1], error
+            )
 
     def _apply(self, kind: str, args: tuple[Any, ...]) -> None:
         cache = self.cache
@@ -281,6 +297,16 @@ class CacheBinding:
             call = cache.set(*args)
         if self._async:
             await_only(call)  # after_commit runs inside AsyncSession's greenlet
+
+    def _on_transaction_end(self, session: Session, transaction: SessionTransaction) -> None:
+        """The outermost transaction ended without a COMMIT (which applied and cleared the
+        queue first): by rollback, or by ``close()``, whose implicit rollback sends no
+        ``after_soft_rollback``. Nothing queued in it may apply to a later transaction."""
+        if transaction.parent is not None:
+            return
+        pending = session.info.pop(_STATE_KEY, None)
+        if pending is not None:
+            self.stats.ops_dropped += sum(1 for op in pending.ops if op.kind != "tables")
 
     def _on_rollback(self, session: Session, previous: SessionTransaction) -> None:
         pending = session.info.get(_STATE_KEY)
@@ -325,10 +351,15 @@ class CacheBinding:
         if pending is not None and pending.has_writes():
             return False
         bind = session.get_bind(mapper=state.bind_mapper)
-        level = bind.get_execution_options().get("isolation_level")
-        if level is None:
-            level = getattr(bind.dialect, "default_isolation_level", None)
-        return level is None or str(level).upper() in _SAFE_LEVELS
+        levels = [bind.get_execution_options().get("isolation_level")]
+        # A level set for this transaction only (session.connection(execution_options=
+        # {"isolation_level": ...})) lives on the connection the transaction holds.
+        transaction = session.get_transaction()
+        for held in getattr(transaction, "_connections", {}).values():
+            levels.append(held[0].get_execution_options().get("isolation_level"))
+        if levels[0] is None:
+            levels[0] = getattr(bind.dialect, "default_isolation_level", None)
+        return all(level is None or str(level).upper() in _SAFE_LEVELS for level in levels)
 
     def _identity(
         self, state: ORMExecuteState, options: CacheQuery
@@ -347,7 +378,14 @@ class CacheBinding:
         else:
             values = tuple(parameters[k] for k in sorted(parameters))
         tables = tables | self._learned.get(shape, frozenset())
-        text = repr((self.name, shape, values, sorted(tables)))
+        # The same statement names other tables under another schema_translate_map (one
+        # schema per tenant): from the statement, the session's binds or the engine.
+        bind = state.session.get_bind(mapper=state.bind_mapper)
+        translate = state.execution_options.get(
+            "schema_translate_map"
+        ) or bind.get_execution_options().get("schema_translate_map")
+        schemas = sorted((str(k), str(v)) for k, v in (translate or {}).items())
+        text = repr((self.name, shape, values, sorted(tables), schemas))
         key = "q:" + hashlib.blake2b(text.encode(), digest_size=20).hexdigest()
         tags = tuple(table_tag(t) for t in sorted(tables)) + options.tags
         return key, tags, shape
@@ -392,6 +430,8 @@ class CacheBinding:
             loaded_here = True
             return encode(keys, live)
 
+        # stale=False: the loader runs this statement on the caller's Session, so it must
+        # only ever run here and now, never as a background refresh in another thread.
         try:
             if self._async:
                 assert isinstance(self.cache, AsyncCache)
@@ -399,10 +439,12 @@ class CacheBinding:
                 def async_load() -> Any:
                     return greenlet_spawn(load)
 
-                data = await_only(self.cache.get_or_set(key, async_load, options.ttl, tags))
+                data = await_only(
+                    self.cache.get_or_set(key, async_load, options.ttl, tags, stale=False)
+                )
             else:
                 assert isinstance(self.cache, Cache)
-                data = self.cache.get_or_set(key, load, options.ttl, tags)
+                data = self.cache.get_or_set(key, load, options.ttl, tags, stale=False)
         except SerializationError as error:
             if not loaded_here:
                 raise
@@ -458,29 +500,55 @@ def _within(transaction: SessionTransaction, ancestor: SessionTransaction) -> bo
     return False
 
 
-_WRITE_VERBS = ("insert", "update", "delete", "truncate", "merge", "copy")
-
-
-def _text_writes(sql: str) -> list[str]:
-    """Tables a textual statement writes, by PostgreSQL's own parser (pglast)."""
-    head = sql.lstrip().lower()
-    if not head.startswith(_WRITE_VERBS) and not head.startswith("with"):
-        return []
+@lru_cache(maxsize=4096)
+def _text_writes(sql: str) -> tuple[str, ...]:
+    """Tables a textual statement writes, by PostgreSQL's own parser (pglast), anywhere in it:
+    every statement of the text, data-modifying CTEs, leading comments and parentheses
+    included. A table is named both with and without the ``public`` schema, so it matches
+    ``Table.fullname`` either way (an extra invalidation is harmless; a missed one is not)."""
     try:
-        import pglast  # noqa: PLC0415 - only for textual DML
+        import pglast  # noqa: PLC0415 - only for textual statements
 
         statements = pglast.parse_sql(sql)
     except Exception:
-        return []
-    tables: list[str] = []
+        return ()
+    finder = _WrittenTables()
     for raw in statements:
-        node = raw.stmt
-        targets = []
-        relation = getattr(node, "relation", None)
-        if relation is not None:
-            targets.append(relation)
-        targets.extend(getattr(node, "relations", None) or ())
-        for rel in targets:
-            name = rel.relname
-            tables.append(f"{rel.schemaname}.{name}" if rel.schemaname else name)
-    return tables
+        if raw.stmt is not None:
+            finder(raw.stmt)
+    return tuple(dict.fromkeys(finder.tables))
+
+
+class _WrittenTables(Visitor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: list[str] = []
+
+    def _add(self, relation: Any) -> None:
+        if relation is None:
+            return
+        name, schema = relation.relname, relation.schemaname
+        if schema and schema != "public":
+            self.tables.append(f"{schema}.{name}")
+        else:
+            self.tables.extend((name, f"public.{name}"))
+
+    def visit_InsertStmt(self, ancestors: object, node: Any) -> None:
+        self._add(node.relation)
+
+    def visit_UpdateStmt(self, ancestors: object, node: Any) -> None:
+        self._add(node.relation)
+
+    def visit_DeleteStmt(self, ancestors: object, node: Any) -> None:
+        self._add(node.relation)
+
+    def visit_MergeStmt(self, ancestors: object, node: Any) -> None:
+        self._add(node.relation)
+
+    def visit_TruncateStmt(self, ancestors: object, node: Any) -> None:
+        for relation in node.relations or ():
+            self._add(relation)
+
+    def visit_CopyStmt(self, ancestors: object, node: Any) -> None:
+        if node.is_from:  # COPY ... FROM writes the table
+            self._add(node.relation)
