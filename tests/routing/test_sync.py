@@ -8,8 +8,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import column, select, table, text, update
-from sqlalchemy.orm import Session
+from sqlalchemy import column, create_engine, func, select, table, text, update
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from hotpath.routing import (
     NoHealthyNodeError,
@@ -375,3 +376,102 @@ def test_hung_replica_is_avoided_after_the_probe_deadline(
         finally:
             signal_all(family, signal.SIGCONT)
         eventually(lambda: _healthy(replicas, "replica1"), 10, "replica1 back after SIGCONT")
+
+
+# -- found in review: each fails without its fix ------------------------------------------
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class _Counter(_Base):
+    __tablename__ = "counters"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    value: Mapped[int]
+
+
+def test_a_read_after_pending_changes_sees_them(engines: Engines, replicas: ReplicaSet) -> None:
+    """The default session placed a transaction's first read before SQLAlchemy's autoflush
+    sent the pending rows to the primary: the read missed the session's own writes."""
+    Session = routed_sessionmaker(replicas, consistency="eventual")
+    with Session() as session:
+        session.add(_Counter(id=900, value=1))
+        found = session.scalar(select(func.count()).where(text("id = 900")).select_from(COUNTERS))
+        assert found == 1
+        assert session.execute(PORT).scalar_one() == engines.primary.url.port
+        session.rollback()
+    with Session(expire_on_commit=False) as session:
+        counter = session.get(_Counter, 2)
+        assert counter is not None
+        session.commit()
+        counter.value = -5  # dirty: the next query autoflushes it first
+        assert session.scalar(select(_Counter.value).where(_Counter.id == 2)) == -5
+        session.rollback()
+
+
+def test_a_writing_function_called_on_a_pinned_primary_takes_a_token(
+    engines: Engines, replicas: ReplicaSet
+) -> None:
+    with engines.primary.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE OR REPLACE FUNCTION bump(n int) RETURNS int LANGUAGE sql AS "
+                "'UPDATE counters SET value = value + 1 WHERE id = n RETURNING value'"
+            )
+        )
+    Session = routed_sessionmaker(replicas)
+    for pinned in ("writing", "primary_only"):
+        with use_token(None) as box:
+            if pinned == "writing":
+                with Session(writing=True) as session:
+                    session.execute(text("SELECT bump(1)"))
+                    session.commit()
+            else:
+                with replicas.primary_only(), Session() as session:
+                    session.execute(text("SELECT bump(1)"))
+                    session.commit()
+            assert box.token is not None, pinned  # later reads wait for it
+
+
+def test_advisory_locks_are_taken_on_the_primary(engines: Engines, replicas: ReplicaSet) -> None:
+    """A hot standby grants advisory locks of its own: two sessions on two replicas would
+    both get the lock meant to exclude each other."""
+    Session = routed_sessionmaker(replicas, consistency="eventual")
+    primary_port = engines.primary.url.port
+    with Session() as first, Session() as second:
+        assert first.scalar(text("SELECT pg_try_advisory_xact_lock(42)")) is True
+        assert first.execute(PORT).scalar_one() == primary_port
+        assert second.scalar(select(func.pg_try_advisory_xact_lock(42))) is False
+
+
+def test_a_session_reads_the_token_of_the_context_using_it(
+    engines: Engines, replicas: ReplicaSet, hotpath_stack: ServerStack, resume_all: None
+) -> None:
+    Session = routed_sessionmaker(replicas)
+    long_lived = Session()  # made before the use_token() block below
+    hotpath_stack.replicas[0].pause_replay()
+    hotpath_stack.replicas[1].pause_replay()
+    try:
+        with use_token(None) as box:
+            with Session() as writer:
+                written = _bump(writer, 2)
+            assert box.token is not None
+            with long_lived.begin():  # no replica has the write: the token sends it away
+                assert long_lived.execute(VALUE, {"id": 2}).scalar_one() == written
+    finally:
+        long_lived.close()
+
+
+def test_a_statement_timeout_is_not_a_dead_replica(engines: Engines) -> None:
+    slow = [
+        create_engine(e.url, connect_args={"options": "-c statement_timeout=200"})
+        for e in engines.replicas
+    ]
+    with ReplicaSet(engines.primary, slow, probe_interval_s=0.5) as replica_set:
+        Session = routed_sessionmaker(replica_set, consistency="eventual")
+        with pytest.raises(OperationalError, match="statement timeout"), Session() as session:
+            session.execute(select(func.pg_sleep(1))).all()
+        assert all(node.healthy for node in replica_set.status())
+    for engine in slow:
+        engine.dispose()

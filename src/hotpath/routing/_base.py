@@ -35,24 +35,24 @@ _SHUTDOWN_STATES = {"57P01", "57P02", "57P03"}
 def is_connection_failure(exc: BaseException) -> bool:
     """A node could not be reached or dropped the connection (safe to retry a read elsewhere).
 
-    Driver-neutral: SQLAlchemy's disconnect flag and error classes, then the SQLSTATE of the
-    driver's error or its cause (class 08 connection exceptions, 57P01-3 shutdowns), then OSError.
+    Driver-neutral: SQLAlchemy's disconnect flag; then the SQLSTATE of the driver's error or
+    its cause (class 08 connection exceptions, 57P01-3 shutdowns; any other SQLSTATE, such as
+    57014 for a statement timeout, means the server answered: not a dead node); then OSError;
+    then an operational or interface error that carries no SQLSTATE (no server answer at all).
     """
-    if isinstance(exc, DBAPIError) and (
-        exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError))
-    ):
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
     seen: BaseException | None = exc
     for _ in range(4):  # the wrapper, the adapted driver error, the driver's own error
         if seen is None:
-            return False
+            break
         if isinstance(seen, OSError):
             return True
         state = getattr(seen, "sqlstate", None) or getattr(seen, "pgcode", None)
-        if isinstance(state, str) and (state.startswith("08") or state in _SHUTDOWN_STATES):
-            return True
+        if isinstance(state, str) and state:
+            return state.startswith("08") or state in _SHUTDOWN_STATES
         seen = getattr(seen, "orig", None) or seen.__cause__ or seen.__context__
-    return False
+    return isinstance(exc, (OperationalError, InterfaceError))
 
 
 class ReplicaSetBase:

@@ -19,7 +19,10 @@ PROBE_SQL = (
     " coalesce(CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() END, false)"
 )
 # Taken after COMMIT: the commit record ends at or before this position.
-WRITE_POSITION_SQL = "SELECT pg_current_wal_lsn()::text"
+# The insert position, not pg_current_wal_lsn() (written so far): with synchronous_commit=off
+# COMMIT returns before its record is written, and a token short of it lets a replica that
+# lacks the commit count as caught up.
+WRITE_POSITION_SQL = "SELECT pg_current_wal_insert_lsn()::text"
 REPLAYED_SQL = "SELECT pg_last_wal_replay_lsn()::text"
 READ_ONLY_SQL = "SET default_transaction_read_only = on"
 

@@ -66,7 +66,6 @@ class RoutingSession(Session):
         self._strong = consistency == "strong"
         self.writing = writing
         self.readonly = readonly
-        self._token_box = context_box()
         self._txn_writer: RoutedNode | None = None
         self._txn_reader: RoutedNode | None = None
         self._txn_nodes: set[str] = set()
@@ -127,8 +126,13 @@ class RoutingSession(Session):
         pinned = self._pinned_node()
         if pinned is not None and pinned not in exclude:
             self._router.tally(pinned)
+            if pinned is self._router.writer:
+                # writing=True, primary_only(), strong: a read may write (SELECT a function
+                # that does), so the COMMIT takes a token as after any write.
+                self._txn_nodes.add(pinned.name)
             return pinned
-        node = self.replicas._route_read(self.routing, self._token_box.position, exclude).node
+        # The box of the context using the session now (a session may outlive a use_token()).
+        node = self.replicas._route_read(self.routing, context_box().position, exclude).node
         self._txn_reader = node
         return node
 
@@ -161,6 +165,15 @@ def _place_read(state: ORMExecuteState) -> Any:
     """
     session = state.session
     if (
+        isinstance(session, RoutingSession)
+        and session._txn_writer is None
+        and session.autoflush
+        and (session.new or session.dirty or session.deleted)
+    ):
+        # SQLAlchemy autoflushes after this hook: flush now, so that the read is placed after
+        # the session's own writes (on the primary that has them), not before.
+        session.flush()
+    if (
         not isinstance(session, RoutingSession)
         or session._txn_reader is not None  # cheap checks first: this runs for every statement
         or session._txn_writer is not None
@@ -185,7 +198,8 @@ def _place_read(state: ORMExecuteState) -> Any:
         session.replicas._note_read_failure(node, exc)
         joined = node.name in session._txn_nodes
         pristine = not (session.new or session.dirty or session.deleted)
-        if joined and not (fresh_transaction and pristine):
+        wrote = session._txn_writer is not None  # a flush reached the primary: never redo
+        if wrote or (joined and not (fresh_transaction and pristine)):
             raise  # the transaction holds other work on that connection: not safe to redo
         if joined:
             session.rollback()  # nothing else happened in this transaction: start it again
@@ -197,9 +211,15 @@ def _place_read(state: ORMExecuteState) -> Any:
 
 @event.listens_for(RoutingSession, "after_commit")
 def _take_token(session: Session) -> None:
-    if not isinstance(session, RoutingSession) or session._txn_writer is None:
+    if not isinstance(session, RoutingSession):
         return
-    bind = session._txn_writer.bind
+    writer = session._txn_writer
+    if writer is None:
+        current = session._router.writer
+        if current.name not in session._txn_nodes:
+            return  # the transaction only read replicas: nothing to wait for
+        writer = current
+    bind = writer.bind
     conn = session._txn_connections.get(bind)
     try:
         # The session's own connection, just committed (the session releases it right after):
@@ -210,7 +230,7 @@ def _take_token(session: Session) -> None:
         log.warning("hotpath.routing: could not read the WAL position after COMMIT: %s", exc)
         return
     if position is not None:
-        session._token_box.advance(position)
+        context_box().advance(position)
 
 
 @event.listens_for(RoutingSession, "after_transaction_end")

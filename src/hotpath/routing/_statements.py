@@ -1,4 +1,5 @@
-"""Which statements must run on the primary: writes, locking reads, DDL, and unknown text."""
+"""Which statements must run on the primary: writes, locking reads (row locks and advisory
+locks), DDL, and unknown text."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ _LEADING_NOISE = re.compile(r"^(?:\s+|--[^\n]*\n?|/\*.*?\*/|\()*", re.S)
 _LOCKING = re.compile(r"\bfor\s+(?:update|share|no\s+key\s+update|key\s+share)\b", re.I)
 _MODIFYING = re.compile(r"\b(?:insert|update|delete|merge)\b", re.I)
 _SELECT_INTO = re.compile(r"\binto\b", re.I)
-_ANALYZE = re.compile(r"\banalyze\b", re.I)
+_ANALYZE = re.compile(r"\banaly[sz]e\b", re.I)
+# Hot standby grants advisory locks, each server its own: a lock meant to exclude other
+# writers must be taken on the primary.
+_ADVISORY = re.compile(r"\bpg_(?:try_)?advisory_", re.I)
 _READ_VERBS = {"select", "with", "show", "values", "table", "explain"}
 
 
@@ -28,11 +32,19 @@ def is_write(statement: Any) -> bool:
         return text_is_write(statement)
     if isinstance(statement, TextClause):
         return text_is_write(statement.text)
+    element = getattr(statement, "element", None)
+    if isinstance(element, TextClause):  # text(...).columns(...): whatever the text says
+        return text_is_write(element.text)
     if getattr(statement, "is_dml", False):
         return True
     if getattr(statement, "is_select", False):
         # SQLAlchemy keeps with_for_update() here (the documented routing recipes read it too).
-        return getattr(statement, "_for_update_arg", None) is not None
+        if getattr(statement, "_for_update_arg", None) is not None:
+            return True
+        return any(
+            _ADVISORY.match(getattr(column, "name", "") or "")
+            for column in getattr(statement, "_raw_columns", ())
+        )
     return True
 
 
@@ -43,7 +55,7 @@ def text_is_write(sql: str) -> bool:
     verb = body.split(None, 1)[0].lower() if body.strip() else ""
     if verb not in _READ_VERBS:
         return True
-    if _LOCKING.search(body):
+    if _LOCKING.search(body) or _ADVISORY.search(body):
         return True
     if verb == "select":
         return bool(_SELECT_INTO.search(body))
