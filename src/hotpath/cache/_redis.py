@@ -224,12 +224,11 @@ def _sync_sentinel_master(
     ]
     keep = ("db", "username", "password")
     kwargs = {k: pool.connection_kwargs[k] for k in keep if k in pool.connection_kwargs}
-    sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
-        sentinels, sentinel_kwargs=manager.sentinel_kwargs
-    )
-    master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
-        pool.service_name, **kwargs, **options
-    )
+    # Called through Any: redis-py < 8 leaves Sentinel untyped, 8.x types it; no ignore comment
+    # is right for both.
+    sentinel_class: Any = redis.sentinel.Sentinel
+    sentinel = sentinel_class(sentinels, sentinel_kwargs=manager.sentinel_kwargs)
+    master: redis.Redis = sentinel.master_for(pool.service_name, **kwargs, **options)
     return master
 
 
