@@ -54,7 +54,7 @@ def test_volatile_functions_are_not_run_again(db: Engine) -> None:
             assert conn.execute(text("SELECT nextval('ticket'), pg_sleep(0.12)")).one()[0] == 1
         with db.connect() as conn:
             assert conn.execute(text("SELECT last_value FROM ticket")).scalar_one() == 1
-        [(_, _, analyzed)] = [profiler.plan_for(fp) for fp in list(profiler._explained_at)]  # type: ignore[misc]
+        [(_, _, analyzed)] = [profiler.plan_for(fp) for fp in profiler._recorder.plans.explained()]  # type: ignore[misc]
         assert analyzed is False  # a plain plan instead
     finally:
         profiler.uninstrument()
@@ -85,7 +85,9 @@ def test_an_autocommit_engine_gets_a_real_read_only_transaction(
             conn.execute(text(SLOW_PURE), {"value": "x"}).all()
         assert _audit(db) == ["app"]  # written once, by the application
         analyzed = sorted(
-            plan[2] for fp in profiler._explained_at if (plan := profiler.plan_for(fp))
+            plan[2]
+            for fp in profiler._recorder.plans.explained()
+            if (plan := profiler.plan_for(fp))
         )
         assert analyzed == [False, True]  # the plain SELECT still analyzed, read-only
         # the danger: an AUTOCOMMIT connection has no transaction for a rollback to undo
@@ -106,7 +108,7 @@ def test_multi_statement_text_is_never_sent_to_explain(db: Engine) -> None:
             conn.exec_driver_sql("SELECT pg_sleep(0.12); INSERT INTO audit (note) VALUES ('once')")
             conn.commit()
         assert _audit(db) == ["once"]
-        assert not profiler._explained_at
+        assert not profiler._recorder.plans.explained()
     finally:
         profiler.uninstrument()
 
@@ -132,7 +134,7 @@ def test_slow_query_off_means_no_explain(db: Engine) -> None:
             conn.execute(text("SELECT pg_sleep(0.12)"))
         with profiler.assert_max_queries(10), db.connect() as conn:  # every detector off
             conn.execute(text("SELECT pg_sleep(0.11)"))
-        assert not profiler._explained_at
+        assert not profiler._recorder.plans.explained()
     finally:
         profiler.uninstrument()
 
@@ -146,7 +148,7 @@ def test_an_inner_scopes_explain_is_not_charged_to_the_outer_one(db: Engine) -> 
             db.connect() as conn,
         ):
             conn.execute(text(SLOW_PURE), {"value": "x"}).all()
-        assert profiler._explained_at  # the inner scope's EXPLAIN ran...
+        assert profiler._recorder.plans.explained()  # the inner scope's EXPLAIN ran...
         assert (inner.query_count, outer.query_count) == (1, 1)  # ...and counts nowhere
         assert not any("EXPLAIN" in finding.sql for finding in outer.findings)
     finally:

@@ -48,8 +48,13 @@ def test_asgi_middleware_names_scopes_by_route_and_adds_server_timing(
                 assert response.status_code == 200
                 assert response.json()["orders"] == USERS * ORDERS_PER_USER
             timing = response.headers["server-timing"]
-        assert timing.startswith("db;dur=")
-        assert f'desc="{1 + USERS} queries"' in timing
+        entries = dict(entry.split(";", 1) for entry in timing.split(", "))
+        assert entries["db"].startswith("dur=")
+        assert f'desc="{1 + USERS} queries"' in entries["db"]
+        # every layer so far and the total: the layers add up to it (within rounding)
+        durations = {name: float(v.split(";")[0][4:]) for name, v in entries.items()}
+        total = durations.pop("total")
+        assert abs(sum(durations.values()) - total) < 0.1 * len(durations) + 0.05
         report = profiler.report()
         [stats] = report.scopes
         assert stats.name == "GET /users/{user_id}/orders"  # the template, not /users/3/orders
@@ -102,7 +107,18 @@ def test_report_percentiles_and_json(engine: Engine) -> None:
         assert 5 <= job.queries_p50 <= 6
         assert 0 < job.p50_ms <= job.p95_ms <= job.p99_ms <= job.max_ms
         data = json.loads(report.to_json())
-        assert data["scopes"][0]["name"] == "job"
+        [endpoint] = data["endpoints"]
+        assert endpoint["name"] == "job"
+        assert set(endpoint["breakdown_ms"]) == {
+            "connect",
+            "pool_wait",
+            "db",
+            "redis",
+            "http",
+            "blocked",
+            "other",
+        }
+        assert endpoint["bottleneck"] in ("none", "duplicate")
     finally:
         profiler.uninstrument()
 

@@ -1,45 +1,56 @@
-"""hotpath.observe: measure first.
+"""hotpath.observe: measure first, then name the one fix that matters most.
 
 Per request, job or test (a *scope*), observe records every query through SQLAlchemy's
-public events (sync and async, no monkeypatching), finds N+1 patterns (ORM lazy loads and
-repeated statement shapes), duplicate, slow (with EXPLAIN and plan analysis) and unbounded
-queries, names the application line that caused each and prints the ready-to-paste fix;
-and it rolls scopes up into p50/p95/p99 per endpoint. Middleware for ASGI (FastAPI,
-Starlette) and WSGI (Flask), and pytest integration through ``hotpath.testing``.
+public events (sync and async), finds N+1 patterns (ORM lazy loads and repeated statement
+shapes), duplicate, slow (with EXPLAIN and plan analysis) and unbounded queries; and it
+measures where the request's whole wall time goes (:class:`Layer`: connection set-up, pool
+wait, database, Redis, outbound HTTP, a blocked event loop, the rest) and finds sequential
+I/O, N+1 HTTP calls, blocking calls on the event loop, calls without timeouts, slow
+dependencies, connection set-up and pool waits. Every finding names the application line
+and the ready-to-paste fix with the time it would save; ``Profiler.report()`` rolls scopes
+up per endpoint (p50/p95/p99, per layer too), names each endpoint's bottleneck and ranks
+the fixes for the whole app. Middleware for ASGI (FastAPI, Starlette) and WSGI (Flask),
+and pytest integration through ``hotpath.testing``.
 """
 
 from ._budget import assert_max_queries
-from ._middleware import ASGIMiddleware, WSGIMiddleware
-from ._profiler import HotpathWarning, ObserveConfigError, Profiler
-from ._records import (
-    CallSite,
+from ._errors import (
+    DiagnosisError,
     DuplicateQueryError,
-    Finding,
-    FindingKind,
-    Mode,
+    HotpathWarning,
     NPlusOneError,
+    ObserveConfigError,
     ObserveError,
     QueryBudgetError,
-    QueryRecord,
     SlowQueryError,
     UnboundedResultError,
     UnusedEagerLoadError,
 )
-from ._report import FunctionStats, Report, ScopeStats
+from ._hooks import url_template
+from ._middleware import ASGIMiddleware, WSGIMiddleware
+from ._profiler import Profiler
+from ._records import CallSite, Finding, FindingKind, Layer, Mode, QueryRecord
+from ._report import Bottleneck, Fix, FunctionStats, Report, ScopeStats
 from ._scope import Scope
+from ._settings import ObserveSettings
 
 __all__ = [
     "ASGIMiddleware",
+    "Bottleneck",
     "CallSite",
+    "DiagnosisError",
     "DuplicateQueryError",
     "Finding",
     "FindingKind",
+    "Fix",
     "FunctionStats",
     "HotpathWarning",
+    "Layer",
     "Mode",
     "NPlusOneError",
     "ObserveConfigError",
     "ObserveError",
+    "ObserveSettings",
     "Profiler",
     "QueryBudgetError",
     "QueryRecord",
@@ -51,4 +62,5 @@ __all__ = [
     "UnusedEagerLoadError",
     "WSGIMiddleware",
     "assert_max_queries",
+    "url_template",
 ]

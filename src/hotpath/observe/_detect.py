@@ -1,4 +1,5 @@
-"""Turn a closed scope's records into findings, each with its call site and fix."""
+"""The database detectors: a closed scope's query records become findings, each with its
+call site, its fix and the time the fix would save in the scope."""
 
 from __future__ import annotations
 
@@ -12,27 +13,34 @@ from ._fingerprint import _dollar_params
 from ._records import Finding, FindingKind
 
 if TYPE_CHECKING:
-    from ._profiler import Profiler
+    from ._plans import PlanStore
     from ._scope import Chain, Scope
+    from ._settings import ObserveSettings
 
 
-def find_problems(scope: Scope, profiler: Profiler) -> list[Finding]:
+def find_query_problems(scope: Scope, plans: PlanStore) -> list[Finding]:
     if not scope.has_evidence():
         return []
     modes = scope.modes
+    settings = scope.settings
     findings: list[Finding] = []
     if modes[FindingKind.N_PLUS_ONE] != "off":
-        findings += _orm_n_plus_one(scope, profiler)
-        findings += _shape_n_plus_one(scope, profiler)
+        findings += _orm_n_plus_one(scope, settings)
+        findings += _shape_n_plus_one(scope, settings)
     if modes[FindingKind.DUPLICATE] != "off":
         findings += _duplicates(scope)
     if modes[FindingKind.SLOW_QUERY] != "off":
-        findings += _slow_queries(scope, profiler)
+        findings += _slow_queries(scope, settings, plans)
     if modes[FindingKind.UNBOUNDED_RESULT] != "off":
-        findings += _unbounded(scope, profiler)
+        findings += _unbounded(scope, settings)
     if modes[FindingKind.UNUSED_EAGER_LOAD] != "off":
         findings += _unused_eager(scope)
     return findings
+
+
+def _repeats_ms(total_ms: float, runs: int) -> float:
+    """What one query for all the runs saves: every run but the first (an estimate)."""
+    return total_ms * (runs - 1) / runs if runs > 1 else 0.0
 
 
 def _unused_eager(scope: Scope) -> list[Finding]:
@@ -65,11 +73,11 @@ def loader_options(chain: Chain) -> str:
     return ".".join(parts)
 
 
-def _orm_n_plus_one(scope: Scope, profiler: Profiler) -> list[Finding]:
+def _orm_n_plus_one(scope: Scope, settings: ObserveSettings) -> list[Finding]:
     findings = []
     for origin, group in scope.lazy_groups():
         parents = len(group.parents)
-        if group.suppressed or parents < profiler.n_plus_one_threshold:
+        if group.suppressed or parents < settings.n_plus_one_threshold:
             continue
         if origin[0] == "object":
             continue  # parents of unknown origin: no evidence they came from one result
@@ -86,17 +94,18 @@ def _orm_n_plus_one(scope: Scope, profiler: Profiler) -> list[Finding]:
                 group.call_site,
                 group.queries,
                 fix=f".options({options})  # on the select() of {root}",
-                sql=group.sql,
+                sql=scope.shown_sql(group.sql) if group.sql else None,
                 details={"relationship": name, "parents": parents, "loader": options},
+                saving_ms=_repeats_ms(group.total_ms, group.queries),
             )
         )
     return findings
 
 
-def _shape_n_plus_one(scope: Scope, profiler: Profiler) -> list[Finding]:
+def _shape_n_plus_one(scope: Scope, settings: ObserveSettings) -> list[Finding]:
     findings = []
     for (fingerprint, site), group in scope.shape_groups().items():
-        if group.suppressed or group.count < profiler.shape_threshold:
+        if group.suppressed or group.count < settings.shape_threshold:
             continue
         if len(group.param_hashes) < 2:
             continue  # same parameters every time: that is a duplicate, reported as such
@@ -109,7 +118,8 @@ def _shape_n_plus_one(scope: Scope, profiler: Profiler) -> list[Finding]:
                 group.count,
                 fix=_batch_fix(group.sql),
                 fingerprint=fingerprint,
-                sql=group.sql,
+                sql=scope.shown_sql(group.sql),
+                saving_ms=_repeats_ms(group.total_ms, group.count),
             )
         )
     return findings
@@ -123,49 +133,56 @@ def _duplicates(scope: Scope) -> list[Finding]:
             site,
             count,
             fix="reuse the first result: keep it in a variable, or memoize it for the request",
-            sql=sql,
+            sql=scope.shown_sql(sql),
+            saving_ms=repeats_ms,
         )
-        for sql, count, site, suppressed in scope.duplicate_groups()
+        for sql, count, site, suppressed, repeats_ms in scope.duplicate_groups()
         if not suppressed
     ]
 
 
-def _slow_queries(scope: Scope, profiler: Profiler) -> list[Finding]:
+def _slow_queries(scope: Scope, settings: ObserveSettings, plans: PlanStore) -> list[Finding]:
     findings = []
     for fingerprint, group in scope.slow_groups().items():
         if group.suppressed:
             continue
-        flags = profiler.plan_flags(fingerprint)
+        flags = plans.flags(fingerprint)
         fix = next((f.suggestion for f in flags if f.suggestion), None)
         findings.append(
             Finding(
                 FindingKind.SLOW_QUERY,
-                f"slow query: {group.max_ms:.1f} ms (threshold {profiler.slow_query_ms:g} ms)"
+                f"slow query: {group.max_ms:.1f} ms (threshold {settings.slow_query_ms:g} ms)"
                 + (f", {group.count} times" if group.count > 1 else ""),
                 group.call_site,
                 group.count,
                 fix=fix,
                 fingerprint=fingerprint,
-                sql=group.sql,
+                sql=scope.shown_sql(group.sql),
                 plan_flags=flags,
-                details={"max_ms": group.max_ms, "total_ms": group.total_ms},
+                details={
+                    "max_ms": group.max_ms,
+                    "total_ms": group.total_ms,
+                    "missing_index": any("INDEX" in (f.suggestion or "").upper() for f in flags),
+                },
+                # the time over the threshold: what a fix that meets it saves at least
+                saving_ms=max(0.0, group.total_ms - group.count * settings.slow_query_ms),
             )
         )
     return findings
 
 
-def _unbounded(scope: Scope, profiler: Profiler) -> list[Finding]:
+def _unbounded(scope: Scope, settings: ObserveSettings) -> list[Finding]:
     return [
         Finding(
             FindingKind.UNBOUNDED_RESULT,
             f"unbounded result: {rows:,} rows returned without LIMIT "
-            f"(max_rows={profiler.max_rows})",
+            f"(max_rows={settings.max_rows})",
             site,
             1,
             fix="page it with .limit(n) and a keyset (hotpath.paging.keyset_page), or stream "
             "it with .execution_options(yield_per=1000)",
             fingerprint=fingerprint,
-            sql=sql,
+            sql=scope.shown_sql(sql),
             details={"rows": rows},
         )
         for (fingerprint, site), (sql, rows, suppressed) in scope.unbounded_groups().items()

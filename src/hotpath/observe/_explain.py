@@ -25,8 +25,9 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
     from sqlalchemy.ext.asyncio import AsyncConnection
 
-    from ._profiler import Profiler
+    from ._plans import PlanStore
     from ._scope import PendingExplain
+    from ._settings import ObserveSettings
 
 logger = logging.getLogger("hotpath.observe")
 
@@ -44,20 +45,20 @@ _VOLATILE = text(
 _READ_ONLY = {"isolation_level": "READ COMMITTED", "postgresql_readonly": True}
 
 
-def _may_analyze(profiler: Profiler, item: PendingExplain) -> bool:
+def _may_analyze(settings: ObserveSettings, item: PendingExplain) -> bool:
     shape = shape_of(item.statement)
-    return profiler.explain == "analyze" and shape.is_plain_select
+    return settings.explain == "analyze" and shape.is_plain_select
 
 
 def _prefix(analyze: bool) -> str:
     return "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " if analyze else "EXPLAIN (FORMAT JSON) "
 
 
-def _failed(profiler: Profiler, exc: Exception) -> None:
+def _failed(settings: ObserveSettings, exc: Exception) -> None:
     """Log a failed EXPLAIN. SQLAlchemy's message ends with the parameters, and the server's
     may quote one (``invalid input syntax for type integer: "..."``): without
     ``capture_params`` only the error's class and SQLSTATE are logged."""
-    if profiler.capture_params:
+    if settings.capture_params:
         logger.warning("hotpath: EXPLAIN of a slow query failed: %s", exc)
         return
     original = getattr(exc, "orig", exc)
@@ -69,34 +70,34 @@ def _failed(profiler: Profiler, exc: Exception) -> None:
     )
 
 
-def _store(profiler: Profiler, item: PendingExplain, plan: Any, sizes: Any, analyzed: bool) -> None:
+def _store(plans: PlanStore, item: PendingExplain, plan: Any, sizes: Any, analyzed: bool) -> None:
     table_rows = {name: float(rows) for name, rows in sizes if rows is not None and rows >= 0}
-    profiler.store_plan(item.fingerprint, plan, analyze_plan(plan, table_rows), analyzed)
+    plans.store(item.fingerprint, plan, analyze_plan(plan, table_rows), analyzed)
 
 
-def explain_sync(profiler: Profiler, items: list[PendingExplain]) -> None:
+def explain_sync(settings: ObserveSettings, plans: PlanStore, items: list[PendingExplain]) -> None:
     for item in items:
         if not shape_of(item.statement).explainable:
             continue
         if item.engine.dialect.is_async:
             logger.info("hotpath: skipped EXPLAIN of a slow query: async engine in a sync scope")
             continue
-        if not profiler.claim_explain(item.fingerprint):
+        if not plans.claim(item.fingerprint):
             continue
         try:
             with item.engine.connect() as conn:
                 conn.execution_options(**_READ_ONLY)
-                plan, sizes, analyzed = _explain_on(conn, profiler, item)
-            _store(profiler, item, plan, sizes, analyzed)
+                plan, sizes, analyzed = _explain_on(conn, settings, item)
+            _store(plans, item, plan, sizes, analyzed)
         except Exception as exc:  # a plan is a bonus: never fail the user's work over it
-            _failed(profiler, exc)
+            _failed(settings, exc)
 
 
-def _explain_on(conn: Connection, profiler: Profiler, item: PendingExplain) -> Any:
+def _explain_on(conn: Connection, settings: ObserveSettings, item: PendingExplain) -> Any:
     transaction = conn.begin()
     try:
-        conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(profiler.explain_timeout_ms)}")
-        analyze = _may_analyze(profiler, item) and _safe_to_run(
+        conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(settings.explain_timeout_ms)}")
+        analyze = _may_analyze(settings, item) and _safe_to_run(
             conn.exec_driver_sql("SHOW transaction_read_only").scalar_one(),
             conn.execute(_VOLATILE, {"names": _functions(item)}).scalar_one(),
         )
@@ -115,33 +116,37 @@ def _safe_to_run(read_only: object, volatile_functions: object) -> bool:
     return read_only == "on" and volatile_functions == 0
 
 
-async def explain_async(profiler: Profiler, items: list[PendingExplain]) -> None:
+async def explain_async(
+    settings: ObserveSettings, plans: PlanStore, items: list[PendingExplain]
+) -> None:
     from sqlalchemy.ext.asyncio import AsyncEngine  # noqa: PLC0415
 
     for item in items:
         if not shape_of(item.statement).explainable:
             continue
         if not item.engine.dialect.is_async:
-            await asyncio.to_thread(explain_sync, profiler, [item])
+            await asyncio.to_thread(explain_sync, settings, plans, [item])
             continue
-        if not profiler.claim_explain(item.fingerprint):
+        if not plans.claim(item.fingerprint):
             continue
         try:
             async with AsyncEngine(item.engine).connect() as conn:
                 await conn.execution_options(**_READ_ONLY)
-                plan, sizes, analyzed = await _explain_on_async(conn, profiler, item)
-            _store(profiler, item, plan, sizes, analyzed)
+                plan, sizes, analyzed = await _explain_on_async(conn, settings, item)
+            _store(plans, item, plan, sizes, analyzed)
         except Exception as exc:
-            _failed(profiler, exc)
+            _failed(settings, exc)
 
 
-async def _explain_on_async(conn: AsyncConnection, profiler: Profiler, item: PendingExplain) -> Any:
+async def _explain_on_async(
+    conn: AsyncConnection, settings: ObserveSettings, item: PendingExplain
+) -> Any:
     transaction = await conn.begin()
     try:
         await conn.exec_driver_sql(
-            f"SET LOCAL statement_timeout = {int(profiler.explain_timeout_ms)}"
+            f"SET LOCAL statement_timeout = {int(settings.explain_timeout_ms)}"
         )
-        analyze = _may_analyze(profiler, item) and _safe_to_run(
+        analyze = _may_analyze(settings, item) and _safe_to_run(
             (await conn.exec_driver_sql("SHOW transaction_read_only")).scalar_one(),
             (await conn.execute(_VOLATILE, {"names": _functions(item)})).scalar_one(),
         )

@@ -8,6 +8,7 @@ an application runs the same few hundred statements over and over.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -31,6 +32,9 @@ class Shape:
     is_plain_select: bool
     explainable: bool = False  # exactly one SELECT/INSERT/UPDATE/DELETE/MERGE: EXPLAIN may run
     functions: frozenset[str] = frozenset()  # names of the functions it calls, lower case
+    # the statement with its literals replaced by $n: what observe shows and exports (a
+    # password written inline must not reach a log, a report or a trace)
+    redacted: str = ""
 
 
 _EXPLAINABLE = {"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"}
@@ -62,20 +66,34 @@ def _dollar_params(statement: str) -> str:
     return _PLACEHOLDER.sub(lambda m: "%" if m.group() == "%%" else "$1", statement)
 
 
+def redact(statement: str) -> str:
+    """``statement`` with every literal replaced by ``$n`` (PostgreSQL's own normaliser), or
+    by ``?`` through a regex when it cannot be parsed. Driver placeholders become ``$1``,
+    ``$2``... in order, literals the numbers after them."""
+    numbered = itertools.count(1)
+    text = _PLACEHOLDER.sub(lambda m: "%" if m.group() == "%%" else f"${next(numbered)}", statement)
+    try:
+        return str(parser.normalize(text))
+    except Exception:
+        return _LITERALS.sub("?", text)
+
+
 @lru_cache(maxsize=16_384)
 def shape_of(statement: str) -> Shape:
     text = _dollar_params(statement)
+    redacted = redact(statement)
     try:
         fingerprint = parser.fingerprint(text)
         tree = parser.parse_sql(text)
     except Exception:  # not PostgreSQL (or not parseable): fall back to a literal-free hash
         folded = _LITERALS.sub("?", " ".join(text.split()).lower())
-        return Shape(hashlib.sha1(folded.encode()).hexdigest()[:16], False, False, False)
+        digest = hashlib.sha1(folded.encode()).hexdigest()[:16]
+        return Shape(digest, False, False, False, redacted=redacted)
     if len(tree) != 1:  # several statements: never sent to EXPLAIN (it would run the rest)
-        return Shape(fingerprint, False, False, False)
+        return Shape(fingerprint, False, False, False, redacted=redacted)
     stmt = tree[0].stmt
     if stmt is None:
-        return Shape(fingerprint, False, False, False)
+        return Shape(fingerprint, False, False, False, redacted=redacted)
     kind = type(stmt).__name__
     is_select = kind == "SelectStmt"
     has_limit = is_select and getattr(stmt, "limitCount", None) is not None
@@ -83,5 +101,11 @@ def shape_of(statement: str) -> Shape:
     facts(stmt)
     plain = is_select and not facts.unsafe
     return Shape(
-        fingerprint, is_select, has_limit, plain, kind in _EXPLAINABLE, frozenset(facts.functions)
+        fingerprint,
+        is_select,
+        has_limit,
+        plain,
+        kind in _EXPLAINABLE,
+        frozenset(facts.functions),
+        redacted,
     )

@@ -2,7 +2,9 @@
 
 ``ASGIMiddleware`` (FastAPI, Starlette) reads the matched route from ``scope["route"]``;
 ``WSGIMiddleware`` (Flask, any WSGI app) matches the request against a Flask/Werkzeug URL
-map when it can see one. Both can add a ``Server-Timing`` header with DB time and count.
+map when it can see one. Both can add a ``Server-Timing`` header with the time per layer
+(``db``, ``redis``, ``http``...) and the query count. The ASGI one also times every step of
+the request's coroutine, so a step that blocks the event loop is seen (see ``_loop``).
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from typing import Any
 
+from ._loop import TimedCoroutine
 from ._profiler import Profiler
+from ._values import text_values
 
 Message = MutableMapping[str, Any]
 UNMATCHED = "<unmatched>"
@@ -44,7 +48,10 @@ class ASGIMiddleware:
         method = scope.get("method", "GET")
         # Named by the route template once routing has run; until then (and for a plain ASGI
         # app, which has none) by the raw path. Profiler(max_names=...) bounds the names.
-        async with self.profiler.scope(f"{method} {scope.get('path', '')}") as recording:
+        path = scope.get("path", "")
+        async with self.profiler.scope(f"{method} {path}") as recording:
+            query = scope.get("query_string", b"").decode("latin-1")
+            recording.timeline.known_values = text_values(f"{path} {query}")
 
             async def send_with_timing(message: Message) -> None:
                 kind = message["type"]
@@ -60,7 +67,8 @@ class ASGIMiddleware:
                     # the request's time nor its queries.
                     recording.stop_recording()
 
-            await self.app(scope, receive, send_with_timing)
+            # every step of the request's coroutine is timed: a long one blocked the loop
+            await TimedCoroutine(self.app(scope, receive, send_with_timing), recording)
 
 
 def _asgi_name(method: str, scope: MutableMapping[str, Any], status: int) -> str:
@@ -99,6 +107,9 @@ class WSGIMiddleware:
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterator[bytes]:
         with self.profiler.scope(self._route(environ)) as recording:
+            recording.timeline.known_values = text_values(
+                f"{environ.get('PATH_INFO', '')} {environ.get('QUERY_STRING', '')}"
+            )
 
             def start_with_timing(
                 status: str, headers: list[tuple[str, str]], exc_info: Any = None

@@ -1,5 +1,7 @@
-"""``Profiler``: instruments engines and sessions through SQLAlchemy's public events and
-hands out scopes; owns configuration, plans of slow shapes, and the roll-ups."""
+"""``Profiler``: instruments engines and sessions through SQLAlchemy's public events (and,
+process-wide, the clients a request waits on) and hands out scopes. Its options are one
+:class:`ObserveSettings`; what it shares with its scopes (plans, roll-ups, the conclusion
+step) is a :class:`~hotpath.observe._recorder.Recorder`."""
 
 from __future__ import annotations
 
@@ -7,27 +9,23 @@ import contextlib
 import functools
 import inspect
 import itertools
-import logging
 import threading
 import time
-import warnings
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from time import perf_counter
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, TypeVar, overload
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Mapper, ORMExecuteState, Session
 
-from .._errors import HotpathError
-from ..plans import PlanFlag
-from ._detect import find_problems
-from ._explain import explain_async, explain_sync
-from ._otel import export as export_to_otel
-from ._records import ERRORS, MODES, Finding, FindingKind, Mode, QueryBudgetError
-from ._report import Report, Rollup, Timing, build_report
+from . import _hooks
+from ._errors import ObserveConfigError, QueryBudgetError
+from ._plans import Plan
+from ._recorder import Recorder
+from ._records import FindingKind, Mode
+from ._report import Report, Timing
 from ._scope import (
     EAGER_TOKEN,
     Execution,
@@ -37,91 +35,46 @@ from ._scope import (
     current_scope,
     relationships,
 )
-
-logger = logging.getLogger("hotpath.observe")
+from ._settings import ObserveSettings, parse_modes
 
 TOKEN = "hotpath_observe"  # execution option tying rows to the ORM execution that loaded them
-ExplainMode = Literal["off", "plan", "analyze"]
-DEFAULT_MODES: dict[FindingKind, Mode] = {
-    FindingKind.N_PLUS_ONE: "warn",
-    FindingKind.DUPLICATE: "log",
-    FindingKind.SLOW_QUERY: "log",
-    FindingKind.UNBOUNDED_RESULT: "log",
-    FindingKind.UNUSED_EAGER_LOAD: "log",
-}
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-class ObserveConfigError(HotpathError, ValueError):
-    """A Profiler option has a value it cannot take."""
-
-
-class HotpathWarning(UserWarning):
-    """Category of the warnings observe emits in "warn" mode."""
-
-
-def parse_modes(modes: Mapping[str, Mode] | None) -> dict[FindingKind, Mode]:
-    parsed = dict(DEFAULT_MODES)
-    for key, mode in (modes or {}).items():
-        try:
-            kind = FindingKind(key)
-        except ValueError:
-            known = ", ".join(k.value for k in FindingKind)
-            raise ObserveConfigError(f"unknown detector {key!r}: use one of {known}") from None
-        if mode not in MODES:
-            raise ObserveConfigError(f"mode {mode!r} for {key}: use one of {', '.join(MODES)}")
-        parsed[kind] = mode
-    return parsed
-
-
 class Profiler:
-    """Capture every query of a scope, find N+1s, duplicates, slow and unbounded queries.
+    """Capture every query of a scope, find N+1s, duplicates, slow and unbounded queries,
+    and where each request's whole time goes.
 
     >>> profiler = Profiler(engine, slow_query_ms=50, explain="plan")   # doctest: +SKIP
     >>> with profiler.scope("GET /orders/{id}") as scope:               # doctest: +SKIP
     ...     handle_request()
-    >>> scope.findings                                                   # doctest: +SKIP
+    >>> scope.findings, scope.breakdown_ms                               # doctest: +SKIP
+    >>> profiler.report().print()                                        # doctest: +SKIP
 
+    Options are the fields of :class:`ObserveSettings`, as keywords or as ``settings=``.
     With no engines, ``instrument()`` listens on every ``Engine``. Outside a scope the
-    listeners return at once.
+    listeners and hooks return at once.
     """
 
     def __init__(
         self,
         *engines: Engine | AsyncEngine,
-        slow_query_ms: float = 100.0,
-        explain: ExplainMode = "off",
-        explain_timeout_ms: float = 2000.0,
-        n_plus_one_threshold: int = 2,
-        shape_threshold: int = 5,
-        max_rows: int = 1000,
-        capture_params: bool = False,
+        settings: ObserveSettings | None = None,
         modes: Mapping[str, Mode] | None = None,
-        keep_queries: int = 1000,
-        explain_interval_s: float = 300.0,
-        explain_per_minute: int = 10,
-        max_names: int = 1000,
+        **options: Any,
     ) -> None:
-        if explain not in ("off", "plan", "analyze"):
-            raise ObserveConfigError(f"explain={explain!r}: use 'off', 'plan' or 'analyze'")
-        if n_plus_one_threshold < 2 or shape_threshold < 2:
-            raise ObserveConfigError("N+1 thresholds must be at least 2 (one load is not a loop)")
-        if slow_query_ms <= 0 or max_rows < 1:
-            raise ObserveConfigError("slow_query_ms and max_rows must be positive")
-        self.slow_query_ms = slow_query_ms
-        self.explain = explain
-        self.explain_timeout_ms = explain_timeout_ms
-        self.n_plus_one_threshold = n_plus_one_threshold
-        self.shape_threshold = shape_threshold
-        self.max_rows = max_rows
-        self.capture_params = capture_params
-        self.modes = parse_modes(modes)
-        self.keep_queries = keep_queries
-        self.explain_interval_s = explain_interval_s
-        self.explain_per_minute = explain_per_minute
-        # Distinct scope names rolled up (three histograms each, ~0.5 MiB): past this, new
-        # names (raw paths of a URL scan, say) share OTHER_NAMES.
-        self.max_names = max_names
+        if settings is not None and (options or modes):
+            raise ObserveConfigError(
+                "give the options either as settings=ObserveSettings(...) or as keywords, not both"
+            )
+        if settings is None:
+            try:
+                settings = ObserveSettings(modes=parse_modes(modes), **options)
+            except TypeError as exc:
+                known = ", ".join(sorted(ObserveSettings.__dataclass_fields__))
+                raise ObserveConfigError(f"{exc}; the options are: {known}") from None
+        self.settings = settings
+        self._recorder = Recorder(settings)
         self._targets: list[Any] = []
         # relationship property -> (its class attribute, its init_collection listener or None)
         self._watched: dict[Any, tuple[Any, Callable[..., None] | None]] = {}
@@ -130,13 +83,12 @@ class Profiler:
         self._load_listening = False
         self._tokens = itertools.count(1)
         self._lock = threading.Lock()
-        self._rollups: dict[str, Rollup] = {}
-        self._timings: dict[str, Timing] = {}
-        self._plans: dict[str, tuple[Any, list[PlanFlag], bool]] = {}
-        self._explained_at: dict[str, float] = {}
-        self._recent_explains: deque[float] = deque()
         if engines:
             self.instrument(*engines)
+
+    @property
+    def modes(self) -> Mapping[FindingKind, Mode]:
+        return self.settings.modes
 
     # -- instrumentation -------------------------------------------------------------------
 
@@ -156,6 +108,7 @@ class Profiler:
         if not self._orm_listening:
             event.listen(Session, "do_orm_execute", self._on_orm_execute)
             self._orm_listening = True
+        _hooks.install()
         return self
 
     def _listen_for_loads(self) -> None:
@@ -193,12 +146,8 @@ class Profiler:
     def scope(self, name: str, *, modes: Mapping[str, Mode] | None = None) -> Scope:
         """A unit of work to record: ``with profiler.scope(name):`` or ``async with``."""
         if not modes:  # the common case (one scope per request): the profiler's modes as they are
-            return Scope(self, name)
-        return Scope(
-            self,
-            name,
-            modes=parse_modes({**{k.value: v for k, v in self.modes.items()}, **modes}),
-        )
+            return Scope(self._recorder, name)
+        return Scope(self._recorder, name, modes=parse_modes(modes, base=self.settings.modes))
 
     @staticmethod
     def current_scope() -> Scope | None:
@@ -219,7 +168,9 @@ class Profiler:
     def assert_max_queries(self, limit: int, name: str = "query budget") -> Iterator[Scope]:
         """Fail with :class:`QueryBudgetError` (listing the queries) if the block runs more
         than ``limit`` queries."""
-        scope = Scope(self, name, modes=dict.fromkeys(FindingKind, "off"), capture_sites=True)
+        scope = Scope(
+            self._recorder, name, modes=dict.fromkeys(FindingKind, "off"), capture_sites=True
+        )
         with scope:
             yield scope
         if scope.query_count > limit:
@@ -229,62 +180,6 @@ class Profiler:
                 if q.call_site:
                     lines.append(f"             at {q.call_site}")
             raise QueryBudgetError("\n".join(lines))
-
-    def _finish(self, scope: Scope, *, raising: bool) -> None:
-        if scope.pending_explains:
-            # hotpath's own EXPLAIN queries belong to no scope (an enclosing one included)
-            token = current_scope.set(None)
-            try:
-                explain_sync(self, scope.pending_explains)
-            finally:
-                current_scope.reset(token)
-        self._conclude(scope, raising)
-
-    async def _finish_async(self, scope: Scope, *, raising: bool) -> None:
-        if scope.pending_explains:
-            token = current_scope.set(None)
-            try:
-                await explain_async(self, scope.pending_explains)
-            finally:
-                current_scope.reset(token)
-        self._conclude(scope, raising)
-
-    def _conclude(self, scope: Scope, raising: bool) -> None:
-        scope.findings = find_problems(scope, self)
-        export_to_otel(scope)
-        self._rollup(scope.name).add(
-            scope.duration_ms, scope.query_count, scope.db_time_ms, scope.findings
-        )
-        to_raise: list[Finding] = []
-        for finding in scope.findings:
-            mode = scope.modes[finding.kind]
-            if mode == "log":
-                logger.warning("hotpath %s: %s", scope.name, finding.describe())
-            elif mode == "warn":
-                warnings.warn(f"{scope.name}: {finding.describe()}", HotpathWarning, stacklevel=4)
-            elif mode == "raise":
-                to_raise.append(finding)
-        if to_raise and raising:
-            raise ERRORS[to_raise[0].kind](to_raise)
-
-    def _rollup(self, name: str) -> Rollup:
-        with self._lock:
-            rollup = self._rollups.get(name)
-            if rollup is None:
-                if len(self._rollups) >= self.max_names:
-                    if OTHER_NAMES not in self._rollups:
-                        logger.warning(
-                            "hotpath: %d scope names rolled up; further names are counted as "
-                            "%r (name scopes by route template, not raw path; or raise "
-                            "Profiler(max_names=...))",
-                            self.max_names,
-                            OTHER_NAMES,
-                        )
-                    name = OTHER_NAMES
-                    rollup = self._rollups.get(name)
-                if rollup is None:
-                    rollup = self._rollups[name] = Rollup()
-            return rollup
 
     # -- function profiling --------------------------------------------------------------------
 
@@ -300,58 +195,22 @@ class Profiler:
         return _ProfileBlock(self, str(target))
 
     def timing(self, name: str) -> Timing:
-        with self._lock:
-            timing = self._timings.get(name)
-            if timing is None:
-                timing = self._timings[name] = Timing()
-            return timing
+        return self._recorder.rollups.timing(name)
 
     def report(self) -> Report:
-        """Roll-ups per scope name (latency percentiles, queries, findings) and functions."""
-        return build_report(dict(self._rollups), dict(self._timings))
+        """Per scope name: latency, where the time goes by layer, the bottleneck and the
+        ranked fixes; across names, the top fixes of the whole app; profiled functions."""
+        return self._recorder.rollups.report()
 
     def print_report(self) -> None:
         self.report().print()
 
     def reset(self) -> None:
-        with self._lock:
-            self._rollups.clear()
-            self._timings.clear()
+        self._recorder.rollups.clear()
 
-    # -- plans ---------------------------------------------------------------------------------
-
-    def wants_explain(self, fingerprint: str) -> bool:
-        if self.explain == "off":
-            return False
-        last = self._explained_at.get(fingerprint)
-        return last is None or time.monotonic() - last > self.explain_interval_s
-
-    def claim_explain(self, fingerprint: str) -> bool:
-        """Reserve the right to EXPLAIN ``fingerprint`` now (per shape and per minute limits)."""
-        now = time.monotonic()
-        with self._lock:
-            if not self.wants_explain(fingerprint):
-                return False
-            while self._recent_explains and now - self._recent_explains[0] > 60:
-                self._recent_explains.popleft()
-            if len(self._recent_explains) >= self.explain_per_minute:
-                return False
-            self._recent_explains.append(now)
-            self._explained_at[fingerprint] = now
-            return True
-
-    def store_plan(
-        self, fingerprint: str, plan: Any, flags: list[PlanFlag], analyzed: bool
-    ) -> None:
-        self._plans[fingerprint] = (plan, flags, analyzed)
-
-    def plan_for(self, fingerprint: str) -> tuple[Any, list[PlanFlag], bool] | None:
+    def plan_for(self, fingerprint: str) -> Plan | None:
         """(EXPLAIN JSON, flags, whether it was ANALYZEd) for a slow shape, once taken."""
-        return self._plans.get(fingerprint)
-
-    def plan_flags(self, fingerprint: str) -> list[PlanFlag]:
-        entry = self._plans.get(fingerprint)
-        return entry[1] if entry else []
+        return self._recorder.plans.get(fingerprint)
 
     # -- listeners -------------------------------------------------------------------------------
 
@@ -371,8 +230,8 @@ class Profiler:
         executemany: bool,
     ) -> None:
         scope = current_scope.get()
-        if scope is not None and scope.profiler is not self:
-            scope = _own_scope(scope, self)
+        if scope is not None and scope.recorder is not self._recorder:
+            scope = _own_scope(scope, self._recorder)
         if scope is not None and context is not None and scope.recording:
             context._hotpath_started = perf_counter()
 
@@ -386,14 +245,14 @@ class Profiler:
         executemany: bool,
     ) -> None:
         scope = current_scope.get()
-        if scope is not None and scope.profiler is not self:
-            scope = _own_scope(scope, self)
+        if scope is not None and scope.recorder is not self._recorder:
+            scope = _own_scope(scope, self._recorder)
         if scope is None or not scope.recording:
             return
         started = getattr(context, "_hotpath_started", None)
         if started is None:
             return
-        duration_ms = (perf_counter() - started) * 1000
+        ended = perf_counter()
         rowcount = getattr(cursor, "rowcount", -1)
         token = context.execution_options.get(TOKEN)
         execution = None if token is None else scope.execution(token)
@@ -402,20 +261,23 @@ class Profiler:
         scope.record_query(
             statement,
             parameters,
-            duration_ms,
+            started,
+            ended,
             rowcount if isinstance(rowcount, int) else -1,
             f"{url.host}:{url.port}",
             execution,
             engine,
             executemany,
+            id(conn),
+            cursor,
         )
         if execution is not None and execution.lazy_key is not None:
-            scope.lazy_statement(execution.lazy_key, statement)
+            scope.lazy_statement(execution.lazy_key, statement, (ended - started) * 1000)
 
     def _on_orm_execute(self, state: ORMExecuteState) -> None:
         scope = current_scope.get()
-        if scope is not None and scope.profiler is not self:
-            scope = _own_scope(scope, self)
+        if scope is not None and scope.recorder is not self._recorder:
+            scope = _own_scope(scope, self._recorder)
         if scope is None or not scope.recording:
             return
         # ``loader_strategy_path`` once, rather than ``is_relationship_load`` (which computes
@@ -456,7 +318,7 @@ class Profiler:
                 if prop in self._watched:
                     continue
                 attribute = prop.class_attribute
-                listener = collection_listener(self, prop) if prop.uselist else None
+                listener = collection_listener(self._recorder, prop) if prop.uselist else None
                 if listener is not None:
                     # raw + retval + include_key: SQLAlchemy then calls the listener as is,
                     # with the InstanceState, instead of through an adapter that looks up
@@ -479,8 +341,8 @@ class Profiler:
             # eager loads (EAGER_TOKEN, 0) need no tracing: only lazy-load rows go on.
             return
         scope = current_scope.get()
-        if scope is not None and scope.profiler is not self:
-            scope = _own_scope(scope, self)
+        if scope is not None and scope.recorder is not self._recorder:
+            scope = _own_scope(scope, self._recorder)
         if scope is None or not scope.recording:
             return
         execution = scope.execution(token)
@@ -488,14 +350,11 @@ class Profiler:
             scope.note_relationship_run(context.runid, execution)
 
 
-def _own_scope(scope: Scope | None, profiler: Profiler) -> Scope | None:
-    """The nearest scope of ``profiler`` among ``scope`` and the scopes it is nested in."""
-    while scope is not None and scope.profiler is not profiler:
+def _own_scope(scope: Scope | None, recorder: Recorder) -> Scope | None:
+    """The nearest scope of ``recorder``'s profiler among ``scope`` and its parents."""
+    while scope is not None and scope.recorder is not recorder:
         scope = scope.parent
     return scope
-
-
-OTHER_NAMES = "<other names>"
 
 
 class _ProfileBlock:
@@ -541,6 +400,3 @@ class _ProfileBlock:
                 timing.record_ms((time.perf_counter() - started) * 1000)
 
         return wrapper  # type: ignore[return-value]
-
-
-AsyncFn = Callable[..., Awaitable[Any]]

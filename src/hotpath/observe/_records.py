@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Literal
 
-from .._errors import HotpathError
 from .._frames import describe_site
 from ..plans import PlanFlag
 
@@ -17,11 +16,37 @@ MODES: tuple[Mode, ...] = ("off", "log", "warn", "raise")
 class FindingKind(str, Enum):
     """The detectors; each can be set to a :data:`Mode` independently."""
 
+    # the database, per query and per ORM relationship
     N_PLUS_ONE = "n_plus_one"
     DUPLICATE = "duplicate"
     SLOW_QUERY = "slow_query"
     UNBOUNDED_RESULT = "unbounded_result"
     UNUSED_EAGER_LOAD = "unused_eager_load"
+    # the whole request
+    SEQUENTIAL_IO = "sequential_io"
+    N_PLUS_ONE_HTTP = "n_plus_one_http"
+    BLOCKING_CALL = "blocking_call"
+    NO_TIMEOUT = "no_timeout"
+    SLOW_DEPENDENCY = "slow_dependency"
+    CONNECTION_SETUP = "connection_setup"
+    POOL_WAIT = "pool_wait"
+    CACHE_MISS = "cache_miss"
+
+
+class Layer(str, Enum):
+    """Where a request's wall time goes. The layers of one request add up to its duration:
+    overlapping work (concurrent awaits) is split evenly over the time it overlaps."""
+
+    CONNECT = "connect"  # opening server connections on the request's path
+    POOL_WAIT = "pool_wait"  # waiting for a pooled connection
+    DB = "db"  # statement execution and fetch
+    REDIS = "redis"  # redis-py commands (hotpath.cache's included)
+    HTTP = "http"  # outbound HTTP (httpx, requests, aiohttp)
+    BLOCKED = "blocked"  # the event loop was blocked (by this request or another)
+    OTHER = "other"  # the rest: application CPU, serialization, the client
+
+
+LAYERS: tuple[Layer, ...] = tuple(Layer)
 
 
 @dataclass(frozen=True)
@@ -63,6 +88,8 @@ class Finding:
     sql: str | None = None
     plan_flags: list[PlanFlag] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    # the request time the fix would save in this scope (an estimate; details say how)
+    saving_ms: float = 0.0
 
     def describe(self) -> str:
         """The finding as the lines a developer reads in a log or a failed test."""
@@ -74,6 +101,8 @@ class Finding:
         lines.extend(f"  plan: {flag.message}" for flag in self.plan_flags[:3])
         if self.fix:
             lines.append(f"  fix: {self.fix}")
+        if self.saving_ms >= 0.05:
+            lines.append(f"  would save: ~{self.saving_ms:.1f} ms")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -95,50 +124,10 @@ class Finding:
                 for f in self.plan_flags
             ],
             "details": self.details,
+            "saving_ms": round(self.saving_ms, 3),
         }
 
 
 def _clip(sql: str, limit: int = 300) -> str:
     flat = " ".join(sql.split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
-
-
-class ObserveError(HotpathError):
-    """A raise-mode detector fired; the message lists the findings with call sites and fixes."""
-
-    def __init__(self, findings: list[Finding]) -> None:
-        self.findings = findings
-        super().__init__("\n".join(f.describe() for f in findings))
-
-
-class NPlusOneError(ObserveError):
-    """An N+1 query pattern was found in a scope whose n_plus_one mode is "raise"."""
-
-
-class DuplicateQueryError(ObserveError):
-    """The same statement with the same parameters ran more than once."""
-
-
-class SlowQueryError(ObserveError):
-    """A query took longer than ``slow_query_ms``."""
-
-
-class UnboundedResultError(ObserveError):
-    """A query without LIMIT returned more than ``max_rows`` rows."""
-
-
-class UnusedEagerLoadError(ObserveError):
-    """A relationship was eager-loaded and never read in the scope."""
-
-
-class QueryBudgetError(HotpathError):
-    """A block ran more queries than its budget (``assert_max_queries`` / ``max_queries``)."""
-
-
-ERRORS: dict[FindingKind, type[ObserveError]] = {
-    FindingKind.N_PLUS_ONE: NPlusOneError,
-    FindingKind.DUPLICATE: DuplicateQueryError,
-    FindingKind.SLOW_QUERY: SlowQueryError,
-    FindingKind.UNBOUNDED_RESULT: UnboundedResultError,
-    FindingKind.UNUSED_EAGER_LOAD: UnusedEagerLoadError,
-}

@@ -1,12 +1,16 @@
 """Roll-ups across scopes with the same name (an endpoint, a job) and across profiled
-functions: counts and HDR-histogram percentiles, as JSON or a rich table."""
+functions, and the diagnosis they support: per endpoint its latency, where its time goes
+(per layer), its bottleneck and the fixes ranked by the time each would save over the run;
+across endpoints, the top fixes for the whole app. As JSON, a rich table or HTML."""
 
 from __future__ import annotations
 
+import html
+import logging
 import threading
-from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 from hdrh.histogram import HdrHistogram
@@ -14,44 +18,128 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ._records import Finding
+from ._records import LAYERS, Finding, FindingKind, Layer
+
+if TYPE_CHECKING:
+    from ._scope import Scope
+    from ._settings import ObserveSettings
+
+logger = logging.getLogger("hotpath.observe")
 
 _MAX_US = 3_600_000_000  # one hour
+OTHER_NAMES = "<other names>"
+
+Bottleneck = Literal[
+    "none",
+    "n_plus_one",
+    "duplicate",
+    "slow_query",
+    "missing_index",
+    "unbounded_result",
+    "connection_setup",
+    "pool_wait",
+    "sequential_io",
+    "n_plus_one_http",
+    "blocking_call",
+    "slow_dependency",
+    "cache_miss",
+    "cpu",
+]
+# The class a fix of each kind removes (a slow query whose plan asks for an index is
+# "missing_index"); and the class of the layer that takes most of an endpoint's time when
+# no fix explains it.
+_KIND_CLASS: dict[FindingKind, Bottleneck] = {
+    FindingKind.N_PLUS_ONE: "n_plus_one",
+    FindingKind.DUPLICATE: "duplicate",
+    FindingKind.SLOW_QUERY: "slow_query",
+    FindingKind.UNBOUNDED_RESULT: "unbounded_result",
+    FindingKind.UNUSED_EAGER_LOAD: "slow_query",
+    FindingKind.SEQUENTIAL_IO: "sequential_io",
+    FindingKind.N_PLUS_ONE_HTTP: "n_plus_one_http",
+    FindingKind.BLOCKING_CALL: "blocking_call",
+    FindingKind.NO_TIMEOUT: "slow_dependency",
+    FindingKind.SLOW_DEPENDENCY: "slow_dependency",
+    FindingKind.CONNECTION_SETUP: "connection_setup",
+    FindingKind.POOL_WAIT: "pool_wait",
+    FindingKind.CACHE_MISS: "cache_miss",
+}
+_LAYER_CLASS: dict[Layer, Bottleneck] = {
+    Layer.CONNECT: "connection_setup",
+    Layer.POOL_WAIT: "pool_wait",
+    Layer.DB: "slow_query",
+    Layer.REDIS: "slow_dependency",
+    Layer.HTTP: "slow_dependency",
+    Layer.BLOCKED: "blocking_call",
+    Layer.OTHER: "cpu",
+}
+# a fix that saves less than this share of an endpoint's time does not name its bottleneck
+_BOTTLENECK_SHARE = 0.05
 
 
-def _histogram() -> HdrHistogram:
-    return HdrHistogram(1, _MAX_US, 3)
+def _histogram(digits: int = 3) -> HdrHistogram:
+    return HdrHistogram(1, _MAX_US, digits)
 
 
 class Timing:
     """Durations of one name (µs resolution, 3 significant digits)."""
 
-    def __init__(self) -> None:
-        self.histogram = _histogram()
+    def __init__(self, digits: int = 3) -> None:
+        self.histogram = _histogram(digits)
         self.count = 0
+        self.zeros = 0  # durations under 1 µs: kept out of the histogram (it starts at 1 µs)
         self.total_ms = 0.0
         self._lock = threading.Lock()
 
     def record_ms(self, ms: float) -> None:
         with self._lock:
-            self.histogram.record_value(max(1, min(_MAX_US, int(ms * 1000))))
             self.count += 1
             self.total_ms += ms
+            if ms < 0.001:
+                self.zeros += 1
+            else:
+                self.histogram.record_value(min(_MAX_US, int(ms * 1000)))
+
+    def record_zero(self) -> None:
+        with self._lock:
+            self.count += 1
+            self.zeros += 1
 
     def percentile_ms(self, percentile: float) -> float:
-        return (
-            float(self.histogram.get_value_at_percentile(percentile)) / 1000 if self.count else 0.0
-        )
+        if not self.count:
+            return 0.0
+        recorded = self.count - self.zeros
+        below = percentile / 100 * self.count
+        if recorded <= 0 or below <= self.zeros:
+            return 0.0
+        within = (below - self.zeros) / recorded * 100
+        return float(self.histogram.get_value_at_percentile(within)) / 1000
 
     def summary(self) -> dict[str, float]:
+        recorded = self.count - self.zeros
         return {
             "count": self.count,
             "mean_ms": self.total_ms / self.count if self.count else 0.0,
             "p50_ms": self.percentile_ms(50),
             "p95_ms": self.percentile_ms(95),
             "p99_ms": self.percentile_ms(99),
-            "max_ms": float(self.histogram.get_max_value()) / 1000 if self.count else 0.0,
+            "max_ms": float(self.histogram.get_max_value()) / 1000 if recorded else 0.0,
         }
+
+    def merge(self, other: Timing) -> None:
+        with self._lock:
+            self.histogram.add(other.histogram)
+            self.count += other.count
+            self.zeros += other.zeros
+            self.total_ms += other.total_ms
+
+
+@dataclass
+class FixTotal:
+    """One fix (kind, call site, change) summed over the scopes of a name that found it."""
+
+    example: Finding
+    scopes: int = 0
+    saving_ms: float = 0.0
 
 
 class Rollup:
@@ -62,25 +150,97 @@ class Rollup:
         self.queries = _histogram()
         self.max_queries = 0
         self.db_ms = Timing()
-        self.findings: Counter[tuple[str, str, str]] = Counter()
-        self.examples: dict[tuple[str, str, str], Finding] = {}
+        # per layer, its time in each scope (2 significant digits: 7 of them per name)
+        self.layers = {layer: Timing(digits=2) for layer in LAYERS}
+        self.fixes: dict[tuple[str, str, str], FixTotal] = {}
         self._lock = threading.Lock()
 
-    def add(self, duration_ms: float, queries: int, db_ms: float, findings: list[Finding]) -> None:
-        self.latency.record_ms(duration_ms)
-        self.db_ms.record_ms(db_ms)
+    def add(self, scope: Scope) -> None:
+        self.latency.record_ms(scope.duration_ms)
+        self.db_ms.record_ms(scope.db_time_ms)
+        for layer, ms in scope.breakdown_ms.items():
+            self.layers[layer].record_ms(ms)
         with self._lock:
-            self.queries.record_value(queries)
-            self.max_queries = max(self.max_queries, queries)
-            for finding in findings:
+            self.queries.record_value(max(1, scope.query_count))
+            self.max_queries = max(self.max_queries, scope.query_count)
+            for finding in scope.findings:
                 key = (finding.kind.value, str(finding.call_site), finding.fix or finding.message)
-                self.findings[key] += 1
-                self.examples.setdefault(key, finding)
+                total = self.fixes.get(key)
+                if total is None:
+                    total = self.fixes[key] = FixTotal(finding)
+                total.scopes += 1
+                total.saving_ms += finding.saving_ms
+
+
+class Rollups:
+    """The roll-ups of one profiler, by scope name, bounded by ``max_names``."""
+
+    def __init__(self, settings: ObserveSettings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self.by_name: dict[str, Rollup] = {}
+        self.timings: dict[str, Timing] = {}
+
+    def add(self, scope: Scope) -> None:
+        self.rollup(scope.name).add(scope)
+
+    def rollup(self, name: str) -> Rollup:
+        with self._lock:
+            rollup = self.by_name.get(name)
+            if rollup is None:
+                if len(self.by_name) >= self._settings.max_names:
+                    if OTHER_NAMES not in self.by_name:
+                        logger.warning(
+                            "hotpath: %d scope names rolled up; further names are counted as "
+                            "%r (name scopes by route template, not raw path; or raise "
+                            "Profiler(max_names=...))",
+                            self._settings.max_names,
+                            OTHER_NAMES,
+                        )
+                    name = OTHER_NAMES
+                    rollup = self.by_name.get(name)
+                if rollup is None:
+                    rollup = self.by_name[name] = Rollup()
+            return rollup
+
+    def timing(self, name: str) -> Timing:
+        with self._lock:
+            timing = self.timings.get(name)
+            if timing is None:
+                timing = self.timings[name] = Timing()
+            return timing
+
+    def clear(self) -> None:
+        with self._lock:
+            self.by_name.clear()
+            self.timings.clear()
+
+    def report(self) -> Report:
+        with self._lock:
+            by_name, timings = dict(self.by_name), dict(self.timings)
+        return build_report(by_name, timings, self._settings)
+
+
+@dataclass
+class Fix:
+    """A fix, with the time it would save over the whole run (count x time) and the
+    evidence behind it."""
+
+    kind: str
+    endpoint: str
+    call_site: str | None
+    change: str | None
+    message: str
+    scopes: int
+    saving_ms: float
+    share: float  # of the endpoint's total time
+    evidence: dict[str, Any] = field(default_factory=dict)
+    sql: str | None = None
 
 
 @dataclass
 class ScopeStats:
-    """Per scope name: how many, how fast, how many queries, and the recurring findings."""
+    """Per scope name: how many, how fast, where the time goes, its bottleneck and fixes."""
 
     name: str
     count: int
@@ -92,6 +252,12 @@ class ScopeStats:
     queries_max: int
     db_ms_p50: float
     findings: list[dict[str, Any]] = field(default_factory=list)
+    breakdown_ms: dict[str, float] = field(default_factory=dict)  # mean per request
+    layers: dict[str, dict[str, float]] = field(default_factory=dict)  # p50/p95/p99 each
+    total_ms: float = 0.0
+    budget_ms: float = 0.0
+    bottleneck: Bottleneck = "none"
+    fixes: list[Fix] = field(default_factory=list)
 
 
 @dataclass
@@ -107,14 +273,23 @@ class FunctionStats:
 
 @dataclass
 class Report:
-    """What a profiler saw: per scope name and per profiled function."""
+    """What a profiler saw: per scope name (the diagnosis of each endpoint), the top fixes
+    of the whole app, and the profiled functions."""
 
     scopes: list[ScopeStats]
     functions: list[FunctionStats]
+    top_fixes: list[Fix] = field(default_factory=list)
+
+    def endpoint(self, name: str) -> ScopeStats:
+        for stats in self.scopes:
+            if stats.name == name:
+                return stats
+        raise KeyError(name)
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "scopes": [asdict(s) for s in self.scopes],
+            "endpoints": [_endpoint_dict(s) for s in self.scopes],
+            "top_fixes": [_fix_dict(f) for f in self.top_fixes],
             "functions": [asdict(f) for f in self.functions],
         }
 
@@ -123,53 +298,39 @@ class Report:
 
     def print(self, console: Console | None = None) -> None:
         console = console or Console()
-        table = Table(
-            "scope",
-            "count",
-            "p50 ms",
-            "p95 ms",
-            "p99 ms",
-            "queries p50/max",
-            "db ms p50",
-            "findings",
-            title="hotpath observe",
-        )
+        table = Table(title="hotpath: where the time goes", expand=False)
+        for column in ("endpoint", "n", "p50", "p95", "p99", "time by layer", "bottleneck"):
+            table.add_column(column, overflow="fold")
         for s in self.scopes:
             table.add_row(
-                s.name,
+                escape(s.name),
                 str(s.count),
                 f"{s.p50_ms:.1f}",
                 f"{s.p95_ms:.1f}",
                 f"{s.p99_ms:.1f}",
-                f"{s.queries_p50}/{s.queries_max}",
-                f"{s.db_ms_p50:.1f}",
-                str(sum(f["scopes"] for f in s.findings)),
+                escape(_layer_text(s.breakdown_ms)),
+                s.bottleneck,
             )
         console.print(table)
-        for s in self.scopes:
-            for f in s.findings[:5]:
-                kind = escape("[" + f["kind"] + "]")
-                console.print(
-                    f"[bold]{escape(s.name)}[/] {kind} x{f['scopes']} {escape(f['message'])}"
-                )
-                if f["call_site"]:
-                    console.print(f"    at {escape(f['call_site'])}")
-                if f["fix"]:
-                    console.print(f"    fix: {escape(f['fix'])}")
+        if self.top_fixes:
+            console.print("[bold]Fix first[/] (ranked by the time each saves over the run)")
+        for rank, fix in enumerate(self.top_fixes[:10], 1):
+            kind = escape("[" + fix.kind + "]")
+            console.print(
+                f"{rank:2}. {kind} {escape(fix.endpoint)}: saves ~{fix.saving_ms:,.0f} ms "
+                f"({fix.share:.0%} of its time) - {escape(fix.message)}"
+            )
+            if fix.call_site:
+                console.print(f"      at {escape(fix.call_site)}")
+            if fix.change:
+                console.print(f"      fix: {escape(fix.change)}")
         if self.functions:
             ftable = Table(
-                "function",
-                "calls",
-                "mean ms",
-                "p50",
-                "p95",
-                "p99",
-                "max",
-                title="profiled functions",
+                "function", "calls", "mean ms", "p50", "p95", "p99", "max", title="functions"
             )
             for fn in self.functions:
                 ftable.add_row(
-                    fn.name,
+                    escape(fn.name),
                     str(fn.count),
                     f"{fn.mean_ms:.2f}",
                     f"{fn.p50_ms:.2f}",
@@ -179,31 +340,189 @@ class Report:
                 )
             console.print(ftable)
 
+    def to_html(self, title: str = "hotpath diagnosis") -> str:
+        """A self-contained page: per endpoint a stacked bar of its time by layer, its
+        bottleneck, and the ranked fixes with their call sites."""
+        return _html(self, title)
 
-def build_report(rollups: dict[str, Rollup], timings: dict[str, Timing]) -> Report:
+
+def _layer_text(breakdown: dict[str, float]) -> str:
+    total = sum(breakdown.values()) or 1.0
+    parts = [
+        f"{name} {ms / total:.0%}"
+        for name, ms in sorted(breakdown.items(), key=lambda item: -item[1])
+        if ms / total >= 0.01
+    ]
+    return " ".join(parts)
+
+
+def _fix_dict(fix: Fix) -> dict[str, Any]:
+    out = asdict(fix)
+    out["saving_ms"] = round(fix.saving_ms, 3)
+    out["share"] = round(fix.share, 4)
+    return out
+
+
+def _endpoint_dict(stats: ScopeStats) -> dict[str, Any]:
+    out = asdict(stats)
+    out["fixes"] = [_fix_dict(f) for f in stats.fixes]
+    out["breakdown_ms"] = {k: round(v, 3) for k, v in stats.breakdown_ms.items()}
+    return out
+
+
+def _bottleneck(stats: ScopeStats) -> Bottleneck:
+    if stats.p95_ms <= stats.budget_ms:
+        return "none"
+    for fix in stats.fixes:
+        if fix.saving_ms > 0 and fix.share >= _BOTTLENECK_SHARE:
+            kind = FindingKind(fix.kind)
+            if kind is FindingKind.SLOW_QUERY and fix.evidence.get("missing_index"):
+                return "missing_index"
+            return _KIND_CLASS[kind]
+    if not stats.breakdown_ms:
+        return "cpu"
+    largest = max(stats.breakdown_ms.items(), key=lambda item: item[1])[0]
+    return _LAYER_CLASS[Layer(largest)]
+
+
+def _fixes(name: str, rollup: Rollup, total_ms: float) -> list[Fix]:
+    fixes = []
+    for (kind, site, change), fix_total in rollup.fixes.items():
+        finding = fix_total.example
+        fixes.append(
+            Fix(
+                kind,
+                name,
+                None if site == "None" else site,
+                finding.fix,
+                finding.message,
+                fix_total.scopes,
+                fix_total.saving_ms,
+                fix_total.saving_ms / total_ms if total_ms > 0 else 0.0,
+                {**finding.details, "count": finding.count},
+                finding.sql,
+            )
+        )
+        del change
+    fixes.sort(key=lambda f: (-f.saving_ms, -f.scopes, f.kind))
+    return fixes
+
+
+def build_report(
+    rollups: dict[str, Rollup], timings: dict[str, Timing], settings: ObserveSettings
+) -> Report:
     scopes = []
     for name, rollup in sorted(rollups.items()):
         latency = rollup.latency.summary()
-        findings = [
-            {**rollup.examples[key].to_dict(), "scopes": count}
-            for key, count in rollup.findings.most_common()
-        ]
-        scopes.append(
-            ScopeStats(
-                name,
-                int(latency["count"]),
-                latency["p50_ms"],
-                latency["p95_ms"],
-                latency["p99_ms"],
-                latency["max_ms"],
-                int(rollup.queries.get_value_at_percentile(50)) if rollup.latency.count else 0,
-                rollup.max_queries,
-                rollup.db_ms.percentile_ms(50),
-                findings,
-            )
+        total_ms = rollup.latency.total_ms
+        fixes = _fixes(name, rollup, total_ms)
+        count = rollup.latency.count
+        stats = ScopeStats(
+            name,
+            int(latency["count"]),
+            latency["p50_ms"],
+            latency["p95_ms"],
+            latency["p99_ms"],
+            latency["max_ms"],
+            int(rollup.queries.get_value_at_percentile(50)) if count else 0,
+            rollup.max_queries,
+            rollup.db_ms.percentile_ms(50),
+            findings=[_finding_row(f) for f in fixes],
+            breakdown_ms={
+                layer.value: timing.total_ms / count if count else 0.0
+                for layer, timing in rollup.layers.items()
+            },
+            layers={
+                layer.value: {
+                    "p50_ms": timing.percentile_ms(50),
+                    "p95_ms": timing.percentile_ms(95),
+                    "p99_ms": timing.percentile_ms(99),
+                }
+                for layer, timing in rollup.layers.items()
+            },
+            total_ms=total_ms,
+            budget_ms=settings.budget_for(name),
+            fixes=fixes,
         )
+        stats.bottleneck = _bottleneck(stats)
+        scopes.append(stats)
     functions = [
         FunctionStats(name, **{k: v for k, v in t.summary().items() if k != "count"}, count=t.count)
         for name, t in sorted(timings.items())
     ]
-    return Report(scopes, functions)
+    return Report(scopes, functions, _top(scopes))
+
+
+def _finding_row(fix: Fix) -> dict[str, Any]:
+    """The pre-diagnosis shape of a finding row (kept for readers of ``findings``)."""
+    return {
+        "kind": fix.kind,
+        "message": fix.message,
+        "call_site": fix.call_site,
+        "fix": fix.change,
+        "sql": fix.sql,
+        "scopes": fix.scopes,
+        "saving_ms": round(fix.saving_ms, 3),
+    }
+
+
+def _top(scopes: Iterable[ScopeStats]) -> list[Fix]:
+    every = [fix for stats in scopes for fix in stats.fixes]
+    every.sort(key=lambda f: (-f.saving_ms, -f.scopes, f.kind))
+    return every
+
+
+_COLOURS = {
+    Layer.CONNECT: "#d62728",
+    Layer.POOL_WAIT: "#ff7f0e",
+    Layer.DB: "#1f77b4",
+    Layer.REDIS: "#9467bd",
+    Layer.HTTP: "#2ca02c",
+    Layer.BLOCKED: "#8c564b",
+    Layer.OTHER: "#bbbbbb",
+}
+
+
+def _html(report: Report, title: str) -> str:
+    esc = html.escape
+    rows = []
+    for s in report.scopes:
+        total = sum(s.breakdown_ms.values()) or 1.0
+        bar = "".join(
+            f'<span title="{layer.value} {s.breakdown_ms.get(layer.value, 0.0):.1f} ms" '
+            f'style="width:{100 * s.breakdown_ms.get(layer.value, 0.0) / total:.2f}%;'
+            f'background:{colour}"></span>'
+            for layer, colour in _COLOURS.items()
+        )
+        rows.append(
+            f"<tr><td>{esc(s.name)}</td><td>{s.count}</td><td>{s.p50_ms:.1f}</td>"
+            f"<td>{s.p95_ms:.1f}</td><td>{s.p99_ms:.1f}</td>"
+            f'<td><div class="bar">{bar}</div></td><td>{esc(s.bottleneck)}</td></tr>'
+        )
+    legend = "".join(
+        f'<span class="key" style="background:{c}"></span>{esc(layer.value)} '
+        for layer, c in _COLOURS.items()
+    )
+    fixes = "".join(
+        f"<li><b>[{esc(f.kind)}]</b> {esc(f.endpoint)}: saves ~{f.saving_ms:,.0f} ms "
+        f"({f.share:.0%}) &mdash; {esc(f.message)}"
+        + (f"<br><code>{esc(f.call_site)}</code>" if f.call_site else "")
+        + (f"<pre>{esc(f.change)}</pre>" if f.change else "")
+        + "</li>"
+        for f in report.top_fixes[:20]
+    )
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{esc(title)}</title><style>
+body{{font:14px system-ui,sans-serif;margin:2em;color:#222}}
+table{{border-collapse:collapse}}
+td,th{{padding:4px 8px;border-bottom:1px solid #eee;text-align:left}}
+.bar{{display:flex;width:320px;height:14px;background:#f4f4f4}}
+.bar span{{display:block;height:14px}}
+.key{{display:inline-block;width:10px;height:10px;margin:0 4px 0 10px}}
+pre{{background:#f6f6f6;padding:6px;white-space:pre-wrap}}
+</style></head><body><h1>{esc(title)}</h1>
+<p>{legend}</p>
+<table><tr><th>endpoint</th><th>n</th><th>p50 ms</th><th>p95 ms</th><th>p99 ms</th>
+<th>time by layer</th><th>bottleneck</th></tr>{"".join(rows)}</table>
+<h2>Fix first</h2><ol>{fixes}</ol></body></html>
+"""

@@ -19,13 +19,15 @@ from sqlalchemy.orm import RelationshipProperty
 from ._callsite import capture_call_site, ignored_at
 from ._eager import TRACK_ATTR, EagerGroup, tracking_class
 from ._fingerprint import shape_of
-from ._records import CallSite, Finding, FindingKind, Mode, QueryRecord
+from ._records import CallSite, Finding, FindingKind, Layer, Mode, QueryRecord
+from ._timeline import IoOp, Timeline
+from ._values import parameter_values, result_values
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
     from sqlalchemy.orm.state import InstanceState
 
-    from ._profiler import Profiler
+    from ._recorder import Recorder
 
 current_scope: ContextVar[Scope | None] = ContextVar("hotpath_observe_scope", default=None)
 allowed_kinds: ContextVar[frozenset[str]] = ContextVar(
@@ -63,6 +65,7 @@ class ShapeGroup:
 
     sql: str
     count: int = 0
+    total_ms: float = 0.0
     param_hashes: set[int] = field(default_factory=set)
     suppressed: bool = False
 
@@ -74,6 +77,7 @@ class LazyGroup:
     chain: Chain
     parents: set[int] = field(default_factory=set)
     queries: int = 0
+    total_ms: float = 0.0
     call_site: CallSite | None = None
     sql: str | None = None
     suppressed: bool = False
@@ -102,23 +106,30 @@ class Scope:
 
     def __init__(
         self,
-        profiler: Profiler,
+        recorder: Recorder,
         name: str,
         *,
         modes: dict[FindingKind, Mode] | None = None,
         capture_sites: bool = False,
     ) -> None:
-        self.profiler = profiler
+        # the profiler's shared state: settings, plans, roll-ups; it concludes the scope
+        self.recorder = recorder
+        self.settings = settings = recorder.settings
         self.name = name
         self.capture_sites = capture_sites  # every query's call site (budgets list them)
-        self.modes: dict[FindingKind, Mode] = {**profiler.modes, **(modes or {})}
+        self.modes: dict[FindingKind, Mode] = {**settings.modes, **(modes or {})}
         # a detector that is off costs nothing: its bookkeeping is skipped entirely
         self.tracks_n_plus_one = self.modes[FindingKind.N_PLUS_ONE] != "off"
         self.tracks_duplicates = self.modes[FindingKind.DUPLICATE] != "off"
         self.tracks_eager = self.modes[FindingKind.UNUSED_EAGER_LOAD] != "off"
         self.parent: Scope | None = None
+        self.is_async = False
         self.started = 0.0
+        self.ended = 0.0
         self.duration_ms = 0.0
+        self.timeline = Timeline()
+        # filled when the scope concludes: its wall time per layer (adds up to duration_ms)
+        self.breakdown_ms: dict[Layer, float] = {}
         self.query_count = 0
         self.db_time_ms = 0.0
         self.queries: list[QueryRecord] = []
@@ -129,10 +140,11 @@ class Scope:
         self._token: Token[Scope | None] | None = None
         self._shape_counts: dict[str, int] = {}
         self._last_group: dict[str, ShapeGroup] = {}  # shape -> group of the last site seen
-        self._walk_limit = profiler.shape_threshold + 1
+        self._walk_limit = settings.shape_threshold + 1
         self._shape_groups: dict[tuple[str, CallSite | None], ShapeGroup] = {}
         self._duplicates: dict[tuple[str, int], int] = {}
         self._duplicate_sites: dict[tuple[str, int], CallSite | None] = {}
+        self._duplicate_ms: dict[tuple[str, int], float] = {}
         self._duplicate_suppressed: set[tuple[str, int]] = set()
         self._slow: dict[str, SlowGroup] = {}
         self._unbounded: dict[tuple[str, CallSite | None], tuple[str, int, bool]] = {}
@@ -153,15 +165,16 @@ class Scope:
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         self._close()
-        self.profiler._finish(self, raising=exc_type is None)
+        self.recorder.conclude(self, raising=exc_type is None)
 
     async def __aenter__(self) -> Scope:
+        self.is_async = True
         self._open()
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         self._close()
-        await self.profiler._finish_async(self, raising=exc_type is None)
+        await self.recorder.conclude_async(self, raising=exc_type is None)
 
     def _open(self) -> None:
         if self._token is not None:
@@ -180,7 +193,9 @@ class Scope:
 
     def _close(self) -> None:
         self.recording = False
-        ended = self._stopped_at if self._stopped_at is not None else time.perf_counter()
+        self.ended = ended = (
+            self._stopped_at if self._stopped_at is not None else time.perf_counter()
+        )
         self.duration_ms = (ended - self.started) * 1000
         assert self._token is not None
         try:
@@ -190,8 +205,25 @@ class Scope:
         self.closed = True
 
     def server_timing(self) -> str:
-        """A ``Server-Timing`` header value: database time and query count so far."""
-        return f'db;dur={self.db_time_ms:.1f};desc="{self.query_count} queries"'
+        """A ``Server-Timing`` header value: the time so far in every layer (the request is
+        still running: what is not in a layer yet is ``other``) and the query count."""
+        from ._timeline import breakdown  # noqa: PLC0415 - one module, imported once
+
+        now = time.perf_counter()
+        parts = breakdown(self.started, now, self.timeline.spans)
+        entries = []
+        for layer, ms in parts.items():
+            if layer is Layer.DB:
+                entries.append(f'db;dur={ms:.1f};desc="{self.query_count} queries"')
+            elif ms >= 0.05 or layer is Layer.OTHER:
+                entries.append(f"{layer.value};dur={ms:.1f}")
+        entries.append(f"total;dur={(now - self.started) * 1000:.1f}")
+        return ", ".join(entries)
+
+    def shown_sql(self, statement: str) -> str:
+        """``statement`` as observe shows and exports it: literals redacted unless the
+        profiler captures parameters."""
+        return statement if self.settings.capture_params else shape_of(statement).redacted
 
     # -- recording (called from the profiler's event listeners) ---------------------------
 
@@ -199,15 +231,20 @@ class Scope:
         self,
         statement: str,
         parameters: Any,
-        duration_ms: float,
+        started: float,
+        ended: float,
         rowcount: int,
         server: str,
         execution: Execution | None,
         engine: Engine,
         executemany: bool,
+        connection: int,
+        cursor: Any,
     ) -> None:
+        duration_ms = (ended - started) * 1000
         shape = shape_of(statement)  # cached per statement string: one dict lookup
         fingerprint = shape.fingerprint
+        settings = self.settings
         relationship_load = execution is not None and execution.relationship_load
         site = _Site()
         if self.capture_sites:
@@ -218,42 +255,65 @@ class Scope:
             # so only other statements pay for hashing their parameters
             scope: Scope | None = self
             while scope is not None:
-                if scope.profiler is self.profiler and (
+                if scope.recorder is self.recorder and (
                     scope.tracks_duplicates or scope.tracks_n_plus_one
                 ):
                     params_hash = _hash_params(parameters)
                     break
                 scope = scope.parent
-        profiler = self.profiler
+        recorder = self.recorder
+        span = (Layer.DB, started, ended)
         scope = self
         while scope is not None:  # this scope and the ones of this profiler it is nested in
-            if scope.profiler is profiler:  # another profiler's scopes hear from their own
+            if scope.recorder is recorder:  # another profiler's scopes hear from their own
                 scope._add(
                     statement, fingerprint, params_hash, duration_ms, relationship_load, site
                 )
+                scope.timeline.spans.append(span)
             scope = scope.parent
-        if duration_ms >= profiler.slow_query_ms:
+        timeline = self.timeline
+        if not shape.is_select:
+            timeline.writing_connections.add(connection)
+        if duration_ms >= settings.sequential_min_ms:
+            # long enough to be worth running concurrently: kept for the sequential-I/O
+            # detector, with what it read (to tell dependent queries from independent ones)
+            timeline.ops.append(
+                IoOp(
+                    Layer.DB,
+                    started,
+                    ended,
+                    fingerprint,
+                    self.shown_sql(statement),
+                    f"db {server}",
+                    site.get(),
+                    inputs=parameter_values(parameters),
+                    outputs=result_values(cursor),
+                    connection=connection,
+                    in_write_transaction=connection in timeline.writing_connections,
+                )
+            )
+        if duration_ms >= settings.slow_query_ms:
             self._note_slow(statement, fingerprint, duration_ms, site.get())
-            if self.modes[FindingKind.SLOW_QUERY] != "off" and profiler.wants_explain(fingerprint):
+            if self.modes[FindingKind.SLOW_QUERY] != "off" and recorder.plans.wants(fingerprint):
                 self.pending_explains.append(
                     PendingExplain(engine, statement, parameters, fingerprint)
                 )
-        if shape.is_select and not shape.has_limit and rowcount > profiler.max_rows:
+        if shape.is_select and not shape.has_limit and rowcount > settings.max_rows:
             where = site.get()
             key = (fingerprint, where)
             if key not in self._unbounded:
                 suppressed = _suppressed(FindingKind.UNBOUNDED_RESULT, where)
                 self._unbounded[key] = (statement, rowcount, suppressed)
-        if len(self.queries) < profiler.keep_queries:
+        if len(self.queries) < settings.keep_queries:
             self.queries.append(
                 QueryRecord(
-                    statement,
+                    self.shown_sql(statement),
                     fingerprint,
                     duration_ms,
                     rowcount,
                     server,
                     parameters
-                    if profiler.capture_params
+                    if settings.capture_params
                     else ("<redacted>" if parameters else None),
                     site.site,  # only when it was taken anyway: never a walk just for this
                     relationship_load,
@@ -274,17 +334,21 @@ class Scope:
         if relationship_load:
             return  # judged by the ORM detector, which knows the relationship
         if self.tracks_n_plus_one:
-            self._track_shape(statement, fingerprint, params_hash, site)
+            self._track_shape(statement, fingerprint, params_hash, duration_ms, site)
         if params_hash and self.tracks_duplicates:
             key = (statement, params_hash)
             count = self._duplicates[key] = self._duplicates.get(key, 0) + 1
+            if count >= 2:  # the repeats' time: what reusing the first result saves
+                self._duplicate_ms[key] = self._duplicate_ms.get(key, 0.0) + duration_ms
             if count == 2:
                 where = site.get()
                 self._duplicate_sites[key] = where
                 if _suppressed(FindingKind.DUPLICATE, where):
                     self._duplicate_suppressed.add(key)
 
-    def _track_shape(self, statement: str, fingerprint: str, params_hash: int, site: _Site) -> None:
+    def _track_shape(
+        self, statement: str, fingerprint: str, params_hash: int, duration_ms: float, site: _Site
+    ) -> None:
         seen = self._shape_counts[fingerprint] = self._shape_counts.get(fingerprint, 0) + 1
         if seen == 1:
             return
@@ -305,6 +369,7 @@ class Scope:
         else:
             group = self._last_group[fingerprint]
         group.count += 1
+        group.total_ms += duration_ms
         if len(group.param_hashes) < _MAX_PARAM_HASHES:
             group.param_hashes.add(params_hash)
 
@@ -383,10 +448,12 @@ class Scope:
             )
         return group
 
-    def lazy_statement(self, key: tuple[Origin, str], statement: str) -> None:
+    def lazy_statement(self, key: tuple[Origin, str], statement: str, duration_ms: float) -> None:
         group = self._lazy.get(key)
-        if group is not None and group.sql is None:
-            group.sql = statement
+        if group is not None:
+            group.total_ms += duration_ms
+            if group.sql is None:
+                group.sql = statement
 
     # -- what the detectors read ---------------------------------------------------------------
 
@@ -399,11 +466,18 @@ class Scope:
     def shape_groups(self) -> dict[tuple[str, CallSite | None], ShapeGroup]:
         return self._shape_groups
 
-    def duplicate_groups(self) -> list[tuple[str, int, CallSite | None, bool]]:
+    def duplicate_groups(self) -> list[tuple[str, int, CallSite | None, bool, float]]:
+        """(statement, runs, call site, suppressed, ms of the repeats) per repeated run."""
         # _duplicate_sites holds exactly the repeated statements (set at the second run), so
         # the scope's end looks at those, not at every statement it ran
         return [
-            (sql, self._duplicates[(sql, h)], site, (sql, h) in self._duplicate_suppressed)
+            (
+                sql,
+                self._duplicates[(sql, h)],
+                site,
+                (sql, h) in self._duplicate_suppressed,
+                self._duplicate_ms.get((sql, h), 0.0),
+            )
             for (sql, h), site in self._duplicate_sites.items()
         ]
 
@@ -425,7 +499,7 @@ class Scope:
         return self._unbounded
 
 
-def collection_listener(profiler: Profiler, prop: Any) -> Callable[[Any, Any, Any], None]:
+def collection_listener(recorder: Recorder, prop: Any) -> Callable[[Any, Any, Any], None]:
     """The ``init_collection`` listener of one relationship (listened raw: it gets the state).
 
     It runs for every collection an eager loader fills (a hundred for a selectinload of a
@@ -436,7 +510,7 @@ def collection_listener(profiler: Profiler, prop: Any) -> Callable[[Any, Any, An
 
     def on_init_collection(state: InstanceState[Any], collection: Any, adapter: Any) -> None:
         scope = current_scope.get()
-        if scope is None or scope.profiler is not profiler or not scope.tracks_eager:
+        if scope is None or scope.recorder is not recorder or not scope.tracks_eager:
             return
         if state.key is None:
             return  # a new object's empty collection, not a load

@@ -1,0 +1,388 @@
+"""Process-wide hooks that time a request's work outside its SQL statements: connection
+set-up and pool wait (SQLAlchemy), Redis commands (redis-py), outbound HTTP (httpx,
+requests, aiohttp).
+
+Why not OpenTelemetry's instrumentation packages: they hook the same functions (httpx's
+``Client.send``-level transport, ``requests.Session.send``, redis-py's ``execute_command``
+and pipelines, an aiohttp ``TraceConfig``) but make an SDK span per call (33-53 µs each,
+measured in ../../../docs/observe.md) where this needs a tuple on a list, and each
+instrumentor is a process singleton a user's own OpenTelemetry set-up would collide with.
+These wrappers use ``wrapt`` (what those packages use) and its post-import hooks, so the
+import order does not matter, and they stack with OpenTelemetry's when both are installed.
+Outside a scope each costs one ContextVar read.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from time import perf_counter
+from typing import Any
+from urllib.parse import urlsplit
+
+import wrapt
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import NullPool, Pool
+
+from ._callsite import capture_call_site
+from ._records import Layer
+from ._scope import Scope, current_scope
+from ._timeline import IoOp, recording_scopes
+from ._values import body_values, text_values
+
+logger = logging.getLogger("hotpath.observe")
+
+_installed = False
+_install_lock = threading.Lock()
+_CONNECT_STARTED = "hotpath_connect_started"
+# a pool wait this long is worth a stack walk (the first one in a scope names the site)
+_WAIT_SITE_S = 0.001
+
+
+def install() -> None:
+    """Install every hook once per process (idempotent)."""
+    global _installed
+    with _install_lock:
+        if _installed:
+            return
+        _installed = True
+        wrapt.wrap_function_wrapper(Engine, "raw_connection", _raw_connection)
+        event.listen(Engine, "do_connect", _before_connect)
+        event.listen(Pool, "connect", _after_connect)
+        for module, hook in _CLIENT_HOOKS.items():
+            wrapt.register_post_import_hook(_guarded(hook), module)
+
+
+def _guarded(hook: Any) -> Any:
+    def install_hook(module: Any) -> None:
+        try:
+            hook(module)
+        except Exception:  # a client version we do not know: its time stays in "other"
+            logger.warning("hotpath: could not time %s calls", module.__name__, exc_info=True)
+
+    return install_hook
+
+
+def _span(scope: Scope, layer: Layer, started: float, ended: float) -> None:
+    span = (layer, started, ended)
+    for recording in recording_scopes(scope):
+        recording.timeline.spans.append(span)
+
+
+def _innermost(scope: Scope | None) -> Scope | None:
+    for recording in recording_scopes(scope):
+        return recording
+    return None
+
+
+# -- SQLAlchemy: pool wait and connection set-up ----------------------------------------------
+
+
+def _raw_connection(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    scope = current_scope.get()
+    if scope is None:
+        return wrapped(*args, **kwargs)
+    inner = _innermost(scope)
+    connects = inner.timeline.connects if inner is not None else 0
+    started = perf_counter()
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        ended = perf_counter()
+        _span(scope, Layer.POOL_WAIT, started, ended)
+        if inner is not None and inner.timeline.connects > connects:
+            inner.timeline.connect_cause = inner.timeline.connect_cause or _connect_cause(instance)
+        if inner is not None and ended - started >= _WAIT_SITE_S:
+            timeline = inner.timeline
+            if timeline.pool_wait_site is None:
+                timeline.pool_wait_site = capture_call_site()
+            pool = instance.pool
+            size = getattr(pool, "size", None)
+            overflow = getattr(pool, "_max_overflow", None)
+            timeline.pool_size = (
+                f"{type(pool).__name__} pool_size={size()} max_overflow={overflow}"
+                if callable(size)
+                else type(pool).__name__
+            )
+
+
+# engines seen connecting, per URL: many engines for one URL is an engine made per request
+_engines_per_url: dict[str, set[int]] = {}
+_ENGINES_PER_REQUEST = 3
+
+
+def _connect_cause(engine: Any) -> str | None:
+    """Why a checkout had to open a connection, when that is a pattern rather than a pool
+    filling up: a pool that keeps none, or a new engine (and pool) per request."""
+    if isinstance(engine.pool, NullPool):
+        return "NullPool: every checkout opens a new connection"
+    url = engine.url.render_as_string(hide_password=True)
+    engines = _engines_per_url.setdefault(url, set())
+    if len(engines) <= _ENGINES_PER_REQUEST:
+        engines.add(id(engine))
+    if len(engines) > _ENGINES_PER_REQUEST:
+        return f"more than {_ENGINES_PER_REQUEST} engines for one URL: an engine per request"
+    return None
+
+
+def _before_connect(dialect: Any, record: Any, cargs: Any, cparams: Any) -> None:
+    if record is not None and current_scope.get() is not None:
+        record.info[_CONNECT_STARTED] = perf_counter()
+
+
+def _after_connect(dbapi_connection: Any, record: Any) -> None:
+    started = record.info.pop(_CONNECT_STARTED, None) if record is not None else None
+    if started is None:
+        return
+    scope = current_scope.get()
+    if scope is None:
+        return
+    _span(scope, Layer.CONNECT, started, perf_counter())
+    inner = _innermost(scope)
+    if inner is not None:
+        inner.timeline.connects += 1
+        if inner.timeline.connect_site is None:
+            inner.timeline.connect_site = capture_call_site()
+
+
+# -- redis-py --------------------------------------------------------------------------------
+
+
+def _redis_done(scope: Scope, started: float) -> None:
+    ended = perf_counter()
+    _span(scope, Layer.REDIS, started, ended)
+    inner = _innermost(scope)
+    if inner is not None and ended - started > inner.timeline.redis_slowest_ms / 1000:
+        inner.timeline.redis_slowest_ms = (ended - started) * 1000
+        if ended - started >= _WAIT_SITE_S:
+            inner.timeline.redis_site = capture_call_site()
+
+
+def _redis_sync(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    scope = current_scope.get()
+    if scope is None:
+        return wrapped(*args, **kwargs)
+    started = perf_counter()
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        _redis_done(scope, started)
+
+
+async def _redis_async(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    scope = current_scope.get()
+    if scope is None:
+        return await wrapped(*args, **kwargs)
+    started = perf_counter()
+    try:
+        return await wrapped(*args, **kwargs)
+    finally:
+        _redis_done(scope, started)
+
+
+def _hook_redis(module: Any) -> None:
+    import redis.client  # noqa: PLC0415 - only once redis is imported
+
+    wrapt.wrap_function_wrapper(redis.client, "Redis.execute_command", _redis_sync)
+    wrapt.wrap_function_wrapper(redis.client, "Pipeline.execute", _redis_sync)
+    wrapt.register_post_import_hook(_guarded(_hook_redis_asyncio), "redis.asyncio.client")
+    wrapt.register_post_import_hook(_guarded(_hook_redis_cluster), "redis.cluster")
+
+
+def _hook_redis_asyncio(module: Any) -> None:
+    wrapt.wrap_function_wrapper(module, "Redis.execute_command", _redis_async)
+    wrapt.wrap_function_wrapper(module, "Pipeline.execute", _redis_async)
+
+
+def _hook_redis_cluster(module: Any) -> None:
+    wrapt.wrap_function_wrapper(module, "RedisCluster.execute_command", _redis_sync)
+
+
+# -- outbound HTTP -------------------------------------------------------------------------------
+
+_ID_SEGMENT = re.compile(
+    r"^(\d+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r"|[0-9a-fA-F]{16,}|[A-Za-z0-9_\-]{24,})$"
+)
+
+
+def url_template(method: str, url: str) -> tuple[str, str]:
+    """("GET http://host:port/users/{id}/orders", "http://host:port") for a URL: ids,
+    UUIDs and hashes in the path become ``{id}``; the query string is dropped."""
+    parts = urlsplit(url)
+    path = "/".join("{id}" if _ID_SEGMENT.match(p) else p for p in parts.path.split("/"))
+    origin = f"{parts.scheme}://{parts.netloc}"
+    return f"{method.upper()} {origin}{path or '/'}", origin
+
+
+def _http_op(
+    scope: Scope,
+    method: str,
+    url: str,
+    started: float,
+    sent: str,
+    received: bytes | None,
+    timeout: bool | None,
+) -> None:
+    ended = perf_counter()
+    _span(scope, Layer.HTTP, started, ended)
+    inner = _innermost(scope)
+    if inner is None:
+        return
+    target, origin = url_template(method, url)
+    inner.timeline.ops.append(
+        IoOp(
+            Layer.HTTP,
+            started,
+            ended,
+            target,
+            target,
+            origin,
+            capture_call_site(),
+            inputs=text_values(f"{url} {sent}"),
+            outputs=body_values(received),
+            timeout=timeout,
+        )
+    )
+
+
+def _httpx_timeout(request: Any) -> bool | None:
+    timeout = request.extensions.get("timeout")
+    if not isinstance(timeout, dict):
+        return None
+    return any(value is not None for value in timeout.values())
+
+
+def _httpx_body(response: Any) -> bytes | None:
+    try:
+        return bytes(response.content)
+    except Exception:  # streamed and not read: unknown
+        return None
+
+
+def _httpx_sent(request: Any) -> str:
+    try:
+        return bytes(request.content[:16384]).decode("utf-8", "replace")
+    except Exception:
+        return ""
+
+
+def _httpx_sync(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    scope = current_scope.get()
+    if scope is None:
+        return wrapped(*args, **kwargs)
+    request = args[0] if args else kwargs["request"]
+    started = perf_counter()
+    response = None
+    try:
+        response = wrapped(*args, **kwargs)
+        return response
+    finally:
+        _http_op(
+            scope,
+            request.method,
+            str(request.url),
+            started,
+            _httpx_sent(request),
+            _httpx_body(response) if response is not None else None,
+            _httpx_timeout(request),
+        )
+
+
+async def _httpx_async(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    scope = current_scope.get()
+    if scope is None:
+        return await wrapped(*args, **kwargs)
+    request = args[0] if args else kwargs["request"]
+    started = perf_counter()
+    response = None
+    try:
+        response = await wrapped(*args, **kwargs)
+        return response
+    finally:
+        _http_op(
+            scope,
+            request.method,
+            str(request.url),
+            started,
+            _httpx_sent(request),
+            _httpx_body(response) if response is not None else None,
+            _httpx_timeout(request),
+        )
+
+
+def _hook_httpx(module: Any) -> None:
+    wrapt.wrap_function_wrapper(module, "Client.send", _httpx_sync)
+    wrapt.wrap_function_wrapper(module, "AsyncClient.send", _httpx_async)
+
+
+def _requests_send(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    scope = current_scope.get()
+    if scope is None:
+        return wrapped(*args, **kwargs)
+    request = args[0] if args else kwargs["request"]
+    started = perf_counter()
+    response = None
+    try:
+        response = wrapped(*args, **kwargs)
+        return response
+    finally:
+        body = request.body
+        sent = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body or "")
+        received = None
+        if response is not None and not kwargs.get("stream"):
+            received = response.content
+        _http_op(
+            scope,
+            request.method,
+            request.url,
+            started,
+            sent[:16384],
+            received,
+            kwargs.get("timeout") is not None,
+        )
+
+
+def _hook_requests(module: Any) -> None:
+    import requests.sessions  # noqa: PLC0415
+
+    wrapt.wrap_function_wrapper(requests.sessions, "Session.send", _requests_send)
+
+
+def _hook_aiohttp(module: Any) -> None:
+    import aiohttp  # noqa: PLC0415
+
+    async def on_start(session: Any, context: Any, params: Any) -> None:
+        context.hotpath_scope = current_scope.get()
+        context.hotpath_started = perf_counter()
+
+    async def on_end(session: Any, context: Any, params: Any) -> None:
+        scope = getattr(context, "hotpath_scope", None)
+        if scope is None:
+            return
+        timeout = session.timeout
+        bounded = any(
+            getattr(timeout, name, None) is not None
+            for name in ("total", "sock_read", "sock_connect", "connect")
+        )
+        # the body is read later by the application: what it returned is not known here
+        _http_op(scope, params.method, str(params.url), context.hotpath_started, "", None, bounded)
+
+    def add_trace(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        config = aiohttp.TraceConfig()
+        config.on_request_start.append(on_start)
+        config.on_request_end.append(on_end)
+        kwargs["trace_configs"] = [*(kwargs.get("trace_configs") or []), config]
+        return wrapped(*args, **kwargs)
+
+    wrapt.wrap_function_wrapper(aiohttp, "ClientSession.__init__", add_trace)
+
+
+_CLIENT_HOOKS = {
+    "redis.client": _hook_redis,
+    "httpx": _hook_httpx,
+    "requests": _hook_requests,
+    "aiohttp": _hook_aiohttp,
+}

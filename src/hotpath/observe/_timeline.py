@@ -1,0 +1,170 @@
+"""Where a scope's wall time goes: flat ``(layer, start, end)`` spans and I/O operations.
+
+Hooks (SQLAlchemy events, redis-py, HTTP clients, the event-loop monitor) append to the
+current scope; nothing is a tree, so concurrent awaits (``gather``) need no parenting. At the
+scope's end :func:`breakdown` splits its wall time over the layers with a sweep over the
+spans: a moment with several layers in flight is shared evenly among them, a moment with none
+is ``other``, so the parts add up to the scope's duration. Two layers are nested by
+construction and mask the outer one: ``connect`` happens inside a ``pool_wait`` (a checkout
+that had to open a connection), and nothing of the request moves while the event loop is
+``blocked``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ._records import CallSite, Layer
+
+if TYPE_CHECKING:
+    from ._scope import Scope
+
+Span = tuple[Layer, float, float]  # perf_counter seconds
+
+
+@dataclass(slots=True)
+class IoOp:
+    """One outbound operation the request-wide detectors judge (HTTP calls; queries long
+    enough to matter)."""
+
+    layer: Layer
+    start: float
+    end: float
+    target: str  # what repeats: "GET host/path/{id}", or the statement's fingerprint
+    label: str  # what a person reads: the URL template, or the redacted SQL
+    dependency: str  # the server: "http://host:port", "db host:port"
+    site: CallSite | None = None
+    inputs: frozenset[str] = frozenset()  # parameter values, as text
+    outputs: frozenset[str] | None = None  # values it returned; None: not known
+    connection: int = 0  # DB: the connection it ran on (one connection runs one at a time)
+    in_write_transaction: bool = False
+    timeout: bool | None = None  # HTTP: whether the call had a timeout (None: not known)
+
+    @property
+    def ms(self) -> float:
+        return (self.end - self.start) * 1000
+
+
+@dataclass(slots=True)
+class LoopBlock:
+    """A step of the event loop that ran longer than ``blocking_ms``: nothing else on the
+    loop moved meanwhile."""
+
+    start: float
+    end: float
+    scope_id: int  # id() of the scope whose step it was
+    endpoint: str
+    site: CallSite | None  # the application line the watchdog saw running, if it looked
+    what: str  # "time.sleep(0.05)", "a sync database call", "response serialization"...
+    cpu_bound: bool
+
+
+@dataclass
+class Timeline:
+    """A scope's spans and operations (filled by the hooks while it records)."""
+
+    spans: list[Span] = field(default_factory=list)
+    ops: list[IoOp] = field(default_factory=list)
+    # values the request came with (its path and query): an operation's input equal to one
+    # of these did not come from an earlier operation's output
+    known_values: frozenset[str] = frozenset()
+    writing_connections: set[int] = field(default_factory=set)
+    connects: int = 0
+    connect_site: CallSite | None = None
+    # why connections were opened on this request's path, when it is a pattern and not a
+    # pool warming up: "NullPool", "an engine per request"
+    connect_cause: str | None = None
+    pool_size: str | None = None
+    pool_wait_site: CallSite | None = None
+    redis_site: CallSite | None = None  # where the slowest Redis command was sent from
+    redis_slowest_ms: float = 0.0
+    blocks: list[LoopBlock] = field(default_factory=list)  # filled when the scope concludes
+
+
+def recording_scopes(scope: Scope | None) -> Iterable[Scope]:
+    while scope is not None:
+        if scope.recording:
+            yield scope
+        scope = scope.parent
+
+
+def union_ms(intervals: Iterable[tuple[float, float]]) -> float:
+    """The wall time covered by at least one of ``intervals``."""
+    total = 0.0
+    current_start = current_end = None
+    for start, end in sorted(intervals):
+        if current_end is None or start > current_end:
+            if current_end is not None and current_start is not None:
+                total += current_end - current_start
+            current_start, current_end = start, end
+        elif end > current_end:
+            current_end = end
+    if current_end is not None and current_start is not None:
+        total += current_end - current_start
+    return total * 1000
+
+
+def breakdown(start: float, end: float, spans: list[Span]) -> dict[Layer, float]:
+    """``{layer: ms}`` for the scope ``[start, end]``; the values add up to its duration."""
+    result = dict.fromkeys(Layer, 0.0)
+    wall = max(0.0, end - start)
+    if not spans:
+        result[Layer.OTHER] = wall * 1000
+        return result
+    clipped = [
+        (layer, max(s, start), min(e, end)) for layer, s, e in spans if e > start and s < end
+    ]
+    clipped.sort(key=lambda span: span[1])
+    # Fast path: spans one after another (a sync request's queries): plain sums.
+    previous_end = start
+    for _, s, e in clipped:
+        if s < previous_end:
+            break
+        previous_end = e
+    else:
+        busy = 0.0
+        for layer, s, e in clipped:
+            result[layer] += (e - s) * 1000
+            busy += e - s
+        result[Layer.OTHER] = max(0.0, wall - busy) * 1000
+        return result
+    events: list[tuple[float, int, Layer]] = []
+    for layer, s, e in clipped:
+        events.append((s, 1, layer))
+        events.append((e, -1, layer))
+    events.sort(key=lambda event: (event[0], event[1]))
+    active = dict.fromkeys(Layer, 0)
+    at = start
+    for time, delta, layer in events:
+        if time > at:
+            _share(result, active, (time - at) * 1000)
+            at = time
+        active[layer] += delta
+    if end > at:
+        _share(result, active, (end - at) * 1000)
+    return result
+
+
+def _share(result: dict[Layer, float], active: dict[Layer, int], ms: float) -> None:
+    if active[Layer.BLOCKED] > 0:
+        result[Layer.BLOCKED] += ms
+        return
+    layers = [layer for layer, count in active.items() if count > 0]
+    if active[Layer.CONNECT] > 0 and Layer.POOL_WAIT in layers:
+        layers.remove(Layer.POOL_WAIT)
+    if not layers:
+        result[Layer.OTHER] += ms
+        return
+    each = ms / len(layers)
+    for layer in layers:
+        result[layer] += each
+
+
+def layer_unions(spans: list[Span]) -> dict[Layer, float]:
+    """Per layer, the wall time with at least one of its operations in flight (ms)."""
+    by_layer: dict[Layer, list[tuple[float, float]]] = {}
+    for layer, s, e in spans:
+        by_layer.setdefault(layer, []).append((s, e))
+    return {layer: union_ms(intervals) for layer, intervals in by_layer.items()}
