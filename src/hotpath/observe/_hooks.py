@@ -86,6 +86,8 @@ def _raw_connection(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         return wrapped(*args, **kwargs)
     inner = _innermost(scope)
     connects = inner.timeline.connects if inner is not None else 0
+    idle = getattr(instance.pool, "checkedin", None)
+    exhausted = callable(idle) and idle() == 0 and _at_limit(instance.pool)
     started = perf_counter()
     try:
         return wrapped(*args, **kwargs)
@@ -93,9 +95,16 @@ def _raw_connection(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         ended = perf_counter()
         _span(scope, Layer.POOL_WAIT, started, ended)
         if inner is not None and inner.timeline.connects > connects:
-            inner.timeline.connect_cause = inner.timeline.connect_cause or _connect_cause(instance)
-        if inner is not None and ended - started >= _WAIT_SITE_S:
             timeline = inner.timeline
+            timeline.connect_cause = timeline.connect_cause or _connect_cause(instance)
+            # set-up goes on after the DBAPI connect (the dialect's first_connect and
+            # on_connect: server version, type codecs), until the connection is handed out
+            if timeline.connect_started is not None:
+                _span(scope, Layer.CONNECT, timeline.connect_started, ended)
+                timeline.connect_started = None
+        if inner is not None and exhausted and ended - started >= _WAIT_SITE_S:
+            timeline = inner.timeline
+            timeline.pool_waits += 1
             if timeline.pool_wait_site is None:
                 timeline.pool_wait_site = capture_call_site()
             pool = instance.pool
@@ -106,6 +115,16 @@ def _raw_connection(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
                 if callable(size)
                 else type(pool).__name__
             )
+
+
+def _at_limit(pool: Any) -> bool:
+    """Whether a QueuePool has every connection it may open checked out (a checkout then
+    waits); pools without that notion never make a request wait."""
+    size, overflow = getattr(pool, "size", None), getattr(pool, "overflow", None)
+    max_overflow = getattr(pool, "_max_overflow", None)  # QueuePool's, SQLAlchemy 2.0-2.1
+    if not (callable(size) and callable(overflow)) or max_overflow is None:
+        return False
+    return max_overflow >= 0 and overflow() >= max_overflow
 
 
 # engines seen connecting, per URL: many engines for one URL is an engine made per request
@@ -139,10 +158,10 @@ def _after_connect(dbapi_connection: Any, record: Any) -> None:
     scope = current_scope.get()
     if scope is None:
         return
-    _span(scope, Layer.CONNECT, started, perf_counter())
     inner = _innermost(scope)
     if inner is not None:
         inner.timeline.connects += 1
+        inner.timeline.connect_started = started
         if inner.timeline.connect_site is None:
             inner.timeline.connect_site = capture_call_site()
 

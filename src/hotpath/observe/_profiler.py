@@ -95,12 +95,15 @@ class Profiler:
     def instrument(self, *engines: Engine | AsyncEngine) -> Profiler:
         """Listen on ``engines`` (every Engine when none are given) and on ORM sessions.
 
-        Idempotent: instrumenting the same engine twice adds no second listener.
+        Idempotent: instrumenting the same engine twice adds no second listener, and once
+        every Engine is listened to, single engines are covered (never counted twice).
         """
+        if not engines and not any(t is Engine for t in self._targets):
+            self._remove_engine_listeners()  # the class-wide listener covers them
         targets: tuple[Any, ...] = engines or (Engine,)
         for target in targets:
             sync = target.sync_engine if isinstance(target, AsyncEngine) else target
-            if any(sync is t for t in self._targets):
+            if any(sync is t or t is Engine for t in self._targets):
                 continue
             event.listen(sync, "before_cursor_execute", self._before_cursor_execute)
             event.listen(sync, "after_cursor_execute", self._after_cursor_execute)
@@ -119,12 +122,16 @@ class Profiler:
                 event.listen(Mapper, "load", self._on_load)
                 self._load_listening = True
 
-    def uninstrument(self) -> None:
-        """Remove every listener this profiler added."""
+    def _remove_engine_listeners(self) -> None:
         for target in self._targets:
             event.remove(target, "before_cursor_execute", self._before_cursor_execute)
             event.remove(target, "after_cursor_execute", self._after_cursor_execute)
         self._targets.clear()
+
+    def uninstrument(self) -> None:
+        """Remove every listener this profiler added (the process-wide I/O hooks stay: one
+        ContextVar read per call outside scopes)."""
+        self._remove_engine_listeners()
         for attribute, listener in self._watched.values():
             if listener is not None:
                 event.remove(attribute, "init_collection", listener)

@@ -385,9 +385,17 @@ def _bottleneck(stats: ScopeStats) -> Bottleneck:
     return _LAYER_CLASS[Layer(largest)]
 
 
+# Kinds whose one-off occurrence is a warm-up (lazy imports, a TLS context loaded on the
+# first request): listed only when they recur, or when every request had them.
+_RECURRING = {FindingKind.BLOCKING_CALL.value}
+
+
 def _fixes(name: str, rollup: Rollup, total_ms: float) -> list[Fix]:
     fixes = []
+    scopes = rollup.latency.count
     for (kind, site, change), fix_total in rollup.fixes.items():
+        if kind in _RECURRING and fix_total.scopes < 2 and fix_total.scopes < scopes:
+            continue
         finding = fix_total.example
         fixes.append(
             Fix(

@@ -72,12 +72,14 @@ class Timeline:
     known_values: frozenset[str] = frozenset()
     writing_connections: set[int] = field(default_factory=set)
     connects: int = 0
+    connect_started: float | None = None  # a connect under way (its span ends at checkout)
     connect_site: CallSite | None = None
     # why connections were opened on this request's path, when it is a pattern and not a
     # pool warming up: "NullPool", "an engine per request"
     connect_cause: str | None = None
     pool_size: str | None = None
     pool_wait_site: CallSite | None = None
+    pool_waits: int = 0  # checkouts that found every connection taken
     redis_site: CallSite | None = None  # where the slowest Redis command was sent from
     redis_slowest_ms: float = 0.0
     blocks: list[LoopBlock] = field(default_factory=list)  # filled when the scope concludes

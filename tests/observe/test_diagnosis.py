@@ -1,0 +1,461 @@
+"""The diagnosis on real servers: every request's time by layer, the request-wide detectors
+(each with a case that must be found and a near miss that must not), the ranked report.
+
+Outbound HTTP goes to a real HTTP server on loopback whose handlers sleep a known time; the
+database is the module's real PostgreSQL, Redis the stack's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import requests
+from fastapi import FastAPI
+from flask import Flask
+from sqlalchemy import Engine, create_engine, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from hotpath.observe import (
+    ASGIMiddleware,
+    FindingKind,
+    Layer,
+    ObserveConfigError,
+    Profiler,
+    WSGIMiddleware,
+)
+from hotpath.testing import ModuleDatabase, ServerStack
+
+from .models import User
+
+SLOW_S = 0.04  # what the stub's /slow/... endpoints take
+
+
+class _Stub(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # the stub's endpoints
+        path = self.path.split("?")[0]
+        if path.startswith("/slow/"):
+            time.sleep(SLOW_S)
+            body: dict[str, Any] = {"path": path}
+        elif path == "/token":
+            body = {"token": "tok-7f3a9c1e5b"}
+        elif path.startswith("/data"):
+            body = {"query": self.path}
+        else:
+            body = {"id": path.rsplit("/", 1)[-1], "price": 12}
+        payload = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: object) -> None:
+        return
+
+
+@pytest.fixture(scope="module")
+def stub() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def kinds(profiler: Profiler, name: str) -> dict[str, Any]:
+    endpoint = profiler.report().endpoint(name)
+    return {fix.kind: fix for fix in endpoint.fixes}
+
+
+async def _serve(app: FastAPI, *paths: str, concurrently: bool = False) -> None:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+        if concurrently:
+            responses = await asyncio.gather(*(client.get(p) for p in paths))
+        else:
+            responses = [await client.get(p) for p in paths]
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+
+
+def _app(profiler: Profiler) -> FastAPI:
+    app = FastAPI()
+    app.add_middleware(ASGIMiddleware, profiler=profiler)
+    return app
+
+
+# -- the breakdown -------------------------------------------------------------------------
+
+
+async def test_layers_add_up_and_match_the_dependency_own_latency(
+    stub: str, async_engine: AsyncEngine, hotpath_stack: ServerStack
+) -> None:
+    profiler = Profiler(async_engine, budget_ms=1000)
+    app = _app(profiler)
+    cache = redis.asyncio.Redis.from_url(hotpath_stack.redis_url)
+    seen: list[Any] = []
+
+    @app.get("/mixed")
+    async def mixed() -> dict[str, int]:
+        async with httpx.AsyncClient(timeout=5) as client:
+            await client.get(f"{stub}/slow/a")
+        await cache.set("hotpath-test", "1")
+        await cache.get("hotpath-test")
+        async with AsyncSession(async_engine) as session:
+            await session.execute(text("SELECT pg_sleep(0.02)"))
+        seen.append(profiler.current_scope())
+        return {"ok": 1}
+
+    await _serve(app, "/mixed", "/mixed")
+    await cache.aclose()
+    scope = seen[-1]
+    parts = scope.breakdown_ms
+    assert math.isclose(sum(parts.values()), scope.duration_ms, rel_tol=1e-6)
+    # independent measurements: the stub sleeps SLOW_S, the server 20 ms
+    assert parts[Layer.HTTP] >= SLOW_S * 1000
+    assert parts[Layer.DB] >= 20
+    assert parts[Layer.REDIS] > 0
+    explained = sum(ms for layer, ms in parts.items() if layer is not Layer.OTHER)
+    assert explained >= 0.6 * scope.duration_ms
+    endpoint = profiler.report().to_dict()["endpoints"][0]
+    assert endpoint["name"] == "GET /mixed"
+    assert endpoint["breakdown_ms"]["http"] >= SLOW_S * 1000
+    assert endpoint["layers"]["db"]["p99_ms"] >= 20
+    assert endpoint["bottleneck"] == "none"  # within its 1 s budget
+
+
+# -- sequential I/O -----------------------------------------------------------------------
+
+
+async def test_independent_calls_awaited_in_turn_are_sequential_io(stub: str) -> None:
+    profiler = Profiler(budget_ms=10).instrument()
+    app = _app(profiler)
+    client = httpx.AsyncClient(timeout=5)
+
+    @app.get("/profile/{user_id}")
+    async def profile(user_id: int) -> dict[str, int]:
+        await client.get(f"{stub}/slow/orders?user={user_id}")
+        await client.get(f"{stub}/slow/payments?user={user_id}")
+        await client.get(f"{stub}/slow/reviews?user={user_id}")
+        return {"ok": 1}
+
+    try:
+        await _serve(app, "/profile/7")
+        found = kinds(profiler, "GET /profile/{user_id}")
+        fix = found["sequential_io"]
+        assert fix.saving_ms >= 1.5 * SLOW_S * 1000  # three 40 ms calls -> one 40 ms wait
+        assert "gather_bounded" in (fix.change or "")
+        assert fix.call_site
+        assert "test_diagnosis.py" in fix.call_site
+        assert profiler.report().endpoint("GET /profile/{user_id}").bottleneck == "sequential_io"
+    finally:
+        profiler.uninstrument()
+        await client.aclose()
+
+
+async def test_a_call_that_needs_the_previous_answer_is_not_sequential_io(stub: str) -> None:
+    profiler = Profiler(budget_ms=10, sequential_min_ms=0).instrument()
+    app = _app(profiler)
+
+    @app.get("/dependent")
+    async def dependent() -> dict[str, int]:
+        async with httpx.AsyncClient(timeout=5) as client:
+            token = (await client.get(f"{stub}/token")).json()["token"]
+            await client.get(f"{stub}/data", params={"token": token})
+        return {"ok": 1}
+
+    @app.get("/together")
+    async def together() -> dict[str, int]:
+        async with httpx.AsyncClient(timeout=5) as client:
+            await asyncio.gather(client.get(f"{stub}/slow/x"), client.get(f"{stub}/slow/y"))
+        return {"ok": 1}
+
+    try:
+        await _serve(app, "/dependent", "/together")
+        assert "sequential_io" not in kinds(profiler, "GET /dependent")
+        assert "sequential_io" not in kinds(profiler, "GET /together")
+    finally:
+        profiler.uninstrument()
+
+
+def test_sequential_queries_in_a_flask_app_name_the_thread_pool(
+    engine: Engine, hotpath_db: ModuleDatabase
+) -> None:
+    profiler = Profiler(engine, budget_ms=5)
+    app = Flask(__name__)
+    app.wsgi_app = WSGIMiddleware(app.wsgi_app, profiler)  # type: ignore[method-assign]
+
+    @app.get("/report")
+    def report() -> dict[str, int]:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_sleep(0.02), count(*) FROM users")).all()
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_sleep(0.02), count(*) FROM orders")).all()
+        return {"ok": 1}
+
+    try:
+        assert app.test_client().get("/report").status_code == 200
+        fix = kinds(profiler, "GET /report")["sequential_io"]
+        assert "ThreadPoolExecutor" in (fix.change or "")
+        assert fix.saving_ms >= 15
+    finally:
+        profiler.uninstrument()
+
+
+# -- N+1 HTTP -------------------------------------------------------------------------------
+
+
+async def test_the_same_endpoint_called_in_a_loop_is_n_plus_one_http(stub: str) -> None:
+    profiler = Profiler(budget_ms=5).instrument()
+    app = _app(profiler)
+
+    @app.get("/cart")
+    async def cart() -> dict[str, int]:
+        async with httpx.AsyncClient(timeout=5) as client:
+            prices = [(await client.get(f"{stub}/items/{i}")).json()["price"] for i in range(8)]
+        return {"total": sum(prices)}
+
+    @app.get("/cart-fanout")
+    async def cart_fanout() -> dict[str, int]:
+        async with httpx.AsyncClient(timeout=5) as client:
+            answers = await asyncio.gather(*(client.get(f"{stub}/slow/{i}") for i in range(8)))
+        return {"total": len(answers)}
+
+    try:
+        await _serve(app, "/cart", "/cart-fanout")
+        fix = kinds(profiler, "GET /cart")["n_plus_one_http"]
+        assert "GET http://127.0.0.1" in fix.message
+        assert "/items/{id}" in fix.message
+        assert fix.evidence["count"] == 8
+        assert "n_plus_one_http" not in kinds(profiler, "GET /cart-fanout")  # concurrent fan-out
+    finally:
+        profiler.uninstrument()
+
+
+# -- blocking calls ------------------------------------------------------------------------
+
+
+async def test_a_blocking_call_in_async_def_is_found_with_its_line_and_its_victims() -> None:
+    profiler = Profiler(budget_ms=5, blocking_ms=20).instrument()
+    app = _app(profiler)
+
+    @app.get("/blocking")
+    async def blocking() -> dict[str, int]:
+        await asyncio.sleep(0.002)  # the victim is in flight by now
+        time.sleep(0.08)  # the planted blocking call
+        return {"ok": 1}
+
+    @app.get("/offloaded")
+    async def offloaded() -> dict[str, int]:
+        await asyncio.to_thread(time.sleep, 0.08)
+        return {"ok": 1}
+
+    @app.get("/victim")
+    async def victim() -> dict[str, int]:
+        await asyncio.sleep(0.01)
+        return {"ok": 1}
+
+    try:
+        await _serve(app, "/victim", "/blocking", concurrently=True)
+        await _serve(app, "/offloaded")
+        fix = kinds(profiler, "GET /blocking")["blocking_call"]
+        assert fix.call_site is not None
+        assert "in blocking" in fix.call_site
+        assert "time.sleep(0.08)" in fix.message
+        assert fix.evidence["cpu_bound"] is False
+        assert "to_thread" in (fix.change or "")
+        # the other request in flight waited for it: blocked in its breakdown, same fix
+        assert profiler.report().endpoint("GET /victim").breakdown_ms["blocked"] >= 40
+        assert kinds(profiler, "GET /victim")["blocking_call"].call_site == fix.call_site
+        assert "blocking_call" not in kinds(profiler, "GET /offloaded")
+    finally:
+        profiler.uninstrument()
+
+
+# -- timeouts, slow dependencies ------------------------------------------------------------
+
+
+def test_requests_without_timeout_and_a_slow_dependency_in_flask(stub: str) -> None:
+    profiler = Profiler(budget_ms=5).instrument()
+    app = Flask(__name__)
+    app.wsgi_app = WSGIMiddleware(app.wsgi_app, profiler)  # type: ignore[method-assign]
+
+    @app.get("/pay")
+    def pay() -> dict[str, int]:
+        requests.get(f"{stub}/slow/pay")  # no timeout: can hang forever
+        return {"ok": 1}
+
+    @app.get("/pay-bounded")
+    def pay_bounded() -> dict[str, int]:
+        requests.get(f"{stub}/items/1", timeout=2)
+        return {"ok": 1}
+
+    try:
+        client = app.test_client()
+        assert client.get("/pay").status_code == 200
+        assert client.get("/pay-bounded").status_code == 200
+        found = kinds(profiler, "GET /pay")
+        assert found["no_timeout"].call_site
+        assert "in pay" in found["no_timeout"].call_site
+        assert found["slow_dependency"].evidence["ms"] >= SLOW_S * 1000
+        assert "with_deadline" in (found["slow_dependency"].change or "")
+        assert "no_timeout" not in kinds(profiler, "GET /pay-bounded")
+    finally:
+        profiler.uninstrument()
+
+
+# -- connections ----------------------------------------------------------------------------
+
+
+def test_connect_per_request_is_connection_setup_and_a_pool_is_not(
+    hotpath_db: ModuleDatabase, engine: Engine
+) -> None:
+    naive = create_engine(hotpath_db.url, poolclass=NullPool)
+    pooled = create_engine(hotpath_db.url, pool_size=2)
+    profiler = Profiler(naive, pooled, budget_ms=1)
+    try:
+        for _ in range(3):
+            for name, target in (("naive", naive), ("pooled", pooled)):
+                with profiler.scope(name), target.connect() as conn:
+                    conn.execute(select(User.id).limit(1)).all()
+        fix = kinds(profiler, "naive")["connection_setup"]
+        assert fix.scopes == 3
+        assert "PoolPlan" in (fix.change or "")
+        assert profiler.report().endpoint("naive").breakdown_ms["connect"] > 0
+        assert "connection_setup" not in kinds(profiler, "pooled")  # one warm-up connect
+    finally:
+        profiler.uninstrument()
+        naive.dispose()
+        pooled.dispose()
+
+
+async def test_waiting_for_a_pooled_connection_is_pool_wait(hotpath_db: ModuleDatabase) -> None:
+    small = create_async_engine(hotpath_db.async_url, pool_size=1, max_overflow=0)
+    profiler = Profiler(small, budget_ms=5)
+    app = _app(profiler)
+
+    @app.get("/hold")
+    async def hold() -> dict[str, int]:
+        async with AsyncSession(small) as session:
+            await session.execute(text("SELECT pg_sleep(0.03)"))
+        return {"ok": 1}
+
+    try:
+        await _serve(app, "/hold")  # alone: nothing to wait for
+        assert "pool_wait" not in kinds(profiler, "GET /hold")
+        profiler.reset()
+        await _serve(app, *["/hold"] * 4, concurrently=True)
+        fix = kinds(profiler, "GET /hold")["pool_wait"]
+        assert "pool_size=1" in fix.message
+        assert profiler.report().endpoint("GET /hold").breakdown_ms["pool_wait"] >= 10
+    finally:
+        profiler.uninstrument()
+        await small.dispose()
+
+
+# -- the report, clean apps, configuration, secrets ---------------------------------------------
+
+
+async def test_a_clean_app_gets_no_finding_and_bottleneck_none(
+    stub: str, async_engine: AsyncEngine
+) -> None:
+    # a budget no loopback request misses even on a loaded machine: the detectors that only
+    # speak past the budget (sequential I/O, slow dependency) are quiet by design here, the
+    # others (N+1, duplicates, N+1 HTTP, blocking calls, connections, pool) must be too
+    profiler = Profiler(async_engine, budget_ms=5000)
+    app = _app(profiler)
+    # made once: an httpx client per request loads its TLS context on the loop (a real
+    # blocking call, which the detector reports)
+    client = httpx.AsyncClient(timeout=5)
+
+    @app.get("/fine/{user_id}")
+    async def fine(user_id: int) -> dict[str, int]:
+        async with AsyncSession(async_engine) as session:
+            found = await session.get(User, user_id)
+        await client.get(f"{stub}/items/{user_id}")
+        return {"id": found.id if found else 0}
+
+    try:
+        await _serve(app, *[f"/fine/{i}" for i in (1, 2, 3, 1, 2)])
+        report = profiler.report()
+        assert report.endpoint("GET /fine/{user_id}").fixes == []
+        assert report.endpoint("GET /fine/{user_id}").bottleneck == "none"
+        assert report.top_fixes == []
+    finally:
+        profiler.uninstrument()
+        await client.aclose()
+
+
+def test_report_json_html_and_rich_table_carry_the_ranked_fixes(stub: str) -> None:
+    profiler = Profiler(budget_ms=5).instrument()
+    try:
+        for _ in range(2):
+            with profiler.scope("job"):
+                for i in range(6):
+                    requests.get(f"{stub}/items/{i}", timeout=2)
+        data = profiler.report().to_dict()
+        [endpoint] = data["endpoints"]
+        assert endpoint["bottleneck"] == "n_plus_one_http"
+        [fix] = [f for f in endpoint["fixes"] if f["kind"] == FindingKind.N_PLUS_ONE_HTTP.value]
+        assert fix["call_site"].startswith("tests/observe/test_diagnosis.py:")
+        assert fix["scopes"] == 2
+        assert fix["saving_ms"] > 0
+        assert data["top_fixes"][0]["kind"] == "n_plus_one_http"
+        page = profiler.report().to_html()
+        assert "n_plus_one_http" in page
+        assert "test_diagnosis.py" in page
+    finally:
+        profiler.uninstrument()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"budget_ms": math.nan},
+        {"blocking_ms": -1},
+        {"dependency_share": 2},
+        {"http_n_plus_one_threshold": 1},
+        {"budgets": {"GET /x": math.inf}},
+        {"no_such_option": 1},
+    ],
+)
+def test_bad_configuration_is_one_clear_error(options: dict[str, Any]) -> None:
+    with pytest.raises(ObserveConfigError) as raised:
+        Profiler(**options)
+    name = next(iter(options))
+    assert name in str(raised.value) or "options are" in str(raised.value)
+
+
+def test_literals_are_redacted_everywhere_observe_shows_sql(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    profiler = Profiler(engine, slow_query_ms=1, modes={"slow_query": "log"})
+    try:
+        with profiler.scope("login") as scope, engine.connect() as conn:
+            conn.execute(
+                text("SELECT pg_sleep(0.01), count(*) FROM users WHERE name = 's3cret-pw'")
+            ).all()
+        exported = profiler.report().to_json() + scope.queries[0].sql + caplog.text
+        assert "s3cret-pw" not in exported
+        assert "s3cret-pw" not in "".join(f.describe() for f in scope.findings)
+        assert scope.findings, "the slow query was found"
+    finally:
+        profiler.uninstrument()
+    keeping = Profiler(engine, capture_params=True)
+    try:
+        with keeping.scope("login") as scope, engine.connect() as conn:
+            conn.execute(text("SELECT 1 WHERE 'shown' = 'shown'")).all()
+        assert "'shown'" in scope.queries[0].sql  # opt-in: literals kept
+    finally:
+        keeping.uninstrument()
