@@ -110,6 +110,7 @@ def test_cli_refuses_several_statements_in_one_line_exit_2(db: str) -> None:
             capture_output=True,
             text=True,
             timeout=120,
+            check=False,
         )
         assert done.returncode == 2, done.stdout + done.stderr
         assert done.stdout == ""
@@ -157,9 +158,12 @@ def test_the_server_refuses_several_statements_even_past_the_parser(db: str) -> 
     """The belt under the parser: were pglast ever to read one statement where the server
     reads several, the extended protocol makes the server refuse them all."""
     forged = StatementSafety(True, None, "SelectStmt", ESCAPE)
-    with Session(db) as session, pytest.raises(psycopg.errors.SyntaxError, match="multiple"):
-        with session.rolled_back() as conn:
-            session.plan(conn, forged)
+    with (
+        Session(db) as session,
+        pytest.raises(psycopg.errors.SyntaxError, match="multiple"),
+        session.rolled_back() as conn,
+    ):
+        session.plan(conn, forged)
 
 
 def test_one_statement_with_semicolons_and_comments_still_plans(db: str) -> None:
