@@ -23,6 +23,7 @@ from typing import Any
 
 import psycopg
 
+from ..plans import statement_safety
 from ..plans._flags import plan_root, walk
 from ._context import display_name
 from ._errors import DoctorError
@@ -202,7 +203,6 @@ class _Advisor:
         self.min_gain = min_gain
         caps = session.capabilities
         self.hypopg = use_hypopg and "hypopg" in caps.extensions
-        self.generic = caps.server_version >= 160000
         self.tables: dict[str, _Table] = {}
         self.write_calls: dict[str, int] = {}
         self.read_calls: dict[str, int] = {}
@@ -293,23 +293,10 @@ class _Advisor:
     # -- planning ----------------------------------------------------------------------
 
     def cost(self, sql: str) -> tuple[float, Any]:
-        """(total cost, plan) of ``sql``'s generic plan, in a rolled-back transaction."""
+        """(total cost, plan) of ``sql``'s generic plan, in a rolled-back transaction: one
+        statement only, as ``hotpath explain`` sends it (``Session.plan``)."""
         with self.session.rolled_back() as conn:
-            if not _PARAM.search(sql):
-                plan = conn.execute(f"EXPLAIN (FORMAT JSON) {sql}").fetchone()
-            elif self.generic:
-                plan = conn.execute(f"EXPLAIN (GENERIC_PLAN, FORMAT JSON) {sql}").fetchone()
-            else:  # PostgreSQL < 16: a prepared statement forced to its generic plan
-                count = max(int(m[1:]) for m in _PARAM.findall(sql))
-                conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-                conn.execute(f"PREPARE hotpath_advise AS {sql}")
-                nulls = ", ".join(["NULL"] * count)
-                plan = conn.execute(
-                    f"EXPLAIN (FORMAT JSON) EXECUTE hotpath_advise({nulls})"
-                ).fetchone()
-                conn.execute("DEALLOCATE hotpath_advise")
-        assert plan is not None
-        data = next(iter(plan.values()))
+            data = self.session.plan(conn, statement_safety(sql))
         return float(plan_root(data)["Total Cost"]), data
 
     # -- the pipeline ------------------------------------------------------------------
@@ -317,7 +304,7 @@ class _Advisor:
     def run(self, workload: list[WorkloadQuery]) -> IndexAdvice:
         self.advice.queries = len(workload)
         if self.hypopg:
-            self.session.conn.execute("SELECT hypopg_reset()")
+            self.session.rows("SELECT hypopg_reset()")
         planned: list[tuple[WorkloadQuery, float, list[TableUse]]] = []
         candidates: dict[str, Candidate] = {}
         origins: dict[str, list[str]] = {}
@@ -331,7 +318,7 @@ class _Advisor:
                 continue
             try:
                 base, _ = self.cost(query.sql)
-            except psycopg.Error as exc:
+            except (psycopg.Error, DoctorError) as exc:
                 self.advice.unanalysed.append((query.sql, f"EXPLAIN failed: {_line(exc)}"))
                 continue
             uses = [u for u in parsed.uses if self.table(u.name) is not None]
@@ -474,7 +461,7 @@ class _Advisor:
                     effects.append(effect)
                     gains[i] = effect.gain
             finally:
-                self.session.conn.execute("SELECT hypopg_drop_index(%s)", (oid,))
+                self.session.rows("SELECT hypopg_drop_index(%s)", (oid,))
             best = max(gains.values(), default=0.0)
             table = self.table(cand.table)
             assert table is not None

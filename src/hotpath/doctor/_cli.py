@@ -105,7 +105,11 @@ def explain(
     url: Annotated[str, typer.Argument(help="postgresql://user:password@host:port/db")],
     sql: Annotated[str, typer.Argument(help="the statement to plan")],
     analyze: Annotated[
-        bool, typer.Option("--analyze", help="run it (plain SELECT only, rolled back)")
+        bool,
+        typer.Option(
+            "--analyze",
+            help="run it: a plain SELECT calling no volatile function, read-only, rolled back",
+        ),
     ] = False,
 ) -> None:
     """Show a statement's plan as a tree with the flags that make it slow."""

@@ -1,8 +1,14 @@
 """``explain``: one statement's plan with graded flags, safely.
 
-Plain ``EXPLAIN`` by default. ``analyze=True`` runs ``EXPLAIN (ANALYZE, BUFFERS)`` only for
-a plain SELECT (no data-modifying CTE, no row locks), inside a read-only transaction that is
-rolled back, under the session's statement timeout.
+The text must be exactly one SELECT, INSERT, UPDATE, DELETE or MERGE statement (read by
+PostgreSQL's own parser, pglast): anything else is refused before the server sees it, and the
+extended query protocol makes the server refuse several statements too. Plain ``EXPLAIN`` by
+default. ``analyze=True`` runs ``EXPLAIN (ANALYZE, BUFFERS)`` only when ``hotpath.plans``
+allows it (the rules observe's automatic EXPLAIN ANALYZE follows): a plain SELECT (no
+data-modifying CTE, no row lock, no INTO, no ``$n`` parameter) reaching no volatile function
+on that server, in a transaction the server confirms is read-only. Otherwise the plan is a
+plain EXPLAIN and :attr:`Explained.not_analyzed` says why. Everything runs in a READ ONLY
+transaction that is rolled back, under ``SET LOCAL`` statement and lock timeouts.
 """
 
 from __future__ import annotations
@@ -12,10 +18,19 @@ from typing import Any
 
 import psycopg
 
-from ..observe._fingerprint import shape_of
-from ..plans import PlanFlag, analyze_plan, plan_relations
+from ..plans import (
+    NotAnalyzed,
+    PlanFlag,
+    analyze_plan,
+    analyze_refused_on_server,
+    plan_relations,
+    statement_safety,
+    volatile_calls_sql,
+)
 from ._errors import DoctorError
-from ._session import Session
+from ._session import DEFAULT_LOCK_TIMEOUT_MS, EXPLAIN_STATEMENT_TIMEOUT_MS, Session
+
+_VOLATILE_CALLS = volatile_calls_sql("pyformat")
 
 
 @dataclass
@@ -25,34 +40,43 @@ class Explained:
     analyzed: bool
     flags: list[PlanFlag] = field(default_factory=list)
     table_rows: dict[str, float] = field(default_factory=dict)
+    # ANALYZE was asked for but not run, and why (the plan is then a plain EXPLAIN)
+    not_analyzed: str | None = None
 
 
 def explain(
-    url: str, sql: str, *, analyze: bool = False, statement_timeout_ms: int = 30_000
+    url: str,
+    sql: str,
+    *,
+    analyze: bool = False,
+    statement_timeout_ms: int = EXPLAIN_STATEMENT_TIMEOUT_MS,
+    lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
 ) -> Explained:
     """Plan ``sql`` on the database at ``url`` and flag what is slow."""
-    statement = sql.strip().rstrip(";")
-    if not statement:
+    if not isinstance(sql, str) or not sql.strip():
         raise DoctorError('no SQL given: hotpath explain URL "SELECT ..."')
-    if analyze and not shape_of(statement).is_plain_select:
-        raise DoctorError(
-            "--analyze runs the statement: it is allowed only for a plain SELECT "
-            "(no INSERT/UPDATE/DELETE, data-modifying CTE or FOR UPDATE); drop --analyze"
-        )
-    options = "ANALYZE, BUFFERS, FORMAT JSON" if analyze else "FORMAT JSON"
-    if not analyze and "$1" in statement:
-        options = "GENERIC_PLAN, FORMAT JSON"
-    with Session(url, statement_timeout_ms=statement_timeout_ms) as session:
-        if "GENERIC_PLAN" in options and session.capabilities.server_version < 160000:
-            raise DoctorError(
-                "statements with $1 parameters need PostgreSQL >= 16 (EXPLAIN GENERIC_PLAN): "
-                "put literal values in place of the parameters"
-            )
+    safety = statement_safety(sql)
+    if safety.refusal is not None:
+        raise DoctorError(f"cannot EXPLAIN this: {safety.refusal}")
+    not_analyzed: str | None = None
+    if analyze and safety.not_analyzed is not None:
+        not_analyzed = safety.not_analyzed.value
+    elif analyze and safety.parameters:
+        not_analyzed = NotAnalyzed.PARAMETERS.value
+    with Session(
+        url, statement_timeout_ms=statement_timeout_ms, lock_timeout_ms=lock_timeout_ms
+    ) as session:
         try:
             with session.rolled_back() as conn:
-                row = conn.execute(f"EXPLAIN ({options}) {statement}").fetchone()
-                assert row is not None
-                plan = next(iter(row.values()))
+                if analyze and not_analyzed is None:
+                    read_only = conn.execute("SHOW transaction_read_only").fetchone()
+                    volatile = conn.execute(_VOLATILE_CALLS, safety.server_params()).fetchone()
+                    not_analyzed = analyze_refused_on_server(
+                        (read_only or {}).get("transaction_read_only"),
+                        next(iter(volatile.values())) if volatile else None,
+                    )
+                analyzed = analyze and not_analyzed is None
+                plan = session.plan(conn, safety, analyze=analyzed)
                 sizes = conn.execute(
                     "SELECT name, (SELECT reltuples FROM pg_class WHERE oid = to_regclass(name))"
                     " AS rows FROM unnest(%s::text[]) AS name",
@@ -69,4 +93,6 @@ def explain(
     table_rows = {
         str(s["name"]): float(s["rows"]) for s in sizes if s["rows"] is not None and s["rows"] >= 0
     }
-    return Explained(statement, plan, analyze, analyze_plan(plan, table_rows), table_rows)
+    return Explained(
+        safety.statement, plan, analyzed, analyze_plan(plan, table_rows), table_rows, not_analyzed
+    )

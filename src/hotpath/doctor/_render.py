@@ -92,6 +92,9 @@ def render_advice(advice: IndexAdvice, console: Console) -> None:
 
 
 def render_explained(explained: Explained, console: Console) -> None:
+    if explained.not_analyzed:
+        why = f"ANALYZE not run: {explained.not_analyzed}. The plan below was not executed."
+        console.print(Text(why, style="yellow"), soft_wrap=True)
     console.print(render_plan(explained.plan, explained.flags))
     for flag in explained.flags:
         line = Text(f"{flag.severity.value} ", style=_STYLE[flag.severity])

@@ -1,14 +1,19 @@
 """The doctor's own connection: read-only, with statement and lock timeouts, and what it may see.
 
-Every query doctor runs goes through :class:`Session`. The connection is opened with
-``default_transaction_read_only``, ``statement_timeout`` and ``lock_timeout`` as startup
-options, so even a catalog query stuck behind DDL gives up instead of queueing other sessions
-behind it. :class:`Capabilities` records the server version, the extensions and the roles the
-user holds, which decide which checks can run.
+Every query doctor runs goes through :class:`Session`, one statement at a time, each in a
+``READ ONLY`` transaction that is always rolled back, with ``statement_timeout`` and
+``lock_timeout`` set by ``SET LOCAL`` inside it (and as startup options too, a second belt a
+pooler may drop), so even a catalog query stuck behind DDL gives up instead of queueing other
+sessions behind it. Statement text that is not doctor's own (``hotpath explain``, the
+advisor's workload) is sent by :meth:`Session.plan` only: once pglast has found exactly one
+explainable statement in it, and over the extended query protocol, in which the server itself
+refuses several statements. :class:`Capabilities` records the server version, the extensions
+and the roles the user holds, which decide which checks can run.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -16,12 +21,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
+from ..plans import StatementSafety
 from ._errors import DoctorError
 
+# The documented timeouts (docs/doctor.md, "Safety"): checks and the advisor...
 DEFAULT_STATEMENT_TIMEOUT_MS = 5_000
 DEFAULT_LOCK_TIMEOUT_MS = 1_000
+# ...and `hotpath explain`, whose ANALYZE runs the statement
+EXPLAIN_STATEMENT_TIMEOUT_MS = 30_000
+
+# Names of the prepared statements a generic plan is taken from: unique per session, so one
+# left behind by a failed transaction never collides with the next
+_PREPARED_NAMES = itertools.count(1)
 
 _SQLALCHEMY_PREFIX = re.compile(r"^postgres(?:ql)?\+\w+://")
 
@@ -81,6 +95,8 @@ class Session:
         connect_timeout: int = 5,
     ) -> None:
         dsn = libpq_url(url)
+        self.statement_timeout_ms = int(statement_timeout_ms)
+        self.lock_timeout_ms = int(lock_timeout_ms)
         options = (
             f"-c default_transaction_read_only=on -c statement_timeout={int(statement_timeout_ms)}"
             f" -c lock_timeout={int(lock_timeout_ms)} -c idle_in_transaction_session_timeout=60000"
@@ -101,6 +117,7 @@ class Session:
             ) from None
         except psycopg.ProgrammingError as exc:
             raise DoctorError(f"invalid database URL {_redact(dsn)!r}: {exc}") from None
+        self.conn.read_only = True  # every transaction psycopg opens is BEGIN READ ONLY
         self.capabilities = self._capabilities()
 
     def close(self) -> None:
@@ -115,20 +132,61 @@ class Session:
     def rows(
         self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None
     ) -> list[dict[str, Any]]:
-        return list(self.conn.execute(sql, params).fetchall())
+        with self.rolled_back() as conn:
+            return list(conn.execute(sql, params).fetchall())
 
     def row(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> dict[str, Any]:
-        found = self.conn.execute(sql, params).fetchone()
+        with self.rolled_back() as conn:
+            found = conn.execute(sql, params).fetchone()
         if found is None:
             raise DoctorError(f"catalog query returned no row: {sql[:60]}")
         return found
 
     @contextmanager
     def rolled_back(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
-        """A transaction that is always rolled back (EXPLAIN ANALYZE, HypoPG, SET LOCAL)."""
-        tx = self.conn.transaction(force_rollback=True)
-        with tx:
+        """A READ ONLY transaction with the session's timeouts, always rolled back (EXPLAIN
+        ANALYZE, HypoPG, SET LOCAL). Inside one already, the queries simply join it."""
+        if self.conn.info.transaction_status != TransactionStatus.IDLE:
             yield self.conn
+            return
+        with self.conn.transaction(force_rollback=True):
+            # SET LOCAL: a pooler may have dropped the startup options, and it ends with the
+            # transaction whatever happens
+            self.conn.execute(
+                "SELECT set_config('statement_timeout', %s, true),"
+                " set_config('lock_timeout', %s, true)",
+                (f"{self.statement_timeout_ms}ms", f"{self.lock_timeout_ms}ms"),
+            )
+            yield self.conn
+
+    def plan(
+        self,
+        conn: psycopg.Connection[dict[str, Any]],
+        safety: StatementSafety,
+        *,
+        analyze: bool = False,
+    ) -> Any:
+        """``EXPLAIN (FORMAT JSON)`` of the one statement ``safety`` was judged on, inside a
+        :meth:`rolled_back` transaction. ``$n`` parameters get the generic plan, from a
+        prepared statement forced to it (``PREPARE`` takes exactly one statement)."""
+        if safety.refusal is not None:  # never reaches the server
+            raise DoctorError(f"cannot EXPLAIN this: {safety.refusal}")
+        # binary=True makes psycopg use the extended query protocol even without parameters:
+        # the server refuses several statements in it (the simple protocol would run them all)
+        if not safety.parameters:
+            options = "ANALYZE, BUFFERS, FORMAT JSON" if analyze else "FORMAT JSON"
+            row = conn.execute(f"EXPLAIN ({options}) {safety.statement}", binary=True).fetchone()
+        else:
+            if analyze:
+                raise DoctorError("EXPLAIN ANALYZE needs values for the $n parameters")
+            name = f"hotpath_plan_{next(_PREPARED_NAMES)}"
+            conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            conn.execute(f"PREPARE {name} AS {safety.statement}", binary=True)
+            nulls = ", ".join(["NULL"] * safety.parameters)
+            row = conn.execute(f"EXPLAIN (FORMAT JSON) EXECUTE {name}({nulls})").fetchone()
+            conn.execute(f"DEALLOCATE {name}")
+        assert row is not None
+        return next(iter(row.values()))
 
     def _capabilities(self) -> Capabilities:
         info = self.row(

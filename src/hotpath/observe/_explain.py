@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
 
-from ..plans import analyze_plan, plan_relations
+from ..plans import analyze_plan, analyze_refused_on_server, plan_relations, volatile_calls_sql
 from ._fingerprint import shape_of
 
 if TYPE_CHECKING:
@@ -35,11 +35,9 @@ _TABLE_ROWS = text(
     "SELECT name, (SELECT reltuples FROM pg_class WHERE oid = to_regclass(name))"
     " FROM unnest(CAST(:names AS text[])) AS name"
 )
-# Any overload of any called function volatile: the statement may change something (or take
-# a session-level lock that survives the rollback), so it is not run for real.
-_VOLATILE = text(
-    "SELECT count(*) FROM pg_proc WHERE proname = ANY(CAST(:names AS text[])) AND provolatile = 'v'"
-)
+# Any volatile function reachable (hotpath.plans, shared with doctor): the statement may change
+# something (or take a session-level lock that survives the rollback), so it is not run for real.
+_VOLATILE = text(volatile_calls_sql("named"))
 # Forces a real transaction (an AUTOCOMMIT engine would otherwise have none to roll back),
 # started READ ONLY: the server refuses writes, nextval() and row locks in it.
 _READ_ONLY = {"isolation_level": "READ COMMITTED", "postgresql_readonly": True}
@@ -99,7 +97,7 @@ def _explain_on(conn: Connection, settings: ObserveSettings, item: PendingExplai
         conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(settings.explain_timeout_ms)}")
         analyze = _may_analyze(settings, item) and _safe_to_run(
             conn.exec_driver_sql("SHOW transaction_read_only").scalar_one(),
-            conn.execute(_VOLATILE, {"names": _functions(item)}).scalar_one(),
+            conn.execute(_VOLATILE, _server_params(item)).scalar_one(),
         )
         plan = conn.exec_driver_sql(_prefix(analyze) + item.statement, item.parameters).scalar_one()
         sizes = conn.execute(_TABLE_ROWS, {"names": plan_relations(plan)}).all()
@@ -108,12 +106,13 @@ def _explain_on(conn: Connection, settings: ObserveSettings, item: PendingExplai
     return plan, sizes, analyze
 
 
-def _functions(item: PendingExplain) -> list[str]:
-    return sorted(shape_of(item.statement).functions)
+def _server_params(item: PendingExplain) -> dict[str, list[str]]:
+    safety = shape_of(item.statement).safety
+    return safety.server_params() if safety else {}
 
 
 def _safe_to_run(read_only: object, volatile_functions: object) -> bool:
-    return read_only == "on" and volatile_functions == 0
+    return analyze_refused_on_server(read_only, volatile_functions) is None
 
 
 async def explain_async(
@@ -148,7 +147,7 @@ async def _explain_on_async(
         )
         analyze = _may_analyze(settings, item) and _safe_to_run(
             (await conn.exec_driver_sql("SHOW transaction_read_only")).scalar_one(),
-            (await conn.execute(_VOLATILE, {"names": _functions(item)})).scalar_one(),
+            (await conn.execute(_VOLATILE, _server_params(item))).scalar_one(),
         )
         result = await conn.exec_driver_sql(_prefix(analyze) + item.statement, item.parameters)
         plan = result.scalar_one()

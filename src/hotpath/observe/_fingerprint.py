@@ -13,8 +13,9 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from pglast import ast, parser
-from pglast.visitors import Visitor
+from pglast import parser
+
+from ..plans import StatementSafety, safety_of_tree
 
 _PLACEHOLDER = re.compile(r"%(?:\(\w+\))?s|%%")
 _LITERALS = re.compile(r"'(?:[^']|'')*'|\b\d+(?:\.\d+)?\b")
@@ -35,31 +36,7 @@ class Shape:
     # the statement with its literals replaced by $n: what observe shows and exports (a
     # password written inline must not reach a log, a report or a trace)
     redacted: str = ""
-
-
-_EXPLAINABLE = {"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"}
-
-
-class _Facts(Visitor):
-    """What makes a SELECT unsafe to run for real, anywhere in its tree (subqueries, CTEs)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.functions: set[str] = set()
-        self.unsafe = False
-
-    def visit_FuncCall(self, ancestors: object, node: ast.FuncCall) -> None:
-        if node.funcname:
-            name = node.funcname[-1]
-            self.functions.add(str(getattr(name, "sval", name)).lower())
-
-    def visit_SelectStmt(self, ancestors: object, node: ast.SelectStmt) -> None:
-        if node.lockingClause or node.intoClause:
-            self.unsafe = True
-
-    def visit_CommonTableExpr(self, ancestors: object, node: ast.CommonTableExpr) -> None:
-        if type(node.ctequery).__name__ != "SelectStmt":
-            self.unsafe = True
+    safety: StatementSafety | None = None  # hotpath.plans' verdict, shared with doctor
 
 
 def _dollar_params(statement: str) -> str:
@@ -89,23 +66,18 @@ def shape_of(statement: str) -> Shape:
         folded = _LITERALS.sub("?", " ".join(text.split()).lower())
         digest = hashlib.sha1(folded.encode()).hexdigest()[:16]
         return Shape(digest, False, False, False, redacted=redacted)
-    if len(tree) != 1:  # several statements: never sent to EXPLAIN (it would run the rest)
-        return Shape(fingerprint, False, False, False, redacted=redacted)
-    stmt = tree[0].stmt
-    if stmt is None:
-        return Shape(fingerprint, False, False, False, redacted=redacted)
-    kind = type(stmt).__name__
-    is_select = kind == "SelectStmt"
+    safety = safety_of_tree(tree, text)  # one statement, explainable, plain SELECT: shared rules
+    stmt = tree[0].stmt if len(tree) == 1 else None
+    is_select = type(stmt).__name__ == "SelectStmt"
     has_limit = is_select and getattr(stmt, "limitCount", None) is not None
-    facts = _Facts()
-    facts(stmt)
-    plain = is_select and not facts.unsafe
+    plain = safety.is_plain_select
     return Shape(
         fingerprint,
         is_select,
         has_limit,
         plain,
-        kind in _EXPLAINABLE,
-        frozenset(facts.functions),
+        safety.explainable,
+        safety.functions,
         redacted,
+        safety,
     )

@@ -124,7 +124,7 @@ def _at_limit(pool: Any) -> bool:
     max_overflow = getattr(pool, "_max_overflow", None)  # QueuePool's, SQLAlchemy 2.0-2.1
     if not (callable(size) and callable(overflow)) or max_overflow is None:
         return False
-    return max_overflow >= 0 and overflow() >= max_overflow
+    return bool(max_overflow >= 0 and overflow() >= max_overflow)
 
 
 # engines seen connecting, per URL: many engines for one URL is an engine made per request

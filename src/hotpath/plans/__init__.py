@@ -4,9 +4,31 @@ One implementation shared by ``hotpath.observe`` (plans of slow queries) and
 ``hotpath.doctor`` (``hotpath explain``): :func:`analyze_plan` returns graded
 :class:`PlanFlag` findings, each naming the table/columns and, where one applies, the
 index that would help; :func:`render_plan` draws the plan as a rich tree.
+:func:`statement_safety` decides whether a statement may be EXPLAINed, or EXPLAIN ANALYZEd
+(with :func:`volatile_calls_sql` asked on the server): both packages obey the same rules.
 """
 
 from ._flags import PlanFlag, Severity, analyze_plan, plan_relations
 from ._render import render_plan
+from ._safety import (
+    NotAnalyzed,
+    StatementSafety,
+    analyze_refused_on_server,
+    safety_of_tree,
+    statement_safety,
+    volatile_calls_sql,
+)
 
-__all__ = ["PlanFlag", "Severity", "analyze_plan", "plan_relations", "render_plan"]
+__all__ = [
+    "NotAnalyzed",
+    "PlanFlag",
+    "Severity",
+    "StatementSafety",
+    "analyze_plan",
+    "analyze_refused_on_server",
+    "plan_relations",
+    "render_plan",
+    "safety_of_tree",
+    "statement_safety",
+    "volatile_calls_sql",
+]
