@@ -331,7 +331,8 @@ def test_the_unit_of_work_is_not_an_n_plus_one(profiler: Profiler, tp_engine: En
         session.execute(delete(Node).where(Node.id > top_id))
     assert scope.query_count >= levels + many // 1000  # an INSERT per level, per page
     assert cascade.query_count >= levels  # a DELETE per level
-    judged = (FindingKind.N_PLUS_ONE, FindingKind.DUPLICATE)
+    # the delete cascade read every selectin-loaded collection: that eager load was used
+    judged = (FindingKind.N_PLUS_ONE, FindingKind.DUPLICATE, FindingKind.UNUSED_EAGER_LOAD)
     assert [f for f in scope.findings + cascade.findings if f.kind in judged] == []
 
 
@@ -357,3 +358,35 @@ def test_one_loop_over_two_results_is_one_finding(profiler: Profiler, tp_engine:
     [finding] = of_kind(scope.findings, FindingKind.N_PLUS_ONE)
     assert finding.count == ARTICLES
     assert finding.details["parents"] == ARTICLES
+
+
+# -- observe leftovers: duplicates -----------------------------------------------------------
+
+
+def test_repeated_writes_and_nextval_are_not_duplicates(
+    profiler: Profiler, tp_engine: Engine
+) -> None:
+    with profiler.scope("writes") as scope, tp_engine.begin() as conn:
+        for _ in range(3):
+            conn.execute(text("UPDATE tp_articles SET title = title WHERE id = :id"), {"id": 1})
+            conn.execute(text("SELECT nextval('tp_nodes_id_seq')"))
+            conn.execute(text("SELECT title FROM tp_articles WHERE id = :id"), {"id": 1})
+    [duplicate] = of_kind(scope.findings, FindingKind.DUPLICATE)  # the plain SELECT only
+    assert duplicate.sql is not None
+    assert duplicate.sql.startswith("SELECT title")
+    assert duplicate.count == 3
+
+
+def test_duplicate_bookkeeping_is_bounded_in_a_long_scope(
+    profiler: Profiler, tp_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bound = 50
+    monkeypatch.setattr("hotpath.observe._scope._MAX_DUPLICATE_KEYS", bound, raising=False)
+    statement = text("SELECT CAST(:n AS int)")
+    with profiler.scope("long") as scope, tp_engine.connect() as conn:
+        for n in range(bound * 3):  # distinct parameters: nothing to remember past the bound
+            conn.execute(statement, {"n": n})
+        conn.execute(statement, {"n": 0})  # seen before the bound: still a duplicate
+    assert len(scope._duplicates) == bound
+    [duplicate] = of_kind(scope.findings, FindingKind.DUPLICATE)
+    assert duplicate.count == 2

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from pglast import parser
 
-from ._fingerprint import _dollar_params
+from ._fingerprint import _dollar_params, shape_of
 from ._records import Finding, FindingKind
 
 if TYPE_CHECKING:
@@ -227,8 +227,36 @@ def _duplicates(scope: Scope) -> list[Finding]:
             sql=sql,
         )
         for sql, count, site, suppressed in scope.duplicate_groups()
-        if not suppressed
+        if not suppressed and _rereadable(sql)
     ]
+
+
+# built-in functions whose every call is new work: a statement calling one is not a repeat
+_VOLATILE_BUILTINS = frozenset(
+    (
+        "nextval",
+        "setval",
+        "random",
+        "gen_random_uuid",
+        "uuid_generate_v4",
+        "clock_timestamp",
+        "timeofday",
+        "pg_sleep",
+        "pg_notify",
+        "pg_advisory_lock",
+        "pg_try_advisory_lock",
+        "pg_advisory_xact_lock",
+        "pg_advisory_unlock",
+    )
+)
+
+
+def _rereadable(statement: str) -> bool:
+    """Whether running ``statement`` again only reads what the first run read: a plain SELECT
+    with no row lock and no volatile built-in. A repeated write or ``nextval()`` does new
+    work each time; "reuse the first result" would be wrong advice."""
+    shape = shape_of(statement)
+    return shape.is_plain_select and not shape.functions & _VOLATILE_BUILTINS
 
 
 def _slow_queries(scope: Scope, profiler: Profiler) -> list[Finding]:

@@ -40,6 +40,7 @@ Origin = tuple[Any, ...]  # identifies one result set (or the union of sibling l
 # query of the base class did not read, or an explicit "refresh".
 ReloadReason = Literal["expired", "deferred", "subclass", "refresh"]
 _MAX_PARAM_HASHES = 64
+_MAX_DUPLICATE_KEYS = 10_000  # distinct (statement, parameters) remembered per scope
 
 
 _failed_listeners: set[str] = set()  # listeners whose bug was logged (once each)
@@ -305,7 +306,11 @@ class Scope:
             self._track_shape(statement, fingerprint, params_hash, site)
         if params_hash and self.tracks_duplicates:
             key = (statement, params_hash)
-            count = self._duplicates[key] = self._duplicates.get(key, 0) + 1
+            count = self._duplicates.get(key, 0) + 1
+            if count > 1 or len(self._duplicates) < _MAX_DUPLICATE_KEYS:
+                # a long scope (a batch job) runs millions of distinct statements: past the
+                # bound only those already seen are counted
+                self._duplicates[key] = count
             if count == 2:
                 where = site.get()
                 self._duplicate_sites[key] = where
