@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from pglast import parser
 
-from ._fingerprint import _dollar_params
+from ._fingerprint import _dollar_params, shape_of
 from ._records import Finding, FindingKind
 
 if TYPE_CHECKING:
     from ._plans import PlanStore
-    from ._scope import Chain, Scope
+    from ._scope import Chain, LazyGroup, Origin, Scope
     from ._settings import ObserveSettings
 
 
@@ -65,38 +65,146 @@ def relationship_name(prop: Any) -> str:
 
 def loader_options(chain: Chain) -> str:
     """The loader chain that loads ``chain`` up front: selectinload for collections
-    (one extra query per level), joinedload for many-to-one (no extra query)."""
+    (one extra query per level), joinedload for many-to-one (no extra query), and a
+    self-referential relationship repeated along the chain (a tree walked recursively) as one
+    ``selectinload(..., recursion_depth=N)``."""
     parts = []
-    for prop in chain:
+    i = 0
+    while i < len(chain):
+        prop = chain[i]
+        repeats = 1
+        while i + repeats < len(chain) and chain[i + repeats] is prop:
+            repeats += 1
+        if repeats > 1 and prop.mapper is prop.parent:
+            parts.append(f"selectinload({relationship_name(prop)}, recursion_depth={repeats})")
+            i += repeats
+            continue
         loader = "selectinload" if prop.uselist else "joinedload"
         parts.append(f"{loader}({relationship_name(prop)})")
+        i += 1
     return ".".join(parts)
 
 
+def _class_name(mapper: Any) -> str:
+    return str(mapper.class_.__name__)
+
+
+def _subclass_of_root(root: Any, mapper: Any) -> bool:
+    """Whether ``mapper`` is a subclass of the mapper the statement selected: options naming
+    the subclass's attributes are then ignored unless the subclass is loaded polymorphically."""
+    return root is not None and mapper is not root and mapper.isa(root)
+
+
+def _relationship_fix(root: Any, chain: Chain) -> tuple[str, str]:
+    """(the options, the class whose select() takes them) for lazily loaded ``chain``."""
+    options = loader_options(chain)
+    owner = chain[0].parent
+    if _subclass_of_root(root, owner):
+        # select(Vehicle).options(selectinload(Truck.trailers)) is silently ignored: the
+        # subclass must be loaded polymorphically for its relationship's loader to apply
+        options = f"selectin_polymorphic({_class_name(root)}, [{_class_name(owner)}]), {options}"
+    return options, _class_name(root if root is not None else owner)
+
+
+def _column_fix(root: Any, group: LazyGroup) -> str:
+    """The fix for columns of the objects of one result loaded one object at a time."""
+    mapper, chain = group.mapper, group.chain
+    statement = _class_name(root if root is not None else mapper)
+    if group.reason == "deferred":
+        undefers = ", ".join(f"undefer({_class_name(mapper)}.{key})" for key in group.columns)
+        options = f"{loader_options(chain)}.options({undefers})" if chain else undefers
+        return f".options({options})  # on the select() of {statement}"
+    if group.reason == "subclass":
+        if chain:
+            options = f"{loader_options(chain)}.selectin_polymorphic([{_class_name(mapper)}])"
+        else:
+            options = f"selectin_polymorphic({statement}, [{_class_name(mapper)}])"
+        return f".options({options})  # on the select() of {statement}"
+    if group.reason == "expired":
+        return (
+            "commit once after the loop, or open the Session with expire_on_commit=False: "
+            "each commit expired every object, and each one then reloaded itself"
+        )
+    return (
+        f"reload them in one query: select({_class_name(mapper)}).where(<primary key>.in_(...))"
+        ".execution_options(populate_existing=True)"
+    )
+
+
+_RELOAD_CAUSE = {
+    "expired": "they had been expired (a commit or expire())",
+    "deferred": "the columns are deferred",
+    "subclass": "they are columns of a subclass's own table, which the query did not read",
+    "refresh": "each was refreshed",
+}
+
+
 def _orm_n_plus_one(scope: Scope, settings: ObserveSettings) -> list[Finding]:
-    findings = []
+    # One loop is one finding: the groups of one call site and one relationship (a loop run
+    # over two result sets, a recursive walk with a group per level) are folded together.
+    folded: dict[tuple[Any, ...], tuple[Origin, LazyGroup, int, int, float]] = {}
     for origin, group in scope.lazy_groups():
         parents = len(group.parents)
         if group.suppressed or parents < settings.n_plus_one_threshold:
             continue
         if origin[0] == "object":
             continue  # parents of unknown origin: no evidence they came from one result
+        what = group.chain[-1] if group.reason is None else (group.mapper, group.reason)
+        key = (group.call_site, what) if group.call_site is not None else (id(group),)
+        seen = folded.get(key)
+        if seen is None:
+            folded[key] = (origin, group, parents, group.queries, group.total_ms)
+            continue
+        first_origin, deepest, all_parents, queries, total_ms = seen
+        if len(group.chain) > len(deepest.chain):  # the fix must reach the deepest level
+            first_origin, deepest = origin, group
+        folded[key] = (
+            first_origin,
+            deepest,
+            all_parents + parents,
+            queries + group.queries,
+            total_ms + group.total_ms,
+        )
+    findings = []
+    for origin, group, parents, queries, total_ms in folded.values():
+        root = scope.root_of(origin)
+        if group.reason is not None:
+            cls = _class_name(group.mapper)
+            columns = ", ".join(group.columns) or "columns"
+            findings.append(
+                Finding(
+                    FindingKind.N_PLUS_ONE,
+                    f"N+1: {cls} columns ({columns}) were loaded one object at a time for "
+                    f"{parents} {cls} objects of one result ({queries} extra queries): "
+                    f"{_RELOAD_CAUSE[group.reason]}",
+                    group.call_site,
+                    queries,
+                    fix=_column_fix(root, group),
+                    sql=scope.shown_sql(group.sql) if group.sql else None,
+                    details={
+                        "columns": list(group.columns),
+                        "reason": group.reason,
+                        "parents": parents,
+                    },
+                    saving_ms=_repeats_ms(total_ms, queries),
+                )
+            )
+            continue
         prop = group.chain[-1]
         name = relationship_name(prop)
-        root = group.chain[0].parent.class_.__name__
-        options = loader_options(group.chain)
+        options, statement = _relationship_fix(root, group.chain)
         findings.append(
             Finding(
                 FindingKind.N_PLUS_ONE,
                 f"N+1: {name} was lazily loaded for {parents} "
                 f"{prop.parent.class_.__name__} objects of one result "
-                f"({group.queries} extra queries)",
+                f"({queries} extra queries)",
                 group.call_site,
-                group.queries,
-                fix=f".options({options})  # on the select() of {root}",
+                queries,
+                fix=f".options({options})  # on the select() of {statement}",
                 sql=scope.shown_sql(group.sql) if group.sql else None,
                 details={"relationship": name, "parents": parents, "loader": options},
-                saving_ms=_repeats_ms(group.total_ms, group.queries),
+                saving_ms=_repeats_ms(total_ms, queries),
             )
         )
     return findings
@@ -137,8 +245,36 @@ def _duplicates(scope: Scope) -> list[Finding]:
             saving_ms=repeats_ms,
         )
         for sql, count, site, suppressed, repeats_ms in scope.duplicate_groups()
-        if not suppressed
+        if not suppressed and _rereadable(sql)
     ]
+
+
+# built-in functions whose every call is new work: a statement calling one is not a repeat
+_VOLATILE_BUILTINS = frozenset(
+    (
+        "nextval",
+        "setval",
+        "random",
+        "gen_random_uuid",
+        "uuid_generate_v4",
+        "clock_timestamp",
+        "timeofday",
+        "pg_sleep",
+        "pg_notify",
+        "pg_advisory_lock",
+        "pg_try_advisory_lock",
+        "pg_advisory_xact_lock",
+        "pg_advisory_unlock",
+    )
+)
+
+
+def _rereadable(statement: str) -> bool:
+    """Whether running ``statement`` again only reads what the first run read: a plain SELECT
+    with no row lock and no volatile built-in. A repeated write or ``nextval()`` does new
+    work each time; "reuse the first result" would be wrong advice."""
+    shape = shape_of(statement)
+    return shape.is_plain_select and not shape.functions & _VOLATILE_BUILTINS
 
 
 def _slow_queries(scope: Scope, settings: ObserveSettings, plans: PlanStore) -> list[Finding]:

@@ -17,8 +17,11 @@ from typing import Any
 
 from ._records import CallSite
 
+# _sa_iterator: how SQLAlchemy's own code reads a collection (the collection adapter, the
+# delete cascade of Session.delete, flush): a selectinload the cascade consumed was used
 _READS_LIST = (
     "__iter__",
+    "_sa_iterator",
     "__len__",
     "__getitem__",
     "__contains__",
@@ -31,6 +34,7 @@ _READS_LIST = (
 )
 _READS_SET = (
     "__iter__",
+    "_sa_iterator",
     "__len__",
     "__contains__",
     "__eq__",
@@ -44,6 +48,7 @@ _READS_SET = (
 )
 _READS_DICT = (
     "__iter__",
+    "_sa_iterator",
     "__len__",
     "__getitem__",
     "__contains__",
@@ -58,7 +63,17 @@ _READS_DICT = (
 TRACK_ATTR = "_hotpath_eager_group"  # a watched collection's group, in its __dict__
 # reads that take no argument: their tracking method skips packing *args and **kwargs
 _NO_ARGS = frozenset(
-    ("__iter__", "__len__", "__reversed__", "__repr__", "copy", "keys", "values", "items")
+    (
+        "__iter__",
+        "_sa_iterator",
+        "__len__",
+        "__reversed__",
+        "__repr__",
+        "copy",
+        "keys",
+        "values",
+        "items",
+    )
 )
 
 

@@ -33,12 +33,28 @@ from ._scope import (
     allowed_kinds,
     collection_listener,
     current_scope,
+    log_listener_bug,
     relationships,
 )
 from ._settings import ObserveSettings, parse_modes
 
 TOKEN = "hotpath_observe"  # execution option tying rows to the ORM execution that loaded them
 _F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _guarded(listener: _F) -> _F:
+    """A listener runs inside the application's ORM or driver call: a bug in it must never
+    become the application's exception. It is logged once, and the call goes on."""
+
+    @functools.wraps(listener)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return listener(*args, **kwargs)
+        except Exception:
+            log_listener_bug(listener.__name__)
+            return None
+
+    return guarded  # type: ignore[return-value]
 
 
 class Profiler:
@@ -110,6 +126,7 @@ class Profiler:
             self._targets.append(sync)
         if not self._orm_listening:
             event.listen(Session, "do_orm_execute", self._on_orm_execute)
+            event.listen(Session, "before_flush", self._on_before_flush)
             self._orm_listening = True
         _hooks.install()
         return self
@@ -139,6 +156,7 @@ class Profiler:
         self._seen_mappers.clear()
         if self._orm_listening:
             event.remove(Session, "do_orm_execute", self._on_orm_execute)
+            event.remove(Session, "before_flush", self._on_before_flush)
             self._orm_listening = False
         if self._load_listening:
             event.remove(Mapper, "load", self._on_load)
@@ -227,6 +245,7 @@ class Profiler:
     # scope of its own, and never into one that stopped recording (a task that outlived its
     # request, a background task after the response).
 
+    @_guarded
     def _before_cursor_execute(
         self,
         conn: Any,
@@ -242,6 +261,7 @@ class Profiler:
         if scope is not None and context is not None and scope.recording:
             context._hotpath_started = perf_counter()
 
+    @_guarded
     def _after_cursor_execute(
         self,
         conn: Any,
@@ -281,11 +301,47 @@ class Profiler:
         if execution is not None and execution.lazy_key is not None:
             scope.lazy_statement(execution.lazy_key, statement, (ended - started) * 1000)
 
+    @_guarded
+    def _on_before_flush(self, session: Session, flush_context: Any, instances: Any) -> None:
+        scope = current_scope.get()
+        if scope is not None and scope.recorder is not self._recorder:
+            scope = _own_scope(scope, self._recorder)
+        if scope is not None and scope.recording:
+            scope.note_flush(session)
+
+    def _binds_elsewhere(self, state: ORMExecuteState) -> bool:
+        """Whether the ORM runs this statement on an engine this profiler was not given (the
+        ORM events are global: every Session's executions reach this listener)."""
+        if any(target is Engine for target in self._targets):
+            return False  # instrumented with no engines: every engine is watched
+        bind = state.session.get_bind(**state.bind_arguments)
+        engine = getattr(bind, "engine", bind)
+        return not any(engine is target for target in self._targets)
+
+    @_guarded
     def _on_orm_execute(self, state: ORMExecuteState) -> None:
         scope = current_scope.get()
         if scope is not None and scope.recorder is not self._recorder:
             scope = _own_scope(scope, self._recorder)
         if scope is None or not scope.recording:
+            return
+        if self._binds_elsewhere(state):
+            scope.note_foreign_session(state.session)
+            return
+        if scope.flushing():
+            # the unit of work's own loads (cascades, dependency checks): not the app's loop
+            state.update_execution_options(**{TOKEN: EAGER_TOKEN})
+            return
+        refreshed = state.load_options._refresh_state
+        if refreshed is not None:
+            # columns of an object already loaded (expired, deferred, a subclass's table, a
+            # refresh): a reload, never a duplicate; one per object of one result is an N+1
+            if not scope.tracks_n_plus_one:
+                state.update_execution_options(**{TOKEN: EAGER_TOKEN})
+                return
+            token = next(self._tokens)
+            scope.begin_execution(token, scope.note_column_load(refreshed, state))
+            state.update_execution_options(**{TOKEN: token})
             return
         # ``loader_strategy_path`` once, rather than ``is_relationship_load`` (which computes
         # the compile options twice) and then the path again.
@@ -342,19 +398,25 @@ class Profiler:
                 pending.append(prop.mapper)
 
     def _on_load(self, target: Any, context: Any) -> None:
-        token = context.execution_options.get(TOKEN)
-        if not token:
-            # Rows of top-level queries are traced through InstanceState.runid, and rows of
-            # eager loads (EAGER_TOKEN, 0) need no tracing: only lazy-load rows go on.
-            return
-        scope = current_scope.get()
-        if scope is not None and scope.recorder is not self._recorder:
-            scope = _own_scope(scope, self._recorder)
-        if scope is None or not scope.recording:
-            return
-        execution = scope.execution(token)
-        if execution is not None:
-            scope.note_relationship_run(context.runid, execution)
+        # Guarded inline rather than by _guarded: this runs for every row the ORM builds.
+        try:
+            if context is None:
+                return  # merge(load=False), merge_frozen_result(load=False): no query
+            token = context.execution_options.get(TOKEN)
+            if not token:
+                # Rows of top-level queries are traced through InstanceState.runid, and rows
+                # of eager loads (EAGER_TOKEN, 0) need no tracing: only lazy-load rows go on.
+                return
+            scope = current_scope.get()
+            if scope is not None and scope.recorder is not self._recorder:
+                scope = _own_scope(scope, self._recorder)
+            if scope is None or not scope.recording:
+                return
+            execution = scope.execution(token)
+            if execution is not None:
+                scope.note_relationship_run(context.runid, execution)
+        except Exception:
+            log_listener_bug("_on_load")
 
 
 def _own_scope(scope: Scope | None, recorder: Recorder) -> Scope | None:

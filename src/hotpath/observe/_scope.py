@@ -8,11 +8,12 @@ queries). Findings are derived when the scope closes.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy.orm import RelationshipProperty
 
@@ -36,7 +37,25 @@ allowed_kinds: ContextVar[frozenset[str]] = ContextVar(
 
 Chain = tuple["RelationshipProperty[Any]", ...]
 Origin = tuple[Any, ...]  # identifies one result set (or the union of sibling lazy loads)
+# Why an object's columns were loaded again, one object at a time (a column load):
+# "expired" by a commit or expire(), "deferred" columns, a "subclass"'s own table that a
+# query of the base class did not read, or an explicit "refresh".
+ReloadReason = Literal["expired", "deferred", "subclass", "refresh"]
 _MAX_PARAM_HASHES = 64
+_MAX_DUPLICATE_KEYS = 10_000  # distinct (statement, parameters) remembered per scope
+
+
+_failed_listeners: set[str] = set()  # listeners whose bug was logged (once each)
+
+
+def log_listener_bug(name: str) -> None:
+    """Log, once per listener, an exception a listener caught: a listener runs inside the
+    application's ORM or driver call, where observe must never raise."""
+    if name not in _failed_listeners:
+        _failed_listeners.add(name)
+        logging.getLogger("hotpath.observe").exception(
+            "hotpath: observe's %s listener failed (reported once, ignored from now on)", name
+        )
 
 
 def _suppressed(kind: FindingKind, site: CallSite | None) -> bool:
@@ -81,6 +100,10 @@ class LazyGroup:
     call_site: CallSite | None = None
     sql: str | None = None
     suppressed: bool = False
+    # set for column loads (objects' columns loaded one at a time), None for relationships
+    reason: ReloadReason | None = None
+    columns: tuple[str, ...] = ()
+    mapper: Any = None  # the class whose columns were loaded
 
 
 @dataclass
@@ -156,6 +179,11 @@ class Scope:
         self._lazy: dict[tuple[Origin, str], LazyGroup] = {}
         self._lazy_targets: set[tuple[int, str]] = set()  # (id(parent state), key) loading now
         self._eager: dict[Any, EagerGroup] = {}  # relationship property -> its group
+        # id(state) -> its origin before a column load gave it the runid of that reload
+        self._reloaded: dict[int, Origin] = {}
+        self._origin_root: dict[Origin, Any] = {}  # query origin -> the mapper it selected
+        self._flushing_sessions: list[Any] = []  # sessions that flushed in this scope
+        self._foreign_sessions: set[int] = set()  # sessions that ran on other engines
 
     # -- entering and leaving ------------------------------------------------------------
 
@@ -246,11 +274,14 @@ class Scope:
         fingerprint = shape.fingerprint
         settings = self.settings
         relationship_load = execution is not None and execution.relationship_load
+        # the unit of work's statements (a flush's INSERTs, cascade DELETEs) are not the
+        # application's loop: judged by neither the shape nor the duplicate detector
+        judged_elsewhere = relationship_load or bool(self._flushing_sessions and self.flushing())
         site = _Site()
         if self.capture_sites:
             site.get()
         params_hash = 0
-        if not relationship_load and not executemany:
+        if not judged_elsewhere and not executemany:
             # relationship loads are judged by the ORM detector, never by shape or duplicate,
             # so only other statements pay for hashing their parameters
             scope: Scope | None = self
@@ -266,9 +297,7 @@ class Scope:
         scope = self
         while scope is not None:  # this scope and the ones of this profiler it is nested in
             if scope.recorder is recorder:  # another profiler's scopes hear from their own
-                scope._add(
-                    statement, fingerprint, params_hash, duration_ms, relationship_load, site
-                )
+                scope._add(statement, fingerprint, params_hash, duration_ms, judged_elsewhere, site)
                 scope.timeline.spans.append(span)
             scope = scope.parent
         timeline = self.timeline
@@ -337,7 +366,11 @@ class Scope:
             self._track_shape(statement, fingerprint, params_hash, duration_ms, site)
         if params_hash and self.tracks_duplicates:
             key = (statement, params_hash)
-            count = self._duplicates[key] = self._duplicates.get(key, 0) + 1
+            count = self._duplicates.get(key, 0) + 1
+            if count > 1 or len(self._duplicates) < _MAX_DUPLICATE_KEYS:
+                # a long scope (a batch job) runs millions of distinct statements: past the
+                # bound only those already seen are counted
+                self._duplicates[key] = count
             if count >= 2:  # the repeats' time: what reusing the first result saves
                 self._duplicate_ms[key] = self._duplicate_ms.get(key, 0.0) + duration_ms
             if count == 2:
@@ -397,6 +430,12 @@ class Scope:
         """The result set that produced ``state``: the query run SQLAlchemy's loader stamped
         on it, with lazy-load runs folded into one origin per (parent origin, relationship)
         so that nested loops group across parents."""
+        if self._reloaded:
+            # a column load stamped its own runid on the object: its result set is still the
+            # one that loaded it first
+            reloaded = self._reloaded.get(id(state))
+            if reloaded is not None:
+                return reloaded
         run = getattr(state, "runid", None)  # set by the ORM loader on every loaded instance
         if run is None:
             return ("object", id(state))
@@ -409,7 +448,78 @@ class Scope:
             chain = relationships(path)
             origin = self._origin_cache[(run, path)] = ("query", run, chain)
             self._origin_chain[origin] = chain
+            entities = path.path if path is not None else ()
+            entity = entities[0] if entities else state.mapper
+            self._origin_root[origin] = getattr(entity, "mapper", entity)
         return origin
+
+    def root_of(self, origin: Origin) -> Any:
+        """The mapper the statement behind ``origin`` selected (None if unknown): a fix is
+        an option of that statement."""
+        while origin[0] == "lazy":
+            origin = origin[1]
+        return self._origin_root.get(origin)
+
+    def note_column_load(self, state: InstanceState[Any], orm_state: Any) -> Execution:
+        """Columns of ``state``, an object already loaded, are being loaded again (before the
+        query runs): keep its origin, and group the reload with the other objects' reloads
+        of the same result set."""
+        origin = self.origin_of(state)
+        self._reloaded.setdefault(id(state), origin)
+        mapper = state.mapper
+        options = getattr(orm_state.statement, "_compile_options", None)
+        loading = getattr(options, "_only_load_props", None) or state.expired_attributes
+        keys = tuple(sorted(k for k in loading if k in mapper.column_attrs))
+        reason: ReloadReason
+        if state.expired:
+            reason = "expired"
+        elif orm_state.load_options._is_user_refresh:
+            reason = "refresh"
+        elif keys and all(getattr(mapper.attrs.get(k), "deferred", False) for k in keys):
+            reason = "deferred"
+        else:
+            root = self.root_of(origin)
+            tables = root.tables if root is not None else ()
+            subclass = root is not None and mapper is not root and mapper.isa(root)
+            reason = (
+                "subclass"
+                if subclass
+                and any(
+                    all(c.table not in tables for c in getattr(mapper.attrs.get(k), "columns", ()))
+                    for k in keys
+                )
+                else "expired"
+            )
+        kind = f"{mapper.class_.__name__} columns ({reason})"
+        key = (origin, kind)
+        group = self._lazy.get(key)
+        if group is None:
+            group = self._lazy[key] = LazyGroup(
+                self.chain_of(origin), reason=reason, columns=keys, mapper=mapper
+            )
+        group.parents.add(id(state))
+        group.queries += 1
+        if len(group.parents) == 2:
+            group.call_site = capture_call_site()
+            group.suppressed = _suppressed(FindingKind.N_PLUS_ONE, group.call_site)
+        execution = Execution(group.chain, relationship_load=True)
+        execution.lazy_key = key
+        return execution
+
+    def note_flush(self, session: Any) -> None:
+        if not any(s is session for s in self._flushing_sessions):
+            self._flushing_sessions.append(session)
+
+    def flushing(self) -> bool:
+        """Whether a Session of this scope is inside ``flush()`` (the unit of work is
+        emitting its statements). ``Session._flushing`` is reset even when a flush fails."""
+        sessions = self._flushing_sessions
+        if not sessions:
+            return False
+        return any(session._flushing for session in sessions)
+
+    def note_foreign_session(self, session: Any) -> None:
+        self._foreign_sessions.add(session.hash_key)
 
     def chain_of(self, origin: Origin) -> Chain:
         return self._origin_chain.get(origin, ())
@@ -509,28 +619,35 @@ def collection_listener(recorder: Recorder, prop: Any) -> Callable[[Any, Any, An
     key = prop.key
 
     def on_init_collection(state: InstanceState[Any], collection: Any, adapter: Any) -> None:
-        scope = current_scope.get()
-        if scope is None or scope.recorder is not recorder or not scope.tracks_eager:
-            return
-        if state.key is None:
-            return  # a new object's empty collection, not a load
-        lazy_targets = scope._lazy_targets
-        if lazy_targets:
-            target = (id(state), key)
-            if target in lazy_targets:
-                lazy_targets.discard(target)
-                return  # a lazy load: it is being read right now
-        group = scope._eager.get(prop) or scope.eager_group(prop)
-        if group.used:
-            return  # one of its collections was read: the relationship is used, stop watching
-        cls = type(collection)
-        if cls is not group.collection_class:
-            group.collection_class, group.tracking_class = cls, tracking_class(cls)
-        tracked = group.tracking_class
-        if tracked is not None:  # its first read marks the group used (see _eager)
-            collection.__dict__[TRACK_ATTR] = group
-            collection.__class__ = tracked
-            group.collections += 1
+        # guarded inline (it runs for every eagerly loaded collection): a bug here is logged
+        # once and never raised into the application's ORM call
+        try:
+            scope = current_scope.get()
+            if scope is None or scope.recorder is not recorder or not scope.tracks_eager:
+                return
+            if state.key is None:
+                return  # a new object's empty collection, not a load
+            if scope._foreign_sessions and state.session_id in scope._foreign_sessions:
+                return  # loaded through an engine this profiler was not given
+            lazy_targets = scope._lazy_targets
+            if lazy_targets:
+                target = (id(state), key)
+                if target in lazy_targets:
+                    lazy_targets.discard(target)
+                    return  # a lazy load: it is being read right now
+            group = scope._eager.get(prop) or scope.eager_group(prop)
+            if group.used:
+                return  # one of its collections was read: the relationship is used, stop watching
+            cls = type(collection)
+            if cls is not group.collection_class:
+                group.collection_class, group.tracking_class = cls, tracking_class(cls)
+            tracked = group.tracking_class
+            if tracked is not None:  # its first read marks the group used (see _eager)
+                collection.__dict__[TRACK_ATTR] = group
+                collection.__class__ = tracked
+                group.collections += 1
+        except Exception:
+            log_listener_bug("on_init_collection")
 
     return on_init_collection
 
