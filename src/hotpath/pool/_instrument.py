@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from . import _housekeeping
 from ._errors import PoolConfigError
 from ._metrics import PoolMetrics
+from ._options import check_liveness_options
 from ._psycopg import _Metering
 from ._sa_pools import _MeteredMixin
 from ._sqlalchemy import EngineInstrumentation, pool_shape
@@ -39,7 +40,7 @@ def instrument_pool(
     connections after ``max_lifetime_s`` (minus up to ``lifetime_jitter``), and, with
     ``transaction_pooler``, warn about statements that set session state.
     """
-    _check_options(leak_threshold_s, validate_idle_s, max_lifetime_s, lifetime_jitter)
+    check_liveness_options(leak_threshold_s, validate_idle_s, max_lifetime_s, lifetime_jitter)
     key = target.sync_engine if isinstance(target, AsyncEngine) else target
     if key in _instrumented:
         raise PoolConfigError(
@@ -111,22 +112,3 @@ def _engine_name(engine: Engine) -> str:
 
 def _describe(target: object) -> str:
     return f"{type(target).__module__}.{type(target).__qualname__}"
-
-
-def _check_options(
-    leak_threshold_s: float | None,
-    validate_idle_s: float | None,
-    max_lifetime_s: float | None,
-    lifetime_jitter: float,
-) -> None:
-    problems = []
-    if leak_threshold_s is not None and leak_threshold_s <= 0:
-        problems.append(f"leak_threshold_s={leak_threshold_s} (use > 0, or None for off)")
-    if validate_idle_s is not None and validate_idle_s < 0:
-        problems.append(f"validate_idle_s={validate_idle_s} (use >= 0, or None for never)")
-    if max_lifetime_s is not None and max_lifetime_s <= 0:
-        problems.append(f"max_lifetime_s={max_lifetime_s} (use > 0, or None for unlimited)")
-    if not 0 <= lifetime_jitter < 1:
-        problems.append(f"lifetime_jitter={lifetime_jitter} (use 0 <= jitter < 1, e.g. 0.05)")
-    if problems:
-        raise PoolConfigError("bad instrument_pool option: " + "; ".join(problems))
