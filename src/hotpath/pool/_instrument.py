@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import QueuePool
 
 from . import _housekeeping
-from ._errors import PoolConfigError
+from ._errors import PoolConfigError, PoolInstrumentationWarning
 from ._metrics import PoolMetrics
 from ._options import check_liveness_options
 from ._psycopg import _Metering
-from ._sa_pools import _MeteredMixin
+from ._sa_pools import _MeteredMixin, make_metered, meterable
 from ._sqlalchemy import EngineInstrumentation, pool_shape
 
 _instrumented: weakref.WeakKeyDictionary[Any, PoolMetrics] = weakref.WeakKeyDictionary()
@@ -32,9 +34,9 @@ def instrument_pool(
 ) -> PoolMetrics:
     """Meter ``target``'s pool; return its :class:`PoolMetrics` (``.snapshot()``).
 
-    ``target``: a SQLAlchemy ``Engine`` or ``AsyncEngine`` (full metrics when its pool is a
-    ``MeteredQueuePool`` / ``AsyncMeteredQueuePool``, as ``PoolPlan.engine_kwargs()`` sets;
-    without it, acquire wait, waiting callers and timeouts read ``None``), or a
+    ``target``: a SQLAlchemy ``Engine`` or ``AsyncEngine`` (an engine's own ``QueuePool`` /
+    ``AsyncAdaptedQueuePool`` becomes its metered twin in place: timed acquires, and
+    exhaustion errors that name the holders; other pools never wait and get the events), or a
     ``MeteredConnectionPool`` / ``AsyncMeteredConnectionPool``. For engines it also installs
     the liveness rules: ping on checkout only after ``validate_idle_s`` idle, replace
     connections after ``max_lifetime_s`` (minus up to ``lifetime_jitter``), and, with
@@ -87,6 +89,18 @@ def _instrument_engine(
     transaction_pooler: bool,
     capture_stacks: bool,
 ) -> PoolMetrics:
+    pool = engine.pool
+    if meterable(pool):
+        make_metered(pool)  # type: ignore[arg-type]  # meterable() checked it is a QueuePool
+    elif isinstance(pool, QueuePool) and not isinstance(pool, _MeteredMixin):
+        warnings.warn(
+            f"{type(pool).__qualname__} overrides Pool.connect() or _return_conn(), so hotpath "
+            "meters it through pool events only: acquire wait and timeouts read None, and an "
+            "exhausted pool raises SQLAlchemy's TimeoutError without the holders. Keep those "
+            "methods, or use poolclass=hotpath.pool.MeteredQueuePool.",
+            PoolInstrumentationWarning,
+            stacklevel=3,
+        )
     metrics = PoolMetrics(
         name or _engine_name(engine),
         lambda: pool_shape(engine.pool),
