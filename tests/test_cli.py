@@ -6,6 +6,7 @@ import json
 import os
 import secrets
 import shlex
+import socket
 import subprocess
 import sys
 
@@ -110,3 +111,52 @@ def test_demo_shows_urls_and_a_replica_receiving_a_write() -> None:
     assert all(" 500 " in line for line in lines[:2])  # each replica saw all 500 rows
     assert "still shows 500" in result.stdout  # the paused replica lagged behind 501
     assert "after resume it shows 501" in result.stdout
+
+
+_ONE_LINE_CASES = [
+    (["doctor", "postgresql://x@127.0.0.1:1/x", "--format", "xml"], "'text', 'html', 'json'"),
+    (["doctor", "postgresql://x@127.0.0.1:1/x", "--fail-on", "bogus"], "'warning', 'critical'"),
+    (["pool", "plan", "--processes", "0", "--concurrency", "1"], "greater than or equal to 1"),
+    (["pool", "plan", "--processes", "-1", "--concurrency", "1"], "greater than or equal to 1"),
+    (["pool", "plan", "--processes", "1", "--concurrency", "abc"], "valid integer"),
+    (["pool", "plan", "--bogus"], "No such option: --bogus"),
+    (["routing", "status", "--primary", "notaurl"], "'notaurl' is not a database URL"),
+    (["partitions"], "use one of ensure, detach, check"),
+    (["bogus"], "No such command 'bogus': use one of demo, doctor"),
+    (["doctor"], "Missing argument"),
+    ([], "use one of demo, doctor"),
+]
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize(("args", "names"), _ONE_LINE_CASES)
+def test_bad_input_is_one_line_and_exit_2(args: list[str], names: str) -> None:
+    result = run(*args)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr  # no usage box, no traceback
+    assert lines[0].startswith("error: ")
+    assert names in lines[0]
+
+
+@pytest.mark.faults
+def test_routing_status_with_a_black_holed_primary_is_one_line() -> None:
+    # A listener that never accepts: the TCP handshake completes, the server never answers.
+    with socket.socket() as black_hole:
+        black_hole.bind(("127.0.0.1", 0))
+        black_hole.listen(16)
+        port = black_hole.getsockname()[1]
+        result = run("routing", "status", "--primary", f"postgresql+psycopg://x@127.0.0.1:{port}/x")
+    assert result.returncode == 2, result.stdout
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"the primary at 127.0.0.1:{port}/x did not answer" in lines[0]
+
+
+def test_help_still_works_on_every_level() -> None:
+    for args in (["--help"], ["pool", "--help"], ["pool", "plan", "--help"], ["--version"]):
+        result = run(*args)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout

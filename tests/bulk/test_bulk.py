@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import (
     ARRAY,
+    CheckConstraint,
     Date,
     DateTime,
     Engine,
@@ -41,6 +42,14 @@ class Reading(Base):
     attrs: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
     tags: Mapped[list[int] | None] = mapped_column(ARRAY(Integer), nullable=True)
     note: Mapped[str | None] = mapped_column(String(30), nullable=True)
+
+
+class Stock(Base):
+    __tablename__ = "stock"
+    __table_args__ = (CheckConstraint("qty >= 0", name="stock_qty_not_negative"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sku: Mapped[str] = mapped_column(String(20), unique=True)
+    qty: Mapped[int] = mapped_column(Integer)
 
 
 COLUMNS = ["id", "day", "at", "amount", "attrs", "tags", "note"]
@@ -143,3 +152,102 @@ async def test_async_copy_with_asyncpg(engine: Engine, hotpath_db: ModuleDatabas
         await async_engine.dispose()
     assert len(_stored(engine)) == 2_000
     assert _stored(engine)[10][2] == START + timedelta(seconds=11)
+
+
+async def test_async_bad_rows_name_their_index_and_column(
+    engine: Engine, hotpath_db: ModuleDatabase
+) -> None:
+    async_engine = create_async_engine(hotpath_db.async_url)
+    unencodable = list(rows(60_000))
+    unencodable[54_321] = (*unencodable[54_321][:3], "not a number", *unencodable[54_321][4:])
+    refused = list(rows(60_000))
+    refused[54_321] = (refused[54_321][0], None, *refused[54_321][2:])  # NOT NULL: the server
+    try:
+        for bad, column in ((unencodable, "amount"), (refused, "day")):
+            async with AsyncSession(async_engine) as session:
+                with pytest.raises(BulkRowError) as error:
+                    await copy_rows_async(session, Reading, bad, COLUMNS)
+                # the transaction is still usable: the failed COPY was a savepoint's
+                assert (await session.execute(text("SELECT count(*) FROM readings"))).scalar() == 0
+            assert (error.value.index, error.value.column) == (54_321, column)
+            assert "not a number" not in str(error.value)
+            assert "refused" in str(error.value)
+        async with async_engine.connect() as conn:  # outside a transaction: no savepoint
+            with pytest.raises(BulkRowError) as error:
+                await copy_rows_async(conn, Reading, unencodable[:54_322], COLUMNS)
+        assert (error.value.index, error.value.column) == (54_321, "amount")
+    finally:
+        await async_engine.dispose()
+    assert _stored(engine) == []
+
+
+def _stock(n: int) -> list[tuple[int, str, int]]:
+    return [(i, f"sku-{i}", i) for i in range(n)]
+
+
+@pytest.mark.faults
+def test_upsert_refusals_name_the_row_and_the_constraint_not_the_values(engine: Engine) -> None:
+    with Session(engine) as session:
+        copy_rows(session, Stock, [(1000, "taken-sku", 1)])
+        session.commit()
+    checked = _stock(20)
+    checked[7] = (7, "sku-7", -123456)  # the target's CHECK
+    repeated = _stock(20)
+    repeated[13] = (3, "sku-other", 1)  # the key of row 3 again
+    clashing = _stock(20)
+    clashing[12] = (12, "taken-sku", 1)  # a unique column other than the key
+    cases = [
+        (checked, 7, None, "stock_qty_not_negative"),
+        (repeated, 13, "id", None),
+        (clashing, 12, None, "stock_sku_key"),
+    ]
+    for bad, index, column, constraint in cases:
+        with Session(engine) as session:
+            with pytest.raises(BulkRowError) as error:
+                upsert_rows(session, Stock, bad, ["id"])
+            session.rollback()
+        found = error.value
+        assert (found.index, found.column, found.constraint) == (index, column, constraint)
+        assert "-123456" not in str(found)
+        assert "taken-sku" not in str(found)
+        assert "sku-" not in str(found)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM stock")).scalar() == 1
+
+
+class _Broken(ValueError):
+    pass
+
+
+def _failing_rows(good: int) -> Iterator[tuple[Any, ...]]:
+    yield from rows(good)
+    raise _Broken("the caller's own bug")
+
+
+async def _failing_rows_async(good: int) -> AsyncIterator[tuple[Any, ...]]:
+    for row in rows(good):
+        yield row
+    raise _Broken("the caller's own bug")
+
+
+@pytest.mark.faults
+async def test_an_error_of_the_rows_themselves_propagates_as_itself(
+    engine: Engine, hotpath_db: ModuleDatabase
+) -> None:
+    with Session(engine) as session:
+        with pytest.raises(_Broken, match="the caller's own bug"):
+            copy_rows(session, Reading, _failing_rows(10), COLUMNS)
+        session.rollback()
+    with Session(engine) as session:
+        with pytest.raises(_Broken, match="the caller's own bug"):
+            upsert_rows(session, Reading, _failing_rows(10), ["id"], COLUMNS)
+        session.rollback()
+    async_engine = create_async_engine(hotpath_db.async_url)
+    try:
+        for source in (_failing_rows(10), _failing_rows_async(10)):
+            async with AsyncSession(async_engine) as session:
+                with pytest.raises(_Broken, match="the caller's own bug"):
+                    await copy_rows_async(session, Reading, source, COLUMNS)
+    finally:
+        await async_engine.dispose()
+    assert _stored(engine) == []

@@ -3,15 +3,19 @@ its holders. Plain SQLAlchemy says neither."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 import sys
+import threading
 import time
 from typing import Any
 
 import pytest
 from sqlalchemy import Connection, Engine, create_engine, exc, text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from hotpath.pool import PoolExhaustedError, PoolMetrics
+from hotpath.pool import PoolExhaustedError, PoolMetrics, QueuePoolExhaustedError, instrument_pool
 from hotpath.testing import ModuleDatabase
 
 from ._helpers import planned_async_engine, planned_engine
@@ -117,6 +121,73 @@ def test_exhaustion_error_names_the_holders(hotpath_db: ModuleDatabase) -> None:
     finally:
         engine.dispose()
         plain.dispose()
+
+
+def _hold_in_thread(engine: Engine, ready: threading.Barrier, release: threading.Event) -> None:
+    with engine.connect():
+        ready.wait(10)
+        release.wait(10)
+
+
+def test_a_plain_engine_exhausted_names_the_holders(hotpath_db: ModuleDatabase) -> None:
+    """The usual way to build an engine (the issue's seeds): no PoolPlan, no poolclass."""
+    engine = create_engine(hotpath_db.url, pool_size=2, max_overflow=0, pool_timeout=0.5)
+    metrics = instrument_pool(engine)
+    ready, release = threading.Barrier(3), threading.Event()
+    holders = [
+        threading.Thread(target=_hold_in_thread, args=(engine, ready, release)) for _ in range(2)
+    ]
+    try:
+        for thread in holders:
+            thread.start()
+        ready.wait(10)  # both threads hold a connection
+        with pytest.raises(QueuePoolExhaustedError) as info:
+            engine.connect()
+        message = str(info.value)
+        assert "2 of 2+0 checked out, 0 idle" in message
+        assert re.search(
+            r"2x tests/pool/test_leaks\.py:\d+ in _hold_in_thread \(held up to", message
+        )
+        assert "QueuePool limit of size 2 overflow 0 reached" in message  # kept
+        assert isinstance(info.value, exc.TimeoutError)  # existing handlers still catch it
+        assert metrics.snapshot().timeouts == 1
+    finally:
+        release.set()
+        for thread in holders:
+            thread.join(10)
+        engine.dispose()
+
+
+async def _hold_in_task(engine: AsyncEngine, ready: asyncio.Event, release: asyncio.Event) -> None:
+    async with engine.connect():
+        ready.set()
+        await release.wait()
+
+
+async def test_a_plain_async_engine_exhausted_names_the_holders(
+    hotpath_db: ModuleDatabase,
+) -> None:
+    engine = create_async_engine(
+        hotpath_db.async_url, pool_size=2, max_overflow=0, pool_timeout=0.5
+    )
+    metrics = instrument_pool(engine)
+    release = asyncio.Event()
+    readies = [asyncio.Event(), asyncio.Event()]
+    tasks = [asyncio.create_task(_hold_in_task(engine, ready, release)) for ready in readies]
+    try:
+        for ready in readies:
+            await asyncio.wait_for(ready.wait(), 10)
+        with pytest.raises(QueuePoolExhaustedError) as info:
+            await engine.connect()
+        message = str(info.value)
+        assert "2 of 2+0 checked out" in message
+        holders = r"2x tests/pool/test_leaks\.py:\d+ in _hold_in_task \(held up to"
+        assert re.search(holders, message)
+        assert metrics.snapshot().timeouts == 1
+    finally:
+        release.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+        await engine.dispose()
 
 
 def _holder_sites(metrics: PoolMetrics) -> list[str]:

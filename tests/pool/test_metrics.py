@@ -14,14 +14,17 @@ import psycopg_pool
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from sqlalchemy import create_engine, exc, text
+from sqlalchemy.pool import PoolProxiedConnection, QueuePool
 
 from hotpath.pool import (
     AsyncMeteredConnectionPool,
     ConnectionPoolExhaustedError,
     MeteredConnectionPool,
+    MeteredQueuePool,
     PoolCollector,
     PoolConfigError,
     PoolExhaustedError,
+    PoolInstrumentationWarning,
     PoolMetrics,
     PoolSnapshot,
     QueuePoolExhaustedError,
@@ -153,18 +156,20 @@ async def test_async_timeout_names_the_holder(hotpath_db: ModuleDatabase) -> Non
         await engine.dispose()
 
 
-def test_plain_engine_gets_event_metrics_but_no_acquire_timing(hotpath_db: ModuleDatabase) -> None:
+def test_plain_engine_is_metered_in_place(hotpath_db: ModuleDatabase) -> None:
     engine = create_engine(hotpath_db.url, pool_size=1, max_overflow=0)
     metrics = instrument_pool(engine)
     try:
+        assert isinstance(engine.pool, MeteredQueuePool)  # the engine's own pool object
         for _ in range(3):
             with engine.connect() as conn:
                 conn.execute(text("SELECT 2"))
         snap = metrics.snapshot()
         assert (snap.checkouts, snap.hold.count, snap.connects) == (3, 3, 1)
-        assert snap.acquire_wait is None
-        assert snap.timeouts is None
-        # Waiting callers come from the pool's queue, metered or not: one blocked thread.
+        assert snap.acquire_wait is not None
+        assert snap.acquire_wait.count == 3
+        assert snap.timeouts == 0
+        # Waiting callers come from the pool's queue: one blocked thread.
         assert snap.waiting == 0
         with engine.connect():
             blocked = threading.Thread(target=lambda: engine.connect().close())
@@ -175,9 +180,35 @@ def test_plain_engine_gets_event_metrics_but_no_acquire_timing(hotpath_db: Modul
             assert metrics.snapshot().waiting == 1
         blocked.join(10)
         assert metrics.snapshot().waiting == 0
-        assert "not metered" in snap.describe()
+        engine.dispose()  # recreate(): the next pool is metered too
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 2"))
+        assert isinstance(engine.pool, MeteredQueuePool)
+        assert metrics.snapshot().acquire_wait.count == 6  # type: ignore[union-attr]
         with pytest.raises(PoolConfigError, match="already instrumented"):
             instrument_pool(engine)
+    finally:
+        engine.dispose()
+
+
+class _OwnConnectPool(QueuePool):
+    def connect(self) -> PoolProxiedConnection:
+        return super().connect()
+
+
+def test_pool_with_its_own_connect_is_told_what_it_misses(hotpath_db: ModuleDatabase) -> None:
+    engine = create_engine(hotpath_db.url, poolclass=_OwnConnectPool, pool_size=1)
+    try:
+        with pytest.warns(PoolInstrumentationWarning, match="without the holders"):
+            metrics = instrument_pool(engine)
+        assert type(engine.pool) is _OwnConnectPool
+        for _ in range(3):
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 2"))
+        snap = metrics.snapshot()
+        assert (snap.checkouts, snap.hold.count, snap.connects) == (3, 3, 1)
+        assert (snap.acquire_wait, snap.timeouts) == (None, None)
+        assert "not metered" in snap.describe()
     finally:
         engine.dispose()
 

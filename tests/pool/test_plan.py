@@ -3,6 +3,7 @@ role CONNECTION LIMITs, replicas; and what happens when the budget is ignored.""
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections.abc import Iterator
 
@@ -10,7 +11,7 @@ import psycopg
 import pytest
 from sqlalchemy import create_engine, text
 
-from hotpath.pool import PoolConfigError, PoolPlan
+from hotpath.pool import MeteredConnectionPool, PoolConfigError, PoolPlan, instrument_pool
 from hotpath.testing import ModuleDatabase
 
 
@@ -103,14 +104,51 @@ def test_plan_caps_pools_and_recommends_pgbouncer_past_the_budget() -> None:
 @pytest.mark.parametrize(
     ("options", "needle"),
     [
-        ({"processes": 0, "concurrency_per_process": 4}, "must be >= 1"),
-        ({"processes": 1, "concurrency_per_process": 4, "pgbouncer": "statement"}, "pgbouncer="),
-        ({"processes": 1, "concurrency_per_process": 4, "timeout_s": 0}, "timeout_s > 0"),
+        ({"processes": 0}, r"processes=0: use a whole number >= 1"),
+        ({"pgbouncer": "statement"}, "pgbouncer="),
+        ({"timeout_s": 0}, r"timeout_s=0: use a finite number > 0"),
+        ({"timeout_s": math.nan}, r"timeout_s=nan: use a finite number > 0 \(seconds"),
+        ({"timeout_s": math.inf}, r"timeout_s=inf: use a finite number > 0"),
+        ({"timeout_s": "5"}, r"timeout_s='5': use a finite number > 0"),
+        ({"max_connections": 0}, r"max_connections=0: use a whole number >= 1 \(.*SHOW"),
+        ({"max_connections": -5}, r"max_connections=-5: use a whole number >= 1"),
+        ({"max_connections": 100.5}, r"max_connections=100.5: use a whole number"),
+        ({"concurrency_per_process": True}, r"concurrency_per_process=True: use a whole"),
+        ({"headroom": -1}, r"headroom=-1: use a whole number >= 0"),
+        ({"replicas": -1}, r"replicas=-1: use a whole number >= 0"),
+        ({"other_clients": -1}, r"other_clients=-1"),
+        ({"superuser_reserved_connections": -1}, r"superuser_reserved_connections=-1"),
+        ({"server_cores": 0}, r"server_cores=0: use a whole number >= 1, or None for unknown"),
+        ({"lifetime_jitter": math.nan}, r"lifetime_jitter=nan: .* >= 0 and < 1"),
+        ({"lifetime_jitter": 1}, r"lifetime_jitter=1: .* >= 0 and < 1"),
+        ({"validate_idle_s": -math.inf}, r"validate_idle_s=-inf: .*or None for never ping"),
+        ({"max_lifetime_s": math.nan}, r"max_lifetime_s=nan: .*or None for unlimited"),
+        ({"leak_threshold_s": 0}, r"leak_threshold_s=0: use a finite number > 0"),
     ],
 )
-def test_bad_plan_input_names_the_fix(options: dict[str, object], needle: str) -> None:
+@pytest.mark.faults
+def test_bad_plan_input_names_the_value_and_the_fix(
+    options: dict[str, object], needle: str
+) -> None:
+    settings: dict[str, object] = {
+        "processes": 1,
+        "concurrency_per_process": 4,
+        "max_connections": 100,
+        **options,
+    }
     with pytest.raises(PoolConfigError, match=needle):
-        PoolPlan.from_settings(max_connections=100, **options)  # type: ignore[arg-type]
+        PoolPlan.from_settings(**settings)  # type: ignore[arg-type]
+
+
+@pytest.mark.faults
+def test_instrument_pool_and_metered_pools_refuse_nan_and_infinities() -> None:
+    engine = create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")
+    for option in ("leak_threshold_s", "validate_idle_s", "max_lifetime_s", "lifetime_jitter"):
+        for bad in (math.nan, math.inf):
+            with pytest.raises(PoolConfigError, match=f"{option}={bad}: use a finite number"):
+                instrument_pool(engine, **{option: bad})  # type: ignore[arg-type]
+    with pytest.raises(PoolConfigError, match="validate_idle_s=nan"):
+        MeteredConnectionPool("", validate_idle_s=math.nan, open=False)
 
 
 def test_unreachable_server_is_a_clear_error() -> None:

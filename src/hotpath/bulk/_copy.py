@@ -3,7 +3,8 @@
 
 Rows go to PostgreSQL with ``COPY ... FROM STDIN`` on the caller's own connection and
 transaction; COPY is all-or-nothing, so a bad row leaves nothing written. Its error names the
-row (0-based index in the iterable) and the column, never the value.
+row (0-based index in the iterable) and the column or constraint, never the value. An error
+raised by the caller's rows themselves (a failing generator) propagates as itself.
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ from sqlalchemy.orm import Session
 from .._errors import HotpathError
 
 _CONTEXT = re.compile(r"line (\d+)(?:, column (\w+))?")
+# The end of a server message that quotes the refused value ('invalid input syntax for type
+# numeric: "abc"'); identifiers are quoted mid-message, a value only after the last colon.
+_QUOTED_VALUE = re.compile(r':\s*".*"\s*$', re.DOTALL)
+# The staging table's own column: the input row's 1-based position, given in COPY order.
+_INPUT_ROW = "hotpath_input_row"
 
 
 class BulkError(HotpathError):
@@ -28,12 +34,69 @@ class BulkError(HotpathError):
 
 
 class BulkRowError(BulkError):
-    """One row was refused: ``index`` (0-based in the input) and ``column`` say which."""
+    """One row was refused: ``index`` (0-based in the input), ``column`` and ``constraint``
+    (when the server names them) say which; the message never holds the row's values."""
 
-    def __init__(self, table: str, index: int, column: str | None, reason: str) -> None:
-        self.index, self.column = index, column
+    def __init__(
+        self,
+        table: str,
+        index: int,
+        column: str | None,
+        reason: str,
+        constraint: str | None = None,
+    ) -> None:
+        self.index, self.column, self.constraint = index, column, constraint
         where = f"row {index}" + (f", column {column!r}" if column else "")
+        if constraint:
+            where += f", constraint {constraint!r}"
         super().__init__(f"{table}: {where} was refused ({reason}); nothing was written")
+
+
+class _Counted:
+    """The caller's rows as COPY takes them: how many were taken, the last one, and the
+    error the rows themselves raised (a failing generator is the caller's error, not a
+    refused row)."""
+
+    def __init__(self, rows: Any) -> None:
+        self._rows = rows
+        self.taken = 0
+        self.last: Sequence[Any] = ()
+        self.raised: BaseException | None = None
+
+    def _took(self, row: Sequence[Any]) -> Sequence[Any]:
+        self.taken += 1
+        self.last = row
+        return row
+
+
+class _CountedRows(_Counted):
+    def __iter__(self) -> Iterator[Sequence[Any]]:
+        rows = iter(self._rows)
+        while True:
+            try:
+                row = next(rows)
+            except StopIteration:
+                return
+            except BaseException as exc:
+                self.raised = exc
+                raise
+            yield self._took(row)
+
+
+class _CountedAsyncRows(_Counted):
+    """Only ``__aiter__``: asyncpg picks its async path for an AsyncIterable."""
+
+    async def __aiter__(self) -> AsyncIterator[Sequence[Any]]:
+        rows = aiter(self._rows)
+        while True:
+            try:
+                row = await anext(rows)
+            except StopAsyncIteration:
+                return
+            except BaseException as exc:
+                self.raised = exc
+                raise
+            yield self._took(row)
 
 
 def _target(table_or_model: Any) -> Table:
@@ -71,18 +134,36 @@ def _column_oids(cursor: Any, table: Table, names: Sequence[str]) -> list[int]:
     return [found[name] for name in names]
 
 
+def _server_fields(exc: BaseException) -> tuple[Any, str | None]:
+    """Where the server's error fields are, and its primary message without the value.
+
+    psycopg keeps them in ``exc.diag`` (``message_primary``); asyncpg on the exception
+    itself (``message``); both name ``context``, ``column_name`` and ``constraint_name``.
+    """
+    diag = getattr(exc, "diag", None)
+    if diag is not None:
+        primary = diag.message_primary
+    else:
+        diag = exc if type(exc).__module__.startswith("asyncpg.") else None
+        primary = getattr(diag, "message", None)
+    if primary:
+        primary = _QUOTED_VALUE.sub("", primary)
+    return diag, primary
+
+
 def _row_error(
-    table: Table, exc: Exception, counted: int, column: str | None = None
+    table: Table, exc: BaseException, index: int, column: str | None = None
 ) -> BulkRowError:
     """Map a COPY failure to the input row: the server's context ('line N, column C') for
-    rows it refused, else the row being written when the client could not encode it."""
-    diag = getattr(exc, "diag", None)
+    rows it refused, else ``index``, the row being written when the client could not
+    encode it."""
+    diag, primary = _server_fields(exc)
     match = _CONTEXT.search(getattr(diag, "context", None) or "")
-    primary = getattr(diag, "message_primary", None)
+    constraint = getattr(diag, "constraint_name", None)
     if match:
         named = match.group(2) or getattr(diag, "column_name", None)
-        return BulkRowError(table.name, int(match.group(1)) - 1, named, primary or "")
-    return BulkRowError(table.name, counted, column, primary or type(exc).__name__)
+        return BulkRowError(table.name, int(match.group(1)) - 1, named, primary or "", constraint)
+    return BulkRowError(table.name, index, column, primary or type(exc).__name__, constraint)
 
 
 def _unencodable_column(
@@ -102,15 +183,37 @@ def _unencodable_column(
     return None
 
 
-def _write_all(copy: Any, rows: Iterable[Sequence[Any]], on_error: Any) -> int:
-    count = 0
+def _write_all(copy: Any, rows: _CountedRows, on_error: Any) -> int:
     for row in rows:
         try:
             copy.write_row(row)
         except Exception as exc:
-            raise on_error(exc, count, row) from None
-        count += 1
-    return count
+            # from None: the driver's message and its chain may quote the row's values
+            raise on_error(exc, rows.taken - 1, row) from None
+    return rows.taken
+
+
+def _copy_in(
+    cursor: Any,
+    sql: str,
+    oids: list[int],
+    rows: Iterable[Sequence[Any]],
+    table: Table,
+    refused: Any,
+) -> int:
+    """Run one ``COPY ... FROM STDIN`` of ``rows``; a refused row raises BulkRowError, an
+    error of the rows' own iterator propagates unchanged."""
+    counted = _CountedRows(rows)
+    try:
+        with cursor.copy(sql) as copy:
+            copy.set_types(oids)
+            return _write_all(copy, counted, refused)
+    except BulkError:
+        raise
+    except Exception as exc:
+        if exc is counted.raised:
+            raise  # the caller's generator failed: its own error, no row was refused
+        raise _row_error(table, exc, counted.taken) from None  # refused when the COPY ended
 
 
 def _psycopg_connection(conn_or_session: Any) -> Any:
@@ -138,22 +241,13 @@ def copy_rows(
     names = _columns(table, columns)
     raw = _psycopg_connection(conn_or_session)
     sql = f"COPY {_qualified(table)} ({_quoted(names)}) FROM STDIN"
-    count = 0
     with raw.cursor() as cursor:
         oids = _column_oids(cursor, table, names)
 
         def refused(exc: Exception, index: int, row: Sequence[Any]) -> BulkRowError:
             return _row_error(table, exc, index, _unencodable_column(raw, row, names, oids))
 
-        try:
-            with cursor.copy(sql) as copy:
-                copy.set_types(oids)
-                count = _write_all(copy, rows, refused)
-        except BulkError:
-            raise
-        except Exception as exc:  # refused by the server when the COPY ended
-            raise _row_error(table, exc, count) from None
-    return count
+        return _copy_in(cursor, sql, oids, rows, table, refused)
 
 
 def upsert_rows(
@@ -178,36 +272,77 @@ def upsert_rows(
     quoted = _quoted(names)
     with raw.cursor() as cursor:
         oids = _column_oids(cursor, table, names)
+        # The target's CHECK constraints (NOT NULL always comes with LIKE), so a row they
+        # refuse is refused by the COPY, which names its line; the input position of each
+        # row, so a row refused by the INSERT below can be found too.
         cursor.execute(
-            f'CREATE TEMP TABLE "{stage}" (LIKE {_qualified(table)} INCLUDING DEFAULTS) '
+            f'CREATE TEMP TABLE "{stage}" (LIKE {_qualified(table)} INCLUDING DEFAULTS '
+            f'INCLUDING CONSTRAINTS, "{_INPUT_ROW}" bigint GENERATED ALWAYS AS IDENTITY) '
             "ON COMMIT DROP"
         )
-        count = 0
 
         def refused(exc: Exception, index: int, row: Sequence[Any]) -> BulkRowError:
             return _row_error(table, exc, index, _unencodable_column(raw, row, names, oids))
 
-        try:
-            with cursor.copy(f'COPY "{stage}" ({quoted}) FROM STDIN') as copy:
-                copy.set_types(oids)
-                count = _write_all(copy, rows, refused)
-        except BulkError:
-            raise
-        except Exception as exc:
-            raise _row_error(table, exc, count) from None
+        count = _copy_in(
+            cursor, f'COPY "{stage}" ({quoted}) FROM STDIN', oids, rows, table, refused
+        )
         action = (
             "DO UPDATE SET " + ", ".join(f'"{n}" = EXCLUDED."{n}"' for n in updates)
             if updates
             else "DO NOTHING"
         )
         keys = ", ".join(f'"{k}"' for k in key_columns)
-        cursor.execute(
+        insert = (
             f'INSERT INTO {_qualified(table)} ({quoted}) SELECT {quoted} FROM "{stage}" '
-            f"ON CONFLICT ({keys}) {action}"
+            f'WHERE "{_INPUT_ROW}" <= %s ORDER BY "{_INPUT_ROW}" ON CONFLICT ({keys}) {action}'
         )
-        upserted = cursor.rowcount
+        upserted = _insert_staged(cursor, insert, count, table, key_columns)
         cursor.execute(f'DROP TABLE "{stage}"')
-    return int(upserted)
+    return upserted
+
+
+def _insert_staged(
+    cursor: Any, insert: str, count: int, table: Table, key_columns: Sequence[str]
+) -> int:
+    """Run ``insert`` over the first ``count`` staged rows. If the target refuses it (a
+    foreign key, a unique constraint other than the key, a key repeated in the input), find
+    the first row whose prefix of the input is refused, probing with savepoints (log2(n)
+    INSERTs, only on this error path): that row is the one the error names."""
+    cursor.execute("SAVEPOINT hotpath_upsert")
+    try:
+        cursor.execute(insert, [count])
+    except Exception as exc:
+        cursor.execute("ROLLBACK TO SAVEPOINT hotpath_upsert")
+        # The first refused prefix ends at a row in [low, high]; prefixes only grow their
+        # refusals (a row refused stays refused with more rows before it).
+        low, high, error = 0, count - 1, exc
+        while low < high:
+            middle = (low + high) // 2
+            try:
+                cursor.execute(insert, [middle + 1])
+            except Exception as probe:
+                high, error = middle, probe
+            else:
+                low = middle + 1
+            cursor.execute("ROLLBACK TO SAVEPOINT hotpath_upsert")
+        raise _insert_error(table, error, high, key_columns) from None
+    upserted = int(cursor.rowcount)  # before the RELEASE resets it
+    cursor.execute("RELEASE SAVEPOINT hotpath_upsert")
+    return upserted
+
+
+def _insert_error(
+    table: Table, exc: BaseException, index: int, key_columns: Sequence[str]
+) -> BulkRowError:
+    if getattr(exc, "sqlstate", None) == "21000":  # cardinality_violation: a repeated key
+        return BulkRowError(
+            table.name,
+            index,
+            ", ".join(key_columns),
+            "its key repeats an earlier row of the input",
+        )
+    return _row_error(table, exc, index, getattr(_server_fields(exc)[0], "column_name", None))
 
 
 async def copy_rows_async(
@@ -237,13 +372,53 @@ async def copy_rows_async(
             if isinstance(rows, Iterable)
             else _json_encoded_async(rows, json_at)
         )
+    counted: _Counted = (
+        _CountedRows(records) if isinstance(records, Iterable) else _CountedAsyncRows(records)
+    )
+    # asyncpg encodes rows client-side without naming the column; finding it afterwards
+    # needs the connection, which a failed COPY leaves aborted inside a transaction: a
+    # savepoint keeps it usable (and the caller's transaction with it).
+    savepoint = raw.is_in_transaction()
+    if savepoint:
+        await raw.execute("SAVEPOINT hotpath_copy")
     try:
         status = await raw.copy_records_to_table(
-            table.name, records=records, columns=names, schema_name=table.schema
+            table.name, records=counted, columns=names, schema_name=table.schema
         )
     except Exception as exc:
-        raise _row_error(table, exc, 0) from None
+        if savepoint:
+            await raw.execute("ROLLBACK TO SAVEPOINT hotpath_copy")
+        if exc is counted.raised:
+            raise  # the caller's rows failed: their own error, no row was refused
+        column = None
+        if _server_fields(exc)[0] is None:  # refused by asyncpg's encoder, not the server
+            column = await _asyncpg_unencodable_column(raw, table, names, counted.last)
+        raise _row_error(table, exc, counted.taken - 1, column) from None
+    if savepoint:
+        await raw.execute("RELEASE SAVEPOINT hotpath_copy")
     return int(str(status).split()[-1])
+
+
+async def _asyncpg_unencodable_column(
+    raw: Any, table: Table, names: Sequence[str], row: Sequence[Any]
+) -> str | None:
+    """The first column whose value asyncpg cannot encode as the column's type: each value
+    bound to ``SELECT $1::<type>``, which asyncpg encodes with that type's codec."""
+    types = dict(
+        await raw.fetch(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
+            " WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped",
+            _qualified(table),
+        )
+    )
+    for name, value in zip(names, row, strict=False):
+        if value is None:
+            continue
+        try:
+            await raw.fetchval(f"SELECT $1::{types[name]}", value)
+        except Exception:
+            return name
+    return None
 
 
 def _encode(row: Sequence[Any], positions: list[int]) -> tuple[Any, ...]:

@@ -14,9 +14,7 @@ from rich.table import Table
 from ..stack import LocalStack, NodeStatus, default_stack_dir
 from ._console import err, out
 
-stack_app = typer.Typer(
-    help="A real local PostgreSQL primary + streaming replicas + Redis.", no_args_is_help=True
-)
+stack_app = typer.Typer(help="A real local PostgreSQL primary + streaming replicas + Redis.")
 
 _DirOption = Annotated[
     Path | None,

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from .._validate import check_number
 from ._errors import CircuitOpenError, ConcurrencyConfigError
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -58,10 +59,29 @@ class CircuitBreaker:
         fallback: Callable[..., Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if failure_threshold < 1 or half_open_max_calls < 1 or reset_timeout <= 0:
-            raise ConcurrencyConfigError(
-                "failure_threshold and half_open_max_calls must be >= 1 and reset_timeout > 0"
-            )
+        check_number(
+            ConcurrencyConfigError,
+            "failure_threshold",
+            failure_threshold,
+            integer=True,
+            at_least=1,
+            meaning="consecutive failures that open the circuit",
+        )
+        check_number(
+            ConcurrencyConfigError,
+            "reset_timeout",
+            reset_timeout,
+            above=0,
+            meaning="seconds the circuit stays open before a trial call",
+        )
+        check_number(
+            ConcurrencyConfigError,
+            "half_open_max_calls",
+            half_open_max_calls,
+            integer=True,
+            at_least=1,
+            meaning="trial calls let through while half open",
+        )
         self.name = name
         self.failure_threshold = failure_threshold
         self.reset_timeout = reset_timeout

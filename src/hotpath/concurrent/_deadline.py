@@ -11,6 +11,7 @@ from collections.abc import Awaitable
 from types import TracebackType
 from typing import Any, TypeVar
 
+from .._validate import check_number
 from ._errors import ConcurrencyConfigError, DeadlineExceeded
 
 _T = TypeVar("_T")
@@ -20,8 +21,13 @@ class deadline:
     """Cancel the block if it runs longer than ``seconds``."""
 
     def __init__(self, seconds: float, what: str = "the block") -> None:
-        if seconds <= 0:
-            raise ConcurrencyConfigError(f"deadline of {seconds!r}s: give a positive number")
+        check_number(
+            ConcurrencyConfigError,
+            "seconds",
+            seconds,
+            above=0,
+            meaning=f"the deadline of {what}",
+        )
         self.seconds = seconds
         self.what = what
         self._timeout: Any = None

@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
+from .._validate import check_number
 from ._deadline import deadline
 from ._errors import ConcurrencyConfigError
 
@@ -29,8 +30,22 @@ async def gather_bounded(
     - ``return_exceptions``: put exceptions in the result list instead of raising.
     - ``cancel_on_error``: on the first exception (when not returned), cancel the others.
     """
-    if limit < 1:
-        raise ConcurrencyConfigError(f"limit={limit!r}: give at least 1")
+    check_number(
+        ConcurrencyConfigError,
+        "limit",
+        limit,
+        integer=True,
+        at_least=1,
+        meaning="awaitables run at once",
+    )
+    check_number(
+        ConcurrencyConfigError,
+        "timeout",
+        timeout,
+        above=0,
+        none_means="no deadline",
+        meaning="seconds for the whole gather",
+    )
     semaphore = asyncio.Semaphore(limit)
 
     async def one(awaitable: Awaitable[Any]) -> Any:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from .._validate import check_number
 from ._errors import CircuitOpenError, ConcurrencyConfigError
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -41,8 +42,28 @@ def retry(
             "retry(idempotent=False): retrying a call that is not idempotent can repeat its "
             "effect; make the call idempotent (e.g. an idempotency key) and say idempotent=True"
         )
-    if attempts < 1:
-        raise ConcurrencyConfigError(f"attempts={attempts!r}: give at least 1")
+    check_number(
+        ConcurrencyConfigError,
+        "attempts",
+        attempts,
+        integer=True,
+        at_least=1,
+        meaning="tries in all, the first included",
+    )
+    check_number(
+        ConcurrencyConfigError,
+        "base_delay",
+        base_delay,
+        at_least=0,
+        meaning="seconds of the first backoff cap",
+    )
+    check_number(
+        ConcurrencyConfigError,
+        "max_delay",
+        max_delay,
+        at_least=0,
+        meaning="seconds the backoff cap never exceeds",
+    )
 
     def retriable(error: BaseException) -> bool:
         # an open circuit means "do not call now": retrying it only burns the attempts

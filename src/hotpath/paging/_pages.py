@@ -10,8 +10,17 @@ from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
+from .._validate import check_number
 from ._cursor import decode_cursor, encode_cursor
-from ._keyset import KeyColumn, after_predicate, key_columns, ordered, row_values, sort_key
+from ._keyset import (
+    KeyColumn,
+    PagingError,
+    after_predicate,
+    key_columns,
+    ordered,
+    row_values,
+    sort_key,
+)
 
 _T = TypeVar("_T")
 
@@ -36,8 +45,7 @@ def _page_statement(
     limit: int,
     secret: bytes | None,
 ) -> tuple[Select[Any], list[KeyColumn], str]:
-    if limit < 1:
-        raise ValueError(f"limit={limit!r}: give at least 1")
+    check_number(PagingError, "limit", limit, integer=True, at_least=1, meaning="rows per page")
     keys = key_columns(order_by)
     sort = sort_key(keys)
     if after is not None:

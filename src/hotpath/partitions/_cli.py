@@ -9,7 +9,7 @@ import typer
 
 from .._errors import HotpathError
 
-partitions_app = typer.Typer(help="Keep a table range-partitioned by time.", no_args_is_help=True)
+partitions_app = typer.Typer(help="Keep a table range-partitioned by time.")
 
 _Url = Annotated[str, typer.Argument(help="Database URL (postgresql://... or SQLAlchemy).")]
 _Table = Annotated[str, typer.Argument(help="The partitioned table.")]

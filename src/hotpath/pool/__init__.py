@@ -18,6 +18,7 @@ from ._errors import (
     PoolConfigError,
     PoolError,
     PoolExhaustedError,
+    PoolInstrumentationWarning,
     QueuePoolExhaustedError,
     SessionStateWarning,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "PoolConfigError",
     "PoolError",
     "PoolExhaustedError",
+    "PoolInstrumentationWarning",
     "PoolMetrics",
     "PoolPlan",
     "PoolSnapshot",

@@ -16,7 +16,6 @@ _out = Console(highlight=False, soft_wrap=True)
 
 pool_app = typer.Typer(
     help="Connection pools sized from the workload and the server's real budget.",
-    no_args_is_help=True,
 )
 
 

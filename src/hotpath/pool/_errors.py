@@ -30,3 +30,7 @@ class ConnectionPoolExhaustedError(PoolExhaustedError, psycopg_pool.PoolTimeout)
 
 class SessionStateWarning(UserWarning):
     """Session state (SET, advisory locks, LISTEN, ...) used behind a transaction pooler."""
+
+
+class PoolInstrumentationWarning(UserWarning):
+    """``instrument_pool`` could not meter a pool fully; the message says what is missing."""

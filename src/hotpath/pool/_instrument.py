@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import QueuePool
 
 from . import _housekeeping
-from ._errors import PoolConfigError
+from ._errors import PoolConfigError, PoolInstrumentationWarning
 from ._metrics import PoolMetrics
+from ._options import check_liveness_options
 from ._psycopg import _Metering
-from ._sa_pools import _MeteredMixin
+from ._sa_pools import _MeteredMixin, make_metered, meterable
 from ._sqlalchemy import EngineInstrumentation, pool_shape
 
 _instrumented: weakref.WeakKeyDictionary[Any, PoolMetrics] = weakref.WeakKeyDictionary()
@@ -31,15 +34,15 @@ def instrument_pool(
 ) -> PoolMetrics:
     """Meter ``target``'s pool; return its :class:`PoolMetrics` (``.snapshot()``).
 
-    ``target``: a SQLAlchemy ``Engine`` or ``AsyncEngine`` (full metrics when its pool is a
-    ``MeteredQueuePool`` / ``AsyncMeteredQueuePool``, as ``PoolPlan.engine_kwargs()`` sets;
-    without it, acquire wait, waiting callers and timeouts read ``None``), or a
+    ``target``: a SQLAlchemy ``Engine`` or ``AsyncEngine`` (an engine's own ``QueuePool`` /
+    ``AsyncAdaptedQueuePool`` becomes its metered twin in place: timed acquires, and
+    exhaustion errors that name the holders; other pools never wait and get the events), or a
     ``MeteredConnectionPool`` / ``AsyncMeteredConnectionPool``. For engines it also installs
     the liveness rules: ping on checkout only after ``validate_idle_s`` idle, replace
     connections after ``max_lifetime_s`` (minus up to ``lifetime_jitter``), and, with
     ``transaction_pooler``, warn about statements that set session state.
     """
-    _check_options(leak_threshold_s, validate_idle_s, max_lifetime_s, lifetime_jitter)
+    check_liveness_options(leak_threshold_s, validate_idle_s, max_lifetime_s, lifetime_jitter)
     key = target.sync_engine if isinstance(target, AsyncEngine) else target
     if key in _instrumented:
         raise PoolConfigError(
@@ -86,6 +89,18 @@ def _instrument_engine(
     transaction_pooler: bool,
     capture_stacks: bool,
 ) -> PoolMetrics:
+    pool = engine.pool
+    if meterable(pool):
+        make_metered(pool)  # type: ignore[arg-type]  # meterable() checked it is a QueuePool
+    elif isinstance(pool, QueuePool) and not isinstance(pool, _MeteredMixin):
+        warnings.warn(
+            f"{type(pool).__qualname__} overrides Pool.connect() or _return_conn(), so hotpath "
+            "meters it through pool events only: acquire wait and timeouts read None, and an "
+            "exhausted pool raises SQLAlchemy's TimeoutError without the holders. Keep those "
+            "methods, or use poolclass=hotpath.pool.MeteredQueuePool.",
+            PoolInstrumentationWarning,
+            stacklevel=3,
+        )
     metrics = PoolMetrics(
         name or _engine_name(engine),
         lambda: pool_shape(engine.pool),
@@ -111,22 +126,3 @@ def _engine_name(engine: Engine) -> str:
 
 def _describe(target: object) -> str:
     return f"{type(target).__module__}.{type(target).__qualname__}"
-
-
-def _check_options(
-    leak_threshold_s: float | None,
-    validate_idle_s: float | None,
-    max_lifetime_s: float | None,
-    lifetime_jitter: float,
-) -> None:
-    problems = []
-    if leak_threshold_s is not None and leak_threshold_s <= 0:
-        problems.append(f"leak_threshold_s={leak_threshold_s} (use > 0, or None for off)")
-    if validate_idle_s is not None and validate_idle_s < 0:
-        problems.append(f"validate_idle_s={validate_idle_s} (use >= 0, or None for never)")
-    if max_lifetime_s is not None and max_lifetime_s <= 0:
-        problems.append(f"max_lifetime_s={max_lifetime_s} (use > 0, or None for unlimited)")
-    if not 0 <= lifetime_jitter < 1:
-        problems.append(f"lifetime_jitter={lifetime_jitter} (use 0 <= jitter < 1, e.g. 0.05)")
-    if problems:
-        raise PoolConfigError("bad instrument_pool option: " + "; ".join(problems))

@@ -13,8 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from .._validate import check_number
 from ._budget import ServerBudget, read_server_budget
 from ._errors import PoolConfigError
+from ._options import check_liveness_options
 from ._pooler import driver_connect_args
 from ._sa_pools import AsyncMeteredQueuePool, MeteredQueuePool
 
@@ -79,6 +81,7 @@ class PoolPlan:
         ``server_cores`` defaults to this machine's cores when the server is on loopback.
         """
         _check_workload(processes, concurrency_per_process, pgbouncer)
+        _check_count("other_clients", other_clients, none_means="the clients connected now")
         primary = read_server_budget(server_url, "primary", other_clients)
         replicas = tuple(
             read_server_budget(url, f"replica{i}", other_clients)
@@ -127,6 +130,18 @@ class PoolPlan:
     ) -> PoolPlan:
         """The same plan from settings you know (replicas assumed configured alike)."""
         _check_workload(processes, concurrency_per_process, pgbouncer)
+        check_number(
+            PoolConfigError,
+            "max_connections",
+            max_connections,
+            integer=True,
+            at_least=1,
+            meaning="the server's max_connections setting: SHOW max_connections",
+        )
+        _check_count("superuser_reserved_connections", superuser_reserved_connections)
+        _check_count("reserved_connections", reserved_connections)
+        _check_count("other_clients", other_clients)
+        _check_count("replicas", replicas)
 
         def budget(name: str) -> ServerBudget:
             return ServerBudget(
@@ -348,16 +363,30 @@ class PoolPlan:
 
 
 def _check_workload(processes: int, concurrency: int, pgbouncer: str | None) -> None:
-    if processes < 1 or concurrency < 1:
-        raise PoolConfigError(
-            f"processes={processes}, concurrency_per_process={concurrency}: both must be >= 1 "
-            "(count worker processes across every host, and the requests or tasks one process "
-            "serves at once)"
-        )
+    check_number(
+        PoolConfigError,
+        "processes",
+        processes,
+        integer=True,
+        at_least=1,
+        meaning="count worker processes across every host",
+    )
+    check_number(
+        PoolConfigError,
+        "concurrency_per_process",
+        concurrency,
+        integer=True,
+        at_least=1,
+        meaning="the requests or tasks one process serves at once",
+    )
     if pgbouncer not in {None, "transaction", "session"}:
         raise PoolConfigError(
             f"pgbouncer={pgbouncer!r}: use 'transaction', 'session', or leave it out"
         )
+
+
+def _check_count(name: str, value: object, none_means: str | None = None) -> None:
+    check_number(PoolConfigError, name, value, integer=True, at_least=0, none_means=none_means)
 
 
 def _is_loopback(host: str) -> bool:
@@ -386,11 +415,25 @@ def _compute(
     leak_threshold_s: float | None,
     keepalives: bool,
 ) -> PoolPlan:
-    if timeout_s <= 0 or headroom < 0 or not 0 <= lifetime_jitter < 1:
-        raise PoolConfigError(
-            f"timeout_s={timeout_s}, headroom={headroom}, lifetime_jitter={lifetime_jitter}: "
-            "use timeout_s > 0, headroom >= 0 and 0 <= lifetime_jitter < 1"
-        )
+    check_number(
+        PoolConfigError,
+        "timeout_s",
+        timeout_s,
+        above=0,
+        meaning="seconds a request waits for a connection before failing",
+    )
+    _check_count("headroom", headroom)
+    _check_count("effective_spindles", effective_spindles)
+    check_number(
+        PoolConfigError,
+        "server_cores",
+        server_cores,
+        integer=True,
+        at_least=1,
+        none_means="unknown",
+        meaning="CPU cores of the database server",
+    )
+    check_liveness_options(leak_threshold_s, validate_idle_s, max_lifetime_s, lifetime_jitter)
     detected = pgbouncer is None and primary.behind_proxy
     mode: PoolerMode | None = "transaction" if detected else pgbouncer
     demand = processes * concurrency

@@ -26,6 +26,7 @@ from . import _housekeeping
 from ._callstack import application_files, checkout_stack, distance_hint, verified_sites
 from ._errors import ConnectionPoolExhaustedError
 from ._metrics import PoolMetrics, PoolShape
+from ._options import check_validate_idle_s
 
 _INF = float("inf")
 _getframe = sys._getframe
@@ -46,6 +47,7 @@ class _Metering:
     _idle_s: float
 
     def _setup_metering(self, name: str | None, validate_idle_s: float | None, check: Any) -> None:
+        check_validate_idle_s(validate_idle_s)
         # A check the user passed runs instead of hotpath's idle ping (psycopg_pool runs it).
         self.hotpath_user_check = check is not None
         self.validate_idle_s = None if self.hotpath_user_check else validate_idle_s

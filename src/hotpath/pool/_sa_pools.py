@@ -31,6 +31,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import (
     AsyncAdaptedQueuePool,
     ConnectionPoolEntry,
+    Pool,
     PoolProxiedConnection,
     QueuePool,
 )
@@ -52,7 +53,10 @@ _getframe = sys._getframe
 _ATTEMPTS = 3
 
 
-class _MeteredMixin:
+class _MeteredMixin(Pool):
+    # A Pool itself (nothing added to the object's layout), so ``Metered<X>(_MeteredMixin, X)``
+    # has the layout of any Pool subclass X and an engine's own pool can become one in place
+    # (``make_metered``): CPython allows ``__class__`` assignment only between equal layouts.
     hotpath_metrics: PoolMetrics | None = None
     hotpath_liveness: EngineInstrumentation | None = None
 
@@ -98,9 +102,9 @@ class _MeteredMixin:
                 raise metrics.exhausted(started, exc, QueuePoolExhaustedError) from exc
         return connection
 
-    def recreate(self) -> Any:
-        fresh = super().recreate()  # type: ignore[misc]
-        if self.hotpath_liveness is not None:
+    def recreate(self) -> Any:  # the pool class of the one metered (QueuePool, ...)
+        fresh = super().recreate()  # built from type(self): metered too
+        if self.hotpath_liveness is not None and isinstance(fresh, _MeteredMixin):
             fresh.hotpath_meter(self.hotpath_liveness)
         return fresh
 
@@ -182,7 +186,7 @@ def _metered_checkin(
     reported = metrics._reported
     hold_sample = metrics._hold_raw.append
     idle_s = liveness.idle_s
-    return_to_pool = pool._do_return_conn  # type: ignore[attr-defined]
+    return_to_pool = pool._do_return_conn
 
     def return_conn(record: ConnectionPoolEntry) -> None:
         now = perf_counter()
@@ -204,6 +208,40 @@ class MeteredQueuePool(_MeteredMixin, QueuePool):
 
 class AsyncMeteredQueuePool(_MeteredMixin, AsyncAdaptedQueuePool):
     """``AsyncAdaptedQueuePool`` whose acquires are timed and whose timeouts name the holders."""
+
+
+_metered_classes: dict[type[QueuePool], type[QueuePool]] = {
+    QueuePool: MeteredQueuePool,
+    AsyncAdaptedQueuePool: AsyncMeteredQueuePool,
+}
+
+
+def meterable(pool: Pool) -> bool:
+    """A ``QueuePool`` (any subclass) that still checks out and returns through ``Pool``'s
+    trampolines, which the metered closures replace: only those can time out waiting."""
+    return (
+        isinstance(pool, QueuePool)
+        and not isinstance(pool, _MeteredMixin)
+        and type(pool).connect is Pool.connect
+        and type(pool)._return_conn is Pool._return_conn
+    )
+
+
+def make_metered(pool: QueuePool) -> None:
+    """Turn an engine's own ``QueuePool`` (``create_engine(url, pool_size=...)``, the usual
+    way) into its metered twin in place, so every engine gets timed acquires and
+    exhaustion errors that name the holders, not only engines built from a ``PoolPlan``.
+
+    In place (its class, not a new pool): the engine, its listeners and the connections
+    already checked out keep pointing at this object; ``recreate()`` (``engine.dispose()``)
+    builds the next pool from ``type(self)``, so it stays metered.
+    """
+    cls = type(pool)
+    metered = _metered_classes.get(cls)
+    if metered is None:  # a subclass of the user's or of a dialect: the same mixin on top
+        metered = type(f"Metered{cls.__name__}", (_MeteredMixin, cls), {"__module__": __name__})
+        _metered_classes[cls] = metered
+    pool.__class__ = metered
 
 
 def _warn_unmetered() -> None:

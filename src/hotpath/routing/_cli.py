@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import create_engine
+from sqlalchemy.exc import ArgumentError
 
 from ._errors import RoutingConfigError
 from ._replica_set import ReplicaSet
@@ -18,9 +19,7 @@ from ._router import NodeReport
 
 _out = Console(highlight=False, soft_wrap=True)
 
-routing_app = typer.Typer(
-    help="Replica routing: what a ReplicaSet sees of each node.", no_args_is_help=True
-)
+routing_app = typer.Typer(help="Replica routing: what a ReplicaSet sees of each node.")
 
 
 @routing_app.callback()
@@ -52,7 +51,14 @@ def status(
     replica_urls = replica
     if replica_urls is None:
         replica_urls = [u for u in os.environ.get("HOTPATH_REPLICA_URLS", "").split(",") if u]
-    engines = [create_engine(u, pool_size=1) for u in [primary_url, *replica_urls]]
+    engines = []
+    for url in [primary_url, *replica_urls]:
+        try:
+            engines.append(create_engine(url, pool_size=1))
+        except ArgumentError:
+            raise RoutingConfigError(
+                f"{url!r} is not a database URL: use postgresql+psycopg://user:password@host:port/db"
+            ) from None
     try:
         with ReplicaSet(
             engines[0], engines[1:], max_lag_s=max_lag_s, probe_interval_s=0.2
@@ -62,6 +68,13 @@ def status(
     finally:
         for engine in engines:
             engine.dispose()
+    writer = next((r for r in reports if r.name == "primary"), None)
+    if writer is not None and writer.role == "unknown" and writer.why_ejected:
+        # Nothing to report about routing without the primary: one line, like bad input.
+        raise RoutingConfigError(
+            f"the primary at {writer.address} did not answer ({writer.why_ejected}): check "
+            "--primary / HOTPATH_PRIMARY_URL and that the server is up"
+        )
     if as_json:
         _out.print(orjson.dumps([r.__dict__ for r in reports], option=orjson.OPT_INDENT_2).decode())
     else:
