@@ -32,7 +32,7 @@ def _stop_receiving_wal(stack: LocalStack, index: int) -> None:
 
 def _fresh_writes_read_back(
     replicas: ReplicaSet, ports: dict[int, str], base: int
-) -> tuple[int, int, dict]:
+) -> tuple[int, int, dict[str, int]]:
     """Write a row, read it back at once through the set: (stale reads, phantom rows, per node)."""
     Session = routed_sessionmaker(replicas)
     Eventual = routed_sessionmaker(replicas, consistency="eventual")
