@@ -49,7 +49,7 @@ def test_least_in_flight_avoids_the_busy_replica_and_round_robin_alternates(
         Session = routed_sessionmaker(replicas, consistency="eventual")
         held = [engines.replicas[0].connect() for _ in range(3)]  # replica1 is busy
         try:
-            served = Counter()
+            served: Counter[str] = Counter()
             for _ in range(20):
                 with Session() as session:
                     served[ports[session.execute(PORT).scalar_one()]] += 1
@@ -82,7 +82,12 @@ def test_wait_mode_reads_from_a_replica_that_catches_up_within_the_wait(
             session.commit()
             written = session.execute(VALUE, {"id": 1}).scalar_one()  # fast: the primary
             assert ports[session.execute(PORT).scalar_one()] == "primary"
-        resumer = threading.Timer(0.3, lambda: [r.resume_replay() for r in hotpath_stack.replicas])
+
+        def resume() -> None:
+            for replica in hotpath_stack.replicas:
+                replica.resume_replay()
+
+        resumer = threading.Timer(0.3, resume)
         resumer.start()
         began = time.monotonic()
         with wait() as session:  # waits on the replica until it replays the token

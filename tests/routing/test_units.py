@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -179,3 +180,58 @@ def test_sync_and_async_sets_and_makers_refuse_each_other() -> None:
         ReplicaSet(sync_engine, [], weights=[1], start=False)
     with pytest.raises(RoutingConfigError, match="consistency='causal' is not one of"):
         async_routed_sessionmaker(replicas, consistency="causal")  # type: ignore[arg-type]
+
+
+def test_least_lagged_fallback_never_picks_a_hung_replica() -> None:
+    router = _router("least_lagged")
+    _probe(router, 0, 100, 0.0, in_recovery=False)
+    _probe(router, 0, 500, 1.0, in_recovery=False)
+    _probe(router, 1, 100, 5.0)  # 4 s behind: ejected
+    _probe(router, 2, 400, 5.0)  # ejected too, but the less lagged one
+    router.probe_started(router.nodes[2], time.monotonic() - 10.0)  # and now hung
+    assert router.choose_read(None, "eventual").node.name == "replica1"
+
+
+def test_a_replica_on_another_timeline_gets_no_reads_until_it_follows() -> None:
+    router = _router()
+    router.record_probe(router.nodes[0], ProbeResult(False, 1000, timeline=2), 0.0)
+    router.record_probe(router.nodes[1], ProbeResult(True, 900, timeline=1), 0.1)
+    router.record_probe(router.nodes[2], ProbeResult(True, 900, timeline=2), 0.1)
+    assert [n.name for n in router.eligible()] == ["replica2"]
+    assert "timeline 1" in (router.status()[1].why_ejected or "")
+    for now in (0.2, 0.3, 0.4):  # streaming the primary's timeline: back after readmit_after
+        router.record_probe(router.nodes[1], ProbeResult(True, 950, timeline=2), now)
+    assert [n.name for n in router.eligible()] == ["replica1", "replica2"]
+
+
+def test_a_position_read_before_a_probe_does_not_outlive_it() -> None:
+    """_health.py keep_newer: an older on-the-spot position must not mask a replica going back."""
+    node = NodeHealth("replica1", "replica")
+    config, history = RoutingConfig(), WalHistory()
+    node.observe(ProbeResult(True, 500), 500, history, config, now=1.0, started=1.0)
+    node.note_replayed(900, seen_at=2.0)  # a check on the spot
+    node.observe(ProbeResult(True, 600), 600, history, config, now=2.5, started=1.5)
+    assert node.lsn == 900  # read after that probe began: newer
+    node.observe(ProbeResult(True, 300), 600, history, config, now=3.5, started=3.0)
+    assert node.lsn == 300  # rebuilt / another history: the probe's answer wins
+
+
+def test_wsgi_middleware_closes_the_response_iterable() -> None:
+    from hotpath.routing import WSGITokenMiddleware
+
+    closed: list[bool] = []
+
+    class Body:
+        def __iter__(self) -> Any:
+            yield b"ok"
+
+        def close(self) -> None:
+            closed.append(True)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [("content-type", "text/plain")])
+        return Body()
+
+    body = WSGITokenMiddleware(app)({}, lambda status, headers, *exc: None)
+    assert list(body) == [b"ok"]
+    assert closed == [True]

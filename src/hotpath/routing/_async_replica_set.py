@@ -85,7 +85,11 @@ class AsyncReplicaSet(ReplicaSetBase):
             self._probe_engines[node.name] = create_async_engine(
                 url, **probe_engine_options(url, timeout)
             )
-        await asyncio.gather(*(self._probe_once(n) for n in self._router.nodes))
+        # The writer first: a replica is compared with a primary position read before its own
+        # (so it can be seen to follow the primary from its first probe on).
+        writer = self._router.writer
+        await self._probe_once(writer)
+        await asyncio.gather(*(self._probe_once(n) for n in self._router.nodes if n is not writer))
         self._tasks = [
             asyncio.create_task(self._monitor(n), name=f"hotpath-probe-{n.name}")
             for n in self._router.nodes
@@ -179,6 +183,8 @@ class AsyncReplicaSet(ReplicaSetBase):
         try:
             async with route.node.engine.connect() as conn:
                 position = parse_position((await conn.exec_driver_sql(REPLAYED_SQL)).scalar())
+                if position is None or position < token:
+                    token = await self._cap_token_async(token)
                 if (position is None or position < token) and options.mode == "wait":
                     router.counters["token waits"] += 1
                     await conn.exec_driver_sql(wait_sql(token, options.wait_timeout_s))
@@ -189,6 +195,24 @@ class AsyncReplicaSet(ReplicaSetBase):
                 raise
             self._note_read_failure(route.node, exc)
         return router.settle(route, position, token)
+
+    async def _cap_token_async(self, token: int) -> int:
+        """The async twin of ``_cap_token``."""
+        known = self._router.history.latest
+        if known is not None and token <= known:
+            return token
+        writer = self._router.writer
+        try:
+            async with writer.engine.connect() as conn:
+                result = await conn.exec_driver_sql(WRITE_POSITION_SQL)
+                primary = parse_position(result.scalar())
+                await conn.rollback()
+        except Exception as exc:  # the read falls back to the primary, as an uncapped token's
+            log.debug("hotpath.routing: no primary position to cap a token with: %s", exc)
+            return token
+        if primary is None:
+            return token
+        return self._router.cap_token(token, writer, primary, time.monotonic())
 
     async def _capture_token(self, conn: AsyncConnection) -> None:
         sync = conn.sync_connection
@@ -214,7 +238,8 @@ class AsyncReplicaSet(ReplicaSetBase):
             await self._probe_once(node)
 
     async def _probe_once(self, node: RoutedNode) -> None:
-        self._router.probe_started(node, time.monotonic())
+        started = time.monotonic()
+        self._router.probe_started(node, started)
         try:
             result = await asyncio.wait_for(
                 self._query_probe(node), self._router.config.probe_timeout_s
@@ -227,7 +252,7 @@ class AsyncReplicaSet(ReplicaSetBase):
                 reason = f"probe timed out after {self._router.config.probe_timeout_s:g}s"
             self._router.record_failure(node, reason, time.monotonic(), at_once=False)
             return
-        for promoted in self._apply_probe(node, result, time.monotonic()):
+        for promoted in self._apply_probe(node, result, started, time.monotonic()):
             await promoted.engine.dispose()
 
     async def _query_probe(self, node: RoutedNode) -> ProbeResult:

@@ -23,7 +23,7 @@ from ._config import AllUnhealthy, Policy, SessionOptions, make_config
 from ._errors import ReplicaWriteError
 from ._health import ProbeResult
 from ._probe import READ_ONLY_SQL, describe_error
-from ._replayed import replayed_on
+from ._replayed import replayed_on, write_position
 from ._router import NodeReport, Route, RoutedNode, RouterCore
 
 log = logging.getLogger("hotpath.routing")
@@ -126,12 +126,29 @@ class ReplicaSetBase:
         wait = options.wait_timeout_s if options.mode == "wait" else None
         position = None
         try:
-            position = replayed_on(self._router, route.node, token, wait)
+            position, token = replayed_on(self._router, route.node, token, wait, self._cap_token)
         except Exception as exc:
             if not is_connection_failure(exc):
                 raise
             self._note_read_failure(route.node, exc)
         return self._router.settle(route, position, token)
+
+    def _cap_token(self, token: int) -> int:
+        """``token``, or the primary's insert position if the token is beyond it (see
+        :meth:`RouterCore.cap_token`). Asks the primary only when the token is beyond the last
+        position known from it; sync I/O, like ``_route_read``."""
+        known = self._router.history.latest
+        if known is not None and token <= known:
+            return token
+        writer = self._router.writer
+        try:
+            primary = write_position(writer.bind)
+        except Exception as exc:  # the read falls back to the primary, as an uncapped token's
+            log.debug("hotpath.routing: no primary position to cap a token with: %s", exc)
+            return token
+        if primary is None:
+            return token
+        return self._router.cap_token(token, writer, primary, time.monotonic())
 
     def _note_read_failure(self, node: RoutedNode, exc: BaseException) -> None:
         self._router.counters["read failures"] += 1
@@ -144,10 +161,12 @@ class ReplicaSetBase:
     def _jittered_interval(self) -> float:
         return self._router.config.probe_interval_s * random.uniform(0.8, 1.2)
 
-    def _apply_probe(self, node: RoutedNode, result: ProbeResult, now: float) -> list[RoutedNode]:
+    def _apply_probe(
+        self, node: RoutedNode, result: ProbeResult, started: float, now: float
+    ) -> list[RoutedNode]:
         """Record a probe; returns nodes whose pools must be emptied (they became primaries)."""
         was = node.health.role
-        elected = self._router.record_probe(node, result, now)
+        elected = self._router.record_probe(node, result, now, started)
         if elected is not None:
             log.warning("hotpath.routing: writes now go to %s (%s)", elected.name, elected.address)
         promoted = was == "replica" and node.health.role == "primary"

@@ -3,19 +3,25 @@
 Each request runs in its own token scope (:func:`use_token`) seeded from the request's cookie
 (or header, for API clients); when the request committed a write, the response sets the new
 token, so the same user's next request reads its own write even on another process. A
-malformed token from a client is ignored: it could only make that client's reads staler.
+malformed token from a client is ignored and logged (at INFO, cut short): it can only concern
+that client's own reads. A well-formed token beyond the primary's position (forged) is cut to
+that position when a read checks it (see ``RouterCore.cap_token``), so it cannot keep the
+client's reads on the primary, nor hold a replica connection for a whole ``mode="wait"``.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from contextlib import AbstractContextManager
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
 
 from ._errors import TokenError
-from ._lsn import parse_lsn
+from ._lsn import parse_lsn, shown
 from ._tokens import TokenBox, use_token
+
+log = logging.getLogger("hotpath.routing")
 
 COOKIE = "hotpath_lsn"
 HEADER = "x-hotpath-lsn"
@@ -65,6 +71,7 @@ class _TokenCarrier:
             if token is not None:
                 parse_lsn(token)
         except TokenError:
+            log.info("hotpath.routing: ignored a malformed token from a client: %s", shown(token))
             token = None
         return use_token(token)
 
@@ -144,4 +151,13 @@ class WSGITokenMiddleware:
                 return start_response(status, headers + carrier.response_headers(box, before), *exc)
 
             # Consume the body inside the scope: a streamed body may still write.
-            return list(self.app(environ, start_with_token))
+            body = self.app(environ, start_with_token)
+            try:
+                return list(body)
+            finally:
+                # PEP 3333: whoever consumes the iterable calls its close() (the server now
+                # gets a list, so it is ours to call): streamed responses release their
+                # resources, and frameworks run their teardown (Flask's request context).
+                close = getattr(body, "close", None)
+                if close is not None:
+                    close()

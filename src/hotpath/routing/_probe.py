@@ -12,11 +12,20 @@ from ._health import ProbeResult
 from ._lsn import parse_lsn
 
 # One round trip that works on either role, so a promotion shows up in the same probe.
+# A primary's position is its insert position, the same measure as the tokens (so a token
+# can be compared with it). Timelines: a primary's is in the name of its current WAL file
+# (exact, unlike pg_control_checkpoint(), which changes only at the next checkpoint after a
+# promotion); a replica's is the one its WAL receiver streams (NULL when it streams nothing,
+# or the user lacks pg_read_all_stats).
 PROBE_SQL = (
     "SELECT pg_is_in_recovery(),"
     " (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()"
-    " ELSE pg_current_wal_lsn() END)::text,"
-    " coalesce(CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() END, false)"
+    " ELSE pg_current_wal_insert_lsn() END)::text,"
+    " coalesce(CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() END, false),"
+    " CASE WHEN pg_is_in_recovery() THEN"
+    " (SELECT received_tli FROM pg_stat_wal_receiver WHERE status = 'streaming' LIMIT 1)"
+    " ELSE ('x' || substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8))::bit(32)::int"
+    " END"
 )
 # Taken after COMMIT: the commit record ends at or before this position.
 # The insert position, not pg_current_wal_lsn() (written so far): with synchronous_commit=off
@@ -36,7 +45,13 @@ class ProbeFailed(Exception):
 def parse_probe_row(row: Sequence[Any] | None) -> ProbeResult:
     if row is None or row[1] is None:
         raise ProbeFailed("the server reported no WAL position yet")
-    return ProbeResult(in_recovery=bool(row[0]), lsn=parse_lsn(row[1]), replay_paused=bool(row[2]))
+    timeline = None if len(row) < 4 or row[3] is None else int(row[3])
+    return ProbeResult(
+        in_recovery=bool(row[0]),
+        lsn=parse_lsn(row[1]),
+        replay_paused=bool(row[2]),
+        timeline=timeline,
+    )
 
 
 def parse_position(value: Any) -> int | None:

@@ -8,6 +8,7 @@ block an event loop.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Connection, Engine
@@ -28,18 +29,28 @@ def wait_sql(token: int, timeout_s: float) -> str:
 
 
 def replayed_on(
-    router: RouterCore, node: RoutedNode, token: int, wait_s: float | None
-) -> int | None:
-    """The position ``node`` has replayed, once past ``token`` or after waiting up to ``wait_s``."""
+    router: RouterCore,
+    node: RoutedNode,
+    token: int,
+    wait_s: float | None,
+    cap: Callable[[int], int],
+) -> tuple[int | None, int]:
+    """The position ``node`` has replayed, once past ``token`` or after waiting up to ``wait_s``.
+
+    Returns it with the token it was checked against: ``cap(token)`` when the replica is
+    behind ``token`` (a token beyond the primary's position is cut to it before any wait).
+    """
     router.counters["token checks"] += 1
     with node.bind.connect() as conn:
         position = _replayed(conn)
+        if position is None or position < token:
+            token = cap(token)
         if (position is None or position < token) and wait_s:
             router.counters["token waits"] += 1
             conn.exec_driver_sql(wait_sql(token, wait_s))
             position = _replayed(conn)
         conn.rollback()
-    return position
+    return position, token
 
 
 def write_position(bind: Engine | Connection) -> int | None:

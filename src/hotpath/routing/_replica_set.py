@@ -90,6 +90,9 @@ class ReplicaSet(ReplicaSetBase):
         if self._threads:
             return self
         self._stop.clear()
+        # The writer first: a replica is compared with a primary position read before its own
+        # (so it can be seen to follow the primary from its first probe on).
+        self._probe_once(self._router.writer)
         for node in self._router.nodes:
             thread = threading.Thread(
                 target=self._monitor, args=(node,), name=f"hotpath-probe-{node.name}", daemon=True
@@ -217,5 +220,5 @@ class ReplicaSet(ReplicaSetBase):
             reason = f"probe timed out ({elapsed:.1f}s > probe_timeout_s={limit:g})"
             self._router.record_failure(node, reason, time.monotonic(), at_once=False)
             return
-        for promoted in self._apply_probe(node, result, time.monotonic()):
+        for promoted in self._apply_probe(node, result, started, time.monotonic()):
             promoted.bind.dispose()

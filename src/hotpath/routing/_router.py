@@ -23,6 +23,8 @@ from ._errors import NoHealthyNodeError
 from ._health import NodeHealth, ProbeResult, Role, WalHistory
 from ._lsn import format_lsn
 
+_REBUILD = "rebuild it (or pg_rewind it) from the primary; it gets reads once it follows it"
+
 # Ids of the routers whose reads must go to the primary in the current context.
 _PRIMARY_ONLY: ContextVar[frozenset[int]] = ContextVar("hotpath_primary_only", default=frozenset())
 
@@ -111,7 +113,7 @@ class RouterCore:
     def writer(self) -> RoutedNode:
         return self._writer
 
-    def _elect_writer(self) -> RoutedNode | None:
+    def _elect_writer(self, now: float) -> RoutedNode | None:
         """Keep the writer while it is a reachable primary; else take a node that became one."""
         current = self._writer
         if current.health.role == "primary" and current.health.admitted:
@@ -120,25 +122,104 @@ class RouterCore:
             if node is not current and node.health.role == "primary" and node.health.admitted:
                 self._writer = node
                 self.counters["failovers"] += 1
+                # Positions and lag are measured on the new primary's timeline from now on
+                # (the old primary's history may run ahead of it), and every replica serves
+                # again only once it is seen to follow the new primary.
+                self.history = WalHistory()
+                if node.health.lsn is not None:
+                    self.history.record(node.health.lsn, now)
+                for other in self.nodes:
+                    if other is not node:
+                        other.health.start_following()
                 return node
         return None
 
     # -- probes ----------------------------------------------------------------------------
 
-    def record_probe(self, node: RoutedNode, result: ProbeResult, now: float) -> RoutedNode | None:
-        """Apply a probe; returns the new writer when this probe revealed a failover."""
+    def record_probe(
+        self, node: RoutedNode, result: ProbeResult, now: float, started: float | None = None
+    ) -> RoutedNode | None:
+        """Apply a probe begun at ``started`` (default ``now``) and answered at ``now``.
+
+        Returns the new writer when this probe revealed a failover.
+        """
+        started = now if started is None else started
         with self._lock:
             node.health.probe_started_at = None
-            if not result.in_recovery and (
-                node is self._writer or self._writer.health.role != "primary"
-            ):
+            writer_probe = node is self._writer and not result.in_recovery
+            if writer_probe:
                 self.history.record(result.lsn, now)
-            before = node.health.ejections
-            node.health.observe(result, self.history.latest, self.history, self.config, now)
-            elected = self._elect_writer()
-            if node.health.ejections > before:
-                self.counters["ejections"] += 1
+            elif result.in_recovery:
+                self._judge_replica(node, result, now)
+            before = self._ejections()
+            node.health.observe(
+                result, self.history.latest, self.history, self.config, now, started
+            )
+            elected = self._elect_writer(now)
+            if node is self._writer and not result.in_recovery:
+                self._judge_pending(result.lsn, started)
+            self.counters["ejections"] += self._ejections() - before
             return elected
+
+    def _ejections(self) -> int:
+        return sum(n.health.ejections for n in self.nodes)
+
+    def _judge_replica(self, node: RoutedNode, result: ProbeResult, now: float) -> None:
+        """Does this replica follow the writer? By timeline when both are known, else by position.
+
+        A replica's replayed position can never be beyond its primary's insert position on
+        the same history; a replica left on the old timeline by a failover to a less advanced
+        replica is (GitLab-style tokens would all look replayed there). Positions are compared
+        only in time order: the replica's read first, the primary's after.
+        """
+        health, writer = node.health, self._writer.health
+        primary_timeline = writer.timeline if writer.role == "primary" else None
+        timeline = result.timeline
+        if timeline is not None and primary_timeline is not None and timeline != primary_timeline:
+            health.mark_diverged(
+                f"diverged: streams timeline {timeline}, the primary is on timeline "
+                f"{primary_timeline}: {_REBUILD}"
+            )
+            return
+        if health.following == "diverged" and (timeline is None or timeline != primary_timeline):
+            return  # once diverged, only the primary's timeline seen on it lets it back in
+        primary = self.history.latest
+        if primary is not None and result.lsn <= primary:
+            health.following, health.follow_reason, health.ahead = "follows", None, None
+        else:
+            health.ahead = (result.lsn, now)  # the primary's next probe decides
+
+    def _judge_pending(self, primary: int, started: float) -> None:
+        """Decide replicas seen beyond the primary's position before this primary probe began."""
+        for node in self.nodes:
+            health = node.health
+            if node is self._writer or health.ahead is None or health.ahead[1] > started:
+                continue
+            replayed = health.ahead[0]
+            if replayed > primary:
+                health.diverge(
+                    f"diverged: replayed {format_lsn(replayed)}, ahead of the primary's "
+                    f"{format_lsn(primary)} (it kept the old primary's timeline): {_REBUILD}",
+                    self.config,
+                )
+            else:
+                health.following, health.follow_reason, health.ahead = "follows", None, None
+
+    def cap_token(self, token: int, node: RoutedNode, primary: int, now: float) -> int:
+        """``token`` limited to ``primary``, the insert position just read on writer ``node``.
+
+        A token beyond it was not issued by this primary: forged, or taken on the old
+        timeline before a failover that lost that write. No node has such a position;
+        the primary's own is the freshest state there is, and it covers every write the
+        holder made on this primary.
+        """
+        with self._lock:
+            if node is self._writer:
+                self.history.record(primary, now)
+        if token <= primary:
+            return token
+        self.counters["tokens capped"] += 1
+        return primary
 
     def record_failure(self, node: RoutedNode, reason: str, now: float, *, at_once: bool) -> None:
         """A probe failed, or (``at_once``) a read could not reach the node."""
@@ -148,7 +229,7 @@ class RouterCore:
             node.health.fail(reason, self.config, now, at_once=at_once)
             if node.health.ejections > before:
                 self.counters["ejections"] += 1
-            self._elect_writer()
+            self._elect_writer(now)
 
     def probe_started(self, node: RoutedNode, now: float) -> None:
         node.health.probe_started_at = now
@@ -175,6 +256,7 @@ class RouterCore:
             for n in self.nodes
             if n.health.role == "replica"
             and n.health.admitted
+            and n.health.following == "follows"
             and n is not self._writer
             and n not in exclude
             and not n.health.probe_hung(now, timeout)
@@ -200,7 +282,7 @@ class RouterCore:
     def settle(self, route: Route, position: int | None, token: int) -> Route:
         """Finish a ``verify`` route with the replayed ``position`` seen on the spot."""
         if position is not None:
-            route.node.health.note_replayed(position)
+            route.node.health.note_replayed(position, time.monotonic())
         if position is not None and position >= token:
             verified = Route(route.node)
             self.count_read(verified)
@@ -238,13 +320,16 @@ class RouterCore:
     def _all_unhealthy(self, needs_token: bool, exclude: Sequence[RoutedNode]) -> Route:
         policy = self.config.on_all_unhealthy
         if policy == "least_lagged":
+            now, timeout = time.monotonic(), self.config.probe_timeout_s
             reachable = [
                 n
                 for n in self.nodes
                 if n.health.role == "replica"
+                and n.health.following == "follows"  # lagging is fine, another history is not
                 and n is not self._writer
                 and n not in exclude
                 and n.health.reachable
+                and not n.health.probe_hung(now, timeout)  # its last answer is out of date
                 and n.health.lag_s is not None
             ]
             if reachable:
@@ -268,10 +353,16 @@ class RouterCore:
             h = n.health
             hung = h.probe_hung(now, self.config.probe_timeout_s)
             writer = n is self._writer
+            follows = writer or h.following == "follows"
             healthy = (
-                h.admitted and not hung and (h.role == "primary" if writer else h.role == "replica")
+                h.admitted
+                and not hung
+                and follows
+                and (h.role == "primary" if writer else h.role == "replica")
             )
             reason = h.reason
+            if not follows and h.role == "replica" and h.follow_reason is not None:
+                reason = h.follow_reason
             if hung:
                 reason = f"probe unanswered for {now - (h.probe_started_at or now):.1f}s"
             elif h.admitted and not writer and h.role == "primary":
