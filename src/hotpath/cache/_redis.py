@@ -287,7 +287,7 @@ def _check_url(url: str) -> None:
         parse(url)
     except ValueError as error:
         raise CacheConfigError(
-            f"RedisTier got {_redacted(url)!r}, which is not a Redis URL ({error}); pass "
+            f"RedisTier got {_redacted(url)!r}, which is not a Redis URL ({error}); pass e.g. "
             "redis://host:6379/0, rediss://... or unix:///path/redis.sock, or a redis client"
         ) from None
 
