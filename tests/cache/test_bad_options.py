@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from hotpath.cache import CacheConfigError, MemoryTier, RedisTier
 from hotpath import HotpathError
+from hotpath.cache import CacheConfigError, MemoryTier, RedisTier
 
 from .conftest import MakeAsyncCache, MakeCache
 
@@ -25,8 +25,10 @@ def refused(option: str, build: Callable[[], Any]) -> CacheConfigError:
     with pytest.raises(CacheConfigError) as caught:
         build()
     error = caught.value
-    assert isinstance(error, ValueError) and isinstance(error, HotpathError)
-    assert option in str(error) and "e.g." in str(error), str(error)
+    assert isinstance(error, ValueError)
+    assert isinstance(error, HotpathError)
+    assert option in str(error), str(error)
+    assert "e.g." in str(error), str(error)
     return error
 
 
@@ -39,7 +41,8 @@ def test_memory_tier_ttl(value: Any) -> None:
 @pytest.mark.parametrize("value", [NAN, 0, -1, 1.5, "10"])
 def test_memory_tier_counts(value: Any) -> None:
     for option in ("maxsize", "max_tags", "max_bytes"):
-        refused(option, lambda o=option: MemoryTier(**{o: value}))
+        options: dict[str, Any] = {option: value}
+        refused(option, lambda: MemoryTier(**options))
 
 
 @pytest.mark.parametrize(

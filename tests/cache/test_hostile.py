@@ -200,8 +200,10 @@ def test_hostile_messages_leave_the_channel_up_and_are_counted(
     for message in HOSTILE_MESSAGES + ODD_MESSAGES:
         raw.publish(channel_name(ns), message)
     wait_until(
-        lambda: cache.stats().invalidations_received == 1 + len(ODD_MESSAGES)
-        and cache.stats().decode_errors == len(HOSTILE_MESSAGES)
+        lambda: (
+            cache.stats().invalidations_received == 1 + len(ODD_MESSAGES)
+            and cache.stats().decode_errors == len(HOSTILE_MESSAGES)
+        )
     )
     stats = cache.stats()
     assert (stats.channel_connected, stats.channel_drops) == (True, 0)
