@@ -4,6 +4,7 @@ every comparison and infinity overflows later, so neither may get in."""
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -41,8 +42,7 @@ def test_memory_tier_ttl(value: Any) -> None:
 @pytest.mark.parametrize("value", [NAN, 0, -1, 1.5, "10"])
 def test_memory_tier_counts(value: Any) -> None:
     for option in ("maxsize", "max_tags", "max_bytes"):
-        options: dict[str, Any] = {option: value}
-        refused(option, lambda: MemoryTier(**options))
+        refused(option, functools.partial(MemoryTier, **{option: value}))
 
 
 @pytest.mark.parametrize(
