@@ -227,7 +227,7 @@ def waiters_commands(redis_url: str, ns: str, raw: redis.Redis, hold_s: float) -
     """Redis commands (scripts' included) while WAITERS caches (as if WAITERS processes) wait
     for one holder's load of a cold key, which returns ``hold_s`` seconds after every waiter
     is waiting."""
-    tier = {"health_interval": 0.1, "lease_ttl": 60.0}  # no waiter re-checks a lease's expiry
+    tier: dict[str, Any] = {"health_interval": 0.1, "lease_ttl": 60.0}  # no lease expires
     caches = [
         Cache(MemoryTier(10), RedisTier(redis_url, **tier), namespace=f"{ns}{hold_s}")
         for _ in range(WAITERS + 1)
@@ -235,10 +235,10 @@ def waiters_commands(redis_url: str, ns: str, raw: redis.Redis, hold_s: float) -
     holder, waiters = caches[0], caches[1:]
     try:
         for cache in caches:
-            # Connected and subscribed now, and the scripts loaded: HELLO, CLIENT SETINFO,
-            # SCRIPT LOAD and the listener's PINGs are not waiting.
+            # Connected and scripts loaded now: HELLO, CLIENT SETINFO and SCRIPT LOAD are not
+            # waiting (nor are the listeners' PINGs, which commands() leaves out).
             cache.get_or_set("warm-up", str)
-            wait_until(lambda c=cache: c.stats().channel_connected)
+        wait_until(lambda: all(c.stats().channel_connected for c in caches), timeout=30)
         taken, everyone_waits = threading.Event(), threading.Event()
 
         def load() -> str:
