@@ -116,7 +116,7 @@ def coherence_peer(url: str, ns: str, conn: Connection) -> None:
             if command[0] == "load":
                 # Until served from L1: the writer's own message may still drop a first copy.
                 hits, deadline = cache.stats().l1_hits, time.monotonic() + 2
-                value = cache.get(command[1], "MISS")
+                value: Any = cache.get(command[1], "MISS")
                 while cache.stats().l1_hits == hits and time.monotonic() < deadline:
                     value = cache.get(command[1], "MISS")
                     time.sleep(0.001)
@@ -125,7 +125,7 @@ def coherence_peer(url: str, ns: str, conn: Connection) -> None:
                 _, key, old = command
                 conn.send("watching")
                 deadline = time.monotonic() + 5
-                value: Any = missing
+                value = missing
                 while time.monotonic() < deadline:
                     value = cache.get(key, "MISS")
                     if value != old:

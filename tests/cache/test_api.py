@@ -3,6 +3,7 @@ and L2-only caches, ``@cached`` key and tag templates, namespaces, hashed keys, 
 
 from __future__ import annotations
 
+import hashlib
 import statistics
 import time
 from dataclasses import dataclass
@@ -353,6 +354,40 @@ def test_long_and_unsafe_keys_are_hashed(make_cache: MakeCache, raw: redis.Redis
     for bad in ("", 42, None):
         with pytest.raises(CacheKeyError):
             cache.get(bad)  # type: ignore[arg-type]
+
+
+def hashed_name(text: str) -> str:
+    return "h:" + hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+@pytest.mark.parametrize("tiers", ["l1+l2", "l2", "l1"])
+def test_a_key_spelled_like_a_hashed_one_is_another_key(
+    make_cache: MakeCache, raw: redis.Redis, ns: str, tiers: str
+) -> None:
+    """A hashed name is "h:" + a digest; a user key that starts with "h:" is hashed too, so
+    no key can name another key's (or tag's) entry."""
+    cache = make_cache(l1=tiers != "l2", l2=tiers != "l1")
+    long_key = "user-report:" + "x" * 300
+    cache.set(long_key, "long key's value", tags=(long_key,))
+    for forged in (hashed_name(long_key), "h:" + "0" * 32, "h:"):
+        assert cache.get(forged, default="miss") == "miss"
+        assert cache.get_or_set(forged, lambda: "forged key's own") == "forged key's own"
+    assert cache.get(long_key) == "long key's value"
+    # Tags live in the same two spaces: invalidating the forged spelling leaves the long tag.
+    cache.invalidate_tags(hashed_name(long_key))
+    assert cache.get(long_key) == "long key's value"
+    if tiers != "l1":
+        assert raw.get(f"{ns}:{{{hashed_name(hashed_name(long_key))}}}") is not None
+
+
+async def test_async_a_key_spelled_like_a_hashed_one_is_another_key(
+    make_async_cache: MakeAsyncCache,
+) -> None:
+    cache = make_async_cache()
+    long_key = "k" * 201
+    await cache.set(long_key, "long key's value")
+    assert await cache.get(hashed_name(long_key), default="miss") == "miss"
+    assert await cache.get(long_key) == "long key's value"
 
 
 def test_stats_count_every_path(make_cache: MakeCache) -> None:

@@ -15,6 +15,7 @@ import redis
 import redis.asyncio.cluster
 
 from ..concurrent import CircuitOpenError
+from . import _checks as checks
 from . import _core as core
 from ._commands import command_for
 from ._core import UNAVAILABLE, CacheCore, Flow, Op
@@ -89,6 +90,7 @@ class AsyncCache:
     async def set(
         self, key: str, value: Any, ttl: float | None = None, tags: Iterable[str] = ()
     ) -> None:
+        checks.ttl(ttl)
         flow = self._core.set_flow(
             self._core.name(key), value, ttl, self._core.tag_names(tuple(tags))
         )
@@ -134,6 +136,7 @@ class AsyncCache:
         """The cached value, or the (sync or async) loader's, loaded once per key across tasks
         and processes, and stored only if nothing invalidated it meanwhile. ``stale`` as for
         ``Cache.get_or_set``."""
+        checks.ttl(ttl)
         name = self._core.name(key)
         value = self._core.fresh_from_l1(name)
         if value is not core.MISS:
@@ -201,6 +204,8 @@ class AsyncCache:
         self, ttl: float | None = None, key: str | None = None, tags: Iterable[str] = ()
     ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
         """Decorator for ``async def`` functions (same templates as ``Cache.cached``)."""
+
+        checks.ttl(ttl)
 
         def decorate(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
             template = KeyTemplate(fn, key, tuple(tags))
@@ -281,7 +286,14 @@ class AsyncCache:
         assert self._l2 is not None
         try:
             with self._l2.breaker:
-                return await call(arg)
+                try:
+                    return await call(arg)
+                except redis.ResponseError as error:
+                    if not str(error).startswith("WRONGTYPE"):
+                        raise
+                    # Redis answered: someone stored another type under an entry's name (the
+                    # scripts read through pcall; only the plain GET gets here). A miss.
+                    return core.FOREIGN
         except CircuitOpenError:
             self._core.counters.redis_skipped += 1
         except (redis.RedisError, OSError, asyncio.TimeoutError):

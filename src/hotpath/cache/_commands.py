@@ -30,6 +30,10 @@ def _acquired(reply: Any) -> tuple[int, Any]:
     return int(reply[0]), (reply[1] if len(reply) > 1 else None)
 
 
+def _text(reply: Any) -> str:
+    return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+
 def _as_is(reply: Any) -> Any:
     return reply
 
@@ -41,7 +45,11 @@ def command_for(op: core.Op, namespace: str, lease_ms: int) -> Command:
         tags = op.tags
 
         def versions(reply: Any) -> dict[str, str]:
-            return {t: (v.decode() if v else "") for t, v in zip(tags, reply, strict=True)}
+            # (a value hotpath never wrote reads as a version no entry was stored under)
+            return {
+                t: (v.decode(errors="replace") if v else "")
+                for t, v in zip(tags, reply, strict=True)
+            }
 
         return Command(None, "mget", [tag_key(namespace, t) for t in tags], [], versions)
     channel = channel_name(namespace)
@@ -64,5 +72,5 @@ def command_for(op: core.Op, namespace: str, lease_ms: int) -> Command:
         return Command("delete", "", keys, [channel, op.message], _truthy)
     if isinstance(op, core.BumpTag):
         keys = [tag_key(namespace, op.tag)]
-        return Command("bump_tag", "", keys, [op.version, channel, op.message], _truthy)
+        return Command("bump_tag", "", keys, [channel, op.message], _text)
     raise AssertionError(f"not a Redis op: {op!r}")

@@ -18,13 +18,24 @@ async drivers only execute ops. So every rule lives here once:
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Final
 
-from ._entry import Entry, TagVersions, check_namespace, expiries, pack, safe_name, unpack
+from . import _checks as checks
+from ._entry import (
+    Entry,
+    TagVersions,
+    check_namespace,
+    expiries,
+    pack,
+    safe_name,
+    unpack,
+    version_order,
+)
 from ._errors import CacheConfigError, SerializationError
 from ._listener import Listener, Message, Waiters
 from ._memory import MemoryTier
@@ -46,6 +57,7 @@ class _Sentinel:
 MISS: Final = _Sentinel("MISS")
 UNAVAILABLE: Final = _Sentinel("UNAVAILABLE")  # Redis could not answer (error, timeout, circuit)
 ABSENT: Final = _Sentinel("ABSENT")  # L2 holds no entry for the key
+FOREIGN: Final = _Sentinel("FOREIGN")  # the key holds a Redis type hotpath never writes
 
 
 @dataclass(slots=True)
@@ -130,8 +142,10 @@ class Delete:
 
 @dataclass(slots=True)
 class BumpTag:
+    """Redis gives the tag its next version (returned) and announces it: ``message`` is the
+    announcement without the version, which the script appends."""
+
     tag: str
-    version: str
     message: str
 
 
@@ -156,6 +170,14 @@ Op = L2Get | TagRead | Acquire | Wait | Fill | Release | Write | Delete | BumpTa
 Flow = Generator[Op, Any, Any]
 
 
+def next_version(known: TagVersions | None) -> str:
+    """A tag's next version made without Redis (an L1-only cache, or Redis unreachable): as
+    Redis makes them (``BUMP_TAG``), the time in microseconds, or one past the known version."""
+    now = time.time_ns() // 1000
+    current = version_order(next(iter(known.values()))) if known else None
+    return str(max(now, (current or 0) + 1))
+
+
 class CacheCore:
     """Configuration, counters and flows of one cache (see the module doc)."""
 
@@ -178,12 +200,18 @@ class CacheCore:
             raise CacheConfigError(
                 "a cache needs at least one tier: l1=MemoryTier(), l2=RedisTier(url)"
             )
-        if default_ttl <= 0 or (negative_ttl is not None and negative_ttl <= 0):
-            raise CacheConfigError("default_ttl and negative_ttl must be > 0 seconds")
-        if not 0 <= jitter < 1 or xfetch_beta < 0 or max_value_bytes < 1:
-            raise CacheConfigError(
-                "jitter must be in [0, 1), xfetch_beta >= 0, max_value_bytes >= 1"
-            )
+        default_ttl = checks.seconds(default_ttl, "default_ttl", example="300")
+        if stale_ttl is not None:
+            stale_ttl = checks.seconds(stale_ttl, "stale_ttl", zero=True, example="60")
+        if negative_ttl is not None:
+            negative_ttl = checks.seconds(negative_ttl, "negative_ttl", example="30")
+        jitter = checks.number(jitter, "jitter", low=0.0, high=1.0, example="0.1")
+        xfetch_beta = checks.number(
+            xfetch_beta, "xfetch_beta", low=0.0, high=math.inf, example="1.0"
+        )
+        checks.count(max_value_bytes, "max_value_bytes", example="1 << 20")
+        if wait_timeout is not None:
+            wait_timeout = checks.seconds(wait_timeout, "wait_timeout", zero=True, example="10")
         self.l1 = l1
         self.l2 = l2
         self.namespace = check_namespace(namespace)
@@ -238,8 +266,6 @@ class CacheCore:
             life = self.negative_ttl if ttl is None else min(ttl, self.negative_ttl)
         else:
             life = self.default_ttl if ttl is None else ttl
-        if life <= 0:
-            raise CacheConfigError(f"ttl must be > 0 seconds, got {life}")
         stale = life * 0.5 if self.stale_ttl is None else self.stale_ttl
         soft, hard = expiries(time.time(), life, stale, self.jitter)
         return Entry(value, soft, hard, seconds, versions)
@@ -250,13 +276,20 @@ class CacheCore:
         ttl_ms = max(1, int((entry.hard_expiry - time.time()) * 1000))
         return payload, ttl_ms
 
-    def _decode(self, raw: bytes) -> Entry | None:
-        try:
-            return unpack(raw, self.serializer)
-        except (SerializationError, ValueError, TypeError, KeyError) as error:
-            self.counters.decode_errors += 1
-            log.warning("hotpath.cache: unreadable entry treated as a miss: %s", error)
-            return None
+    def _decode(self, raw: Any) -> Entry | None:
+        """The entry in a Redis reply, or None (counted, logged) if it cannot be read: whoever
+        can write to Redis must not be able to make a read raise (an entry nested too deep
+        for the decoder, a key of another Redis type, a malformed header or tag map)."""
+        if raw is FOREIGN:
+            error: Exception = SerializationError("the key holds a Redis type hotpath never writes")
+        else:
+            try:
+                return unpack(raw, self.serializer)
+            except Exception as failure:  # RecursionError included
+                error = failure
+        self.counters.decode_errors += 1
+        log.warning("hotpath.cache: unreadable entry treated as a miss: %r", error)
+        return None
 
     def _entry_of(self, reply: Any) -> Entry | None:
         if type(reply) is L2Reply:
@@ -623,33 +656,48 @@ class CacheCore:
         entry = self._new_entry(value, ttl, 0.0, versions)
         payload, ttl_ms = self._pack(entry, name)
         write_id = secrets.token_hex(8)
-        if self.l1 is not None:
-            self.l1.invalidate(name)
-            if l1 is not None:
-                l1.fill(name, entry, write_id=write_id)
-        if self.l2 is not None:
-            done = yield Write(name, payload, ttl_ms, self._message("k", name, write_id))
-            self._check_written(done, "set", name, ("k", name), "")
+        kept = entry if l1 is not None else None
+        # The write spans the Redis call: L1 is settled again once Redis has the new value,
+        # since another thread's read of Redis meanwhile may have put the old one back.
+        begun = self.l1.begin_write(name, kept, write_id) if self.l1 is not None else 0
+        try:
+            if self.l2 is not None:
+                done = yield Write(name, payload, ttl_ms, self._message("k", name, write_id))
+                self._check_written(done, "set", name, ("k", name), "")
+        finally:
+            if self.l1 is not None:
+                self.l1.end_write(name, begun, kept, write_id)
         return None
 
     def delete_flow(self, name: str) -> Flow:
         self._local_writes += 1
-        if self.l1 is not None:
-            self.l1.invalidate(name)
-        if self.l2 is not None:
-            done = yield Delete(name, self._message("k", name))
-            self._check_written(done, "delete", name, ("k", name), "")
+        begun = self.l1.begin_write(name) if self.l1 is not None else 0
+        try:
+            if self.l2 is not None:
+                done = yield Delete(name, self._message("k", name))
+                self._check_written(done, "delete", name, ("k", name), "")
+        finally:
+            if self.l1 is not None:
+                self.l1.end_write(name, begun)
         return None
 
     def invalidate_flow(self, tags: tuple[str, ...]) -> Flow:
+        """Each tag gets its next version from Redis; versions only grow, so a late message or
+        a tag read that raced this invalidation cannot take L1 back to an older one."""
         self._local_writes += 1
         for tag in tags:
-            version = secrets.token_hex(8)
             if self.l1 is not None:
-                self.l1.set_tag(tag, version)
+                self.l1.note_tag(tag)
+            version: Any = UNAVAILABLE
             if self.l2 is not None:
-                done = yield BumpTag(tag, version, self._message("t", tag, version))
-                self._check_written(done, "invalidate_tags", tag, ("t", tag), version)
+                version = yield BumpTag(tag, self._message("t", tag))
+                self._check_written(
+                    version, "invalidate_tags", tag, ("t", tag), secrets.token_hex(8)
+                )
+            if self.l1 is not None:
+                if version is UNAVAILABLE:  # no Redis (or none now): a version of our own
+                    version = next_version(self.l1.tag_versions([tag]))
+                self.l1.set_tag(tag, version)
         return None
 
     def _check_written(
@@ -678,7 +726,7 @@ class CacheCore:
             if kind == "k":
                 op = Delete(name, self._message("k", name))
             else:
-                op = BumpTag(name, version, self._message("t", name, version))
+                op = BumpTag(name, self._message("t", name))
             ops.append((unsent, version, op))
         return ops
 
@@ -686,6 +734,15 @@ class CacheCore:
         if done is not UNAVAILABLE and self.unsent.get(unsent) == version:
             del self.unsent[unsent]
             self.counters.writes_replayed += 1
+            if self.l1 is not None:
+                # Reads of Redis that began before the replay may hold the old entry or tag
+                # version: refuse their fills. A tag's local version made while Redis was
+                # away is not comparable with Redis's: ask Redis next time.
+                kind, name = unsent
+                if kind == "k":
+                    self.l1.invalidate(name)
+                else:
+                    self.l1.forget_tag(name)
 
     def _usable(self, name: str, entry: Entry | None) -> Entry | None:
         """``entry`` from Redis, unless a write of this process that Redis has not heard of
@@ -709,7 +766,11 @@ class CacheCore:
                 else:
                     self.l1.invalidate(message.name)
         elif message.kind == "t" and self.l1 is not None:
-            self.l1.set_tag(message.name, message.version)
+            self.l1.set_tag(message.name, message.version)  # an older one is ignored there
+
+    def on_unreadable(self) -> None:
+        """A message on the channel that hotpath did not send: ignored, counted."""
+        self.counters.decode_errors += 1
 
     def on_connect(self) -> None:
         # Invalidations sent while we were away were missed: start from an empty L1.
@@ -739,6 +800,7 @@ class CacheCore:
             self.on_connect,
             self.on_disconnect,
             self.l2.health_interval,
+            self.on_unreadable,
         )
         listener.start()
         listener.connected.wait(1.0)  # first calls can use L1 once subscribed

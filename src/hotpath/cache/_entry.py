@@ -22,6 +22,10 @@ from ._serialize import Serializer
 _HEADER = struct.Struct("<BBddfI")
 _FORMAT = 1
 _MAX_PLAIN_KEY = 200
+# Hashed names start with this; a user key or tag that does too is hashed as well, so no
+# plain name can ever equal a hashed one (get("h:<digest>") cannot read another key's entry).
+_HASHED = "h:"
+_MAX_VERSION_DIGITS = 18  # tag versions are microseconds since 1970: 16 digits until 2286
 _UNSAFE = re.compile(r"[\s{}\x00-\x1f\x7f]")
 
 TagVersions = dict[str, str]
@@ -87,10 +91,24 @@ def unpack(data: bytes, serializer: Serializer) -> Entry:
             f"reads format {_FORMAT} / {serializer.name} ({serializer.ident}); give caches "
             "with different serializers different namespaces"
         )
+    if not (math.isfinite(soft) and math.isfinite(hard) and math.isfinite(seconds)):
+        raise SerializationError("stored entry has non-finite expiries or load time")
     start = _HEADER.size
     tags = orjson.loads(data[start : start + tag_length]) if tag_length else {}
+    if type(tags) is not dict or any(type(v) is not str for v in tags.values()):
+        raise SerializationError("stored entry's tag versions are not a map of strings")
     value = serializer.loads(data[start + tag_length :])
     return Entry(value, soft, hard, seconds, tags, len(data))
+
+
+def version_order(version: str) -> int | None:
+    """Where a tag version stands in its tag's order (``""``: never invalidated), or None if
+    it is not a version hotpath writes. Versions only grow (see ``BUMP_TAG``)."""
+    if not version:
+        return 0
+    if len(version) > _MAX_VERSION_DIGITS or not version.isascii() or not version.isdigit():
+        return None
+    return int(version)
 
 
 def expiries(now: float, ttl: float, stale_ttl: float, jitter: float) -> tuple[float, float]:
@@ -102,15 +120,16 @@ def expiries(now: float, ttl: float, stale_ttl: float, jitter: float) -> tuple[f
 
 
 def safe_name(text: str, what: str) -> str:
-    """``text`` as it appears in Redis names: hashed when long or holding unsafe characters
-    (whitespace, control characters, and braces, which would change the Cluster hash slot)."""
+    """``text`` as it appears in Redis names: hashed when long, holding unsafe characters
+    (whitespace, control characters, and braces, which would change the Cluster hash slot) or
+    starting like a hashed name."""
     if not isinstance(text, str):
         raise CacheKeyError(f"cache {what}s must be str, got {type(text).__name__}: {text!r}")
     if not text:
         raise CacheKeyError(f"empty cache {what}; pass a non-empty string")
-    if len(text) > _MAX_PLAIN_KEY or _UNSAFE.search(text):
+    if len(text) > _MAX_PLAIN_KEY or _UNSAFE.search(text) or text.startswith(_HASHED):
         digest = hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
-        return f"h:{digest}"
+        return f"{_HASHED}{digest}"
     return text
 
 

@@ -9,8 +9,9 @@ class CacheError(HotpathError):
     """Base class of hotpath.cache's errors."""
 
 
-class CacheConfigError(CacheError):
-    """A cache was configured with values that cannot work."""
+class CacheConfigError(CacheError, ValueError):
+    """A cache was configured with values that cannot work (a ``ValueError`` too, like the
+    other components' configuration errors)."""
 
 
 class CacheKeyError(CacheError):

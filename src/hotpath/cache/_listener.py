@@ -19,6 +19,7 @@ from typing import Any
 log = logging.getLogger("hotpath.cache")
 
 _SEP = "\x1f"
+_KINDS = ("k", "t")
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,10 +33,17 @@ class Message:
         return _SEP.join((self.origin, self.kind, self.name, self.version))
 
     @classmethod
-    def decode(cls, raw: bytes | str) -> Message | None:
-        text = raw.decode() if isinstance(raw, bytes) else raw
+    def decode(cls, raw: object) -> Message | None:
+        """The message, or None if it is not one hotpath sends (anyone who can publish to
+        Redis can put anything on the channel)."""
+        try:
+            text = raw.decode() if isinstance(raw, bytes) else raw
+        except UnicodeDecodeError:
+            return None
+        if not isinstance(text, str):
+            return None
         parts = text.split(_SEP)
-        if len(parts) != 4:
+        if len(parts) != 4 or parts[1] not in _KINDS:
             return None
         return cls(*parts)
 
@@ -84,12 +92,14 @@ class Listener:
         on_connect: Callable[[], None],
         on_disconnect: Callable[[], None],
         health_interval: float,
+        on_unreadable: Callable[[], None] = lambda: None,
     ) -> None:
         self._make_pubsub = make_pubsub
         self._channel = channel
         self._on_message = on_message
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
+        self._on_unreadable = on_unreadable
         self._interval = health_interval
         self._timeout = max(3 * health_interval, 1.0)
         self.connected = threading.Event()
@@ -150,8 +160,10 @@ class Listener:
             if message is not None:
                 last_heard, pinged_at = now, None
                 if message.get("type") == "message":
-                    decoded = Message.decode(message["data"])
-                    if decoded is not None:
+                    decoded = Message.decode(message.get("data"))
+                    if decoded is None:
+                        self._on_unreadable()
+                    else:
                         self._on_message(decoded)
             elif pinged_at is None and now - last_heard >= self._interval:
                 pubsub.ping()

@@ -8,7 +8,8 @@ import time
 from collections import deque
 from typing import Literal
 
-from ._entry import Entry, TagVersions
+from . import _checks as checks
+from ._entry import Entry, TagVersions, version_order
 from ._errors import CacheConfigError
 from ._policy import LruPolicy, Policy, TinyLfuPolicy
 
@@ -35,10 +36,11 @@ class MemoryTier:
         max_tags: int = 100_000,
         max_bytes: int | None = None,
     ) -> None:
-        if maxsize < 1 or ttl <= 0 or max_tags < 1 or (max_bytes is not None and max_bytes < 1):
-            raise CacheConfigError(
-                "MemoryTier needs maxsize >= 1, ttl > 0, max_tags >= 1 and max_bytes >= 1 or None"
-            )
+        checks.count(maxsize, "maxsize", example="10_000")
+        ttl = checks.seconds(ttl, "ttl", example="30")
+        checks.count(max_tags, "max_tags", example="100_000")
+        if max_bytes is not None:
+            checks.count(max_bytes, "max_bytes", example="64 * 2**20")
         if policy not in ("tinylfu", "lru"):
             raise CacheConfigError(f"unknown policy {policy!r}; use 'tinylfu' or 'lru'")
         self.maxsize = maxsize
@@ -51,6 +53,7 @@ class MemoryTier:
         self._lock = threading.Lock()
         self._seq = 0
         self._log: deque[tuple[int, str]] = deque(maxlen=_LOG_SIZE)
+        self._writes_in_flight: set[str] = set()  # write ids of this process's sets under way
         self.evictions = 0
         self.max_bytes = max_bytes
         self.bytes = 0  # the entries' total size (Entry.size)
@@ -78,28 +81,31 @@ class MemoryTier:
         ``since`` (then the value may predate the invalidation: refuse it). ``write_id`` names
         the write, so this process's own invalidation message for it can be recognised."""
         with self._lock:
-            if since is not None and self._invalidated_since(since, key, entry.tags):
-                return False
-            if self.max_bytes is not None and entry.size > self.max_bytes:
-                self._drop(key)  # bigger than the whole tier: not kept here (Redis has it)
-                return False
-            deadline = min(entry.hard_expiry, time.time() + self.ttl)
-            previous = self._entries.get(key)
-            self._entries[key] = (entry, deadline, write_id)
-            self.bytes += entry.size
-            if previous is not None:
-                self.bytes -= previous[0].size
-                self._policy.hit(key)
-            else:
-                for evicted in self._policy.insert(key):
-                    self._evicted(evicted)  # type: ignore[arg-type]
-            while self.max_bytes is not None and self.bytes > self.max_bytes:
-                victim = self._policy.victim()
-                if victim is None:
-                    break
-                self._policy.remove(victim)
-                self._evicted(victim)  # type: ignore[arg-type]
-            return key in self._entries
+            return self._fill_locked(key, entry, since, write_id)
+
+    def _fill_locked(self, key: str, entry: Entry, since: int | None, write_id: str) -> bool:
+        if since is not None and self._invalidated_since(since, key, entry.tags):
+            return False
+        if self.max_bytes is not None and entry.size > self.max_bytes:
+            self._drop(key)  # bigger than the whole tier: not kept here (Redis has it)
+            return False
+        deadline = min(entry.hard_expiry, time.time() + self.ttl)
+        previous = self._entries.get(key)
+        self._entries[key] = (entry, deadline, write_id)
+        self.bytes += entry.size
+        if previous is not None:
+            self.bytes -= previous[0].size
+            self._policy.hit(key)
+        else:
+            for evicted in self._policy.insert(key):
+                self._evicted(evicted)  # type: ignore[arg-type]
+        while self.max_bytes is not None and self.bytes > self.max_bytes:
+            victim = self._policy.victim()
+            if victim is None:
+                break
+            self._policy.remove(victim)
+            self._evicted(victim)  # type: ignore[arg-type]
+        return key in self._entries
 
     def _evicted(self, key: str) -> None:
         found = self._entries.pop(key, None)
@@ -140,9 +146,45 @@ class MemoryTier:
             self._note(f"k:{key}")
             self._drop(key)
 
-    def invalidate_unless(self, key: str, write_id: str) -> None:
-        """Invalidate ``key`` unless its entry is the one written by ``write_id``."""
+    def begin_write(self, key: str, entry: Entry | None = None, write_id: str = "") -> int:
+        """This process starts writing ``key`` to Redis (a set when ``entry`` is given, else a
+        delete): drop what L1 holds (or hold ``entry``, the value written) and return the
+        point to pass to :meth:`end_write`.
+
+        Until the Redis write is done, another thread's read of Redis still returns the old
+        value and may refill L1 with it; :meth:`end_write` undoes that."""
         with self._lock:
+            self._note(f"k:{key}")
+            self._drop(key)
+            if write_id:
+                self._writes_in_flight.add(write_id)
+            begun = self._seq
+            if entry is not None:
+                self._fill_locked(key, entry, None, write_id)
+        return begun
+
+    def end_write(
+        self, key: str, begun: int, entry: Entry | None = None, write_id: str = ""
+    ) -> None:
+        """The Redis write begun at ``begun`` is done: a second invalidation of ``key`` (a fill
+        whose Redis read began before now is refused, one made meanwhile is dropped), then L1
+        holds ``entry``, unless ``key`` or one of its tags was invalidated by someone else
+        while the write was under way."""
+        with self._lock:
+            self._writes_in_flight.discard(write_id)
+            keep = entry is not None and not self._invalidated_since(begun, key, entry.tags)
+            self._note(f"k:{key}")
+            self._drop(key)
+            if keep:
+                assert entry is not None
+                self._fill_locked(key, entry, None, write_id)
+
+    def invalidate_unless(self, key: str, write_id: str) -> None:
+        """Invalidate ``key`` unless ``write_id`` names this process's own write of the value
+        L1 holds, or one still under way (:meth:`end_write` settles L1 for it)."""
+        with self._lock:
+            if write_id and write_id in self._writes_in_flight:
+                return
             found = self._entries.get(key)
             if found is not None and write_id and found[2] == write_id:
                 return
@@ -170,20 +212,50 @@ class MemoryTier:
         return True
 
     def learn_tags(self, versions: TagVersions, since: int | None = None) -> None:
-        """Remember tag versions read from Redis (skipping any invalidated after ``since``)."""
+        """Remember tag versions read from Redis, skipping any invalidated here after
+        ``since`` and any older than the version known here (a read that raced a newer
+        invalidation): a tag's version never goes back."""
         with self._lock:
             for tag, version in versions.items():
                 if since is not None and self._invalidated_since(since, "", {tag: ""}):
                     continue
-                self._set_tag(tag, version)
+                if self._is_newer(tag, version):
+                    self._set_tag(tag, version)
 
     def set_tag(self, tag: str, version: str) -> None:
-        """A tag moved to ``version`` (invalidated here or announced by another process)."""
+        """A tag moved to ``version`` (invalidated here or announced by another process). An
+        older version than the one known here is a late message: ignored, so a tag never
+        goes back. A version that is not a number is not one hotpath wrote: the tag is
+        forgotten (asked of Redis next time)."""
         with self._lock:
-            if self._tags.get(tag) == version:
-                return  # our own invalidation coming back over the channel
+            if version_order(version) is None:
+                self._note(f"t:{tag}")
+                self._tags.pop(tag, None)
+            elif self._is_newer(tag, version):
+                self._note(f"t:{tag}")
+                self._set_tag(tag, version)
+
+    def forget_tag(self, tag: str) -> None:
+        """Invalidate ``tag`` without knowing its new version (Redis could not be told)."""
+        with self._lock:
             self._note(f"t:{tag}")
-            self._set_tag(tag, version)
+            self._tags.pop(tag, None)
+
+    def note_tag(self, tag: str) -> None:
+        """An invalidation of ``tag`` begins here (its new version is not known yet): fills and
+        tag reads that began before it are refused, and no in-process load is joined."""
+        with self._lock:
+            self._note(f"t:{tag}")
+
+    def _is_newer(self, tag: str, version: str) -> bool:
+        order = version_order(version)
+        if order is None:
+            return False
+        known = self._tags.get(tag)
+        if known is None:
+            return True
+        known_order = version_order(known)
+        return known_order is None or order > known_order
 
     def _set_tag(self, tag: str, version: str) -> None:
         if tag not in self._tags and len(self._tags) >= self._max_tags:

@@ -15,45 +15,74 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.asyncio.sentinel
 import redis.cluster
+import redis.connection
 import redis.sentinel
 
 from ..concurrent import CircuitBreaker
+from . import _checks as checks
 from ._errors import CacheConfigError
 
 SyncClient = redis.Redis | redis.cluster.RedisCluster
 AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
 
+# Whoever can write to Redis may have left anything under our names (another type, a
+# number, a lease without expiry): reads go through pcall, so such a value reads as absent (a
+# miss) instead of failing the script, and our writes (SET) replace it.
+_READ = """
+local function read(key)
+  local ok, value = pcall(redis.call, 'GET', key)
+  if ok then return value end
+  return false
+end
+"""
+
 # KEYS: entry, lease. ARGV: token, lease ms, "1" to skip reading the entry.
 # -> {1, entry} present | {2} lease taken | {3, ms left} someone else holds the lease
-ACQUIRE = """
+# A lease without expiry or with more time left than any lease we take is not one of ours:
+# it is replaced, or it would block every loader of the key.
+ACQUIRE = (
+    _READ
+    + """
 if ARGV[3] == '0' then
-  local v = redis.call('GET', KEYS[1])
+  local v = read(KEYS[1])
   if v then return {1, v} end
 end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
-return {3, redis.call('PTTL', KEYS[2])}
+local left = redis.call('PTTL', KEYS[2])
+if left < 0 or left > tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+  return {2}
+end
+return {3, left}
 """
+)
 
 # KEYS: entry, lease. ARGV: token, payload, ttl ms, channel, message.
 # Stores only while the caller still holds its lease: an invalidation deletes the lease, so a
 # value loaded before it can never be written after it (memcache leases).
-FILL = """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+FILL = (
+    _READ
+    + """
+if read(KEYS[2]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 redis.call('DEL', KEYS[2])
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 return 1
 """
+)
 
 # KEYS: lease. ARGV: token, channel, message. Give a lease back (the load failed).
-RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+RELEASE = (
+    _READ
+    + """
+if read(KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
   redis.call('PUBLISH', ARGV[2], ARGV[3])
   return 1
 end
 return 0
 """
+)
 
 # KEYS: entry, lease. ARGV: payload, ttl ms, channel, message. An explicit set wins over any
 # load in flight: the lease goes, so that load's older value is refused.
@@ -71,12 +100,26 @@ redis.call('PUBLISH', ARGV[1], ARGV[2])
 return 1
 """
 
-# KEYS: tag. ARGV: new version, channel, message. O(1) whatever the number of tagged entries.
-BUMP_TAG = """
-redis.call('SET', KEYS[1], ARGV[1])
-redis.call('PUBLISH', ARGV[2], ARGV[3])
-return 1
+# KEYS: tag. ARGV: channel, message without its version. O(1) whatever the number of tagged
+# entries. Versions only grow, so every process can ignore a late (older) one: the next is
+# Redis's clock in microseconds, or one past the current version if that is ahead (so a tag
+# key lost to eviction or a flush never brings back a version entries were stored under).
+# Returns the new version (as a string: Lua numbers are doubles, exact below 2^53).
+BUMP_TAG = (
+    _READ
+    + """
+local now = redis.call('TIME')
+local version = tonumber(now[1]) * 1000000 + tonumber(now[2])
+local current = tonumber(read(KEYS[1]) or '')
+if current and current >= version and current < 9007199254740991 and current % 1 == 0 then
+  version = current + 1
+end
+version = string.format('%.0f', version)
+redis.call('SET', KEYS[1], version)
+redis.call('PUBLISH', ARGV[1], ARGV[2] .. version)
+return version
 """
+)
 
 SCRIPTS = {
     "acquire": ACQUIRE,
@@ -113,10 +156,14 @@ class RedisTier:
         reset_timeout: float = 2.0,
         health_interval: float = 0.5,
     ) -> None:
-        if socket_timeout <= 0 or connect_timeout <= 0 or lease_ttl <= 0 or health_interval <= 0:
-            raise CacheConfigError(
-                "RedisTier timeouts, lease_ttl and health_interval must be > 0 seconds"
-            )
+        socket_timeout = checks.seconds(socket_timeout, "socket_timeout", example="0.1")
+        connect_timeout = checks.seconds(connect_timeout, "connect_timeout", example="0.25")
+        lease_ttl = checks.seconds(lease_ttl, "lease_ttl", example="5")
+        checks.count(failure_threshold, "failure_threshold", example="3")
+        reset_timeout = checks.seconds(reset_timeout, "reset_timeout", example="2")
+        health_interval = checks.seconds(health_interval, "health_interval", example="0.5")
+        if isinstance(target, str):
+            _check_url(target)
         self.url = target if isinstance(target, str) else None
         self._client = None if isinstance(target, str) else target
         self.cluster = cluster or isinstance(
@@ -230,6 +277,29 @@ def _sync_sentinel_master(
     sentinel = sentinel_class(sentinels, sentinel_kwargs=manager.sentinel_kwargs)
     master: redis.Redis = sentinel.master_for(pool.service_name, **kwargs, **options)
     return master
+
+
+def _check_url(url: str) -> None:
+    """Refuse a URL redis-py cannot connect with now, not at the first cache call (where it
+    would only count as Redis being unavailable)."""
+    parse: Any = redis.connection.parse_url  # untyped in redis-py
+    try:
+        parse(url)
+    except ValueError as error:
+        raise CacheConfigError(
+            f"RedisTier got {_redacted(url)!r}, which is not a Redis URL ({error}); pass e.g. "
+            "redis://host:6379/0, rediss://... or unix:///path/redis.sock, or a redis client"
+        ) from None
+
+
+def _redacted(url: str) -> str:
+    """``url`` without a password that may be in it."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest:
+        credentials, _, host = rest.rpartition("@")
+        user = credentials.partition(":")[0]
+        return f"{scheme}://{user}:***@{host}"
+    return url
 
 
 def entry_key(namespace: str, key: str) -> str:

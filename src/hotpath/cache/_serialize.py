@@ -93,31 +93,40 @@ def _tag(value: Any) -> Any:
     )
 
 
-_RESTORE: dict[str, Callable[[Any], Any]] = {
-    "int": int,
-    "float": float,
-    "tuple": lambda v: tuple(_untag(x) for x in v),
-    "set": lambda v: {_untag(x) for x in v},
-    "frozenset": lambda v: frozenset(_untag(x) for x in v),
-    "datetime": dt.datetime.fromisoformat,
-    "date": dt.date.fromisoformat,
-    "time": dt.time.fromisoformat,
-    "uuid": uuid.UUID,
-    "decimal": decimal.Decimal,
-    "bytes": bytes.fromhex,
-    "map": lambda v: {_untag(k): _untag(x) for k, x in v},
+# orjson writes at most 255 levels, so a stored value nested deeper is not one hotpath wrote;
+# refusing it also keeps the walk below far from Python's recursion limit.
+_MAX_DEPTH = 256
+
+_RESTORE: dict[str, Callable[[Any, int], Any]] = {
+    "int": lambda v, _: int(v),
+    "float": lambda v, _: float(v),
+    "tuple": lambda v, d: tuple(_untag(x, d) for x in v),
+    "set": lambda v, d: {_untag(x, d) for x in v},
+    "frozenset": lambda v, d: frozenset(_untag(x, d) for x in v),
+    "datetime": lambda v, _: dt.datetime.fromisoformat(v),
+    "date": lambda v, _: dt.date.fromisoformat(v),
+    "time": lambda v, _: dt.time.fromisoformat(v),
+    "uuid": lambda v, _: uuid.UUID(v),
+    "decimal": lambda v, _: decimal.Decimal(v),
+    "bytes": lambda v, _: bytes.fromhex(v),
+    "map": lambda v, d: {_untag(k, d): _untag(x, d) for k, x in v},
 }
 
 
-def _untag(value: Any) -> Any:
+def _untag(value: Any, depth: int = 0) -> Any:
     kind = type(value)
-    if kind is list:
-        return [_untag(v) for v in value]
-    if kind is not dict:
+    if kind is not list and kind is not dict:
         return value
+    depth += 1
+    if depth > _MAX_DEPTH:
+        raise SerializationError(
+            f"stored value is nested over {_MAX_DEPTH} levels deep, deeper than hotpath writes"
+        )
+    if kind is list:
+        return [_untag(v, depth) for v in value]
     tag = value.get(_TAG)
     if tag is None:
-        return {k: _untag(v) for k, v in value.items()}
+        return {k: _untag(v, depth) for k, v in value.items()}
     if tag == "dataclass":
         cls = _registered.get(value["c"])
         if cls is None:
@@ -125,8 +134,8 @@ def _untag(value: Any) -> Any:
                 f"stored value is a dataclass {value['c']} this process has not registered; "
                 "call hotpath.cache.register_type(cls) at import time"
             )
-        return cls(**{k: _untag(v) for k, v in value["v"].items()})
-    return _RESTORE[tag](value["v"])
+        return cls(**{k: _untag(v, depth) for k, v in value["v"].items()})
+    return _RESTORE[tag](value["v"], depth)
 
 
 class JsonSerializer:

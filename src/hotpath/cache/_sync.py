@@ -15,6 +15,7 @@ import redis
 import redis.cluster
 
 from ..concurrent import CircuitOpenError
+from . import _checks as checks
 from . import _core as core
 from ._commands import command_for
 from ._core import UNAVAILABLE, CacheCore, Flow, Op
@@ -114,7 +115,8 @@ class Cache:
         self._flights: dict[str, _Flight] = {}
         self._refresh_lock = threading.Lock()
         self._refreshing: set[str] = set()
-        self._executor = ThreadPoolExecutor(refresh_workers, thread_name_prefix="hotpath.cache")
+        workers = checks.count(refresh_workers, "refresh_workers", example="2")
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="hotpath.cache")
         self._listener = self._core.start_channel()
 
     # -- public API ------------------------------------------------------------------------
@@ -131,6 +133,7 @@ class Cache:
 
     def set(self, key: str, value: Any, ttl: float | None = None, tags: Iterable[str] = ()) -> None:
         """Store ``value`` (write-through to every tier; other processes drop their L1 copy)."""
+        checks.ttl(ttl)
         self._drive(
             self._core.set_flow(self._core.name(key), value, ttl, self._core.tag_names(tuple(tags)))
         )
@@ -155,6 +158,7 @@ class Cache:
         processes, and stored only if nothing invalidated it meanwhile. ``stale=False``: never
         serve a value past its ttl nor refresh one in the background; the loader runs only in
         this caller (for a loader bound to the caller's state, such as an ORM session)."""
+        checks.ttl(ttl)
         name = self._core.name(key)
         value = self._core.fresh_from_l1(name)
         if value is not core.MISS:
@@ -210,6 +214,8 @@ class Cache:
         self, ttl: float | None = None, key: str | None = None, tags: Iterable[str] = ()
     ) -> Callable[[Callable[P, R]], Callable[P, R]]:
         """Decorator: ``@cache.cached(ttl=300, key="user:{user_id}", tags=("user:{user_id}",))``."""
+
+        checks.ttl(ttl)
 
         def decorate(fn: Callable[P, R]) -> Callable[P, R]:
             template = KeyTemplate(fn, key, tuple(tags))
@@ -286,7 +292,14 @@ class Cache:
         assert self._l2 is not None
         try:
             with self._l2.breaker:
-                return call(arg)
+                try:
+                    return call(arg)
+                except redis.ResponseError as error:
+                    if not str(error).startswith("WRONGTYPE"):
+                        raise
+                    # Redis answered: someone stored another type under an entry's name (the
+                    # scripts read through pcall; only the plain GET gets here). A miss.
+                    return core.FOREIGN
         except CircuitOpenError:
             self._core.counters.redis_skipped += 1
         except (redis.RedisError, OSError):
