@@ -132,8 +132,8 @@ def test_a_listener_bug_is_logged_once_and_never_raised(
     def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("a bug in observe")
 
-    monkeypatch.setattr(Scope, "record_query", broken)
-    monkeypatch.setattr(Scope, "note_lazy_load", broken)
+    monkeypatch.setattr(Scope, "_record_query", broken)
+    monkeypatch.setattr(Scope, "_note_lazy_load", broken)
     monkeypatch.setattr("hotpath.observe._scope._failed_listeners", set(), raising=False)
     caplog.set_level(logging.ERROR, logger="hotpath.observe")
     with profiler.scope("broken"), Session(tp_engine) as session:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 
 def find_query_problems(scope: Scope, plans: PlanStore) -> list[Finding]:
-    if not scope.has_evidence():
+    if not scope._has_evidence():
         return []
     modes = scope.modes
     settings = scope.settings
@@ -54,7 +54,7 @@ def _unused_eager(scope: Scope) -> list[Finding]:
             fix=f"drop the eager loader of {group.relationship} from this query's .options(...)",
             details={"relationship": group.relationship},
         )
-        for group in scope.eager_groups()
+        for group in scope._eager_groups()
         if not group.used and not group.suppressed and group.collections
     ]
 
@@ -143,7 +143,7 @@ def _orm_n_plus_one(scope: Scope, settings: ObserveSettings) -> list[Finding]:
     # One loop is one finding: the groups of one call site and one relationship (a loop run
     # over two result sets, a recursive walk with a group per level) are folded together.
     folded: dict[tuple[Any, ...], tuple[Origin, LazyGroup, int, int, float]] = {}
-    for origin, group in scope.lazy_groups():
+    for origin, group in scope._lazy_groups():
         parents = len(group.parents)
         if group.suppressed or parents < settings.n_plus_one_threshold:
             continue
@@ -167,7 +167,7 @@ def _orm_n_plus_one(scope: Scope, settings: ObserveSettings) -> list[Finding]:
         )
     findings = []
     for origin, group, parents, queries, total_ms in folded.values():
-        root = scope.root_of(origin)
+        root = scope._root_of(origin)
         if group.reason is not None:
             cls = _class_name(group.mapper)
             columns = ", ".join(group.columns) or "columns"
@@ -180,7 +180,7 @@ def _orm_n_plus_one(scope: Scope, settings: ObserveSettings) -> list[Finding]:
                     group.call_site,
                     queries,
                     fix=_column_fix(root, group),
-                    sql=scope.shown_sql(group.sql) if group.sql else None,
+                    sql=scope._shown_sql(group.sql) if group.sql else None,
                     details={
                         "columns": list(group.columns),
                         "reason": group.reason,
@@ -202,7 +202,7 @@ def _orm_n_plus_one(scope: Scope, settings: ObserveSettings) -> list[Finding]:
                 group.call_site,
                 queries,
                 fix=f".options({options})  # on the select() of {statement}",
-                sql=scope.shown_sql(group.sql) if group.sql else None,
+                sql=scope._shown_sql(group.sql) if group.sql else None,
                 details={"relationship": name, "parents": parents, "loader": options},
                 saving_ms=_repeats_ms(total_ms, queries),
             )
@@ -212,7 +212,7 @@ def _orm_n_plus_one(scope: Scope, settings: ObserveSettings) -> list[Finding]:
 
 def _shape_n_plus_one(scope: Scope, settings: ObserveSettings) -> list[Finding]:
     findings = []
-    for (fingerprint, site), group in scope.shape_groups().items():
+    for (fingerprint, site), group in scope._shape_groups.items():
         if group.suppressed or group.count < settings.shape_threshold:
             continue
         if len(group.param_hashes) < 2:
@@ -226,7 +226,7 @@ def _shape_n_plus_one(scope: Scope, settings: ObserveSettings) -> list[Finding]:
                 group.count,
                 fix=_batch_fix(group.sql),
                 fingerprint=fingerprint,
-                sql=scope.shown_sql(group.sql),
+                sql=scope._shown_sql(group.sql),
                 saving_ms=_repeats_ms(group.total_ms, group.count),
             )
         )
@@ -241,10 +241,10 @@ def _duplicates(scope: Scope) -> list[Finding]:
             site,
             count,
             fix="reuse the first result: keep it in a variable, or memoize it for the request",
-            sql=scope.shown_sql(sql),
+            sql=scope._shown_sql(sql),
             saving_ms=repeats_ms,
         )
-        for sql, count, site, suppressed, repeats_ms in scope.duplicate_groups()
+        for sql, count, site, suppressed, repeats_ms in scope._duplicate_groups()
         if not suppressed and _rereadable(sql)
     ]
 
@@ -279,7 +279,7 @@ def _rereadable(statement: str) -> bool:
 
 def _slow_queries(scope: Scope, settings: ObserveSettings, plans: PlanStore) -> list[Finding]:
     findings = []
-    for fingerprint, group in scope.slow_groups().items():
+    for fingerprint, group in scope._slow_groups().items():
         if group.suppressed:
             continue
         flags = plans.flags(fingerprint)
@@ -293,7 +293,7 @@ def _slow_queries(scope: Scope, settings: ObserveSettings, plans: PlanStore) -> 
                 group.count,
                 fix=fix,
                 fingerprint=fingerprint,
-                sql=scope.shown_sql(group.sql),
+                sql=scope._shown_sql(group.sql),
                 plan_flags=flags,
                 details={
                     "max_ms": group.max_ms,
@@ -318,10 +318,10 @@ def _unbounded(scope: Scope, settings: ObserveSettings) -> list[Finding]:
             fix="page it with .limit(n) and a keyset (hotpath.paging.keyset_page), or stream "
             "it with .execution_options(yield_per=1000)",
             fingerprint=fingerprint,
-            sql=scope.shown_sql(sql),
+            sql=scope._shown_sql(sql),
             details={"rows": rows},
         )
-        for (fingerprint, site), (sql, rows, suppressed) in scope.unbounded_groups().items()
+        for (fingerprint, site), (sql, rows, suppressed) in scope._unbounded_groups().items()
         if not suppressed
     ]
 

@@ -282,10 +282,10 @@ class Profiler:
         ended = perf_counter()
         rowcount = getattr(cursor, "rowcount", -1)
         token = context.execution_options.get(TOKEN)
-        execution = None if token is None else scope.execution(token)
+        execution = None if token is None else scope._execution(token)
         engine = conn.engine
         url = engine.url
-        scope.record_query(
+        scope._record_query(
             statement,
             parameters,
             started,
@@ -299,7 +299,7 @@ class Profiler:
             cursor,
         )
         if execution is not None and execution.lazy_key is not None:
-            scope.lazy_statement(execution.lazy_key, statement, (ended - started) * 1000)
+            scope._lazy_statement(execution.lazy_key, statement, (ended - started) * 1000)
 
     @_guarded
     def _on_before_flush(self, session: Session, flush_context: Any, instances: Any) -> None:
@@ -307,7 +307,7 @@ class Profiler:
         if scope is not None and scope.recorder is not self._recorder:
             scope = _own_scope(scope, self._recorder)
         if scope is not None and scope.recording:
-            scope.note_flush(session)
+            scope._note_flush(session)
 
     def _binds_elsewhere(self, state: ORMExecuteState) -> bool:
         """Whether the ORM runs this statement on an engine this profiler was not given (the
@@ -326,9 +326,9 @@ class Profiler:
         if scope is None or not scope.recording:
             return
         if self._binds_elsewhere(state):
-            scope.note_foreign_session(state.session)
+            scope._note_foreign_session(state.session)
             return
-        if scope.flushing():
+        if scope._flushing():
             # the unit of work's own loads (cascades, dependency checks): not the app's loop
             state.update_execution_options(**{TOKEN: EAGER_TOKEN})
             return
@@ -340,7 +340,7 @@ class Profiler:
                 state.update_execution_options(**{TOKEN: EAGER_TOKEN})
                 return
             token = next(self._tokens)
-            scope.begin_execution(token, scope.note_column_load(refreshed, state))
+            scope._begin_execution(token, scope._note_column_load(refreshed, state))
             state.update_execution_options(**{TOKEN: token})
             return
         # ``loader_strategy_path`` once, rather than ``is_relationship_load`` (which computes
@@ -365,12 +365,12 @@ class Profiler:
             self._listen_for_loads()
         token = next(self._tokens)
         prop = chain[-1]
-        origin = scope.origin_of(parent)
-        execution = Execution((*scope.chain_of(origin), prop), relationship_load=True)
+        origin = scope._origin_of(parent)
+        execution = Execution((*scope._chain_of(origin), prop), relationship_load=True)
         execution.lazy_origin = ("lazy", origin, str(prop))
         execution.lazy_key = (origin, str(prop))
-        scope.note_lazy_load(parent, prop, execution.chain)
-        scope.begin_execution(token, execution)
+        scope._note_lazy_load(parent, prop, execution.chain)
+        scope._begin_execution(token, execution)
         state.update_execution_options(**{TOKEN: token})
 
     def _watch_collections(self, mapper: Any) -> None:
@@ -412,9 +412,9 @@ class Profiler:
                 scope = _own_scope(scope, self._recorder)
             if scope is None or not scope.recording:
                 return
-            execution = scope.execution(token)
+            execution = scope._execution(token)
             if execution is not None:
-                scope.note_relationship_run(context.runid, execution)
+                scope._note_relationship_run(context.runid, execution)
         except Exception:
             log_listener_bug("_on_load")
 

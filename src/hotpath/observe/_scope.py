@@ -248,14 +248,14 @@ class Scope:
         entries.append(f"total;dur={(now - self.started) * 1000:.1f}")
         return ", ".join(entries)
 
-    def shown_sql(self, statement: str) -> str:
+    def _shown_sql(self, statement: str) -> str:
         """``statement`` as observe shows and exports it: literals redacted unless the
         profiler captures parameters."""
         return statement if self.settings.capture_params else shape_of(statement).redacted
 
     # -- recording (called from the profiler's event listeners) ---------------------------
 
-    def record_query(
+    def _record_query(
         self,
         statement: str,
         parameters: Any,
@@ -276,7 +276,7 @@ class Scope:
         relationship_load = execution is not None and execution.relationship_load
         # the unit of work's statements (a flush's INSERTs, cascade DELETEs) are not the
         # application's loop: judged by neither the shape nor the duplicate detector
-        judged_elsewhere = relationship_load or bool(self._flushing_sessions and self.flushing())
+        judged_elsewhere = relationship_load or bool(self._flushing_sessions and self._flushing())
         site = _Site()
         if self.capture_sites:
             site.get()
@@ -312,7 +312,7 @@ class Scope:
                     started,
                     ended,
                     fingerprint,
-                    self.shown_sql(statement),
+                    self._shown_sql(statement),
                     f"db {server}",
                     site.get(),
                     inputs=parameter_values(parameters),
@@ -336,7 +336,7 @@ class Scope:
         if len(self.queries) < settings.keep_queries:
             self.queries.append(
                 QueryRecord(
-                    self.shown_sql(statement),
+                    self._shown_sql(statement),
                     fingerprint,
                     duration_ms,
                     rowcount,
@@ -420,13 +420,13 @@ class Scope:
 
     # -- ORM bookkeeping ---------------------------------------------------------------------
 
-    def begin_execution(self, token: int, execution: Execution) -> None:
+    def _begin_execution(self, token: int, execution: Execution) -> None:
         self._executions[token] = execution
 
-    def execution(self, token: int | None) -> Execution | None:
+    def _execution(self, token: int | None) -> Execution | None:
         return None if token is None else self._executions.get(token)
 
-    def origin_of(self, state: InstanceState[Any]) -> Origin:
+    def _origin_of(self, state: InstanceState[Any]) -> Origin:
         """The result set that produced ``state``: the query run SQLAlchemy's loader stamped
         on it, with lazy-load runs folded into one origin per (parent origin, relationship)
         so that nested loops group across parents."""
@@ -453,18 +453,18 @@ class Scope:
             self._origin_root[origin] = getattr(entity, "mapper", entity)
         return origin
 
-    def root_of(self, origin: Origin) -> Any:
+    def _root_of(self, origin: Origin) -> Any:
         """The mapper the statement behind ``origin`` selected (None if unknown): a fix is
         an option of that statement."""
         while origin[0] == "lazy":
             origin = origin[1]
         return self._origin_root.get(origin)
 
-    def note_column_load(self, state: InstanceState[Any], orm_state: Any) -> Execution:
+    def _note_column_load(self, state: InstanceState[Any], orm_state: Any) -> Execution:
         """Columns of ``state``, an object already loaded, are being loaded again (before the
         query runs): keep its origin, and group the reload with the other objects' reloads
         of the same result set."""
-        origin = self.origin_of(state)
+        origin = self._origin_of(state)
         self._reloaded.setdefault(id(state), origin)
         mapper = state.mapper
         options = getattr(orm_state.statement, "_compile_options", None)
@@ -478,7 +478,7 @@ class Scope:
         elif keys and all(getattr(mapper.attrs.get(k), "deferred", False) for k in keys):
             reason = "deferred"
         else:
-            root = self.root_of(origin)
+            root = self._root_of(origin)
             tables = root.tables if root is not None else ()
             subclass = root is not None and mapper is not root and mapper.isa(root)
             reason = (
@@ -495,7 +495,7 @@ class Scope:
         group = self._lazy.get(key)
         if group is None:
             group = self._lazy[key] = LazyGroup(
-                self.chain_of(origin), reason=reason, columns=keys, mapper=mapper
+                self._chain_of(origin), reason=reason, columns=keys, mapper=mapper
             )
         group.parents.add(id(state))
         group.queries += 1
@@ -506,11 +506,11 @@ class Scope:
         execution.lazy_key = key
         return execution
 
-    def note_flush(self, session: Any) -> None:
+    def _note_flush(self, session: Any) -> None:
         if not any(s is session for s in self._flushing_sessions):
             self._flushing_sessions.append(session)
 
-    def flushing(self) -> bool:
+    def _flushing(self) -> bool:
         """Whether a Session of this scope is inside ``flush()`` (the unit of work is
         emitting its statements). ``Session._flushing`` is reset even when a flush fails."""
         sessions = self._flushing_sessions
@@ -518,22 +518,22 @@ class Scope:
             return False
         return any(session._flushing for session in sessions)
 
-    def note_foreign_session(self, session: Any) -> None:
+    def _note_foreign_session(self, session: Any) -> None:
         self._foreign_sessions.add(session.hash_key)
 
-    def chain_of(self, origin: Origin) -> Chain:
+    def _chain_of(self, origin: Origin) -> Chain:
         return self._origin_chain.get(origin, ())
 
-    def note_relationship_run(self, run: int, execution: Execution) -> None:
+    def _note_relationship_run(self, run: int, execution: Execution) -> None:
         """Rows of ``run`` came from a lazy load: their origin is the lazy-load group."""
         if execution.lazy_origin is not None and run not in self._run_origins:
             self._run_origins[run] = execution.lazy_origin
             self._origin_chain[execution.lazy_origin] = execution.chain
 
-    def note_lazy_load(
+    def _note_lazy_load(
         self, parent: InstanceState[Any], prop: RelationshipProperty[Any], chain: Chain
     ) -> None:
-        origin = self.origin_of(parent)
+        origin = self._origin_of(parent)
         key = (origin, str(prop))
         group = self._lazy.get(key)
         if group is None:
@@ -545,7 +545,7 @@ class Scope:
             group.call_site = capture_call_site()
             group.suppressed = _suppressed(FindingKind.N_PLUS_ONE, group.call_site)
 
-    def eager_group(self, prop: Any) -> EagerGroup:
+    def _eager_group(self, prop: Any) -> EagerGroup:
         """The group of an eagerly loaded relationship, made at its first collection (whose
         call site, the query's, is then taken)."""
         group = self._eager.get(prop)
@@ -558,7 +558,7 @@ class Scope:
             )
         return group
 
-    def lazy_statement(self, key: tuple[Origin, str], statement: str, duration_ms: float) -> None:
+    def _lazy_statement(self, key: tuple[Origin, str], statement: str, duration_ms: float) -> None:
         group = self._lazy.get(key)
         if group is not None:
             group.total_ms += duration_ms
@@ -567,16 +567,13 @@ class Scope:
 
     # -- what the detectors read ---------------------------------------------------------------
 
-    def lazy_groups(self) -> list[tuple[Origin, LazyGroup]]:
+    def _lazy_groups(self) -> list[tuple[Origin, LazyGroup]]:
         return [(origin, group) for (origin, _), group in self._lazy.items()]
 
-    def eager_groups(self) -> list[EagerGroup]:
+    def _eager_groups(self) -> list[EagerGroup]:
         return list(self._eager.values())
 
-    def shape_groups(self) -> dict[tuple[str, CallSite | None], ShapeGroup]:
-        return self._shape_groups
-
-    def duplicate_groups(self) -> list[tuple[str, int, CallSite | None, bool, float]]:
+    def _duplicate_groups(self) -> list[tuple[str, int, CallSite | None, bool, float]]:
         """(statement, runs, call site, suppressed, ms of the repeats) per repeated run."""
         # _duplicate_sites holds exactly the repeated statements (set at the second run), so
         # the scope's end looks at those, not at every statement it ran
@@ -591,7 +588,7 @@ class Scope:
             for (sql, h), site in self._duplicate_sites.items()
         ]
 
-    def has_evidence(self) -> bool:
+    def _has_evidence(self) -> bool:
         """Whether any detector has something to judge (most scopes of a healthy app: no)."""
         return bool(
             self._lazy
@@ -602,10 +599,10 @@ class Scope:
             or self._eager
         )
 
-    def slow_groups(self) -> dict[str, SlowGroup]:
+    def _slow_groups(self) -> dict[str, SlowGroup]:
         return self._slow
 
-    def unbounded_groups(self) -> dict[tuple[str, CallSite | None], tuple[str, int, bool]]:
+    def _unbounded_groups(self) -> dict[tuple[str, CallSite | None], tuple[str, int, bool]]:
         return self._unbounded
 
 
@@ -635,7 +632,7 @@ def collection_listener(recorder: Recorder, prop: Any) -> Callable[[Any, Any, An
                 if target in lazy_targets:
                     lazy_targets.discard(target)
                     return  # a lazy load: it is being read right now
-            group = scope._eager.get(prop) or scope.eager_group(prop)
+            group = scope._eager.get(prop) or scope._eager_group(prop)
             if group.used:
                 return  # one of its collections was read: the relationship is used, stop watching
             cls = type(collection)
