@@ -459,3 +459,83 @@ def test_literals_are_redacted_everywhere_observe_shows_sql(
         assert "'shown'" in scope.queries[0].sql  # opt-in: literals kept
     finally:
         keeping.uninstrument()
+
+
+# -- caches, aiohttp ----------------------------------------------------------------------------
+
+
+def test_a_cache_that_never_hits_costs_more_than_it_saves(
+    hotpath_db: ModuleDatabase, stub: str
+) -> None:
+    from hotpath.cache import Cache, MemoryTier, RedisTier
+
+    assert hotpath_db.redis_url is not None
+    cache = Cache(
+        MemoryTier(1000, ttl=30),
+        RedisTier(hotpath_db.redis_url, health_interval=0.1),
+        namespace=f"diag-{time.monotonic_ns()}",
+    )
+    profiler = Profiler(budget_ms=5, cache_min_lookups=40).instrument()
+    try:
+        for i in range(60):  # every key new: the cache's round trips on every call, no hit
+            with profiler.scope("unique"):
+                cache.get_or_set(f"quote:{i}", lambda: 1.0)
+        for i in range(60):  # ten hot keys: hits
+            with profiler.scope("hot"):
+                cache.get_or_set(f"price:{i % 10}", lambda: 1.0)
+        for i in range(120):  # 40 distinct first (cold), then the same 4 again and again
+            with profiler.scope("cold"):
+                key = f"item:{i}" if i < 40 else f"item:{i % 4}"
+                cache.get_or_set(key, lambda: time.sleep(0.002) or 1.0)
+        unique = kinds(profiler, "unique")["cache_miss"]
+        assert "quote:{n}" in unique.message and "costs more than it saves" in (unique.change or "")
+        assert unique.evidence["hit_ratio"] == 0
+        assert unique.call_site and "test_diagnosis.py" in unique.call_site
+        assert "cache_miss" not in kinds(profiler, "hot")
+        cold = kinds(profiler, "cold")["cache_miss"]
+        assert "starts cold" in cold.message and "warm it" in (cold.change or "")
+    finally:
+        profiler.uninstrument()
+        cache.close()
+
+
+async def test_aiohttp_calls_are_timed_and_judged(stub: str) -> None:
+    import aiohttp
+
+    profiler = Profiler(budget_ms=5).instrument()
+    app = _app(profiler)
+
+    @app.get("/aio")
+    async def aio() -> dict[str, int]:
+        async with aiohttp.ClientSession() as session:
+            for i in range(6):
+                async with session.get(f"{stub}/items/{i}") as response:
+                    await response.read()
+        return {"ok": 1}
+
+    try:
+        await _serve(app, "/aio")
+        endpoint = profiler.report().endpoint("GET /aio")
+        assert endpoint.breakdown_ms["http"] > 0
+        found = kinds(profiler, "GET /aio")
+        assert found["n_plus_one_http"].evidence["count"] == 6
+        assert "no_timeout" not in found  # aiohttp's default session has a total timeout
+    finally:
+        profiler.uninstrument()
+
+
+def test_sync_redis_time_is_its_own_layer(hotpath_stack: ServerStack) -> None:
+    client = redis.Redis.from_url(hotpath_stack.redis_url)
+    profiler = Profiler().instrument()
+    try:
+        with profiler.scope("job") as scope:
+            for i in range(20):
+                client.set(f"hotpath-diag-{i}", i)
+            with client.pipeline() as pipe:
+                pipe.get("hotpath-diag-1").get("hotpath-diag-2")
+                pipe.execute()
+        assert scope.breakdown_ms[Layer.REDIS] > 0
+        assert sum(1 for layer, *_ in scope.timeline.spans if layer is Layer.REDIS) == 21
+    finally:
+        profiler.uninstrument()
+        client.close()

@@ -1,6 +1,6 @@
 """Process-wide hooks that time a request's work outside its SQL statements: connection
 set-up and pool wait (SQLAlchemy), Redis commands (redis-py), outbound HTTP (httpx,
-requests, aiohttp).
+requests, aiohttp), and hotpath.cache's lookups (hit or load, for the cache_miss detector).
 
 Why not OpenTelemetry's instrumentation packages: they hook the same functions (httpx's
 ``Client.send``-level transport, ``requests.Session.send``, redis-py's ``execute_command``
@@ -14,6 +14,7 @@ Outside a scope each costs one ContextVar read.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 import threading
@@ -399,7 +400,95 @@ def _hook_aiohttp(module: Any) -> None:
     wrapt.wrap_function_wrapper(aiohttp, "ClientSession.__init__", add_trace)
 
 
+# -- hotpath.cache ------------------------------------------------------------------------------
+
+_KEY_PARTS = re.compile(r"\d+|[0-9a-fA-F]{8,}")
+
+
+def key_template(key: str) -> str:
+    """``user:{n}`` for ``user:42``: the lookups of one cached thing share a name."""
+    return _KEY_PARTS.sub("{n}", key)[:80]
+
+
+class _LoaderClock:
+    """Wraps a cache loader: whether it ran (a miss) and for how long."""
+
+    __slots__ = ("loader", "ms", "ran")
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+        self.ran = False
+        self.ms = 0.0
+
+    def __call__(self) -> Any:
+        self.ran = True
+        started = perf_counter()
+        result = self.loader()
+        if inspect.isawaitable(result):
+            return self._awaited(result, started)
+        self.ms = (perf_counter() - started) * 1000
+        return result
+
+    async def _awaited(self, result: Any, started: float) -> Any:
+        try:
+            return await result
+        finally:
+            self.ms = (perf_counter() - started) * 1000
+
+
+def _cache_lookup(scope: Scope, key: str, clock: _LoaderClock, started: float) -> None:
+    inner = _innermost(scope)
+    if inner is None:
+        return
+    site = capture_call_site() if clock.ran else None
+    inner.timeline.cache_lookups.append(
+        (key_template(key), not clock.ran, (perf_counter() - started) * 1000, clock.ms, site)
+    )
+
+
+def _split_lookup(args: Any, kwargs: Any) -> tuple[str, Any, tuple[Any, ...], dict[str, Any]]:
+    key = args[0] if args else kwargs.pop("key")
+    loader = args[1] if len(args) > 1 else kwargs.pop("loader")
+    return key, loader, tuple(args[2:]), kwargs
+
+
+def _cache_sync(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    scope = current_scope.get()
+    if scope is None:
+        return wrapped(*args, **kwargs)
+    key, loader, rest, kwargs = _split_lookup(args, dict(kwargs))
+    clock = _LoaderClock(loader)
+    started = perf_counter()
+    try:
+        return wrapped(key, clock, *rest, **kwargs)
+    finally:
+        _cache_lookup(scope, key, clock, started)
+
+
+async def _cache_async(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    scope = current_scope.get()
+    if scope is None:
+        return await wrapped(*args, **kwargs)
+    key, loader, rest, kwargs = _split_lookup(args, dict(kwargs))
+    clock = _LoaderClock(loader)
+    started = perf_counter()
+    try:
+        return await wrapped(key, clock, *rest, **kwargs)
+    finally:
+        _cache_lookup(scope, key, clock, started)
+
+
+def _hook_cache_sync(module: Any) -> None:
+    wrapt.wrap_function_wrapper(module, "Cache.get_or_set", _cache_sync)
+
+
+def _hook_cache_async(module: Any) -> None:
+    wrapt.wrap_function_wrapper(module, "AsyncCache.get_or_set", _cache_async)
+
+
 _CLIENT_HOOKS = {
+    "hotpath.cache._sync": _hook_cache_sync,
+    "hotpath.cache._async": _hook_cache_async,
     "redis.client": _hook_redis,
     "httpx": _hook_httpx,
     "requests": _hook_requests,

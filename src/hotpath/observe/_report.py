@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ._records import LAYERS, Finding, FindingKind, Layer
+from ._records import LAYERS, CallSite, Finding, FindingKind, Layer
 
 if TYPE_CHECKING:
     from ._scope import Scope
@@ -74,6 +74,7 @@ _LAYER_CLASS: dict[Layer, Bottleneck] = {
 }
 # a fix that saves less than this share of an endpoint's time does not name its bottleneck
 _BOTTLENECK_SHARE = 0.05
+_MAX_CACHE_NAMES = 100  # key templates followed per endpoint
 
 
 def _histogram(digits: int = 3) -> HdrHistogram:
@@ -134,6 +135,34 @@ class Timing:
 
 
 @dataclass
+class CacheUse:
+    """The lookups of one cached thing (a key template) in one endpoint."""
+
+    lookups: int = 0
+    hits: int = 0
+    hit_ms: float = 0.0
+    miss_ms: float = 0.0
+    load_ms: float = 0.0
+    # the first lookups of the run, apart: a cache that starts cold then warms up
+    early_lookups: int = 0
+    early_hits: int = 0
+    site: CallSite | None = None
+
+    def add(self, hit: bool, ms: float, load_ms: float, site: CallSite | None, early: int) -> None:
+        self.lookups += 1
+        if self.lookups <= early:
+            self.early_lookups += 1
+            self.early_hits += hit
+        if hit:
+            self.hits += 1
+            self.hit_ms += ms
+        else:
+            self.miss_ms += ms
+            self.load_ms += load_ms
+            self.site = self.site or site
+
+
+@dataclass
 class FixTotal:
     """One fix (kind, call site, change) summed over the scopes of a name that found it."""
 
@@ -153,6 +182,7 @@ class Rollup:
         # per layer, its time in each scope (2 significant digits: 7 of them per name)
         self.layers = {layer: Timing(digits=2) for layer in LAYERS}
         self.fixes: dict[tuple[str, str, str], FixTotal] = {}
+        self.caches: dict[str, CacheUse] = {}
         self._lock = threading.Lock()
 
     def add(self, scope: Scope) -> None:
@@ -170,6 +200,14 @@ class Rollup:
                     total = self.fixes[key] = FixTotal(finding)
                 total.scopes += 1
                 total.saving_ms += finding.saving_ms
+            early = scope.settings.cache_min_lookups
+            for name, hit, ms, load_ms, site in scope.timeline.cache_lookups:
+                use = self.caches.get(name)
+                if use is None:
+                    if len(self.caches) >= _MAX_CACHE_NAMES:
+                        continue
+                    use = self.caches[name] = CacheUse()
+                use.add(hit, ms, load_ms, site, early)
 
 
 class Rollups:
@@ -416,6 +454,79 @@ def _fixes(name: str, rollup: Rollup, total_ms: float) -> list[Fix]:
     return fixes
 
 
+def _starts_cold(use: CacheUse) -> bool:
+    """Under half hits in the first lookups, at least 80% after them."""
+    later = use.lookups - use.early_lookups
+    if not use.early_lookups or not later:
+        return False
+    early_ratio = use.early_hits / use.early_lookups
+    late_ratio = (use.hits - use.early_hits) / later
+    return early_ratio < 0.5 and late_ratio >= 0.8
+
+
+def _cache_fixes(
+    name: str, rollup: Rollup, settings: ObserveSettings, total_ms: float
+) -> list[Fix]:
+    """cache_miss: a cached thing that costs more than it saves (its misses pay the cache's
+    round trips on top of the load, its hits save the load), or one that starts cold."""
+    if settings.modes[FindingKind.CACHE_MISS] == "off":
+        return []
+    fixes = []
+    for template, use in rollup.caches.items():
+        if use.lookups < settings.cache_min_lookups:
+            continue
+        misses = use.lookups - use.hits
+        ratio = use.hits / use.lookups
+        load = use.load_ms / misses if misses else 0.0
+        overhead = max(0.0, (use.miss_ms - use.load_ms) / misses) if misses else 0.0
+        hit_cost = use.hit_ms / use.hits if use.hits else 0.0
+        saved = use.hits * max(0.0, load - hit_cost)
+        added = misses * overhead
+        evidence: dict[str, Any] = {
+            "key": template,
+            "lookups": use.lookups,
+            "hit_ratio": round(ratio, 4),
+            "load_ms": round(load, 3),
+            "miss_overhead_ms": round(overhead, 3),
+        }
+        site = str(use.site) if use.site else None
+        if ratio < settings.cache_min_hit_ratio and added > saved:
+            message = (
+                f"cache miss: {template} hits {ratio:.0%} of {use.lookups} lookups; its misses "
+                f"add {added:,.0f} ms, its hits save {saved:,.0f} ms"
+            )
+            change = (
+                "it costs more than it saves: cache something reused (a coarser key, a longer "
+                "ttl, tags instead of short ttls), or drop the cache here"
+            )
+            saving = added - saved
+        elif _starts_cold(use):
+            late = (use.hits - use.early_hits) / max(1, use.lookups - use.early_lookups)
+            cold_misses = use.early_lookups - use.early_hits - (1 - late) * use.early_lookups
+            message = (
+                f"cache miss: {template} starts cold ({use.early_hits} hits in its first "
+                f"{use.early_lookups} lookups, {late:.0%} later)"
+            )
+            change = "warm it at start-up (load the hot keys before taking traffic)"
+            saving = max(0.0, cold_misses) * max(0.0, load - hit_cost)
+        else:
+            continue
+        fixes.append(
+            Fix(
+                FindingKind.CACHE_MISS.value,
+                name,
+                site,
+                change,
+                message,
+                rollup.latency.count,
+                saving,
+                saving / total_ms if total_ms > 0 else 0.0,
+                evidence,
+            )
+        )
+    return fixes
+
+
 def build_report(
     rollups: dict[str, Rollup], timings: dict[str, Timing], settings: ObserveSettings
 ) -> Report:
@@ -423,7 +534,8 @@ def build_report(
     for name, rollup in sorted(rollups.items()):
         latency = rollup.latency.summary()
         total_ms = rollup.latency.total_ms
-        fixes = _fixes(name, rollup, total_ms)
+        fixes = _fixes(name, rollup, total_ms) + _cache_fixes(name, rollup, settings, total_ms)
+        fixes.sort(key=lambda f: (-f.saving_ms, -f.scopes, f.kind))
         count = rollup.latency.count
         stats = ScopeStats(
             name,

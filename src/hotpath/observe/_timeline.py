@@ -83,6 +83,10 @@ class Timeline:
     redis_site: CallSite | None = None  # where the slowest Redis command was sent from
     redis_slowest_ms: float = 0.0
     blocks: list[LoopBlock] = field(default_factory=list)  # filled when the scope concludes
+    # hotpath.cache lookups: (key template, hit, ms in all, ms loading, call site of a miss)
+    cache_lookups: list[tuple[str, bool, float, float, CallSite | None]] = field(
+        default_factory=list
+    )
 
 
 def recording_scopes(scope: Scope | None) -> Iterable[Scope]:
