@@ -280,12 +280,11 @@ def _slow_dependency(scope: Scope) -> list[Finding]:
         wall = union_ms((op.start, op.end) for op in ops)
         if wall < 1.0 or wall < share * scope.duration_ms:
             continue
-        slowest = max(ops, key=lambda op: op.ms)
         findings.append(
             Finding(
                 FindingKind.SLOW_DEPENDENCY,
                 f"slow dependency: {dependency} took {wall:.1f} ms of {scope.duration_ms:.1f} ms",
-                slowest.site,
+                ops[0].site,  # the first call to it: one finding per dependency and endpoint
                 len(ops),
                 fix="bound it and fail fast: await breaker.acall(lambda: with_deadline(call(), "
                 "0.25))  # hotpath.concurrent CircuitBreaker; run it alongside the rest with "
@@ -340,7 +339,9 @@ def _blocking_calls(scope: Scope) -> list[Finding]:
                 len(overlaps),
                 fix=fix,
                 details={"blocked_ms": blocked, "own": own, "what": what, "cpu_bound": cpu_bound},
-                saving_ms=blocked,
+                # off the loop, the call still takes its time in its own request: what moving
+                # it saves is the other requests' wait
+                saving_ms=0.0 if own else blocked,
             )
         )
     return findings

@@ -9,7 +9,7 @@ import html
 import logging
 import threading
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
@@ -75,6 +75,9 @@ _LAYER_CLASS: dict[Layer, Bottleneck] = {
 # a fix that saves less than this share of an endpoint's time does not name its bottleneck
 _BOTTLENECK_SHARE = 0.05
 _MAX_CACHE_NAMES = 100  # key templates followed per endpoint
+# Kinds whose instances in one endpoint are one fix though their details vary from request
+# to request (which calls were long enough to count)
+_ONE_PER_ENDPOINT = {FindingKind.SEQUENTIAL_IO}
 
 
 def _histogram(digits: int = 3) -> HdrHistogram:
@@ -194,10 +197,19 @@ class Rollup:
             self.queries.record_value(max(1, scope.query_count))
             self.max_queries = max(self.max_queries, scope.query_count)
             for finding in scope.findings:
-                key = (finding.kind.value, str(finding.call_site), finding.fix or finding.message)
+                if finding.kind in _ONE_PER_ENDPOINT:
+                    key = (finding.kind.value, "", "")
+                else:
+                    key = (
+                        finding.kind.value,
+                        str(finding.call_site),
+                        finding.fix or finding.message,
+                    )
                 total = self.fixes.get(key)
                 if total is None:
                     total = self.fixes[key] = FixTotal(finding)
+                elif finding.saving_ms > total.example.saving_ms:
+                    total.example = finding  # the fullest instance names the calls
                 total.scopes += 1
                 total.saving_ms += finding.saving_ms
             early = scope.settings.cache_min_lookups
@@ -431,7 +443,7 @@ _RECURRING = {FindingKind.BLOCKING_CALL.value}
 def _fixes(name: str, rollup: Rollup, total_ms: float) -> list[Fix]:
     fixes = []
     scopes = rollup.latency.count
-    for (kind, site, change), fix_total in rollup.fixes.items():
+    for (kind, _, _), fix_total in rollup.fixes.items():
         if kind in _RECURRING and fix_total.scopes < 2 and fix_total.scopes < scopes:
             continue
         finding = fix_total.example
@@ -439,7 +451,7 @@ def _fixes(name: str, rollup: Rollup, total_ms: float) -> list[Fix]:
             Fix(
                 kind,
                 name,
-                None if site == "None" else site,
+                str(finding.call_site) if finding.call_site else None,
                 finding.fix,
                 finding.message,
                 fix_total.scopes,
@@ -449,7 +461,6 @@ def _fixes(name: str, rollup: Rollup, total_ms: float) -> list[Fix]:
                 finding.sql,
             )
         )
-        del change
     fixes.sort(key=lambda f: (-f.saving_ms, -f.scopes, f.kind))
     return fixes
 
@@ -587,7 +598,23 @@ def _finding_row(fix: Fix) -> dict[str, Any]:
 
 
 def _top(scopes: Iterable[ScopeStats]) -> list[Fix]:
-    every = [fix for stats in scopes for fix in stats.fixes]
+    """The fixes of every endpoint, one change at one line once (a blocking call slows every
+    endpoint in flight: one fix, its savings summed), by the time saved over the run."""
+    merged: dict[tuple[str, str | None, str | None], Fix] = {}
+    for stats in scopes:
+        for fix in stats.fixes:
+            key = (fix.kind, fix.call_site, fix.change)
+            seen = merged.get(key)
+            if seen is None:
+                merged[key] = replace(fix, evidence=dict(fix.evidence))
+                continue
+            seen.endpoint = f"{seen.endpoint}, {fix.endpoint}"
+            seen.scopes += fix.scopes
+            seen.saving_ms += fix.saving_ms
+            seen.share = max(seen.share, fix.share)
+            if not seen.message or (fix.saving_ms > 0 and "in this request" in seen.message):
+                seen.message = fix.message
+    every = list(merged.values())
     every.sort(key=lambda f: (-f.saving_ms, -f.scopes, f.kind))
     return every
 

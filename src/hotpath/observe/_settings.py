@@ -72,7 +72,7 @@ class ObserveSettings:
     # one dependency taking this share of a request is its bottleneck
     dependency_share: float = 0.5
     # connecting / waiting for a connection taking this share of a request
-    connect_share: float = 0.2
+    connect_share: float = 0.05
     pool_wait_share: float = 0.1
     # a cache with a hit ratio under this after this many lookups costs more than it saves
     cache_min_hit_ratio: float = 0.5
