@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from pglast import parser
-
+from ..plans import redact_literals
 from ._session import Capabilities, Session
 
 
@@ -74,7 +72,7 @@ class Context:
         """A live query's text for a report: literals become ``$n`` unless opted in."""
         text = " ".join((sql or "").split())
         if not self.show_literals:
-            text = redact(text)
+            text = redact_literals(text)
         return text if len(text) <= limit else text[: limit - 1] + "…"
 
     @property
@@ -147,17 +145,6 @@ class Context:
         if not row:
             return None
         return f"{row[0]['since']} ({float(row[0]['days']):,.1f} days ago)"
-
-
-_LITERALS = re.compile(r"'(?:[^']|'')*'|\b\d+(?:\.\d+)?\b")
-
-
-def redact(sql: str) -> str:
-    """Replace literals with ``$n`` (PostgreSQL's own normaliser; a regex if it cannot parse)."""
-    try:
-        return str(parser.normalize(sql))
-    except Exception:  # truncated or non-PostgreSQL text (pg_stat_activity cuts at 1 kB)
-        return _LITERALS.sub("?", sql)
 
 
 def _catalog_only(sql: str) -> bool:

@@ -8,17 +8,13 @@ an application runs the same few hundred statements over and over.
 from __future__ import annotations
 
 import hashlib
-import itertools
-import re
 from dataclasses import dataclass
 from functools import lru_cache
 
 from pglast import parser
 
-from ..plans import StatementSafety, safety_of_tree
-
-_PLACEHOLDER = re.compile(r"%(?:\(\w+\))?s|%%")
-_LITERALS = re.compile(r"'(?:[^']|'')*'|\b\d+(?:\.\d+)?\b")
+from ..plans import StatementSafety, redact_literals, safety_of_tree
+from ..plans._redact import LITERALS, PLACEHOLDERS
 
 
 @dataclass(frozen=True)
@@ -40,30 +36,18 @@ class Shape:
 
 
 def _dollar_params(statement: str) -> str:
-    return _PLACEHOLDER.sub(lambda m: "%" if m.group() == "%%" else "$1", statement)
-
-
-def redact(statement: str) -> str:
-    """``statement`` with every literal replaced by ``$n`` (PostgreSQL's own normaliser), or
-    by ``?`` through a regex when it cannot be parsed. Driver placeholders become ``$1``,
-    ``$2``... in order, literals the numbers after them."""
-    numbered = itertools.count(1)
-    text = _PLACEHOLDER.sub(lambda m: "%" if m.group() == "%%" else f"${next(numbered)}", statement)
-    try:
-        return str(parser.normalize(text))
-    except Exception:
-        return _LITERALS.sub("?", text)
+    return PLACEHOLDERS.sub(lambda m: "%" if m.group() == "%%" else "$1", statement)
 
 
 @lru_cache(maxsize=16_384)
 def shape_of(statement: str) -> Shape:
     text = _dollar_params(statement)
-    redacted = redact(statement)
+    redacted = redact_literals(statement)
     try:
         fingerprint = parser.fingerprint(text)
         tree = parser.parse_sql(text)
     except Exception:  # not PostgreSQL (or not parseable): fall back to a literal-free hash
-        folded = _LITERALS.sub("?", " ".join(text.split()).lower())
+        folded = LITERALS.sub("?", " ".join(text.split()).lower())
         digest = hashlib.sha1(folded.encode()).hexdigest()[:16]
         return Shape(digest, False, False, False, redacted=redacted)
     safety = safety_of_tree(tree, text)  # one statement, explainable, plain SELECT: shared rules

@@ -6,9 +6,11 @@ One implementation shared by ``hotpath.observe`` (plans of slow queries) and
 index that would help; :func:`render_plan` draws the plan as a rich tree.
 :func:`statement_safety` decides whether a statement may be EXPLAINed, or EXPLAIN ANALYZEd
 (with :func:`volatile_calls_sql` asked on the server): both packages obey the same rules.
+:func:`redact_literals` is how both show SQL: literals replaced.
 """
 
 from ._flags import PlanFlag, Severity, analyze_plan, plan_relations
+from ._redact import redact_literals
 from ._render import render_plan
 from ._safety import (
     NotAnalyzed,
@@ -27,6 +29,7 @@ __all__ = [
     "analyze_plan",
     "analyze_refused_on_server",
     "plan_relations",
+    "redact_literals",
     "render_plan",
     "safety_of_tree",
     "statement_safety",
