@@ -8,6 +8,7 @@ fix would save in this scope; the roll-up sums those over the run to rank the fi
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ._callsite import ignored_at
@@ -22,22 +23,10 @@ def find_request_problems(scope: Scope) -> list[Finding]:
     timeline = scope.timeline
     if not (timeline.spans or timeline.ops or timeline.blocks):
         return []
-    on = {kind for kind, mode in scope.modes.items() if mode != "off"}
     findings: list[Finding] = []
-    if FindingKind.CONNECTION_SETUP in on:
-        findings += _connection_setup(scope)
-    if FindingKind.POOL_WAIT in on:
-        findings += _pool_wait(scope)
-    if FindingKind.SEQUENTIAL_IO in on:
-        findings += _sequential_io(scope)
-    if FindingKind.N_PLUS_ONE_HTTP in on:
-        findings += _n_plus_one_http(scope)
-    if FindingKind.NO_TIMEOUT in on:
-        findings += _no_timeout(scope)
-    if FindingKind.SLOW_DEPENDENCY in on:
-        findings += _slow_dependency(scope)
-    if FindingKind.BLOCKING_CALL in on:
-        findings += _blocking_calls(scope)
+    for kind, detector in _DETECTORS:
+        if scope.modes[kind] != "off":
+            findings += detector(scope)
     return [f for f in findings if not ignored_at(f.call_site, f.kind.value)]
 
 
@@ -345,3 +334,14 @@ def _blocking_calls(scope: Scope) -> list[Finding]:
             )
         )
     return findings
+
+
+_DETECTORS: tuple[tuple[FindingKind, Callable[[Scope], list[Finding]]], ...] = (
+    (FindingKind.CONNECTION_SETUP, _connection_setup),
+    (FindingKind.POOL_WAIT, _pool_wait),
+    (FindingKind.SEQUENTIAL_IO, _sequential_io),
+    (FindingKind.N_PLUS_ONE_HTTP, _n_plus_one_http),
+    (FindingKind.NO_TIMEOUT, _no_timeout),
+    (FindingKind.SLOW_DEPENDENCY, _slow_dependency),
+    (FindingKind.BLOCKING_CALL, _blocking_calls),
+)

@@ -289,6 +289,18 @@ def _httpx_sent(request: Any) -> str:
         return ""
 
 
+def _httpx_done(scope: Scope, request: Any, started: float, response: Any) -> None:
+    _http_op(
+        scope,
+        request.method,
+        str(request.url),
+        started,
+        _httpx_sent(request),
+        _httpx_body(response) if response is not None else None,
+        _httpx_timeout(request),
+    )
+
+
 def _httpx_sync(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     scope = current_scope.get()
     if scope is None:
@@ -300,15 +312,7 @@ def _httpx_sync(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         response = wrapped(*args, **kwargs)
         return response
     finally:
-        _http_op(
-            scope,
-            request.method,
-            str(request.url),
-            started,
-            _httpx_sent(request),
-            _httpx_body(response) if response is not None else None,
-            _httpx_timeout(request),
-        )
+        _httpx_done(scope, request, started, response)
 
 
 async def _httpx_async(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
@@ -322,15 +326,7 @@ async def _httpx_async(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> A
         response = await wrapped(*args, **kwargs)
         return response
     finally:
-        _http_op(
-            scope,
-            request.method,
-            str(request.url),
-            started,
-            _httpx_sent(request),
-            _httpx_body(response) if response is not None else None,
-            _httpx_timeout(request),
-        )
+        _httpx_done(scope, request, started, response)
 
 
 def _hook_httpx(module: Any) -> None:
