@@ -33,6 +33,7 @@ from ._records import CallSite, Finding, FindingKind, Layer, Mode, QueryRecord
 from ._report import Bottleneck, Fix, FunctionStats, Report, ScopeStats
 from ._scope import Scope
 from ._settings import ObserveSettings
+from ._snapshot import merge as merge_reports
 
 __all__ = [
     "ASGIMiddleware",
@@ -62,5 +63,6 @@ __all__ = [
     "UnusedEagerLoadError",
     "WSGIMiddleware",
     "assert_max_queries",
+    "merge_reports",
     "url_template",
 ]

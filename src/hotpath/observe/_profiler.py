@@ -37,6 +37,7 @@ from ._scope import (
     relationships,
 )
 from ._settings import ObserveSettings, parse_modes
+from ._snapshot import snapshot
 
 TOKEN = "hotpath_observe"  # execution option tying rows to the ORM execution that loaded them
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -232,6 +233,11 @@ class Profiler:
 
     def reset(self) -> None:
         self._recorder.rollups.clear()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything rolled up so far, as JSON-able data another process can merge
+        (:func:`merge_reports`): how ``hotpath run`` makes one report of many workers."""
+        return snapshot(self._recorder.rollups)
 
     def plan_for(self, fingerprint: str) -> Plan | None:
         """(EXPLAIN JSON, flags, whether it was ANALYZEd) for a slow shape, once taken."""
