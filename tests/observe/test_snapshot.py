@@ -32,8 +32,9 @@ def test_snapshots_of_two_workers_merge_into_one_report(engine: Engine) -> None:
     assert endpoint.queries_max == 3
     [fix] = [f for f in endpoint.fixes if f.kind == "duplicate"]
     assert fix.scopes == 8  # the same fix in both workers is one fix, its scopes summed
-    assert fix.call_site and "test_snapshot.py" in fix.call_site
-    assert fix.saving_ms > [f for f in alone.fixes if f.kind == "duplicate"][0].saving_ms
+    assert fix.call_site
+    assert "test_snapshot.py" in fix.call_site
+    assert fix.saving_ms > next(f for f in alone.fixes if f.kind == "duplicate").saving_ms
     assert 0 < endpoint.p50_ms <= endpoint.p99_ms
     assert sum(endpoint.breakdown_ms.values()) > 0
     assert merged.top_fixes[0].kind == "duplicate"
