@@ -55,6 +55,15 @@ def test_lsn_round_trip_and_order() -> None:
         (text("CREATE TABLE t (id int)"), True),
         (text("VACUUM t"), True),
         (None, True),
+        # A data-modifying CTE runs wherever the SELECT is sent: FROM, WHERE, add_cte().
+        (select(insert(items).returning(items.c.id).cte("x").c.id), True),
+        (
+            select(items).where(items.c.id.in_(select(delete(items).returning(items.c.id).cte()))),
+            True,
+        ),
+        (select(items).add_cte(update(items).values(id=1).returning(items.c.id).cte("u")), True),
+        (select(text("DELETE FROM t RETURNING id").columns(items.c.id).cte("t").c.id), True),
+        (select(select(items.c.id).cte("r").c.id), False),
     ],
 )
 def test_statement_classification(statement: object, write: bool) -> None:

@@ -76,7 +76,10 @@ class AsyncReplicaSet(ReplicaSetBase):
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> AsyncReplicaSet:
-        """Probe every node once (concurrently), then keep probing in background tasks."""
+        """Probe every node once (replicas concurrently), then keep probing in background tasks.
+
+        Returns once every replica that answered is judged, as :meth:`ReplicaSet.start`.
+        """
         if self._tasks:
             return self
         timeout = self._router.config.probe_timeout_s
@@ -90,6 +93,8 @@ class AsyncReplicaSet(ReplicaSetBase):
         writer = self._router.writer
         await self._probe_once(writer)
         await asyncio.gather(*(self._probe_once(n) for n in self._router.nodes if n is not writer))
+        if self._router.awaiting_primary():  # as ReplicaSet.start: judge every replica now
+            await self._probe_once(writer)
         self._tasks = [
             asyncio.create_task(self._monitor(n), name=f"hotpath-probe-{n.name}")
             for n in self._router.nodes
@@ -145,7 +150,8 @@ class AsyncReplicaSet(ReplicaSetBase):
         mode: TokenMode = "fast",
         wait_timeout_s: float = 0.5,
     ) -> AsyncIterator[AsyncConnection]:
-        """An ``AsyncConnection``: the primary, or with ``readonly=True`` a routed replica."""
+        """An ``AsyncConnection``: the primary, or with ``readonly=True`` a routed replica
+        (read-only on the primary too, as :meth:`ReplicaSet.connect`)."""
         options = SessionOptions(consistency, mode, wait_timeout_s)
         if not readonly:
             async with self._router.writer.engine.connect() as conn:
@@ -154,20 +160,25 @@ class AsyncReplicaSet(ReplicaSetBase):
                 finally:
                     await self._capture_token(conn)
             return
-        token = context_box().position
+        token = context_box().position_for(self._router.server)
         route = await self._route_read_async(options, token)
         try:
-            conn = await route.node.engine.connect()
+            conn = await self._reading_engine(route.node).connect()
         except Exception as exc:
             if not is_connection_failure(exc) or route.node is self._router.writer:
                 raise
             self._note_read_failure(route.node, exc)
             route = await self._route_read_async(options, token, exclude=[route.node])
-            conn = await route.node.engine.connect()
+            conn = await self._reading_engine(route.node).connect()
         try:
             yield conn
         finally:
             await conn.close()
+
+    def _reading_engine(self, node: RoutedNode) -> AsyncEngine:
+        """The async twin of ``_reading_bind``."""
+        engine: AsyncEngine = node.readonly_engine if node is self._router.writer else node.engine
+        return engine
 
     async def _route_read_async(
         self, options: SessionOptions, token: int | None, exclude: Sequence[RoutedNode] = ()
@@ -228,7 +239,7 @@ class AsyncReplicaSet(ReplicaSetBase):
             )
             return
         if position is not None:
-            context_box().advance(position)
+            context_box().advance(position, self._router.server)
 
     # -- probes ----------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from ._errors import ReplicaWriteError
 from ._health import ProbeResult
 from ._probe import READ_ONLY_SQL, describe_error
 from ._replayed import replayed_on, write_position
-from ._router import NodeReport, Route, RoutedNode, RouterCore
+from ._router import READONLY_OPTION, NodeReport, Route, RoutedNode, RouterCore
 
 log = logging.getLogger("hotpath.routing")
 
@@ -133,6 +133,11 @@ class ReplicaSetBase:
             self._note_read_failure(route.node, exc)
         return self._router.settle(route, position, token)
 
+    def _reading_bind(self, node: RoutedNode) -> Engine:
+        """Where a read-only caller's read on ``node`` connects: a replica refuses writes by
+        itself (its connections are read-only); on the primary the transaction is made so."""
+        return node.readonly_bind if node is self._router.writer else node.bind
+
     def _cap_token(self, token: int) -> int:
         """``token``, or the primary's insert position if the token is beyond it (see
         :meth:`RouterCore.cap_token`). Asks the primary only when the token is beyond the last
@@ -202,14 +207,24 @@ class ReplicaSetBase:
         def on_error(context: ExceptionContext) -> BaseException | None:
             orig = context.original_exception
             state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-            if state != _READ_ONLY_SQLSTATE or node is router.writer:
+            if state != _READ_ONLY_SQLSTATE:
                 return None
             verb = (context.statement or "").split(None, 1)[0:1]
+            write = verb[0].upper() if verb else "statement"
+            if node is not router.writer:
+                return ReplicaWriteError(
+                    f"a write ({write}) reached {node.name} ({node.address}), a read-only "
+                    "replica: run it on the primary, inside `with replicas.primary_only():`, "
+                    "in a Session(writing=True), or through replicas.connect() without "
+                    "readonly=True"
+                )
+            conn = context.connection
+            if conn is None or not conn.get_execution_options().get(READONLY_OPTION):
+                return None  # the user's own read-only transaction: their error stands
             return ReplicaWriteError(
-                f"a write ({verb[0].upper() if verb else 'statement'}) reached {node.name} "
-                f"({node.address}), a read-only replica: run it on the primary, inside "
-                "`with replicas.primary_only():`, in a Session(writing=True), or through "
-                "replicas.connect() without readonly=True"
+                f"a write ({write}) on a read-only connection (readonly=True), served by "
+                f"the primary {node.name} ({node.address}): open the Session or "
+                "replicas.connect() without readonly=True to write"
             )
 
         self._listen(node.bind, "connect", on_connect)

@@ -86,25 +86,38 @@ class ReplicaSet(ReplicaSetBase):
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> ReplicaSet:
-        """Probe every node once (in parallel), then keep probing in the background."""
+        """Probe every node once (replicas in parallel), then keep probing in the background.
+
+        Returns once every replica that answered is judged (follows the primary, or not):
+        the set serves replica reads from its first use.
+        """
         if self._threads:
             return self
         self._stop.clear()
         # The writer first: a replica is compared with a primary position read before its own
         # (so it can be seen to follow the primary from its first probe on).
-        self._probe_once(self._router.writer)
-        for node in self._router.nodes:
-            thread = threading.Thread(
-                target=self._monitor, args=(node,), name=f"hotpath-probe-{node.name}", daemon=True
-            )
-            self._threads.append(thread)
-            thread.start()
+        writer = self._router.writer
+        self._probe_once(writer)
+        replicas = [n for n in self._router.nodes if n is not writer]
+        for node in replicas:
+            self._start_monitor(node)
         deadline = time.monotonic() + self._router.config.probe_timeout_s + 1.0
-        while time.monotonic() < deadline and any(
-            n.health.last_probe_at is None for n in self._router.nodes
-        ):
+        while time.monotonic() < deadline and any(n.health.last_probe_at is None for n in replicas):
             time.sleep(0.005)
+        if self._router.awaiting_primary():
+            # A replica replayed writes made after the writer's first probe: only a primary
+            # position read after its own tells whether it follows (else it would wait for the
+            # writer's next probe, its reads going to the primary meanwhile).
+            self._probe_once(writer)
+        self._start_monitor(writer)
         return self
+
+    def _start_monitor(self, node: RoutedNode) -> None:
+        thread = threading.Thread(
+            target=self._monitor, args=(node,), name=f"hotpath-probe-{node.name}", daemon=True
+        )
+        self._threads.append(thread)
+        thread.start()
 
     def close(self) -> None:
         """Stop the probes and remove hotpath's hooks from the engines (they stay usable)."""
@@ -158,6 +171,8 @@ class ReplicaSet(ReplicaSetBase):
         On the primary, the WAL position is read when the block ends (one round trip), so a
         transaction committed in it advances this context's read-your-writes token.
         A replica that cannot be reached is ejected and the next choice is tried once.
+        ``readonly=True`` is read-only wherever it is served: on the primary (a fallback,
+        ``"strong"``, ``primary_only()``) its transactions are ``READ ONLY`` too.
         """
         options = SessionOptions(consistency, mode, wait_timeout_s)
         if not readonly:
@@ -167,16 +182,16 @@ class ReplicaSet(ReplicaSetBase):
                 finally:
                     self._capture_token(conn)
             return
-        token = context_box().position
+        token = context_box().position_for(self._router.server)
         route = self._route_read(options, token)
         try:
-            conn = route.node.bind.connect()
+            conn = self._reading_bind(route.node).connect()
         except Exception as exc:
             if not is_connection_failure(exc) or route.node is self._router.writer:
                 raise
             self._note_read_failure(route.node, exc)
             route = self._route_read(options, token, exclude=[route.node])
-            conn = route.node.bind.connect()
+            conn = self._reading_bind(route.node).connect()
         with conn:
             yield conn
 
@@ -195,7 +210,7 @@ class ReplicaSet(ReplicaSetBase):
             )
             return
         if position is not None:
-            context_box().advance(position)
+            context_box().advance(position, self._router.server)
 
     # -- probes ----------------------------------------------------------------------------
 

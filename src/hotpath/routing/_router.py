@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine
@@ -22,8 +22,14 @@ from ._config import Consistency, RoutingConfig
 from ._errors import NoHealthyNodeError
 from ._health import NodeHealth, ProbeResult, Role, WalHistory
 from ._lsn import format_lsn
+from ._tokens import server_of
 
 _REBUILD = "rebuild it (or pg_rewind it) from the primary; it gets reads once it follows it"
+
+# Execution options of a read-only caller's connection to the primary: the transaction is
+# read-only on the server, and hotpath's error hook names the caller's mistake.
+READONLY_OPTION = "hotpath_readonly"
+READONLY_OPTIONS = {"postgresql_readonly": True, READONLY_OPTION: True}
 
 # Ids of the routers whose reads must go to the primary in the current context.
 _PRIMARY_ONLY: ContextVar[frozenset[int]] = ContextVar("hotpath_primary_only", default=frozenset())
@@ -38,6 +44,27 @@ class RoutedNode:
     bind: Engine  # what a Session binds to (``AsyncEngine.sync_engine`` for the async twin)
     weight: float
     health: NodeHealth
+    _readonly: Any = field(default=None, repr=False)
+
+    @property
+    def readonly_engine(self) -> Any:
+        """``engine`` whose connections run read-only transactions (``BEGIN READ ONLY``).
+
+        For a read sent to the primary on behalf of a read-only caller (``connect(readonly=
+        True)``, ``Session(readonly=True)``): a replica refuses writes by itself, the primary
+        must be told to. Shares the engine's pool; the driver's read-only flag is reset when
+        the connection goes back to it (SQLAlchemy's ``postgresql_readonly``).
+        """
+        if self._readonly is None:
+            self._readonly = self.engine.execution_options(**READONLY_OPTIONS)
+        return self._readonly
+
+    @property
+    def readonly_bind(self) -> Engine:
+        """:attr:`readonly_engine` in the form a Session binds to (the sync engine)."""
+        engine = self.readonly_engine
+        bind: Engine = engine if isinstance(engine, Engine) else engine.sync_engine
+        return bind
 
     @property
     def in_flight(self) -> int:
@@ -101,6 +128,9 @@ class RouterCore:
             for i, ((engine, bind), weight) in enumerate(zip(replicas, weights, strict=True), 1)
         ]
         self.history = WalHistory()
+        # Whose WAL positions this set's tokens are (the configured primary's server, kept
+        # across a failover: the promoted replica continues its history).
+        self.server = server_of(primary[1].url)
         self.counters: Counter[str] = Counter()
         self._writer = self.nodes[0]
         self._balancer = Balancer(config.policy)
@@ -204,6 +234,15 @@ class RouterCore:
                 )
             else:
                 health.following, health.follow_reason, health.ahead = "follows", None, None
+
+    def awaiting_primary(self) -> bool:
+        """A replica waits for the primary's next probe to be judged (seen beyond its last
+        known position: caught up with newer writes, or on another history)."""
+        return any(
+            n.health.following == "unconfirmed" and n.health.ahead is not None
+            for n in self.nodes
+            if n is not self._writer
+        )
 
     def cap_token(self, token: int, node: RoutedNode, primary: int, now: float) -> int:
         """``token`` limited to ``primary``, the insert position just read on writer ``node``.

@@ -82,7 +82,7 @@ class RoutingSession(Session):
         if bind is not None:
             return bind  # type: ignore[no-any-return]
         if clause is not None and not is_write(clause):
-            return self._read_node().bind
+            return self._read_bind(self._read_node())
         return self._write_node(clause).bind
 
     def close(self) -> None:
@@ -132,9 +132,14 @@ class RoutingSession(Session):
                 self._txn_nodes.add(pinned.name)
             return pinned
         # The box of the context using the session now (a session may outlive a use_token()).
-        node = self.replicas._route_read(self.routing, context_box().position, exclude).node
+        token = context_box().position_for(self._router.server)
+        node = self.replicas._route_read(self.routing, token, exclude).node
         self._txn_reader = node
         return node
+
+    def _read_bind(self, node: RoutedNode) -> Engine:
+        """The engine a read on ``node`` uses: read-only on the primary too when the session is."""
+        return self.replicas._reading_bind(node) if self.readonly else node.bind
 
     def _reset(self) -> None:
         self._txn_writer = None
@@ -183,15 +188,16 @@ def _place_read(state: ORMExecuteState) -> Any:
     ):
         return None
     node = session._read_node()
+    bind = session._read_bind(node)
     if node is session._router.writer:
         session._txn_nodes.add(node.name)
-        return state.invoke_statement(bind_arguments={"bind": node.bind})
+        return state.invoke_statement(bind_arguments={"bind": bind})
     fresh_transaction = not session._txn_nodes
     try:
         # Connect first: a dead replica fails here, before joining the session's transaction.
-        session.connection(bind_arguments={"bind": node.bind})
+        session.connection(bind_arguments={"bind": bind})
         session._txn_nodes.add(node.name)
-        return state.invoke_statement(bind_arguments={"bind": node.bind})
+        return state.invoke_statement(bind_arguments={"bind": bind})
     except Exception as exc:
         if not is_connection_failure(exc):
             raise
@@ -206,13 +212,13 @@ def _place_read(state: ORMExecuteState) -> Any:
         session._txn_reader = None
         retry = session._read_node(exclude=(node,))
         session._txn_nodes.add(retry.name)
-        return state.invoke_statement(bind_arguments={"bind": retry.bind})
+        return state.invoke_statement(bind_arguments={"bind": session._read_bind(retry)})
 
 
 @event.listens_for(RoutingSession, "after_commit")
 def _take_token(session: Session) -> None:
-    if not isinstance(session, RoutingSession):
-        return
+    if not isinstance(session, RoutingSession) or session.readonly:
+        return  # a read-only session wrote nothing, on a replica or on the primary
     writer = session._txn_writer
     if writer is None:
         current = session._router.writer
@@ -230,7 +236,7 @@ def _take_token(session: Session) -> None:
         log.warning("hotpath.routing: could not read the WAL position after COMMIT: %s", exc)
         return
     if position is not None:
-        context_box().advance(position)
+        context_box().advance(position, session._router.server)
 
 
 @event.listens_for(RoutingSession, "after_transaction_end")
