@@ -6,6 +6,7 @@ from typing import Any
 
 from ..plans import Severity
 from ._context import Context, display_name
+from ._ddl import PARTITIONED_NOTE, index_statements
 from ._model import Finding
 from ._registry import check
 from ._sqlparse import parse_query, tables_of
@@ -215,37 +216,78 @@ def invalid_indexes(ctx: Context) -> list[Finding]:
 @check("fk_without_index", "Foreign keys without an index")
 def fk_without_index(ctx: Context) -> list[Finding]:
     """Foreign keys whose columns lead no index: every delete or key update on the referenced
-    table scans the referencing table, and joins on the key cannot use an index."""
+    table scans the referencing table, and joins on the key cannot use an index.
+
+    A foreign key declared on a partitioned table is one finding (its per-partition clones,
+    ``conparentid <> 0``, are not reported again); it is indexed when every leaf partition has
+    an index led by its columns, compared by column name (a partition's attribute numbers may
+    differ from its parent's)."""
     rows = ctx.rows(
-        "SELECT n.nspname AS schema, t.relname AS tbl, c.conname, t.reltuples::float8 AS rows,"
-        " c.confrelid::regclass::text AS referenced,"
-        " (SELECT array_agg(a.attname::text ORDER BY k.ord) FROM unnest(c.conkey)"
+        "WITH fk AS ("
+        " SELECT c.oid, c.conname, c.conrelid, c.confrelid::regclass::text AS referenced,"
+        "  (SELECT array_agg(a.attname::text ORDER BY k.ord) FROM unnest(c.conkey)"
         "   WITH ORDINALITY AS k(attnum, ord) JOIN pg_attribute a"
         "   ON a.attrelid = c.conrelid AND a.attnum = k.attnum) AS cols"
-        " FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid"
+        " FROM pg_constraint c WHERE c.contype = 'f' AND c.conparentid = 0),"
+        " leaf AS ("
+        " SELECT fk.oid AS fk, t.oid AS relid FROM fk JOIN pg_class t ON t.oid = fk.conrelid"
+        "  WHERE t.relkind <> 'p'"
+        " UNION ALL SELECT fk.oid, p.relid FROM fk JOIN pg_class t ON t.oid = fk.conrelid"
+        "  CROSS JOIN LATERAL pg_partition_tree(fk.conrelid) p"
+        "  WHERE t.relkind = 'p' AND p.isleaf)"
+        " SELECT fk.conname, fk.conrelid::int8 AS oid, fk.referenced, fk.cols,"
+        " n.nspname AS schema, t.relname AS tbl, t.relkind::text AS relkind,"
+        " (SELECT coalesce(sum(greatest(lc.reltuples, 0)), 0) FROM leaf l"
+        "   JOIN pg_class lc ON lc.oid = l.relid WHERE l.fk = fk.oid)::float8 AS rows,"
+        " (SELECT count(*) FROM leaf l WHERE l.fk = fk.oid)::int AS leaves,"
+        " (SELECT count(*) FROM leaf l WHERE l.fk = fk.oid AND NOT EXISTS ("
+        "   SELECT 1 FROM pg_index i WHERE i.indrelid = l.relid AND i.indisvalid"
+        "   AND i.indpred IS NULL AND i.indnkeyatts >= cardinality(fk.cols)"
+        "   AND (SELECT array_agg(a.attname::text ORDER BY k.ord)"
+        "    FROM unnest((i.indkey::int2[])[0:cardinality(fk.cols) - 1])"
+        "    WITH ORDINALITY AS k(attnum, ord) JOIN pg_attribute a"
+        "    ON a.attrelid = i.indrelid AND a.attnum = k.attnum)::text[]"
+        "    @> fk.cols AND (SELECT array_agg(a.attname::text)"
+        "    FROM unnest((i.indkey::int2[])[0:cardinality(fk.cols) - 1]) AS k(attnum)"
+        "    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum)::text[]"
+        "    <@ fk.cols))::int AS unindexed"
+        " FROM fk JOIN pg_class t ON t.oid = fk.conrelid"
         " JOIN pg_namespace n ON n.oid = t.relnamespace"
-        f" WHERE c.contype = 'f' AND {_USER_SCHEMAS}"
-        " AND NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.conrelid"
-        "  AND i.indisvalid AND i.indpred IS NULL"
-        "  AND (i.indkey::int2[])[0:cardinality(c.conkey) - 1] @> c.conkey"
-        "  AND (i.indkey::int2[])[0:cardinality(c.conkey) - 1] <@ c.conkey)"
+        f" WHERE {_USER_SCHEMAS} ORDER BY n.nspname, t.relname, fk.conname"
     )
     findings = []
     for r in rows:
+        if int(r["unindexed"]) == 0:
+            continue
         table = display_name(r["schema"], r["tbl"])
-        cols = ", ".join(r["cols"])
+        names = [display_name("public", c) for c in r["cols"]]  # quoted where needed
+        cols = ", ".join(names)
         rows_n = max(0.0, float(r["rows"]))
         severity = Severity.WARNING if rows_n >= ctx.thresholds.large_table_rows else Severity.INFO
+        partitioned = r["relkind"] == "p"
+        statements = index_statements(ctx.rows, int(r["oid"]), f" ({cols})", list(r["cols"]))
+        fix = "\n".join(statements)
+        if partitioned:
+            fix += "\n-- " + PARTITIONED_NOTE.format(table=table, body=f" ({cols})")
+        where = (
+            f" ({int(r['unindexed'])} of its {int(r['leaves'])} partitions lack one)"
+            if partitioned
+            else ""
+        )
         findings.append(
             Finding(
                 "fk_without_index",
                 severity,
                 f"{table}.{r['conname']}",
                 f"foreign key {r['conname']} on {table} ({cols}) -> {r['referenced']} has no "
-                f"index: each delete/update of a {r['referenced']} key scans {table} "
+                f"index{where}: each delete/update of a {r['referenced']} key scans {table} "
                 f"({rows_n:,.0f} rows)",
-                {"rows": rows_n},
-                f"CREATE INDEX CONCURRENTLY ON {table} ({cols});",
+                {
+                    "rows": rows_n,
+                    "partitions": int(r["leaves"]) if partitioned else None,
+                    "partitions_without_index": int(r["unindexed"]) if partitioned else None,
+                },
+                fix,
                 "sql",
                 f"an index lookup instead of a {rows_n:,.0f}-row scan per referenced-key change",
             )
