@@ -67,6 +67,7 @@ class Context:
     session: Session
     thresholds: Thresholds = field(default_factory=Thresholds)
     show_literals: bool = False
+    url: str | None = None  # for checks that open their own session (the index advisor)
 
     def query_text(self, sql: str | None, limit: int = 200) -> str:
         """A live query's text for a report: literals become ``$n`` unless opted in."""
