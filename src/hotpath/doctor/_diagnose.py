@@ -9,6 +9,7 @@ import psycopg
 
 from . import (  # noqa: F401 - importing the check modules registers their checks
     _checks_activity,
+    _checks_health,
     _checks_indexes,
     _checks_maintenance,
     _checks_queries,
