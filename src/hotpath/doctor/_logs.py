@@ -22,7 +22,7 @@ from pathlib import Path
 import orjson
 
 from ._errors import DoctorError
-from ._sources import statement_shape
+from ._sources import advisable, statement_shape
 from ._workload import WorkloadQuery
 
 _DURATION = re.compile(
@@ -91,8 +91,8 @@ def from_log_files(
             if match is None:
                 continue
             sql = match["sql"].strip().rstrip(";").strip()
-            if not sql:
-                continue
+            if not advisable(sql):
+                continue  # DDL, EXPLAIN (the advisor's own), catalog queries
             key = statement_shape(sql)
             first, calls, total = shapes.get(key, (sql, 0, 0.0))
             shapes[key] = (first, calls + 1, total + float(match["ms"]))

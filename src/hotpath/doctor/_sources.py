@@ -8,6 +8,7 @@ Sources (Dexter's): pg_stat_statements, sampled pg_stat_activity, PostgreSQL log
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from pglast import parser
 
+from ._context import _catalog_only
 from ._errors import DoctorError
 from ._session import Session
 from ._workload import WorkloadQuery, from_file, from_statements
@@ -22,6 +24,7 @@ from ._workload import WorkloadQuery, from_file, from_statements
 STATEMENTS = "pg_stat_statements"
 ACTIVITY = "pg_stat_activity"
 _HIDDEN = "<insufficient privilege>"
+_READS = re.compile(r"^\s*(with|select|update|delete)\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -106,13 +109,12 @@ def from_activity(
             "SELECT query FROM pg_stat_activity WHERE datname = current_database()"
             " AND state = 'active' AND pid <> pg_backend_pid()"
             " AND backend_type = 'client backend'"
-            " AND query !~* '^\\s*(explain|set|show|begin|commit|rollback)\\M'"
         ):
             sql = str(row["query"] or "").strip().rstrip(";").strip()
             if sql == _HIDDEN:
                 hidden += 1
                 continue
-            if not sql:
+            if not advisable(sql):
                 continue
             key = statement_shape(sql)
             first, count = seen.get(key, (sql, 0))
@@ -155,6 +157,12 @@ def load_workload(
     with Session(url, statement_timeout_ms=statement_timeout_ms) as session:
         database = session.capabilities.database
     return from_log_files([path], database=database)
+
+
+def advisable(sql: str) -> bool:
+    """A statement an index can serve (SELECT, WITH, UPDATE, DELETE) that reads more than the
+    catalogs: monitoring queries, doctor's and the advisor's own among them, are not."""
+    return bool(_READS.match(sql)) and not _catalog_only(sql)
 
 
 def statement_shape(sql: str) -> str:
