@@ -2,22 +2,107 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
+from dataclasses import dataclass
 from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.markup import escape
+from typer.core import TyperCommand, TyperGroup
 
 from .. import __version__
 from .._errors import HotpathError
-from ..doctor._cli import advise, doctor, explain
-from ..partitions._cli import partitions_app
-from ..pool._cli import pool_app
-from ..routing._cli import routing_app
 from ._console import err
-from ._demo import demo
-from ._stack import stack_app
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """A command imported only when it runs: its module pulls in psycopg, SQLAlchemy, redis
+    or pglast, which cost seconds that ``hotpath --version`` and ``--help`` must not pay."""
+
+    module: str
+    attribute: str  # a typer.Typer (a command group) or a command function
+    help: str  # the one-line summary ``hotpath --help`` lists (a test keeps it in sync)
+
+
+COMMANDS: dict[str, _Entry] = {
+    "demo": _Entry(
+        "hotpath.cli._demo",
+        "demo",
+        "Run the shop naive and optimized under the same load on a local stack; print the "
+        "before/after and write an HTML report.",
+    ),
+    "doctor": _Entry(
+        "hotpath.doctor._cli",
+        "doctor",
+        "Diagnose a live PostgreSQL database (read-only) and print what to fix.",
+    ),
+    "advise": _Entry(
+        "hotpath.doctor._cli",
+        "advise",
+        "Advise indexes for the workload, validated with HypoPG when it is installed.",
+    ),
+    "explain": _Entry(
+        "hotpath.doctor._cli",
+        "explain",
+        "Show a statement's plan as a tree with the flags that make it slow.",
+    ),
+    "stack": _Entry(
+        "hotpath.cli._stack",
+        "stack_app",
+        "A real local PostgreSQL primary + streaming replicas + Redis.",
+    ),
+    "partitions": _Entry(
+        "hotpath.partitions._cli", "partitions_app", "Keep a table range-partitioned by time."
+    ),
+    "pool": _Entry(
+        "hotpath.pool._cli",
+        "pool_app",
+        "Connection pools sized from the workload and the server's real budget.",
+    ),
+    "routing": _Entry(
+        "hotpath.routing._cli",
+        "routing_app",
+        "Replica routing: what a ReplicaSet sees of each node.",
+    ),
+}
+
+
+def load_command(name: str) -> Any:
+    """The click command ``name`` stands for, importing its module now."""
+    entry = COMMANDS[name]
+    target = getattr(importlib.import_module(entry.module), entry.attribute)
+    if isinstance(target, typer.Typer):
+        # a group even with one command (``hotpath pool plan``), as add_typer made it
+        command: Any = typer.main.get_group(target)
+    else:
+        single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+        single.command(name=name)(target)
+        command = typer.main.get_command(single)
+    command.name = name
+    return command
+
+
+class _LazyGroup(TyperGroup):
+    """The root group: ``--help`` lists every command from :data:`COMMANDS` through
+    placeholders, and the command a user names is imported when click resolves it."""
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        for name, entry in COMMANDS.items():
+            self.commands.setdefault(name, _Placeholder(name=name, help=entry.help))
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        if args and isinstance(self.commands.get(args[0]), _Placeholder):
+            self.commands[args[0]] = load_command(args[0])
+        return super().resolve_command(ctx, args)
+
+
+class _Placeholder(TyperCommand):
+    """A command's name and summary for the help screen, until it is resolved."""
+
 
 app = typer.Typer(
     name="hotpath",
@@ -25,15 +110,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
+    cls=_LazyGroup,
 )
-app.add_typer(stack_app, name="stack")
-app.add_typer(partitions_app, name="partitions")
-app.add_typer(pool_app, name="pool")
-app.add_typer(routing_app, name="routing")
-app.command()(demo)
-app.command()(doctor)
-app.command()(advise)
-app.command()(explain)
 
 
 def _show_version(value: bool) -> None:

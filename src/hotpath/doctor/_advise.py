@@ -28,6 +28,7 @@ from ..plans._flags import plan_root, walk
 from ._context import display_name
 from ._errors import DoctorError
 from ._session import Session
+from ._sources import TableFilter
 from ._sqlparse import TableUse, parse_query, tables_of
 from ._workload import WorkloadQuery, from_file, from_list, from_statements
 
@@ -174,15 +175,17 @@ class _Table:
 
 def advise_indexes(
     url: str,
-    queries: list[str] | str | Path | None = None,
+    queries: list[str] | list[WorkloadQuery] | str | Path | None = None,
     min_gain: float = 0.3,
     *,
     use_hypopg: bool = True,
     statement_timeout_ms: int = 10_000,
+    tables: TableFilter | None = None,
 ) -> IndexAdvice:
     """Indexes for ``queries`` (a list of statements, a ``.sql`` path, or None for the
     database's pg_stat_statements workload). ``min_gain`` is the cost reduction (0-1) an index
-    must bring to some statement to be kept."""
+    must bring to some statement to be kept; ``tables`` (``--include/--exclude``) limits the
+    tables indexes are proposed on."""
     if not 0 < min_gain < 1:
         raise DoctorError(f"min_gain={min_gain}: give a fraction between 0 and 1, like 0.3")
     with Session(url, statement_timeout_ms=statement_timeout_ms) as session:
@@ -192,14 +195,19 @@ def advise_indexes(
             workload = from_file(queries)
         elif isinstance(queries, str):
             workload = from_list([queries])
+        elif all(isinstance(q, WorkloadQuery) for q in queries):
+            workload = [q for q in queries if isinstance(q, WorkloadQuery)]
         else:
             workload = from_list([str(q) for q in queries])
-        return _Advisor(session, min_gain, use_hypopg).run(workload)
+        return _Advisor(session, min_gain, use_hypopg, tables or TableFilter()).run(workload)
 
 
 class _Advisor:
-    def __init__(self, session: Session, min_gain: float, use_hypopg: bool) -> None:
+    def __init__(
+        self, session: Session, min_gain: float, use_hypopg: bool, tables: TableFilter
+    ) -> None:
         self.session = session
+        self.wanted = tables
         self.min_gain = min_gain
         caps = session.capabilities
         self.hypopg = use_hypopg and "hypopg" in caps.extensions
@@ -324,6 +332,10 @@ class _Advisor:
             uses = [u for u in parsed.uses if self.table(u.name) is not None]
             planned.append((query, base, uses))
             for use in uses:
+                if not self.wanted.admits(
+                    self.tables[use.name].name, self.tables[use.name].relname
+                ):
+                    continue
                 for cand in self.candidates(use):
                     ddl = cand.definition()
                     if _PARAM.search(ddl):

@@ -5,9 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from ..plans import Severity
+from ._advise import IndexAdvice, advise_indexes
 from ._context import Context, display_name
+from ._ddl import PARTITIONED_NOTE, index_statements
+from ._errors import DoctorError
 from ._model import Finding
 from ._registry import check
+from ._sources import TableFilter
 from ._sqlparse import parse_query, tables_of
 
 _USER_SCHEMAS = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'"
@@ -16,26 +20,37 @@ _USER_SCHEMAS = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nsp
 @check("missing_indexes", "Large tables read mostly by sequential scans")
 def missing_indexes(ctx: Context) -> list[Finding]:
     """Tables over the size threshold whose scans are mostly sequential, with the queries
-    (from pg_stat_statements) that read them and the columns those queries filter on."""
+    (from pg_stat_statements) that read them and the indexes ``hotpath advise`` chooses for
+    them: the advisor's own answer for the same workload, one index per access pattern."""
     t = ctx.thresholds
-    findings = []
+    flagged = []
     for table in ctx.tables:
         rows = float(table["reltuples"])
         seq, idx = int(table["seq_scan"] or 0), int(table["idx_scan"] or 0)
         if rows < t.large_table_rows or seq == 0 or seq / (seq + idx) < t.seq_scan_share:
             continue
-        per_scan = int(table["seq_tup_read"] or 0) / seq
-        if per_scan < t.large_table_rows:
+        if int(table["seq_tup_read"] or 0) / seq < t.large_table_rows:
             continue  # the scans stopped early (LIMIT): not a full read
+        flagged.append(table)
+    advice, why_not = _advice_for(ctx, flagged)
+    findings = []
+    for table in flagged:
+        rows = float(table["reltuples"])
+        seq, idx = int(table["seq_scan"] or 0), int(table["idx_scan"] or 0)
+        per_scan = int(table["seq_tup_read"] or 0) / seq
         name = display_name(table["schemaname"], table["relname"])
         queries = _queries_on(ctx, table["relname"], name)
-        columns = _filter_columns(queries, table["relname"])
-        fix = (
-            f"CREATE INDEX CONCURRENTLY ON {name} ({', '.join(columns)});  -- validate first: "
-            f"hotpath advise URL"
-            if columns
-            else f"hotpath advise URL  -- finds and validates the index for {name}'s queries"
-        )
+        chosen = [s for s in advice.suggestions if s.candidate.table == name] if advice else []
+        if chosen:
+            fix = "\n".join(s.ddl for s in chosen)
+            if not all(s.validated for s in chosen):
+                fix += "\n-- not validated (no HypoPG): hotpath advise URL --include " + name
+        else:
+            reason = why_not or next(
+                (r.reason for r in (advice.rejected if advice else []) if f" ON {name} " in r.ddl),
+                "no statement of the workload filters it on an indexable column",
+            )
+            fix = f"hotpath advise URL --include {name}  -- no index chosen: {reason}"
         tied = "; ".join(
             f"{int(q['calls']):,} calls of: {' '.join(str(q['query']).split())[:100]}"
             for q in queries[:3]
@@ -55,13 +70,31 @@ def missing_indexes(ctx: Context) -> list[Finding]:
                     "idx_scan": idx,
                     "rows_per_seq_scan": round(per_scan),
                     "queries": len(queries),
+                    "indexes": len(chosen),
                 },
                 fix,
-                "sql" if columns else "action",
+                "sql" if chosen else "action",
                 f"~{seq * per_scan:,.0f} rows read by sequential scans so far",
             )
         )
     return findings
+
+
+def _advice_for(ctx: Context, flagged: list[dict[str, Any]]) -> tuple[IndexAdvice | None, str]:
+    """The advisor's answer for the pg_stat_statements workload, on the flagged tables only
+    (``hotpath advise URL --include ...``), or why there is none."""
+    if not flagged:
+        return None, ""
+    if "pg_stat_statements" not in ctx.caps.extensions or ctx.url is None:
+        return None, "pg_stat_statements is not installed: give advise a --workload"
+    tables = TableFilter.of(include=[f"{t['schemaname']}.{t['relname']}" for t in flagged])
+    try:
+        advice = advise_indexes(
+            ctx.url, None, statement_timeout_ms=ctx.session.statement_timeout_ms, tables=tables
+        )
+    except DoctorError as exc:
+        return None, str(exc)
+    return advice, ""
 
 
 def _queries_on(ctx: Context, relname: str, name: str) -> list[dict[str, Any]]:
@@ -73,22 +106,6 @@ def _queries_on(ctx: Context, relname: str, name: str) -> list[dict[str, Any]]:
         if {relname, name} & set(tables_of(str(q["query"])))
         and parse_query(str(q["query"])).kind in ("select", "update", "delete")
     ]
-
-
-def _filter_columns(queries: list[dict[str, Any]], relname: str) -> list[str]:
-    """Equality columns, then range columns (or, without a range, the ORDER BY columns) the
-    queries filter ``relname`` on: a first guess that ``hotpath advise`` validates."""
-    equality: list[str] = []
-    ranges: list[str] = []
-    order: list[str] = []
-    for q in queries:
-        for use in parse_query(str(q["query"])).uses:
-            if use.table == relname:
-                equality += [c for c in use.equality if c not in equality]
-                ranges += [c for c in use.range if c not in ranges]
-                order += [c for c, _ in use.order_by if c not in order]
-    tail = ranges or (order if equality else [])
-    return (equality + [c for c in tail if c not in equality])[:3]
 
 
 @check("unused_indexes", "Unused indexes (no scans since statistics began)")
@@ -215,37 +232,78 @@ def invalid_indexes(ctx: Context) -> list[Finding]:
 @check("fk_without_index", "Foreign keys without an index")
 def fk_without_index(ctx: Context) -> list[Finding]:
     """Foreign keys whose columns lead no index: every delete or key update on the referenced
-    table scans the referencing table, and joins on the key cannot use an index."""
+    table scans the referencing table, and joins on the key cannot use an index.
+
+    A foreign key declared on a partitioned table is one finding (its per-partition clones,
+    ``conparentid <> 0``, are not reported again); it is indexed when every leaf partition has
+    an index led by its columns, compared by column name (a partition's attribute numbers may
+    differ from its parent's)."""
     rows = ctx.rows(
-        "SELECT n.nspname AS schema, t.relname AS tbl, c.conname, t.reltuples::float8 AS rows,"
-        " c.confrelid::regclass::text AS referenced,"
-        " (SELECT array_agg(a.attname::text ORDER BY k.ord) FROM unnest(c.conkey)"
+        "WITH fk AS ("
+        " SELECT c.oid, c.conname, c.conrelid, c.confrelid::regclass::text AS referenced,"
+        "  (SELECT array_agg(a.attname::text ORDER BY k.ord) FROM unnest(c.conkey)"
         "   WITH ORDINALITY AS k(attnum, ord) JOIN pg_attribute a"
         "   ON a.attrelid = c.conrelid AND a.attnum = k.attnum) AS cols"
-        " FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid"
+        " FROM pg_constraint c WHERE c.contype = 'f' AND c.conparentid = 0),"
+        " leaf AS ("
+        " SELECT fk.oid AS fk, t.oid AS relid FROM fk JOIN pg_class t ON t.oid = fk.conrelid"
+        "  WHERE t.relkind <> 'p'"
+        " UNION ALL SELECT fk.oid, p.relid FROM fk JOIN pg_class t ON t.oid = fk.conrelid"
+        "  CROSS JOIN LATERAL pg_partition_tree(fk.conrelid) p"
+        "  WHERE t.relkind = 'p' AND p.isleaf)"
+        " SELECT fk.conname, fk.conrelid::int8 AS oid, fk.referenced, fk.cols,"
+        " n.nspname AS schema, t.relname AS tbl, t.relkind::text AS relkind,"
+        " (SELECT coalesce(sum(greatest(lc.reltuples, 0)), 0) FROM leaf l"
+        "   JOIN pg_class lc ON lc.oid = l.relid WHERE l.fk = fk.oid)::float8 AS rows,"
+        " (SELECT count(*) FROM leaf l WHERE l.fk = fk.oid)::int AS leaves,"
+        " (SELECT count(*) FROM leaf l WHERE l.fk = fk.oid AND NOT EXISTS ("
+        "   SELECT 1 FROM pg_index i WHERE i.indrelid = l.relid AND i.indisvalid"
+        "   AND i.indpred IS NULL AND i.indnkeyatts >= cardinality(fk.cols)"
+        "   AND (SELECT array_agg(a.attname::text ORDER BY k.ord)"
+        "    FROM unnest((i.indkey::int2[])[0:cardinality(fk.cols) - 1])"
+        "    WITH ORDINALITY AS k(attnum, ord) JOIN pg_attribute a"
+        "    ON a.attrelid = i.indrelid AND a.attnum = k.attnum)::text[]"
+        "    @> fk.cols AND (SELECT array_agg(a.attname::text)"
+        "    FROM unnest((i.indkey::int2[])[0:cardinality(fk.cols) - 1]) AS k(attnum)"
+        "    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum)::text[]"
+        "    <@ fk.cols))::int AS unindexed"
+        " FROM fk JOIN pg_class t ON t.oid = fk.conrelid"
         " JOIN pg_namespace n ON n.oid = t.relnamespace"
-        f" WHERE c.contype = 'f' AND {_USER_SCHEMAS}"
-        " AND NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.conrelid"
-        "  AND i.indisvalid AND i.indpred IS NULL"
-        "  AND (i.indkey::int2[])[0:cardinality(c.conkey) - 1] @> c.conkey"
-        "  AND (i.indkey::int2[])[0:cardinality(c.conkey) - 1] <@ c.conkey)"
+        f" WHERE {_USER_SCHEMAS} ORDER BY n.nspname, t.relname, fk.conname"
     )
     findings = []
     for r in rows:
+        if int(r["unindexed"]) == 0:
+            continue
         table = display_name(r["schema"], r["tbl"])
-        cols = ", ".join(r["cols"])
+        names = [display_name("public", c) for c in r["cols"]]  # quoted where needed
+        cols = ", ".join(names)
         rows_n = max(0.0, float(r["rows"]))
         severity = Severity.WARNING if rows_n >= ctx.thresholds.large_table_rows else Severity.INFO
+        partitioned = r["relkind"] == "p"
+        statements = index_statements(ctx.rows, int(r["oid"]), f" ({cols})", list(r["cols"]))
+        fix = "\n".join(statements)
+        if partitioned:
+            fix += "\n-- " + PARTITIONED_NOTE.format(table=table, body=f" ({cols})")
+        where = (
+            f" ({int(r['unindexed'])} of its {int(r['leaves'])} partitions lack one)"
+            if partitioned
+            else ""
+        )
         findings.append(
             Finding(
                 "fk_without_index",
                 severity,
                 f"{table}.{r['conname']}",
                 f"foreign key {r['conname']} on {table} ({cols}) -> {r['referenced']} has no "
-                f"index: each delete/update of a {r['referenced']} key scans {table} "
+                f"index{where}: each delete/update of a {r['referenced']} key scans {table} "
                 f"({rows_n:,.0f} rows)",
-                {"rows": rows_n},
-                f"CREATE INDEX CONCURRENTLY ON {table} ({cols});",
+                {
+                    "rows": rows_n,
+                    "partitions": int(r["leaves"]) if partitioned else None,
+                    "partitions_without_index": int(r["unindexed"]) if partitioned else None,
+                },
+                fix,
                 "sql",
                 f"an index lookup instead of a {rows_n:,.0f}-row scan per referenced-key change",
             )

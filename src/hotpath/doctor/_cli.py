@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -76,29 +77,69 @@ def doctor(
 def advise(
     url: Annotated[str, typer.Argument(help="postgresql://user:password@host:port/db")],
     workload: Annotated[
-        str, typer.Option("--workload", help="pg_stat_statements or FILE.sql")
+        str,
+        typer.Option(
+            "--workload",
+            help="pg_stat_statements, pg_stat_activity (sampled), FILE.sql, or a PostgreSQL "
+            "log file (stderr, .csv, .json)",
+        ),
     ] = "pg_stat_statements",
     min_gain: Annotated[
         float, typer.Option("--min-gain", help="cost reduction an index must bring")
     ] = 0.3,
+    include: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--include", help="only these tables: TABLE,SCHEMA.TABLE,..."),
+    ] = None,
+    exclude: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--exclude", help="never these tables: TABLE,SCHEMA.TABLE,..."),
+    ] = None,
+    min_calls: Annotated[
+        int, typer.Option("--min-calls", min=0, help="skip statements with fewer calls")
+    ] = 0,
+    min_time: Annotated[
+        float,
+        typer.Option("--min-time", min=0, help="skip statements under this total time (minutes)"),
+    ] = 0.0,
+    create: Annotated[
+        bool,
+        typer.Option(
+            "--create",
+            help="create the validated suggestions (CONCURRENTLY, one creator at a time)",
+        ),
+    ] = False,
     format: Annotated[Format, typer.Option("--format", help="text or json")] = Format.text,
 ) -> None:
     """Advise indexes for the workload, validated with HypoPG when it is installed."""
     from ._advise import advise_indexes  # noqa: PLC0415
     from ._render import render_advice  # noqa: PLC0415
+    from ._sources import TableFilter, filter_workload, load_workload  # noqa: PLC0415
 
-    if workload != "pg_stat_statements" and not Path(workload).is_file():
-        raise DoctorError(
-            f"--workload {workload}: give pg_stat_statements or a .sql file that exists"
-        )
-    queries = None if workload == "pg_stat_statements" else Path(workload)
-    if queries is not None and queries.suffix != ".sql":
-        raise DoctorError(f"--workload {workload}: the file must end in .sql")
-    advice = advise_indexes(url, queries, min_gain)
+    tables = TableFilter.of(include, exclude)
+    queries, dropped = filter_workload(
+        load_workload(url, workload), min_calls=min_calls, min_time_minutes=min_time
+    )
+    advice = advise_indexes(url, queries, min_gain, tables=tables)
+    advice.unanalysed.extend(dropped)
+    created = None
+    if create and not advice.hypopg:
+        raise DoctorError(f"--create builds only indexes HypoPG validated: {advice.hint}")
+    if create:
+        from ._create import create_indexes  # noqa: PLC0415
+
+        created = create_indexes(url, [s for s in advice.suggestions if s.validated])
     if format is Format.json:
-        _write(orjson.dumps(advice.to_dict(), option=orjson.OPT_INDENT_2).decode(), None)
+        data = advice.to_dict()
+        if created is not None:
+            data["created"] = [asdict(c) for c in created]
+        _write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode(), None)
     else:
         render_advice(advice, _out)
+        for c in created or []:
+            _out.print(f"{c.outcome}: {c.ddl}" + (f"  ({c.detail})" if c.detail else ""))
+    if created and any(c.outcome == "failed" for c in created):
+        raise typer.Exit(1)
 
 
 def explain(

@@ -22,6 +22,7 @@ class Thresholds:
     cache_hit_ratio: float = 0.99
     cache_min_blocks: int = 1_000
     connections_ratio: float = 0.8  # of max_connections
+    connection_source_min: int = 20  # connections from one user/application/address
     idle_in_transaction_s: float = 60.0
     long_running_s: float = 60.0
     lock_wait_s: float = 0.0
@@ -67,6 +68,7 @@ class Context:
     session: Session
     thresholds: Thresholds = field(default_factory=Thresholds)
     show_literals: bool = False
+    url: str | None = None  # for checks that open their own session (the index advisor)
 
     def query_text(self, sql: str | None, limit: int = 200) -> str:
         """A live query's text for a report: literals become ``$n`` unless opted in."""

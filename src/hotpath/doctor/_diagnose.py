@@ -9,6 +9,7 @@ import psycopg
 
 from . import (  # noqa: F401 - importing the check modules registers their checks
     _checks_activity,
+    _checks_health,
     _checks_indexes,
     _checks_maintenance,
     _checks_queries,
@@ -55,7 +56,7 @@ def diagnose(
     with Session(
         url, statement_timeout_ms=statement_timeout_ms, lock_timeout_ms=lock_timeout_ms
     ) as session:
-        ctx = Context(session, thresholds or Thresholds(), show_literals)
+        ctx = Context(session, thresholds or Thresholds(), show_literals, url)
         caps = session.capabilities
         report = Report(caps.database, caps.server_version, caps.user)
         for number, item in enumerate(checks, 1):
