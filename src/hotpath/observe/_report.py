@@ -620,7 +620,8 @@ def _top(scopes: Iterable[ScopeStats]) -> list[Fix]:
             if seen is None:
                 merged[key] = replace(fix, evidence=dict(fix.evidence))
                 continue
-            seen.endpoint = f"{seen.endpoint}, {fix.endpoint}"
+            if fix.endpoint not in seen.endpoint.split(", "):  # one endpoint's twins: named once
+                seen.endpoint = f"{seen.endpoint}, {fix.endpoint}"
             seen.scopes += fix.scopes
             seen.saving_ms += fix.saving_ms
             seen.share = max(seen.share, fix.share)
