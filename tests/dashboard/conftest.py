@@ -93,9 +93,7 @@ class Planted:
             "report": report.to_dict(),
             "workers": [{"pid": 1234, "written": 0.0, "alive": True}],
             "pools": [{"pid": 1234, **dataclasses.asdict(self.pool.snapshot())}],
-            "caches": [
-                {"pid": 1234, "namespace": CACHE_NAMESPACE, **self.cache.stats().as_dict()}
-            ],
+            "caches": [{"pid": 1234, "namespace": CACHE_NAMESPACE, **self.cache.stats().as_dict()}],
             "routing": [
                 {
                     "pid": 1234,
@@ -137,12 +135,15 @@ def _fail() -> None:
 @pytest.fixture(scope="module")
 def planted(hotpath_db: ModuleDatabase) -> Iterator[Planted]:
     engine = create_engine(hotpath_db.url, pool_size=4)
+    pool = instrument_pool(engine, name="app")  # first: it counts the connections it sees open
     Base.metadata.create_all(engine)
     with Session(engine) as session:
         session.add_all(seed_rows())
         session.commit()
     with engine.begin() as conn:
-        conn.execute(text("CREATE TABLE events (id bigint PRIMARY KEY, customer_id int, kind text)"))
+        conn.execute(
+            text("CREATE TABLE events (id bigint PRIMARY KEY, customer_id int, kind text)")
+        )
         conn.execute(
             text(
                 "INSERT INTO events SELECT g, g % 5000, 'k' || (g % 7) "
@@ -150,14 +151,13 @@ def planted(hotpath_db: ModuleDatabase) -> Iterator[Planted]:
             )
         )
         conn.execute(text("ANALYZE events"))
-    pool = instrument_pool(engine, name="app")
     profiler = Profiler(
         engine,
         slow_query_ms=SLOW_QUERY_MS,
         explain="plan",
         budget_ms=1,
         modes=dict.fromkeys(("n_plus_one", "slow_query", "duplicate"), "log"),
-    )  # type: ignore[arg-type]
+    )
     assert hotpath_db.redis_url is not None
     cache = Cache(MemoryTier(100), RedisTier(hotpath_db.redis_url), namespace=CACHE_NAMESPACE)
     replica_engines = [create_engine(url) for url in hotpath_db.replica_urls]

@@ -131,7 +131,7 @@ def _console_errors(stderr: str) -> list[str]:
     return [
         line
         for line in stderr.splitlines()
-        if "CONSOLE" in line or "Uncaught" in line or "ERROR:" in line and "console" in line
+        if "CONSOLE" in line or "Uncaught" in line or ("ERROR:" in line and "console" in line)
     ]
 
 
@@ -161,7 +161,8 @@ def test_page_loads_shows_the_planted_run_and_updates_itself(
     assert "app" in page.text("pool-box")
     assert "shop" in page.text("cache-box")
     assert "replica1" in page.text("replica-box")
-    assert "payments" in page.text("breaker-box") and "open" in page.text("breaker-box")
+    assert "payments" in page.text("breaker-box")
+    assert "open" in page.text("breaker-box")
     assert "events_kind_idx" in page.text("doctor-box")
     assert "sqlite" in page.text("uninstrumented-box")
     # uPlot drew the charts: layers by endpoint, p95 and throughput over time, layers over time
@@ -169,9 +170,7 @@ def test_page_loads_shows_the_planted_run_and_updates_itself(
 
 
 def test_screenshot(served: Served, tmp_path: Path) -> None:
-    run = _chromium(
-        tmp_path, served.url, f"--screenshot={SCREENSHOT}", "--window-size=1440,4400"
-    )
+    run = _chromium(tmp_path, served.url, f"--screenshot={SCREENSHOT}", "--window-size=1440,4400")
     assert run.returncode == 0, run.stderr[-2000:]
     assert _console_errors(run.stderr) == []
     assert SCREENSHOT.stat().st_size > 50_000  # a drawn page, not a blank one
