@@ -246,14 +246,14 @@
         width: width(el), height: height,
         legend: { show: false },
         cursor: { drag: { x: false, y: false }, points: { show: false }, y: false },
-        scales: { x: { time: false, ori: 1, dir: 1, range: function () { return [-0.5, names.length - 0.5]; } },
+        scales: { x: { time: false, ori: 1, dir: -1, range: function () { return [-0.5, names.length - 0.5]; } },
                   y: { ori: 0, dir: 1, range: function (u, min, max) { return [0, max > 0 ? max * 1.05 : 1]; } } },
         axes: [
           { side: 3, scale: "x", size: 250, gap: 6, grid: { show: false }, ticks: { show: false },
             splits: function () { return names.map(function (_, i) { return i; }); },
             values: function (u, splits) { return splits.map(function (i) { return shortName(names[i] || "", 34); }); },
             font: "12px " + getComputedStyle(document.body).fontFamily },
-          { side: 0, scale: "y", size: 30, grid: { stroke: "#eef0f3" }, ticks: { show: false },
+          { side: 0, scale: "y", size: 30, space: 70, grid: { stroke: "#eef0f3" }, ticks: { show: false },
             values: function (u, splits) { return splits.map(function (v) { return v + " ms"; }); } }
         ],
         series: series,
