@@ -20,11 +20,14 @@ def test_text_and_bulk_statements_through_a_session_are_recorded_quietly(
     monkeypatch.setattr("hotpath.observe._scope._failed_listeners", set())
     profiler = Profiler(engine, modes={"n_plus_one": "log"})
     try:
-        with caplog.at_level(logging.ERROR, "hotpath.observe"):
-            with profiler.scope("GET /count") as scope, Session(engine) as session:
-                session.execute(text("SELECT count(*) FROM users")).scalar_one()
-                session.execute(update(User).where(User.id == -1).values(name="x"))
-                session.rollback()
+        with (
+            caplog.at_level(logging.ERROR, "hotpath.observe"),
+            profiler.scope("GET /count") as scope,
+            Session(engine) as session,
+        ):
+            session.execute(text("SELECT count(*) FROM users")).scalar_one()
+            session.execute(update(User).where(User.id == -1).values(name="x"))
+            session.rollback()
     finally:
         profiler.uninstrument()
     assert scope.query_count == 2
