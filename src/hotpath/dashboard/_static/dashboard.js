@@ -438,7 +438,8 @@
     $("query-list").innerHTML = items.map(function (f) {
       var ev = f.evidence || {};
       var stats = [];
-      if (ev.count) stats.push(count(ev.count) + (f.kind === "n_plus_one" ? " extra queries" : " times") + " per request");
+      if (f.kind === "n_plus_one" && ev.count) stats.push(count(ev.count) + " extra queries per request");
+      else if (ev.count) stats.push(ev.count === 1 ? "once per request" : count(ev.count) + " times per request");
       if (ev.max_ms != null) stats.push("max " + ms(ev.max_ms));
       stats.push("in " + count(f.scopes) + " requests");
       stats.push("saves ~" + total(f.saving_ms));
