@@ -253,20 +253,24 @@ class BreakerCollector:
         self._breakers = breakers
 
     def collect(self) -> Iterable[Metric]:
-        state = GaugeMetricFamily(
-            "hotpath_breaker_state",
-            "1 for the breaker's current state",
-            labels=["breaker", "state"],
-        )
-        counters = {
-            key: CounterMetricFamily(f"hotpath_breaker_{key}", f"calls {key}", labels=["breaker"])
-            for key in ("successes", "failures", "rejected", "opened")
-        }
-        for breaker in self._breakers:
-            stats = breaker.stats()
-            for candidate in BreakerState:
-                state.add_metric([stats.name, candidate.value], float(stats.state is candidate))
-            for key, family in counters.items():
-                family.add_metric([stats.name], float(getattr(stats, key)))
-        yield state
-        yield from counters.values()
+        return breaker_families(breaker.stats() for breaker in self._breakers)
+
+
+def breaker_families(every: Iterable[BreakerStats]) -> list[Metric]:
+    """The breaker metric families of these breakers' stats: what :class:`BreakerCollector`
+    exports for live breakers and ``hotpath.metrics`` for breakers of another process."""
+    state = GaugeMetricFamily(
+        "hotpath_breaker_state",
+        "1 for the breaker's current state",
+        labels=["breaker", "state"],
+    )
+    counters = {
+        key: CounterMetricFamily(f"hotpath_breaker_{key}", f"calls {key}", labels=["breaker"])
+        for key in ("successes", "failures", "rejected", "opened")
+    }
+    for stats in every:
+        for candidate in BreakerState:
+            state.add_metric([stats.name, candidate.value], float(stats.state is candidate))
+        for key, family in counters.items():
+            family.add_metric([stats.name], float(getattr(stats, key)))
+    return [state, *counters.values()]

@@ -338,6 +338,10 @@ class Profiler:
             # the unit of work's own loads (cascades, dependency checks): not the app's loop
             state.update_execution_options(**{TOKEN: EAGER_TOKEN})
             return
+        if not state.is_select:
+            # text(), bulk UPDATE/DELETE/INSERT: no ORM rows to follow (their statements are
+            # recorded at the cursor like any other), and no load options to read
+            return
         refreshed = state.load_options._refresh_state
         if refreshed is not None:
             # columns of an object already loaded (expired, deferred, a subclass's table, a

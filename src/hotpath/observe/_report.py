@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ..plans import PlanFlag
 from ._records import LAYERS, CallSite, Finding, FindingKind, Layer
 
 if TYPE_CHECKING:
@@ -457,12 +458,23 @@ def _fixes(name: str, rollup: Rollup, total_ms: float) -> list[Fix]:
                 fix_total.scopes,
                 fix_total.saving_ms,
                 fix_total.saving_ms / total_ms if total_ms > 0 else 0.0,
-                {**finding.details, "count": finding.count},
+                {**finding.details, "count": finding.count}
+                # a slow query's plan problems (seq scan, misestimate...) travel with its fix
+                | (
+                    {"plan_flags": [flag_dict(f) for f in finding.plan_flags]}
+                    if finding.plan_flags
+                    else {}
+                ),
                 finding.sql,
             )
         )
     fixes.sort(key=lambda f: (-f.saving_ms, -f.scopes, f.kind))
     return fixes
+
+
+def flag_dict(flag: PlanFlag) -> dict[str, Any]:
+    """A plan flag as JSON-able data."""
+    return {**asdict(flag), "severity": flag.severity.value}
 
 
 def _starts_cold(use: CacheUse) -> bool:
@@ -608,7 +620,8 @@ def _top(scopes: Iterable[ScopeStats]) -> list[Fix]:
             if seen is None:
                 merged[key] = replace(fix, evidence=dict(fix.evidence))
                 continue
-            seen.endpoint = f"{seen.endpoint}, {fix.endpoint}"
+            if fix.endpoint not in seen.endpoint.split(", "):  # one endpoint's twins: named once
+                seen.endpoint = f"{seen.endpoint}, {fix.endpoint}"
             seen.scopes += fix.scopes
             seen.saving_ms += fix.saving_ms
             seen.share = max(seen.share, fix.share)

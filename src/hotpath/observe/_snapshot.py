@@ -13,7 +13,16 @@ from typing import Any
 
 from ..plans import PlanFlag, Severity
 from ._records import CallSite, Finding, FindingKind, Layer
-from ._report import CacheUse, FixTotal, Report, Rollup, Rollups, Timing, build_report
+from ._report import (
+    CacheUse,
+    FixTotal,
+    Report,
+    Rollup,
+    Rollups,
+    Timing,
+    build_report,
+    flag_dict,
+)
 from ._settings import ObserveSettings
 
 VERSION = 1
@@ -53,9 +62,7 @@ def _finding_state(finding: Finding) -> dict[str, Any]:
         "fix": finding.fix,
         "fingerprint": finding.fingerprint,
         "sql": finding.sql,
-        "plan_flags": [
-            {**asdict(flag), "severity": flag.severity.value} for flag in finding.plan_flags
-        ],
+        "plan_flags": [flag_dict(flag) for flag in finding.plan_flags],
         "details": finding.details,
         "saving_ms": finding.saving_ms,
     }
