@@ -201,10 +201,11 @@ class Rollup:
                 if finding.kind in _ONE_PER_ENDPOINT:
                     key = (finding.kind.value, "", "")
                 else:
+                    # the fix, else the statement: a message carries the run's figures
                     key = (
                         finding.kind.value,
                         str(finding.call_site),
-                        finding.fix or finding.message,
+                        finding.fix or finding.fingerprint or finding.message,
                     )
                 total = self.fixes.get(key)
                 if total is None:
