@@ -15,6 +15,8 @@ from ..doctor._cli import advise, doctor, explain
 from ..partitions._cli import partitions_app
 from ..pool._cli import pool_app
 from ..routing._cli import routing_app
+from ..run._cli import CONTEXT as RUN_CONTEXT
+from ..run._cli import run
 from ._console import err
 from ._demo import demo
 from ._stack import stack_app
@@ -34,6 +36,7 @@ app.command()(demo)
 app.command()(doctor)
 app.command()(advise)
 app.command()(explain)
+app.command(context_settings=RUN_CONTEXT)(run)
 
 
 def _show_version(value: bool) -> None:
