@@ -84,9 +84,7 @@ def wait_listening(process: subprocess.Popen[str], port: int) -> None:
     raise AssertionError(f"nothing listens on {port} after {START_TIMEOUT_S} s")
 
 
-def load(
-    run: subprocess.Popen[str], base_url: str, paths: list[str], concurrency: int = 4
-) -> int:
+def load(run: subprocess.Popen[str], base_url: str, paths: list[str], concurrency: int = 4) -> int:
     """GET each path once, ``concurrency`` at a time; the number of 200 answers. On a
     failure, the run is stopped and its output shown."""
     try:

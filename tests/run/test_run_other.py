@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from .conftest import (
 )
 
 PLANTED_FLASK = textwrap.dedent(
-    '''
+    """
     import os
 
     from flask import Flask
@@ -60,7 +61,7 @@ PLANTED_FLASK = textwrap.dedent(
         with Session(engine) as session:
             found = session.scalars(select(Author)).all()
             return {"books": sum([len(a.books) for a in found])}  # PLANT: n_plus_one
-    '''
+    """
 )
 
 
@@ -130,6 +131,8 @@ SCRIPT = textwrap.dedent(
     """
 )
 
+SCRIPT_CMD = [sys.executable, "script.py"]
+
 
 @pytest.mark.slow
 def test_sigterm_reaches_a_plain_script_and_the_report_is_written(
@@ -137,10 +140,9 @@ def test_sigterm_reaches_a_plain_script_and_the_report_is_written(
 ) -> None:
     (tmp_path / "script.py").write_text(SCRIPT)
     run = subprocess.Popen(
-        [sys.executable, "-m", "hotpath", "run", "--report-dir", str(tmp_path), "--"]
-        + [sys.executable, "script.py"],
+        [sys.executable, "-m", "hotpath", "run", "--report-dir", str(tmp_path), "--", *SCRIPT_CMD],
         cwd=tmp_path,
-        env={**__import__("os").environ, "PLANTED_DB_URL": database.url},
+        env={**os.environ, "PLANTED_DB_URL": database.url},
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -175,10 +177,8 @@ def test_sigterm_reaches_a_plain_script_and_the_report_is_written(
         (["--no-such-option", "--", "true"], "No such option: --no-such-option"),
     ],
 )
-def test_bad_options_are_one_line_and_exit_2(
-    tmp_path: Path, args: list[str], message: str
-) -> None:
-    done = subprocess.run(
+def test_bad_options_are_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    done = subprocess.run(  # noqa: PLW1510 - the exit code is the point
         [sys.executable, "-m", "hotpath", "run", *args],
         cwd=tmp_path,
         capture_output=True,
@@ -200,7 +200,7 @@ def test_bad_options_are_one_line_and_exit_2(
     ("option", "package"), [("--dashboard", "hotpath.dashboard"), ("--metrics", "hotpath.metrics")]
 )
 def test_live_options_name_the_missing_package(tmp_path: Path, option: str, package: str) -> None:
-    done = subprocess.run(
+    done = subprocess.run(  # noqa: PLW1510 - the exit code is the point
         [sys.executable, "-m", "hotpath", "run", option, str(port()), "--", "true"],
         cwd=tmp_path,
         capture_output=True,
@@ -210,3 +210,91 @@ def test_live_options_name_the_missing_package(tmp_path: Path, option: str, pack
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1
     assert f"needs {package}" in done.stderr
+
+
+SUITE = textwrap.dedent(
+    """
+    import os
+
+    import pytest
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(os.environ["PLANTED_DB_URL"])
+    app = FastAPI()
+
+
+    @app.get("/books/{book_id}")
+    def book(book_id: int) -> dict[str, int]:
+        with engine.connect() as conn:
+            for offset in range(6):  # the same statement in a loop, one id at a time
+                conn.execute(text("SELECT id FROM books WHERE id = :id"), {"id": book_id + offset})  # PLANT: n_plus_one
+        return {"id": book_id}
+
+
+    @pytest.mark.parametrize("book_id", [1, 2, 3])
+    def test_book(book_id: int) -> None:
+        with TestClient(app) as client:
+            assert client.get(f"/books/{book_id}").json() == {"id": book_id}
+
+
+    def test_fails_on_purpose() -> None:
+        assert 1 == 2
+    """
+)
+
+
+PYTEST_INI = """[pytest]
+asyncio_default_fixture_loop_scope = function
+filterwarnings =
+    error
+    ignore:Using `httpx` with `starlette.testclient`
+"""
+
+
+@pytest.mark.slow
+def test_pytest_passes_and_fails_the_same_with_one_scope_per_test(
+    tmp_path: Path, database: ModuleDatabase
+) -> None:
+    (tmp_path / "test_suite.py").write_text(SUITE)
+    # any warning fails the run: hotpath must add none (starlette's own is not ours)
+    (tmp_path / "pytest.ini").write_text(PYTEST_INI)
+    pytest_command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    env = {**os.environ, "PLANTED_DB_URL": database.url}
+    plain = subprocess.run(
+        pytest_command, check=False, cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    run = hotpath_run(
+        ["--report-dir", str(tmp_path), "--", *pytest_command],
+        cwd=tmp_path,
+        env={"PLANTED_DB_URL": database.url},
+    )
+    out, err = run.communicate(timeout=120)
+
+    assert plain.returncode == run.returncode == 1  # one test fails on purpose, in both
+    assert "1 failed, 3 passed" in plain.stdout
+    assert "1 failed, 3 passed" in out
+    report = read_report(tmp_path)
+    assert sorted(e["name"] for e in report["endpoints"]) == sorted(
+        f"test_suite.py::{name}"
+        for name in ("test_book[1]", "test_book[2]", "test_book[3]", "test_fails_on_purpose")
+    )
+    found = [f for f in report["top_fixes"] if f["kind"] == "n_plus_one"]
+    assert len(found) == 1, report["top_fixes"]
+    assert site_line(found[0]["call_site"]) == f"test_suite.py:{planted_line(SUITE, 'n_plus_one')}"
+
+
+def test_the_users_own_sitecustomize_still_runs(tmp_path: Path) -> None:
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "sitecustomize.py").write_text("import os\nos.environ['OWN_SITECUSTOMIZE'] = 'ran'\n")
+    probe = "import os, sys, sqlalchemy; print(os.environ.get('OWN_SITECUSTOMIZE'), 'hotpath.run._agent' in sys.modules)"
+    run = hotpath_run(
+        ["--report-dir", str(tmp_path), "--", sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(own)},
+    )
+    out, err = run.communicate(timeout=60)
+    assert run.returncode == 0, err
+    assert out == "ran True\n"  # theirs ran, and hotpath's agent loaded with SQLAlchemy

@@ -94,7 +94,7 @@ PLANTED = textwrap.dedent(
     '''
 )
 CLEAN = textwrap.dedent(
-    '''
+    """
     import os
 
     from fastapi import FastAPI
@@ -108,7 +108,7 @@ CLEAN = textwrap.dedent(
     def count() -> dict[str, int]:
         with engine.connect() as conn:
             return {"n": conn.execute(text("SELECT count(*) FROM customers")).scalar_one()}
-    '''
+    """
 )
 ENDPOINTS = {
     "n_plus_one": "GET /customers/orders",
@@ -127,9 +127,7 @@ def database(hotpath_db: ModuleDatabase) -> ModuleDatabase:
             text("CREATE TABLE orders (id int PRIMARY KEY, customer_id int REFERENCES customers)")
         )
         conn.execute(text("INSERT INTO customers SELECT g FROM generate_series(1, 10) g"))
-        conn.execute(
-            text("INSERT INTO orders SELECT g, 1 + g % 10 FROM generate_series(1, 20) g")
-        )
+        conn.execute(text("INSERT INTO orders SELECT g, 1 + g % 10 FROM generate_series(1, 20) g"))
     engine.dispose()
     return hotpath_db
 
@@ -246,7 +244,11 @@ def test_fail_on_n_plus_one_fails_the_planted_app_only(
         env=_env(database, payments_url),
     )
     wait_listening(run, listen)
-    load(run, f"http://127.0.0.1:{listen}", ["/customers/orders" if app == "planted" else "/count"] * 3)
+    load(
+        run,
+        f"http://127.0.0.1:{listen}",
+        ["/customers/orders" if app == "planted" else "/count"] * 3,
+    )
     _, err = interrupt(run)
     assert run.returncode == expected, err
     assert ("--fail-on: " in err) == bool(expected), err
@@ -260,7 +262,9 @@ CRASHING = 'raise RuntimeError("planted: the app cannot start")\n'
 def test_an_app_crashing_at_import_keeps_its_own_error_and_exit_code(tmp_path: Path) -> None:
     (tmp_path / "crashing.py").write_text(CRASHING)
     command = [sys.executable, "-m", "uvicorn", "crashing:app", "--port", str(port())]
-    plain = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    plain = subprocess.run(
+        command, check=False, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     run = hotpath_run(["--report-dir", str(tmp_path), "--", *command], cwd=tmp_path)
     out, err = run.communicate(timeout=60)
 

@@ -1,7 +1,8 @@
 """The agent ``hotpath run`` starts in every Python process of the run (from the bootstrap's
 ``sitecustomize``).
 
-Start-up costs almost nothing: it registers post-import hooks (``wrapt``, as ddtrace does,
+The bootstrap starts it after the first import of SQLAlchemy, an app server, a framework or
+hotpath (pytest's plugin starts it too). It registers post-import hooks (``wrapt``, as ddtrace does,
 so import order does not matter) and returns. Only a process that imports SQLAlchemy, an
 app server or a framework builds the run's :class:`~hotpath.observe.Profiler` and writes
 its WORKER STATE to ``$HOTPATH_RUN_DIR/worker-<pid>.json`` every second and at exit
@@ -20,7 +21,8 @@ What it instruments, without a line of the app changed:
   ``Flask.__call__`` and ``Starlette.__call__`` (apps called directly: ``flask run``, test
   clients). One scope per request, named by the route; a request already in a scope of the
   run (an app mounted in another, a test) is not scoped twice;
-- pytest: one scope per test (``hotpath.run._pytest_plugin`` through ``PYTEST_PLUGINS``);
+- pytest: one scope per test (``hotpath.run._pytest_plugin``, which the bootstrap adds to
+  ``PYTEST_PLUGINS``);
 - ``hotpath.cache`` caches, ``hotpath.routing`` replica sets and ``hotpath.concurrent``
   circuit breakers the app creates (their constructors wrapped; held weakly).
 
@@ -52,7 +54,6 @@ from ._options import ENV_DIR, WorkerOptions
 if TYPE_CHECKING:
     from ..observe import Profiler
 
-PYTEST_PLUGIN = "hotpath.run._pytest_plugin"
 WRITE_INTERVAL_S = 1.0
 # Engines are metered once this old: an app that meters its own pool does it right after
 # create_engine, and its options (pings, recycling) must win over the run's.
@@ -144,9 +145,6 @@ class Agent:
         }
         for module, hook in hooks.items():
             wrapt.register_post_import_hook(self._guarded_hook(module, hook), module)
-        plugins = [p for p in os.environ.get("PYTEST_PLUGINS", "").split(",") if p]
-        if PYTEST_PLUGIN not in plugins:
-            os.environ["PYTEST_PLUGINS"] = ",".join([*plugins, PYTEST_PLUGIN])
 
     def _guarded_hook(self, module: str, hook: Callable[[Any], None]) -> Callable[[Any], None]:
         def run(loaded: Any) -> None:

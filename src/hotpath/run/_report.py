@@ -29,9 +29,7 @@ def report_document(state: dict[str, Any], command: list[str], exit_code: int) -
     return {**state["report"], "command": command, "exit_code": exit_code, **rest}
 
 
-def write_reports(
-    report_dir: Path, report: Report, document: dict[str, Any]
-) -> tuple[Path, Path]:
+def write_reports(report_dir: Path, report: Report, document: dict[str, Any]) -> tuple[Path, Path]:
     report_dir.mkdir(parents=True, exist_ok=True)
     json_path, html_path = report_dir / JSON_NAME, report_dir / HTML_NAME
     _write_atomically(json_path, orjson.dumps(document, option=orjson.OPT_INDENT_2, default=str))
@@ -145,8 +143,14 @@ def _html(report: Report, document: dict[str, Any]) -> str:
         "Caches",
         ["pid", "namespace", "hit ratio", "hits", "misses", "stampede joins"],
         [
-            [c["pid"], c["namespace"], f"{c['hit_ratio']:.0%}", c["hits"], c["misses"],
-             c.get("stampede_joins", 0)]
+            [
+                c["pid"],
+                c["namespace"],
+                f"{c['hit_ratio']:.0%}",
+                c["hits"],
+                c["misses"],
+                c.get("stampede_joins", 0),
+            ]
             for c in document["caches"]
         ],
     )
@@ -163,8 +167,15 @@ def _html(report: Report, document: dict[str, Any]) -> str:
         "Circuit breakers",
         ["pid", "name", "state", "successes", "failures", "rejected", "opened"],
         [
-            [b["pid"], b["name"], b["state"], b["successes"], b["failures"], b["rejected"],
-             b["opened"]]
+            [
+                b["pid"],
+                b["name"],
+                b["state"],
+                b["successes"],
+                b["failures"],
+                b["rejected"],
+                b["opened"],
+            ]
             for b in document["breakers"]
         ],
     )

@@ -251,9 +251,7 @@ def _start_doctor(url: str, current: _Run) -> threading.Thread:
             found = diagnose(url)
             current.doctor.extend(f.to_dict() for f in found.findings)
         except Exception as exc:
-            current.notes.append(
-                {"what": "doctor (--db)", "why": f"{type(exc).__name__}: {exc}"}
-            )
+            current.notes.append({"what": "doctor (--db)", "why": f"{type(exc).__name__}: {exc}"})
 
     thread = threading.Thread(target=diagnose, name="hotpath-run-doctor", daemon=True)
     thread.start()
@@ -281,7 +279,9 @@ def _serve_dashboard(address: Address, source: Callable[[], dict[str, Any]]) -> 
     try:
         from ..dashboard import hotpath_dashboard  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415
     except ImportError:
-        raise RunConfigError("--dashboard needs hotpath.dashboard, which this hotpath lacks") from None
+        raise RunConfigError(
+            "--dashboard needs hotpath.dashboard, which this hotpath lacks"
+        ) from None
     try:
         import uvicorn  # noqa: PLC0415
     except ImportError:
@@ -318,7 +318,8 @@ def _serve_metrics(address: Address, source: Callable[[], dict[str, Any]]) -> Ca
         started = start_http_server(address.port, addr=address.host, registry=registry)
     except OSError as exc:
         raise RunConfigError(
-            f"--metrics {address.port}: cannot listen there ({exc.strerror or exc}): give a free port"
+            f"--metrics {address.port}: cannot listen there ({exc.strerror or exc}): "
+            "give a free port"
         ) from None
     server = started[0] if isinstance(started, tuple) else None
 
