@@ -229,7 +229,8 @@ SUITE = textwrap.dedent(
     def book(book_id: int) -> dict[str, int]:
         with engine.connect() as conn:
             for offset in range(6):  # the same statement in a loop, one id at a time
-                conn.execute(text("SELECT id FROM books WHERE id = :id"), {"id": book_id + offset})  # PLANT: n_plus_one
+                statement = text("SELECT id FROM books WHERE id = :id")
+                conn.execute(statement, {"id": book_id + offset})  # PLANT: n_plus_one
         return {"id": book_id}
 
 
@@ -270,7 +271,7 @@ def test_pytest_passes_and_fails_the_same_with_one_scope_per_test(
         cwd=tmp_path,
         env={"PLANTED_DB_URL": database.url},
     )
-    out, err = run.communicate(timeout=120)
+    out, _ = run.communicate(timeout=120)
 
     assert plain.returncode == run.returncode == 1  # one test fails on purpose, in both
     assert "1 failed, 3 passed" in plain.stdout
@@ -289,7 +290,10 @@ def test_the_users_own_sitecustomize_still_runs(tmp_path: Path) -> None:
     own = tmp_path / "own"
     own.mkdir()
     (own / "sitecustomize.py").write_text("import os\nos.environ['OWN_SITECUSTOMIZE'] = 'ran'\n")
-    probe = "import os, sys, sqlalchemy; print(os.environ.get('OWN_SITECUSTOMIZE'), 'hotpath.run._agent' in sys.modules)"
+    probe = (
+        "import os, sys, sqlalchemy; "
+        "print(os.environ.get('OWN_SITECUSTOMIZE'), 'hotpath.run._agent' in sys.modules)"
+    )
     run = hotpath_run(
         ["--report-dir", str(tmp_path), "--", sys.executable, "-c", probe],
         cwd=tmp_path,

@@ -189,7 +189,7 @@ def test_planted_app_under_two_workers_is_diagnosed_once_per_problem(
     # every request is in the merged report once, whichever worker served it
     workers = [w for w in report["workers"] if w["scopes"]]
     assert len(report["workers"]) == 2
-    assert sum(w["scopes"] for w in report["workers"]) == sent
+    assert sum(w["scopes"] for w in report["workers"]) == sent, err
     assert sum(e["count"] for e in report["endpoints"]) == sent
     assert {e["name"] for e in report["endpoints"]} == set(ENDPOINTS.values())
     assert workers
@@ -212,6 +212,8 @@ def test_planted_app_under_two_workers_is_diagnosed_once_per_problem(
     kinds = {p["kind"] for p in report["pools"]}
     assert "NullPool" in kinds, report["pools"]
     assert any(kind.endswith("QueuePool") for kind in kinds), report["pools"]
+    # metered from the first request on: every checkout of the load is counted
+    assert sum(p["checkouts"] for p in report["pools"]) >= 2 * 10, report["pools"]
     assert report["uninstrumented"] == []
     # the diagnosis was printed (the fixes, then the endpoints' table)
     assert "Fix first" in err

@@ -296,6 +296,10 @@ class Agent:
     def _count_scope(self) -> None:
         with self._lock:
             self.scopes += 1
+            if self._engines:
+                # the app has started (its own instrument_pool calls are behind it): meter
+                # the engines now, so that the first requests' checkouts are counted
+                self._meter_new_engines(settled=True)
 
     async def serve_asgi(self, app: Any, scope: Any, receive: Any, send: Any) -> None:
         from ..observe import ASGIMiddleware  # noqa: PLC0415 - loaded with the profiler
@@ -352,6 +356,11 @@ class Agent:
     def _activate(self) -> None:
         """Start writing this process's state: every second, at exit and on SIGTERM."""
         atexit.register(self.write_final)
+        # multiprocessing's children (uvicorn --workers) leave through os._exit, past atexit:
+        # its own exit finalizers are what runs there
+        from multiprocessing import util  # noqa: PLC0415
+
+        util.Finalize(None, self.write_final, exitpriority=100)
         self._start_writer()
         if threading.current_thread() is threading.main_thread():
             with contextlib.suppress(ValueError, OSError):
@@ -425,10 +434,16 @@ class Agent:
             state["uninstrumented"] = list(self.uninstrumented)
         return state
 
-    def _meter_new_engines(self) -> None:
+    def _meter_new_engines(self, *, settled: bool = False) -> None:
+        """Meter the pools of engines created since the last call: once ``METER_AFTER_S``
+        old, or all of them when the app is ``settled`` (serving its first request)."""
+        with self._lock:
+            self._meter_engines(settled)
+
+    def _meter_engines(self, settled: bool) -> None:
         now = time.monotonic()
         for engine, created in list(self._engines.items()):
-            if now - created < METER_AFTER_S:
+            if not settled and now - created < METER_AFTER_S:
                 continue
             del self._engines[engine]
             if engine in self._pools:  # the app metered it itself

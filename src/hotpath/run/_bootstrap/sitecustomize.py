@@ -3,10 +3,10 @@ on ``PYTHONPATH``, kept there so that spawned workers, uvicorn ``--workers`` amo
 load it too).
 
 It arranges for hotpath's agent to start in this process (on the first import that can need
-it: see ``_TRIGGERS``), adds hotpath's plugin to ``PYTEST_PLUGINS``, then imports the ``sitecustomize`` this one
-shadows (the user's or the distribution's), as ddtrace's bootstrap does. It never raises
-into the process: if hotpath cannot load here (another interpreter without hotpath, say),
-it leaves a note for the report and the program runs as it would without it.
+it: see ``_TRIGGERS``), adds hotpath's plugin to ``PYTEST_PLUGINS``, then imports the
+``sitecustomize`` this one shadows (the user's or the distribution's), as ddtrace's bootstrap
+does. It never raises into the process: if hotpath cannot load here (another interpreter
+without hotpath, say), it leaves a note for the report and the program runs as it would without it.
 """
 
 import importlib
