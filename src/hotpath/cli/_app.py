@@ -25,6 +25,9 @@ class _Entry:
     module: str
     attribute: str  # a typer.Typer (a command group) or a command function
     help: str  # the one-line summary ``hotpath --help`` lists (a test keeps it in sync)
+    # click context settings of a single command (``run``: options after the command are
+    # the command's own)
+    context: dict[str, Any] | None = None
 
 
 COMMANDS: dict[str, _Entry] = {
@@ -67,6 +70,12 @@ COMMANDS: dict[str, _Entry] = {
         "routing_app",
         "Replica routing: what a ReplicaSet sees of each node.",
     ),
+    "run": _Entry(
+        "hotpath.run._cli",
+        "run",
+        "Run a command with hotpath loaded (no code change) and diagnose it on exit.",
+        context={"allow_interspersed_args": False},
+    ),
 }
 
 
@@ -79,7 +88,7 @@ def load_command(name: str) -> Any:
         command: Any = typer.main.get_group(target)
     else:
         single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-        single.command(name=name)(target)
+        single.command(name=name, context_settings=entry.context)(target)
         command = typer.main.get_command(single)
     command.name = name
     return command
