@@ -154,11 +154,15 @@ class Agent:
         return run
 
     def _hook_sqlalchemy(self, module: Any) -> None:
-        self.profiler()  # listens on every Engine
+        # The profiler (which listens on every Engine, existing ones included) is made at the
+        # first engine, not here: SQLAlchemy may be imported by hotpath.observe itself, which
+        # cannot be imported again while it is being imported.
         agent = self
 
         def engine_init(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> None:
             wrapped(*args, **kwargs)
+            with agent.guard("SQLAlchemy engines (observing them)"):
+                agent.profiler()
             with agent.guard("SQLAlchemy engine (recording it for pool metrics)"):
                 agent._engines[instance] = time.monotonic()
 
