@@ -8,11 +8,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import httpx
 import pytest
-from sqlalchemy import Engine, delete, select, update
+from fastapi import FastAPI
+from sqlalchemy import Engine, delete, select, text, update
 from sqlalchemy.orm import Session
 
-from hotpath.observe import FindingKind, Profiler
+from hotpath.observe import ASGIMiddleware, FindingKind, Profiler
 
 from .models import Item, User
 
@@ -40,3 +42,32 @@ def test_orm_bulk_delete_and_update_in_a_scope_are_no_listener_failure(
     n_plus_one = [f for f in scope.findings if f.kind is FindingKind.N_PLUS_ONE]
     assert len(n_plus_one) == 1
     assert "User.orders" in n_plus_one[0].message
+
+
+async def test_sequential_queries_in_a_sync_endpoint_of_an_asgi_app_name_the_thread_pool(
+    engine: Engine,
+) -> None:
+    # the template's endpoints are `def` (FastAPI runs them in its thread pool) on a sync
+    # Session: the fix cannot be `async with Session()` + `await gather_bounded(...)`
+    profiler = Profiler(engine, budget_ms=5)
+    app = FastAPI()
+    app.add_middleware(ASGIMiddleware, profiler=profiler)
+
+    @app.get("/items")
+    def read_items() -> dict[str, int]:
+        with Session(engine) as session:
+            count = session.execute(text("SELECT pg_sleep(0.02), count(*) FROM items")).one()
+            rows = session.execute(text("SELECT pg_sleep(0.02), id FROM users LIMIT 5")).all()
+        return {"count": count[1], "rows": len(rows)}
+
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            assert (await client.get("/items")).status_code == 200
+        fixes = {f.kind: f for f in profiler.report().endpoint("GET /items").fixes}
+        change = fixes["sequential_io"].change or ""
+        assert "ThreadPoolExecutor" in change
+        assert "await" not in change
+        assert "own Session" in change  # both ran on one session
+    finally:
+        profiler.uninstrument()

@@ -244,6 +244,8 @@ def _http_op(
     sent: str,
     received: bytes | None,
     timeout: bool | None,
+    *,
+    awaited: bool,
 ) -> None:
     ended = perf_counter()
     _span(scope, Layer.HTTP, started, ended)
@@ -263,6 +265,7 @@ def _http_op(
             inputs=text_values(f"{url} {sent}"),
             outputs=body_values(received),
             timeout=timeout,
+            awaited=awaited,
         )
     )
 
@@ -307,6 +310,7 @@ def _httpx_sync(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
             _httpx_sent(request),
             _httpx_body(response) if response is not None else None,
             _httpx_timeout(request),
+            awaited=False,
         )
 
 
@@ -329,6 +333,7 @@ async def _httpx_async(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> A
             _httpx_sent(request),
             _httpx_body(response) if response is not None else None,
             _httpx_timeout(request),
+            awaited=True,
         )
 
 
@@ -361,6 +366,7 @@ def _requests_send(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
             sent[:16384],
             received,
             kwargs.get("timeout") is not None,
+            awaited=False,
         )
 
 
@@ -387,7 +393,16 @@ def _hook_aiohttp(module: Any) -> None:
             for name in ("total", "sock_read", "sock_connect", "connect")
         )
         # the body is read later by the application: what it returned is not known here
-        _http_op(scope, params.method, str(params.url), context.hotpath_started, "", None, bounded)
+        _http_op(
+            scope,
+            params.method,
+            str(params.url),
+            context.hotpath_started,
+            "",
+            None,
+            bounded,
+            awaited=True,
+        )
 
     def add_trace(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         config = aiohttp.TraceConfig()

@@ -41,6 +41,10 @@ class IoOp:
     connection: int = 0  # DB: the connection it ran on (one connection runs one at a time)
     in_write_transaction: bool = False
     timeout: bool | None = None  # HTTP: whether the call had a timeout (None: not known)
+    # made through an async client (an async engine, httpx.AsyncClient, aiohttp): the code
+    # awaited it, so gather() can overlap it; a sync call (a `def` endpoint that FastAPI runs
+    # in its thread pool, a Flask view) needs threads instead
+    awaited: bool = False
 
     @property
     def ms(self) -> float:
