@@ -6,18 +6,19 @@ suite's own models against real PostgreSQL and a real HTTP server on loopback.
 from __future__ import annotations
 
 import logging
+from operator import attrgetter
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from flask import Flask
+from flask import Flask, Response
 from sqlalchemy import Engine, delete, select, text, update
 from sqlalchemy.orm import Session
 
 from hotpath.observe import ASGIMiddleware, FindingKind, Profiler, WSGIMiddleware
 
-from .models import Item, User
+from .models import Item, Order, User
 
 # -- full-stack-fastapi-template: ORM bulk DML inside a request ---------------------------------
 
@@ -109,4 +110,34 @@ def test_a_flask_request_whose_body_is_not_read_leaves_no_scope_open(engine: Eng
         assert endpoint.queries_max == 1
         assert endpoint.fixes == []
     finally:
+        profiler.uninstrument()
+
+
+def test_a_lazy_load_run_by_library_code_after_the_view_names_no_line_outside_the_request(
+    engine: Engine,
+) -> None:
+    # microblog-api's views return a query; apifairy runs it and marshmallow serializes
+    # Post.author lazily, after the view returned: no application frame is on the stack
+    # between the middleware and the ORM. The walk went on past the middleware into the
+    # caller (the test's client.get line) and named that as the N+1's loop.
+    profiler = Profiler(engine, modes={"n_plus_one": "log"})
+    app = Flask(__name__)
+    app.wsgi_app = WSGIMiddleware(app.wsgi_app, profiler)  # type: ignore[method-assign]
+    session = Session(engine)
+
+    @app.get("/orders")
+    def orders() -> Response:
+        loaded = session.scalars(select(Order).order_by(Order.id)).all()
+        # serialized by C code (map, attrgetter) driven by Werkzeug: no frame of this file
+        return Response(map(str, map(attrgetter("user.name"), loaded)))
+
+    try:
+        body = app.test_client().get("/orders").get_data(as_text=True)
+        assert body.startswith("user1user1user1user2")
+        fix = profiler.report().endpoint("GET /orders").fixes[0]
+        assert fix.kind == "n_plus_one"
+        assert "Order.user" in fix.message
+        assert fix.call_site is None  # not this test's line: it is outside the request
+    finally:
+        session.close()
         profiler.uninstrument()

@@ -13,6 +13,7 @@ import contextvars
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from typing import Any
 
+from ._callsite import mark_request_boundary
 from ._loop import TimedCoroutine
 from ._profiler import Profiler
 from ._scope import Scope, current_scope
@@ -195,3 +196,8 @@ class _RecordedBody:
         error = self._error
         tb = error.__traceback__ if error is not None else None
         self._own_context.run(self._scope.__exit__, type(error) if error else None, error, tb)
+
+
+mark_request_boundary(
+    ASGIMiddleware.__call__, WSGIMiddleware.__call__, _RecordedBody.__next__, _RecordedBody.close
+)
