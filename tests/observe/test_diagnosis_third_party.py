@@ -5,18 +5,27 @@ suite's own models against real PostgreSQL and a real HTTP server on loopback.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from operator import attrgetter
 from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from flask import Flask, Response
 from sqlalchemy import Engine, delete, select, text, update
 from sqlalchemy.orm import Session
 
-from hotpath.observe import ASGIMiddleware, FindingKind, Profiler, WSGIMiddleware
+from hotpath.observe import (
+    ASGIMiddleware,
+    Finding,
+    FindingKind,
+    Profiler,
+    Scope,
+    WSGIMiddleware,
+)
 
 from .models import Item, Order, User
 
@@ -140,4 +149,65 @@ def test_a_lazy_load_run_by_library_code_after_the_view_names_no_line_outside_th
         assert fix.call_site is None  # not this test's line: it is outside the request
     finally:
         session.close()
+        profiler.uninstrument()
+
+
+# -- fastapi-benchmark: a blocking call behind an @app.middleware("http") -----------------------
+
+
+async def test_a_blocking_call_behind_an_http_middleware_is_found() -> None:
+    # Starlette's BaseHTTPMiddleware (what @app.middleware("http") makes: logging, timing,
+    # auth middlewares) runs the endpoint in a task of its own, whose steps the request's
+    # timed coroutine never sees: fastapi-benchmark's sync httpx.Client inside async def
+    # blocked the loop 4 x 1 s with no block and no finding
+    profiler = Profiler(budget_ms=5, blocking_ms=20).instrument()
+    app = FastAPI()
+    seen: list[Scope | None] = []
+
+    @app.middleware("http")
+    async def log_requests(request: Request, call_next: Any) -> Any:
+        return await call_next(request)
+
+    app.add_middleware(ASGIMiddleware, profiler=profiler)
+
+    @app.get("/blocking")
+    async def blocking() -> dict[str, int]:
+        seen.append(profiler.current_scope())
+        await asyncio.sleep(0.002)  # the victim is in flight by now
+        time.sleep(0.08)  # the planted blocking call
+        return {"ok": 1}
+
+    @app.get("/victim")
+    async def victim() -> dict[str, int]:
+        seen.append(profiler.current_scope())
+        await asyncio.sleep(0.01)
+        return {"ok": 1}
+
+    def blocking_calls(scope: Scope | None) -> list[Finding]:
+        assert scope is not None
+        return [f for f in scope.findings if f.kind is FindingKind.BLOCKING_CALL]
+
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            assert (await client.get("/blocking")).status_code == 200
+            answers = await asyncio.gather(client.get("/victim"), client.get("/blocking"))
+        assert [a.status_code for a in answers] == [200, 200]
+        alone, victim_scope, culprit = seen
+        [own] = blocking_calls(alone)
+        assert own.call_site is not None
+        assert own.call_site.function == "blocking"
+        assert "time.sleep(0.08)" in own.message
+        assert "in this request" in own.message
+        # two in flight: the victim waited for the same line; which request's task held the
+        # loop is read from the task (Python 3.12+), never guessed
+        [suffered] = blocking_calls(victim_scope)
+        assert suffered.call_site == own.call_site
+        assert "another request (GET /blocking)" in suffered.message or (
+            "a request in flight" in suffered.message
+        )
+        [again] = blocking_calls(culprit)
+        assert again.call_site == own.call_site
+        assert "GET /victim" not in again.message
+    finally:
         profiler.uninstrument()

@@ -320,7 +320,12 @@ def _blocking_calls(scope: Scope) -> list[Finding]:
     for (site, own), overlaps in by_site.items():
         what, cpu_bound, endpoint = facts[(site, own)]
         blocked = sum(overlaps)
-        where = "this request" if own else f"another request ({endpoint})"
+        if own:
+            where = "this request"
+        elif endpoint == "?":  # a task whose request could not be read (Python < 3.12)
+            where = "a request in flight"
+        else:
+            where = f"another request ({endpoint})"
         if cpu_bound:
             fix = (
                 "CPU-bound work on the event loop: do less of it per request (return fewer "

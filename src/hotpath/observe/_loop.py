@@ -10,12 +10,20 @@ of them gets it in its ``blocked`` layer when it concludes. The CPU clock tells 
 call (``time.sleep``, a sync driver: the thread waited) from CPU-bound work (serialization:
 the thread computed).
 
+Work of the request that runs in tasks of its own (Starlette's ``BaseHTTPMiddleware``, what
+``@app.middleware("http")`` makes, runs the endpoint in a new task; so does any
+``create_task``) has no marked steps: while requests are in flight a heartbeat on the loop
+(a callback every ``_BEAT_S``) tells the watchdog when the loop stopped answering, and the
+task that was running names the request.
+
 asyncio's debug mode would time every handle too, but costs ~13x per step; this costs two
-attribute writes and a clock read per step.
+attribute writes and a clock read per step, and one callback per ``_BEAT_S`` on a loop with
+requests in flight.
 """
 
 from __future__ import annotations
 
+import asyncio
 import linecache
 import sys
 import threading
@@ -34,6 +42,7 @@ if TYPE_CHECKING:
     from ._scope import Scope
 
 _KEEP_BLOCKS = 1024
+_BEAT_S = 0.01  # the heartbeat's period: a loop stalled past blocking_ms misses some beats
 # library frames that name what blocked, innermost first wins
 _KNOWN = (
     ("/psycopg", "a sync database call (psycopg)"),
@@ -61,7 +70,13 @@ class LoopMonitor:
         self.seen_at = 0.0
         self.cpu_at_seen = 0.0
         self.samples: list[tuple[CallSite | None, str]] = []
+        self.stall_scope: Scope | None = None  # the request whose task held a stalled loop
         self.blocks: deque[LoopBlock] = deque(maxlen=_KEEP_BLOCKS)
+        # the heartbeat: when the next beat is due on ``loop`` (0: not beating), and the
+        # requests whose coroutines are in flight there (it beats while there are any)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.beat_due = 0.0
+        self.in_flight: list[Scope] = []
         self._clock: int | None = None
         try:
             self._clock = time.pthread_getcpuclockid(thread_id)
@@ -84,10 +99,13 @@ class LoopMonitor:
         started, self.step_started = self.step_started, 0.0
         ended = perf_counter()
         if ended - started >= self.threshold_s:
-            self._record(started, ended)
+            self._record(started, ended, self.step_scope)
+        # what the watchdog saw belongs to this step: a late heartbeat after it is not
+        # another stall
+        self.samples = []
+        self.seen_at = 0.0
 
-    def _record(self, started: float, ended: float) -> None:
-        scope = self.step_scope
+    def _record(self, started: float, ended: float, scope: Scope | None) -> None:
         site, what = _verdict(self.samples)
         cpu_bound = False
         if self.seen_at and self._clock is not None:
@@ -99,7 +117,7 @@ class LoopMonitor:
             LoopBlock(
                 started,
                 ended,
-                id(scope),
+                id(scope) if scope is not None else 0,
                 scope.name if scope is not None else "?",
                 site,
                 what,
@@ -107,13 +125,53 @@ class LoopMonitor:
             )
         )
 
+    def arrive(self, loop: asyncio.AbstractEventLoop, scope: Scope) -> None:
+        """A request's coroutine starts on ``loop``: beat while it is in flight."""
+        if loop is not self.loop:  # a new loop on this thread (asyncio.run per test)
+            self.loop, self.in_flight, self.beat_due = loop, [], 0.0
+            self.samples = []
+        self.in_flight.append(scope)
+        if not self.beat_due:
+            self.beat_due = perf_counter() + _BEAT_S
+            loop.call_later(_BEAT_S, self._beat)
+
+    def leave(self, scope: Scope) -> None:
+        if scope in self.in_flight:
+            self.in_flight.remove(scope)
+
+    def _beat(self) -> None:
+        now = perf_counter()
+        due = self.beat_due
+        if self.samples and now - due >= self.threshold_s and not self.step_started:
+            # the loop answered late, and the watchdog saw what ran meanwhile (a marked step
+            # that long recorded itself when it ended, and left no samples)
+            self._record(due, now, self.stall_scope)
+            self.samples = []
+            self.seen_at = 0.0
+        self.stall_scope = None
+        if self.in_flight and self.loop is not None and not self.loop.is_closed():
+            self.beat_due = now + _BEAT_S
+            self.loop.call_later(_BEAT_S, self._beat)
+        else:
+            self.beat_due = 0.0
+
     def sample(self, now: float) -> None:
-        """Called by the watchdog: look at the step running now, if it runs long."""
+        """Called by the watchdog: look at the step running now, if it runs long (a marked
+        step of a request, or whatever keeps the loop from its heartbeat)."""
         started = self.step_started
+        stalled = not started and self.beat_due and now - self.beat_due >= self.threshold_s
+        if stalled:
+            loop = self.loop
+            if loop is None or loop.is_closed() or not loop.is_running():
+                self.beat_due = 0.0  # its loop is gone: no heartbeat to wait for
+                return
+            if not self.samples:
+                self.stall_scope = _running_scope(loop, self.in_flight)
+            started = self.beat_due
         if not started or now - started < self.threshold_s:
             return
         frame = sys._current_frames().get(self.thread_id)
-        if frame is None or not self.step_started:
+        if frame is None or not (self.step_started or self.beat_due):
             return
         if not self.seen_at:
             self.seen_at = now
@@ -145,6 +203,23 @@ def _describe(frame: FrameType) -> tuple[CallSite | None, str]:
                     break
         current = current.f_back
     return None, what
+
+
+def _running_scope(loop: asyncio.AbstractEventLoop, in_flight: list[Scope]) -> Scope | None:
+    """The request of the task running on ``loop`` (read from the watchdog thread): its
+    context's scope (``Task.get_context()``, Python 3.12+); before 3.12 a task's context
+    cannot be read, and only a request alone in flight is known (``None``: not known)."""
+    from ._scope import current_scope  # noqa: PLC0415 - _scope imports this module's users
+
+    try:
+        task = asyncio.current_task(loop)
+        get_context = getattr(task, "get_context", None)
+        if get_context is not None:
+            return get_context().get(current_scope)  # type: ignore[no-any-return]
+    except Exception:  # a task or loop being torn down: no name for the stall
+        return None
+    flights = list(in_flight)
+    return flights[0] if len(flights) == 1 else None
 
 
 def _verdict(samples: list[tuple[CallSite | None, str]]) -> tuple[CallSite | None, str | None]:
@@ -194,13 +269,15 @@ def _watch() -> None:
 class TimedCoroutine:
     """Await ``coro`` with each of its steps marked on the loop thread's monitor."""
 
-    __slots__ = ("_coro", "_monitor", "_scope")
+    __slots__ = ("_coro", "_done", "_monitor", "_scope")
 
     def __init__(self, coro: Awaitable[Any], scope: Scope) -> None:
         # an ASGI app returns a coroutine; any other awaitable is driven by its iterator
         self._coro: Any = coro if hasattr(coro, "send") else coro.__await__()
         self._scope = scope
         self._monitor = monitor_for_this_thread()
+        self._monitor.arrive(asyncio.get_running_loop(), scope)
+        self._done = False
 
     def __await__(self) -> Generator[Any, Any, Any]:
         return self
@@ -216,6 +293,9 @@ class TimedCoroutine:
         monitor.begin(self._scope)
         try:
             return self._coro.send(value)
+        except BaseException:  # StopIteration included: the request's coroutine is done
+            self._leave()
+            raise
         finally:
             monitor.end()
 
@@ -224,11 +304,20 @@ class TimedCoroutine:
         monitor.begin(self._scope)
         try:
             return self._coro.throw(*args)
+        except BaseException:
+            self._leave()
+            raise
         finally:
             monitor.end()
 
     def close(self) -> None:
+        self._leave()
         self._coro.close()
+
+    def _leave(self) -> None:
+        if not self._done:
+            self._done = True
+            self._monitor.leave(self._scope)
 
 
 def collect_blocks(scope: Scope) -> None:

@@ -58,7 +58,7 @@ class LoopBlock:
 
     start: float
     end: float
-    scope_id: int  # id() of the scope whose step it was
+    scope_id: int  # id() of the scope whose step it was (0: not known)
     endpoint: str
     site: CallSite | None  # the application line the watchdog saw running, if it looked
     what: str  # "time.sleep(0.05)", "a sync database call", "response serialization"...
