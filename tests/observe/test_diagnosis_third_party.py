@@ -211,3 +211,30 @@ async def test_a_blocking_call_behind_an_http_middleware_is_found() -> None:
         assert "GET /victim" not in again.message
     finally:
         profiler.uninstrument()
+
+
+async def test_a_long_stall_is_named_by_what_ran_most_of_it() -> None:
+    # fastapi-benchmark's `with Client() as http: return http.get(...)` (1 s): the first
+    # 32 samples (160 ms) all fell on the client's set-up, which named the whole second
+    profiler = Profiler(budget_ms=5, blocking_ms=20).instrument()
+    app = FastAPI()
+    app.add_middleware(ASGIMiddleware, profiler=profiler)
+    seen: list[Scope | None] = []
+
+    @app.get("/slow")
+    async def slow() -> dict[str, int]:
+        seen.append(profiler.current_scope())
+        time.sleep(0.2)  # set-up
+        time.sleep(0.4)  # the long call
+        return {"ok": 1}
+
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            assert (await client.get("/slow")).status_code == 200
+        [scope] = seen
+        assert scope is not None
+        [finding] = [f for f in scope.findings if f.kind is FindingKind.BLOCKING_CALL]
+        assert "time.sleep(0.4)" in finding.message
+    finally:
+        profiler.uninstrument()

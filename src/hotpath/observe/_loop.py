@@ -63,6 +63,7 @@ class LoopMonitor:
     def __init__(self, thread_id: int) -> None:
         self.thread_id = thread_id
         self.step_started = 0.0  # 0: no instrumented step running
+        self.step_ended = 0.0
         self.step_scope: Scope | None = None
         self.threshold_s = 0.02
         self.depth = 0
@@ -70,7 +71,9 @@ class LoopMonitor:
         self.seen_at = 0.0
         self.cpu_at_seen = 0.0
         self.samples: list[tuple[CallSite | None, str]] = []
-        self.stall_scope: Scope | None = None  # the request whose task held a stalled loop
+        # a stall outside marked steps (the heartbeat was late), while the watchdog sees it
+        self.stall_started = 0.0
+        self.stall_scope: Scope | None = None  # the request whose task held the loop
         self.blocks: deque[LoopBlock] = deque(maxlen=_KEEP_BLOCKS)
         # the heartbeat: when the next beat is due on ``loop`` (0: not beating), and the
         # requests whose coroutines are in flight there (it beats while there are any)
@@ -86,6 +89,8 @@ class LoopMonitor:
     def begin(self, scope: Scope) -> None:
         self.depth += 1
         if self.depth == 1:
+            if self.stall_started:  # the loop has just come back from an unmarked stall
+                self._close_stall(perf_counter())
             self.step_scope = scope
             self.threshold_s = scope.settings.blocking_ms / 1000
             self.samples = []
@@ -97,15 +102,20 @@ class LoopMonitor:
         if self.depth:
             return
         started, self.step_started = self.step_started, 0.0
-        ended = perf_counter()
+        self.step_ended = ended = perf_counter()
         if ended - started >= self.threshold_s:
             self._record(started, ended, self.step_scope)
         # what the watchdog saw belongs to this step: a late heartbeat after it is not
         # another stall
         self.samples = []
         self.seen_at = 0.0
+        self.stall_started = 0.0
 
     def _record(self, started: float, ended: float, scope: Scope | None) -> None:
+        if self.blocks:  # one loop runs one step at a time: its blocks never overlap
+            started = max(started, self.blocks[-1].end)
+        if ended - started < self.threshold_s:
+            return
         site, what = _verdict(self.samples)
         cpu_bound = False
         if self.seen_at and self._clock is not None:
@@ -129,7 +139,7 @@ class LoopMonitor:
         """A request's coroutine starts on ``loop``: beat while it is in flight."""
         if loop is not self.loop:  # a new loop on this thread (asyncio.run per test)
             self.loop, self.in_flight, self.beat_due = loop, [], 0.0
-            self.samples = []
+            self.samples, self.stall_started = [], 0.0
         self.in_flight.append(scope)
         if not self.beat_due:
             self.beat_due = perf_counter() + _BEAT_S
@@ -139,16 +149,20 @@ class LoopMonitor:
         if scope in self.in_flight:
             self.in_flight.remove(scope)
 
+    def _close_stall(self, now: float) -> None:
+        """The loop runs again after a stall the watchdog saw outside any marked step (it
+        comes back to a marked step or to the heartbeat first, whichever is ready first)."""
+        started, self.stall_started = self.stall_started, 0.0
+        if now - started >= self.threshold_s:
+            self._record(started, now, self.stall_scope)
+        self.samples = []
+        self.seen_at = 0.0
+        self.stall_scope = None
+
     def _beat(self) -> None:
         now = perf_counter()
-        due = self.beat_due
-        if self.samples and now - due >= self.threshold_s and not self.step_started:
-            # the loop answered late, and the watchdog saw what ran meanwhile (a marked step
-            # that long recorded itself when it ended, and left no samples)
-            self._record(due, now, self.stall_scope)
-            self.samples = []
-            self.seen_at = 0.0
-        self.stall_scope = None
+        if self.stall_started and not self.step_started:
+            self._close_stall(now)
         if self.in_flight and self.loop is not None and not self.loop.is_closed():
             self.beat_due = now + _BEAT_S
             self.loop.call_later(_BEAT_S, self._beat)
@@ -159,15 +173,19 @@ class LoopMonitor:
         """Called by the watchdog: look at the step running now, if it runs long (a marked
         step of a request, or whatever keeps the loop from its heartbeat)."""
         started = self.step_started
-        stalled = not started and self.beat_due and now - self.beat_due >= self.threshold_s
+        # the loop was last seen alive at a marked step's start or end, or at a heartbeat
+        alive_at = max(self.beat_due, self.step_ended)
+        stalled = not started and self.beat_due and now - alive_at >= self.threshold_s
         if stalled:
             loop = self.loop
             if loop is None or loop.is_closed() or not loop.is_running():
                 self.beat_due = 0.0  # its loop is gone: no heartbeat to wait for
                 return
-            if not self.samples:
+            if not self.stall_started:
                 self.stall_scope = _running_scope(loop, self.in_flight)
-            started = self.beat_due
+                self.stall_started = alive_at
+                self.samples = []
+            started = self.stall_started
         if not started or now - started < self.threshold_s:
             return
         frame = sys._current_frames().get(self.thread_id)
@@ -177,7 +195,9 @@ class LoopMonitor:
             self.seen_at = now
             if self._clock is not None:
                 self.cpu_at_seen = time.clock_gettime(self._clock)
-        if len(self.samples) < 32:
+        # a stall of seconds is named by what ran most of it, not by its first samples (an
+        # SSL context loaded before a 1 s sync call); 2048 samples cover 10 s
+        if len(self.samples) < 2048:
             self.samples.append(_describe(frame))
 
     def blocks_during(self, start: float, end: float) -> list[LoopBlock]:
