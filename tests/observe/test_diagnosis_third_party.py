@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from operator import attrgetter
 from typing import Any
@@ -236,5 +237,52 @@ async def test_a_long_stall_is_named_by_what_ran_most_of_it() -> None:
         assert scope is not None
         [finding] = [f for f in scope.findings if f.kind is FindingKind.BLOCKING_CALL]
         assert "time.sleep(0.4)" in finding.message
+    finally:
+        profiler.uninstrument()
+
+
+# -- full-stack-fastapi-template: TestClient runs each module's loop in a new thread ------------
+
+
+def test_a_loop_thread_that_reuses_a_finished_thread_id_gets_its_own_monitor() -> None:
+    # Starlette's TestClient runs the app's loop in a new thread per client; the OS reuses
+    # a finished thread's id, and the monitor kept for that id read the dead thread's CPU
+    # clock: OSError (EINVAL) raised inside the request (template: 3 failed, 4 errors)
+    profiler = Profiler(budget_ms=5, blocking_ms=20).instrument()
+    app = FastAPI()
+    app.add_middleware(ASGIMiddleware, profiler=profiler)
+    seen: list[Scope | None] = []
+
+    @app.get("/slow")
+    async def slow() -> dict[str, int]:
+        seen.append(profiler.current_scope())
+        time.sleep(0.06)
+        return {"ok": 1}
+
+    def one_request(statuses: list[int]) -> None:
+        async def run() -> None:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+                statuses.append((await client.get("/slow")).status_code)
+
+        asyncio.run(run())
+
+    try:
+        idents: list[int] = []
+        statuses: list[int] = []
+        for _ in range(20):  # until a new thread gets a finished one's id (glibc: at once)
+            thread = threading.Thread(target=one_request, args=(statuses,))
+            thread.start()
+            assert thread.ident is not None
+            idents.append(thread.ident)
+            thread.join()
+            if len(idents) != len(set(idents)):
+                break
+        else:
+            pytest.skip("the OS gave no thread a finished thread's id")
+        assert statuses == [200] * len(idents)
+        for scope in seen:
+            assert scope is not None
+            assert [f.kind for f in scope.findings] == [FindingKind.BLOCKING_CALL]
     finally:
         profiler.uninstrument()

@@ -62,6 +62,9 @@ class LoopMonitor:
 
     def __init__(self, thread_id: int) -> None:
         self.thread_id = thread_id
+        # made on its thread: the OS gives a finished thread's id to new threads (a test
+        # client's loop thread per test module), whose monitor and CPU clock are their own
+        self.thread = threading.current_thread()
         self.step_started = 0.0  # 0: no instrumented step running
         self.step_ended = 0.0
         self.step_scope: Scope | None = None
@@ -119,7 +122,7 @@ class LoopMonitor:
         site, what = _verdict(self.samples)
         cpu_bound = False
         if self.seen_at and self._clock is not None:
-            spent = time.clock_gettime(self._clock) - self.cpu_at_seen
+            spent = _cpu_seconds(self._clock) - self.cpu_at_seen
             cpu_bound = spent >= 0.5 * (ended - self.seen_at)
         if what is None:
             what = "CPU-bound code" if cpu_bound else "a blocking call"
@@ -194,7 +197,7 @@ class LoopMonitor:
         if not self.seen_at:
             self.seen_at = now
             if self._clock is not None:
-                self.cpu_at_seen = time.clock_gettime(self._clock)
+                self.cpu_at_seen = _cpu_seconds(self._clock)
         # a stall of seconds is named by what ran most of it, not by its first samples (an
         # SSL context loaded before a 1 s sync call); 2048 samples cover 10 s
         if len(self.samples) < 2048:
@@ -253,16 +256,25 @@ def _verdict(samples: list[tuple[CallSite | None, str]]) -> tuple[CallSite | Non
 
 
 _monitors: dict[int, LoopMonitor] = {}
+_monitors_lock = threading.Lock()
 _watchdog_lock = threading.Lock()
 _watchdog: threading.Thread | None = None
 _INTERVAL_S = 0.005
 
 
+def _cpu_seconds(clock: int) -> float:
+    try:
+        return time.clock_gettime(clock)
+    except OSError:  # the thread is gone: its clock with it
+        return 0.0
+
+
 def monitor_for_this_thread() -> LoopMonitor:
     thread_id = threading.get_ident()
     monitor = _monitors.get(thread_id)
-    if monitor is None:
-        monitor = _monitors[thread_id] = LoopMonitor(thread_id)
+    if monitor is None or monitor.thread is not threading.current_thread():
+        with _monitors_lock:
+            monitor = _monitors[thread_id] = LoopMonitor(thread_id)
         _start_watchdog()
     return monitor
 
@@ -279,7 +291,12 @@ def _watch() -> None:
     while True:
         time.sleep(_INTERVAL_S)
         now = perf_counter()
-        for monitor in list(_monitors.values()):
+        for thread_id, monitor in list(_monitors.items()):
+            if not monitor.thread.is_alive():  # its loop thread ended
+                with _monitors_lock:  # a new thread with its id may have a monitor by now
+                    if _monitors.get(thread_id) is monitor:
+                        del _monitors[thread_id]
+                continue
             try:
                 monitor.sample(now)
             except Exception:  # a watchdog never takes the app down
