@@ -13,27 +13,45 @@ from __future__ import annotations
 import linecache
 import re
 import sys
-from types import FrameType
+from collections.abc import Callable
+from types import CodeType, FrameType
+from typing import Any
 
 from .._frames import is_library, parent_greenlet_frames
 from ._records import CallSite
 
+# The frames of hotpath's middleware: a request's code runs below them, and what is above
+# (the server, a test client and the test calling it) is not that request's code.
+_request_boundaries: set[CodeType] = set()
 
-def _first_app_frame(frame: FrameType | None) -> FrameType | None:
+
+def mark_request_boundary(*functions: Callable[..., Any]) -> None:
+    """Stop call-site walks at ``functions``' frames (the middleware that runs a request)."""
+    _request_boundaries.update(function.__code__ for function in functions)
+
+
+def _first_app_frame(frame: FrameType | None) -> tuple[FrameType | None, bool]:
+    """The first application frame from ``frame`` outwards, and whether the walk stopped at
+    a request's boundary (then nothing further out is the request's code)."""
     while frame is not None:
-        if not is_library(frame.f_code):
-            return frame
+        code = frame.f_code
+        if code in _request_boundaries:
+            return None, True
+        if not is_library(code):
+            return frame, False
         frame = frame.f_back
-    return None
+    return None, False
 
 
 def capture_call_site() -> CallSite | None:
-    """The application frame that (directly or through libraries) is running now."""
-    found = _first_app_frame(sys._getframe(1))
-    if found is None:
+    """The application frame that (directly or through libraries) is running now, inside the
+    current request: ``None`` when only libraries run there (a response serialized by the
+    framework after the view returned)."""
+    found, bounded = _first_app_frame(sys._getframe(1))
+    if found is None and not bounded:
         for frame in parent_greenlet_frames():
-            found = _first_app_frame(frame)
-            if found is not None:
+            found, bounded = _first_app_frame(frame)
+            if found is not None or bounded:
                 break
     if found is None:
         return None

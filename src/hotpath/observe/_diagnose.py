@@ -143,7 +143,9 @@ def _sequential_io(scope: Scope) -> list[Finding]:
     involved = [op for op in ops if op in independent or op is ops[0]]
     lines = ", ".join(dict.fromkeys(_line(op.site) for op in involved))
     shared = _shared_connection(involved)
-    if not scope.is_async:
+    # what the calls were made with, not the scope: under ASGI a `def` endpoint runs its sync
+    # Session or client in a worker thread, where there is nothing to await
+    if not all(op.awaited for op in involved):
         fix = (
             "run them concurrently: concurrent.futures.ThreadPoolExecutor().map(...) over "
             f"these calls ({lines})" + (", each query on its own Session" if shared else "")
@@ -160,7 +162,7 @@ def _sequential_io(scope: Scope) -> list[Finding]:
     return [
         Finding(
             FindingKind.SEQUENTIAL_IO,
-            f"sequential I/O: {len(ops)} independent calls awaited one after another took "
+            f"sequential I/O: {len(ops)} independent calls made one after another took "
             f"{actual_ms:.1f} ms; concurrently they would take {ideal_ms:.1f} ms",
             involved[0].site,
             len(involved),
@@ -306,7 +308,12 @@ def _blocking_calls(scope: Scope) -> list[Finding]:
     for (site, own), overlaps in by_site.items():
         what, cpu_bound, endpoint = facts[(site, own)]
         blocked = sum(overlaps)
-        where = "this request" if own else f"another request ({endpoint})"
+        if own:
+            where = "this request"
+        elif endpoint == "?":  # a task whose request could not be read (Python < 3.12)
+            where = "a request in flight"
+        else:
+            where = f"another request ({endpoint})"
         if cpu_bound:
             fix = (
                 "CPU-bound work on the event loop: do less of it per request (return fewer "

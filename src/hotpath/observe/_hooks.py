@@ -245,6 +245,8 @@ def _http_op(
     sent: str,
     received: bytes | None,
     timeout: bool | None,
+    *,
+    awaited: bool,
 ) -> None:
     ended = perf_counter()
     _span(scope, Layer.HTTP, started, ended)
@@ -264,6 +266,7 @@ def _http_op(
             inputs=text_values(f"{url} {sent}"),
             outputs=body_values(received),
             timeout=timeout,
+            awaited=awaited,
         )
     )
 
@@ -289,7 +292,9 @@ def _httpx_sent(request: Any) -> str:
         return ""
 
 
-def _httpx_done(scope: Scope, request: Any, started: float, response: Any) -> None:
+def _httpx_done(
+    scope: Scope, request: Any, started: float, response: Any, *, awaited: bool
+) -> None:
     _http_op(
         scope,
         request.method,
@@ -298,6 +303,7 @@ def _httpx_done(scope: Scope, request: Any, started: float, response: Any) -> No
         _httpx_sent(request),
         _httpx_body(response) if response is not None else None,
         _httpx_timeout(request),
+        awaited=awaited,
     )
 
 
@@ -312,7 +318,7 @@ def _httpx_sync(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         response = wrapped(*args, **kwargs)
         return response
     finally:
-        _httpx_done(scope, request, started, response)
+        _httpx_done(scope, request, started, response, awaited=False)
 
 
 async def _httpx_async(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
@@ -326,7 +332,7 @@ async def _httpx_async(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> A
         response = await wrapped(*args, **kwargs)
         return response
     finally:
-        _httpx_done(scope, request, started, response)
+        _httpx_done(scope, request, started, response, awaited=True)
 
 
 def _hook_httpx(module: Any) -> None:
@@ -358,6 +364,7 @@ def _requests_send(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
             sent[:16384],
             received,
             kwargs.get("timeout") is not None,
+            awaited=False,
         )
 
 
@@ -384,7 +391,16 @@ def _hook_aiohttp(module: Any) -> None:
             for name in ("total", "sock_read", "sock_connect", "connect")
         )
         # the body is read later by the application: what it returned is not known here
-        _http_op(scope, params.method, str(params.url), context.hotpath_started, "", None, bounded)
+        _http_op(
+            scope,
+            params.method,
+            str(params.url),
+            context.hotpath_started,
+            "",
+            None,
+            bounded,
+            awaited=True,
+        )
 
     def add_trace(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         config = aiohttp.TraceConfig()

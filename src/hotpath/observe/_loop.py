@@ -10,12 +10,20 @@ of them gets it in its ``blocked`` layer when it concludes. The CPU clock tells 
 call (``time.sleep``, a sync driver: the thread waited) from CPU-bound work (serialization:
 the thread computed).
 
+Work of the request that runs in tasks of its own (Starlette's ``BaseHTTPMiddleware``, what
+``@app.middleware("http")`` makes, runs the endpoint in a new task; so does any
+``create_task``) has no marked steps: while requests are in flight a heartbeat on the loop
+(a callback every ``_BEAT_S``) tells the watchdog when the loop stopped answering, and the
+task that was running names the request.
+
 asyncio's debug mode would time every handle too, but costs ~13x per step; this costs two
-attribute writes and a clock read per step.
+attribute writes and a clock read per step, and one callback per ``_BEAT_S`` on a loop with
+requests in flight.
 """
 
 from __future__ import annotations
 
+import asyncio
 import linecache
 import sys
 import threading
@@ -34,6 +42,7 @@ if TYPE_CHECKING:
     from ._scope import Scope
 
 _KEEP_BLOCKS = 1024
+_BEAT_S = 0.01  # the heartbeat's period: a loop stalled past blocking_ms misses some beats
 # library frames that name what blocked, innermost first wins
 _KNOWN = (
     ("/psycopg", "a sync database call (psycopg)"),
@@ -53,7 +62,11 @@ class LoopMonitor:
 
     def __init__(self, thread_id: int) -> None:
         self.thread_id = thread_id
+        # made on its thread: the OS gives a finished thread's id to new threads (a test
+        # client's loop thread per test module), whose monitor and CPU clock are their own
+        self.thread = threading.current_thread()
         self.step_started = 0.0  # 0: no instrumented step running
+        self.step_ended = 0.0
         self.step_scope: Scope | None = None
         self.threshold_s = 0.02
         self.depth = 0
@@ -61,7 +74,15 @@ class LoopMonitor:
         self.seen_at = 0.0
         self.cpu_at_seen = 0.0
         self.samples: list[tuple[CallSite | None, str]] = []
+        # a stall outside marked steps (the heartbeat was late), while the watchdog sees it
+        self.stall_started = 0.0
+        self.stall_scope: Scope | None = None  # the request whose task held the loop
         self.blocks: deque[LoopBlock] = deque(maxlen=_KEEP_BLOCKS)
+        # the heartbeat: when the next beat is due on ``loop`` (0: not beating), and the
+        # requests whose coroutines are in flight there (it beats while there are any)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.beat_due = 0.0
+        self.in_flight: list[Scope] = []
         self._clock: int | None = None
         try:
             self._clock = time.pthread_getcpuclockid(thread_id)
@@ -71,6 +92,8 @@ class LoopMonitor:
     def begin(self, scope: Scope) -> None:
         self.depth += 1
         if self.depth == 1:
+            if self.stall_started:  # the loop has just come back from an unmarked stall
+                self._close_stall(perf_counter())
             self.step_scope = scope
             self.threshold_s = scope.settings.blocking_ms / 1000
             self.samples = []
@@ -82,16 +105,24 @@ class LoopMonitor:
         if self.depth:
             return
         started, self.step_started = self.step_started, 0.0
-        ended = perf_counter()
+        self.step_ended = ended = perf_counter()
         if ended - started >= self.threshold_s:
-            self._record(started, ended)
+            self._record(started, ended, self.step_scope)
+        # what the watchdog saw belongs to this step: a late heartbeat after it is not
+        # another stall
+        self.samples = []
+        self.seen_at = 0.0
+        self.stall_started = 0.0
 
-    def _record(self, started: float, ended: float) -> None:
-        scope = self.step_scope
+    def _record(self, started: float, ended: float, scope: Scope | None) -> None:
+        if self.blocks:  # one loop runs one step at a time: its blocks never overlap
+            started = max(started, self.blocks[-1].end)
+        if ended - started < self.threshold_s:
+            return
         site, what = _verdict(self.samples)
         cpu_bound = False
         if self.seen_at and self._clock is not None:
-            spent = time.clock_gettime(self._clock) - self.cpu_at_seen
+            spent = _cpu_seconds(self._clock) - self.cpu_at_seen
             cpu_bound = spent >= 0.5 * (ended - self.seen_at)
         if what is None:
             what = "CPU-bound code" if cpu_bound else "a blocking call"
@@ -99,7 +130,7 @@ class LoopMonitor:
             LoopBlock(
                 started,
                 ended,
-                id(scope),
+                id(scope) if scope is not None else 0,
                 scope.name if scope is not None else "?",
                 site,
                 what,
@@ -107,19 +138,69 @@ class LoopMonitor:
             )
         )
 
+    def arrive(self, loop: asyncio.AbstractEventLoop, scope: Scope) -> None:
+        """A request's coroutine starts on ``loop``: beat while it is in flight."""
+        if loop is not self.loop:  # a new loop on this thread (asyncio.run per test)
+            self.loop, self.in_flight, self.beat_due = loop, [], 0.0
+            self.samples, self.stall_started = [], 0.0
+        self.in_flight.append(scope)
+        if not self.beat_due:
+            self.beat_due = perf_counter() + _BEAT_S
+            loop.call_later(_BEAT_S, self._beat)
+
+    def leave(self, scope: Scope) -> None:
+        if scope in self.in_flight:
+            self.in_flight.remove(scope)
+
+    def _close_stall(self, now: float) -> None:
+        """The loop runs again after a stall the watchdog saw outside any marked step (it
+        comes back to a marked step or to the heartbeat first, whichever is ready first)."""
+        started, self.stall_started = self.stall_started, 0.0
+        if now - started >= self.threshold_s:
+            self._record(started, now, self.stall_scope)
+        self.samples = []
+        self.seen_at = 0.0
+        self.stall_scope = None
+
+    def _beat(self) -> None:
+        now = perf_counter()
+        if self.stall_started and not self.step_started:
+            self._close_stall(now)
+        if self.in_flight and self.loop is not None and not self.loop.is_closed():
+            self.beat_due = now + _BEAT_S
+            self.loop.call_later(_BEAT_S, self._beat)
+        else:
+            self.beat_due = 0.0
+
     def sample(self, now: float) -> None:
-        """Called by the watchdog: look at the step running now, if it runs long."""
+        """Called by the watchdog: look at the step running now, if it runs long (a marked
+        step of a request, or whatever keeps the loop from its heartbeat)."""
         started = self.step_started
+        # the loop was last seen alive at a marked step's start or end, or at a heartbeat
+        alive_at = max(self.beat_due, self.step_ended)
+        stalled = not started and self.beat_due and now - alive_at >= self.threshold_s
+        if stalled:
+            loop = self.loop
+            if loop is None or loop.is_closed() or not loop.is_running():
+                self.beat_due = 0.0  # its loop is gone: no heartbeat to wait for
+                return
+            if not self.stall_started:
+                self.stall_scope = _running_scope(loop, self.in_flight)
+                self.stall_started = alive_at
+                self.samples = []
+            started = self.stall_started
         if not started or now - started < self.threshold_s:
             return
         frame = sys._current_frames().get(self.thread_id)
-        if frame is None or not self.step_started:
+        if frame is None or not (self.step_started or self.beat_due):
             return
         if not self.seen_at:
             self.seen_at = now
             if self._clock is not None:
-                self.cpu_at_seen = time.clock_gettime(self._clock)
-        if len(self.samples) < 32:
+                self.cpu_at_seen = _cpu_seconds(self._clock)
+        # a stall of seconds is named by what ran most of it, not by its first samples (an
+        # SSL context loaded before a 1 s sync call); 2048 samples cover 10 s
+        if len(self.samples) < 2048:
             self.samples.append(_describe(frame))
 
     def blocks_during(self, start: float, end: float) -> list[LoopBlock]:
@@ -147,6 +228,23 @@ def _describe(frame: FrameType) -> tuple[CallSite | None, str]:
     return None, what
 
 
+def _running_scope(loop: asyncio.AbstractEventLoop, in_flight: list[Scope]) -> Scope | None:
+    """The request of the task running on ``loop`` (read from the watchdog thread): its
+    context's scope (``Task.get_context()``, Python 3.12+); before 3.12 a task's context
+    cannot be read, and only a request alone in flight is known (``None``: not known)."""
+    from ._scope import current_scope  # noqa: PLC0415 - _scope imports this module's users
+
+    try:
+        task = asyncio.current_task(loop)
+        get_context = getattr(task, "get_context", None)
+        if get_context is not None:
+            return get_context().get(current_scope)  # type: ignore[no-any-return]
+    except Exception:  # a task or loop being torn down: no name for the stall
+        return None
+    flights = list(in_flight)
+    return flights[0] if len(flights) == 1 else None
+
+
 def _verdict(samples: list[tuple[CallSite | None, str]]) -> tuple[CallSite | None, str | None]:
     if not samples:
         return None, None
@@ -158,16 +256,25 @@ def _verdict(samples: list[tuple[CallSite | None, str]]) -> tuple[CallSite | Non
 
 
 _monitors: dict[int, LoopMonitor] = {}
+_monitors_lock = threading.Lock()
 _watchdog_lock = threading.Lock()
 _watchdog: threading.Thread | None = None
 _INTERVAL_S = 0.005
 
 
+def _cpu_seconds(clock: int) -> float:
+    try:
+        return time.clock_gettime(clock)
+    except OSError:  # the thread is gone: its clock with it
+        return 0.0
+
+
 def monitor_for_this_thread() -> LoopMonitor:
     thread_id = threading.get_ident()
     monitor = _monitors.get(thread_id)
-    if monitor is None:
-        monitor = _monitors[thread_id] = LoopMonitor(thread_id)
+    if monitor is None or monitor.thread is not threading.current_thread():
+        with _monitors_lock:
+            monitor = _monitors[thread_id] = LoopMonitor(thread_id)
         _start_watchdog()
     return monitor
 
@@ -184,7 +291,12 @@ def _watch() -> None:
     while True:
         time.sleep(_INTERVAL_S)
         now = perf_counter()
-        for monitor in list(_monitors.values()):
+        for thread_id, monitor in list(_monitors.items()):
+            if not monitor.thread.is_alive():  # its loop thread ended
+                with _monitors_lock:  # a new thread with its id may have a monitor by now
+                    if _monitors.get(thread_id) is monitor:
+                        del _monitors[thread_id]
+                continue
             try:
                 monitor.sample(now)
             except Exception:  # a watchdog never takes the app down
@@ -194,13 +306,15 @@ def _watch() -> None:
 class TimedCoroutine:
     """Await ``coro`` with each of its steps marked on the loop thread's monitor."""
 
-    __slots__ = ("_coro", "_monitor", "_scope")
+    __slots__ = ("_coro", "_done", "_monitor", "_scope")
 
     def __init__(self, coro: Awaitable[Any], scope: Scope) -> None:
         # an ASGI app returns a coroutine; any other awaitable is driven by its iterator
         self._coro: Any = coro if hasattr(coro, "send") else coro.__await__()
         self._scope = scope
         self._monitor = monitor_for_this_thread()
+        self._monitor.arrive(asyncio.get_running_loop(), scope)
+        self._done = False
 
     def __await__(self) -> Generator[Any, Any, Any]:
         return self
@@ -216,6 +330,9 @@ class TimedCoroutine:
         monitor.begin(self._scope)
         try:
             return self._coro.send(value)
+        except BaseException:  # StopIteration included: the request's coroutine is done
+            self._leave()
+            raise
         finally:
             monitor.end()
 
@@ -224,11 +341,20 @@ class TimedCoroutine:
         monitor.begin(self._scope)
         try:
             return self._coro.throw(*args)
+        except BaseException:
+            self._leave()
+            raise
         finally:
             monitor.end()
 
     def close(self) -> None:
+        self._leave()
         self._coro.close()
+
+    def _leave(self) -> None:
+        if not self._done:
+            self._done = True
+            self._monitor.leave(self._scope)
 
 
 def collect_blocks(scope: Scope) -> None:

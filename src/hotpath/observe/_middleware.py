@@ -9,11 +9,14 @@ the request's coroutine, so a step that blocks the event loop is seen (see ``_lo
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from typing import Any
 
+from ._callsite import mark_request_boundary
 from ._loop import TimedCoroutine
 from ._profiler import Profiler
+from ._scope import Scope, current_scope
 from ._values import text_values
 
 Message = MutableMapping[str, Any]
@@ -105,23 +108,96 @@ class WSGIMiddleware:
 
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
-    ) -> Iterator[bytes]:
-        with self.profiler.scope(self._route(environ)) as recording:
-            recording.timeline.known_values = text_values(
-                f"{environ.get('PATH_INFO', '')} {environ.get('QUERY_STRING', '')}"
-            )
+    ) -> Iterable[bytes]:
+        recording = self.profiler.scope(self._route(environ))
+        # The scope is entered in a context of its own, and is the current scope only while
+        # the app runs (its call, then each body chunk it produces): a server or test client
+        # that reads the body later, or never (Werkzeug's test client stops at the first
+        # chunk), must not find it current afterwards, or its next requests and its own
+        # queries would nest into it.
+        own_context = contextvars.copy_context()
+        own_context.run(recording.__enter__)
+        recording.timeline.known_values = text_values(
+            f"{environ.get('PATH_INFO', '')} {environ.get('QUERY_STRING', '')}"
+        )
 
-            def start_with_timing(
-                status: str, headers: list[tuple[str, str]], exc_info: Any = None
-            ) -> Any:
-                if self.server_timing:
-                    headers = [*headers, ("Server-Timing", recording.server_timing())]
-                return start_response(status, headers, exc_info)
+        def start_with_timing(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Any:
+            if self.server_timing:
+                headers = [*headers, ("Server-Timing", recording.server_timing())]
+            return start_response(status, headers, exc_info)
 
+        token = current_scope.set(recording)
+        try:
             body = self.app(environ, start_with_timing)
-            try:
-                yield from body  # streamed bodies still belong to the request's scope
-            finally:
-                close = getattr(body, "close", None)
-                if close is not None:
+        except BaseException as exc:
+            current_scope.reset(token)
+            own_context.run(recording.__exit__, type(exc), exc, exc.__traceback__)
+            raise
+        current_scope.reset(token)
+        return _RecordedBody(body, recording, own_context)
+
+
+class _RecordedBody:
+    """A WSGI body whose chunks are produced inside the request's scope (streamed bodies
+    are the request's work too). The scope concludes when the body runs out, or when it is
+    closed (PEP 3333 servers always close it) or dropped unread (what a test does with
+    ``client.get(url).status_code``), whichever comes first."""
+
+    def __init__(self, body: Iterable[bytes], scope: Scope, own_context: contextvars.Context):
+        self._body = body
+        self._chunks = iter(body)
+        self._scope = scope
+        self._own_context = own_context
+        self._error: BaseException | None = None
+        self._body_closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        token = current_scope.set(self._scope)
+        try:
+            chunk = next(self._chunks)
+        except StopIteration:
+            current_scope.reset(token)
+            self._conclude()
+            raise
+        except BaseException as exc:
+            current_scope.reset(token)
+            self._error = exc  # the scope concludes with it when the server closes the body
+            raise
+        current_scope.reset(token)
+        return chunk
+
+    def close(self) -> None:
+        if self._body_closed:
+            return
+        self._body_closed = True
+        close = getattr(self._body, "close", None)
+        try:
+            if close is not None:
+                token = None if self._scope.closed else current_scope.set(self._scope)
+                try:
                     close()
+                finally:
+                    if token is not None:
+                        current_scope.reset(token)
+        finally:
+            self._conclude()
+
+    def __del__(self) -> None:
+        self.close()
+
+    def _conclude(self) -> None:
+        if self._scope.closed:
+            return
+        error = self._error
+        tb = error.__traceback__ if error is not None else None
+        self._own_context.run(self._scope.__exit__, type(error) if error else None, error, tb)
+
+
+mark_request_boundary(
+    ASGIMiddleware.__call__, WSGIMiddleware.__call__, _RecordedBody.__next__, _RecordedBody.close
+)

@@ -319,6 +319,7 @@ class Scope:
                     outputs=result_values(cursor),
                     connection=connection,
                     in_write_transaction=connection in timeline.writing_connections,
+                    awaited=engine.dialect.is_async,
                 )
             )
         if duration_ms >= settings.slow_query_ms:

@@ -41,6 +41,10 @@ class IoOp:
     connection: int = 0  # DB: the connection it ran on (one connection runs one at a time)
     in_write_transaction: bool = False
     timeout: bool | None = None  # HTTP: whether the call had a timeout (None: not known)
+    # made through an async client (an async engine, httpx.AsyncClient, aiohttp): the code
+    # awaited it, so gather() can overlap it; a sync call (a `def` endpoint that FastAPI runs
+    # in its thread pool, a Flask view) needs threads instead
+    awaited: bool = False
 
     @property
     def ms(self) -> float:
@@ -54,7 +58,7 @@ class LoopBlock:
 
     start: float
     end: float
-    scope_id: int  # id() of the scope whose step it was
+    scope_id: int  # id() of the scope whose step it was (0: not known)
     endpoint: str
     site: CallSite | None  # the application line the watchdog saw running, if it looked
     what: str  # "time.sleep(0.05)", "a sync database call", "response serialization"...

@@ -44,7 +44,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import wrapt
@@ -587,7 +587,7 @@ class RunWSGI:
         return self._agent.serve_wsgi(self.app, environ, start_response)
 
 
-def _flagged(body: Iterator[bytes]) -> Iterator[bytes]:
+def _flagged(body: Iterable[bytes]) -> Iterator[bytes]:
     """A WSGI body iterated with the run's scope flag set (the app runs during iteration)."""
     _in_scope.set(True)
     try:
