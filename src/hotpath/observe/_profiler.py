@@ -332,6 +332,10 @@ class Profiler:
             # the unit of work's own loads (cascades, dependency checks): not the app's loop
             state.update_execution_options(**{TOKEN: EAGER_TOKEN})
             return
+        if not state.is_select:
+            # text(), ORM insert/update/delete: no rows of mapped objects to follow (and no
+            # load options: SQLAlchemy raises on reading them)
+            return
         refreshed = state.load_options._refresh_state
         if refreshed is not None:
             # columns of an object already loaded (expired, deferred, a subclass's table, a
