@@ -73,8 +73,12 @@ class LoopMonitor:
         if self.depth == 1:
             self.step_scope = scope
             self.threshold_s = scope.settings.blocking_ms / 1000
-            self.samples = []
-            self.seen_at = 0.0
+            # reset only what a long step left behind: most steps are short, and this runs
+            # for every step of every request
+            if self.samples:
+                self.samples = []
+            if self.seen_at:
+                self.seen_at = 0.0
             self.step_started = perf_counter()
 
     def end(self) -> None:
@@ -123,7 +127,17 @@ class LoopMonitor:
             self.samples.append(_describe(frame))
 
     def blocks_during(self, start: float, end: float) -> list[LoopBlock]:
-        return [b for b in list(self.blocks) if b.end > start and b.start < end]
+        # Blocks are appended when their step ends, so their ends only grow: walk back from
+        # the newest and stop at the first that ended before ``start`` (a loaded machine
+        # keeps the deque full, and every async scope looks when it concludes).
+        found = []
+        for block in reversed(self.blocks):
+            if block.end <= start:
+                break
+            if block.start < end:
+                found.append(block)
+        found.reverse()
+        return found
 
 
 def _describe(frame: FrameType) -> tuple[CallSite | None, str]:

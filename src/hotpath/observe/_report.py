@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ._records import LAYERS, Finding, FindingKind, Layer
+from ._records import LAYERS, CallSite, Finding, FindingKind, Layer
 
 if TYPE_CHECKING:
     from ._scope import Scope
@@ -152,7 +152,9 @@ class Rollup:
         self.db_ms = Timing()
         # per layer, its time in each scope (2 significant digits: 7 of them per name)
         self.layers = {layer: Timing(digits=2) for layer in LAYERS}
-        self.fixes: dict[tuple[str, str, str], FixTotal] = {}
+        # keyed by the call site itself: its text (a relative path) is made once per fix at
+        # report time, not once per finding per scope
+        self.fixes: dict[tuple[str, CallSite | None, str], FixTotal] = {}
         self._lock = threading.Lock()
 
     def add(self, scope: Scope) -> None:
@@ -164,7 +166,7 @@ class Rollup:
             self.queries.record_value(max(1, scope.query_count))
             self.max_queries = max(self.max_queries, scope.query_count)
             for finding in scope.findings:
-                key = (finding.kind.value, str(finding.call_site), finding.fix or finding.message)
+                key = (finding.kind.value, finding.call_site, finding.fix or finding.message)
                 total = self.fixes.get(key)
                 if total is None:
                     total = self.fixes[key] = FixTotal(finding)
@@ -401,7 +403,7 @@ def _fixes(name: str, rollup: Rollup, total_ms: float) -> list[Fix]:
             Fix(
                 kind,
                 name,
-                None if site == "None" else site,
+                None if site is None else str(site),
                 finding.fix,
                 finding.message,
                 fix_total.scopes,

@@ -2,7 +2,7 @@
 in observe's middleware, with the runner's own endpoints under ``/__hotpath``.
 
 - ``GET /__hotpath/stats``: observe's report, database connections opened, replica and
-  primary reads, the cache's hits per tier;
+  primary reads, the cache's hits per tier, the server process's CPU time so far;
 - ``GET /__hotpath/report``: observe's diagnosis (``Profiler.report().to_dict()``): per
   endpoint the time by layer, the bottleneck and the ranked fixes, and the top fixes;
 - ``POST /__hotpath/reset``: start every count above again (warm-up excluded);
@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -122,6 +123,8 @@ def build(settings: ShopSettings, options: ServerOptions | None = None) -> Any:
             "replica_reads": replica_reads,
             "primary_reads": primary_reads,
             "cache": counted,
+            # what serving costs the server, apart from the other processes on the machine
+            "process_cpu_s": time.process_time(),
         }
 
     @app.get(f"{RUNNER_PREFIX}/report", include_in_schema=False)
