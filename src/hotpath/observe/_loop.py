@@ -111,20 +111,26 @@ class LoopMonitor:
             )
         )
 
-    def sample(self, now: float) -> None:
-        """Called by the watchdog: look at the step running now, if it runs long."""
+    def sample(self, now: float) -> float:
+        """Called by the watchdog: look at the step running now, if it runs long. Returns
+        how long the watchdog may sleep before this loop needs another look: until the
+        running step (or one starting now) would become long, or, during a long step, the
+        sampling interval."""
         started = self.step_started
-        if not started or now - started < self.threshold_s:
-            return
+        if not started:
+            return self.threshold_s
+        if now - started < self.threshold_s:
+            return started + self.threshold_s - now
         frame = sys._current_frames().get(self.thread_id)
         if frame is None or not self.step_started:
-            return
+            return _INTERVAL_S
         if not self.seen_at:
             self.seen_at = now
             if self._clock is not None:
                 self.cpu_at_seen = time.clock_gettime(self._clock)
         if len(self.samples) < 32:
             self.samples.append(_describe(frame))
+        return _INTERVAL_S
 
     def blocks_during(self, start: float, end: float) -> list[LoopBlock]:
         # Blocks are appended when their step ends, so their ends only grow: walk back from
@@ -174,7 +180,9 @@ def _verdict(samples: list[tuple[CallSite | None, str]]) -> tuple[CallSite | Non
 _monitors: dict[int, LoopMonitor] = {}
 _watchdog_lock = threading.Lock()
 _watchdog: threading.Thread | None = None
-_INTERVAL_S = 0.005
+_INTERVAL_S = 0.005  # between two looks at a step already long
+_MIN_SLEEP_S = 0.0005
+_IDLE_WAIT_S = 0.02  # the longest sleep (a loop may be registered meanwhile)
 
 
 def monitor_for_this_thread() -> LoopMonitor:
@@ -195,12 +203,16 @@ def _start_watchdog() -> None:
 
 
 def _watch() -> None:
+    # It wakes when a step could have become long, not every interval: each wake-up takes
+    # the GIL from the loop it watches (a fixed 5 ms tick cost a busy server ~1% of a core).
+    wait = _INTERVAL_S
     while True:
-        time.sleep(_INTERVAL_S)
+        time.sleep(max(wait, _MIN_SLEEP_S))
         now = perf_counter()
+        wait = _IDLE_WAIT_S
         for monitor in list(_monitors.values()):
             try:
-                monitor.sample(now)
+                wait = min(wait, monitor.sample(now))
             except Exception:  # a watchdog never takes the app down
                 continue
 
