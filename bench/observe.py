@@ -14,19 +14,41 @@ needs no listeners at all) and runs one untimed scope first, so that the timed r
 steady state of an application that instrumented once at start-up. nplusone, the reference
 N+1 detector for SQLAlchemy, is tried on the same workload: it no longer imports on
 SQLAlchemy 2.x, which is recorded instead.
+
+``shop``: the demo shop, optimized configuration (its requests are fast, so observe's share
+shows), each in its own server process: one with observe's middleware and profiler as the
+demo serves it (the breakdown and every detector on), one without observe at all. The same
+bounded closed-loop load on loopback goes to one, then the other, round by round (the order
+alternating), after an untimed warm-up round each. Reported: requests/s, latency p50/p99
+as the load generator sees it, and the server process's CPU time per request (what observe
+adds to each request, barely disturbed by the other processes on a shared machine).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
+import httpx
 from sqlalchemy import Engine, create_engine, select
 from sqlalchemy.orm import Session, selectinload
 
+from hotpath.demo._load import LoadSpec, run_load
+from hotpath.demo._process import ShopServer, shop_server
+from hotpath.demo._runner import FALLBACK_INDEXES, prepare_indexes
+from hotpath.demo._server import serve
+from hotpath.demo._workload import shop_mix
+from hotpath.demo.shop import SCALES, load_shop
+from hotpath.demo.shop.app import ShopSettings
+from hotpath.demo.shop.fixes import Fixes
+from hotpath.demo.shop.payments import PaymentBehaviour, create_payment_app
+from hotpath.demo.shop.server import ServerOptions
 from hotpath.observe import Profiler
+from hotpath.observe._report import Timing
 from hotpath.stack import LocalStack
 
 from ._harness import Series, console, report, time_once
@@ -97,7 +119,115 @@ def _measure(engine: Engine, work: Callable[[Engine], None], rounds: int) -> lis
     return [plain, outside, everything, production]
 
 
+@dataclass
+class _Served:
+    """One shop server's share of the interleaved load."""
+
+    name: str
+    server: ShopServer
+    requests: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    cpu_s: float = 0.0
+    latency: Timing = field(default_factory=Timing)
+
+
+async def _round(served: _Served, spec: LoadSpec, timed: bool) -> None:
+    async with httpx.AsyncClient(base_url=served.server.url, timeout=30) as client:
+        before = (await client.get("/__hotpath/stats")).json()["process_cpu_s"]
+        load = await run_load(served.server.url, shop_mix(SCALES["tiny"]), spec)
+        after = (await client.get("/__hotpath/stats")).json()["process_cpu_s"]
+    if timed:
+        served.requests += load.requests
+        served.errors += load.errors
+        served.seconds += load.duration_s
+        served.cpu_s += after - before
+        served.latency.merge(load.overall_latency())
+
+
+def _shop_table(contenders: list[_Served]) -> str:
+    bare = contenders[0]
+
+    def rate(s: _Served) -> float:
+        return s.requests / s.seconds
+
+    def cpu_ms(s: _Served) -> float:
+        return 1000 * s.cpu_s / s.requests
+
+    lines = [
+        "| server | requests | errors | req/s | p50 ms | p99 ms | server CPU ms/request "
+        "| x req/s | x p50 | x p99 | x CPU/request |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in contenders:
+        p50, p99 = s.latency.percentile_ms(50), s.latency.percentile_ms(99)
+        cells = [
+            s.name,
+            str(s.requests),
+            str(s.errors),
+            f"{rate(s):.1f}",
+            f"{p50:.2f}",
+            f"{p99:.2f}",
+            f"{cpu_ms(s):.3f}",
+            f"{rate(bare) / rate(s):.3f}",
+            f"{p50 / bare.latency.percentile_ms(50):.3f}",
+            f"{p99 / bare.latency.percentile_ms(99):.3f}",
+            f"{cpu_ms(s) / cpu_ms(bare):.3f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    console.print(table)
+    return table
+
+
+def _shop(quick: bool) -> str:
+    # rounds bounded by a request count: each server gets the same seeded request sequence,
+    # so CPU per request compares the same work (a time bound lets the faster one do more
+    # of the cheap, cached steps)
+    rounds, requests, users = (2, 200, 8) if quick else (8, 500, 8)
+    fixes = Fixes.optimized()
+    with LocalStack(replicas=1, redis=True) as stack:
+        with stack.primary.connect() as conn:
+            conn.execute("DROP DATABASE IF EXISTS shop WITH (FORCE)")
+            conn.execute("CREATE DATABASE shop")
+        dsn = stack.primary.dsn_for("shop")
+        load_shop(dsn, SCALES["tiny"])
+        prepare_indexes(dsn, fixes, FALLBACK_INDEXES)
+        stack.wait_replicas_caught_up(timeout=120)
+        with serve(create_payment_app(PaymentBehaviour(latency_s=0.05))) as payment_url:
+            settings = ShopSettings(
+                primary_url=stack.primary.url_for("shop", driver="asyncpg"),
+                payment_url=payment_url,
+                fixes=fixes,
+                replica_urls=[r.url_for("shop", driver="asyncpg") for r in stack.replicas],
+                redis_url=stack.redis_url,
+                concurrency=users,
+            )
+            with (
+                shop_server(settings, options=ServerOptions(observe=False)) as bare,
+                shop_server(settings, options=ServerOptions(observe=True)) as observed,
+            ):
+                contenders = [
+                    _Served("no observe", bare),
+                    _Served("observe, every detector", observed),
+                ]
+                spec = LoadSpec(concurrency=users, duration_s=120.0, max_requests=requests)
+                for served in contenders:  # warm up: connections, statement and L1 caches
+                    asyncio.run(_round(served, LoadSpec(concurrency=users, duration_s=2.0), False))
+                for number in range(rounds):
+                    order = contenders if number % 2 == 0 else contenders[::-1]
+                    for served in order:
+                        asyncio.run(_round(served, spec, True))
+    head = (
+        f"optimized shop (tiny scale), {users} users on loopback, {rounds} rounds of "
+        f"{requests} requests per server, interleaved; ratios are observe / no observe "
+        "(req/s: no observe / observe)"
+    )
+    return f"{head}\n\n{_shop_table(contenders)}"
+
+
 def run(quick: bool) -> str:
+    shop = _shop(quick)
     status = _nplusone_status()
     with LocalStack(replicas=0, redis=False) as stack:
         engine = create_engine(stack.primary.url)
@@ -113,4 +243,5 @@ def run(quick: bool) -> str:
             sections.append(f"### {name}\n\n{table}")
         engine.dispose()
     console.print(f"nplusone: {status}")
+    sections.append(f"### shop under load\n\n{shop}")
     return "\n\n".join(sections) + f"\n\nnplusone 1.0.0 on the same workload: {status}.\n"

@@ -19,6 +19,7 @@ import httpx
 from .._errors import HotpathError
 from ..stack._process import LOOPBACK, free_ports
 from .shop.app import ShopSettings
+from .shop.server import ServerOptions
 
 
 class ShopServerError(HotpathError):
@@ -45,10 +46,17 @@ class ShopServer:
 
 
 @contextmanager
-def shop_server(settings: ShopSettings, timeout: float = 30.0) -> Iterator[ShopServer]:
-    """Start ``python -m hotpath.demo.shop`` for ``settings``; yield it once it answers."""
+def shop_server(
+    settings: ShopSettings, timeout: float = 30.0, options: ServerOptions | None = None
+) -> Iterator[ShopServer]:
+    """Start ``python -m hotpath.demo.shop`` for ``settings`` (and the server's ``options``);
+    yield it once it answers."""
     port = free_ports(1)[0]
-    env = {**os.environ, "HOTPATH_SHOP_SETTINGS": json.dumps(asdict(settings))}
+    env = {
+        **os.environ,
+        "HOTPATH_SHOP_SETTINGS": json.dumps(asdict(settings)),
+        **(options or ServerOptions()).to_env(),
+    }
     with tempfile.TemporaryDirectory(prefix="hotpath-shop-") as directory:
         log_path = Path(directory) / "server.log"
         with log_path.open("w") as log:

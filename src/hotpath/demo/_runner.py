@@ -128,7 +128,7 @@ async def run_configuration(settings: ShopSettings, spec: LoadSpec, scale: str) 
             load = await run_load(server.url, shop_mix(SCALES[scale]), spec)
             stats = (await client.get("/__hotpath/stats")).json()
         server_errors = server.errors()
-    queries = {s["name"]: float(s["queries_p50"]) for s in stats["observe"]["scopes"]}
+    queries = {s["name"]: float(s["queries_p50"]) for s in stats["observe"]["endpoints"]}
     return RunResult(
         settings.fixes,
         load,

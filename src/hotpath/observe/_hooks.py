@@ -68,11 +68,17 @@ def _guarded(hook: Any) -> Any:
 
 def _span(scope: Scope, layer: Layer, started: float, ended: float) -> None:
     span = (layer, started, ended)
+    if scope.parent is None:  # one scope (a request's): no walk up the nesting
+        if scope.recording:
+            scope.timeline.spans.append(span)
+        return
     for recording in recording_scopes(scope):
         recording.timeline.spans.append(span)
 
 
 def _innermost(scope: Scope | None) -> Scope | None:
+    if scope is not None and scope.recording:
+        return scope
     for recording in recording_scopes(scope):
         return recording
     return None

@@ -96,8 +96,12 @@ class LoopMonitor:
                 self._close_stall(perf_counter())
             self.step_scope = scope
             self.threshold_s = scope.settings.blocking_ms / 1000
-            self.samples = []
-            self.seen_at = 0.0
+            # reset only what a long step left behind: most steps are short, and this runs
+            # for every step of every request
+            if self.samples:
+                self.samples = []
+            if self.seen_at:
+                self.seen_at = 0.0
             self.step_started = perf_counter()
 
     def end(self) -> None:
@@ -172,9 +176,12 @@ class LoopMonitor:
         else:
             self.beat_due = 0.0
 
-    def sample(self, now: float) -> None:
+    def sample(self, now: float) -> float:
         """Called by the watchdog: look at the step running now, if it runs long (a marked
-        step of a request, or whatever keeps the loop from its heartbeat)."""
+        step of a request, or whatever keeps the loop from its heartbeat). Returns how long
+        the watchdog may sleep before this loop needs another look: until the running step
+        (or one starting now, or a late heartbeat) would become long, or, during a long step,
+        the sampling interval."""
         started = self.step_started
         # the loop was last seen alive at a marked step's start or end, or at a heartbeat
         alive_at = max(self.beat_due, self.step_ended)
@@ -183,17 +190,21 @@ class LoopMonitor:
             loop = self.loop
             if loop is None or loop.is_closed() or not loop.is_running():
                 self.beat_due = 0.0  # its loop is gone: no heartbeat to wait for
-                return
+                return self.threshold_s
             if not self.stall_started:
                 self.stall_scope = _running_scope(loop, self.in_flight)
                 self.stall_started = alive_at
                 self.samples = []
             started = self.stall_started
-        if not started or now - started < self.threshold_s:
-            return
+        if not started:
+            if self.beat_due:  # requests in flight: a heartbeat late by the threshold is a stall
+                return max(_INTERVAL_S, alive_at + self.threshold_s - now)
+            return self.threshold_s
+        if now - started < self.threshold_s:
+            return started + self.threshold_s - now
         frame = sys._current_frames().get(self.thread_id)
         if frame is None or not (self.step_started or self.beat_due):
-            return
+            return _INTERVAL_S
         if not self.seen_at:
             self.seen_at = now
             if self._clock is not None:
@@ -202,9 +213,20 @@ class LoopMonitor:
         # SSL context loaded before a 1 s sync call); 2048 samples cover 10 s
         if len(self.samples) < 2048:
             self.samples.append(_describe(frame))
+        return _INTERVAL_S
 
     def blocks_during(self, start: float, end: float) -> list[LoopBlock]:
-        return [b for b in list(self.blocks) if b.end > start and b.start < end]
+        # Blocks are appended when their step ends, so their ends only grow: walk back from
+        # the newest and stop at the first that ended before ``start`` (a loaded machine
+        # keeps the deque full, and every async scope looks when it concludes).
+        found = []
+        for block in reversed(self.blocks):
+            if block.end <= start:
+                break
+            if block.start < end:
+                found.append(block)
+        found.reverse()
+        return found
 
 
 def _describe(frame: FrameType) -> tuple[CallSite | None, str]:
@@ -259,7 +281,9 @@ _monitors: dict[int, LoopMonitor] = {}
 _monitors_lock = threading.Lock()
 _watchdog_lock = threading.Lock()
 _watchdog: threading.Thread | None = None
-_INTERVAL_S = 0.005
+_INTERVAL_S = 0.005  # between two looks at a step already long
+_MIN_SLEEP_S = 0.0005
+_IDLE_WAIT_S = 0.02  # the longest sleep (a loop may be registered meanwhile)
 
 
 def _cpu_seconds(clock: int) -> float:
@@ -288,9 +312,13 @@ def _start_watchdog() -> None:
 
 
 def _watch() -> None:
+    # It wakes when a step could have become long, not every interval: each wake-up takes
+    # the GIL from the loop it watches (a fixed 5 ms tick cost a busy server ~1% of a core).
+    wait = _INTERVAL_S
     while True:
-        time.sleep(_INTERVAL_S)
+        time.sleep(max(wait, _MIN_SLEEP_S))
         now = perf_counter()
+        wait = _IDLE_WAIT_S
         for thread_id, monitor in list(_monitors.items()):
             if not monitor.thread.is_alive():  # its loop thread ended
                 with _monitors_lock:  # a new thread with its id may have a monitor by now
@@ -298,7 +326,7 @@ def _watch() -> None:
                         del _monitors[thread_id]
                 continue
             try:
-                monitor.sample(now)
+                wait = min(wait, monitor.sample(now))
             except Exception:  # a watchdog never takes the app down
                 continue
 

@@ -339,8 +339,8 @@ class Profiler:
             state.update_execution_options(**{TOKEN: EAGER_TOKEN})
             return
         if not state.is_select:
-            # text(), bulk UPDATE/DELETE/INSERT: no ORM rows to follow (their statements are
-            # recorded at the cursor like any other), and no load options to read
+            # text(), ORM insert/update/delete: no rows of mapped objects to follow (and no
+            # load options: SQLAlchemy raises on reading them)
             return
         refreshed = state.load_options._refresh_state
         if refreshed is not None:

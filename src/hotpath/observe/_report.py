@@ -185,7 +185,9 @@ class Rollup:
         self.db_ms = Timing()
         # per layer, its time in each scope (2 significant digits: 7 of them per name)
         self.layers = {layer: Timing(digits=2) for layer in LAYERS}
-        self.fixes: dict[tuple[str, str, str], FixTotal] = {}
+        # keyed by the call site itself: its text (a relative path) is made once per fix at
+        # report time, not once per finding per scope
+        self.fixes: dict[tuple[str, CallSite | None, str], FixTotal] = {}
         self.caches: dict[str, CacheUse] = {}
         self._lock = threading.Lock()
 
@@ -199,12 +201,12 @@ class Rollup:
             self.max_queries = max(self.max_queries, scope.query_count)
             for finding in scope.findings:
                 if finding.kind in _ONE_PER_ENDPOINT:
-                    key = (finding.kind.value, "", "")
+                    key: tuple[str, CallSite | None, str] = (finding.kind.value, None, "")
                 else:
                     # the fix, else the statement: a message carries the run's figures
                     key = (
                         finding.kind.value,
-                        str(finding.call_site),
+                        finding.call_site,
                         finding.fix or finding.fingerprint or finding.message,
                     )
                 total = self.fixes.get(key)

@@ -103,7 +103,7 @@ def _rollup_state(rollup: Rollup) -> dict[str, Any]:
             "layers": {layer.value: _timing_state(t) for layer, t in rollup.layers.items()},
             "fixes": [
                 {
-                    "key": list(key),
+                    "key": [key[0], _site_state(key[1]), key[2]],
                     "scopes": total.scopes,
                     "saving_ms": total.saving_ms,
                     "example": _finding_state(total.example),
@@ -126,7 +126,7 @@ def _merge_rollup(into: Rollup, state: dict[str, Any]) -> None:
         into.queries.decode_and_add(state["queries"].encode("ascii"))
         into.max_queries = max(into.max_queries, state["max_queries"])
         for fix in state["fixes"]:
-            key = (fix["key"][0], fix["key"][1], fix["key"][2])
+            key = (fix["key"][0], _site(fix["key"][1]), fix["key"][2])
             example = _finding(fix["example"])
             total = into.fixes.get(key)
             if total is None:
