@@ -70,7 +70,8 @@ class Recorder:
         for finding in scope.findings:
             mode = scope.modes[finding.kind]
             if mode == "log":
-                logger.warning("hotpath %s: %s", scope.name, finding.describe())
+                if logger.isEnabledFor(logging.WARNING):  # describe() is not free
+                    logger.warning("hotpath %s: %s", scope.name, finding.describe())
             elif mode == "warn":
                 warnings.warn(f"{scope.name}: {finding.describe()}", HotpathWarning, stacklevel=4)
             elif mode == "raise":

@@ -305,18 +305,22 @@ class Scope:
             timeline.writing_connections.add(connection)
         if duration_ms >= settings.sequential_min_ms:
             # long enough to be worth running concurrently: kept for the sequential-I/O
-            # detector, with what it read (to tell dependent queries from independent ones)
+            # detector, with what it read (to tell dependent queries from independent ones).
+            # A statement seen before in the scope is a loop, which that detector leaves to
+            # the N+1 and duplicate ones: it is counted, not walked nor read again.
+            first = fingerprint not in timeline.op_targets
+            timeline.op_targets.add(fingerprint)
             timeline.ops.append(
                 IoOp(
                     Layer.DB,
                     started,
                     ended,
                     fingerprint,
-                    self._shown_sql(statement),
+                    self._shown_sql(statement) if first else "",
                     f"db {server}",
-                    site.get(),
-                    inputs=parameter_values(parameters),
-                    outputs=result_values(cursor),
+                    site.get() if first else None,
+                    inputs=parameter_values(parameters) if first else frozenset(),
+                    outputs=result_values(cursor) if first else None,
                     connection=connection,
                     in_write_transaction=connection in timeline.writing_connections,
                     awaited=engine.dialect.is_async,

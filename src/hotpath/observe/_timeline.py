@@ -75,6 +75,7 @@ class Timeline:
     # of these did not come from an earlier operation's output
     known_values: frozenset[str] = frozenset()
     writing_connections: set[int] = field(default_factory=set)
+    op_targets: set[str] = field(default_factory=set)  # statements kept as operations so far
     connects: int = 0
     connect_started: float | None = None  # a connect under way (its span ends at checkout)
     connect_site: CallSite | None = None

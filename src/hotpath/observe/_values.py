@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-_MAX_ROWS = 50
+_MAX_ROWS = 10  # a value one query hands the next is in its first rows
 _MAX_VALUES = 512
 _MAX_BODY = 16_384
 # identifiers, numbers, UUIDs, e-mails, slugs: what one call hands the next
