@@ -2,8 +2,9 @@
 checkout stacks.
 
 A frame is *library* when its code lives in the standard library, hotpath itself (except
-the demo shop, which is application code), SQLAlchemy, the drivers or the web frameworks.
-The verdict is cached per code object, so classifying a frame costs a dict lookup. Under
+what registers itself as application code: the demo shop), SQLAlchemy, the drivers, the
+clients or the web frameworks (also those imported after the first look).
+The verdict is cached per file name, so classifying a frame costs a dict lookup. Under
 async SQLAlchemy the work runs in a greenlet whose stack ends at ``greenlet_spawn``; the
 application's ``await`` is in the parent greenlets' frames.
 """
@@ -18,7 +19,8 @@ from pathlib import Path
 from types import CodeType, FrameType
 
 _HOTPATH = str(Path(__file__).resolve().parent)
-_APP_INSIDE_HOTPATH = (str(Path(_HOTPATH) / "demo"),)
+# hotpath's own code that is an application (the demo shop): it registers itself
+_app_inside_hotpath: tuple[str, ...] = ()
 _LIBRARIES = (
     "sqlalchemy",
     "psycopg",
@@ -36,10 +38,32 @@ _LIBRARIES = (
     "uvicorn",
     "httpx",
     "httpcore",
+    "h11",
+    "requests",
+    "urllib3",
+    "aiohttp",
+    "redis",
+    "wrapt",
+    "pydantic",
+    "pydantic_core",
+    "sqlmodel",
+    "marshmallow",
+    "gunicorn",
 )
 
-_verdicts: dict[CodeType, bool] = {}
+# by file name, which is all a verdict depends on (code objects compare equal across files
+# when their bodies, names and first lines do: a cache keyed by them mixed files up)
+_verdicts: dict[str, bool] = {}
 _prefixes: tuple[str, ...] = ()
+_libraries_seen = -1  # how many of _LIBRARIES were imported when _prefixes was made
+
+
+def treat_as_application(directory: str | os.PathLike[str]) -> None:
+    """Code under ``directory``, inside hotpath's package, is application code (the demo
+    shop calls this for itself: its lines are the ones findings name)."""
+    global _app_inside_hotpath
+    _app_inside_hotpath = (*_app_inside_hotpath, str(Path(directory).resolve()))
+    _verdicts.clear()
 
 
 def _library_prefixes() -> tuple[str, ...]:
@@ -53,19 +77,22 @@ def _library_prefixes() -> tuple[str, ...]:
 
 def is_library(code: CodeType) -> bool:
     """Whether ``code`` belongs to a library rather than to the application."""
-    verdict = _verdicts.get(code)
+    filename = code.co_filename
+    verdict = _verdicts.get(filename)
     if verdict is None:
-        global _prefixes
-        if not _prefixes:
-            _prefixes = _library_prefixes()
-        filename = code.co_filename
+        global _prefixes, _libraries_seen
+        # a library imported since the prefixes were made (requests on a first outbound
+        # call, say) must count from now on: checked on cache misses only
+        seen = sum(1 for name in _LIBRARIES if name in sys.modules)
+        if seen != _libraries_seen:
+            _prefixes, _libraries_seen = _library_prefixes(), seen
         if filename.startswith("<"):
             verdict = filename != "<stdin>" and not filename.startswith("<ipython")
         elif filename.startswith(_HOTPATH):
-            verdict = not filename.startswith(_APP_INSIDE_HOTPATH)
+            verdict = not (_app_inside_hotpath and filename.startswith(_app_inside_hotpath))
         else:
             verdict = filename.startswith(_prefixes)
-        _verdicts[code] = verdict
+        _verdicts[filename] = verdict
     return verdict
 
 

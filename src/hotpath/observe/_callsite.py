@@ -1,7 +1,7 @@
 """Cheap call-site attribution: the first frame outside hotpath, SQLAlchemy, drivers and
 the standard library.
 
-The verdict "library or application" is cached per code object, so a walk costs a few
+The verdict "library or application" is cached per file name, so a walk costs a few
 microseconds; it is only taken when a pattern is first suspected or a query is slow. Under
 ``AsyncSession`` the query runs in a greenlet whose own stack ends at SQLAlchemy's
 ``greenlet_spawn``; the walk then continues in the parent greenlet, where the application's
