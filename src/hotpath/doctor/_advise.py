@@ -47,9 +47,9 @@ BRIN_MIN_ROWS = 100_000
 # table for every statement on it, so a batch is bounded to keep each plan quick
 MAX_HYPOTHETICAL = 200
 # a wider index (or one more index) is worth it only if, without it, the statement's cost
-# rises by more than half again, and by more than 2% of what indexing saved it
+# rises by more than half again, and by at least one random page read (random_page_cost)
 _RELATIVE_STEP = 0.5
-_ABSOLUTE_STEP = 0.02
+_MIN_STEP = 4.0
 _PARAM = re.compile(r"\$\d+")
 _TIME_TYPES = ("timestamp with time zone", "timestamp without time zone", "date")
 HYPOPG_HINT = (
@@ -237,10 +237,10 @@ class _Statement:
         return max(0.0, 1 - cost / self.base) if self.base > 0 else 0.0
 
 
-def _matters(without: float, with_it: float, base: float) -> bool:
+def _matters(without: float, with_it: float) -> bool:
     """Does an index that takes a statement from ``without`` to ``with_it`` earn its place?"""
     step = without - with_it
-    return step > _RELATIVE_STEP * with_it and step > _ABSOLUTE_STEP * max(base - with_it, 0.0)
+    return step > _RELATIVE_STEP * with_it and step >= _MIN_STEP
 
 
 def advise_indexes(
@@ -728,7 +728,9 @@ class _Advisor:
                 cost, chosen = second.get(id(st), (st.best, st.chosen))
                 if not any(not c.narrow for c in chosen) or cost >= st.base:
                     continue
-                if _matters(st.best, cost, st.base):
+                # fewer indexes for the same cost (one composite instead of two combined
+                # by a BitmapAnd) also wins: every index costs writes
+                if _matters(st.best, cost) or (cost <= st.best and len(chosen) < len(st.chosen)):
                     st.best, st.chosen = cost, chosen
                     continue
                 for cand in chosen - st.chosen:
@@ -736,7 +738,8 @@ class _Advisor:
                         cand.definition(),
                         f"adds too little over {_names(st.chosen) or 'no index'}: cost "
                         f"{st.best:,.0f} -> {cost:,.0f} (it must fall by more than "
-                        f"{_RELATIVE_STEP / (1 + _RELATIVE_STEP):.0%} for a wider index)",
+                        f"{_RELATIVE_STEP / (1 + _RELATIVE_STEP):.0%} and by {_MIN_STEP:.0f}+ for a "
+                        "wider index)",
                     )
         finally:
             self.reset()
@@ -785,7 +788,7 @@ class _Advisor:
     ) -> bool:
         if without is None:  # its plan failed without it: keep it
             return True
-        return _matters(without[0], now[0], st.base) or st.gain(without[0]) < self._need(now[1])[0]
+        return _matters(without[0], now[0]) or st.gain(without[0]) < self._need(now[1])[0]
 
     @staticmethod
     def _why_dropped(
@@ -881,20 +884,18 @@ class _Advisor:
                     f"the planner uses it together with {len(together)} other suggested "
                     "index(es) for the same statement(s): create them together"
                 )
-            writers = [st for st in users if st.kind in ("update", "delete")]
+            need, why = self._need(frozenset({cand}))
+            best = max(st.gain(st.best) for st in users)
+            if why:
+                notes.append(f"required {need:.0%} cost reduction{why}: it brings {best:.0%}")
+            writers = sorted({st.kind.upper() for st in users if st.kind in ("update", "delete")})
             if writers:
-                need, why = self._need(frozenset({cand}))
+                table = self._table_of(cand)
                 notes.append(
-                    f"serves {len(writers)} {'/'.join(sorted({st.kind.upper() for st in writers}))}"
-                    f" statement(s); every write to {cand.table} also updates it"
-                    + (
-                        f" — weighed by its write rate{why}: required {need:.0%}"
-                        if why
-                        else f" — its write rate (pg_stat_user_tables: "
-                        f"{self._table_of(cand).rows_written:,} rows written vs "
-                        f"{self._table_of(cand).rows_read:,} read) is below its read rate, "
-                        f"so the usual {need:.0%} applies"
-                    )
+                    f"serves {'/'.join(writers)} statements; every write to {cand.table} also "
+                    f"updates it, weighed by its real write rate (pg_stat_user_tables: "
+                    f"{table.rows_written:,} rows written vs {table.rows_read:,} read)"
+                    + ("" if why else f": not write-heavy, so the usual {need:.0%} applies")
                 )
             script = self._script(cand)
             if script:
