@@ -206,7 +206,8 @@ def test_partition_key_as_parameter_and_ddl_that_runs_on_a_partitioned_table(pg1
     assert suggestion.validated
     assert suggestion.candidate.table == "events"
     script = suggestion.script
-    assert script[0].startswith("CREATE INDEX events_") and " ON ONLY events " in script[0]
+    assert script[0].startswith("CREATE INDEX events_")
+    assert " ON ONLY events " in script[0]
     assert sum("CREATE INDEX CONCURRENTLY" in line for line in script) == 2
     assert sum("ATTACH PARTITION" in line for line in script) == 2
     assert "SHARE lock" in suggestion.note

@@ -26,19 +26,19 @@ concurrently and attached to an index created ``ON ONLY`` the parent.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from ..plans import StatementSafety, statement_safety
+from ..plans import StatementSafety, safety_of_tree, statement_safety
 from ..plans._flags import plan_root, walk
 from ._context import display_name
 from ._errors import DoctorError
 from ._session import Session
-from ._sqlparse import TableUse, parse_query, quote_ident, tables_of
+from ._sqlparse import TableUse, parse_query, quote_ident
 from ._workload import WorkloadQuery, from_file, from_list, from_statements, hidden_statements
 
 MIN_TABLE_ROWS = 1_000
@@ -184,7 +184,7 @@ class IndexAdvice:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "schema": "hotpath.advise/2",
+            "schema": "hotpath.advise/1",
             "hypopg": self.hypopg,
             "hint": self.hint,
             "notices": list(self.notices),
@@ -287,6 +287,7 @@ class _Advisor:
         self.max_keys = int(self.session.row("SHOW max_index_keys")["max_index_keys"])
         self.advice = IndexAdvice(hypopg=self.hypopg)
         self.brins: dict[tuple[str, str], Candidate] = {}
+        self.rejected_ddls: set[str] = set()
         if not self.hypopg:
             self.advice.hint = HYPOPG_HINT.format(major=caps.server_version // 10000)
 
@@ -410,44 +411,49 @@ class _Advisor:
         return float(plan_root(data)["Total Cost"]), data
 
     def plan_all(
-        self, statements: Iterable[_Statement], hypothetical: dict[int, Candidate]
+        self,
+        statements: Iterable[_Statement],
+        hypothetical: dict[int, Candidate],
+        errors: dict[int, Exception] | None = None,
     ) -> dict[int, tuple[float, frozenset[Candidate]]]:
-        """Each statement's cost and the hypothetical indexes its plan uses, all in one
-        transaction (a savepoint each, so one failing plan does not end the batch)."""
+        """Each statement's cost and the hypothetical indexes its plan uses (by ``id`` of the
+        statement), many to a transaction: a failing plan ends its transaction, is recorded in
+        ``errors`` and the rest goes on in a new one (no savepoint round trips per plan)."""
         out: dict[int, tuple[float, frozenset[Candidate]]] = {}
-        with self.session.rolled_back() as conn:
-            for st in statements:
-                try:
-                    with conn.transaction():
-                        data = self.session.plan(conn, st.safety)
-                except psycopg.Error:
-                    continue  # planned before without these indexes: left as it was
-                names = {str(node.get("Index Name", "")) for _, node in walk(plan_root(data))} - {
-                    ""
-                }
-                used = frozenset(
-                    c for oid, c in hypothetical.items() if any(f"<{oid}>" in n for n in names)
-                )
-                out[id(st)] = (float(plan_root(data)["Total Cost"]), used)
+        markers = {oid: f"<{oid}>" for oid in hypothetical}
+        for st, found in _batched(
+            list(statements), lambda conn, st: self.session.plan(conn, st.safety), self.session
+        ):
+            if isinstance(found, Exception):
+                if errors is not None:
+                    errors[id(st)] = found
+                continue
+            root = plan_root(found)
+            names = " ".join(str(node.get("Index Name", "")) for _, node in walk(root))
+            used = frozenset(hypothetical[oid] for oid, m in markers.items() if m in names)
+            out[id(st)] = (float(root["Total Cost"]), used)
         return out
 
     def create(self, candidates: Iterable[Candidate]) -> dict[int, Candidate]:
         """Hypothetical indexes for ``candidates`` (oid -> candidate). One HypoPG cannot
         simulate (GIN) becomes an unvalidated suggestion with the reason."""
         made: dict[int, Candidate] = {}
-        with self.session.rolled_back() as conn:
-            for cand in candidates:
-                try:
-                    with conn.transaction():
-                        row = conn.execute(
-                            "SELECT indexrelid FROM hypopg_create_index(%s)",
-                            (cand.definition(concurrently=False),),
-                        ).fetchone()
-                except psycopg.Error as exc:
-                    self._unsimulated(cand, exc)
-                    continue
-                assert row is not None
-                made[int(row["indexrelid"])] = cand
+
+        def one(conn: psycopg.Connection[dict[str, Any]], cand: Candidate) -> int:
+            row = conn.execute(
+                "SELECT indexrelid FROM hypopg_create_index(%s)",
+                (cand.definition(concurrently=False),),
+            ).fetchone()
+            assert row is not None
+            return int(row["indexrelid"])
+
+        for cand, oid in _batched(list(candidates), one, self.session):
+            if isinstance(oid, psycopg.Error):
+                self._unsimulated(cand, oid)
+            elif isinstance(oid, Exception):
+                raise oid
+            else:
+                made[oid] = cand
         return made
 
     def _unsimulated(self, cand: Candidate, exc: psycopg.Error) -> None:
@@ -488,6 +494,11 @@ class _Advisor:
             statements.append(st)
             for cand in st.candidates:
                 origins.setdefault(cand, []).append(st)
+        statements = self._plan_bases(statements)
+        for st in statements:
+            if not st.candidates:
+                self.advice.unserved.append((st.query.sql, self._why_no_candidate(st.uses)))
+        origins = {c: o for c, o in origins.items() if any(c in st.candidates for st in o)}
         fresh = {c for c in origins if self._not_served(c)}
         for st in statements:
             st.candidates = [c for c in st.candidates if c in fresh]
@@ -498,11 +509,29 @@ class _Advisor:
         self.advice.suggestions.sort(key=lambda s: -(s.time_saved_ms or s.best_gain or 0))
         return self.advice
 
+    def _plan_bases(self, statements: list[_Statement]) -> list[_Statement]:
+        """Every statement's cost without new indexes, in batches; one that cannot be
+        planned is listed as unanalysed with the server's reason."""
+        errors: dict[int, Exception] = {}
+        costs = self.plan_all(statements, {}, errors)
+        planned = []
+        for st in statements:
+            if id(st) in costs:
+                st.base = st.best = costs[id(st)][0]
+                planned.append(st)
+                continue
+            exc = errors.get(id(st))
+            why = f"EXPLAIN failed: {_line(exc) if exc else 'no plan'}"
+            if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+                why += f": this role ({self.session.capabilities.user}) may not read it"
+            self.advice.unanalysed.append((st.query.sql, why))
+        return planned
+
     def _prepare(self, query: WorkloadQuery) -> _Statement | None:
         """Parse, count, plan once without new indexes and collect the candidates of one
         statement; None (with the reason recorded) when it cannot be analysed."""
         parsed = parse_query(query.sql, self.columns_of, self.view_of)
-        self._count_calls(parsed.kind, list(tables_of(query.sql, quoted=True)), query.calls)
+        self._count_calls(parsed.kind, list(parsed.relations), query.calls)
         if parsed.error or parsed.kind not in ("select", "update", "delete"):
             self.advice.unanalysed.append(
                 (query.sql, parsed.error or f"{parsed.kind} statements do not read by index")
@@ -510,20 +539,12 @@ class _Advisor:
             return None
         uses = [u for u in parsed.uses if self.table(u.name) is not None]
         if not uses:
-            named = ", ".join(tables_of(query.sql, quoted=True)) or "none"
+            named = ", ".join(parsed.relations) or "none"
             self.advice.unanalysed.append(
                 (query.sql, f"no table to index in it (relations named: {named})")
             )
             return None
-        safety = statement_safety(query.sql)
-        try:
-            base, _ = self.cost(query.sql)
-        except psycopg.errors.InsufficientPrivilege as exc:
-            raise _Unusable(f"EXPLAIN failed: {_line(exc)}: this role may not read it") from None
-        except (psycopg.Error, DoctorError) as exc:
-            self.advice.unanalysed.append((query.sql, f"EXPLAIN failed: {_line(exc)}"))
-            return None
-        st = _Statement(query, parsed.kind, safety, base, uses, best=base)
+        st = _Statement(query, parsed.kind, safety_of_tree(parsed.tree, query.sql), 0.0, uses)
         for use in uses:
             for cand in self.candidates(use):
                 if _PARAM.search(cand.definition()):
@@ -538,8 +559,6 @@ class _Advisor:
                     continue
                 if cand not in st.candidates:
                     st.candidates.append(cand)
-        if not st.candidates:
-            self.advice.unserved.append((query.sql, self._why_no_candidate(uses)))
         return st
 
     def _why_no_candidate(self, uses: list[TableUse]) -> str:
@@ -642,7 +661,8 @@ class _Advisor:
         return self._table_of_name(cand.table)
 
     def _reject_once(self, ddl: str, reason: str) -> None:
-        if not any(r.ddl == ddl for r in self.advice.rejected):
+        if ddl not in self.rejected_ddls:
+            self.rejected_ddls.add(ddl)
             self.advice.rejected.append(Rejection(ddl, reason))
 
     # -- validation with HypoPG --------------------------------------------------------
@@ -677,8 +697,12 @@ class _Advisor:
         pool = {c for st in benefiting for c in st.chosen}
         everything = {c for st in statements for c in st.candidates if c.method != "brin"}
         simulated_not = {s.candidate for s in self.advice.suggestions}
+        owners: dict[Candidate, list[_Statement]] = {}
+        for st in statements:
+            for cand in st.candidates:
+                owners.setdefault(cand, []).append(st)
         for cand in sorted(everything - pool - simulated_not, key=_order):
-            self._reject_unchosen(cand, [st for st in statements if cand in st.candidates])
+            self._reject_unchosen(cand, owners[cand])
         kept = self._consolidate(benefiting, pool)
         kept = self._prefer_brin(kept, benefiting)
         for cand in sorted(set(self.brins.values()) - kept, key=_order):
@@ -719,7 +743,13 @@ class _Advisor:
                 cost, chosen = first.get(id(st), (st.base, frozenset()))
                 if chosen and cost < st.base:
                     st.best, st.chosen = cost, chosen
-            widened = [st for st in chunk if any(not c.narrow for c in st.candidates)]
+            # a plan already at one index probe cannot get cheaper by a wider index
+            widened = [
+                st
+                for st in chunk
+                if any(not c.narrow for c in st.candidates)
+                and not (st.chosen and st.best < (1 + _RELATIVE_STEP) * _MIN_STEP + _MIN_STEP)
+            ]
             if not widened:
                 return
             hypothetical.update(self.create(wide))
@@ -738,8 +768,8 @@ class _Advisor:
                         cand.definition(),
                         f"adds too little over {_names(st.chosen) or 'no index'}: cost "
                         f"{st.best:,.0f} -> {cost:,.0f} (it must fall by more than "
-                        f"{_RELATIVE_STEP / (1 + _RELATIVE_STEP):.0%} and by {_MIN_STEP:.0f}+ for a "
-                        "wider index)",
+                        f"{_RELATIVE_STEP / (1 + _RELATIVE_STEP):.0%} and by {_MIN_STEP:.0f}+ "
+                        "for a wider index)",
                     )
         finally:
             self.reset()
@@ -1094,6 +1124,35 @@ class _Advisor:
             )
         )
         return False
+
+
+_Item = Any
+_Result = Any
+
+
+def _batched(
+    items: list[_Item],
+    work: Callable[[psycopg.Connection[dict[str, Any]], _Item], _Result],
+    session: Session,
+) -> Iterator[tuple[_Item, _Result | Exception]]:
+    """``work`` on each item, as many as possible in one rolled-back transaction. An error
+    aborts the transaction: that item yields its exception and the next ones go on in a
+    fresh transaction, so a batch costs one round trip per item, not three."""
+    position = 0
+    while position < len(items):
+        failure: tuple[_Item, Exception] | None = None
+        with session.rolled_back() as conn:
+            while position < len(items):
+                item = items[position]
+                position += 1
+                try:
+                    result = work(conn, item)
+                except (psycopg.Error, DoctorError) as exc:
+                    failure = (item, exc)
+                    break
+                yield item, result
+        if failure is not None:
+            yield failure
 
 
 def _users(

@@ -75,6 +75,9 @@ class ParsedQuery:
     kind: str  # select, update, delete, insert, other
     uses: list[TableUse] = field(default_factory=list)
     error: str | None = None
+    # pglast's tree (for callers that would parse it again) and the relations it names
+    tree: tuple[Any, ...] = ()
+    relations: tuple[str, ...] = ()
 
     @property
     def tables(self) -> list[str]:
@@ -144,7 +147,7 @@ def parse_query(
         ast.DeleteStmt: "delete",
         ast.InsertStmt: "insert",
     }.get(type(stmt), "other")
-    parsed = ParsedQuery(sql, kind)
+    parsed = ParsedQuery(sql, kind, tree=tuple(statements), relations=_relations(statements, True))
     context = _Context(columns_of, view_of, _ctes(stmt))
     for scope in _scopes(stmt):
         parsed.uses.extend(_scope_uses(scope, context)[0])
@@ -159,6 +162,10 @@ def tables_of(sql: str, quoted: bool = False) -> tuple[str, ...]:
         statements = parser.parse_sql(sql)
     except Exception:
         return ()
+    return _relations(statements, quoted)
+
+
+def _relations(statements: Any, quoted: bool) -> tuple[str, ...]:
     ctes = {
         str(c.ctename)
         for n in _walk(statements)
