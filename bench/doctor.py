@@ -37,6 +37,7 @@ from hotpath.doctor._session import libpq_url
 from hotpath.stack import LocalStack
 
 from ._harness import Series, console, report
+from .doctor_public import public_cases, scale
 
 PG15_BIN = "/usr/lib/postgresql/15/bin"
 HYPOPG = Path("/usr/share/postgresql/15/extension/hypopg.control")
@@ -438,5 +439,9 @@ def run(quick: bool) -> str:
     )
     console.print(f"[bold]doctor[/]: {note}")
     accuracy = _with_stack(hypopg, lambda stack: _accuracy(stack, quick, hypopg))
+    if hypopg:
+        accuracy += "\n" + _with_stack(
+            True, lambda stack: public_cases(stack, quick) + "\n" + scale(stack, quick)
+        )
     timing = _with_stack(False, lambda stack: _doctor_time(stack, quick))
     return f"Server for the advice: {note}.\n\n{accuracy}\n{timing}\n"

@@ -129,6 +129,8 @@ def test_include_and_exclude_limit_the_tables(pg15: str) -> None:
     assert everything == {"trips", "tips"}
     only = advise_indexes(pg15, queries, tables=TableFilter.of(include="public.trips"))
     assert {s.candidate.table for s in only.suggestions} == {"trips"}
+    # the statement on no wanted table is listed, not silently dropped
+    assert only.unanalysed == [(queries[1], "its tables (tips) are outside --include/--exclude")]
     without = advise_indexes(pg15, queries, tables=TableFilter.of(exclude=["trips"]))
     assert {s.candidate.table for s in without.suggestions} == {"tips"}
     with pytest.raises(DoctorError, match="--include"):

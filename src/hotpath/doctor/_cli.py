@@ -117,10 +117,10 @@ def advise(
     from ._sources import TableFilter, filter_workload, load_workload  # noqa: PLC0415
 
     tables = TableFilter.of(include, exclude)
-    queries, dropped = filter_workload(
-        load_workload(url, workload), min_calls=min_calls, min_time_minutes=min_time
-    )
+    loaded, notices = load_workload(url, workload)
+    queries, dropped = filter_workload(loaded, min_calls=min_calls, min_time_minutes=min_time)
     advice = advise_indexes(url, queries, min_gain, tables=tables)
+    advice.notices.extend(notices)
     advice.unanalysed.extend(dropped)
     created = None
     if create and not advice.hypopg:

@@ -164,6 +164,7 @@ def display_name(schema: str, name: str) -> str:
 
 
 def _ident(name: str) -> str:
-    if name.isidentifier() and name == name.lower():
-        return name
-    return '"' + name.replace('"', '""') + '"'
+    """Quoted when SQL needs it: upper case, odd characters, or a keyword (``"order"``)."""
+    from pglast.stream import maybe_double_quote_name  # noqa: PLC0415 - keep imports light
+
+    return str(maybe_double_quote_name(name))

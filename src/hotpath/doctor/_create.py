@@ -68,9 +68,7 @@ def _create(conn: psycopg.Connection[dict[str, Any]], suggestion: IndexSuggestio
     def rows(sql: str, params: Any = None) -> list[dict[str, Any]]:
         return conn.execute(sql, params).fetchall()
 
-    plain = cand.definition(concurrently=False)
-    body = plain.split(f" ON {cand.table}", 1)[1].rstrip(";")
-    statements = index_statements(rows, oid, body, list(cand.key_names))
+    statements = index_statements(rows, oid, cand.body, cand.name_parts)
     done: list[str] = []
     for statement in statements:
         try:

@@ -86,10 +86,16 @@ def _name(node: dict[str, Any]) -> str:
 
 def _free_name(wanted: str, schema: str, taken: set[tuple[str, str]]) -> str:
     """``wanted`` cut to PostgreSQL's name length, with a number when the name is in use."""
-    name, number = wanted[:_MAX_NAME], 0
+    name, number = _cut(wanted, _MAX_NAME), 0
     while (schema, name) in taken:
         number += 1
         suffix = str(number)
-        name = wanted[: _MAX_NAME - len(suffix)] + suffix
+        name = _cut(wanted, _MAX_NAME - len(suffix)) + suffix
     taken.add((schema, name))
     return name
+
+
+def _cut(name: str, limit: int) -> str:
+    """``name`` within ``limit`` bytes, as the server counts a name (UTF-8), whole characters
+    only: the name printed is the name the server keeps."""
+    return name.encode()[:limit].decode(errors="ignore")

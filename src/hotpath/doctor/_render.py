@@ -85,10 +85,21 @@ def render_advice(advice: IndexAdvice, console: Console) -> None:
     console.print(table)
     if advice.hint:
         console.print(f"[yellow]{advice.hint}[/]")
+    for notice in advice.notices:
+        console.print(Text(notice, style="yellow"))
+    for s in advice.suggestions:
+        if s.note:
+            console.print(Text(f"{_first_line(s.ddl)} — {s.note}", style="dim"))
     for r in advice.rejected:
-        console.print(f"[dim]rejected {r.ddl} — {r.reason}[/]")
+        console.print(Text(f"rejected {r.ddl} — {r.reason}", style="dim"))
     for sql, why in advice.unanalysed:
-        console.print(f"[dim]not analysed: {' '.join(sql.split())[:100]} — {why}[/]")
+        console.print(Text(f"not analysed: {' '.join(sql.split())[:100]} — {why}", style="dim"))
+    for sql, why in advice.unserved:
+        console.print(Text(f"no index for: {' '.join(sql.split())[:100]} — {why}", style="dim"))
+
+
+def _first_line(text: str) -> str:
+    return text.splitlines()[0] if text else text
 
 
 def render_explained(explained: Explained, console: Console) -> None:

@@ -19,11 +19,10 @@ from pglast import parser
 from ._context import _catalog_only
 from ._errors import DoctorError
 from ._session import Session
-from ._workload import WorkloadQuery, from_file, from_statements
+from ._workload import _HIDDEN, WorkloadQuery, from_file, from_statements, hidden_statements
 
 STATEMENTS = "pg_stat_statements"
 ACTIVITY = "pg_stat_activity"
-_HIDDEN = "<insufficient privilege>"
 _READS = re.compile(r"^\s*(with|select|update|delete)\b", re.IGNORECASE)
 
 
@@ -136,16 +135,18 @@ def load_workload(
     samples: int = 10,
     interval_s: float = 1.0,
     statement_timeout_ms: int = 10_000,
-) -> list[WorkloadQuery]:
-    """The workload of ``source``: ``pg_stat_statements``, ``pg_stat_activity``, a ``.sql``
-    file, or a PostgreSQL log file (stderr ``.log``, ``.csv``, ``.json``)."""
+) -> tuple[list[WorkloadQuery], list[str]]:
+    """The workload of ``source`` (``pg_stat_statements``, ``pg_stat_activity``, a ``.sql``
+    file, or a PostgreSQL log file: stderr ``.log``, ``.csv``, ``.json``) and notices about
+    it (pg_stat_statements hiding other roles' statements: the grant that shows them)."""
     from ._logs import from_log_files  # noqa: PLC0415 - only log workloads need it
 
     if str(source) in (STATEMENTS, ACTIVITY):
         with Session(url, statement_timeout_ms=statement_timeout_ms) as session:
             if str(source) == STATEMENTS:
-                return from_statements(session)
-            return from_activity(session, samples, interval_s)
+                hidden = hidden_statements(session)
+                return from_statements(session), [hidden] if hidden else []
+            return from_activity(session, samples, interval_s), []
     path = Path(source)
     if not path.is_file():
         raise DoctorError(
@@ -153,10 +154,10 @@ def load_workload(
             "or a PostgreSQL log file (stderr, .csv, .json) that exists"
         )
     if path.suffix == ".sql":
-        return from_file(path)
+        return from_file(path), []
     with Session(url, statement_timeout_ms=statement_timeout_ms) as session:
         database = session.capabilities.database
-    return from_log_files([path], database=database)
+    return from_log_files([path], database=database), []
 
 
 def advisable(sql: str) -> bool:
