@@ -116,6 +116,50 @@ def test_flask_run_is_diagnosed_by_route(tmp_path: Path, database: ModuleDatabas
     assert "Fix first" in err
 
 
+SERVED_AS_GUNICORN = textwrap.dedent(
+    """
+    from flask import Flask
+    from werkzeug.test import EnvironBuilder
+
+    from hotpath.run import _agent
+
+    app = Flask(__name__)
+
+
+    @app.get("/books/<int:book>")
+    def book(book):
+        return {"book": book}
+
+
+    served = _agent.RunWSGI(app, _agent.current())  # what gunicorn's Worker.wsgi is set to
+    for i in range(3):
+        body = served(EnvironBuilder(path=f"/books/{i}").get_environ(), lambda *_: None)
+        try:
+            b"".join(body)
+        finally:
+            body.close()
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_flask_app_served_as_gunicorn_serves_it_is_scoped_once_per_request(
+    tmp_path: Path,
+) -> None:
+    # the Flask app's own __call__ is hooked too (``flask run``): called by the run's WSGI
+    # wrapper, it must find the request scoped already
+    (tmp_path / "script.py").write_text(SERVED_AS_GUNICORN)
+    run = hotpath_run(
+        ["--report-dir", str(tmp_path), "--", sys.executable, "script.py"], cwd=tmp_path
+    )
+    _, err = run.communicate(timeout=120)
+
+    assert run.returncode == 0, err
+    report = read_report(tmp_path)
+    assert [(e["name"], e["count"]) for e in report["endpoints"]] == [("GET /books/<int:book>", 3)]
+    assert [w["scopes"] for w in report["workers"]] == [3]
+
+
 SCRIPT = textwrap.dedent(
     """
     import os

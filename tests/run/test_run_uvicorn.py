@@ -4,6 +4,7 @@ uvicorn processes."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import textwrap
@@ -150,8 +151,9 @@ def _paths() -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_planted_app_under_two_workers_is_diagnosed_once_per_problem(
-    tmp_path: Path, database: ModuleDatabase, payments_url: str
+    tmp_path: Path, database: ModuleDatabase, payments_url: str, stop: signal.Signals
 ) -> None:
     (tmp_path / "planted.py").write_text(PLANTED)
     reports = tmp_path / "reports"
@@ -178,7 +180,7 @@ def test_planted_app_under_two_workers_is_diagnosed_once_per_problem(
     wait_listening(run, listen)
     sent = load(run, f"http://127.0.0.1:{listen}", _paths())
     children = descendants(run.pid)
-    _, err = interrupt(run)
+    _, err = interrupt(run, stop)
 
     assert run.returncode == 0, err
     assert children, "uvicorn's master and workers ran under hotpath run"
@@ -186,9 +188,12 @@ def test_planted_app_under_two_workers_is_diagnosed_once_per_problem(
     report = read_report(reports)
     assert (reports / "hotpath-report.html").exists()
 
-    # every request is in the merged report once, whichever worker served it
+    # every request is in the merged report once, whichever worker served it: each worker
+    # wrote its final state as it left (uvicorn re-raises the SIGTERM its master sends it
+    # after restoring the handler it found: the agent's, not the default's silent death)
     workers = [w for w in report["workers"] if w["scopes"]]
     assert len(report["workers"]) == 2
+    assert [w["final"] for w in report["workers"]] == [True, True], err
     assert sum(w["scopes"] for w in report["workers"]) == sent, err
     assert sum(e["count"] for e in report["endpoints"]) == sent
     assert {e["name"] for e in report["endpoints"]} == set(ENDPOINTS.values())

@@ -5,8 +5,10 @@ The bootstrap starts it after the first import of SQLAlchemy, an app server, a f
 hotpath (pytest's plugin starts it too). It registers post-import hooks (``wrapt``, as ddtrace does,
 so import order does not matter) and returns. Only a process that imports SQLAlchemy, an
 app server or a framework builds the run's :class:`~hotpath.observe.Profiler` and writes
-its WORKER STATE to ``$HOTPATH_RUN_DIR/worker-<pid>.json`` every second and at exit
-(atomically: a temporary file, then ``os.replace``).
+its WORKER STATE to ``$HOTPATH_RUN_DIR/worker-<pid>.json`` every second and, once the
+requests in flight on other threads have concluded, a FINAL one as it leaves: at exit, in
+multiprocessing's exit finalizers, or on a fatal signal (atomically: a temporary file, then
+``os.replace``).
 
 What it instruments, without a line of the app changed:
 
@@ -33,6 +35,7 @@ reason, and the program goes on as it would without hotpath.
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import contextvars
 import inspect
@@ -55,6 +58,12 @@ if TYPE_CHECKING:
     from ..observe import Profiler
 
 WRITE_INTERVAL_S = 1.0
+# Signals whose default action ends a process with no atexit and no exit finalizers (hotpath
+# run forwards both to the command): the agent writes the final state, then dies of them.
+FATAL_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+# The final state waits at most this long for requests still running on other threads: well
+# under the supervisor's grace period before it kills what is left (LEFTOVER_GRACE_S).
+FINAL_WAIT_S = 2.0
 # Engines are metered once this old: an app that meters its own pool does it right after
 # create_engine, and its options (pings, recycling) must win over the run's.
 METER_AFTER_S = 0.5
@@ -93,7 +102,15 @@ class Agent:
         self.run_dir = run_dir
         self.options = options
         self.started = time.time()
-        self.scopes = 0  # requests and tests this process scoped
+        self.scopes = 0  # requests and tests this process scoped, concluded
+        # scopes open now, by the thread that opened them (the final write waits for them)
+        self._in_flight: collections.Counter[int] = collections.Counter()
+        # reentrant: a fatal signal's handler may run on a thread that holds it
+        self._scopes_changed = threading.Condition(threading.RLock())
+        # the thread writing the final state or forking: a fatal signal that interrupts it is
+        # acted on once it is done, not with a second write nested in the first
+        self._busy_thread: int | None = None
+        self._deferred_signal: int | None = None
         self.uninstrumented: list[dict[str, str]] = []
         self._noted: set[str] = set()
         self._profiler: Profiler | None = None
@@ -145,6 +162,7 @@ class Agent:
         }
         for module, hook in hooks.items():
             wrapt.register_post_import_hook(self._guarded_hook(module, hook), module)
+        self._handle_fatal_signals()
 
     def _guarded_hook(self, module: str, hook: Callable[[Any], None]) -> Callable[[Any], None]:
         def run(loaded: Any) -> None:
@@ -297,13 +315,27 @@ class Agent:
         rate = self.options.sample
         return rate >= 1.0 or self._random.random() < rate
 
-    def _count_scope(self) -> None:
+    def _scope_opened(self) -> int:
+        """A scope is in flight on this thread (returned: its conclusion names it)."""
+        thread = threading.get_ident()
+        with self._scopes_changed:
+            self._in_flight[thread] += 1
         with self._lock:
-            self.scopes += 1
             if self._engines:
                 # the app has started (its own instrument_pool calls are behind it): meter
                 # the engines now, so that the first requests' checkouts are counted
                 self._meter_new_engines(settled=True)
+        return thread
+
+    def _scope_concluded(self, thread: int) -> None:
+        """The scope opened on ``thread`` is in the profiler's figures now."""
+        with self._scopes_changed:
+            if self._in_flight[thread] > 1:
+                self._in_flight[thread] -= 1
+            else:  # (a scope a forked child inherited was never counted in it)
+                self._in_flight.pop(thread, None)
+            self.scopes += 1
+            self._scopes_changed.notify_all()
 
     async def serve_asgi(self, app: Any, scope: Any, receive: Any, send: Any) -> None:
         from ..observe import ASGIMiddleware  # noqa: PLC0415 - loaded with the profiler
@@ -314,12 +346,13 @@ class Agent:
             self.note("an ASGI request", f"{type(exc).__name__}: {exc}")
             await app(scope, receive, send)
             return
-        self._count_scope()
+        thread = self._scope_opened()
         token = _in_scope.set(True)
         try:
             await middleware(scope, receive, send)
         finally:
             _in_scope.reset(token)
+            self._scope_concluded(thread)
 
     def serve_wsgi(self, app: Any, environ: Any, start_response: Any) -> Any:
         from ..observe import WSGIMiddleware  # noqa: PLC0415 - loaded with the profiler
@@ -329,8 +362,16 @@ class Agent:
         except Exception as exc:
             self.note("a WSGI request", f"{type(exc).__name__}: {exc}")
             return app(environ, start_response)
-        self._count_scope()
-        return _flagged(middleware(environ, start_response))
+        thread = self._scope_opened()
+        token = _in_scope.set(True)  # the app runs in this call, then in its body's chunks
+        try:
+            body = middleware(environ, start_response)
+        except BaseException:
+            self._scope_concluded(thread)  # the middleware concluded it with the error
+            raise
+        finally:
+            _in_scope.reset(token)
+        return _RunBody(body, self, thread)
 
     @contextlib.contextmanager
     def test_scope(self, name: str) -> Iterator[None]:
@@ -342,7 +383,7 @@ class Agent:
             self.note(f"test {name}", f"{type(exc).__name__}: {exc}")
             yield
             return
-        self._count_scope()
+        thread = self._scope_opened()
         token = _in_scope.set(True)
         failed: tuple[Any, Any, Any] = (None, None, None)
         try:
@@ -354,11 +395,13 @@ class Agent:
             _in_scope.reset(token)
             with self.guard(f"test {name} (closing its scope)"):
                 opened.__exit__(*failed)
+            self._scope_concluded(thread)
 
     # -- the worker state ------------------------------------------------------------------
 
     def _activate(self) -> None:
-        """Start writing this process's state: every second, at exit and on SIGTERM."""
+        """Start writing this process's state: every second, and the final one at exit or
+        on a fatal signal."""
         atexit.register(self.write_final)
         # multiprocessing's children (uvicorn --workers) leave through os._exit, past atexit:
         # its own exit finalizers are what runs there
@@ -366,17 +409,35 @@ class Agent:
 
         util.Finalize(None, self.write_final, exitpriority=100)
         self._start_writer()
-        if threading.current_thread() is threading.main_thread():
-            with contextlib.suppress(ValueError, OSError):
-                if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-                    # Python's default dies without atexit: write first, then die the same way.
-                    # A server that installs its own handler (uvicorn, gunicorn) exits normally.
-                    signal.signal(signal.SIGTERM, self._on_sigterm)
+        self._handle_fatal_signals()  # if the agent started off the main thread
 
-    def _on_sigterm(self, signum: int, frame: Any) -> None:
-        self.write_final()
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
+    def _handle_fatal_signals(self) -> None:
+        """Handle each of ``FATAL_SIGNALS`` left at its default: write the final state first,
+        then die of it as the default would. Done when the agent starts, before the app's
+        server runs: a server that sets handlers of its own while it serves restores the
+        ones it found when it stops — uvicorn then re-raises the SIGTERM it caught (its
+        master's, on Ctrl-C) — and must find this one, not the default, which would end the
+        worker without a final state (its last requests lost)."""
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread may set handlers
+        for signum in FATAL_SIGNALS:
+            with contextlib.suppress(ValueError, OSError):
+                if signal.getsignal(signum) is signal.SIG_DFL:
+                    signal.signal(signum, self._on_fatal_signal)
+
+    def _on_fatal_signal(self, signum: int, frame: Any) -> None:
+        if self._busy_thread == threading.get_ident():
+            # it interrupted this thread's final write (or a fork): acted on once that is done
+            self._deferred_signal = signum
+            return
+        if self._profiler is not None:
+            self.write_final()
+        _die_of(signum)
+
+    def _act_on_deferred_signal(self) -> None:
+        signum, self._deferred_signal = self._deferred_signal, None
+        if signum is not None:
+            self._on_fatal_signal(signum, None)
 
     def _start_writer(self) -> None:
         self._stop = threading.Event()
@@ -392,15 +453,30 @@ class Agent:
                 return  # the run directory is gone: the supervisor has finished
 
     def write_final(self) -> None:
-        self._stop.set()
-        self.write()
+        """Write this process's last state, marked final: once the scopes in flight on other
+        threads have concluded (their responses may be out already: they belong in the
+        report), ``FINAL_WAIT_S`` at most. Scopes of this thread cannot conclude while it is
+        here (an event loop's, when a signal's handler runs on it): the state counts them."""
+        this_thread = threading.get_ident()
+        self._busy_thread = this_thread
+        try:
+            self._stop.set()
+            with self._scopes_changed:
+                self._scopes_changed.wait_for(
+                    lambda: not any(t != this_thread for t in self._in_flight), FINAL_WAIT_S
+                )
+            self.write(final=True)
+        finally:
+            self._busy_thread = None
+        self._act_on_deferred_signal()
 
-    def write(self) -> bool:
+    def write(self, *, final: bool = False) -> bool:
         """Write the state atomically; False when the run directory is gone."""
         import orjson  # noqa: PLC0415 - a dependency of hotpath, loaded with the profiler
 
         with self._write_lock:
             state = self.state()
+            state["final"] = final
             path = os.path.join(self.run_dir, f"worker-{self.pid}.json")
             temporary = f"{path}.{threading.get_ident()}.tmp"
             try:
@@ -423,6 +499,7 @@ class Agent:
             "started": self.started,
             "written": time.time(),
             "scopes": self.scopes,
+            "in_flight": sum(self._in_flight.values()),
             "observe": observe,
         }
         for key, collect in (
@@ -508,10 +585,13 @@ class Agent:
     # -- fork ------------------------------------------------------------------------------------
 
     def before_fork(self) -> None:
+        self._busy_thread = threading.get_ident()
         self._write_lock.acquire()  # no snapshot half taken in the child
 
     def after_fork_in_parent(self) -> None:
         self._write_lock.release()
+        self._busy_thread = None
+        self._act_on_deferred_signal()
 
     def after_fork_in_child(self) -> None:
         """A forked worker (gunicorn ``--preload``, multiprocessing's fork) is a new worker:
@@ -519,6 +599,10 @@ class Agent:
         own (threads do not survive fork)."""
         self._write_lock = threading.Lock()
         self._lock = threading.RLock()
+        self._scopes_changed = threading.Condition(threading.RLock())
+        self._in_flight = collections.Counter()  # the parent's requests are the parent's
+        self._busy_thread = None
+        self._deferred_signal = None  # the parent's to act on
         self.pid = os.getpid()
         self.started = time.time()
         self.scopes = 0
@@ -587,13 +671,52 @@ class RunWSGI:
         return self._agent.serve_wsgi(self.app, environ, start_response)
 
 
-def _flagged(body: Iterable[bytes]) -> Iterator[bytes]:
-    """A WSGI body iterated with the run's scope flag set (the app runs during iteration)."""
-    _in_scope.set(True)
-    try:
-        yield from body  # closing this closes the middleware's body, which closes the app's
-    finally:
-        _in_scope.set(False)
+class _RunBody:
+    """A WSGI body as the run serves it: each chunk is produced with the run's scope flag set
+    (the app runs then too), and the agent learns when the request's scope concluded — the
+    body ran out, or was closed or dropped unread, as observe's body concludes it."""
+
+    def __init__(self, body: Iterable[bytes], agent: Agent, thread: int) -> None:
+        self._body = body
+        self._chunks = iter(body)
+        self._agent = agent
+        self._thread = thread
+        self._concluded = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        token = _in_scope.set(True)
+        try:
+            return next(self._chunks)
+        except StopIteration:
+            self._conclude()
+            raise
+        finally:
+            _in_scope.reset(token)
+
+    def close(self) -> None:
+        close = getattr(self._body, "close", None)
+        try:
+            if close is not None:
+                close()  # observe's body: closes the app's, concludes the scope
+        finally:
+            self._conclude()
+
+    def __del__(self) -> None:
+        self.close()
+
+    def _conclude(self) -> None:
+        if not self._concluded:
+            self._concluded = True
+            self._agent._scope_concluded(self._thread)
+
+
+def _die_of(signum: int) -> None:
+    """End the process as ``signum``'s default action does (its exit status says so)."""
+    signal.signal(signum, signal.SIG_DFL)
+    signal.raise_signal(signum)
 
 
 def _is_asgi(app: Any) -> bool:

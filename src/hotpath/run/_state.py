@@ -54,6 +54,7 @@ def merge_states(
                 "started": w.get("started"),
                 "written": w.get("written"),
                 "scopes": w.get("scopes", 0),
+                "final": bool(w.get("final")),
                 "alive": _alive(w["pid"]),
             }
             for w in workers
@@ -79,6 +80,32 @@ def merge_states(
             add(item, w["pid"])
     state["uninstrumented"] = list(merged.values())
     return state, report
+
+
+def final_state_gaps(workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What the report of a finished run lacks, per worker: the figures after its last state
+    when it ended without writing its final one (killed), or the requests still running
+    when it wrote it (they never concluded)."""
+    gaps = []
+    for w in workers:
+        what = f"worker {w['pid']} ({' '.join(w.get('argv') or [])})"
+        if not w.get("final"):
+            gaps.append(
+                {
+                    "what": what,
+                    "why": "it ended without writing its final state (killed?): what it "
+                    "recorded after its last state, written every second, is missing",
+                }
+            )
+        elif w.get("in_flight"):
+            gaps.append(
+                {
+                    "what": what,
+                    "why": f"{w['in_flight']} request(s)/test(s) were still running when it "
+                    "wrote its final state: they are not in the report",
+                }
+            )
+    return gaps
 
 
 def run_state(

@@ -44,7 +44,7 @@ from ._report import (
     report_document,
     write_reports,
 )
-from ._state import merge_states, read_workers
+from ._state import final_state_gaps, merge_states, read_workers
 
 BOOTSTRAP_DIR = str(Path(__file__).with_name("_bootstrap"))
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -102,7 +102,9 @@ def run(options: RunOptions, *, console: Console | None = None) -> int:
         code = _supervise(list(options.command), current.env())
         if doctor is not None:
             doctor.join()
+        # every process of the command has ended by now: these are their final states
         workers = read_workers(current.run_dir)
+        current.notes.extend(final_state_gaps(workers))
         if not workers:
             current.notes.append(
                 {

@@ -37,6 +37,7 @@ def _note_failure(why: str) -> None:
         "started": time.time(),
         "written": time.time(),
         "observe": None,
+        "final": True,  # the only state this process writes
         "uninstrumented": [{"what": f"process {sys.executable}", "why": why}],
     }
     try:
