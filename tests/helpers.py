@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 import psutil
@@ -31,3 +33,13 @@ def alive(pids: list[int]) -> list[int]:
         except psutil.NoSuchProcess:
             pass
     return running
+
+
+def eventually(check: Callable[[], bool], timeout: float, what: str) -> None:
+    """Until ``check()`` holds, or fail naming ``what`` after ``timeout`` seconds (a state
+    another process reaches, with nothing to be notified by)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(0.02)

@@ -9,11 +9,13 @@ import sys
 import textwrap
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
+from hotpath.stack._process import free_ports
 from hotpath.testing import ModuleDatabase
-from tests.helpers import alive
+from tests.helpers import alive, eventually
 
 from .conftest import (
     descendants,
@@ -236,24 +238,69 @@ def test_bad_options_are_one_line_and_exit_2(tmp_path: Path, args: list[str], me
     assert "Traceback" not in done.stderr
 
 
-@pytest.mark.skipif(
-    __import__("importlib").util.find_spec("hotpath.dashboard") is not None,
-    reason="hotpath.dashboard is here: --dashboard serves it",
+LIVE_APP = textwrap.dedent(
+    """
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+
+    @app.get("/items/{item_id}")
+    async def item(item_id: int) -> dict[str, int]:
+        return {"id": item_id}
+    """
 )
-@pytest.mark.parametrize(
-    ("option", "package"), [("--dashboard", "hotpath.dashboard"), ("--metrics", "hotpath.metrics")]
-)
-def test_live_options_name_the_missing_package(tmp_path: Path, option: str, package: str) -> None:
-    done = subprocess.run(  # noqa: PLW1510 - the exit code is the point
-        [sys.executable, "-m", "hotpath", "run", option, str(port()), "--", "true"],
+
+
+@pytest.mark.slow
+def test_the_live_page_and_the_metrics_follow_the_run(tmp_path: Path) -> None:
+    """--dashboard serves the live page and its state, --metrics the Prometheus exposition,
+    both from the workers' merged state while the app runs."""
+    (tmp_path / "live.py").write_text(LIVE_APP)
+    app_port, page_port, metrics_port = free_ports(3)
+    run = hotpath_run(
+        [
+            "--report-dir",
+            str(tmp_path),
+            "--dashboard",
+            f"127.0.0.1:{page_port}",
+            "--metrics",
+            str(metrics_port),
+            "--",
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "live:app",
+            "--port",
+            str(app_port),
+        ],
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
     )
-    assert done.returncode == 2
-    assert done.stderr.count("\n") == 1
-    assert f"needs {package}" in done.stderr
+    try:
+        wait_listening(run, app_port)
+        wait_listening(run, page_port)
+        sent = load(run, f"http://127.0.0.1:{app_port}", [f"/items/{i}" for i in range(12)])
+        with httpx.Client(timeout=10) as client:
+            page = client.get(f"http://127.0.0.1:{page_port}/")
+            assert page.status_code == 200
+            assert "uPlot" in page.text or "dashboard" in page.text.lower()
+
+            def served() -> int:
+                state = client.get(f"http://127.0.0.1:{page_port}/api/state").json()
+                endpoints = state["state"]["report"]["endpoints"]
+                return sum(e["count"] for e in endpoints if e["name"] == "GET /items/{item_id}")
+
+            eventually(lambda: served() == sent, 20, "the page's state has every request")
+            metrics = client.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+        line = next(
+            line
+            for line in metrics.splitlines()
+            if line.startswith("hotpath_endpoint_requests_total")
+            and 'endpoint="GET /items/{item_id}"' in line
+        )
+        assert float(line.rsplit(" ", 1)[1]) == sent
+    finally:
+        interrupt(run)
 
 
 SUITE = textwrap.dedent(
