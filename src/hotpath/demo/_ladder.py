@@ -334,16 +334,27 @@ def breakdown(run: RunResult) -> dict[str, float]:
     return {layer: ms / count for layer, ms in totals.items()} if count else {}
 
 
+def endpoints_text(endpoint: str) -> str:
+    """An endpoint, or several (a blocking call stalls every request in flight), short."""
+    named = endpoint.split(", ")
+    if len(named) <= 2:
+        return endpoint
+    return f"{named[0]} and {len(named) - 1} other endpoints"
+
+
 def _choice_lines(choice: Choice, indent: str) -> list[str]:
     site = f" at {choice.call_site}" if choice.call_site else ""
     text = (
-        f"{choice.kind} on {choice.endpoint}: {choice.share:.0%} of its time{site}"
+        f"{choice.kind} on {endpoints_text(choice.endpoint)}: {choice.share:.0%} of its time{site}"
         if choice.endpoint
         else choice.kind
     )
-    lines = textwrap.wrap(text, 78 - len(indent), break_long_words=True)
-    notes = [f"({note})" for note in choice.notes]
-    return [indent + line for line in lines + notes]
+    width = 78 - len(indent)
+    lines = textwrap.wrap(text, width, break_long_words=True)
+    if choice.message:
+        lines += textwrap.wrap(f"({choice.message})", width, break_long_words=True)
+    lines += [f"({note})" for note in choice.notes]
+    return [indent + line for line in lines]
 
 
 def ladder_lines(ladder: Ladder) -> list[str]:

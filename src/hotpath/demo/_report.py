@@ -10,7 +10,15 @@ import psutil
 
 from .._charts import bar_chart, line_chart
 from ._ladder import PUBLISHED as LADDER_PUBLISHED
-from ._ladder import Ladder, breakdown, gain, measured_figure, p99_ms, verdict
+from ._ladder import (
+    Ladder,
+    breakdown,
+    endpoints_text,
+    gain,
+    measured_figure,
+    p99_ms,
+    verdict,
+)
 from ._runner import SUMMARY_HEADERS, DemoResult, RunResult, summary_cells, summary_rows
 from .shop.fixes import FIX_DESCRIPTIONS
 
@@ -67,9 +75,9 @@ def _ladder_section(ladder: Ladder) -> str:
         if step.because is not None:
             c = step.because
             site = f" at <code>{escape(c.call_site)}</code>" if c.call_site else ""
-            why = (
-                f"<b>{escape(c.kind)}</b> on {escape(c.endpoint)}: {c.share:.0%} of its time{site}"
-            )
+            named = escape(endpoints_text(c.endpoint))
+            why = f"<b>{escape(c.kind)}</b> on {named}: {c.share:.0%} of its time{site}"
+            why += f"<br><span class=muted>{escape(c.message)}</span>" if c.message else ""
             why += "".join(f"<br><span class=muted>{escape(n)}</span>" for n in c.notes)
         parts = breakdown(run)
         layers = ", ".join(f"{escape(k)} {v:.1f}" for k, v in parts.items() if v >= 0.05)
