@@ -374,6 +374,10 @@ def ladder_lines(ladder: Ladder) -> list[str]:
             f"  measured: {run.load.throughput():.0f} req/s, p50 {latency.percentile_ms(50):.1f}"
             f" / p95 {latency.percentile_ms(95):.1f} / p99 {latency.percentile_ms(99):.1f} ms"
         )
+        lines.append(
+            f"  errors {run.load.errors}, stale reads {run.load.stale_reads}, "
+            f"connections opened {run.connections_opened:,}"
+        )
         layers = [f"{k} {v:.1f}" for k, v in breakdown(run).items() if v >= 0.05]
         lines += textwrap.wrap(
             "ms/request by layer: " + ", ".join(layers),
