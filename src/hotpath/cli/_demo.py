@@ -68,6 +68,10 @@ def demo(
 
     if scale not in SCALES:
         raise typer.BadParameter(f"unknown scale {scale!r}: use one of {', '.join(SCALES)}")
+    for path in (report, json_path):
+        # checked before the runs: a bad path found after minutes of load loses the result
+        if path is not None and not path.resolve().parent.is_dir():
+            raise typer.BadParameter(f"{path}: its directory does not exist; give another path")
     with out.status("starting PostgreSQL primary, replicas and Redis..."):
         stack = LocalStack(replicas=2, redis=True).start()
     try:
