@@ -39,6 +39,7 @@ ENDPOINTS = {
     "GET /search",
     "GET /reports/sales",
     "POST /orders",
+    "GET /categories/{category_id}/export",
 }
 # one session, so one connection opened (NullPool), and little else
 CONNECT_BOUND = ("GET /products/{product_id}", "GET /search", "GET /reports/sales")
@@ -183,3 +184,11 @@ def test_naive_shop_diagnosis_names_each_endpoint_bottleneck_and_first_fix(
     [no_timeout] = [f for f in naive.endpoint(PROFILE)["fixes"] if f["kind"] == "no_timeout"]
     assert no_timeout["call_site"].startswith("src/hotpath/demo/shop/app.py:")
     assert no_timeout["scopes"] == naive.endpoint(PROFILE)["count"]
+    # the profile's sync risk check: a wait on the event loop, named at its line, which the
+    # ladder maps to the offload fix
+    waits = [
+        f
+        for f in naive.report["top_fixes"]
+        if f["kind"] == "blocking_call" and not f["evidence"]["cpu_bound"]
+    ]
+    assert any("in risk_check" in (f["call_site"] or "") for f in waits), waits

@@ -33,6 +33,8 @@ READS = [
     "/search?q=oak",
     "/reports/sales?start=2025-03-01&days=14",
     "/users/5/profile",
+    "/users/10/profile",
+    "/categories/3/export",
 ]
 
 
@@ -69,6 +71,8 @@ async def clients(
         "replicas": Fixes(pool=True, replicas=True),
         "fanout": Fixes(pool=True, fanout=True),
         "keyset": Fixes(pool=True, keyset=True),
+        "offload": Fixes.only("offload"),
+        "lean": Fixes.only("lean"),
         "cache": Fixes(pool=True, eager=True, cache=True),
         "optimized": Fixes.optimized(),
     }

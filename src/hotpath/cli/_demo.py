@@ -23,6 +23,7 @@ from ._console import out
 from ._stack import status_table
 
 if TYPE_CHECKING:
+    from ..demo._ladder import Ladder
     from ..demo._runner import DemoResult
     from ..stack import LocalStack
 
@@ -33,7 +34,21 @@ def demo(
     scale: Annotated[str, typer.Option(help=f"Shop size: {', '.join(SCALES)}.")] = "small",
     duration: Annotated[float, typer.Option(min=1, max=600, help="Seconds per run.")] = 20,
     users: Annotated[int, typer.Option(min=1, max=256, help="Concurrent simulated users.")] = 16,
-    ablation: Annotated[bool, typer.Option(help="Also run naive + one fix at a time.")] = False,
+    ablation: Annotated[
+        bool,
+        typer.Option(help="Instead of the loop: naive, each fix alone, then every fix at once."),
+    ] = False,
+    verify: Annotated[
+        bool,
+        typer.Option(help="At each step also try every other remaining fix alone from there."),
+    ] = False,
+    target_p99_ms: Annotated[
+        float | None,
+        typer.Option(min=0.1, help="Stop once p99 is at most this (default: naive's p99 / 10)."),
+    ] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the ladder as JSON to this path.")
+    ] = None,
     smoke: Annotated[
         bool, typer.Option(help="Only start the stack and check replication.")
     ] = False,
@@ -44,14 +59,19 @@ def demo(
         Path, typer.Option(help="Where to write the self-contained HTML report.")
     ] = Path("demo-report.html"),
 ) -> None:
-    """Run the shop naive and optimized under the same load on a local stack; print the
-    before/after and write an HTML report."""
+    """Optimize the shop on a local stack the way the method goes: measure under load, apply
+    the one fix hotpath's diagnosis names first, measure again, until the p99 target is met;
+    print the ladder and write an HTML report."""
     from ..demo._report import render_html  # noqa: PLC0415 - keep `hotpath --help` fast
     from ..demo._runner import run_shop  # noqa: PLC0415
     from ..stack import LocalStack  # noqa: PLC0415
 
     if scale not in SCALES:
         raise typer.BadParameter(f"unknown scale {scale!r}: use one of {', '.join(SCALES)}")
+    for path in (report, json_path):
+        # checked before the runs: a bad path found after minutes of load loses the result
+        if path is not None and not path.resolve().parent.is_dir():
+            raise typer.BadParameter(f"{path}: its directory does not exist; give another path")
     with out.status("starting PostgreSQL primary, replicas and Redis..."):
         stack = LocalStack(replicas=2, redis=True).start()
     try:
@@ -60,13 +80,25 @@ def demo(
             return
         with _progress() as (say, rows_loaded):
             result = run_shop(
-                stack, scale, duration, users, ablation, progress=say, rows_loaded=rows_loaded
+                stack,
+                scale,
+                duration,
+                users,
+                ablation,
+                progress=say,
+                rows_loaded=rows_loaded,
+                ladder=not ablation,
+                verify=verify,
+                target_p99_ms=target_p99_ms,
             )
         if result.indexes:
             out.print("[bold]indexes hotpath advise recommended[/] (the index fix):")
             for ddl in result.indexes:
-                out.print(f"  {ddl}")
-        _before_after(result)
+                out.print(f"  {ddl}", soft_wrap=True, markup=False)
+        if result.ladder is not None:
+            _print_ladder(result.ladder, json_path)
+        else:
+            _before_after(result)
         for run in result.runs:
             for error in run.server_errors:
                 out.print(f"[yellow]{run.label}: the server logged[/] {escape(error)}")
@@ -140,6 +172,20 @@ def _smoke(stack: LocalStack, rows: int) -> None:
         f"p50 {report.redis_p50_us:.0f} us, p99 {report.redis_p99_us:.0f} us"
     )
     out.print(status_table(stack.status()))
+
+
+def _print_ladder(ladder: Ladder, json_path: Path | None) -> None:
+    import json  # noqa: PLC0415
+
+    from ..demo._ladder import ladder_dict, ladder_lines  # noqa: PLC0415
+
+    out.print("[bold]The ladder[/]: each fix chosen by hotpath's diagnosis of the run before")
+    for line in ladder_lines(ladder):
+        # the lines are made to fit 80 columns: never re-wrapped nor cut
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
+    if json_path is not None:
+        json_path.write_text(json.dumps(ladder_dict(ladder), indent=2))
+        out.print(f"[bold]ladder JSON[/]: {json_path.resolve()}")
 
 
 def _before_after(result: DemoResult) -> None:

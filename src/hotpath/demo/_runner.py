@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import psycopg
@@ -27,6 +27,9 @@ from .shop.app import ShopSettings
 from .shop.data import Scale, expected_rows
 from .shop.fixes import FIX_DESCRIPTIONS, Fixes
 from .shop.payments import PaymentBehaviour, create_payment_app
+
+if TYPE_CHECKING:
+    from ._ladder import Ladder
 
 # Only if the advisor cannot run (say, pg_stat_statements missing on an external server):
 # the indexes it finds on this workload, stated by hand.
@@ -52,6 +55,7 @@ class RunResult:
     primary_reads: int = 0
     cache: dict[str, int] = field(default_factory=dict)
     server_errors: list[str] = field(default_factory=list)  # exceptions the server logged
+    report: dict[str, Any] = field(default_factory=dict)  # observe's diagnosis of the run
 
     @property
     def cache_hit_rates(self) -> tuple[float, float] | None:
@@ -81,6 +85,7 @@ class DemoResult:
     duration_s: float = 0.0
     concurrency: int = 0
     indexes: list[str] = field(default_factory=list)  # what hotpath advise recommended
+    ladder: Ladder | None = None  # the optimization loop, when it ran
 
 
 def prepare_indexes(dsn: str, fixes: Fixes, indexes: Sequence[str]) -> None:
@@ -138,6 +143,7 @@ async def run_configuration(settings: ShopSettings, spec: LoadSpec, scale: str) 
         int(stats["primary_reads"]),
         {k: int(v) for k, v in stats.get("cache", {}).items()},
         server_errors,
+        stats["observe"],
     )
 
 
@@ -148,6 +154,48 @@ def configurations(ablation: bool) -> list[Fixes]:
     return runs
 
 
+@dataclass
+class ShopRig:
+    """What every run of one demo shares: the loaded shop, the payment service, the load, and
+    the indexes the advisor recommended. ``run(fixes)`` gives each configuration the same
+    start: its own indexes only, a cold cache, a fresh server process."""
+
+    stack: LocalStack
+    dsn: str
+    payment_url: str
+    scale: str
+    spec: LoadSpec
+    progress: Callable[[str], None]
+    indexes: list[str] = field(default_factory=list)
+
+    def run(self, fixes: Fixes, why: str = "") -> RunResult:
+        if fixes.indexes and not self.indexes:
+            self.advise()
+        what = f"running {fixes.label}{why} for {self.spec.duration_s:.0f}s"
+        self.progress(f"{what} with {self.spec.concurrency} users")
+        prepare_indexes(self.dsn, fixes, self.indexes)
+        if fixes == Fixes.naive():
+            _reset_statement_stats(self.dsn)  # the advisor reads the naive run's statements
+        with redis.Redis.from_url(self.stack.redis_url) as client:
+            client.flushdb()  # every configuration starts with a cold cache
+        settings = ShopSettings(
+            primary_url=self.stack.primary.url_for("shop", driver="asyncpg"),
+            payment_url=self.payment_url,
+            fixes=fixes,
+            replica_urls=[r.url_for("shop", driver="asyncpg") for r in self.stack.replicas],
+            redis_url=self.stack.redis_url,
+            concurrency=self.spec.concurrency,
+        )
+        return asyncio.run(run_configuration(settings, self.spec, self.scale))
+
+    def advise(self) -> list[str]:
+        """The advisor's indexes for the naive run's statements (asked once)."""
+        if not self.indexes:
+            self.progress("asking hotpath advise for indexes on the naive run's statements")
+            self.indexes = advised_indexes(self.dsn, self.progress)
+        return self.indexes
+
+
 def run_shop(
     stack: LocalStack,
     scale: str = "small",
@@ -156,13 +204,22 @@ def run_shop(
     ablation: bool = False,
     progress: Callable[[str], None] = print,
     rows_loaded: Callable[[int, int], None] | None = None,
+    *,
+    ladder: bool = False,
+    verify: bool = False,
+    target_p99_ms: float | None = None,
 ) -> DemoResult:
-    """Load the shop into ``stack`` and run each configuration under the same load.
+    """Load the shop into ``stack`` and run it under the same load in each configuration.
 
-    The naive configuration runs first; the index fix then uses what ``hotpath advise``
-    recommends from the statements that run recorded. ``rows_loaded(done, expected)`` follows
-    the data load.
+    With ``ladder``: the optimization loop (:func:`hotpath.demo._ladder.climb`), each fix
+    chosen by observe's diagnosis of the run before, with ``verify`` and ``target_p99_ms`` as
+    it takes them. Otherwise naive, then every fix at once (and, with ``ablation``, each fix
+    alone in between). The naive configuration runs first; the index fix uses what
+    ``hotpath advise`` recommends from the statements that run recorded. ``rows_loaded(done,
+    expected)`` follows the data load.
     """
+    from ._ladder import climb  # noqa: PLC0415 - the ladder imports this module
+
     began = time.monotonic()
     with stack.primary.connect() as conn:
         conn.execute("DROP DATABASE IF EXISTS shop WITH (FORCE)")
@@ -173,30 +230,16 @@ def run_shop(
     stack.wait_replicas_caught_up(timeout=120)
     setup = time.monotonic() - began
     behaviour = PaymentBehaviour(latency_s=0.05, failure_rate=0.02)
-    runs: list[RunResult] = []
-    indexes: list[str] = []
+    spec = LoadSpec(concurrency=concurrency, duration_s=duration_s)
+    climbed: Ladder | None = None
     with serve(create_payment_app(behaviour)) as payment_url:
-        for fixes in configurations(ablation):
-            if fixes.indexes and not indexes:
-                progress("asking hotpath advise for indexes on the naive run's statements")
-                indexes = advised_indexes(dsn, progress)
-            progress(f"running {fixes.label} for {duration_s:.0f}s with {concurrency} users")
-            prepare_indexes(dsn, fixes, indexes)
-            if fixes == Fixes.naive():
-                _reset_statement_stats(dsn)  # the advisor reads this run's statements
-            with redis.Redis.from_url(stack.redis_url) as client:
-                client.flushdb()  # every configuration starts with a cold cache
-            settings = ShopSettings(
-                primary_url=stack.primary.url_for("shop", driver="asyncpg"),
-                payment_url=payment_url,
-                fixes=fixes,
-                replica_urls=[r.url_for("shop", driver="asyncpg") for r in stack.replicas],
-                redis_url=stack.redis_url,
-                concurrency=concurrency,
-            )
-            spec = LoadSpec(concurrency=concurrency, duration_s=duration_s)
-            runs.append(asyncio.run(run_configuration(settings, spec, scale)))
-    return DemoResult(scale, runs, setup, duration_s, concurrency, indexes)
+        rig = ShopRig(stack, dsn, payment_url, scale, spec, progress)
+        if ladder:
+            climbed = climb(rig, target_p99_ms=target_p99_ms, verify=verify)
+            runs = [step.run for step in climbed.steps]
+        else:
+            runs = [rig.run(fixes) for fixes in configurations(ablation)]
+    return DemoResult(scale, runs, setup, duration_s, concurrency, rig.indexes, climbed)
 
 
 def _row_counter(
@@ -277,6 +320,7 @@ __all__ = [
     "SUMMARY_HEADERS",
     "DemoResult",
     "RunResult",
+    "ShopRig",
     "run_shop",
     "summary_cells",
     "summary_rows",

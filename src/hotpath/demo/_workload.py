@@ -55,6 +55,12 @@ def shop_mix(scale: Scale) -> Sequence[tuple[float, Step]]:
             params={"start": start.isoformat(), "days": 7},
         )
 
+    async def export(rec: Recorder, rng: random.Random) -> None:
+        category = categories.draw(rng)
+        await rec.request(
+            "GET /categories/{category_id}/export", "GET", f"/categories/{category}/export"
+        )
+
     async def order(rec: Recorder, rng: random.Random) -> None:
         user = users.draw(rng)
         lines = [
@@ -71,11 +77,12 @@ def shop_mix(scale: Scale) -> Sequence[tuple[float, Step]]:
             rec.stale_read()  # the user does not see the order just placed
 
     return [
-        (0.30, browse),
+        (0.28, browse),
         (0.15, detail),
         (0.15, orders),
         (0.10, profile),
         (0.05, search),
         (0.05, report),
+        (0.02, export),
         (0.20, order),
     ]

@@ -1,4 +1,5 @@
-"""The optimizations the demo switches on one at a time (ablation) or all together."""
+"""The optimizations the demo switches on: one at a time as hotpath's diagnosis picks them (the
+ladder), one alone (ablation) or all together."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ FIX_DESCRIPTIONS = {
     "replicas": "reads on replicas with read-your-writes",
     "fanout": "parallel external calls with deadlines and a circuit breaker",
     "keyset": "keyset pagination instead of OFFSET",
+    "offload": "the profile's sync risk check moved off the event loop (asyncio.to_thread)",
+    "lean": "the category export serialized once by orjson, not walked by jsonable_encoder",
 }
 
 
@@ -26,6 +29,8 @@ class Fixes:
     replicas: bool = False
     fanout: bool = False
     keyset: bool = False
+    offload: bool = False
+    lean: bool = False
 
     @classmethod
     def naive(cls) -> Fixes:

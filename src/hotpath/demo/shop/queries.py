@@ -243,3 +243,20 @@ async def order_summary(session: AsyncSession, user_id: int) -> dict[str, Any]:
     totals = select(func.count(), func.coalesce(func.sum(Order.total), 0))
     count, spent = (await session.execute(totals.where(Order.user_id == user_id))).one()
     return {"orders": count, "spent": _money(spent)}
+
+
+async def category_export(session: AsyncSession, category_id: int) -> list[dict[str, Any]]:
+    """Every product of a category, description included (a feed for a partner): one cheap
+    query and a large result, so the response's time is mostly its serialization. The values
+    stay Python's (``Decimal``, ``datetime``); how they become JSON is the endpoint's choice."""
+    columns = (
+        Product.id,
+        Product.category_id,
+        Product.name,
+        Product.description,
+        Product.price,
+        Product.is_active,
+        Product.created_at,
+    )
+    query = select(*columns).where(Product.category_id == category_id).order_by(Product.id)
+    return [dict(row._mapping) for row in await session.execute(query)]
