@@ -25,6 +25,10 @@ from hotpath.observe import ASGIMiddleware, Profiler
 from hotpath.stack import LocalStack
 
 
+class PaymentServer(ThreadingHTTPServer):
+    request_queue_size = 128  # a burst of concurrent connects (the default 5 makes them retry)
+
+
 class Payments(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         time.sleep(0.03)  # the provider answers in 30 ms
@@ -68,7 +72,7 @@ async def load(app: FastAPI) -> None:
 
 
 def main() -> None:
-    payments = ThreadingHTTPServer(("127.0.0.1", 0), Payments)
+    payments = PaymentServer(("127.0.0.1", 0), Payments)
     threading.Thread(target=payments.serve_forever, daemon=True).start()
     with LocalStack(replicas=0, redis=False) as stack:
         profiler = Profiler(budget_ms=50, modes={"n_plus_one": "off"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import psutil
@@ -43,3 +44,12 @@ def eventually(check: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout}s: {what}")
         time.sleep(0.02)
+
+
+class LoopbackHTTPServer(ThreadingHTTPServer):
+    """A threading HTTP server for stubs: its listen backlog takes a burst of concurrent
+    connects (the default 5 made a concurrent fan-out wait 1 s for SYN retries, and look
+    sequential to the detectors)."""
+
+    request_queue_size = 128
+    daemon_threads = True

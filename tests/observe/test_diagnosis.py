@@ -13,7 +13,7 @@ import math
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import httpx
@@ -35,6 +35,7 @@ from hotpath.observe import (
     WSGIMiddleware,
 )
 from hotpath.testing import ModuleDatabase, ServerStack
+from tests.helpers import LoopbackHTTPServer
 
 from .models import User
 
@@ -66,7 +67,7 @@ class _Stub(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def stub() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
+    server = LoopbackHTTPServer(("127.0.0.1", 0), _Stub)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import psutil
 import pytest
 
 from hotpath.stack._process import free_ports
+from tests.helpers import LoopbackHTTPServer
 
 STUB_LATENCY_S = 0.03
 START_TIMEOUT_S = 60.0
@@ -42,7 +43,7 @@ class _Payments(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def payments_url() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Payments)
+    server = LoopbackHTTPServer(("127.0.0.1", 0), _Payments)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
