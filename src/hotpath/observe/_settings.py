@@ -65,7 +65,7 @@ class ObserveSettings:
     blocking_ms: float = 20.0
     # sequential I/O: operations shorter than this are not worth running concurrently, and
     # a finding needs this much saving and this share of the request
-    sequential_min_ms: float = 2.0
+    sequential_min_ms: float = 5.0
     sequential_saving_ms: float = 5.0
     sequential_saving_share: float = 0.10
     http_n_plus_one_threshold: int = 5
