@@ -31,7 +31,7 @@ def explain(conn: psycopg.Connection[Any], sql: str, *settings: str) -> list[Pla
     with conn.transaction():
         for setting in settings:
             conn.execute(f"SET LOCAL {setting}")
-        row = conn.execute(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}").fetchone()
+        row = conn.execute(f"EXPLAIN (ANALYZE, BUFFERS, VERBOSE, FORMAT JSON) {sql}").fetchone()
     assert row is not None
     render_plan(row[0])  # every real plan renders
     return analyze_plan(row[0])
@@ -125,3 +125,21 @@ def test_plan_only_output_uses_table_sizes() -> None:
     assert (flag.kind, flag.columns) == ("seq_scan", ("a",))
     with pytest.raises(ValueError, match="not an EXPLAIN"):
         analyze_plan({"rows": 1})
+
+
+def test_mixed_case_schema_table_and_columns_give_ddl_that_runs(conn: Any) -> None:
+    conn.execute('CREATE SCHEMA "Sales"')
+    conn.execute(
+        'CREATE TABLE "Sales"."Orders" AS SELECT g AS "Id", g % 500 AS "CustomerId"'
+        " FROM generate_series(1, 30000) g"
+    )
+    conn.execute('ANALYZE "Sales"."Orders"')
+    flags = explain(conn, 'SELECT * FROM "Sales"."Orders" WHERE "CustomerId" = 7')
+    seq = next(f for f in flags if f.kind == "seq_scan")
+    assert seq.table == '"Sales"."Orders"'
+    assert seq.suggestion == 'CREATE INDEX CONCURRENTLY ON "Sales"."Orders" ("CustomerId");'
+    conn.execute(seq.suggestion)  # the printed fix runs as printed
+    conn.execute('ANALYZE "Sales"."Orders"')
+    assert "seq_scan" not in kinds(
+        explain(conn, 'SELECT * FROM "Sales"."Orders" WHERE "CustomerId" = 7')
+    )

@@ -76,7 +76,7 @@ def explain(
                         next(iter(volatile.values())) if volatile else None,
                     )
                 analyzed = analyze and not_analyzed is None
-                plan = session.plan(conn, safety, analyze=analyzed)
+                plan = session.plan(conn, safety, analyze=analyzed, verbose=True)
                 sizes = conn.execute(
                     "SELECT name, (SELECT reltuples FROM pg_class WHERE oid = to_regclass(name))"
                     " AS rows FROM unnest(%s::text[]) AS name",

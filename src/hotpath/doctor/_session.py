@@ -165,16 +165,21 @@ class Session:
         safety: StatementSafety,
         *,
         analyze: bool = False,
+        verbose: bool = False,
     ) -> Any:
         """``EXPLAIN (FORMAT JSON)`` of the one statement ``safety`` was judged on, inside a
         :meth:`rolled_back` transaction. ``$n`` parameters get the generic plan, from a
-        prepared statement forced to it (``PREPARE`` takes exactly one statement)."""
+        prepared statement forced to it (``PREPARE`` takes exactly one statement).
+        ``verbose``: each node names its schema too (what a person reads and the DDL built
+        from it need; the advisor's cost look-ups do not)."""
         if safety.refusal is not None:  # never reaches the server
             raise DoctorError(f"cannot EXPLAIN this: {safety.refusal}")
         # binary=True makes psycopg use the extended query protocol even without parameters:
         # the server refuses several statements in it (the simple protocol would run them all)
         if not safety.parameters:
             options = "ANALYZE, BUFFERS, FORMAT JSON" if analyze else "FORMAT JSON"
+            if verbose:
+                options = f"VERBOSE, {options}"
             row = conn.execute(f"EXPLAIN ({options}) {safety.statement}", binary=True).fetchone()
         else:
             if analyze:
@@ -186,7 +191,8 @@ class Session:
             conn.execute("SET LOCAL enable_partition_pruning = off")
             conn.execute(f"PREPARE {name} AS {safety.statement}", binary=True)
             nulls = ", ".join(["NULL"] * safety.parameters)
-            row = conn.execute(f"EXPLAIN (FORMAT JSON) EXECUTE {name}({nulls})").fetchone()
+            how = "VERBOSE, FORMAT JSON" if verbose else "FORMAT JSON"
+            row = conn.execute(f"EXPLAIN ({how}) EXECUTE {name}({nulls})").fetchone()
             conn.execute(f"DEALLOCATE {name}")
         assert row is not None
         return next(iter(row.values()))

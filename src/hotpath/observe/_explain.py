@@ -49,7 +49,12 @@ def _may_analyze(settings: ObserveSettings, item: PendingExplain) -> bool:
 
 
 def _prefix(analyze: bool) -> str:
-    return "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " if analyze else "EXPLAIN (FORMAT JSON) "
+    # VERBOSE: plan nodes name their schema (a suggested index on "Sales"."Orders" runs)
+    return (
+        "EXPLAIN (ANALYZE, BUFFERS, VERBOSE, FORMAT JSON) "
+        if analyze
+        else "EXPLAIN (VERBOSE, FORMAT JSON) "
+    )
 
 
 def _failed(settings: ObserveSettings, exc: Exception) -> None:

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from pglast.stream import maybe_double_quote_name
+
 from ._columns import condition_columns
 
 LARGE_TABLE_ROWS = 10_000
@@ -58,7 +60,7 @@ def plan_relations(plan: Any) -> list[str]:
     """Qualified names of the tables a plan reads (for looking up their sizes)."""
     seen: list[str] = []
     for _, node in walk(plan_root(plan)):
-        name = _qualified(node)
+        name = qualified_name(node)
         if name and name not in seen:
             seen.append(name)
     return seen
@@ -90,12 +92,17 @@ def analyze_plan(plan: Any, table_rows: Mapping[str, float] | None = None) -> li
     return sorted(flags, key=lambda f: order[f.severity])
 
 
-def _qualified(node: Mapping[str, Any]) -> str | None:
+def qualified_name(node: Mapping[str, Any]) -> str | None:
+    """The plan node's table as SQL names it: schema-qualified outside ``public``, each part
+    quoted when it must be (``"Sales"."Orders"``), so suggestions and look-ups work."""
     relation = node.get("Relation Name")
     if not relation:
         return None
     schema = node.get("Schema")
-    return f"{schema}.{relation}" if schema and schema != "public" else str(relation)
+    table = maybe_double_quote_name(str(relation))
+    if schema and schema != "public":
+        return f"{maybe_double_quote_name(str(schema))}.{table}"
+    return str(table)
 
 
 def _index_suggestion(
@@ -107,14 +114,15 @@ def _index_suggestion(
     columns = equality + other[: max(0, 3 - len(equality))]
     if not columns:
         return (), None
-    return columns, f"CREATE INDEX CONCURRENTLY ON {table} ({', '.join(columns)});"
+    quoted = ", ".join(maybe_double_quote_name(column) for column in columns)
+    return columns, f"CREATE INDEX CONCURRENTLY ON {table} ({quoted});"
 
 
 def _rows_scanned(node: Mapping[str, Any], table_rows: Mapping[str, float]) -> float | None:
     if "Actual Rows" in node:
         loops = node.get("Actual Loops", 1) or 1
         return float(node["Actual Rows"] * loops + node.get("Rows Removed by Filter", 0) * loops)
-    table = _qualified(node)
+    table = qualified_name(node)
     return table_rows.get(table) if table else None
 
 
@@ -124,7 +132,7 @@ def _seq_scan(node: Mapping[str, Any], table_rows: Mapping[str, float]) -> PlanF
     scanned = _rows_scanned(node, table_rows)
     if scanned is None or scanned < LARGE_TABLE_ROWS:
         return None
-    table = _qualified(node)
+    table = qualified_name(node)
     condition = node.get("Filter")
     columns, suggestion = _index_suggestion(table, condition)
     severity = Severity.CRITICAL if scanned >= 100 * LARGE_TABLE_ROWS else Severity.WARNING
@@ -152,7 +160,7 @@ def _filter_waste(node: Mapping[str, Any], table_rows: Mapping[str, float]) -> P
     if removed_total < 1000 or share < 0.5:
         return None
     severity = Severity.WARNING if share >= 0.9 else Severity.INFO
-    table = _qualified(node)
+    table = qualified_name(node)
     columns, suggestion = _index_suggestion(table, node.get("Filter"))
     return PlanFlag(
         "rows_removed_by_filter",
@@ -184,7 +192,7 @@ def _misestimate(node: Mapping[str, Any], table_rows: Mapping[str, float]) -> Pl
         if factor >= 100
         else Severity.INFO
     )
-    table = _qualified(node)
+    table = qualified_name(node)
     direction = "under" if actual > estimated else "over"
     fix = f"ANALYZE {table};" if table else None
     return PlanFlag(
@@ -239,7 +247,7 @@ def _many_loops(node: Mapping[str, Any], table_rows: Mapping[str, float]) -> Pla
     loops = inner.get("Actual Loops", 0)
     if loops < MANY_LOOPS:
         return None
-    table = _qualified(inner)
+    table = qualified_name(inner)
     condition = inner.get("Index Cond") or inner.get("Filter") or inner.get("Join Filter")
     columns: tuple[str, ...] = ()
     suggestion = None
@@ -265,7 +273,7 @@ def _heap_fetches(node: Mapping[str, Any], table_rows: Mapping[str, float]) -> P
     returned = float(node.get("Actual Rows", 0) * (node.get("Actual Loops", 1) or 1)) or 1.0
     if fetches / returned < 0.1:
         return None
-    table = _qualified(node)
+    table = qualified_name(node)
     return PlanFlag(
         "heap_fetches",
         Severity.INFO,
@@ -308,7 +316,7 @@ def _time_share(node: Mapping[str, Any], total_ms: float | None) -> PlanFlag | N
     severity = next((sev for limit, sev in grades if share > limit), None)
     if severity is None:
         return None
-    table = _qualified(node)
+    table = qualified_name(node)
     kind = str(node.get("Node Type"))
     condition = node.get("Filter") if kind == "Seq Scan" else None
     columns, suggestion = _index_suggestion(table, condition)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.markup import escape
 from rich.tree import Tree
 
-from ._flags import PlanFlag, plan_root
+from ._flags import PlanFlag, plan_root, qualified_name
 
 
 def _label(node: dict[str, Any]) -> str:
     parts = [f"[bold]{node.get('Node Type')}[/]"]
-    if node.get("Relation Name"):
-        parts.append(f"on {node['Relation Name']}")
+    table = qualified_name(node)
+    if table:
+        parts.append(f"on {escape(table)}")
     if node.get("Index Name"):
         parts.append(f"using {node['Index Name']}")
     parts.append(
