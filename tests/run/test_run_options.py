@@ -258,4 +258,3 @@ def test_the_apps_caches_and_breakers_are_in_the_report(tmp_path: Path) -> None:
     html = (tmp_path / "hotpath-report.html").read_text()
     assert "planted-prices" in html
     assert "planted-payments" in html
-
