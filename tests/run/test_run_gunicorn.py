@@ -92,25 +92,39 @@ def _served_by(base_url: str) -> Counter[int]:
     return served
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    ("kind", "worker_args"),
-    [
-        ("asgi", ["-k", "uvicorn.workers.UvicornWorker"]),
-        pytest.param(
-            "wsgi",
-            [],
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="each request is scoped twice (gunicorn's Worker.wsgi wrapper, then "
-                "Flask.__call__: the agent flags the scope only while the body is iterated); "
-                "the fix belongs in hotpath/run/_agent.py",
-            ),
-        ),
-    ],
+UVICORN_WORKER = ["-k", "uvicorn.workers.UvicornWorker"]
+DOUBLE_SCOPED = pytest.mark.xfail(
+    strict=True,
+    reason="each request is scoped twice (gunicorn's Worker.wsgi wrapper, then "
+    "Flask.__call__: the agent flags the scope only while the body is iterated); "
+    "the fix belongs in hotpath/run/_agent.py",
 )
+LOST_ON_CTRL_C = pytest.mark.xfail(
+    strict=True,
+    reason="uvicorn's gunicorn worker sets SIGINT to its default action and uvicorn re-raises "
+    "it after shutting down: the worker dies without its final write (the agent writes "
+    "first only for SIGTERM); the fix belongs in hotpath/run/_agent.py",
+)
+
+
+@pytest.mark.parametrize(
+    ("kind", "worker_args", "stop"),
+    [
+        # gunicorn's graceful stop: each worker finishes and exits
+        ("asgi", UVICORN_WORKER, signal.SIGTERM),
+        # Ctrl-C: the whole group gets SIGINT, then the master sends its workers SIGQUIT
+        pytest.param("asgi", UVICORN_WORKER, signal.SIGINT, marks=LOST_ON_CTRL_C),
+        pytest.param("wsgi", [], signal.SIGTERM, marks=DOUBLE_SCOPED),
+    ],
+    ids=["uvicorn-worker-sigterm", "uvicorn-worker-ctrl-c", "sync-worker-flask-sigterm"],
+)
+@pytest.mark.slow
 def test_gunicorn_workers_requests_are_all_in_the_merged_report(
-    tmp_path: Path, database: ModuleDatabase, kind: str, worker_args: list[str]
+    tmp_path: Path,
+    database: ModuleDatabase,
+    kind: str,
+    worker_args: list[str],
+    stop: signal.Signals,
 ) -> None:
     (tmp_path / "planted.py").write_text(PLANTED_ASGI if kind == "asgi" else PLANTED_WSGI)
     listen = port()
@@ -137,8 +151,7 @@ def test_gunicorn_workers_requests_are_all_in_the_merged_report(
         served = _served_by(f"http://127.0.0.1:{listen}")
     finally:
         children = descendants(run.pid)
-        # gunicorn's graceful stop (SIGTERM): each worker finishes and exits
-        _, err = interrupt(run, signal.SIGTERM)
+        _, err = interrupt(run, stop)
 
     assert run.returncode == 0, err
     assert len(served) == WORKERS, f"one worker answered all {sum(served.values())}: {served}"
