@@ -93,18 +93,6 @@ def _served_by(base_url: str) -> Counter[int]:
 
 
 UVICORN_WORKER = ["-k", "uvicorn.workers.UvicornWorker"]
-DOUBLE_SCOPED = pytest.mark.xfail(
-    strict=True,
-    reason="each request is scoped twice (gunicorn's Worker.wsgi wrapper, then "
-    "Flask.__call__: the agent flags the scope only while the body is iterated); "
-    "the fix belongs in hotpath/run/_agent.py",
-)
-LOST_ON_CTRL_C = pytest.mark.xfail(
-    strict=True,
-    reason="uvicorn's gunicorn worker sets SIGINT to its default action and uvicorn re-raises "
-    "it after shutting down: the worker dies without its final write (the agent writes "
-    "first only for SIGTERM); the fix belongs in hotpath/run/_agent.py",
-)
 
 
 @pytest.mark.parametrize(
@@ -113,8 +101,8 @@ LOST_ON_CTRL_C = pytest.mark.xfail(
         # gunicorn's graceful stop: each worker finishes and exits
         ("asgi", UVICORN_WORKER, signal.SIGTERM),
         # Ctrl-C: the whole group gets SIGINT, then the master sends its workers SIGQUIT
-        pytest.param("asgi", UVICORN_WORKER, signal.SIGINT, marks=LOST_ON_CTRL_C),
-        pytest.param("wsgi", [], signal.SIGTERM, marks=DOUBLE_SCOPED),
+        ("asgi", UVICORN_WORKER, signal.SIGINT),
+        ("wsgi", [], signal.SIGTERM),
     ],
     ids=["uvicorn-worker-sigterm", "uvicorn-worker-ctrl-c", "sync-worker-flask-sigterm"],
 )

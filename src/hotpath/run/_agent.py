@@ -60,7 +60,10 @@ if TYPE_CHECKING:
 WRITE_INTERVAL_S = 1.0
 # Signals whose default action ends a process with no atexit and no exit finalizers (hotpath
 # run forwards both to the command): the agent writes the final state, then dies of them.
-FATAL_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+# SIGINT and SIGQUIT only when left at their default action (uvicorn's gunicorn worker sets
+# them so, and uvicorn re-raises the signal it stopped on; gunicorn's master sends SIGQUIT
+# on Ctrl-C): Python's own SIGINT handler raises KeyboardInterrupt, which runs atexit
+FATAL_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT)
 # The final state waits at most this long for requests still running on other threads: well
 # under the supervisor's grace period before it kills what is left (LEFTOVER_GRACE_S).
 FINAL_WAIT_S = 2.0
@@ -215,8 +218,10 @@ class Agent:
         agent = self
 
         def call(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-            if _in_scope.get() or not agent.sampled():
+            if _in_scope.get():
                 return wrapped(*args, **kwargs)
+            if not agent.sampled():
+                return _unsampled_wsgi(wrapped, *args, **kwargs)
             # ``wrapped`` is bound to the Flask app: the middleware reads its url_map
             return agent.serve_wsgi(wrapped, *args, **kwargs)
 
@@ -227,8 +232,10 @@ class Agent:
 
         def call(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
             scope = args[0] if args else kwargs.get("scope", {})
-            if scope.get("type") != "http" or _in_scope.get() or not agent.sampled():
+            if scope.get("type") != "http" or _in_scope.get():
                 return wrapped(*args, **kwargs)
+            if not agent.sampled():
+                return _unsampled_asgi(wrapped, *args, **kwargs)
             return agent.serve_asgi(wrapped, *args, **kwargs)
 
         wrapt.wrap_function_wrapper(module, "Starlette.__call__", call)
@@ -649,8 +656,11 @@ class RunASGI:
         return getattr(self.app, name)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope.get("type") != "http" or _in_scope.get() or not self._agent.sampled():
+        if scope.get("type") != "http" or _in_scope.get():
             await self.app(scope, receive, send)
+            return
+        if not self._agent.sampled():
+            await _unsampled_asgi(self.app, scope, receive, send)
             return
         await self._agent.serve_asgi(self.app, scope, receive, send)
 
@@ -666,9 +676,40 @@ class RunWSGI:
         return getattr(self.app, name)
 
     def __call__(self, environ: Any, start_response: Any) -> Any:
-        if _in_scope.get() or not self._agent.sampled():
+        if _in_scope.get():
             return self.app(environ, start_response)
+        if not self._agent.sampled():
+            return _unsampled_wsgi(self.app, environ, start_response)
         return self._agent.serve_wsgi(self.app, environ, start_response)
+
+
+async def _unsampled_asgi(app: Any, scope: Any, receive: Any, send: Any) -> None:
+    """A request the run decided not to record: flagged, so that an inner app's hook (the
+    framework's, under the server's) does not sample it a second time."""
+    token = _in_scope.set(True)
+    try:
+        await app(scope, receive, send)
+    finally:
+        _in_scope.reset(token)
+
+
+def _unsampled_wsgi(app: Any, environ: Any, start_response: Any) -> Any:
+    token = _in_scope.set(True)
+    try:
+        body = app(environ, start_response)
+    finally:
+        _in_scope.reset(token)
+    return _flagged(body)
+
+
+def _flagged(body: Iterable[bytes]) -> Iterator[bytes]:
+    """An unrecorded WSGI body iterated with the run's flag set (the app runs then too);
+    closing this closes the app's body."""
+    _in_scope.set(True)
+    try:
+        yield from body
+    finally:
+        _in_scope.set(False)
 
 
 class _RunBody:
