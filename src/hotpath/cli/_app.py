@@ -34,8 +34,9 @@ COMMANDS: dict[str, _Entry] = {
     "demo": _Entry(
         "hotpath.cli._demo",
         "demo",
-        "Run the shop naive and optimized under the same load on a local stack; print the "
-        "before/after and write an HTML report.",
+        "Optimize the shop on a local stack the way the method goes: measure under load, "
+        "apply the one fix hotpath's diagnosis names first, measure again, until the p99 "
+        "target is met; print the ladder and write an HTML report.",
     ),
     "doctor": _Entry(
         "hotpath.doctor._cli",
