@@ -49,6 +49,8 @@ from ._state import final_state_gaps, merge_states, read_workers
 BOOTSTRAP_DIR = str(Path(__file__).with_name("_bootstrap"))
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 LEFTOVER_GRACE_S = 5.0
+# after a forwarded stop, how long the command may take to end before its group is killed
+STOP_GRACE_S = 30.0
 STATE_CACHE_S = 0.5
 _PR_SET_CHILD_SUBREAPER = 36
 
@@ -165,8 +167,8 @@ def _supervise(command: list[str], env: dict[str, str]) -> int:
             child = subprocess.Popen(command, env=env, start_new_session=True)
     except OSError as exc:
         raise _CommandError(command[0], exc) from None
-    with _foreground(child.pid), _forwarding(child.pid):
-        code = child.wait()
+    with _foreground(child.pid), _forwarding(child.pid) as stopping:
+        code = _wait(child, stopping)
     _end_leftovers(child.pid)
     return 128 - code if code < 0 else code
 
@@ -198,13 +200,30 @@ def _foreground(pgid: int) -> Iterator[None]:
         signal.signal(signal.SIGTTOU, previous)
 
 
+def _wait(child: subprocess.Popen[bytes], stopping: dict[str, float]) -> int:
+    """The child's exit code. Once a stop was forwarded, a child still running after
+    ``STOP_GRACE_S`` (hung in its shutdown) is killed with its group: ``hotpath run`` never
+    waits forever, and reports what its workers wrote."""
+    while True:
+        try:
+            return child.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            began = stopping.get("at")
+            if began is not None and time.monotonic() - began > STOP_GRACE_S:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(child.pid, signal.SIGKILL)
+                stopping["at"] = float("inf")  # killed once
+
+
 @contextlib.contextmanager
-def _forwarding(pgid: int) -> Iterator[None]:
+def _forwarding(pgid: int) -> Iterator[dict[str, float]]:
     """Forward SIGINT/SIGTERM/SIGHUP to the child's process group; a second SIGINT or
-    SIGTERM kills the group."""
+    SIGTERM kills the group. Yields when the first stop was forwarded (``"at"``)."""
     received: dict[int, int] = {}
+    stopping: dict[str, float] = {}
 
     def forward(signum: int, frame: FrameType | None) -> None:
+        stopping.setdefault("at", time.monotonic())
         received[signum] = received.get(signum, 0) + 1
         again = received.get(signal.SIGINT, 0) + received.get(signal.SIGTERM, 0)
         sent = signal.SIGKILL if signum != signal.SIGHUP and again > 1 else signum
@@ -213,7 +232,7 @@ def _forwarding(pgid: int) -> Iterator[None]:
 
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
     try:
-        yield
+        yield stopping
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
