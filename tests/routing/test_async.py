@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator
 from typing import Any
@@ -37,7 +38,11 @@ async def replicas(engines: Engines, hotpath_db: ModuleDatabase) -> AsyncIterato
     ) as replica_set:
         yield replica_set
     for engine in [primary, *replica_engines]:
-        await engine.dispose()
+        # Bounded: closing an asyncpg connection to a server that was killed and restarted
+        # meanwhile hung once in CI's teardown (NOTES.md: to be found at its root); the
+        # tests' assertions are all made before this point.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(engine.dispose(), 20)
 
 
 async def _bump(session: AsyncSession, counter: int) -> int:
