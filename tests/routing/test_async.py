@@ -33,16 +33,20 @@ async def replicas(engines: Engines, hotpath_db: ModuleDatabase) -> AsyncIterato
         create_async_engine(r.url_for(hotpath_db.name, driver="asyncpg"))
         for r in hotpath_db.replicas
     ]
-    async with AsyncReplicaSet(
+    replica_set = await AsyncReplicaSet(
         primary, replica_engines, max_lag_s=0.3, probe_interval_s=0.1
-    ) as replica_set:
+    ).start()
+    try:
         yield replica_set
-    for engine in [primary, *replica_engines]:
-        # Bounded: closing an asyncpg connection to a server that was killed and restarted
-        # meanwhile hung once in CI's teardown (NOTES.md: to be found at its root); the
-        # tests' assertions are all made before this point.
+    finally:
+        # Bounded: a CI teardown hung once after a replica was killed and restarted
+        # (closing the set or an asyncpg connection to the old server; NOTES.md: to be found
+        # at its root). The tests' assertions are all made before this point.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(engine.dispose(), 20)
+            await asyncio.wait_for(replica_set.close(), 20)
+        for engine in [primary, *replica_engines]:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(engine.dispose(), 20)
 
 
 async def _bump(session: AsyncSession, counter: int) -> int:
