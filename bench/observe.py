@@ -134,9 +134,9 @@ class _Served:
 
 async def _round(served: _Served, spec: LoadSpec, timed: bool) -> None:
     async with httpx.AsyncClient(base_url=served.server.url, timeout=30) as client:
-        before = (await client.get("/__hotpath/stats")).json()["process_cpu_s"]
+        before = (await client.get("/__hotpath/cpu")).json()["process_cpu_s"]
         load = await run_load(served.server.url, shop_mix(SCALES["tiny"]), spec)
-        after = (await client.get("/__hotpath/stats")).json()["process_cpu_s"]
+        after = (await client.get("/__hotpath/cpu")).json()["process_cpu_s"]
     if timed:
         served.requests += load.requests
         served.errors += load.errors

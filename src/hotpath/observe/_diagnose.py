@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from ._callsite import ignored_at
 from ._records import CallSite, Finding, FindingKind, Layer
 from ._timeline import IoOp, union_ms
+from ._values import text_values
 
 if TYPE_CHECKING:
     from ._scope import Scope
@@ -132,7 +133,7 @@ def _sequential_io(scope: Scope) -> list[Finding]:
     if len(ops) < 2:
         return []
     actual_ms = union_ms((op.start, op.end) for op in ops)
-    ideal_ms, dependent = _critical_path_ms(ops, scope.timeline.known_values)
+    ideal_ms, dependent = _critical_path_ms(ops, text_values(scope.timeline.known_text))
     saving = actual_ms - ideal_ms
     threshold = max(
         settings.sequential_saving_ms, settings.sequential_saving_share * scope.duration_ms

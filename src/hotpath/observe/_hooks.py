@@ -18,6 +18,7 @@ import inspect
 import logging
 import re
 import threading
+from functools import partial
 from time import perf_counter
 from typing import Any
 from urllib.parse import urlsplit
@@ -269,8 +270,8 @@ def _http_op(
             target,
             origin,
             capture_call_site(),
-            inputs=text_values(f"{url} {sent}"),
-            outputs=body_values(received),
+            inputs_from=partial(text_values, f"{url} {sent}"),
+            outputs_from=partial(body_values, received),
             timeout=timeout,
             awaited=awaited,
         )

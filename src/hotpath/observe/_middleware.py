@@ -17,7 +17,6 @@ from ._callsite import mark_request_boundary
 from ._loop import TimedCoroutine
 from ._profiler import Profiler
 from ._scope import Scope, current_scope
-from ._values import text_values
 
 Message = MutableMapping[str, Any]
 UNMATCHED = "<unmatched>"
@@ -54,7 +53,7 @@ class ASGIMiddleware:
         path = scope.get("path", "")
         async with self.profiler.scope(f"{method} {path}") as recording:
             query = scope.get("query_string", b"").decode("latin-1")
-            recording.timeline.known_values = text_values(f"{path} {query}")
+            recording.timeline.known_text = f"{path} {query}"
 
             async def send_with_timing(message: Message) -> None:
                 kind = message["type"]
@@ -117,7 +116,7 @@ class WSGIMiddleware:
         # queries would nest into it.
         own_context = contextvars.copy_context()
         own_context.run(recording.__enter__)
-        recording.timeline.known_values = text_values(
+        recording.timeline.known_text = (
             f"{environ.get('PATH_INFO', '')} {environ.get('QUERY_STRING', '')}"
         )
 

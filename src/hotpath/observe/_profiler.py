@@ -320,9 +320,14 @@ class Profiler:
         ORM events are global: every Session's executions reach this listener)."""
         if any(target is Engine for target in self._targets):
             return False  # instrumented with no engines: every engine is watched
-        bind = state.session.get_bind(**state.bind_arguments)
-        engine = getattr(bind, "engine", bind)
-        return not any(engine is target for target in self._targets)
+        session = state.session
+        # a routing session names its engines: its get_bind would choose a replica and count
+        # a read that the statement's own routing counts again
+        engines = getattr(session, "hotpath_engines", None)
+        binds = engines() if engines is not None else (session.get_bind(**state.bind_arguments),)
+        return not any(
+            getattr(bind, "engine", bind) is target for bind in binds for target in self._targets
+        )
 
     @_guarded
     def _on_orm_execute(self, state: ORMExecuteState) -> None:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy.orm import RelationshipProperty
@@ -22,7 +23,7 @@ from ._eager import TRACK_ATTR, EagerGroup, tracking_class
 from ._fingerprint import shape_of
 from ._records import CallSite, Finding, FindingKind, Layer, Mode, QueryRecord
 from ._timeline import IoOp, Timeline
-from ._values import parameter_values, result_values
+from ._values import not_read, parameter_values, result_values
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -319,8 +320,8 @@ class Scope:
                     self._shown_sql(statement) if first else "",
                     f"db {server}",
                     site.get() if first else None,
-                    inputs=parameter_values(parameters) if first else frozenset(),
-                    outputs=result_values(cursor) if first else None,
+                    inputs_from=partial(parameter_values, parameters if first else None),
+                    outputs_from=result_values(cursor) if first else not_read,
                     connection=connection,
                     in_write_transaction=connection in timeline.writing_connections,
                     awaited=engine.dialect.is_async,

@@ -12,11 +12,12 @@ that had to open a connection), and nothing of the request moves while the event
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ._records import CallSite, Layer
+from ._values import not_read
 
 if TYPE_CHECKING:
     from ._scope import Scope
@@ -36,8 +37,11 @@ class IoOp:
     label: str  # what a person reads: the URL template, or the redacted SQL
     dependency: str  # the server: "http://host:port", "db host:port"
     site: CallSite | None = None
-    inputs: frozenset[str] = frozenset()  # parameter values, as text
-    outputs: frozenset[str] | None = None  # values it returned; None: not known
+    # parameter values and the values it returned, as text (outputs None: not known), read
+    # when first asked for: only the sequential-I/O detector does, for a request over its
+    # budget, and most requests are not
+    inputs_from: Callable[[], frozenset[str]] = frozenset
+    outputs_from: Callable[[], frozenset[str] | None] = not_read
     connection: int = 0  # DB: the connection it ran on (one connection runs one at a time)
     in_write_transaction: bool = False
     timeout: bool | None = None  # HTTP: whether the call had a timeout (None: not known)
@@ -46,9 +50,24 @@ class IoOp:
     # in its thread pool, a Flask view) needs threads instead
     awaited: bool = False
 
+    _inputs: frozenset[str] | None = None
+    _outputs: tuple[frozenset[str] | None] | None = None
+
     @property
     def ms(self) -> float:
         return (self.end - self.start) * 1000
+
+    @property
+    def inputs(self) -> frozenset[str]:
+        if self._inputs is None:
+            self._inputs = self.inputs_from()
+        return self._inputs
+
+    @property
+    def outputs(self) -> frozenset[str] | None:
+        if self._outputs is None:
+            self._outputs = (self.outputs_from(),)
+        return self._outputs[0]
 
 
 @dataclass(slots=True)
@@ -71,9 +90,9 @@ class Timeline:
 
     spans: list[Span] = field(default_factory=list)
     ops: list[IoOp] = field(default_factory=list)
-    # values the request came with (its path and query): an operation's input equal to one
-    # of these did not come from an earlier operation's output
-    known_values: frozenset[str] = frozenset()
+    # the text the request came with (its path and query): an operation's input equal to one
+    # of its values did not come from an earlier operation's output
+    known_text: str = ""
     writing_connections: set[int] = field(default_factory=set)
     op_targets: set[str] = field(default_factory=set)  # statements kept as operations so far
     connects: int = 0

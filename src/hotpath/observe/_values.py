@@ -9,6 +9,9 @@ first rows and bytes are read.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from functools import partial
+from itertools import islice
 from typing import Any
 
 _MAX_ROWS = 10  # a value one query hands the next is in its first rows
@@ -43,22 +46,36 @@ def parameter_values(parameters: Any) -> frozenset[str]:
     return frozenset(values)
 
 
-def result_values(cursor: Any) -> frozenset[str] | None:
-    """The values in the first rows of ``cursor``'s result (``None``: cannot be read).
+def _row_values(rows: list[Any]) -> frozenset[str]:
+    values: set[str] = set()
+    for row in rows:
+        for value in row:
+            _scalar(value, values)
+    return frozenset(values)
 
-    Read without consuming the rows the application will fetch: SQLAlchemy's async adapters
+
+def not_read() -> None:
+    """What an operation returned, when it was not read: not known."""
+
+
+def result_values(cursor: Any) -> Callable[[], frozenset[str] | None]:
+    """What gives the values in the first rows of ``cursor``'s result (``None``: cannot be
+    read). The rows are taken now, their values read when first asked for.
+
+    Taken without consuming the rows the application will fetch: SQLAlchemy's async adapters
     (asyncpg, psycopg async) buffer them in ``_rows``; a psycopg cursor exposes its result
-    as ``pgresult`` (public). Checked on SQLAlchemy 2.0.30-2.1.9, psycopg 3.2-3.3.
+    as ``pgresult`` (public), read now: the cursor's next statement replaces it. Checked on
+    SQLAlchemy 2.0.30-2.1.9, psycopg 3.2-3.3.
     """
     rows = getattr(cursor, "_rows", None)
-    values: set[str] = set()
     if rows is not None:
-        for index, row in enumerate(rows):
-            if index >= _MAX_ROWS:
-                break
-            for value in row:
-                _scalar(value, values)
-        return frozenset(values)
+        return partial(_row_values, list(islice(rows, _MAX_ROWS)))
+    values = _pgresult_values(cursor)
+    return lambda: values
+
+
+def _pgresult_values(cursor: Any) -> frozenset[str] | None:
+    values: set[str] = set()
     result = getattr(cursor, "pgresult", None)
     if result is None:
         inner = getattr(cursor, "_cursor", None)

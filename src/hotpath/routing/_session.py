@@ -85,6 +85,12 @@ class RoutingSession(Session):
             return self._read_bind(self._read_node())
         return self._write_node(clause).bind
 
+    def hotpath_engines(self) -> tuple[Engine, ...]:
+        """Every engine this session can run a statement on (each server's bind), read
+        without routing: ``get_bind`` chooses a server and counts the read, so a profiler
+        asking it which engine a statement uses would count every read twice."""
+        return tuple(node.bind for node in self._router.nodes)
+
     def close(self) -> None:
         """Close as ``Session.close``; a replica that died after serving reads is not an error.
 

@@ -3,6 +3,8 @@ in observe's middleware, with the runner's own endpoints under ``/__hotpath``.
 
 - ``GET /__hotpath/stats``: observe's report, database connections opened, replica and
   primary reads, the cache's hits per tier, the server process's CPU time so far;
+- ``GET /__hotpath/cpu``: the server process's CPU time so far, and nothing else (what a
+  benchmark reads before and after its load);
 - ``GET /__hotpath/report``: observe's diagnosis (``Profiler.report().to_dict()``): per
   endpoint the time by layer, the bottleneck and the ranked fixes, and the top fixes;
 - ``POST /__hotpath/reset``: start every count above again (warm-up excluded);
@@ -126,6 +128,12 @@ def build(settings: ShopSettings, options: ServerOptions | None = None) -> Any:
             # what serving costs the server, apart from the other processes on the machine
             "process_cpu_s": time.process_time(),
         }
+
+    @app.get(f"{RUNNER_PREFIX}/cpu", include_in_schema=False)
+    async def cpu() -> dict[str, float]:
+        # what a benchmark reads around its load: /stats builds observe's report, whose
+        # cost is the runner's, not the workload's
+        return {"process_cpu_s": time.process_time()}
 
     @app.get(f"{RUNNER_PREFIX}/report", include_in_schema=False)
     async def report() -> Response:
