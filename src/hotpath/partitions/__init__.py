@@ -5,7 +5,28 @@
 - :func:`detach_older_than` / :func:`detach_older_than_async` — detach (optionally drop) old
   partitions.
 - :func:`default_partition_rows` — rows stuck in the DEFAULT partition.
+- :func:`convert_to_partitioned` (``_async``) — partition a live table online, resumable
+  (:func:`resume_conversion`, :func:`abort_conversion`, :func:`conversion_state`).
+- :func:`create_hash_partitioned`, :func:`inspect_hash`, :func:`repartition_hash` (``_async``)
+  — hash partitioning: create, inspect, change the partition count online.
 """
+
+from ._convert import (
+    ConversionError,
+    ConversionResult,
+    ConvertOptions,
+    PartitionKind,
+    Phase,
+    Progress,
+    abort_conversion,
+    conversion_state,
+    convert_to_partitioned,
+    convert_to_partitioned_async,
+    repartition_hash,
+    repartition_hash_async,
+    resume_conversion,
+    resume_conversion_async,
+)
 
 from ._maintain import (
     Interval,
@@ -21,6 +42,20 @@ from ._maintain import (
 )
 
 __all__ = [
+    "ConversionError",
+    "ConversionResult",
+    "ConvertOptions",
+    "PartitionKind",
+    "Phase",
+    "Progress",
+    "abort_conversion",
+    "conversion_state",
+    "convert_to_partitioned",
+    "convert_to_partitioned_async",
+    "repartition_hash",
+    "repartition_hash_async",
+    "resume_conversion",
+    "resume_conversion_async",
     "Interval",
     "Partition",
     "PartitionError",
