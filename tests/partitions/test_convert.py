@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -13,7 +16,9 @@ from hotpath.partitions import (
     ConversionError,
     Phase,
     Progress,
+    conversion_state,
     convert_to_partitioned,
+    resume_conversion,
 )
 from hotpath.testing import ModuleDatabase
 
@@ -225,3 +230,79 @@ def test_bad_options_are_refused_with_the_fix(engine: Engine, bad: dict[str, obj
     assert str(info.value)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT to_regclass('events_hotpath_new')")).scalar() is None
+
+
+# The converting process: it stops itself with SIGKILL at the chosen point, after telling the
+# test (which then commits writes the resumed run must replay) and hearing back.
+_KILLED_CONVERTER = """
+import os, signal, sys
+from sqlalchemy import create_engine
+from hotpath.partitions import _convert, convert_to_partitioned
+
+url, point = sys.argv[1], sys.argv[2]
+
+def die():
+    print("ready", flush=True)
+    sys.stdin.readline()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def progress(p):
+    if point == "prepared" and p.phase.value == "copying" and p.copied == 0:
+        die()
+    if point == "copying" and p.copied >= 1000:
+        die()
+    if point == "replaying" and p.phase.value == "replaying" and p.replayed > 0:
+        die()
+
+swapping = []
+original_swap, original_replay = _convert._swap, _convert._replay_batch
+
+def swap(conn, state):
+    swapping.append(True)
+    return original_swap(conn, state)
+
+def replay(conn, state, limit):
+    if point == "swap" and swapping:
+        die()  # inside the swap's transaction, holding ACCESS EXCLUSIVE on the table
+    return original_replay(conn, state, limit)
+
+_convert._swap, _convert._replay_batch = swap, replay
+convert_to_partitioned(create_engine(url), "events", by="created_at", interval="month",
+                       batch_rows=200, progress=progress)
+print("finished", flush=True)
+"""
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("point", ["prepared", "copying", "replaying", "swap"])
+def test_kill_9_during_the_move_resumes_to_the_same_result(
+    engine: Engine, hotpath_db: ModuleDatabase, point: str
+) -> None:
+    with Writer(engine) as writer:
+        writer.wait_for(10)  # some changes logged for the replay before the kill
+        child = subprocess.Popen(
+            [sys.executable, "-c", _KILLED_CONVERTER, hotpath_db.url, point],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline().strip() == "ready"
+        if point != "swap":  # in the swap the child holds the table's lock: writers wait
+            writer.wait_for(10)  # written after the killed run's last commit
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.wait(timeout=60) == -signal.SIGKILL
+        state = conversion_state(engine, "events")
+        assert state is not None and state.phase is not Phase.DONE
+        result = resume_conversion(engine, "events", progress=lambda _: writer.wait_for(3))
+        writer.wait_for(10)
+    assert result.resumed
+    writer.assert_matches("events")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT relkind::text FROM pg_class WHERE oid = 'events'::regclass")).scalar() == "p"
+        leftovers = conn.execute(
+            text("SELECT count(*) FROM pg_class WHERE relname LIKE 'hotpath_log_%'"
+                 " OR relname = 'events_hotpath_new'")
+        ).scalar()
+    assert leftovers == 0
