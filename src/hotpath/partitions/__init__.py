@@ -28,6 +28,14 @@ from ._convert import (
     resume_conversion_async,
 )
 
+from ._hash import (
+    HashPartition,
+    HashPartitionedTable,
+    create_hash_partitioned,
+    create_hash_partitioned_async,
+    inspect_hash,
+    inspect_hash_async,
+)
 from ._maintain import (
     Interval,
     Partition,
@@ -45,6 +53,8 @@ __all__ = [
     "ConversionError",
     "ConversionResult",
     "ConvertOptions",
+    "HashPartition",
+    "HashPartitionedTable",
     "PartitionKind",
     "Phase",
     "Progress",
@@ -52,6 +62,8 @@ __all__ = [
     "conversion_state",
     "convert_to_partitioned",
     "convert_to_partitioned_async",
+    "create_hash_partitioned",
+    "create_hash_partitioned_async",
     "repartition_hash",
     "repartition_hash_async",
     "resume_conversion",
@@ -65,5 +77,7 @@ __all__ = [
     "detach_older_than_async",
     "ensure_partitions",
     "ensure_partitions_async",
+    "inspect_hash",
+    "inspect_hash_async",
     "inspect_table",
 ]

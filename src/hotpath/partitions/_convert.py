@@ -246,7 +246,7 @@ def _layout_of(conn: Connection, oid: int) -> tuple[str, str, int | None] | None
     modulus = conn.execute(
         text(
             "SELECT max(substring(pg_get_expr(c.relpartbound, c.oid)"
-            " FROM 'MODULUS (\\d+)')::int) FROM pg_inherits i JOIN pg_class c"
+            " FROM '(?i)modulus (\\d+)')::int) FROM pg_inherits i JOIN pg_class c"
             " ON c.oid = i.inhrelid WHERE i.inhparent = :oid"
         ),
         {"oid": oid},
@@ -697,11 +697,11 @@ def _copy_batch(conn: Connection, state: _State) -> int:
     types = _pk_types(state)
     params: dict[str, Any] = {"t": state.table, "n": state.options.batch_rows}
     assert state.copy_until is not None
-    until = ", ".join(f"CAST(:u{i} AS {t})" for i, t in enumerate(types))
+    until = ", ".join(f"CAST(:u{i} AS text)::{t}" for i, t in enumerate(types))
     where = f" WHERE ({n['pk']}) <= ({until})"
     params.update({f"u{i}": v for i, v in enumerate(state.copy_until)})
     if state.cursor is not None:
-        bound = ", ".join(f"CAST(:c{i} AS {t})" for i, t in enumerate(types))
+        bound = ", ".join(f"CAST(:c{i} AS text)::{t}" for i, t in enumerate(types))
         where += f" AND ({n['pk']}) > ({bound})"
         params.update({f"c{i}": v for i, v in enumerate(state.cursor)})
     order = ", ".join(_quote(conn, c) for c in pk)
@@ -971,11 +971,18 @@ def _drive(
         assert state is not None
     elif options is not None and options.layout() != state.options.layout():
         if state.phase is Phase.DONE:
-            raise ConversionError(
-                f"{key} was converted already ({state.options.layout()}); to change the "
-                f"layout again, drop {state.old_name} and call abort_conversion() to forget "
-                "the finished one"
-            )
+            old = _q(conn, state.plan["schema"], state.old_name)
+            kept = conn.execute(text("SELECT to_regclass(:t)"), {"t": old}).scalar()
+            conn.commit()
+            if kept is not None:
+                raise ConversionError(
+                    f"{key} was converted already and its previous table {old} is kept: drop "
+                    f"it (DROP TABLE {old}) once you no longer need it, then run this again"
+                )
+            # the previous conversion is finished and its old table dropped: start afresh
+            with conn.begin():
+                conn.execute(text(f"DELETE FROM {STATE_TABLE} WHERE table_name = :t"), {"t": key})
+            return _drive(conn, key, options, progress)
         raise ConversionError(
             f"a conversion of {key} with {state.options.layout()} is in progress "
             f"(phase {state.phase.value}); resume it (resume_conversion / --resume) or "
