@@ -78,13 +78,21 @@ def test_converts_a_quiet_table(engine: Engine) -> None:
     assert result.copied == ROWS
     assert seen[-1].phase is Phase.DONE
     with engine.connect() as conn:
-        kind = conn.execute(text("SELECT relkind::text FROM pg_class WHERE oid = 'events'::regclass")).scalar()
+        kind = conn.execute(
+            text("SELECT relkind::text FROM pg_class WHERE oid = 'events'::regclass")
+        ).scalar()
         assert kind == "p"
         # the serial default still works and the sequence now belongs to the new table
-        new_id = conn.execute(text("INSERT INTO events (created_at, kind) VALUES (now(), 'x') RETURNING id")).scalar()
+        new_id = conn.execute(
+            text("INSERT INTO events (created_at, kind) VALUES (now(), 'x') RETURNING id")
+        ).scalar()
         assert new_id == ROWS + 1
         conn.commit()
-        indexes = set(conn.execute(text("SELECT indexname FROM pg_indexes WHERE tablename = 'events'")).scalars())
+        indexes = set(
+            conn.execute(
+                text("SELECT indexname FROM pg_indexes WHERE tablename = 'events'")
+            ).scalars()
+        )
         assert {"events_pkey", "ix_events_kind"} <= indexes
 
 
@@ -113,15 +121,17 @@ class Writer:
         self.stop.set()
         self.thread.join(timeout=60)
 
-    def step(self, conn: object) -> None:
+    def step(self) -> None:
         n = self.ops
         ids = sorted(self.expected)
         with self.engine.begin() as conn:
             if n % 3 == 0 or not ids:
                 at = START + timedelta(hours=n % 5000, minutes=7)
                 row = conn.execute(
-                    text("INSERT INTO events (created_at, kind, amount) VALUES (:a, 'w', :n)"
-                         " RETURNING id"),
+                    text(
+                        "INSERT INTO events (created_at, kind, amount) VALUES (:a, 'w', :n)"
+                        " RETURNING id"
+                    ),
                     {"a": at, "n": n},
                 ).scalar_one()
                 self.expected[int(row)] = (at, "w", n)
@@ -146,7 +156,7 @@ class Writer:
     def _loop(self) -> None:
         try:
             while not self.stop.is_set():
-                self.step(None)
+                self.step()
         except BaseException as exc:  # surfaced by the test
             self.error = exc
             with self.changed:
@@ -206,8 +216,10 @@ def test_refuses_a_primary_key_without_the_partition_key(engine: Engine) -> None
     assert result.copied == ROWS
     with engine.connect() as conn:
         pk = conn.execute(
-            text("SELECT pg_get_constraintdef(oid) FROM pg_constraint"
-                 " WHERE conrelid = 'events'::regclass AND contype = 'p'")
+            text(
+                "SELECT pg_get_constraintdef(oid) FROM pg_constraint"
+                " WHERE conrelid = 'events'::regclass AND contype = 'p'"
+            )
         ).scalar()
     assert pk == "PRIMARY KEY (id, created_at)"
 
@@ -286,7 +298,8 @@ def test_kill_9_during_the_move_resumes_to_the_same_result(
             stdout=subprocess.PIPE,
             text=True,
         )
-        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout is not None
+        assert child.stdin is not None
         assert child.stdout.readline().strip() == "ready"
         if point != "swap":  # in the swap the child holds the table's lock: writers wait
             writer.wait_for(10)  # written after the killed run's last commit
@@ -294,15 +307,100 @@ def test_kill_9_during_the_move_resumes_to_the_same_result(
         child.stdin.flush()
         assert child.wait(timeout=60) == -signal.SIGKILL
         state = conversion_state(engine, "events")
-        assert state is not None and state.phase is not Phase.DONE
+        assert state is not None
+        assert state.phase is not Phase.DONE
         result = resume_conversion(engine, "events", progress=lambda _: writer.wait_for(3))
         writer.wait_for(10)
     assert result.resumed
     writer.assert_matches("events")
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT relkind::text FROM pg_class WHERE oid = 'events'::regclass")).scalar() == "p"
+        assert (
+            conn.execute(
+                text("SELECT relkind::text FROM pg_class WHERE oid = 'events'::regclass")
+            ).scalar()
+            == "p"
+        )
         leftovers = conn.execute(
-            text("SELECT count(*) FROM pg_class WHERE relname LIKE 'hotpath_log_%'"
-                 " OR relname = 'events_hotpath_new'")
+            text(
+                "SELECT count(*) FROM pg_class WHERE relname LIKE 'hotpath_log_%'"
+                " OR relname = 'events_hotpath_new'"
+            )
         ).scalar()
     assert leftovers == 0
+
+
+def _hotpath(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hotpath", "partitions", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_a_swap_blocked_by_a_long_reader_gives_up_then_cli_resume_finishes(
+    engine: Engine, hotpath_db: ModuleDatabase
+) -> None:
+    before = checksum(engine, "events")
+    with engine.connect() as reader:
+        reader.execute(text("SELECT count(*) FROM events"))  # holds ACCESS SHARE until rollback
+        with pytest.raises(ConversionError, match="not granted within 50 ms"):
+            convert_to_partitioned(
+                engine,
+                "events",
+                by="created_at",
+                interval="month",
+                lock_timeout_ms=50,
+                swap_attempts=2,
+            )
+        reader.rollback()
+    state = conversion_state(engine, "events")
+    assert state is not None
+    assert state.phase is Phase.REPLAYING
+    assert state.copied == ROWS
+    with engine.connect() as conn:  # the source is untouched and still the live table
+        assert (
+            conn.execute(
+                text("SELECT relkind::text FROM pg_class WHERE oid = 'events'::regclass")
+            ).scalar()
+            == "r"
+        )
+    done = _hotpath("convert", hotpath_db.url, "events", "--resume")
+    assert done.returncode == 0, done.stderr
+    assert "events is partitioned" in done.stdout
+    assert "events_unpartitioned" in done.stdout
+    assert checksum(engine, "events") == before
+
+
+def test_cli_convert_and_one_line_errors(engine: Engine, hotpath_db: ModuleDatabase) -> None:
+    for args, message in [
+        (["--interval", "month"], "name the column"),
+        (["--by", "created_at", "--hash-partitions", "1"], "hash_partitions=1"),
+        (["--by", "created_at"], "give exactly one of"),
+        (["--resume"], "no conversion of public.events to resume"),
+    ]:
+        bad = _hotpath("convert", hotpath_db.url, "events", *args)
+        assert bad.returncode == 2, bad.stderr
+        assert message in bad.stderr
+        assert "Traceback" not in bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1
+    ok = _hotpath(
+        "convert",
+        hotpath_db.url,
+        "events",
+        "--by",
+        "id",
+        "--hash-partitions",
+        "4",
+        "--batch-rows",
+        "700",
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "4 partitions" in ok.stdout
+    info = _hotpath("hash-info", hotpath_db.url, "events", "--exact")
+    assert info.returncode == 0
+    assert "modulus 4" in info.stdout
+    assert (
+        sum(int(line.split()[-2].replace(",", "")) for line in info.stdout.splitlines()[1:]) == ROWS
+    )

@@ -98,7 +98,8 @@ def test_create_from_name_and_columns_async(hotpath_db: ModuleDatabase, engine: 
             await aengine.dispose()
 
     created, modulus = asyncio.run(go())
-    assert created == ["plain_h3_0", "plain_h3_1", "plain_h3_2"] and modulus == 3
+    assert created == ["plain_h3_0", "plain_h3_1", "plain_h3_2"]
+    assert modulus == 3
 
 
 def test_create_refuses_clearly(engine: Engine) -> None:
@@ -126,11 +127,10 @@ def test_repartition_4_to_8_under_a_writer_keeps_every_row(engine: Engine) -> No
         while not stop.is_set():
             n += 1
             with engine.begin() as conn:
+                conn.execute(text("INSERT INTO orders VALUES (:i, :i % 97, 0, 'w')"), {"i": n})
                 conn.execute(
-                    text("INSERT INTO orders VALUES (:i, :i % 97, 0, 'w')"), {"i": n}
+                    text("UPDATE orders SET amount = amount + 1 WHERE id = :i"), {"i": n % 2000 + 1}
                 )
-                conn.execute(text("UPDATE orders SET amount = amount + 1 WHERE id = :i"),
-                             {"i": n % 2000 + 1})
             with changed:
                 written.append(n)
                 changed.notify_all()
@@ -148,9 +148,11 @@ def test_repartition_4_to_8_under_a_writer_keeps_every_row(engine: Engine) -> No
     finally:
         stop.set()
         thread.join(timeout=60)
-    assert result.old_table == "orders_old" and result.replayed > 0
+    assert result.old_table == "orders_old"
+    assert result.replayed > 0
     info = inspect_hash(engine, "orders", exact=True)
-    assert info.modulus == 8 and len(info.partitions) == 8
+    assert info.modulus == 8
+    assert len(info.partitions) == 8
     rows = _rows(engine)
     ids = [r[0] for r in rows]
     assert len(ids) == len(set(ids)) == 2000 + len(written)
@@ -178,7 +180,7 @@ def test_repartition_async_and_refusals(hotpath_db: ModuleDatabase, engine: Engi
     assert inspect_hash(engine, "orders").modulus == 4
     # asked again: done already, nothing moves
     assert repartition_hash(engine, "orders", 4).resumed
-    with pytest.raises(PartitionError, match="DROP TABLE public.orders_old"):
+    with pytest.raises(PartitionError, match=r"DROP TABLE public\.orders_old"):
         repartition_hash(engine, "orders", 8)
     with engine.begin() as conn:
         conn.execute(text("DROP TABLE orders_old"))

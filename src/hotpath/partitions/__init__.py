@@ -27,7 +27,6 @@ from ._convert import (
     resume_conversion,
     resume_conversion_async,
 )
-
 from ._hash import (
     HashPartition,
     HashPartitionedTable,
@@ -55,7 +54,11 @@ __all__ = [
     "ConvertOptions",
     "HashPartition",
     "HashPartitionedTable",
+    "Interval",
+    "Partition",
+    "PartitionError",
     "PartitionKind",
+    "PartitionedTable",
     "Phase",
     "Progress",
     "abort_conversion",
@@ -64,14 +67,6 @@ __all__ = [
     "convert_to_partitioned_async",
     "create_hash_partitioned",
     "create_hash_partitioned_async",
-    "repartition_hash",
-    "repartition_hash_async",
-    "resume_conversion",
-    "resume_conversion_async",
-    "Interval",
-    "Partition",
-    "PartitionError",
-    "PartitionedTable",
     "default_partition_rows",
     "detach_older_than",
     "detach_older_than_async",
@@ -80,4 +75,8 @@ __all__ = [
     "inspect_hash",
     "inspect_hash_async",
     "inspect_table",
+    "repartition_hash",
+    "repartition_hash_async",
+    "resume_conversion",
+    "resume_conversion_async",
 ]

@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
@@ -111,12 +111,8 @@ class ConvertOptions:
         check_number(
             ConversionError, "lock_timeout_ms", self.lock_timeout_ms, integer=True, at_least=1
         )
-        check_number(
-            ConversionError, "swap_attempts", self.swap_attempts, integer=True, at_least=1
-        )
-        check_number(
-            ConversionError, "ahead", self.ahead, integer=True, at_least=0, below=121
-        )
+        check_number(ConversionError, "swap_attempts", self.swap_attempts, integer=True, at_least=1)
+        check_number(ConversionError, "ahead", self.ahead, integer=True, at_least=0, below=121)
 
     @property
     def kind(self) -> PartitionKind:
@@ -335,33 +331,43 @@ def _plan(conn: Connection, table: str, options: ConvertOptions) -> dict[str, An
             )
         indexes.append((str(index_name), str(definition)))
     pk_index = conn.execute(
-        text("SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
-             " WHERE i.indrelid = :oid AND i.indisprimary"),
+        text(
+            "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+            " WHERE i.indrelid = :oid AND i.indisprimary"
+        ),
         {"oid": oid},
     ).scalar_one()
     new_name = _check_name(f"{name}_hotpath_new")
     old_name = _check_name(f"{name}_unpartitioned" if relkind == "r" else f"{name}_old")
     log_name = _check_name(f"hotpath_log_{oid}")
-    taken = conn.execute(
-        text(
-            "SELECT relname FROM pg_class WHERE relnamespace = CAST(:s AS regnamespace)"
-            " AND relname = ANY(:names)"
-        ),
-        {"s": _quote(conn, schema), "names": [old_name]},
-    ).scalars().all()
+    taken = (
+        conn.execute(
+            text(
+                "SELECT relname FROM pg_class WHERE relnamespace = CAST(:s AS regnamespace)"
+                " AND relname = ANY(:names)"
+            ),
+            {"s": _quote(conn, schema), "names": [old_name]},
+        )
+        .scalars()
+        .all()
+    )
     if taken:
         raise ConversionError(
             f"{schema}.{old_name} exists (the source is renamed to it at the swap): drop or "
             "rename it first"
         )
     partitions = _partition_bounds(conn, oid, name, types[by], options, relkind)
-    clash = conn.execute(
-        text(
-            "SELECT relname FROM pg_class WHERE relnamespace = CAST(:s AS regnamespace)"
-            " AND relname = ANY(:names)"
-        ),
-        {"s": _quote(conn, schema), "names": [p[0] for p in partitions]},
-    ).scalars().first()
+    clash = (
+        conn.execute(
+            text(
+                "SELECT relname FROM pg_class WHERE relnamespace = CAST(:s AS regnamespace)"
+                " AND relname = ANY(:names)"
+            ),
+            {"s": _quote(conn, schema), "names": [p[0] for p in partitions]},
+        )
+        .scalars()
+        .first()
+    )
     if clash:
         raise ConversionError(
             f"{schema}.{clash} exists and would be a partition of the new table: drop or "
@@ -410,12 +416,18 @@ def _partition_bounds(
         ]
     assert options.interval is not None
     low, high = conn.execute(
-        text(f"SELECT min({_quote(conn, options.by)}), max({_quote(conn, options.by)}) FROM "
-             f"{_regclass_name(conn, oid)}")
+        text(
+            f"SELECT min({_quote(conn, options.by)}), max({_quote(conn, options.by)}) FROM "
+            f"{_regclass_name(conn, oid)}"
+        )
     ).one()
     now = datetime.now(timezone.utc)
     start = period_start(low if low is not None else now, options.interval)
-    last = max(period_start(high, options.interval), period_start(now, options.interval)) if high else period_start(now, options.interval)
+    last = (
+        max(period_start(high, options.interval), period_start(now, options.interval))
+        if high
+        else period_start(now, options.interval)
+    )
     for _ in range(options.ahead):
         last = next_start(last, options.interval)
     is_date = key_type == "date"
@@ -472,13 +484,10 @@ def _prepare(conn: Connection, state_key: str, options: ConvertOptions) -> None:
         head = _INDEX_HEAD.match(definition)
         if head is None:
             continue
-        body = definition[head.end():]
+        body = definition[head.end() :]
         using = body.index(" USING ")
         conn.execute(
-            text(
-                f"CREATE {head.group(1) or ''}INDEX {_quote(conn, temp)} ON {new}"
-                f"{body[using:]}"
-            )
+            text(f"CREATE {head.group(1) or ''}INDEX {_quote(conn, temp)} ON {new}{body[using:]}")
         )
         renames.append((index_name, temp))
     for constraint, definition in conn.execute(
@@ -500,16 +509,16 @@ def _prepare(conn: Connection, state_key: str, options: ConvertOptions) -> None:
             conn.execute(text(f"ALTER TABLE {target} OWNER TO {_quote(conn, owner)}"))
     for grantee, privilege in conn.execute(
         text(
-            "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee))"
-            " END, a.privilege_type FROM pg_class c, aclexplode(c.relacl) a"
+            "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC'"
+            " ELSE quote_ident(pg_get_userbyid(a.grantee)) END, a.privilege_type"
+            " FROM pg_class c, aclexplode(c.relacl) a"
             " WHERE c.oid = :oid AND a.grantee <> c.relowner"
         ),
         {"oid": plan["oid"]},
     ):
         conn.execute(text(f"GRANT {privilege} ON {new} TO {grantee}"))
     pk_defs = ", ".join(
-        f"{_quote(conn, c)} {dict((col[0], col[1]) for col in plan['columns'])[c]}"
-        for c in plan["pk"]
+        f"{_quote(conn, c)} { {col[0]: col[1] for col in plan['columns']}[c] }" for c in plan["pk"]
     )
     conn.execute(text(f"CREATE TABLE {log} (seq bigserial PRIMARY KEY, {pk_defs})"))
     pk_cols = ", ".join(_quote(conn, c) for c in plan["pk"])
@@ -546,13 +555,11 @@ def _prepare(conn: Connection, state_key: str, options: ConvertOptions) -> None:
     newest = conn.execute(
         text(f"SELECT ARRAY[{pk_text}] FROM {source_rows} ORDER BY {pk_order} LIMIT 1")
     ).scalar()
-    total = plan["total_estimate"] or conn.execute(
-        text(f"SELECT count(*) FROM {source_rows}")
-    ).scalar_one()
-    stored = {
-        k: plan[k]
-        for k in ("oid", "schema", "name", "relkind", "pk", "function", "columns")
-    }
+    total = (
+        plan["total_estimate"]
+        or conn.execute(text(f"SELECT count(*) FROM {source_rows}")).scalar_one()
+    )
+    stored = {k: plan[k] for k in ("oid", "schema", "name", "relkind", "pk", "function", "columns")}
     stored["renames"] = renames
     stored["partitions"] = [p for p, _ in plan["partitions"]]
     conn.execute(
@@ -586,7 +593,9 @@ def _lock_not_available(exc: BaseException) -> bool:
     return code == _LOCK_NOT_AVAILABLE or "LockNotAvailable" in type(original).__name__
 
 
-def _with_lock_retries(conn: Connection, options: ConvertOptions, step: Callable[[], None], what: str) -> None:
+def _with_lock_retries(
+    conn: Connection, options: ConvertOptions, step: Callable[[], None], what: str
+) -> None:
     """Run ``step`` in its own transaction; a lock_timeout rolls it back and tries again."""
     for attempt in range(1, options.swap_attempts + 1):
         try:
@@ -680,6 +689,7 @@ def _names(conn: Connection, state: _State) -> dict[str, str]:
         "new": _q(conn, schema, state.new_table),
         "log": _q(conn, schema, state.log_table),
         "cols": ", ".join(_quote(conn, c) for c in insertable),
+        "source_cols": ", ".join(f"t.{_quote(conn, c)}" for c in insertable),
         "override": " OVERRIDING SYSTEM VALUE" if any(c[2] == "a" for c in plan["columns"]) else "",
         "pk": ", ".join(_quote(conn, c) for c in plan["pk"]),
     }
@@ -724,8 +734,7 @@ def _copy_batch(conn: Connection, state: _State) -> int:
         if row is None:
             conn.execute(
                 text(
-                    f"UPDATE {STATE_TABLE} SET phase = :p, updated_at = now()"
-                    " WHERE table_name = :t"
+                    f"UPDATE {STATE_TABLE} SET phase = :p, updated_at = now() WHERE table_name = :t"
                 ),
                 {"p": Phase.REPLAYING.value, "t": state.table},
             )
@@ -754,21 +763,20 @@ def _replay_batch(conn: Connection, state: _State, limit: int) -> int:
     aliases = ", ".join(f"k{i}" for i in range(len(pk)))
     match_new = " AND ".join(f"t.{_quote(conn, c)} = k.k{i}" for i, c in enumerate(pk))
     conn.execute(
-        text(
-            f"DELETE FROM {n['new']} t USING unnest({arrays}) AS k({aliases}) WHERE {match_new}"
-        ),
+        text(f"DELETE FROM {n['new']} t USING unnest({arrays}) AS k({aliases}) WHERE {match_new}"),
         params,
     )
     conn.execute(
         text(
             f"INSERT INTO {n['new']} ({n['cols']}){n['override']}"
-            f" SELECT {', '.join('t.' + _quote(conn, c) for c in [c[0] for c in state.plan['columns'] if not c[3]])}"
+            f" SELECT {n['source_cols']}"
             f" FROM {n['source']} t JOIN unnest({arrays}) AS k({aliases}) ON {match_new}"
         ),
         params,
     )
     conn.execute(
-        text(f"DELETE FROM {n['log']} WHERE seq = ANY(:seqs)"), {"seqs": [int(e[0]) for e in entries]}
+        text(f"DELETE FROM {n['log']} WHERE seq = ANY(:seqs)"),
+        {"seqs": [int(e[0]) for e in entries]},
     )
     conn.execute(
         text(
@@ -822,9 +830,7 @@ def _swap(conn: Connection, state: _State) -> float:
         for old_index, temp in plan["renames"]:
             moved = _check_name(f"{old_index[:48]}_{state.old_name[-12:]}")
             conn.execute(
-                text(
-                    f"ALTER INDEX {_q(conn, schema, old_index)} RENAME TO {_quote(conn, moved)}"
-                )
+                text(f"ALTER INDEX {_q(conn, schema, old_index)} RENAME TO {_quote(conn, moved)}")
             )
             conn.execute(
                 text(f"ALTER INDEX {_q(conn, schema, temp)} RENAME TO {_quote(conn, old_index)}")
@@ -843,9 +849,7 @@ def _swap(conn: Connection, state: _State) -> float:
             ).scalar()
             if new_sequence and old_sequence:
                 conn.execute(
-                    text(
-                        f"SELECT setval(:s, last_value, is_called) FROM {old_sequence}"
-                    ),
+                    text(f"SELECT setval(:s, last_value, is_called) FROM {old_sequence}"),
                     {"s": new_sequence},
                 )
         conn.execute(text(f"DROP TABLE {n['log']}"))
@@ -1060,8 +1064,12 @@ def conversion_state(engine: Engine, table: str) -> Progress | None:
             return None
         pending = _pending(conn, state) if state.phase is not Phase.DONE else 0
         return Progress(
-            state.plan["name"], state.phase, state.copied, state.total_estimate,
-            state.replayed, pending,
+            state.plan["name"],
+            state.phase,
+            state.copied,
+            state.total_estimate,
+            state.replayed,
+            pending,
         )
 
 
@@ -1181,4 +1189,3 @@ async def repartition_hash_async(
         await conn.commit()
         options = ConvertOptions(by=key, hash_partitions=partitions, **settings)
         return await conn.run_sync(_run, table, options, progress)
-

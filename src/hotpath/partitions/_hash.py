@@ -63,9 +63,7 @@ def _table_source(
         return table, f"CREATE TABLE {_quote(conn, table)} ({columns})", None
     found = getattr(table, "__table__", table)
     if not isinstance(found, Table):
-        raise PartitionError(
-            f"{table!r} is not a table name, a SQLAlchemy Table or a mapped class"
-        )
+        raise PartitionError(f"{table!r} is not a table name, a SQLAlchemy Table or a mapped class")
     if columns is not None:
         raise PartitionError("columns= is only for a table given by name: the Table has them")
     if found.dialect_options["postgresql"].get("partition_by"):
@@ -145,7 +143,10 @@ def _inspect(conn: Connection, table: str, exact: bool) -> HashPartitionedTable:
         counts = {
             str(r[0]): int(r[1])
             for r in conn.execute(
-                text(f"SELECT tableoid::regclass::text, count(*) FROM {_quote(conn, name)} GROUP BY 1")
+                text(
+                    "SELECT tableoid::regclass::text, count(*)"
+                    f" FROM {_quote(conn, name)} GROUP BY 1"
+                )
             )
         }
     partitions = []
@@ -161,9 +162,7 @@ def _inspect(conn: Connection, table: str, exact: bool) -> HashPartitionedTable:
         if match is None:
             continue
         rows = counts.get(str(qualified), 0) if exact else int(estimate)
-        partitions.append(
-            HashPartition(str(child), int(match.group(1)), int(match.group(2)), rows)
-        )
+        partitions.append(HashPartition(str(child), int(match.group(1)), int(match.group(2)), rows))
     partitions.sort(key=lambda p: (p.modulus, p.remainder))
     return HashPartitionedTable(name, layout[1], tuple(partitions))
 
