@@ -43,7 +43,8 @@ def engine(hotpath_db: ModuleDatabase) -> Iterator[Engine]:
         for r in range(4):
             conn.execute(
                 text(
-                    f"CREATE TABLE hk_{r} PARTITION OF hk FOR VALUES WITH (MODULUS 4, REMAINDER {r})"
+                    f"CREATE TABLE hk_{r} PARTITION OF hk"
+                    f" FOR VALUES WITH (MODULUS 4, REMAINDER {r})"
                 )
             )
         conn.execute(text("INSERT INTO hk SELECT g, g FROM generate_series(1, 1000) g"))
@@ -81,7 +82,8 @@ def test_explain_flags_a_value_of_another_type_on_the_hash_key(
         for f in explain(hotpath_db.url, "SELECT * FROM hk WHERE k::text = '5'").flags
         if f.kind == "partition_not_pruned"
     ]
-    assert flag.table == "hk" and flag.evidence["partitions_scanned"] == 4
+    assert flag.table == "hk"
+    assert flag.evidence["partitions_scanned"] == 4
 
 
 @pytest.mark.parametrize(
@@ -124,7 +126,9 @@ def test_observe_reports_unpruned_partitions_with_the_fix(engine: Engine) -> Non
     finally:
         profiler.uninstrument()
     [finding] = [f for f in scope.findings if f.kind is FindingKind.UNPRUNED_PARTITIONS]
-    assert finding.details["table"] == "ev" and finding.details["partitions"] == 10
-    assert finding.fix and "at >= " in finding.fix
+    assert finding.details["table"] == "ev"
+    assert finding.details["partitions"] == 10
+    assert finding.fix
+    assert "at >= " in finding.fix
     assert finding.call_site is not None
     assert [f for f in quiet.findings if f.kind is FindingKind.UNPRUNED_PARTITIONS] == []

@@ -52,7 +52,10 @@ _TIME_TYPES = ("date", "timestamp with time zone", "timestamp without time zone"
 _MAX_PARTITIONS = 1000
 _MAX_IDENTIFIER = 63
 # replay until at most this many keys are pending: the rest is replayed under the swap's lock
-_SWAP_BACKLOG = 1000
+_SWAP_BACKLOG = 100  # pg_repack's switch threshold
+# catch-up rounds that do not shrink the backlog before the swap goes ahead anyway (a writer
+# faster than the replay): the swap then replays the rest under its lock
+_STALLED_ROUNDS = 10
 _LOCK_NOT_AVAILABLE = "55P03"
 _WAIT_FOR_OTHER_CONVERTER_MS = 10_000
 
@@ -804,8 +807,9 @@ def _swap(conn: Connection, state: _State) -> float:
 
     def step() -> None:
         _set_lock_timeout(conn, state.options.lock_timeout_ms)
-        conn.execute(text(f"LOCK TABLE {n['source_table']} IN ACCESS EXCLUSIVE MODE"))
+        # writers queue behind the lock from the moment it is requested, not granted
         locked = time.perf_counter()
+        conn.execute(text(f"LOCK TABLE {n['source_table']} IN ACCESS EXCLUSIVE MODE"))
         while _replay_batch(conn, state, state.options.batch_rows):
             pass
         function = _q(conn, schema, plan["function"])
@@ -828,7 +832,8 @@ def _swap(conn: Connection, state: _State) -> float:
             {"old": n["source_table"]},
         ).all()
         for old_index, temp in plan["renames"]:
-            moved = _check_name(f"{old_index[:48]}_{state.old_name[-12:]}")
+            suffix = state.old_name[len(plan["name"]) + 1 :]  # "unpartitioned" or "old"
+            moved = _check_name(f"{old_index[: _MAX_IDENTIFIER - len(suffix) - 1]}_{suffix}")
             conn.execute(
                 text(f"ALTER INDEX {_q(conn, schema, old_index)} RENAME TO {_quote(conn, moved)}")
             )
@@ -1005,23 +1010,37 @@ def _drive(
         _copy_batch(conn, state)
         _report(conn, state, progress)
     if state.phase is Phase.REPLAYING:
-        backlog = max(_SWAP_BACKLOG, state.options.batch_rows)
-        while True:
-            with conn.begin():
-                consumed = _replay_batch(conn, state, state.options.batch_rows)
-            _report(conn, state, progress)
-            if consumed < state.options.batch_rows:
-                with conn.begin():
-                    if _pending(conn, state) <= backlog:
-                        break
+        _catch_up(conn, state, progress, state.options.batch_rows)
         with conn.begin():
             # the planner's statistics before the new table takes the traffic
             conn.execute(text(f"ANALYZE {_names(conn, state)['new']}"))
+        # what the swap replays holds the table's lock: start it with a short backlog
+        _catch_up(conn, state, progress, _SWAP_BACKLOG)
         _swap(conn, state)
         with conn.begin():
             state = _load(conn, key) or state
         _report(conn, state, progress)
     return _result(state, resumed)
+
+
+def _catch_up(
+    conn: Connection, state: _State, progress: ProgressCallback | None, backlog: int
+) -> None:
+    """Replay batches until at most ``backlog`` keys are pending (or the writers keep ahead
+    for ``_STALLED_ROUNDS`` rounds)."""
+    best, stalled = None, 0
+    while True:
+        with conn.begin():
+            _replay_batch(conn, state, state.options.batch_rows)
+            pending = _pending(conn, state)
+        _report(conn, state, progress)
+        if pending <= backlog:
+            return
+        if best is not None and pending >= best:
+            stalled += 1
+            if stalled >= _STALLED_ROUNDS:
+                return
+        best = pending if best is None else min(best, pending)
 
 
 def _abort(conn: Connection, table: str) -> bool:
@@ -1038,6 +1057,9 @@ def _abort(conn: Connection, table: str) -> bool:
             if state is None:
                 return False
             schema = state.plan["schema"]
+            # DROP TRIGGER takes ACCESS EXCLUSIVE on the source: never queue behind a long
+            # transaction (and block every writer behind us) for long
+            _set_lock_timeout(conn, state.options.lock_timeout_ms)
             if state.phase is not Phase.DONE:
                 source = _q(conn, schema, state.plan["name"])
                 conn.execute(text(f"DROP TRIGGER IF EXISTS hotpath_capture ON {source}"))
