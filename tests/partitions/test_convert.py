@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
@@ -11,13 +12,16 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from hotpath.partitions import (
     ConversionError,
+    ConversionResult,
     Phase,
     Progress,
     conversion_state,
     convert_to_partitioned,
+    convert_to_partitioned_async,
     resume_conversion,
 )
 from hotpath.testing import ModuleDatabase
@@ -404,3 +408,28 @@ def test_cli_convert_and_one_line_errors(engine: Engine, hotpath_db: ModuleDatab
     assert (
         sum(int(line.split()[-2].replace(",", "")) for line in info.stdout.splitlines()[1:]) == ROWS
     )
+
+
+def test_async_conversion_matches_the_source(engine: Engine, hotpath_db: ModuleDatabase) -> None:
+    before = checksum(engine, "events")
+    steps: list[Phase] = []
+
+    async def go() -> ConversionResult:
+        aengine = create_async_engine(hotpath_db.async_url)
+        try:
+            return await convert_to_partitioned_async(
+                aengine,
+                "events",
+                by="id",
+                hash_partitions=3,
+                batch_rows=1000,
+                progress=lambda p: steps.append(p.phase),
+            )
+        finally:
+            await aengine.dispose()
+
+    result = asyncio.run(go())
+    assert (result.copied, len(result.partitions)) == (ROWS, 3)
+    assert steps[0] is Phase.COPYING
+    assert steps[-1] is Phase.DONE
+    assert checksum(engine, "events") == before

@@ -4,6 +4,8 @@ inspect, and change the partition count online under a writer."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -186,3 +188,52 @@ def test_repartition_async_and_refusals(hotpath_db: ModuleDatabase, engine: Engi
         conn.execute(text("DROP TABLE orders_old"))
     assert repartition_hash(engine, "orders", 8).copied == 500
     assert _rows(engine) == before
+
+
+def test_cli_repartition(engine: Engine, hotpath_db: ModuleDatabase) -> None:
+    create_hash_partitioned(engine, Order, by="user_id", partitions=2)
+    _fill(engine, 300)
+    before = _rows(engine)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hotpath",
+            "partitions",
+            "repartition",
+            hotpath_db.url,
+            "orders",
+            "--partitions",
+            "3",
+            "--batch-rows",
+            "100",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "orders has 3 hash partitions" in done.stdout
+    assert _rows(engine) == before
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hotpath",
+            "partitions",
+            "repartition",
+            hotpath_db.url,
+            "nope",
+            "--partitions",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert bad.returncode == 2
+    assert (
+        bad.stderr.strip() == "error: table 'nope' does not exist (check the name and search_path)"
+    )
