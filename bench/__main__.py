@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import platform
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("name", choices=[*names, "all"])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (make bench)")
+    parser.add_argument("--rows", type=int, help="table size, for the benches that take one")
     args = parser.parse_args(argv)
     chosen = names if args.name == "all" else [args.name]
     print(
@@ -32,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
         f"Python {platform.python_version()}"
     )
     for name in chosen:
-        markdown = importlib.import_module(f"bench.{name}").run(quick=args.quick)
+        run = importlib.import_module(f"bench.{name}").run
+        sized = args.rows is not None and "rows" in inspect.signature(run).parameters
+        markdown = run(quick=args.quick, rows=args.rows) if sized else run(quick=args.quick)
         print(f"\n## {name}\n\n{markdown}")
     return 0
 

@@ -59,7 +59,9 @@ COMMANDS: dict[str, _Entry] = {
         "A real local PostgreSQL primary + streaming replicas + Redis.",
     ),
     "partitions": _Entry(
-        "hotpath.partitions._cli", "partitions_app", "Keep a table range-partitioned by time."
+        "hotpath.partitions._cli",
+        "partitions_app",
+        "Partition tables: time ranges, hash, online conversion.",
     ),
     "pool": _Entry(
         "hotpath.pool._cli",

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from typing import Any
 
 from ..plans import Severity
+from ._checks_indexes import _mb
 from ._context import Context, display_name
 from ._model import Finding
 from ._registry import check
@@ -185,15 +188,23 @@ _TIME_TYPES = ("timestamp with time zone", "timestamp without time zone", "date"
 @check("partition_candidates", "Partitioning candidates", "pg_stat_statements")
 def partition_candidates(ctx: Context) -> list[Finding]:
     """Large, append-mostly tables whose queries filter on a time column: range partitioning
-    by that column lets PostgreSQL skip old partitions and drop them instead of DELETE."""
+    by that column lets PostgreSQL skip old partitions and drop them instead of DELETE.
+
+    The evidence is what the server can tell: the table's size (heap, TOAST and indexes), its
+    inserts per day averaged since the statistics counters began (``n_tup_ins`` over
+    ``stats_reset``, else the server's start: an average, not a trend), the calls of the
+    statements in ``pg_stat_statements`` that filter it by a range or value of the column, and
+    the DELETEs by a range of it (retention that a partition drop would replace). The fix is
+    the ``hotpath partitions convert`` command that does it online."""
     t = ctx.thresholds
     findings = []
     for table in ctx.tables:
         rows = float(table["reltuples"])
-        writes = int(table["n_tup_ins"]) + int(table["n_tup_upd"]) + int(table["n_tup_del"])
-        if rows < t.partition_min_rows or table["relkind"] != "r" or writes == 0:
+        inserts, updates = int(table["n_tup_ins"]), int(table["n_tup_upd"])
+        if rows < t.partition_min_rows or table["relkind"] != "r" or inserts + updates == 0:
             continue
-        appended = int(table["n_tup_ins"]) / writes
+        # deletes are left out: retention DELETEs are what partitioning turns into drops
+        appended = inserts / (inserts + updates)
         if appended < t.append_only_ratio:
             continue
         time_cols = {
@@ -204,35 +215,110 @@ def partition_candidates(ctx: Context) -> list[Finding]:
                 (table["relid"], list(_TIME_TYPES)),
             )
         }
-        name = display_name(table["schemaname"], table["relname"])
-        filtered: dict[str, int] = {}
-        for q in ctx.statements:
-            if table["relname"] not in {n.split(".")[-1] for n in tables_of(str(q["query"]))}:
-                continue
-            for use in parse_query(str(q["query"])).uses:
-                if use.table == table["relname"]:
-                    for col in set(use.range + use.equality) & time_cols:
-                        filtered[col] = filtered.get(col, 0) + int(q["calls"])
-        if not filtered:
+        usage = _time_usage(ctx, str(table["relname"]), time_cols)
+        if not usage.filtered:
             continue
-        column = max(filtered, key=lambda c: filtered[c])
-        findings.append(
-            Finding(
-                "partition_candidates",
-                Severity.INFO,
-                name,
-                f"{name} has {rows:,.0f} rows, {appended:.0%} of its writes are inserts, and "
-                f"{filtered[column]:,} query calls filter it by {column}: partition it by range "
-                f"of {column}",
-                {
-                    "rows": rows,
-                    "insert_share": round(appended, 4),
-                    "filter_calls": filtered[column],
-                },
-                f"CREATE TABLE {table['relname']}_partitioned (LIKE {name} INCLUDING ALL) "
-                f"PARTITION BY RANGE ({column});  -- then one partition per month, move rows, swap",
-                "sql",
-                "queries on recent data read only recent partitions; old data drops instantly",
-            )
-        )
+        column = max(usage.filtered, key=lambda c: usage.filtered[c])
+        findings.append(_partition_finding(ctx, table, column, rows, appended, usage))
     return findings
+
+
+@dataclass
+class _TimeUsage:
+    calls: int = 0  # all calls of statements on the table
+    filtered: dict[str, int] = field(default_factory=dict)  # reads/updates filtering on it
+    retention_calls: dict[str, int] = field(default_factory=dict)  # DELETE ... WHERE col < ..
+    retention_rows: dict[str, int] = field(default_factory=dict)
+
+
+def _time_usage(ctx: Context, relname: str, time_cols: set[str]) -> _TimeUsage:
+    usage = _TimeUsage()
+    for q in ctx.statements:
+        if relname not in {n.split(".")[-1] for n in tables_of(str(q["query"]))}:
+            continue
+        calls = int(q["calls"])
+        usage.calls += calls
+        parsed = parse_query(str(q["query"]))
+        for use in parsed.uses:
+            if use.table != relname:
+                continue
+            if parsed.kind == "delete":
+                for col in set(use.range) & time_cols:
+                    usage.retention_calls[col] = usage.retention_calls.get(col, 0) + calls
+                    usage.retention_rows[col] = usage.retention_rows.get(col, 0) + int(
+                        q["rows"] or 0
+                    )
+                continue
+            for col in set(use.range + use.equality) & time_cols:
+                usage.filtered[col] = usage.filtered.get(col, 0) + calls
+    return usage
+
+
+def _partition_finding(
+    ctx: Context,
+    table: dict[str, Any],
+    column: str,
+    rows: float,
+    appended: float,
+    usage: _TimeUsage,
+) -> Finding:
+    name = display_name(table["schemaname"], table["relname"])
+    size = ctx.rows(
+        "SELECT pg_total_relation_size(%s) AS bytes,"
+        " EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid"
+        "  AND a.attnum = ANY(i.indkey) WHERE i.indrelid = %s AND i.indisprimary"
+        "  AND a.attname = %s) AS key_in_pk",
+        (table["relid"], table["relid"], column),
+    )[0]
+    days = ctx.stats_days
+    inserted = int(table["n_tup_ins"])
+    # under a day of counters, a daily rate would extrapolate a load test or a bulk import
+    per_day = inserted / days if days and days >= 1 else None
+    # aim for partitions of at most ~100M rows: a busier table gets shorter periods
+    interval = "month"
+    if per_day is not None and per_day * 30 > 100_000_000:
+        interval = "week" if per_day * 7 <= 100_000_000 else "day"
+    share = usage.filtered[column] / usage.calls if usage.calls else 0.0
+    deletes = usage.retention_calls.get(column, 0)
+    parts = [
+        f"{name} has {rows:,.0f} rows ({_mb(size['bytes'])} with indexes)",
+        f"{appended:.0%} of its inserts+updates are inserts",
+    ]
+    if per_day is not None:
+        parts.append(f"~{per_day:,.0f} inserts/day since {ctx.stats_since}")
+    else:
+        parts.append(f"{inserted:,} inserts since {ctx.stats_since} (too short for a daily rate)")
+    parts.append(
+        f"{usage.filtered[column]:,} query calls ({share:.0%} of its statements' calls) "
+        f"filter it by {column}"
+    )
+    if deletes:
+        parts.append(
+            f"{deletes:,} retention DELETEs by {column} removed "
+            f"{usage.retention_rows.get(column, 0):,} rows (partition drops would replace them)"
+        )
+    flags = "" if size["key_in_pk"] else " --extend-primary-key"
+    return Finding(
+        "partition_candidates",
+        Severity.INFO,
+        name,
+        "; ".join(parts) + f": partition it by range of {column}",
+        {
+            "rows": rows,
+            "bytes": int(size["bytes"]),
+            "insert_share": round(appended, 4),
+            "inserts_since_stats_reset": inserted,
+            "inserts_per_day": round(per_day, 1) if per_day is not None else None,
+            "stats_since": ctx.stats_since,
+            "filter_calls": usage.filtered[column],
+            "filter_share": round(share, 4),
+            "retention_delete_calls": deletes,
+            "retention_deleted_rows": usage.retention_rows.get(column, 0),
+        },
+        f"hotpath partitions convert $DATABASE_URL {name} --by {column} --interval {interval}"
+        f"{flags}  # online: batches, captured writes replayed, short swap; --resume after a"
+        " crash",
+        "action",
+        "queries on recent data read only recent partitions; retention becomes DROP of old "
+        "partitions instead of DELETE",
+    )

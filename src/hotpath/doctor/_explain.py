@@ -23,6 +23,8 @@ from ..plans import (
     PlanFlag,
     analyze_plan,
     analyze_refused_on_server,
+    partitions_from_rows,
+    partitions_sql,
     plan_relations,
     statement_safety,
     volatile_calls_sql,
@@ -31,6 +33,7 @@ from ._errors import DoctorError
 from ._session import DEFAULT_LOCK_TIMEOUT_MS, EXPLAIN_STATEMENT_TIMEOUT_MS, Session
 
 _VOLATILE_CALLS = volatile_calls_sql("pyformat")
+_PARTITIONS = partitions_sql("pyformat")
 
 
 @dataclass
@@ -82,6 +85,10 @@ def explain(
                     " AS rows FROM unnest(%s::text[]) AS name",
                     (plan_relations(plan),),
                 ).fetchall()
+                # which scanned relations are partitions: a scan of all of them is flagged
+                partitions = partitions_from_rows(
+                    conn.execute(_PARTITIONS, {"names": plan_relations(plan)}).fetchall()
+                )
         except psycopg.errors.QueryCanceled:
             raise DoctorError(
                 f"the statement ran past the {statement_timeout_ms} ms statement_timeout; "
@@ -94,5 +101,10 @@ def explain(
         str(s["name"]): float(s["rows"]) for s in sizes if s["rows"] is not None and s["rows"] >= 0
     }
     return Explained(
-        safety.statement, plan, analyzed, analyze_plan(plan, table_rows), table_rows, not_analyzed
+        safety.statement,
+        plan,
+        analyzed,
+        analyze_plan(plan, table_rows, partitions),
+        table_rows,
+        not_analyzed,
     )

@@ -35,6 +35,32 @@ def find_query_problems(scope: Scope, plans: PlanStore) -> list[Finding]:
         findings += _unbounded(scope, settings)
     if modes[FindingKind.UNUSED_EAGER_LOAD] != "off":
         findings += _unused_eager(scope)
+    if modes[FindingKind.UNPRUNED_PARTITIONS] != "off":
+        findings += _unpruned_partitions(scope, plans)
+    return findings
+
+
+def _unpruned_partitions(scope: Scope, plans: PlanStore) -> list[Finding]:
+    """The explained statements whose plan reads every partition despite a condition on the
+    partition key (the plan flag ``partition_not_pruned``)."""
+    findings = []
+    for fingerprint, group in scope._slow_groups().items():
+        flags = [f for f in plans.flags(fingerprint) if f.kind == "partition_not_pruned"]
+        if group.suppressed or not flags:
+            continue
+        findings.append(
+            Finding(
+                FindingKind.UNPRUNED_PARTITIONS,
+                f"partitions not pruned: {flags[0].message}",
+                group.call_site,
+                group.count,
+                fix=flags[0].suggestion,
+                fingerprint=fingerprint,
+                sql=scope._shown_sql(group.sql),
+                plan_flags=flags,
+                details={"table": flags[0].table, **flags[0].evidence},
+            )
+        )
     return findings
 
 

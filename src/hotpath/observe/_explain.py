@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
 
-from ..plans import analyze_plan, analyze_refused_on_server, plan_relations, volatile_calls_sql
+from ..plans import (
+    analyze_plan,
+    analyze_refused_on_server,
+    partitions_from_rows,
+    partitions_sql,
+    plan_relations,
+    volatile_calls_sql,
+)
 from ._fingerprint import shape_of
 
 if TYPE_CHECKING:
@@ -35,6 +42,8 @@ _TABLE_ROWS = text(
     "SELECT name, (SELECT reltuples FROM pg_class WHERE oid = to_regclass(name))"
     " FROM unnest(CAST(:names AS text[])) AS name"
 )
+# which of the plan's relations are partitions (a scan of all of them is flagged)
+_PARTITIONS = text(partitions_sql("named"))
 # Any volatile function reachable (hotpath.plans, shared with doctor): the statement may change
 # something (or take a session-level lock that survives the rollback), so it is not run for real.
 _VOLATILE = text(volatile_calls_sql("named"))
@@ -74,8 +83,10 @@ def _failed(settings: ObserveSettings, exc: Exception) -> None:
 
 
 def _store(plans: PlanStore, item: PendingExplain, plan: Any, sizes: Any, analyzed: bool) -> None:
+    sizes, partition_rows = sizes
     table_rows = {name: float(rows) for name, rows in sizes if rows is not None and rows >= 0}
-    plans.store(item.fingerprint, plan, analyze_plan(plan, table_rows), analyzed)
+    partitions = partitions_from_rows(partition_rows)
+    plans.store(item.fingerprint, plan, analyze_plan(plan, table_rows, partitions), analyzed)
 
 
 def explain_sync(settings: ObserveSettings, plans: PlanStore, items: list[PendingExplain]) -> None:
@@ -105,7 +116,11 @@ def _explain_on(conn: Connection, settings: ObserveSettings, item: PendingExplai
             conn.execute(_VOLATILE, _server_params(item)).scalar_one(),
         )
         plan = conn.exec_driver_sql(_prefix(analyze) + item.statement, item.parameters).scalar_one()
-        sizes = conn.execute(_TABLE_ROWS, {"names": plan_relations(plan)}).all()
+        relations = {"names": plan_relations(plan)}
+        sizes = (
+            conn.execute(_TABLE_ROWS, relations).all(),
+            conn.execute(_PARTITIONS, relations).all(),
+        )
     finally:
         transaction.rollback()  # EXPLAIN ANALYZE really ran the statement: undo it
     return plan, sizes, analyze
@@ -160,7 +175,11 @@ async def _explain_on_async(
             import orjson  # noqa: PLC0415
 
             plan = orjson.loads(plan)
-        sizes = (await conn.execute(_TABLE_ROWS, {"names": plan_relations(plan)})).all()
+        relations = {"names": plan_relations(plan)}
+        sizes = (
+            (await conn.execute(_TABLE_ROWS, relations)).all(),
+            (await conn.execute(_PARTITIONS, relations)).all(),
+        )
     finally:
         await transaction.rollback()
     return plan, sizes, analyze

@@ -22,6 +22,8 @@ class FindingKind(str, Enum):
     SLOW_QUERY = "slow_query"
     UNBOUNDED_RESULT = "unbounded_result"
     UNUSED_EAGER_LOAD = "unused_eager_load"
+    # a statement whose plan scans every partition although it filters on the partition key
+    UNPRUNED_PARTITIONS = "unpruned_partitions"
     # the whole request
     SEQUENTIAL_IO = "sequential_io"
     N_PLUS_ONE_HTTP = "n_plus_one_http"

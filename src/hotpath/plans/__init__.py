@@ -10,6 +10,7 @@ index that would help; :func:`render_plan` draws the plan as a rich tree.
 """
 
 from ._flags import PlanFlag, Severity, analyze_plan, plan_relations
+from ._pruning import PartitionOf, partitions_from_rows, partitions_sql
 from ._redact import redact_literals
 from ._render import render_plan
 from ._safety import (
@@ -23,11 +24,14 @@ from ._safety import (
 
 __all__ = [
     "NotAnalyzed",
+    "PartitionOf",
     "PlanFlag",
     "Severity",
     "StatementSafety",
     "analyze_plan",
     "analyze_refused_on_server",
+    "partitions_from_rows",
+    "partitions_sql",
     "plan_relations",
     "redact_literals",
     "render_plan",

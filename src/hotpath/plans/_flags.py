@@ -10,6 +10,7 @@ from typing import Any
 from pglast.stream import maybe_double_quote_name
 
 from ._columns import condition_columns
+from ._pruning import PartitionOf, pruning_fix, unpruned_partitions
 
 LARGE_TABLE_ROWS = 10_000
 MANY_LOOPS = 1_000
@@ -66,9 +67,15 @@ def plan_relations(plan: Any) -> list[str]:
     return seen
 
 
-def analyze_plan(plan: Any, table_rows: Mapping[str, float] | None = None) -> list[PlanFlag]:
+def analyze_plan(
+    plan: Any,
+    table_rows: Mapping[str, float] | None = None,
+    partitions: Mapping[str, PartitionOf] | None = None,
+) -> list[PlanFlag]:
     """Flags for ``plan``, worst first. ``table_rows`` maps table name -> row estimate
-    (``pg_class.reltuples``) so plain (non-ANALYZE) plans can judge table size too."""
+    (``pg_class.reltuples``) so plain (non-ANALYZE) plans can judge table size too;
+    ``partitions`` (from :func:`partitions_sql`) says which relations are partitions, so a
+    scan of every partition despite a condition on the key is flagged."""
     table_rows = table_rows or {}
     flags: list[PlanFlag] = []
     root = plan_root(plan)
@@ -88,6 +95,8 @@ def analyze_plan(plan: Any, table_rows: Mapping[str, float] | None = None) -> li
         share = _time_share(node, total_ms)
         if share is not None:
             flags.append(share)
+        if partitions:
+            flags.extend(_not_pruned(node, partitions))
     order = {Severity.CRITICAL: 0, Severity.WARNING: 1, Severity.INFO: 2}
     return sorted(flags, key=lambda f: order[f.severity])
 
@@ -285,6 +294,24 @@ def _heap_fetches(node: Mapping[str, Any], table_rows: Mapping[str, float]) -> P
         f"VACUUM {table};" if table else None,
         {"heap_fetches": fetches},
     )
+
+
+def _not_pruned(node: Mapping[str, Any], partitions: Mapping[str, PartitionOf]) -> list[PlanFlag]:
+    return [
+        PlanFlag(
+            "partition_not_pruned",
+            Severity.WARNING,
+            f"every partition of {info.parent} is scanned ({scanned} of {info.partitions}): "
+            f"the condition {condition} names the partition key {', '.join(keys)} in a form "
+            "that cannot prune",
+            str(node.get("Node Type")),
+            info.parent,
+            keys,
+            pruning_fix(info, keys),
+            {"partitions_scanned": float(scanned), "partitions": float(info.partitions)},
+        )
+        for info, scanned, keys, condition in unpruned_partitions(node, partitions, qualified_name)
+    ]
 
 
 def _inclusive_ms(node: Mapping[str, Any]) -> float | None:
