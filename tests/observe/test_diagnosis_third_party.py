@@ -186,7 +186,11 @@ async def test_a_blocking_call_behind_an_http_middleware_is_found() -> None:
 
     def blocking_calls(scope: Scope | None) -> list[Finding]:
         assert scope is not None
-        return [f for f in scope.findings if f.kind is FindingKind.BLOCKING_CALL]
+        found = [f for f in scope.findings if f.kind is FindingKind.BLOCKING_CALL]
+        # a loaded machine can stall a step past blocking_ms anywhere: those blocks are
+        # real, but not the planted one this test is about
+        planted = [f for f in found if f.call_site is None or f.call_site.function == "blocking"]
+        return planted or found
 
     try:
         transport = httpx.ASGITransport(app=app)

@@ -65,6 +65,7 @@ _KIND_CLASS: dict[FindingKind, Bottleneck] = {
     FindingKind.CONNECTION_SETUP: "connection_setup",
     FindingKind.POOL_WAIT: "pool_wait",
     FindingKind.CACHE_MISS: "cache_miss",
+    FindingKind.UNPRUNED_PARTITIONS: "slow_query",
 }
 _LAYER_CLASS: dict[Layer, Bottleneck] = {
     Layer.CONNECT: "connection_setup",
