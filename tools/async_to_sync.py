@@ -33,9 +33,19 @@ import ast_comments  # type: ignore[import-untyped]
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# async source -> sync twin, relative to the repository root
-TWINS: dict[str, str] = {
-    "src/hotpath/cache/_async.py": "src/hotpath/cache/_sync.py",
+# async source -> its sync twin (relative to the repository root), and the names renamed in
+# that file only, on top of NAMES
+TWINS: dict[str, tuple[str, dict[str, str]]] = {
+    "src/hotpath/cache/_async.py": ("src/hotpath/cache/_sync.py", {}),
+    "src/hotpath/routing/_async_reads.py": (
+        "src/hotpath/routing/_reads.py",
+        # the sessions of both sets check tokens through the nodes' sync engines
+        {"engine": "bind"},
+    ),
+    "src/hotpath/routing/_async_replica_set.py": (
+        "src/hotpath/routing/_replica_set.py",
+        {"_tasks": "_threads"},
+    ),
 }
 
 # async name -> sync name: identifiers, attributes, imported names, and whole words in
@@ -59,11 +69,33 @@ NAMES: dict[str, str] = {
     "AREDIS_FAILURES": "REDIS_FAILURES",
     "ARedisCluster": "RedisCluster",
     "wait_at_most": "wait",
+    # SQLAlchemy
+    "AsyncEngine": "Engine",
+    "AsyncConnection": "Connection",
+    "create_async_engine": "create_engine",
+    # the compat layers (routing/_acompat.py)
+    "AStop": "Stop",
+    "AWorker": "Worker",
+    "aspawn": "spawn",
+    "astop_workers": "stop_workers",
+    "aprobe_all": "probe_all",
+    "awithin": "within",
+    "aconnection_of": "connection_of",
+    "acheck_engines": "check_engines",
+    "abind_of": "bind_of",
+    "APROBE_TIMEOUTS": "PROBE_TIMEOUTS",
     # hotpath's own twins
     "AsyncCache": "Cache",
     "AsyncClient": "SyncClient",
     "async_client": "sync_client",
+    "AsyncReplicaSet": "ReplicaSet",
+    "aroute_read": "route_read",
+    "acap_token": "cap_token",
+    "_async_reads": "_reads",
 }
+
+# modules whose sync names live elsewhere
+MODULES: dict[str, str] = {"sqlalchemy.ext.asyncio": "sqlalchemy"}
 
 # imports of async-only helpers that the sync twin does without
 SKIP_IMPORTS: dict[str, set[str]] = {"_acompat": {"ensure_async"}}
@@ -167,30 +199,34 @@ class AsyncToSync(ast.NodeTransformer):
 
 
 class Rename(ast.NodeTransformer):
-    """The names: NAMES applied to identifiers, imports, docstrings and comments."""
+    """The names: ``names`` applied to identifiers and imports, NAMES to whole words in
+    docstrings and comments, MODULES to the modules imported from."""
+
+    def __init__(self, names: dict[str, str]) -> None:
+        self.names = names
 
     def visit_Name(self, node: ast.Name) -> ast.AST:
-        node.id = NAMES.get(node.id, node.id)
+        node.id = self.names.get(node.id, node.id)
         return node
 
     def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
-        node.attr = NAMES.get(node.attr, node.attr)
+        node.attr = self.names.get(node.attr, node.attr)
         self.generic_visit(node)
         return node
 
     def visit_arg(self, node: ast.arg) -> ast.AST:
-        node.arg = NAMES.get(node.arg, node.arg)
+        node.arg = self.names.get(node.arg, node.arg)
         self.generic_visit(node)
         return node
 
     def visit_keyword(self, node: ast.keyword) -> ast.AST:
         if node.arg is not None:
-            node.arg = NAMES.get(node.arg, node.arg)
+            node.arg = self.names.get(node.arg, node.arg)
         self.generic_visit(node)
         return node
 
     def _named(self, node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) -> ast.AST:
-        node.name = NAMES.get(node.name, node.name)
+        node.name = self.names.get(node.name, node.name)
         self._docstring(node.body)
         self.generic_visit(node)
         return node
@@ -200,7 +236,8 @@ class Rename(ast.NodeTransformer):
     visit_ClassDef = _named
 
     def visit_Module(self, node: ast.Module) -> ast.AST:
-        self._docstring(node.body)
+        # The module docstring is kept as written: it describes the pair, under the header
+        # that says which file is generated from which.
         self.generic_visit(node)
         return node
 
@@ -211,9 +248,10 @@ class Rename(ast.NodeTransformer):
         if not node.names:
             return None
         if node.module is not None:
-            node.module = ".".join(NAMES.get(part, part) for part in node.module.split("."))
+            module = MODULES.get(node.module, node.module)
+            node.module = ".".join(self.names.get(part, part) for part in module.split("."))
         for alias in node.names:
-            alias.name = NAMES.get(alias.name, alias.name)
+            alias.name = self.names.get(alias.name, alias.name)
         return node
 
     def visit_Comment(self, node: Any) -> Any:
@@ -309,13 +347,14 @@ def _ruff(args: list[str], source: str, target: Path) -> str:
     return done.stdout
 
 
-def generate(source: Path, target: Path) -> str:
-    """The sync twin of ``source``, as it should stand at ``target``."""
+def generate(source: Path, target: Path, names: dict[str, str]) -> str:
+    """The sync twin of ``source``, as it should stand at ``target``; ``names`` on top of
+    NAMES."""
     tree = ast_comments.parse(source.read_text(), filename=str(source))
     tree = DropAsyncOnly().visit(tree)
     tree = BlankLines().visit(tree)
     tree = AsyncToSync().visit(tree)
-    tree = Rename().visit(tree)
+    tree = Rename({**NAMES, **names}).visit(tree)
     code = HEADER.format(source=source.relative_to(ROOT)) + _Unparser().visit(tree) + "\n"
     code = _ruff(["check", "--fix", "--exit-zero", "--quiet", "--select", "I,F401"], code, target)
     return _ruff(["format", "--quiet"], code, target)
@@ -328,9 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     stale = []
-    for source_name, target_name in TWINS.items():
+    for source_name, (target_name, names) in TWINS.items():
         source, target = ROOT / source_name, ROOT / target_name
-        wanted = generate(source, target)
+        wanted = generate(source, target, names)
         current = target.read_text() if target.exists() else ""
         if wanted == current:
             continue
