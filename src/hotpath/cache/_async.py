@@ -167,6 +167,9 @@ class AsyncCache:
             return value  # type: ignore[no-any-return]
         if name in loading.get():
             raise reentrant_error(name)
+        if True:  # ASYNC: subscribed before the flight's mark (connecting flushes L1)
+            if self._channel.subscribing:
+                await self._channel.subscribed()
         # dict.setdefault and pop are atomic: the flights need no lock of their own.
         mine = AFlight(self._core.flight_mark())
         flight = self._flights.setdefault(name, mine)
