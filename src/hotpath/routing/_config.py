@@ -85,7 +85,10 @@ class RoutingConfig:
                 f"{unknown[0]}={options[unknown[0]]!r}: not an option of a replica set "  # type: ignore[literal-required]
                 f"(they are {known}); check its spelling"
             )
-        built = cls(**options) if config is None else replace(config, **options)
+        if config is None:
+            built = cls(**options)
+        else:  # the caller's object itself when no keyword overrides it
+            built = replace(config, **options) if options else config
         weights = built.weights
         if weights is not None and (
             len(weights) != replica_count
