@@ -42,6 +42,7 @@ TWINS: dict[str, tuple[str, dict[str, str]]] = {
         # the sessions of both sets check tokens through the nodes' sync engines
         {"engine": "bind"},
     ),
+    "src/hotpath/pool/_psycopg_async.py": ("src/hotpath/pool/_psycopg_sync.py", {}),
     "src/hotpath/routing/_async_replica_set.py": (
         "src/hotpath/routing/_replica_set.py",
         {"_tasks": "_threads"},
@@ -89,6 +90,11 @@ NAMES: dict[str, str] = {
     "AsyncClient": "SyncClient",
     "async_client": "sync_client",
     "AsyncReplicaSet": "ReplicaSet",
+    "AsyncMeteredConnectionPool": "MeteredConnectionPool",
+    "AsyncConnectionPool": "ConnectionPool",
+    "TimedAsyncConnection": "TimedConnection",
+    "_timed_async_connection_class": "_timed_connection_class",
+    "_adetach_and_close": "_detach_and_close",
     "aroute_read": "route_read",
     "acap_token": "cap_token",
     "_async_reads": "_reads",
@@ -308,15 +314,17 @@ class _Unparser(ast_comments._Unparser):  # type: ignore[misc]
 
     # `return a, b` and `a, b = c, d` without the parentheses unparse would add
     def visit_Return(self, node: ast.Return) -> None:
-        if isinstance(node.value, ast.Tuple):
-            self.set_precedence(_TUPLE, node.value)
+        self._bare(node.value)
         super().visit_Return(node)
 
     def visit_Assign(self, node: ast.Assign) -> None:
         for part in [*node.targets, node.value]:
-            if isinstance(part, ast.Tuple):
-                self.set_precedence(_TUPLE, part)
+            self._bare(part)
         super().visit_Assign(node)
+
+    def _bare(self, node: ast.expr | None) -> None:
+        if isinstance(node, ast.Tuple) and not any(isinstance(e, ast.Starred) for e in node.elts):
+            self.set_precedence(_TUPLE, node)
 
     def _write_constant(self, value: Any) -> None:
         if isinstance(value, str) and len(value) > self.PIECE:
