@@ -186,7 +186,7 @@ class AsyncCache:
                     if flight is mine:
                         break
                     value = await flight.result()
-            if flight is not mine:
+            if flight is not mine:  # the joined load's result (in the sync twin, always)
                 return value  # type: ignore[no-any-return]
         try:
             value = await self._lead(name, loader, ttl, tags, stale)

@@ -151,7 +151,7 @@ class Cache:
                 return self._lead(name, loader, ttl, tags, stale)  # type: ignore[no-any-return]
             self._core.counters.stampede_joins += 1
             value = flight.result()
-            if flight is not mine:
+            if flight is not mine:  # the joined load's result (in the sync twin, always)
                 return value  # type: ignore[no-any-return]
         try:
             value = self._lead(name, loader, ttl, tags, stale)
