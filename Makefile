@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench install clean system-deps
+.PHONY: demo test lint bench install clean system-deps generate
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,9 +37,16 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench tools
+	$(BIN)/ruff format --check src tests bench tools
 	$(BIN)/mypy
+	$(BIN)/mypy --strict tools
+	$(BIN)/python tools/async_to_sync.py --check
+
+# The sync twins (cache/_sync.py, ...) are written from their async sources: edit those, then
+# run this (docs/contributing.md). `make lint` fails while a generated file is stale.
+generate: $(STAMP)
+	$(BIN)/python tools/async_to_sync.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bench all --quick

@@ -1,22 +1,36 @@
-"""``AsyncCache``: the async twin. Runs the shared flows with redis.asyncio and tasks."""
+"""The cache's driver: runs the shared flows of ``_core.CacheCore`` against Redis.
+
+``_async.py`` (redis.asyncio, tasks) is the one source; ``tools/async_to_sync.py`` writes its
+sync twin ``_sync.py`` (redis-py, threads) from it: ``make generate``, and ``make lint`` fails
+while that file is stale. What differs between threads and tasks is in ``_acompat.py``.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
-import inspect
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, overload
 
 import redis
-import redis.asyncio.cluster
 
 from ..concurrent import CircuitOpenError
 from . import _checks as checks
 from . import _core as core
+from ._acompat import (
+    AREDIS_FAILURES,
+    LEADER_GONE,
+    AChannel,
+    AEvent,
+    AFlight,
+    ALoader,
+    ARedisCluster,
+    ARefresher,
+    ensure_async,
+    loading,
+    reentrant_error,
+)
 from ._commands import command_for
 from ._core import UNAVAILABLE, CacheCore, Flow, Op
 from ._decorator import KeyTemplate
@@ -24,17 +38,20 @@ from ._memory import MemoryTier
 from ._redis import SCRIPTS, AsyncClient, RedisTier, entry_key
 from ._serialize import Serializer
 from ._stats import CacheStats
-from ._sync import loading, reentrant_error
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_LEADER_CANCELLED = object()  # a joined load's result when its caller was cancelled
-
 
 class AsyncCache:
-    """The async twin of :class:`hotpath.cache.Cache`: the same options and methods, as
-    coroutines; loaders may be sync or async functions."""
+    """A multi-tier cache. See ``docs/cache.md``.
+
+    ``ttl`` is how long a value is fresh; for ``stale_ttl`` more seconds (default half the
+    ttl) it may still be served while one caller refreshes it or while the loader fails.
+    ``None`` is cached for ``negative_ttl`` seconds. ``jitter`` spreads TTLs by +-that
+    fraction; ``xfetch_beta`` scales probabilistic early refresh (0 turns it off).
+    ``refresh_workers`` is how many background refreshes run at once.
+    """
 
     def __init__(
         self,
@@ -50,6 +67,7 @@ class AsyncCache:
         serializer: str | Serializer = "json",
         max_value_bytes: int = 1 << 20,
         wait_timeout: float | None = None,
+        refresh_workers: int = 2,
     ) -> None:
         self._core = CacheCore(
             l1,
@@ -72,13 +90,15 @@ class AsyncCache:
             if self._client is not None
             else {}
         )
-        self._flights: dict[str, tuple[asyncio.Future[Any], int]] = {}  # with its mark
-        self._refreshing: dict[str, asyncio.Task[None]] = {}
-        self._listener = self._core.start_channel()
+        self._flights: dict[str, AFlight] = {}
+        workers = checks.count(refresh_workers, "refresh_workers", example="2")
+        self._refresher = ARefresher(workers)
+        self._channel = AChannel(self._core)
 
     # -- public API ------------------------------------------------------------------------
 
     async def get(self, key: str, default: Any = None) -> Any:
+        """The cached value of ``key`` (which may be ``None``), or ``default`` on a miss."""
         name = self._core.name(key)
         value = self._core.fresh_from_l1(name)
         if value is core.MISS:
@@ -90,18 +110,20 @@ class AsyncCache:
     async def set(
         self, key: str, value: Any, ttl: float | None = None, tags: Iterable[str] = ()
     ) -> None:
+        """Store ``value`` (write-through to every tier; other processes drop their L1 copy)."""
         checks.ttl(ttl)
-        flow = self._core.set_flow(
-            self._core.name(key), value, ttl, self._core.tag_names(tuple(tags))
+        await self._drive(
+            self._core.set_flow(self._core.name(key), value, ttl, self._core.tag_names(tuple(tags)))
         )
-        await self._drive(flow)
 
     async def delete(self, key: str) -> None:
         await self._drive(self._core.delete_flow(self._core.name(key)))
 
     async def invalidate_tags(self, *tags: str) -> None:
+        """Invalidate every entry stored under any of ``tags`` (O(1) per tag)."""
         await self._drive(self._core.invalidate_flow(self._core.tag_names(tags)))
 
+    # ASYNC: loaders may be sync or async functions; the sync twin takes plain ones only.
     @overload
     async def get_or_set(
         self,
@@ -113,6 +135,7 @@ class AsyncCache:
         stale: bool = True,
     ) -> R: ...
 
+    # ASYNC: (the second overload)
     @overload
     async def get_or_set(
         self,
@@ -127,15 +150,16 @@ class AsyncCache:
     async def get_or_set(
         self,
         key: str,
-        loader: Callable[[], Awaitable[R]] | Callable[[], R],
+        loader: ALoader[R],
         ttl: float | None = None,
         tags: Iterable[str] = (),
         *,
         stale: bool = True,
     ) -> R:
-        """The cached value, or the (sync or async) loader's, loaded once per key across tasks
-        and processes, and stored only if nothing invalidated it meanwhile. ``stale`` as for
-        ``Cache.get_or_set``."""
+        """The cached value, or the loader's, loaded once per key across callers and
+        processes, and stored only if nothing invalidated it meanwhile. ``stale=False``: never
+        serve a value past its ttl nor refresh one in the background; the loader runs only in
+        this caller (for a loader bound to the caller's state, such as an ORM session)."""
         checks.ttl(ttl)
         name = self._core.name(key)
         value = self._core.fresh_from_l1(name)
@@ -143,36 +167,34 @@ class AsyncCache:
             return value  # type: ignore[no-any-return]
         if name in loading.get():
             raise reentrant_error(name)
-        joined = self._flights.get(name)
-        if joined is not None:
-            flight, mark = joined
-            if not self._core.joinable(mark, name, self._core.tag_names(tuple(tags))):
+        if True:  # ASYNC: subscribed before the flight's mark (connecting flushes L1)
+            if self._channel.subscribing:
+                await self._channel.subscribed()
+        # dict.setdefault and pop are atomic: the flights need no lock of their own.
+        mine = AFlight(self._core.flight_mark())
+        flight = self._flights.setdefault(name, mine)
+        if flight is not mine:
+            if not self._core.joinable(flight.mark, name, self._core.tag_names(tuple(tags))):
                 # Invalidated since that load began (perhaps by this very caller): a load of
                 # its own, which the Redis lease still keeps to one per key.
                 return await self._lead(name, loader, ttl, tags, stale)  # type: ignore[no-any-return]
             self._core.counters.stampede_joins += 1
-            while True:
-                value = await asyncio.shield(flight)
-                if value is not _LEADER_CANCELLED:
-                    return value  # type: ignore[no-any-return]
-                joined = self._flights.get(name)  # the leader went: load (or join) anew
-                if joined is None:
-                    break
-                flight = joined[0]
-        flight = asyncio.get_running_loop().create_future()
-        self._flights[name] = (flight, self._core.flight_mark())
+            value = await flight.result()
+            if True:  # ASYNC: a cancelled leader's joiners load (or join) anew
+                while value is LEADER_GONE:
+                    flight = self._flights.setdefault(name, mine)
+                    if flight is mine:
+                        break
+                    value = await flight.result()
+            if flight is not mine:  # the joined load's result (in the sync twin, always)
+                return value  # type: ignore[no-any-return]
         try:
             value = await self._lead(name, loader, ttl, tags, stale)
         except BaseException as error:
-            if not flight.done():
-                if isinstance(error, asyncio.CancelledError):
-                    flight.set_result(_LEADER_CANCELLED)  # its joiners were not cancelled
-                else:
-                    flight.set_exception(error)
-                    flight.exception()  # retrieved: no "never retrieved" warning
+            flight.finish(error=error)
             raise
         else:
-            flight.set_result(value)
+            flight.finish(value)
             return value  # type: ignore[no-any-return]
         finally:
             del self._flights[name]
@@ -180,12 +202,13 @@ class AsyncCache:
     async def _lead(
         self,
         name: str,
-        loader: Callable[[], Awaitable[Any]] | Callable[[], Any],
+        loader: ALoader[Any],
         ttl: float | None,
         tags: Iterable[str],
         stale: bool = True,
     ) -> Any:
-        """As ``Cache._lead``: one GET, served at once when it can be, else the flow."""
+        """The single-flight leader's part: one GET, served at once when it can be (the
+        common L1 miss), else the whole flow (tags, stale, lease, load)."""
         found, mark = await self._from_l2(name, early=stale)
         if type(found) is not core.Unserved:
             return found
@@ -203,7 +226,7 @@ class AsyncCache:
     def cached(
         self, ttl: float | None = None, key: str | None = None, tags: Iterable[str] = ()
     ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
-        """Decorator for ``async def`` functions (same templates as ``Cache.cached``)."""
+        """Decorator: ``@cache.cached(ttl=300, key="user:{user_id}", tags=("user:{user_id}",))``."""
 
         checks.ttl(ttl)
 
@@ -220,16 +243,14 @@ class AsyncCache:
         return decorate
 
     def stats(self) -> CacheStats:
+        """Hits per tier, misses, loads and load time, stale served, stampede joins, errors."""
         return self._core.stats()
 
     async def aclose(self) -> None:
-        refreshes = list(self._refreshing.values())
-        for task in refreshes:
-            task.cancel()
-        await asyncio.gather(*refreshes, return_exceptions=True)  # leases given back first
-        if self._listener is not None:
-            await asyncio.to_thread(self._listener.stop)
-            self._listener = None
+        """Finish (sync) or cancel (async) the background refreshes, then stop listening and
+        close the Redis clients."""
+        await self._refresher.aclose()
+        await self._channel.aclose()
         if self._l2 is not None:
             await self._l2.aclose()
 
@@ -247,6 +268,9 @@ class AsyncCache:
     # -- the driver ------------------------------------------------------------------------
 
     async def _drive(self, flow: Flow) -> Any:
+        if True:  # ASYNC: the constructor did not wait for the channel
+            if self._channel.subscribing:
+                await self._channel.subscribed()
         result: Any = None
         error: BaseException | None = None
         while True:
@@ -255,13 +279,11 @@ class AsyncCache:
             except StopIteration as done:
                 return done.value
             result, error = None, None
-            if isinstance(op, core.Load):
+            if type(op) is core.Load:
                 began = time.perf_counter()
                 try:
-                    value = op.loader()
-                    if inspect.isawaitable(value):
-                        value = await value
-                except BaseException as failure:  # cancelled too: the flow gives its lease back
+                    value = await ensure_async(op.loader)
+                except BaseException as failure:  # interrupted too: the flow gives its lease back
                     error = failure
                 else:
                     result = (value, time.perf_counter() - began)
@@ -269,20 +291,22 @@ class AsyncCache:
                 result = await self._execute(op)
 
     async def _execute(self, op: Op) -> Any:
-        if isinstance(op, core.Wait):
-            up = self._listener is not None and self._listener.connected.is_set()
-            timeout = op.timeout if up else min(op.timeout, 0.05)  # no channel: short naps
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(op.waiter.wait(), timeout)
+        kind = type(op)
+        if kind is core.Wait:
+            assert isinstance(op, core.Wait)
+            # Woken by the holder's fill message; without the channel, short naps instead.
+            await op.waiter.wait_at_most(
+                op.timeout if self._channel.up() else min(op.timeout, 0.05)
+            )
             return None
-        if isinstance(op, core.Refresh):
+        if kind is core.Refresh:
+            assert isinstance(op, core.Refresh)
             self._refresh_in_background(op)
             return None
         return await self._guarded(self._redis, op)
 
     async def _guarded(self, call: Callable[[Any], Awaitable[Any]], arg: Any) -> Any:
-        """``await call(arg)`` through the circuit breaker; UNAVAILABLE (counted) if Redis
-        fails."""
+        """``call(arg)`` through the circuit breaker; UNAVAILABLE (counted) if Redis fails."""
         assert self._l2 is not None
         try:
             with self._l2.breaker:
@@ -296,17 +320,22 @@ class AsyncCache:
                     return core.FOREIGN
         except CircuitOpenError:
             self._core.counters.redis_skipped += 1
-        except (redis.RedisError, OSError, asyncio.TimeoutError):
+        except AREDIS_FAILURES:
             self._core.counters.redis_errors += 1
-        except Exception as error:  # e.g. redis-py's async cluster losing a connection's
-            # writer while it connects (seen with 50 tasks on cold connections)
+        except Exception as error:  # a client bug must not reach the caller either (e.g.
+            # redis-py's async cluster losing a connection's writer while it connects)
             self._core.client_failed(error)
         return UNAVAILABLE
 
     async def _from_l2(self, name: str, *, early: bool) -> tuple[Any, int | None]:
-        """As ``Cache._from_l2``: the common L1 miss in one GET, without a flow."""
+        """The common L1 miss in one GET, without a flow or a single-flight: the value, or
+        :class:`~hotpath.cache._core.Unserved` for the flow to go on from; and the L1 mark
+        taken before the read."""
         if self._client is None:
             return core.Unserved(None), None
+        if True:  # ASYNC: the constructor did not wait for the channel
+            if self._channel.subscribing:
+                await self._channel.subscribed()
         if self._core.unsent:
             await self._replay()
         mark = self._core.mark_l1()
@@ -314,7 +343,8 @@ class AsyncCache:
         return self._core.serve_l2_reply(name, reply, mark, early=early), mark
 
     async def _replay(self) -> None:
-        """As ``Cache._replay``."""
+        """Send again the writes that did not reach Redis (see ``CacheCore.unsent``), unless
+        the circuit is still open."""
         assert self._l2 is not None
         if self._l2.breaker.state.value == "open":
             return
@@ -329,34 +359,27 @@ class AsyncCache:
         if command.script is None:
             if command.command == "get":
                 return command.parse(await client.get(command.keys[0]))
-            if isinstance(client, redis.asyncio.cluster.RedisCluster):
+            if isinstance(client, ARedisCluster):
                 return command.parse(await client.mget_nonatomic(command.keys))
             return command.parse(await client.mget(command.keys))
         script = self._scripts[command.script]
         if not isinstance(op, core.Acquire):
             return command.parse(await script(keys=command.keys, args=command.args))
-        event = asyncio.Event()
-        loop = asyncio.get_running_loop()
-
-        def wake() -> None:  # called from the listener thread
-            loop.call_soon_threadsafe(event.set)
-
+        # Armed before asking, so a fill landing between our reply and our wait still wakes us.
+        event = AEvent()
         if op.wait:
-            self._core.waiters.arm(op.name, wake)
+            self._core.waiters.arm(op.name, event.set_from_thread)
         try:
             status, data = command.parse(await script(keys=command.keys, args=command.args))
         except BaseException:
-            self._core.waiters.disarm(op.name, wake)
+            self._core.waiters.disarm(op.name, event.set_from_thread)
             raise
         if status != core.HELD:
-            self._core.waiters.disarm(op.name, wake)
+            self._core.waiters.disarm(op.name, event.set_from_thread)
         return status, data, event
 
     def _refresh_in_background(self, op: core.Refresh) -> None:
-        if op.name in self._refreshing:
-            return
-        task = asyncio.get_running_loop().create_task(
-            self._drive(self._core.refresh_flow(op.name, op.loader, op.ttl, op.tags))
+        self._refresher.submit(
+            op.name,
+            lambda: self._drive(self._core.refresh_flow(op.name, op.loader, op.ttl, op.tags)),
         )
-        self._refreshing[op.name] = task
-        task.add_done_callback(lambda _: self._refreshing.pop(op.name, None))

@@ -37,9 +37,9 @@ from ._entry import (
     version_order,
 )
 from ._errors import CacheConfigError, SerializationError
-from ._listener import Listener, Message, Waiters
+from ._listener import Message, Waiters
 from ._memory import MemoryTier
-from ._redis import RedisTier, channel_name
+from ._redis import RedisTier
 from ._serialize import Serializer, resolve_serializer
 from ._stats import CacheStats, Counters, snapshot
 
@@ -787,24 +787,6 @@ class CacheCore:
         if self.l1 is not None:
             self.l1.clear()
             self.counters.l1_flushes += 1
-
-    def start_channel(self) -> Listener | None:
-        """Subscribe to the invalidation channel (a daemon thread, for both twins)."""
-        if self.l2 is None:
-            return None
-        client = self.l2.listener_client()
-        listener = Listener(
-            client.pubsub,
-            channel_name(self.namespace),
-            self.on_message,
-            self.on_connect,
-            self.on_disconnect,
-            self.l2.health_interval,
-            self.on_unreadable,
-        )
-        listener.start()
-        listener.connected.wait(1.0)  # first calls can use L1 once subscribed
-        return listener
 
     def stats(self) -> CacheStats:
         return snapshot(

@@ -1,26 +1,39 @@
-"""``Cache``: the sync twin. Runs the shared flows with redis-py, threads and futures."""
+# Generated from src/hotpath/cache/_async.py by tools/async_to_sync.py: do not edit.
+# Change the async source and run `make generate` (docs/contributing.md).
+"""The cache's driver: runs the shared flows of ``_core.CacheCore`` against Redis.
+
+``_async.py`` (redis.asyncio, tasks) is the one source; ``tools/async_to_sync.py`` writes its
+sync twin ``_sync.py`` (redis-py, threads) from it: ``make generate``, and ``make lint`` fails
+while that file is stale. What differs between threads and tasks is in ``_acompat.py``.
+"""
 
 from __future__ import annotations
 
-import contextvars
 import functools
-import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
 import redis
-import redis.cluster
 
 from ..concurrent import CircuitOpenError
 from . import _checks as checks
 from . import _core as core
+from ._acompat import (
+    REDIS_FAILURES,
+    Channel,
+    Event,
+    Flight,
+    Loader,
+    RedisCluster,
+    Refresher,
+    loading,
+    reentrant_error,
+)
 from ._commands import command_for
 from ._core import UNAVAILABLE, CacheCore, Flow, Op
 from ._decorator import KeyTemplate
-from ._errors import CacheError
 from ._memory import MemoryTier
 from ._redis import SCRIPTS, RedisTier, SyncClient, entry_key
 from ._serialize import Serializer
@@ -29,50 +42,15 @@ from ._stats import CacheStats
 P = ParamSpec("P")
 R = TypeVar("R")
 
-loading: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
-    "hotpath_cache_loading", default=frozenset()
-)
-
-
-class _Flight:
-    """One thread's load of a key that other threads join: a lock the leader holds until the
-    result is in (a ``Future`` costs ~10x more to make, on every L2 read of ``get_or_set``)."""
-
-    __slots__ = ("_done", "_error", "_value", "mark")
-
-    def __init__(self, mark: int) -> None:
-        self.mark = mark  # the invalidations this load may not have seen start after it
-        self._done = threading.Lock()
-        self._done.acquire()
-        self._value: Any = None
-        self._error: BaseException | None = None
-
-    def finish(self, value: Any = None, error: BaseException | None = None) -> None:
-        self._value, self._error = value, error
-        self._done.release()
-
-    def result(self) -> Any:
-        with self._done:  # released once the leader is done; each joiner passes through
-            pass
-        if self._error is not None:
-            raise self._error
-        return self._value
-
-
-def reentrant_error(name: str) -> CacheError:
-    return CacheError(
-        f"the loader of cache key {name!r} asked the cache for {name!r} again; it would wait "
-        "for itself forever: load the value directly inside its own loader"
-    )
-
 
 class Cache:
-    """A multi-tier cache (sync). See ``docs/cache.md``.
+    """A multi-tier cache. See ``docs/cache.md``.
 
     ``ttl`` is how long a value is fresh; for ``stale_ttl`` more seconds (default half the
     ttl) it may still be served while one caller refreshes it or while the loader fails.
     ``None`` is cached for ``negative_ttl`` seconds. ``jitter`` spreads TTLs by +-that
     fraction; ``xfetch_beta`` scales probabilistic early refresh (0 turns it off).
+    ``refresh_workers`` is how many background refreshes run at once.
     """
 
     def __init__(
@@ -112,12 +90,10 @@ class Cache:
             if self._client is not None
             else {}
         )
-        self._flights: dict[str, _Flight] = {}
-        self._refresh_lock = threading.Lock()
-        self._refreshing: set[str] = set()
+        self._flights: dict[str, Flight] = {}
         workers = checks.count(refresh_workers, "refresh_workers", example="2")
-        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="hotpath.cache")
-        self._listener = self._core.start_channel()
+        self._refresher = Refresher(workers)
+        self._channel = Channel(self._core)
 
     # -- public API ------------------------------------------------------------------------
 
@@ -148,13 +124,13 @@ class Cache:
     def get_or_set(
         self,
         key: str,
-        loader: Callable[[], R],
+        loader: Loader[R],
         ttl: float | None = None,
         tags: Iterable[str] = (),
         *,
         stale: bool = True,
     ) -> R:
-        """The cached value, or ``loader()``'s, loaded once per key across threads and
+        """The cached value, or the loader's, loaded once per key across callers and
         processes, and stored only if nothing invalidated it meanwhile. ``stale=False``: never
         serve a value past its ttl nor refresh one in the background; the loader runs only in
         this caller (for a loader bound to the caller's state, such as an ORM session)."""
@@ -166,15 +142,17 @@ class Cache:
         if name in loading.get():
             raise reentrant_error(name)
         # dict.setdefault and pop are atomic: the flights need no lock of their own.
-        mine = _Flight(self._core.flight_mark())
+        mine = Flight(self._core.flight_mark())
         flight = self._flights.setdefault(name, mine)
         if flight is not mine:
-            if self._core.joinable(flight.mark, name, self._core.tag_names(tuple(tags))):
-                self._core.counters.stampede_joins += 1
-                return flight.result()  # type: ignore[no-any-return]
-            # Invalidated since that load began (perhaps by this very caller): a load of
-            # its own, which the Redis lease still keeps to one per key.
-            return self._lead(name, loader, ttl, tags, stale)  # type: ignore[no-any-return]
+            if not self._core.joinable(flight.mark, name, self._core.tag_names(tuple(tags))):
+                # Invalidated since that load began (perhaps by this very caller): a load of
+                # its own, which the Redis lease still keeps to one per key.
+                return self._lead(name, loader, ttl, tags, stale)  # type: ignore[no-any-return]
+            self._core.counters.stampede_joins += 1
+            value = flight.result()
+            if flight is not mine:  # the joined load's result (in the sync twin, always)
+                return value  # type: ignore[no-any-return]
         try:
             value = self._lead(name, loader, ttl, tags, stale)
         except BaseException as error:
@@ -189,7 +167,7 @@ class Cache:
     def _lead(
         self,
         name: str,
-        loader: Callable[[], Any],
+        loader: Loader[Any],
         ttl: float | None,
         tags: Iterable[str],
         stale: bool = True,
@@ -234,10 +212,10 @@ class Cache:
         return self._core.stats()
 
     def close(self) -> None:
-        if self._listener is not None:
-            self._listener.stop()
-            self._listener = None
-        self._executor.shutdown(wait=True)
+        """Finish (sync) or cancel (async) the background refreshes, then stop listening and
+        close the Redis clients."""
+        self._refresher.close()
+        self._channel.close()
         if self._l2 is not None:
             self._l2.close()
 
@@ -270,7 +248,7 @@ class Cache:
                 except BaseException as failure:  # interrupted too: the flow gives its lease back
                     error = failure
                 else:
-                    result = (value, time.perf_counter() - began)
+                    result = value, time.perf_counter() - began
             else:
                 result = self._execute(op)
 
@@ -279,7 +257,7 @@ class Cache:
         if kind is core.Wait:
             assert isinstance(op, core.Wait)
             # Woken by the holder's fill message; without the channel, short naps instead.
-            op.waiter.wait(op.timeout if self._channel_up() else min(op.timeout, 0.05))
+            op.waiter.wait(op.timeout if self._channel.up() else min(op.timeout, 0.05))
             return None
         if kind is core.Refresh:
             assert isinstance(op, core.Refresh)
@@ -302,9 +280,10 @@ class Cache:
                     return core.FOREIGN
         except CircuitOpenError:
             self._core.counters.redis_skipped += 1
-        except (redis.RedisError, OSError):
+        except REDIS_FAILURES:
             self._core.counters.redis_errors += 1
-        except Exception as error:  # a client bug must not reach the caller either
+        except Exception as error:  # a client bug must not reach the caller either (e.g.
+            # redis-py's async cluster losing a connection's writer while it connects)
             self._core.client_failed(error)
         return UNAVAILABLE
 
@@ -329,9 +308,6 @@ class Cache:
         for unsent, version, op in self._core.replay_ops():
             self._core.replayed(unsent, version, self._guarded(self._redis, op))
 
-    def _channel_up(self) -> bool:
-        return self._listener is not None and self._listener.connected.is_set()
-
     def _redis(self, op: Op) -> Any:
         client = self._client
         assert client is not None
@@ -340,40 +316,27 @@ class Cache:
         if command.script is None:
             if command.command == "get":
                 return command.parse(client.get(command.keys[0]))
-            if isinstance(client, redis.cluster.RedisCluster):
+            if isinstance(client, RedisCluster):
                 return command.parse(client.mget_nonatomic(command.keys))
             return command.parse(client.mget(command.keys))
         script = self._scripts[command.script]
         if not isinstance(op, core.Acquire):
             return command.parse(script(keys=command.keys, args=command.args))
         # Armed before asking, so a fill landing between our reply and our wait still wakes us.
-        event = threading.Event()
+        event = Event()
         if op.wait:
-            self._core.waiters.arm(op.name, event.set)
+            self._core.waiters.arm(op.name, event.set_from_thread)
         try:
             status, data = command.parse(script(keys=command.keys, args=command.args))
         except BaseException:
-            self._core.waiters.disarm(op.name, event.set)
+            self._core.waiters.disarm(op.name, event.set_from_thread)
             raise
         if status != core.HELD:
-            self._core.waiters.disarm(op.name, event.set)
+            self._core.waiters.disarm(op.name, event.set_from_thread)
         return status, data, event
 
     def _refresh_in_background(self, op: core.Refresh) -> None:
-        with self._refresh_lock:
-            if op.name in self._refreshing:
-                return
-            self._refreshing.add(op.name)
-
-        def refresh() -> None:
-            try:
-                self._drive(self._core.refresh_flow(op.name, op.loader, op.ttl, op.tags))
-            finally:
-                with self._refresh_lock:
-                    self._refreshing.discard(op.name)
-
-        try:
-            self._executor.submit(refresh)
-        except RuntimeError:  # closed
-            with self._refresh_lock:
-                self._refreshing.discard(op.name)
+        self._refresher.submit(
+            op.name,
+            lambda: self._drive(self._core.refresh_flow(op.name, op.loader, op.ttl, op.tags)),
+        )

@@ -27,7 +27,8 @@ from ._metrics import Holder, Percentiles, PoolMetrics, PoolSnapshot
 from ._plan import PoolPlan
 from ._pooler import session_state_use
 from ._prometheus import PoolCollector
-from ._psycopg import AsyncMeteredConnectionPool, MeteredConnectionPool
+from ._psycopg_async import AsyncMeteredConnectionPool
+from ._psycopg_sync import MeteredConnectionPool
 from ._sa_pools import AsyncMeteredQueuePool, MeteredQueuePool
 
 __all__ = [

@@ -11,7 +11,7 @@
 """
 
 from ._async_replica_set import AsyncReplicaSet
-from ._config import AllUnhealthy, Consistency, Policy, TokenMode
+from ._config import AllUnhealthy, Consistency, Policy, RoutingConfig, RoutingOptions, TokenMode
 from ._errors import (
     NoHealthyNodeError,
     ReplicaWriteError,
@@ -44,8 +44,10 @@ __all__ = [
     "ReplicaWriteError",
     "RetryingRoutingSession",
     "RoutingCollector",
+    "RoutingConfig",
     "RoutingConfigError",
     "RoutingError",
+    "RoutingOptions",
     "RoutingSession",
     "TokenBox",
     "TokenError",

@@ -1,117 +1,153 @@
-"""``AsyncReplicaSet``: the asyncio twin of :class:`ReplicaSet`, probed by one task per node."""
+"""``AsyncReplicaSet``: a primary and its streaming replicas behind one router, with lag
+probes, ejection and balancing, on asyncio (one probe task per node).
+
+This module is the one source of both replica sets: ``tools/async_to_sync.py`` writes
+``_replica_set.py`` (``ReplicaSet``: sync engines, one probe thread per node) from it
+(``make generate``; ``make lint`` fails while that file is stale). What differs between
+threads and tasks is in ``_acompat.py``; what needs no I/O is in ``_base.py`` and ``_router.py``.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from ._base import ReplicaSetBase, is_connection_failure, log
-from ._config import AllUnhealthy, Consistency, Policy, SessionOptions, TokenMode
-from ._errors import RoutingConfigError
+from ._acompat import (
+    APROBE_TIMEOUTS,
+    AStop,
+    AWorker,
+    abind_of,
+    acheck_engines,
+    aconnection_of,
+    aprobe_all,
+    aspawn,
+    astop_workers,
+    awithin,
+)
+from ._async_reads import aroute_read
+from ._base import ReplicaSetBase, log
+from ._config import Consistency, RoutingConfig, RoutingOptions, SessionOptions, TokenMode
 from ._health import ProbeResult
 from ._probe import (
     PROBE_SQL,
-    REPLAYED_SQL,
     WRITE_POSITION_SQL,
     describe_error,
+    is_connection_failure,
     parse_position,
     parse_probe_row,
     probe_engine_options,
 )
-from ._replayed import wait_sql
-from ._router import Route, RoutedNode
+from ._router import RoutedNode
 from ._tokens import context_box
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 
 class AsyncReplicaSet(ReplicaSetBase):
-    """A primary ``AsyncEngine`` and replica ``AsyncEngine``\\ s; see :class:`ReplicaSet`.
+    """A primary ``AsyncEngine`` and replica ``AsyncEngine``\\ s, with lag probes, ejection and
+    balancing (see ``docs/routing.md``).
 
-    Probing needs a running loop: use ``async with AsyncReplicaSet(...) as replicas`` or
-    ``await replicas.start()``. Until the first probe, reads go to the primary.
+    Every node is probed for its role, WAL position and lag. The options (``max_lag_s``,
+    ``policy``, ``probe_interval_s``, ``on_all_unhealthy``, ...) are the fields of
+    :class:`RoutingConfig`, given as keywords or as ``config=RoutingConfig(...)`` (keywords
+    override its fields); they are validated once, into one frozen object.
     """
 
-    def __init__(
+    if True:  # ASYNC: probing needs a running loop: `async with` the set or `await start()`
+
+        def __init__(
+            self,
+            primary: AsyncEngine,
+            replicas: Sequence[AsyncEngine],
+            *,
+            config: RoutingConfig | None = None,
+            **options: Unpack[RoutingOptions],
+        ) -> None:
+            """Until the first probe (``async with`` the set, or ``await start()``), reads go to
+            the primary."""
+            self._setup(primary, replicas, config, options)
+
+    else:
+
+        def __init__(
+            self,
+            primary: AsyncEngine,
+            replicas: Sequence[AsyncEngine],
+            *,
+            config: RoutingConfig | None = None,
+            start: bool = True,
+            **options: Unpack[RoutingOptions],
+        ) -> None:
+            """``start=True``: probe every node once now (see :meth:`start`)."""
+            self._setup(primary, replicas, config, options)
+            if start:
+                self.start()
+
+    def _setup(
         self,
         primary: AsyncEngine,
         replicas: Sequence[AsyncEngine],
-        *,
-        max_lag_s: float = 1.0,
-        max_lag_bytes: int | None = None,
-        policy: Policy = "least_in_flight",
-        weights: Sequence[float] | None = None,
-        probe_interval_s: float = 0.5,
-        probe_timeout_s: float = 1.0,
-        eject_after: int = 2,
-        readmit_after: int = 2,
-        on_all_unhealthy: AllUnhealthy = "primary",
+        config: RoutingConfig | None,
+        options: RoutingOptions,
     ) -> None:
-        engines = [primary, *replicas]
-        if not all(isinstance(e, AsyncEngine) for e in engines):
-            raise RoutingConfigError(
-                "AsyncReplicaSet takes AsyncEngines (create_async_engine(url)): "
-                "use ReplicaSet for sync Engines"
-            )
+        acheck_engines([primary, *replicas])
         super().__init__(
-            (primary, primary.sync_engine),
-            [(e, e.sync_engine) for e in replicas],
-            max_lag_s=max_lag_s,
-            max_lag_bytes=max_lag_bytes,
-            policy=policy,
-            weights=weights,
-            probe_interval_s=probe_interval_s,
-            probe_timeout_s=probe_timeout_s,
-            eject_after=eject_after,
-            readmit_after=readmit_after,
-            on_all_unhealthy=on_all_unhealthy,
+            (primary, abind_of(primary)),
+            [(e, abind_of(e)) for e in replicas],
+            RoutingConfig.build(len(replicas), config, options),
         )
-        self._tasks: list[asyncio.Task[None]] = []
-        self._probe_engines: dict[str, AsyncEngine] = {}
+        self._stop = AStop()
+        self._tasks: list[AWorker] = []
+        # Engines of their own for the probes, so a probe never waits for a pooled connection.
+        timeout = self._router.config.probe_timeout_s
+        self._probe_engines = {
+            node.name: create_async_engine(
+                node.bind.url, **probe_engine_options(node.bind.url, timeout)
+            )
+            for node in self._router.nodes
+        }
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> AsyncReplicaSet:
-        """Probe every node once (replicas concurrently), then keep probing in background tasks.
+        """Probe every node once (replicas concurrently), then keep probing in the background.
 
-        Returns once every replica that answered is judged, as :meth:`ReplicaSet.start`.
+        Returns once every replica that answered is judged (follows the primary, or not):
+        the set serves replica reads from its first use.
         """
         if self._tasks:
             return self
-        timeout = self._router.config.probe_timeout_s
-        for node in self._router.nodes:
-            url = node.bind.url
-            self._probe_engines[node.name] = create_async_engine(
-                url, **probe_engine_options(url, timeout)
-            )
+        self._stop.clear()
         # The writer first: a replica is compared with a primary position read before its own
         # (so it can be seen to follow the primary from its first probe on).
         writer = self._router.writer
         await self._probe_once(writer)
-        await asyncio.gather(*(self._probe_once(n) for n in self._router.nodes if n is not writer))
-        if self._router.awaiting_primary():  # as ReplicaSet.start: judge every replica now
+        replicas = [n for n in self._router.nodes if n is not writer]
+        await aprobe_all(self._probe_once, replicas, self._router.config.probe_timeout_s + 1.0)
+        if self._router.awaiting_primary():
+            # A replica replayed writes made after the writer's first probe: only a primary
+            # position read after its own tells whether it follows (else it would wait for the
+            # writer's next probe, its reads going to the primary meanwhile).
             await self._probe_once(writer)
         self._tasks = [
-            asyncio.create_task(self._monitor(n), name=f"hotpath-probe-{n.name}")
-            for n in self._router.nodes
+            aspawn(self._monitor, node, name=f"hotpath-probe-{node.name}")
+            for node in self._router.nodes
         ]
         return self
 
     async def close(self) -> None:
         """Stop the probes and remove hotpath's hooks from the engines (they stay usable)."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        self._stop.set()
+        await astop_workers(self._tasks, timeout=self._router.config.probe_timeout_s + 2.0)
         self._tasks.clear()
         for engine in self._probe_engines.values():
-            await engine.dispose()
-        self._probe_engines.clear()
+            await engine.dispose()  # still usable: a set started again reconnects
         self._unhook()
 
     async def __aenter__(self) -> AsyncReplicaSet:
@@ -126,8 +162,8 @@ class AsyncReplicaSet(ReplicaSetBase):
         await self.close()
 
     async def probe_now(self) -> None:
-        """Probe every node once, now (the background probes keep running)."""
-        await asyncio.gather(*(self._probe_once(n) for n in self._router.nodes))
+        """Probe every node once, now, concurrently (the background probes keep running)."""
+        await aprobe_all(self._probe_once, self._router.nodes, None)
 
     @property
     def primary(self) -> AsyncEngine:
@@ -150,8 +186,14 @@ class AsyncReplicaSet(ReplicaSetBase):
         mode: TokenMode = "fast",
         wait_timeout_s: float = 0.5,
     ) -> AsyncIterator[AsyncConnection]:
-        """An ``AsyncConnection``: the primary, or with ``readonly=True`` a routed replica
-        (read-only on the primary too, as :meth:`ReplicaSet.connect`)."""
+        """A Core connection: the primary, or with ``readonly=True`` a routed replica.
+
+        On the primary, the WAL position is read when the block ends (one round trip), so a
+        transaction committed in it advances this context's read-your-writes token.
+        A replica that cannot be reached is ejected and the next choice is tried once.
+        ``readonly=True`` is read-only wherever it is served: on the primary (a fallback,
+        ``"strong"``, ``primary_only()``) its transactions are ``READ ONLY`` too.
+        """
         options = SessionOptions(consistency, mode, wait_timeout_s)
         if not readonly:
             async with self._router.writer.engine.connect() as conn:
@@ -161,82 +203,31 @@ class AsyncReplicaSet(ReplicaSetBase):
                     await self._capture_token(conn)
             return
         token = context_box().position_for(self._router.server)
-        route = await self._route_read_async(options, token)
+        route = await aroute_read(self._router, options, token)
         try:
             conn = await self._reading_engine(route.node).connect()
         except Exception as exc:
             if not is_connection_failure(exc) or route.node is self._router.writer:
                 raise
             self._note_read_failure(route.node, exc)
-            route = await self._route_read_async(options, token, exclude=[route.node])
+            route = await aroute_read(self._router, options, token, exclude=[route.node])
             conn = await self._reading_engine(route.node).connect()
         try:
             yield conn
         finally:
             await conn.close()
 
-    def _reading_engine(self, node: RoutedNode) -> AsyncEngine:
-        """The async twin of ``_reading_bind``."""
-        engine: AsyncEngine = node.readonly_engine if node is self._router.writer else node.engine
-        return engine
-
-    async def _route_read_async(
-        self, options: SessionOptions, token: int | None, exclude: Sequence[RoutedNode] = ()
-    ) -> Route:
-        """The async twin of ``_route_read`` (same decision, same on-the-spot check)."""
-        router = self._router
-        route = router.choose_read(token, options.consistency, exclude)
-        if not route.verify:
-            return route
-        assert token is not None
-        router.counters["token checks"] += 1
-        position: int | None = None
-        try:
-            async with route.node.engine.connect() as conn:
-                position = parse_position((await conn.exec_driver_sql(REPLAYED_SQL)).scalar())
-                if position is None or position < token:
-                    token = await self._cap_token_async(token)
-                if (position is None or position < token) and options.mode == "wait":
-                    router.counters["token waits"] += 1
-                    await conn.exec_driver_sql(wait_sql(token, options.wait_timeout_s))
-                    position = parse_position((await conn.exec_driver_sql(REPLAYED_SQL)).scalar())
-                await conn.rollback()
-        except Exception as exc:
-            if not is_connection_failure(exc):
-                raise
-            self._note_read_failure(route.node, exc)
-        return router.settle(route, position, token)
-
-    async def _cap_token_async(self, token: int) -> int:
-        """The async twin of ``_cap_token``."""
-        known = self._router.history.latest
-        if known is not None and token <= known:
-            return token
-        writer = self._router.writer
-        try:
-            async with writer.engine.connect() as conn:
-                result = await conn.exec_driver_sql(WRITE_POSITION_SQL)
-                primary = parse_position(result.scalar())
-                await conn.rollback()
-        except Exception as exc:  # the read falls back to the primary, as an uncapped token's
-            log.debug("hotpath.routing: no primary position to cap a token with: %s", exc)
-            return token
-        if primary is None:
-            return token
-        return self._router.cap_token(token, writer, primary, time.monotonic())
-
     async def _capture_token(self, conn: AsyncConnection) -> None:
-        sync = conn.sync_connection
-        if sync is None or sync.invalidated or sync.closed:
+        # Read at the end of every primary block: a commit in it is then covered (reading the
+        # position after a rollback only makes the token conservative).
+        state = aconnection_of(conn)
+        if state is None or state.invalidated or state.closed:
             return
         try:
             position = parse_position((await conn.exec_driver_sql(WRITE_POSITION_SQL)).scalar())
             await conn.rollback()
-        except Exception as exc:
-            log.warning(
-                "hotpath.routing: no WAL position after a primary block: %s",
-                exc,
-            )
+        except Exception as exc:  # the commit itself succeeded; only the token is lost
+            log.warning("hotpath.routing: no WAL position after a primary block: %s", exc)
             return
         if position is not None:
             context_box().advance(position, self._router.server)
@@ -244,23 +235,20 @@ class AsyncReplicaSet(ReplicaSetBase):
     # -- probes ----------------------------------------------------------------------------
 
     async def _monitor(self, node: RoutedNode) -> None:
-        while True:
-            await asyncio.sleep(self._jittered_interval())
+        while await self._stop.sleep(self._jittered_interval()):
             await self._probe_once(node)
 
     async def _probe_once(self, node: RoutedNode) -> None:
         started = time.monotonic()
         self._router.probe_started(node, started)
+        limit = self._router.config.probe_timeout_s
         try:
-            result = await asyncio.wait_for(
-                self._query_probe(node), self._router.config.probe_timeout_s
-            )
-        except asyncio.CancelledError:
-            raise
+            result = await awithin(lambda: self._query_probe(node), limit)
         except Exception as exc:
-            reason = f"probe failed: {describe_error(exc)}"
-            if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
-                reason = f"probe timed out after {self._router.config.probe_timeout_s:g}s"
+            if isinstance(exc, APROBE_TIMEOUTS):
+                reason = f"probe timed out (probe_timeout_s={limit:g}) {exc}".rstrip()
+            else:
+                reason = f"probe failed: {describe_error(exc)}"
             self._router.record_failure(node, reason, time.monotonic(), at_once=False)
             return
         for promoted in self._apply_probe(node, result, started, time.monotonic()):

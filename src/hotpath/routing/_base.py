@@ -10,49 +10,23 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import ExceptionContext
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from ._config import AllUnhealthy, Policy, SessionOptions, make_config
+from ._config import RoutingConfig, SessionOptions
 from ._errors import ReplicaWriteError
 from ._health import ProbeResult
-from ._probe import READ_ONLY_SQL, describe_error
-from ._replayed import replayed_on, write_position
+from ._probe import READ_ONLY_SQL, note_read_failure
+from ._reads import route_read
 from ._router import READONLY_OPTION, NodeReport, Route, RoutedNode, RouterCore
 
 log = logging.getLogger("hotpath.routing")
 
 _READ_ONLY_SQLSTATE = "25006"
-_SHUTDOWN_STATES = {"57P01", "57P02", "57P03"}
-
-
-def is_connection_failure(exc: BaseException) -> bool:
-    """A node could not be reached or dropped the connection (safe to retry a read elsewhere).
-
-    Driver-neutral: SQLAlchemy's disconnect flag; then the SQLSTATE of the driver's error or
-    its cause (class 08 connection exceptions, 57P01-3 shutdowns; any other SQLSTATE, such as
-    57014 for a statement timeout, means the server answered: not a dead node); then OSError;
-    then an operational or interface error that carries no SQLSTATE (no server answer at all).
-    """
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    seen: BaseException | None = exc
-    for _ in range(4):  # the wrapper, the adapted driver error, the driver's own error
-        if seen is None:
-            break
-        if isinstance(seen, OSError):
-            return True
-        state = getattr(seen, "sqlstate", None) or getattr(seen, "pgcode", None)
-        if isinstance(state, str) and state:
-            return state.startswith("08") or state in _SHUTDOWN_STATES
-        seen = getattr(seen, "orig", None) or seen.__cause__ or seen.__context__
-    return isinstance(exc, (OperationalError, InterfaceError))
 
 
 class ReplicaSetBase:
@@ -62,29 +36,8 @@ class ReplicaSetBase:
         self,
         primary: tuple[Any, Engine],
         replicas: Sequence[tuple[Any, Engine]],
-        *,
-        max_lag_s: float,
-        max_lag_bytes: int | None,
-        policy: Policy,
-        weights: Sequence[float] | None,
-        probe_interval_s: float,
-        probe_timeout_s: float,
-        eject_after: int,
-        readmit_after: int,
-        on_all_unhealthy: AllUnhealthy,
+        config: RoutingConfig,
     ) -> None:
-        config = make_config(
-            len(replicas),
-            max_lag_s=max_lag_s,
-            max_lag_bytes=max_lag_bytes,
-            policy=policy,
-            weights=weights,
-            probe_interval_s=probe_interval_s,
-            probe_timeout_s=probe_timeout_s,
-            eject_after=eject_after,
-            readmit_after=readmit_after,
-            on_all_unhealthy=on_all_unhealthy,
-        )
         self._router = RouterCore(primary, replicas, config)
         self._hooks: list[tuple[Any, str, Callable[..., Any]]] = []
         for node in self._router.nodes:
@@ -119,47 +72,20 @@ class ReplicaSetBase:
         Sync I/O through the nodes' sync engines: also correct inside an ``AsyncSession``'s
         greenlet, where SQLAlchemy awaits it.
         """
-        route = self._router.choose_read(token, options.consistency, exclude)
-        if not route.verify:
-            return route
-        assert token is not None
-        wait = options.wait_timeout_s if options.mode == "wait" else None
-        position = None
-        try:
-            position, token = replayed_on(self._router, route.node, token, wait, self._cap_token)
-        except Exception as exc:
-            if not is_connection_failure(exc):
-                raise
-            self._note_read_failure(route.node, exc)
-        return self._router.settle(route, position, token)
+        return route_read(self._router, options, token, exclude)
 
     def _reading_bind(self, node: RoutedNode) -> Engine:
         """Where a read-only caller's read on ``node`` connects: a replica refuses writes by
         itself (its connections are read-only); on the primary the transaction is made so."""
         return node.readonly_bind if node is self._router.writer else node.bind
 
-    def _cap_token(self, token: int) -> int:
-        """``token``, or the primary's insert position if the token is beyond it (see
-        :meth:`RouterCore.cap_token`). Asks the primary only when the token is beyond the last
-        position known from it; sync I/O, like ``_route_read``."""
-        known = self._router.history.latest
-        if known is not None and token <= known:
-            return token
-        writer = self._router.writer
-        try:
-            primary = write_position(writer.bind)
-        except Exception as exc:  # the read falls back to the primary, as an uncapped token's
-            log.debug("hotpath.routing: no primary position to cap a token with: %s", exc)
-            return token
-        if primary is None:
-            return token
-        return self._router.cap_token(token, writer, primary, time.monotonic())
+    def _reading_engine(self, node: RoutedNode) -> Any:
+        """As :meth:`_reading_bind`, in the user's engine's form (``AsyncEngine`` for the async
+        twin)."""
+        return node.readonly_engine if node is self._router.writer else node.engine
 
     def _note_read_failure(self, node: RoutedNode, exc: BaseException) -> None:
-        self._router.counters["read failures"] += 1
-        self._router.record_failure(
-            node, f"read failed: {describe_error(exc)}", time.monotonic(), at_once=True
-        )
+        note_read_failure(self._router, node, exc)
 
     # -- probes (the I/O is the subclass's) -------------------------------------------------
 

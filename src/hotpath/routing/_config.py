@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal, get_args
+from dataclasses import dataclass, fields, replace
+from typing import Literal, TypedDict, get_args
 
 from ._errors import RoutingConfigError
 
@@ -15,14 +15,38 @@ Consistency = Literal["read_your_writes", "eventual", "strong"]
 TokenMode = Literal["fast", "wait"]
 
 
+class RoutingOptions(TypedDict, total=False):
+    """The keyword options of ``ReplicaSet(...)`` and ``AsyncReplicaSet(...)``: each is a
+    field of :class:`RoutingConfig`, where its default and its meaning are written once."""
+
+    max_lag_s: float
+    max_lag_bytes: int | None
+    policy: Policy
+    weights: Sequence[float] | None
+    probe_interval_s: float
+    probe_timeout_s: float
+    eject_after: int
+    readmit_after: int
+    on_all_unhealthy: AllUnhealthy
+
+
 @dataclass(frozen=True)
 class RoutingConfig:
-    """How a replica set probes, ejects and balances (see :class:`ReplicaSet`)."""
+    """How a replica set probes, ejects and balances: one validated object, built once by the
+    set (``ReplicaSet(primary, replicas, config=..., **options)``) and passed through as is.
+
+    Every node is probed every ``probe_interval_s`` (jittered ±20%) with ``probe_timeout_s``
+    timeouts. A replica is ejected after ``eject_after`` bad probes (error, or lag over
+    ``max_lag_s`` / ``max_lag_bytes``) and readmitted after ``readmit_after`` good ones.
+    ``policy`` balances reads (``weights``: one share per replica, for ``"round_robin"`` and
+    ``"random"``). ``on_all_unhealthy``: ``"primary"`` (reads fall back to the primary),
+    ``"least_lagged"`` (the least lagged reachable replica) or ``"error"``.
+    """
 
     max_lag_s: float = 1.0
     max_lag_bytes: int | None = None
     policy: Policy = "least_in_flight"
-    weights: tuple[float, ...] | None = None
+    weights: Sequence[float] | None = None
     probe_interval_s: float = 0.5
     probe_timeout_s: float = 1.0
     eject_after: int = 2
@@ -45,42 +69,36 @@ class RoutingConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise RoutingConfigError(f"{name}={value!r}: give a whole number of probes >= 1")
+        if self.weights is not None:  # a tuple: the config stays frozen and hashable
+            object.__setattr__(self, "weights", tuple(self.weights))
 
-
-def make_config(
-    replica_count: int,
-    *,
-    max_lag_s: float,
-    max_lag_bytes: int | None,
-    policy: Policy,
-    weights: Sequence[float] | None,
-    probe_interval_s: float,
-    probe_timeout_s: float,
-    eject_after: int,
-    readmit_after: int,
-    on_all_unhealthy: AllUnhealthy,
-) -> RoutingConfig:
-    """A :class:`RoutingConfig`, checking ``weights`` against the number of replicas."""
-    if weights is not None:
-        weights = tuple(weights)
-        if len(weights) != replica_count or not all(
-            isinstance(w, (int, float)) and w > 0 and math.isfinite(w) for w in weights
+    @classmethod
+    def build(
+        cls, replica_count: int, config: RoutingConfig | None, options: RoutingOptions
+    ) -> RoutingConfig:
+        """``config`` (or the defaults) with the keyword ``options`` on top, validated once,
+        with ``weights`` checked against the number of replicas."""
+        unknown = sorted(set(options) - {f.name for f in fields(cls)})
+        if unknown:
+            known = ", ".join(f.name for f in fields(cls))
+            raise RoutingConfigError(
+                f"{unknown[0]}={options[unknown[0]]!r}: not an option of a replica set "  # type: ignore[literal-required]
+                f"(they are {known}); check its spelling"
+            )
+        if config is None:
+            built = cls(**options)
+        else:  # the caller's object itself when no keyword overrides it
+            built = replace(config, **options) if options else config
+        weights = built.weights
+        if weights is not None and (
+            len(weights) != replica_count
+            or not all(isinstance(w, (int, float)) and w > 0 and math.isfinite(w) for w in weights)
         ):
             raise RoutingConfigError(
                 f"weights={list(weights)!r}: give one positive number per replica "
                 f"({replica_count}), or leave weights out for equal shares"
             )
-    return RoutingConfig(
-        max_lag_s=max_lag_s,
-        max_lag_bytes=max_lag_bytes,
-        policy=policy,
-        weights=weights,
-        probe_interval_s=probe_interval_s,
-        probe_timeout_s=probe_timeout_s,
-        eject_after=eject_after,
-        readmit_after=readmit_after,
-        on_all_unhealthy=on_all_unhealthy,
-    )
+        return built
 
 
 @dataclass(frozen=True)

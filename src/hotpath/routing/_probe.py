@@ -1,15 +1,19 @@
-"""The SQL the router runs (probe, on-the-spot replay check, token) and how to read the answers."""
+"""The SQL the router runs (probe, on-the-spot replay check, token), how to read the answers,
+and what a driver error means for a node."""
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from ._health import ProbeResult
 from ._lsn import parse_lsn
+from ._router import RoutedNode, RouterCore
 
 # One round trip that works on either role, so a promotion shows up in the same probe.
 # A primary's position is its insert position, the same measure as the tokens (so a token
@@ -92,3 +96,37 @@ def describe_error(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None) or exc
     text = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
     return f"{type(orig).__name__}: {text}"[:200] if text else type(orig).__name__
+
+
+_SHUTDOWN_STATES = {"57P01", "57P02", "57P03"}
+
+
+def is_connection_failure(exc: BaseException) -> bool:
+    """A node could not be reached or dropped the connection (safe to retry a read elsewhere).
+
+    Driver-neutral: SQLAlchemy's disconnect flag; then the SQLSTATE of the driver's error or
+    its cause (class 08 connection exceptions, 57P01-3 shutdowns; any other SQLSTATE, such as
+    57014 for a statement timeout, means the server answered: not a dead node); then OSError;
+    then an operational or interface error that carries no SQLSTATE (no server answer at all).
+    """
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    seen: BaseException | None = exc
+    for _ in range(4):  # the wrapper, the adapted driver error, the driver's own error
+        if seen is None:
+            break
+        if isinstance(seen, OSError):
+            return True
+        state = getattr(seen, "sqlstate", None) or getattr(seen, "pgcode", None)
+        if isinstance(state, str) and state:
+            return state.startswith("08") or state in _SHUTDOWN_STATES
+        seen = getattr(seen, "orig", None) or seen.__cause__ or seen.__context__
+    return isinstance(exc, (OperationalError, InterfaceError))
+
+
+def note_read_failure(router: RouterCore, node: RoutedNode, exc: BaseException) -> None:
+    """A read could not reach ``node``: counted, and the node ejected at once."""
+    router.counters["read failures"] += 1
+    router.record_failure(
+        node, f"read failed: {describe_error(exc)}", time.monotonic(), at_once=True
+    )

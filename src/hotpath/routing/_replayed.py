@@ -1,21 +1,13 @@
-"""On-the-spot read-your-writes checks: has this replica replayed the token? (optionally wait)
-
-Written against the sync Engine API, which also runs inside an ``AsyncSession`` (SQLAlchemy
-calls ``Session.get_bind`` and ORM events in its greenlet, where sync I/O is awaited), so the
-session twins share it. The wait happens on the server (a PL/pgSQL loop), so it does not
-block an event loop.
-"""
+"""Read-your-writes SQL helpers: the server-side wait for a replica to replay a token, and the
+primary's WAL position (sync Engine API, shared by the sessions of both twins). The check
+itself is ``_reads.route_read`` (generated from ``_async_reads.py``)."""
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from typing import Any
 
 from sqlalchemy import Connection, Engine
 
 from ._lsn import format_lsn
-from ._probe import REPLAYED_SQL, WRITE_POSITION_SQL, parse_position
-from ._router import RoutedNode, RouterCore
+from ._probe import WRITE_POSITION_SQL, parse_position
 
 
 def wait_sql(token: int, timeout_s: float) -> str:
@@ -28,31 +20,6 @@ def wait_sql(token: int, timeout_s: float) -> str:
     )
 
 
-def replayed_on(
-    router: RouterCore,
-    node: RoutedNode,
-    token: int,
-    wait_s: float | None,
-    cap: Callable[[int], int],
-) -> tuple[int | None, int]:
-    """The position ``node`` has replayed, once past ``token`` or after waiting up to ``wait_s``.
-
-    Returns it with the token it was checked against: ``cap(token)`` when the replica is
-    behind ``token`` (a token beyond the primary's position is cut to it before any wait).
-    """
-    router.counters["token checks"] += 1
-    with node.bind.connect() as conn:
-        position = _replayed(conn)
-        if position is None or position < token:
-            token = cap(token)
-        if (position is None or position < token) and wait_s:
-            router.counters["token waits"] += 1
-            conn.exec_driver_sql(wait_sql(token, wait_s))
-            position = _replayed(conn)
-        conn.rollback()
-    return position, token
-
-
 def write_position(bind: Engine | Connection) -> int | None:
     """The primary's WAL position now (after a COMMIT: at or past its commit record)."""
     if isinstance(bind, Connection):
@@ -61,7 +28,3 @@ def write_position(bind: Engine | Connection) -> int | None:
         position = parse_position(conn.exec_driver_sql(WRITE_POSITION_SQL).scalar())
         conn.rollback()
     return position
-
-
-def _replayed(conn: Any) -> int | None:
-    return parse_position(conn.exec_driver_sql(REPLAYED_SQL).scalar())

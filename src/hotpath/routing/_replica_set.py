@@ -1,36 +1,64 @@
-"""``ReplicaSet``: a primary and its streaming replicas behind one router, probed by threads."""
+# Generated from src/hotpath/routing/_async_replica_set.py by tools/async_to_sync.py: do not edit.
+# Change the async source and run `make generate` (docs/contributing.md).
+"""``AsyncReplicaSet``: a primary and its streaming replicas behind one router, with lag
+probes, ejection and balancing, on asyncio (one probe task per node).
+
+This module is the one source of both replica sets: ``tools/async_to_sync.py`` writes
+``_replica_set.py`` (``ReplicaSet``: sync engines, one probe thread per node) from it
+(``make generate``; ``make lint`` fails while that file is stale). What differs between
+threads and tasks is in ``_acompat.py``; what needs no I/O is in ``_base.py`` and ``_router.py``.
+"""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine, create_engine
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ._base import ReplicaSetBase, is_connection_failure, log
-from ._config import AllUnhealthy, Consistency, Policy, SessionOptions, TokenMode
-from ._errors import RoutingConfigError
-from ._probe import PROBE_SQL, describe_error, parse_probe_row, probe_engine_options
-from ._replayed import write_position
+from ._acompat import (
+    PROBE_TIMEOUTS,
+    Stop,
+    Worker,
+    bind_of,
+    check_engines,
+    connection_of,
+    probe_all,
+    spawn,
+    stop_workers,
+    within,
+)
+from ._base import ReplicaSetBase, log
+from ._config import Consistency, RoutingConfig, RoutingOptions, SessionOptions, TokenMode
+from ._health import ProbeResult
+from ._probe import (
+    PROBE_SQL,
+    WRITE_POSITION_SQL,
+    describe_error,
+    is_connection_failure,
+    parse_position,
+    parse_probe_row,
+    probe_engine_options,
+)
+from ._reads import route_read
 from ._router import RoutedNode
 from ._tokens import context_box
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
 
 class ReplicaSet(ReplicaSetBase):
-    """A primary ``Engine`` and replica ``Engine``\\ s, with lag probes, ejection and balancing.
+    """A primary ``Engine`` and replica ``Engine``\\ s, with lag probes, ejection and
+    balancing (see ``docs/routing.md``).
 
-    >>> replicas = ReplicaSet(primary=engine, replicas=[r1, r2], max_lag_s=1.0)  # doctest: +SKIP
-    >>> Session = routed_sessionmaker(replicas)                                  # doctest: +SKIP
-
-    A thread per node probes role, WAL position and lag every ``probe_interval_s`` (jittered
-    ±20%) with ``probe_timeout_s`` timeouts. A replica is ejected after ``eject_after`` bad
-    probes (error, or lag over ``max_lag_s`` / ``max_lag_bytes``) and readmitted after
-    ``readmit_after`` good ones. ``on_all_unhealthy``: ``"primary"`` (reads fall back to the
-    primary), ``"least_lagged"`` (the least lagged reachable replica) or ``"error"``.
+    Every node is probed for its role, WAL position and lag. The options (``max_lag_s``,
+    ``policy``, ``probe_interval_s``, ``on_all_unhealthy``, ...) are the fields of
+    :class:`RoutingConfig`, given as keywords or as ``config=RoutingConfig(...)`` (keywords
+    override its fields); they are validated once, into one frozen object.
     """
 
     def __init__(
@@ -38,55 +66,41 @@ class ReplicaSet(ReplicaSetBase):
         primary: Engine,
         replicas: Sequence[Engine],
         *,
-        max_lag_s: float = 1.0,
-        max_lag_bytes: int | None = None,
-        policy: Policy = "least_in_flight",
-        weights: Sequence[float] | None = None,
-        probe_interval_s: float = 0.5,
-        probe_timeout_s: float = 1.0,
-        eject_after: int = 2,
-        readmit_after: int = 2,
-        on_all_unhealthy: AllUnhealthy = "primary",
+        config: RoutingConfig | None = None,
         start: bool = True,
+        **options: Unpack[RoutingOptions],
     ) -> None:
-        engines = [primary, *replicas]
-        if any(isinstance(e, AsyncEngine) for e in engines):
-            raise RoutingConfigError(
-                "ReplicaSet takes sync Engines: use AsyncReplicaSet for create_async_engine()"
-            )
-        if not all(isinstance(e, Engine) for e in engines):
-            raise RoutingConfigError(
-                "ReplicaSet(primary=..., replicas=[...]) takes SQLAlchemy Engines "
-                "(create_engine(url)); got " + ", ".join(type(e).__name__ for e in engines)
-            )
-        super().__init__(
-            (primary, primary),
-            [(e, e) for e in replicas],
-            max_lag_s=max_lag_s,
-            max_lag_bytes=max_lag_bytes,
-            policy=policy,
-            weights=weights,
-            probe_interval_s=probe_interval_s,
-            probe_timeout_s=probe_timeout_s,
-            eject_after=eject_after,
-            readmit_after=readmit_after,
-            on_all_unhealthy=on_all_unhealthy,
-        )
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._probe_engines = {
-            node.name: create_engine(
-                node.bind.url, **probe_engine_options(node.bind.url, probe_timeout_s)
-            )
-            for node in self._router.nodes
-        }
+        """``start=True``: probe every node once now (see :meth:`start`)."""
+        self._setup(primary, replicas, config, options)
         if start:
             self.start()
+
+    def _setup(
+        self,
+        primary: Engine,
+        replicas: Sequence[Engine],
+        config: RoutingConfig | None,
+        options: RoutingOptions,
+    ) -> None:
+        check_engines([primary, *replicas])
+        super().__init__(
+            (primary, bind_of(primary)),
+            [(e, bind_of(e)) for e in replicas],
+            RoutingConfig.build(len(replicas), config, options),
+        )
+        self._stop = Stop()
+        self._threads: list[Worker] = []
+        # Engines of their own for the probes, so a probe never waits for a pooled connection.
+        timeout = self._router.config.probe_timeout_s
+        self._probe_engines = {
+            node.name: create_engine(node.bind.url, **probe_engine_options(node.bind.url, timeout))
+            for node in self._router.nodes
+        }
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> ReplicaSet:
-        """Probe every node once (replicas in parallel), then keep probing in the background.
+        """Probe every node once (replicas concurrently), then keep probing in the background.
 
         Returns once every replica that answered is judged (follows the primary, or not):
         the set serves replica reads from its first use.
@@ -99,34 +113,25 @@ class ReplicaSet(ReplicaSetBase):
         writer = self._router.writer
         self._probe_once(writer)
         replicas = [n for n in self._router.nodes if n is not writer]
-        for node in replicas:
-            self._start_monitor(node)
-        deadline = time.monotonic() + self._router.config.probe_timeout_s + 1.0
-        while time.monotonic() < deadline and any(n.health.last_probe_at is None for n in replicas):
-            time.sleep(0.005)
+        probe_all(self._probe_once, replicas, self._router.config.probe_timeout_s + 1.0)
         if self._router.awaiting_primary():
             # A replica replayed writes made after the writer's first probe: only a primary
             # position read after its own tells whether it follows (else it would wait for the
             # writer's next probe, its reads going to the primary meanwhile).
             self._probe_once(writer)
-        self._start_monitor(writer)
+        self._threads = [
+            spawn(self._monitor, node, name=f"hotpath-probe-{node.name}")
+            for node in self._router.nodes
+        ]
         return self
-
-    def _start_monitor(self, node: RoutedNode) -> None:
-        thread = threading.Thread(
-            target=self._monitor, args=(node,), name=f"hotpath-probe-{node.name}", daemon=True
-        )
-        self._threads.append(thread)
-        thread.start()
 
     def close(self) -> None:
         """Stop the probes and remove hotpath's hooks from the engines (they stay usable)."""
         self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=self._router.config.probe_timeout_s + 2.0)
+        stop_workers(self._threads, timeout=self._router.config.probe_timeout_s + 2.0)
         self._threads.clear()
         for engine in self._probe_engines.values():
-            engine.dispose()
+            engine.dispose()  # still usable: a set started again reconnects
         self._unhook()
 
     def __enter__(self) -> ReplicaSet:
@@ -141,19 +146,18 @@ class ReplicaSet(ReplicaSetBase):
         self.close()
 
     def probe_now(self) -> None:
-        """Probe every node once, now, in this thread (the background probes keep running)."""
-        for node in self._router.nodes:
-            self._probe_once(node)
+        """Probe every node once, now, concurrently (the background probes keep running)."""
+        probe_all(self._probe_once, self._router.nodes, None)
 
     @property
     def primary(self) -> Engine:
         """The engine writes go to now (follows a promotion seen by the probes)."""
-        engine: Engine = self._router.writer.bind
+        engine: Engine = self._router.writer.engine
         return engine
 
     @property
     def replicas(self) -> list[Engine]:
-        return [n.bind for n in self._router.nodes[1:]]
+        return [n.engine for n in self._router.nodes[1:]]
 
     # -- Core routing ----------------------------------------------------------------------
 
@@ -166,7 +170,7 @@ class ReplicaSet(ReplicaSetBase):
         mode: TokenMode = "fast",
         wait_timeout_s: float = 0.5,
     ) -> Iterator[Connection]:
-        """A Core ``Connection``: the primary, or with ``readonly=True`` a routed replica.
+        """A Core connection: the primary, or with ``readonly=True`` a routed replica.
 
         On the primary, the WAL position is read when the block ends (one round trip), so a
         transaction committed in it advances this context's read-your-writes token.
@@ -176,38 +180,38 @@ class ReplicaSet(ReplicaSetBase):
         """
         options = SessionOptions(consistency, mode, wait_timeout_s)
         if not readonly:
-            with self._router.writer.bind.connect() as conn:
+            with self._router.writer.engine.connect() as conn:
                 try:
                     yield conn
                 finally:
                     self._capture_token(conn)
             return
         token = context_box().position_for(self._router.server)
-        route = self._route_read(options, token)
+        route = route_read(self._router, options, token)
         try:
-            conn = self._reading_bind(route.node).connect()
+            conn = self._reading_engine(route.node).connect()
         except Exception as exc:
             if not is_connection_failure(exc) or route.node is self._router.writer:
                 raise
             self._note_read_failure(route.node, exc)
-            route = self._route_read(options, token, exclude=[route.node])
-            conn = self._reading_bind(route.node).connect()
-        with conn:
+            route = route_read(self._router, options, token, exclude=[route.node])
+            conn = self._reading_engine(route.node).connect()
+        try:
             yield conn
+        finally:
+            conn.close()
 
     def _capture_token(self, conn: Connection) -> None:
         # Read at the end of every primary block: a commit in it is then covered (reading the
         # position after a rollback only makes the token conservative).
-        if conn.invalidated or conn.closed:
+        state = connection_of(conn)
+        if state is None or state.invalidated or state.closed:
             return
         try:
-            position = write_position(conn)
+            position = parse_position(conn.exec_driver_sql(WRITE_POSITION_SQL).scalar())
             conn.rollback()
         except Exception as exc:  # the commit itself succeeded; only the token is lost
-            log.warning(
-                "hotpath.routing: no WAL position after a primary block: %s",
-                exc,
-            )
+            log.warning("hotpath.routing: no WAL position after a primary block: %s", exc)
             return
         if position is not None:
             context_box().advance(position, self._router.server)
@@ -215,25 +219,26 @@ class ReplicaSet(ReplicaSetBase):
     # -- probes ----------------------------------------------------------------------------
 
     def _monitor(self, node: RoutedNode) -> None:
-        while not self._stop.is_set():
+        while self._stop.sleep(self._jittered_interval()):
             self._probe_once(node)
-            self._stop.wait(self._jittered_interval())
 
     def _probe_once(self, node: RoutedNode) -> None:
         started = time.monotonic()
         self._router.probe_started(node, started)
+        limit = self._router.config.probe_timeout_s
         try:
-            with self._probe_engines[node.name].connect() as conn:
-                row = conn.exec_driver_sql(PROBE_SQL).fetchone()
-            result = parse_probe_row(row)
+            result = within(lambda: self._query_probe(node), limit)
         except Exception as exc:
-            reason = f"probe failed: {describe_error(exc)}"
-            self._router.record_failure(node, reason, time.monotonic(), at_once=False)
-            return
-        elapsed, limit = time.monotonic() - started, self._router.config.probe_timeout_s
-        if elapsed > limit:  # a server that hung, then answered: as the async twin's timeout
-            reason = f"probe timed out ({elapsed:.1f}s > probe_timeout_s={limit:g})"
+            if isinstance(exc, PROBE_TIMEOUTS):
+                reason = f"probe timed out (probe_timeout_s={limit:g}) {exc}".rstrip()
+            else:
+                reason = f"probe failed: {describe_error(exc)}"
             self._router.record_failure(node, reason, time.monotonic(), at_once=False)
             return
         for promoted in self._apply_probe(node, result, started, time.monotonic()):
-            promoted.bind.dispose()
+            promoted.engine.dispose()
+
+    def _query_probe(self, node: RoutedNode) -> ProbeResult:
+        with self._probe_engines[node.name].connect() as conn:
+            row = conn.exec_driver_sql(PROBE_SQL).fetchone()
+        return parse_probe_row(row)

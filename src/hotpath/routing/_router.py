@@ -271,7 +271,11 @@ class RouterCore:
             self._elect_writer(now)
 
     def probe_started(self, node: RoutedNode, now: float) -> None:
-        node.health.probe_started_at = now
+        # A probe still unanswered keeps its start: two probes of one node can overlap (a
+        # hung first probe of start() and the node's monitor, or probe_now()), and the older
+        # one is what says the node hangs.
+        if node.health.probe_started_at is None:
+            node.health.probe_started_at = now
 
     # -- reads -----------------------------------------------------------------------------
 

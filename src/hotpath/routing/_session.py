@@ -19,9 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, sessionmaker
 
 from ._async_replica_set import AsyncReplicaSet
-from ._base import ReplicaSetBase, is_connection_failure, log
+from ._base import ReplicaSetBase, log
 from ._config import Consistency, SessionOptions, TokenMode
 from ._errors import ReplicaWriteError, RoutingConfigError
+from ._probe import is_connection_failure
 from ._replayed import write_position
 from ._replica_set import ReplicaSet
 from ._router import RoutedNode
