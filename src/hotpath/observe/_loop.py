@@ -88,6 +88,10 @@ class LoopMonitor:
             self._clock = time.pthread_getcpuclockid(thread_id)
         except (AttributeError, OSError):  # not on this platform: no CPU-bound verdict
             self._clock = None
+        # the kernel's account of this thread (Linux): time on a core and time waiting for
+        # one, which tells a step the machine starved from one the application made long
+        self._schedstat = f"/proc/self/task/{threading.get_native_id()}/schedstat"
+        self.sched_at_seen: tuple[int, int] | None = None
 
     def begin(self, scope: Scope) -> None:
         self.depth += 1
@@ -125,9 +129,19 @@ class LoopMonitor:
             return
         site, what = _verdict(self.samples)
         cpu_bound = False
-        if self.seen_at and self._clock is not None:
+        looked = ended - self.seen_at
+        sched = _schedstat(self._schedstat) if self.seen_at else None
+        if sched is not None and self.sched_at_seen is not None and looked > 0:
+            ran_s = (sched[0] - self.sched_at_seen[0]) / 1e9
+            waited_s = (sched[1] - self.sched_at_seen[1]) / 1e9
+            if waited_s >= 0.5 * looked:
+                # the thread was ready to run and waited for a core: an overloaded machine
+                # made the step long, not the code it ran (no block of the application's)
+                return
+            cpu_bound = ran_s >= 0.5 * looked
+        elif self.seen_at and self._clock is not None:
             spent = _cpu_seconds(self._clock) - self.cpu_at_seen
-            cpu_bound = spent >= 0.5 * (ended - self.seen_at)
+            cpu_bound = spent >= 0.5 * looked
         if what is None:
             what = "CPU-bound code" if cpu_bound else "a blocking call"
         self.blocks.append(
@@ -207,7 +221,8 @@ class LoopMonitor:
             return _INTERVAL_S
         if not self.seen_at:
             self.seen_at = now
-            if self._clock is not None:
+            self.sched_at_seen = _schedstat(self._schedstat)
+            if self.sched_at_seen is None and self._clock is not None:
                 self.cpu_at_seen = _cpu_seconds(self._clock)
         # a stall of seconds is named by what ran most of it, not by its first samples (an
         # SSL context loaded before a 1 s sync call); 2048 samples cover 10 s
@@ -284,6 +299,17 @@ _watchdog: threading.Thread | None = None
 _INTERVAL_S = 0.005  # between two looks at a step already long
 _MIN_SLEEP_S = 0.0005
 _IDLE_WAIT_S = 0.02  # the longest sleep (a loop may be registered meanwhile)
+
+
+def _schedstat(path: str) -> tuple[int, int] | None:
+    """A thread's nanoseconds on a core and waiting for one, from the kernel's scheduler
+    statistics (``None`` where there are none: not Linux, or a kernel without them)."""
+    try:
+        with open(path, "rb") as stats:
+            ran, waited = stats.read().split()[:2]
+        return int(ran), int(waited)
+    except (OSError, ValueError):
+        return None
 
 
 def _cpu_seconds(clock: int) -> float:

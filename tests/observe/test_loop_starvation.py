@@ -1,0 +1,101 @@
+"""A starved event loop is not a blocked one: steps made long by an overloaded machine (the
+loop thread waiting for a core) are not the application's blocking calls.
+
+The loop runs in a child process pinned to one core at the lowest priority, next to a
+process that spins on that core: every step of its requests is a few milliseconds of CPU
+stretched far past ``blocking_ms`` by waiting for the core. Without the kernel's scheduler
+statistics the watchdog takes each of them for a blocking call."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+CHILD = textwrap.dedent(
+    """
+    import asyncio, json, os, sys, time
+
+    from hotpath.observe import ASGIMiddleware, FindingKind, Profiler
+    from hotpath.observe import _loop
+
+    if sys.argv[2] == "without":
+        _loop._schedstat = lambda path: None  # what the watchdog knew before
+
+    def compute(seconds):  # short CPU work: a few ms on a core of its own
+        until = time.thread_time() + seconds
+        while time.thread_time() < until:
+            pass
+
+    async def app(scope, receive, send):
+        for _ in range(3):
+            compute(0.003)
+            await asyncio.sleep(0)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def main():
+        profiler = Profiler(blocking_ms=20, modes={"blocking_call": "log"})
+        wrapped = ASGIMiddleware(app, profiler, server_timing=False)
+        # starved from here on (imported first: an import at 1% of a core takes a minute)
+        os.sched_setaffinity(0, {int(sys.argv[1])})
+        os.nice(19)
+        for number in range(2):
+            async def receive():
+                return {"type": "http.request", "body": b"", "more_body": False}
+            async def send(message):
+                pass
+            http = {"type": "http", "method": "GET", "path": f"/work/{number}",
+                    "query_string": b"", "headers": []}
+            await wrapped(http, receive, send)
+        findings = [
+            fix for endpoint in profiler.report().scopes for fix in endpoint.fixes
+            if fix.kind == FindingKind.BLOCKING_CALL.value
+        ]
+        print(json.dumps({"blocking_calls": len(findings)}), flush=True)
+
+    asyncio.run(main())
+    os._exit(0)  # no interpreter shutdown at 1% of a core
+    """
+)
+
+
+def _starved_run(tmp_path: Path, schedstat: str) -> dict[str, int]:
+    core = min(os.sched_getaffinity(0))
+    script = tmp_path / "starved_app.py"  # a file: its frames are the application's
+    script.write_text(CHILD)
+    spinner = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import os\nos.sched_setaffinity(0, {{{core}}})\nwhile True: pass",
+        ]
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, str(script), str(core), schedstat],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+    finally:
+        spinner.kill()
+        spinner.wait()
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+@pytest.mark.faults
+@pytest.mark.skipif(
+    not Path("/proc/thread-self/schedstat").exists() or not hasattr(os, "sched_setaffinity"),
+    reason="needs Linux scheduler statistics and CPU affinity",
+)
+def test_a_starved_loop_is_not_taken_for_blocking_calls(tmp_path: Path) -> None:
+    assert _starved_run(tmp_path, "with")["blocking_calls"] == 0
+    # the unprotected path: the same starved steps, judged by the thread's CPU clock alone
+    assert _starved_run(tmp_path, "without")["blocking_calls"] >= 1
