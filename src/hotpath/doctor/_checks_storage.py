@@ -6,7 +6,7 @@ import math
 
 from ..plans import Severity
 from ._context import Context, display_name
-from ._model import Finding
+from ._model import Finding, FixKind
 from ._registry import check
 from ._sqlparse import parse_query, tables_of
 
@@ -133,7 +133,7 @@ def _bloat_finding(
             "bloat_ratio": round(ratio, 4),
         },
         fix.format(name=name),
-        "sql",
+        FixKind.SQL,
         f"~{wasted / 1024 / 1024:,.1f} MB less to read on every full scan",
     )
 
@@ -173,7 +173,7 @@ def cache_hit(ctx: Context) -> list[Finding]:
                 },
                 f"shared_buffers = '{int(shared_mb * 2)}MB'  # or more, up to ~25% of RAM; "
                 "and look for sequential scans (missing_indexes)",
-                "config",
+                FixKind.CONFIG,
             )
         )
     return findings
@@ -231,7 +231,7 @@ def partition_candidates(ctx: Context) -> list[Finding]:
                 },
                 f"CREATE TABLE {table['relname']}_partitioned (LIKE {name} INCLUDING ALL) "
                 f"PARTITION BY RANGE ({column});  -- then one partition per month, move rows, swap",
-                "sql",
+                FixKind.SQL,
                 "queries on recent data read only recent partitions; old data drops instantly",
             )
         )
