@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -280,14 +279,23 @@ def test_killed_replica_under_concurrent_reads(
             except Exception as exc:
                 failures.append(exc)
 
+    def ejections() -> int:
+        return next(n for n in replicas.status() if n.name == "replica1").ejections
+
     victim = hotpath_local_stack.replicas[0]
     threads = [threading.Thread(target=reader) for _ in range(4)]
     for thread in threads:
         thread.start()
     try:
-        time.sleep(0.3)
+        eventually(lambda: reads[0] >= 20, 30, "20 reads before the kill")
         victim.kill()
-        time.sleep(1.0)
+        killed_at = reads[0]
+        # reads go on (50 more), the dead replica is ejected, and without the retry some fail
+        eventually(
+            lambda: reads[0] >= killed_at + 50 and ejections() >= 1 and (retry_reads or failures),
+            30,
+            "50 reads after the kill and the replica ejected",
+        )
     finally:
         stop.set()
         for thread in threads:
@@ -298,9 +306,6 @@ def test_killed_replica_under_concurrent_reads(
         assert failures == []
     else:
         assert failures
-    assert reads[0] > 50
-    report = next(n for n in replicas.status() if n.name == "replica1")
-    assert report.ejections >= 1
 
 
 @pytest.mark.slow
