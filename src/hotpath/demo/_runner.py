@@ -215,9 +215,9 @@ def run_shop(
     With ``ladder``: the optimization loop (:func:`hotpath.demo._ladder.climb`), each fix
     chosen by observe's diagnosis of the run before, with ``verify``, ``target_p99_ms`` and
     ``max_steps`` (fixes applied at most) as it takes them. Otherwise naive, then every fix at
-    once (and, with ``ablation``, each fix alone in between). The naive configuration runs first; the index fix uses what
-    ``hotpath advise`` recommends from the statements that run recorded. ``rows_loaded(done,
-    expected)`` follows the data load.
+    once (and, with ``ablation``, each fix alone in between). The naive configuration runs
+    first; the index fix uses what ``hotpath advise`` recommends from the statements that run
+    recorded. ``rows_loaded(done, expected)`` follows the data load.
     """
     from ._ladder import climb  # noqa: PLC0415 - the ladder imports this module
 
