@@ -23,7 +23,7 @@ from hotpath.stack import LocalStack
 from hotpath.testing import ModuleDatabase, ServerStack
 
 from ..helpers import eventually_async
-from ._helpers import PORT, VALUE, signal_all
+from ._helpers import PORT, RYW_ROUNDS, VALUE, signal_all
 from .conftest import Engines
 
 
@@ -82,8 +82,8 @@ async def test_async_read_your_writes_never_stale_while_eventual_is(
     violations = {"read_your_writes": 0, "eventual": 0}
     paused = [False, False]
     try:
-        for i in range(800):
-            if i % 40 == 0:
+        for i in range(RYW_ROUNDS):
+            if i % 50 == 0:
                 which = rng.randrange(2)
                 server = hotpath_stack.replicas[which]
                 await asyncio.to_thread(
@@ -103,7 +103,7 @@ async def test_async_read_your_writes_never_stale_while_eventual_is(
     assert violations["read_your_writes"] == 0
     assert violations["eventual"] > 0
     replica_reads = sum(n.reads for n in replicas.status() if n.name != "primary")
-    assert replica_reads > 400
+    assert replica_reads > RYW_ROUNDS // 2
 
 
 async def test_async_lagging_replica_is_ejected_and_readmitted(

@@ -23,7 +23,7 @@ from hotpath.routing import (
 from hotpath.stack import LocalStack
 from hotpath.testing import ServerStack
 
-from ._helpers import PORT, VALUE, eventually, signal_all
+from ._helpers import PORT, RYW_ROUNDS, VALUE, eventually, signal_all
 from .conftest import Engines
 
 
@@ -90,7 +90,8 @@ def test_lagging_replica_is_ejected_and_readmitted(
 def test_read_your_writes_never_stale_while_eventual_is(
     hotpath_stack: ServerStack, engines: Engines, replicas: ReplicaSet, resume_all: None
 ) -> None:
-    """2,000 write-then-read iterations, replay paused and resumed at random on both replicas."""
+    """600 write-then-read iterations, replay paused and resumed at random on both replicas
+    (HOTPATH_FAULT_ROUNDS=2000 for a longer run)."""
     ryw = routed_sessionmaker(replicas, consistency="read_your_writes")
     eventual = routed_sessionmaker(replicas, consistency="eventual")
     rng = random.Random(5)
@@ -98,7 +99,7 @@ def test_read_your_writes_never_stale_while_eventual_is(
     paused = [False, False]
     before = {n.name: n.reads for n in replicas.status()}
     try:
-        for i in range(2000):
+        for i in range(RYW_ROUNDS):
             if i % 50 == 0:
                 which = rng.randrange(2)
                 server = hotpath_stack.replicas[which]
@@ -117,7 +118,8 @@ def test_read_your_writes_never_stale_while_eventual_is(
     replica_reads = sum(after[n] - before[n] for n in ("replica1", "replica2"))
     assert violations["read_your_writes"] == 0
     assert violations["eventual"] > 0  # the naive path really serves stale reads here
-    assert replica_reads > 1000  # and read_your_writes did not just send everything to the primary
+    # and read_your_writes did not just send everything to the primary
+    assert replica_reads > RYW_ROUNDS // 2
 
 
 def test_token_is_taken_after_commit_and_checked_per_replica(
