@@ -21,8 +21,11 @@ TIMING = {"jitter": 0, "xfetch_beta": 0}
 
 
 def test_stale_while_revalidate_one_refresh_across_processes(make_cache: MakeCache) -> None:
-    a = make_cache(default_ttl=0.3, stale_ttl=5, **TIMING)
-    b = make_cache(default_ttl=0.3, stale_ttl=5, **TIMING)
+    # The refresh is held until every caller has answered (however long a busy machine takes
+    # for that): its lease must outlive it, or the other cache would rightly refresh too.
+    held = {"tier": {"lease_ttl": 60}}
+    a = make_cache(default_ttl=0.3, stale_ttl=5, **TIMING, **held)
+    b = make_cache(default_ttl=0.3, stale_ttl=5, **TIMING, **held)
     assert a.get_or_set("k", lambda: "v1") == "v1"
     assert b.get_or_set("k", lambda: "unused") == "v1"
     time.sleep(0.35)  # past the soft TTL, well within the hard one
@@ -73,8 +76,9 @@ def test_without_a_stale_window_callers_wait_for_the_load(make_cache: MakeCache)
 
 
 async def test_async_stale_while_revalidate(make_async_cache: MakeAsyncCache) -> None:
-    a = make_async_cache(default_ttl=0.3, stale_ttl=5, **TIMING)
-    b = make_async_cache(default_ttl=0.3, stale_ttl=5, **TIMING)
+    held = {"tier": {"lease_ttl": 60}}  # the lease outlives the held refresh (see above)
+    a = make_async_cache(default_ttl=0.3, stale_ttl=5, **TIMING, **held)
+    b = make_async_cache(default_ttl=0.3, stale_ttl=5, **TIMING, **held)
     assert await a.get_or_set("k", lambda: "v1") == "v1"
     assert await b.get_or_set("k", lambda: "unused") == "v1"
     await asyncio.sleep(0.35)
