@@ -33,8 +33,14 @@ system-deps:
 demo: $(STAMP)
 	$(BIN)/hotpath demo
 
+# Test processes (pytest-xdist): the tests mostly wait on servers, sleeps and subprocesses,
+# so twice the CPUs pay. Each process starts its own servers (hotpath_stack is per session),
+# so a test that kills or pauses one disturbs no other process's tests; --dist loadfile keeps
+# a file's tests (and its module fixtures) in one process. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= $(shell $(PYTHON) -c 'import os; print(min(8, 2 * len(os.sched_getaffinity(0))))')
+
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench tools

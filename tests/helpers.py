@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from http.server import ThreadingHTTPServer
@@ -44,6 +45,15 @@ def eventually(check: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout}s: {what}")
         time.sleep(0.02)
+
+
+async def eventually_async(check: Callable[[], bool], timeout: float, what: str) -> None:
+    """``eventually`` for a test running on an event loop: the loop's tasks run meanwhile."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        await asyncio.sleep(0.02)
 
 
 class LoopbackHTTPServer(ThreadingHTTPServer):

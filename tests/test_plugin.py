@@ -64,3 +64,24 @@ def test_module_database_is_empty_and_reachable_everywhere(
             hotpath_stack.primary, hotpath_db.name, "SELECT array_agg(extname) FROM pg_extension"
         )
     )
+
+
+def test_xdist_workers_take_disjoint_redis_databases() -> None:
+    """Workers sharing external servers never flush each other's Redis database."""
+    from hotpath.testing import module_redis_db
+
+    for workers in (2, 3, 4, 8, 16):
+        taken = [
+            {
+                module_redis_db(
+                    n,
+                    {"PYTEST_XDIST_WORKER": f"gw{w}", "PYTEST_XDIST_WORKER_COUNT": str(workers)},
+                )
+                for n in range(1, 40)
+            }
+            for w in range(workers)
+        ]
+        every = [db for dbs in taken for db in dbs]
+        assert len(every) == len(set(every)), workers  # no database in two workers' sets
+        assert all(0 <= db < 16 for db in every)
+    assert {module_redis_db(n, {}) for n in range(1, 40)} == set(range(16))

@@ -27,6 +27,8 @@ from hotpath.cache import orm as cache_orm
 from hotpath.routing import ReplicaSet, routed_sessionmaker
 from hotpath.testing import ModuleDatabase
 
+from ._helpers import wait_until
+
 
 class Base(DeclarativeBase):
     pass
@@ -287,16 +289,14 @@ def test_invalidation_reaches_another_process_l1(
         warm(readers)
         with writers() as writer, writer.begin():
             writer.execute(update(Author).where(Author.id == 3).values(name="Dijkstra"))
-        # The other process's L1 hears of the commit over pub/sub: a short window, measured.
-        committed = time.monotonic()
-        while True:
+
+        # The other process's L1 hears of the commit over pub/sub (test_coherence counts
+        # the window; here: it is heard at all).
+        def name_read() -> str:
             with readers() as session:
-                name = snapshot(list(session.scalars(CACHED)))[2][1]
-            if name == "Dijkstra" or time.monotonic() - committed > 1.0:
-                break
-            time.sleep(0.001)
-        assert name == "Dijkstra"
-        assert time.monotonic() - committed < 0.5
+                return str(snapshot(list(session.scalars(CACHED)))[2][1])
+
+        wait_until(lambda: name_read() == "Dijkstra")
     finally:
         reading.unbind()
         writing.unbind()

@@ -123,7 +123,10 @@ async def test_async_tasks_share_one_load_across_caches(make_async_cache: MakeAs
 
 
 def test_a_failing_loader_releases_its_lease_at_once(make_cache: MakeCache) -> None:
-    holder, waiter = make_cache(tier={"lease_ttl": 30}), make_cache(tier={"lease_ttl": 30})
+    holder = make_cache(tier={"lease_ttl": 30})
+    # The waiter gives up after 20 s: had it waited for the lease to expire (30 s), it would
+    # count a wait timeout.
+    waiter = make_cache(tier={"lease_ttl": 30}, wait_timeout=20)
     entered = threading.Event()
 
     def fail() -> str:
@@ -142,13 +145,10 @@ def test_a_failing_loader_releases_its_lease_at_once(make_cache: MakeCache) -> N
     thread = threading.Thread(target=hold)
     thread.start()
     assert entered.wait(5)
-    began = time.monotonic()
     assert waiter.get_or_set("k", lambda: "second try") == "second try"
-    waited = time.monotonic() - began
     thread.join(5)
     assert len(failure) == 1
     # Woken when the lease was given back, not when it expired (30 s on).
-    assert waited < 15, f"waited {waited:.2f}s for a lease given back after 0.2 s"
     assert waiter.stats().lease_waits >= 1
     assert waiter.stats().wait_timeouts == 0
 
@@ -170,31 +170,29 @@ def test_a_crashed_lease_holder_blocks_nobody_past_the_lease(
         if proc.is_alive():
             proc.kill()
     assert proc.exitcode == 17
-    crashed = time.monotonic()
     assert raw.exists(f"{ns}:{{k}}:lease") == 1  # the dead process's lease is still there
 
-    caches = [make_cache() for _ in range(5)]
+    # waiting up to 10 s: the 0.6 s lease's expiry is what lets them on
+    caches = [make_cache(wait_timeout=10) for _ in range(5)]
     calls = Counter[str]()
-    got: list[tuple[object, float]] = []
+    got: list[object] = []
 
     def load() -> str:
         calls["k"] += 1
         return "reloaded"
 
     def call(cache: Cache) -> None:
-        got.append((cache.get_or_set("k", load), time.monotonic()))
+        got.append(cache.get_or_set("k", load))
 
     threads = [threading.Thread(target=call, args=(c,)) for c in caches for _ in range(10)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(10)
-    assert [v for v, _ in got] == ["reloaded"] * 50
+    assert got == ["reloaded"] * 50
     assert calls["k"] == 1
-    latest = max(at for _, at in got) - crashed
     # Unblocked by the lease's expiry (the one load above is stored: nobody gave up waiting).
     assert sum(c.stats().wait_timeouts for c in caches) == 0
-    assert latest < 30, f"waiters were blocked {latest:.2f}s by a 0.6 s lease"
     # The unprotected path: a lock without an expiry (dogpile's default lock_timeout=None)
     # outlives its crashed holder, so a waiter never gets it.
     deadline = time.monotonic() + 0.5

@@ -17,36 +17,29 @@ from .conftest import MakeAsyncCache, MakeCache
 pytestmark = pytest.mark.timeout(60)
 
 
-def test_invalidate_tags_costs_one_script_call_for_10_or_10000_entries(
+def test_invalidate_tags_costs_one_script_call_for_10_or_1000_entries(
     make_cache: MakeCache, raw: redis.Redis, ns: str
 ) -> None:
     cache = make_cache(l1=MemoryTier(100))  # most entries live in Redis only
     cache.invalidate_tags("warm-up")  # the first call loads the script (NOSCRIPT, SCRIPT LOAD)
     costs = {}
-    for count in (10, 10_000):
+    for count in (10, 1_000):
         tag = f"big{count}"
         for i in range(count):
             cache.set(f"{tag}:{i}", i, tags=(tag, f"item:{i}"))
         cache.set(f"{tag}:untagged", "stays")
         before = commands(raw)
-        began = time.perf_counter()
         cache.invalidate_tags(tag)
-        elapsed = time.perf_counter() - began
-        costs[count] = (commands(raw) - before, elapsed)
+        costs[count] = commands(raw) - before
         reader = make_cache()  # another process: learns the tag version from Redis
         assert all(reader.get(f"{tag}:{i}", "MISS") == "MISS" for i in range(count))
         assert all(cache.get(f"{tag}:{i}", "MISS") == "MISS" for i in range(0, count, 97))
         assert reader.get(f"{tag}:untagged") == "stays"
-    print(
-        "\ninvalidate_tags Redis commands (with those run by the script): "
-        + ", ".join(f"{n} entries: {dict(c)} in {s * 1000:.2f} ms" for n, (c, s) in costs.items())
-    )
-    assert costs[10][0]["evalsha"] == 1
-    assert costs[10][0] == costs[10_000][0]  # the same commands: O(1)
-    assert costs[10_000][1] < 0.05
+    assert costs[10]["evalsha"] == 1
+    assert costs[10] == costs[1_000]  # the same commands (those the script ran too): O(1)
     # One small key per invalidated tag, no expiry (so no entry outlives its tag), no member sets.
     tag_keys = sorted(k.decode() for k in raw.scan_iter(f"{ns}:tag:*", count=1000))
-    assert tag_keys == [f"{ns}:tag:{{big10000}}", f"{ns}:tag:{{big10}}", f"{ns}:tag:{{warm-up}}"]
+    assert tag_keys == [f"{ns}:tag:{{big1000}}", f"{ns}:tag:{{big10}}", f"{ns}:tag:{{warm-up}}"]
     assert raw.ttl(tag_keys[0]) == -1
     assert int(raw.memory_usage(tag_keys[0]) or 0) < 200
 

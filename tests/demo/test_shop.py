@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timezone
 from typing import Any
@@ -197,21 +196,20 @@ async def test_payment_down_profile_degrades_within_its_deadline_and_the_breaker
             assert healthy["payment"]["user_id"] == 5
 
             behaviour.down = True  # the provider hangs from now on
-            timings = []
+            asked_before = behaviour.calls
             for _ in range(7):
-                began = time.perf_counter()
+                # answered (the client gives up after 2 s): bounded by the deadline, not the hang
                 response = await clients["fanout"].get("/users/5/profile")
-                timings.append(time.perf_counter() - began)
                 assert response.status_code == 200
                 body = response.json()
                 assert body["degraded"] is True
                 assert (body["name"], body["orders"]) == (healthy["name"], healthy["orders"])
-            assert max(timings) < 1.0  # bounded by the 0.25 s deadline, not the hang
             assert fanout.state.breaker.state is BreakerState.OPEN
+            # five waited out the deadline and opened the breaker; the last two failed fast
+            assert behaviour.calls - asked_before == 5
             calls_while_open = behaviour.calls
             await clients["fanout"].get("/users/5/profile")
             assert behaviour.calls == calls_while_open  # open: the provider is not even asked
-            assert min(timings[5:]) < min(timings[:5])  # failing fast beats waiting out a deadline
 
             # the naive profile has no deadline: it hangs with the provider (ASGITransport has
             # no timeouts of its own, so the test bounds the wait)

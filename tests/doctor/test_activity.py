@@ -90,7 +90,7 @@ def test_lock_wait_names_the_blocking_chain(db: str) -> None:
         ):
             wait_until(lambda: len(diagnose(db, ["lock_waits"], thresholds=FAST).findings) >= 2)
             findings = diagnose(db, ["lock_waits"], thresholds=FAST).findings
-            direct = next(f for f in findings if f.object == f"pid {waiter.info.backend_pid}")
+            direct = next(f for f in findings if f.target == f"pid {waiter.info.backend_pid}")
             assert direct.evidence["root_pid"] == root.info.backend_pid
             assert f"pg_cancel_backend({root.info.backend_pid})" in (direct.fix or "")
             assert any(f.evidence["chain_length"] >= 2 for f in findings)

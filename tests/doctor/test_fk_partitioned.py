@@ -56,7 +56,7 @@ def db(hotpath_db: ModuleDatabase) -> str:
 def test_one_finding_per_partitioned_foreign_key(db: str) -> None:
     findings = diagnose(db, ["fk_without_index"]).by_check("fk_without_index")
     # was one finding per partition (events_2024, events_2025_h0, events_2025_h1) and the parent
-    assert [f.object for f in findings] == ["events.events_ParentId_fkey"]
+    assert [f.target for f in findings] == ["events.events_ParentId_fkey"]
     [finding] = findings
     assert finding.evidence["partitions"] == 3
     assert finding.evidence["partitions_without_index"] == 3

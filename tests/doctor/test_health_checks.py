@@ -43,7 +43,7 @@ def db(hotpath_db: ModuleDatabase) -> str:
 
 
 def test_not_valid_constraints(db: str) -> None:
-    flagged = {f.object: f for f in diagnose(db, ["invalid_constraints"]).findings}
+    flagged = {f.target: f for f in diagnose(db, ["invalid_constraints"]).findings}
     # "small" was validated afterwards, "has_id" was valid from the start
     assert flagged.keys() == {"ledger.positive", "ledger.ledger_owner"}
     assert flagged["ledger.positive"].fix is not None
@@ -57,7 +57,7 @@ def test_not_valid_constraints(db: str) -> None:
 
 
 def test_unused_tables(db: str) -> None:
-    flagged = {f.object for f in diagnose(db, ["unused_tables"]).findings}
+    flagged = {f.target for f in diagnose(db, ["unused_tables"]).findings}
     assert "forgotten" in flagged
     assert "busy" not in flagged  # read once: healthy
 
@@ -79,15 +79,15 @@ def test_connection_sources(db: str, extra_connections: list[Any]) -> None:
     findings = diagnose(
         db, ["connection_sources"], thresholds=Thresholds(connection_source_min=3)
     ).findings
-    leaky = [f for f in findings if "leaky_app" in f.object]
+    leaky = [f for f in findings if "leaky_app" in f.target]
     assert len(leaky) == 1
     assert leaky[0].evidence["connections"] == 4
     assert leaky[0].evidence["idle"] == 4
-    assert not [f for f in findings if "tidy_app" in f.object]  # one connection: healthy
+    assert not [f for f in findings if "tidy_app" in f.target]  # one connection: healthy
 
 
 def test_settings_review_respects_the_sessions_values(db: str) -> None:
-    flagged = {f.object: f for f in diagnose(db, ["settings"]).findings}
+    flagged = {f.target: f for f in diagnose(db, ["settings"]).findings}
     assert "random_page_cost" in flagged  # the stack runs PostgreSQL's default, 4
     assert flagged["random_page_cost"].fix_kind == "config"
     assert "random_page_cost = 4" in flagged["random_page_cost"].message
@@ -96,7 +96,7 @@ def test_settings_review_respects_the_sessions_values(db: str) -> None:
         conn.execute(f'ALTER DATABASE "{name}" SET random_page_cost = 1.1')
         conn.execute(f"ALTER DATABASE \"{name}\" SET work_mem = '64MB'")
     try:
-        again = {f.object for f in diagnose(db, ["settings"]).findings}
+        again = {f.target for f in diagnose(db, ["settings"]).findings}
     finally:
         with connect(db) as conn:
             conn.execute(f'ALTER DATABASE "{name}" RESET random_page_cost')
@@ -134,7 +134,7 @@ def test_vacuum_in_progress_is_reported_while_it_runs(db: str) -> None:
             assert time.monotonic() < deadline, "VACUUM never showed in pg_stat_progress_vacuum"
             time.sleep(0.1)  # polling a condition with a deadline, not a synchronisation
         [finding] = findings
-        assert finding.object == "churn"
+        assert finding.target == "churn"
         assert int(finding.evidence["heap_blks_total"] or 0) > 0
         assert "VACUUM of churn" in finding.message
     finally:

@@ -56,7 +56,7 @@ def db(hotpath_db: ModuleDatabase) -> str:
 def test_missing_index_names_table_query_and_columns(db: str) -> None:
     report = diagnose(db, ["missing_indexes"], thresholds=Thresholds(large_table_rows=10_000))
     [finding] = report.by_check("missing_indexes")  # accounts (index scans) is not flagged
-    assert finding.object == "orders"
+    assert finding.target == "orders"
     assert finding.evidence["seq_scan"] >= 5
     assert "customer_id = $1" in finding.message
     assert finding.fix is not None
@@ -65,10 +65,10 @@ def test_missing_index_names_table_query_and_columns(db: str) -> None:
 
 def test_unused_indexes_spare_primary_unique_and_used(db: str) -> None:
     report = diagnose(db, ["unused_indexes"])
-    flagged = {f.object for f in report.by_check("unused_indexes")}
+    flagged = {f.target for f in report.by_check("unused_indexes")}
     assert {"items_a", "items_a_copy", "items_a_b"} <= flagged
     assert not flagged & {"items_pkey", "items_sku_key", "items_b", "accounts_pkey"}
-    finding = next(f for f in report.by_check("unused_indexes") if f.object == "items_a")
+    finding = next(f for f in report.by_check("unused_indexes") if f.target == "items_a")
     assert "replicas keep their own usage counters" in finding.message
     # this stack is minutes old: the finding says so and stays informational
     assert "under a week old" in finding.message
@@ -78,7 +78,7 @@ def test_unused_indexes_spare_primary_unique_and_used(db: str) -> None:
 
 def test_duplicate_and_redundant_indexes(db: str) -> None:
     flagged = {
-        f.object: f for f in diagnose(db, ["duplicate_indexes"]).by_check("duplicate_indexes")
+        f.target: f for f in diagnose(db, ["duplicate_indexes"]).by_check("duplicate_indexes")
     }
     # items_a_copy duplicates items_a (the newer of an identical pair is reported), and
     # items_a is a prefix of items_a_b; items_b and items_a_b are healthy: nothing covers them
@@ -89,11 +89,11 @@ def test_duplicate_and_redundant_indexes(db: str) -> None:
 
 def test_invalid_index(db: str) -> None:
     [finding] = diagnose(db, ["invalid_indexes"]).by_check("invalid_indexes")
-    assert finding.object == "dupes_v"  # dupes_ok, valid, is not reported
+    assert finding.target == "dupes_v"  # dupes_ok, valid, is not reported
     assert "CREATE UNIQUE INDEX CONCURRENTLY dupes_v" in (finding.fix or "")
 
 
 def test_foreign_key_without_index(db: str) -> None:
     [finding] = diagnose(db, ["fk_without_index"]).by_check("fk_without_index")
-    assert finding.object.startswith("kids.")  # pets has its index: healthy
+    assert finding.target.startswith("kids.")  # pets has its index: healthy
     assert finding.fix == "CREATE INDEX CONCURRENTLY ON kids (parent_id);"

@@ -47,7 +47,7 @@ def test_one_index_per_access_pattern_same_on_every_run(db: str) -> None:
     first = diagnose(db, ["missing_indexes"]).by_check("missing_indexes")
     second = diagnose(db, ["missing_indexes"]).by_check("missing_indexes")
     [finding] = first
-    assert finding.object == "shop_orders"
+    assert finding.target == "shop_orders"
     fix = (finding.fix or "").splitlines()
     # was one merged index, "shop_orders (customer_id, sku)" or "(sku, customer_id)"
     assert not any("customer_id" in line and "sku" in line for line in fix)

@@ -9,7 +9,7 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from hotpath.doctor import SCHEMA, DoctorError, diagnose, explain
+from hotpath.doctor import SCHEMA, DoctorError, FixKind, diagnose, explain
 from hotpath.doctor._cli import app
 from hotpath.testing import ModuleDatabase
 
@@ -90,6 +90,16 @@ def test_json_schema_is_stable(db: str) -> None:
         "gain",
     }
     assert finding["fix"] == "CREATE INDEX CONCURRENTLY ON kids (parent_id);"
+    assert finding["fix_kind"] == "sql"
+    assert finding["object"].startswith("kids")  # the JSON keeps its key
+
+
+def test_finding_kinds_are_typed_and_object_is_a_deprecated_alias(db: str) -> None:
+    finding = next(f for f in diagnose(db).findings if f.check == "fk_without_index")
+    assert finding.fix_kind is FixKind.SQL
+    assert finding.target.startswith("kids")
+    with pytest.warns(DeprecationWarning, match=r"Finding\.target"):
+        assert finding.object == finding.target
 
 
 def test_cli_formats_and_fail_on(db: str, tmp_path: Path) -> None:

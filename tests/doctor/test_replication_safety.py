@@ -32,7 +32,7 @@ def test_replication_lag_of_a_paused_replica(
             )
         findings = diagnose(hotpath_db.url, ["replication_lag"], thresholds=LAG).findings
         # the other replica may show a moment's lag too; the paused one must be there
-        paused = [f for f in findings if f.object.startswith(f"replica {replica.name} ")]
+        paused = [f for f in findings if f.target.startswith(f"replica {replica.name} ")]
         assert len(paused) == 1
         assert paused[0].evidence["lag_bytes"] >= 256 * 1024
     finally:
@@ -60,7 +60,7 @@ def test_inactive_slot_holding_wal(hotpath_db: ModuleDatabase, hotpath_stack: Se
             hotpath_stack.wait_replicas_caught_up(timeout=30)
             findings = diagnose(hotpath_db.url, ["replication_slots"], thresholds=LAG).findings
             # the replicas' own (active, caught-up) slots are healthy
-            assert [f.object for f in findings] == ["slot doctor_forgotten"]
+            assert [f.target for f in findings] == ["slot doctor_forgotten"]
             assert findings[0].severity.value == "critical"
         finally:
             conn.execute("SELECT pg_drop_replication_slot('doctor_forgotten')")

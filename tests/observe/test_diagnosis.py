@@ -127,8 +127,6 @@ async def test_layers_add_up_and_match_the_dependency_own_latency(
     assert parts[Layer.HTTP] >= SLOW_S * 1000
     assert parts[Layer.DB] >= 20
     assert parts[Layer.REDIS] > 0
-    explained = sum(ms for layer, ms in parts.items() if layer is not Layer.OTHER)
-    assert explained >= 0.6 * scope.duration_ms
     endpoint = profiler.report().to_dict()["endpoints"][0]
     assert endpoint["name"] == "GET /mixed"
     assert endpoint["breakdown_ms"]["http"] >= SLOW_S * 1000

@@ -21,7 +21,8 @@ from ._helpers import small_plan
 QUERY = text("SELECT count(*) FROM pg_class WHERE relpages > :n")
 
 needs_pgbouncer = pytest.mark.skipif(
-    find_pgbouncer() is None, reason="no pgbouncer binary (apt-get install pgbouncer)"
+    find_pgbouncer() is None,
+    reason="no pgbouncer binary (make system-deps, or apt-get install pgbouncer)",
 )
 
 

@@ -193,8 +193,11 @@ def test_a_forked_child_gets_its_own_housekeeping(hotpath_db: ModuleDatabase) ->
             engine.dispose(close=False)  # SQLAlchemy's recipe for a pre-forked worker
             for _ in range(2000):
                 engine.pool.connect().close()
-            time.sleep(1.5)  # the child's housekeeping thread folds and checks leaks
             snap: PoolMetrics = metrics
+            # the child's housekeeping thread folds the samples (and checks leaks)
+            deadline = time.monotonic() + 30
+            while (snap._acquire_raw or snap._hold_raw) and time.monotonic() < deadline:
+                time.sleep(0.02)
             folded = not snap._acquire_raw and not snap._hold_raw
             code = 0 if folded and snap.snapshot().leaks == 0 else 2
         finally:

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any
 
 from sqlalchemy import text
 
 from tests.helpers import eventually
 
-__all__ = ["PORT", "VALUE", "eventually", "signal_all"]
+__all__ = ["PORT", "RYW_ROUNDS", "VALUE", "eventually", "signal_all"]
+
+# Write-then-read iterations of the read-your-writes stress tests (replay paused and resumed
+# every 50): enough for the eventual path to serve stale reads every run; the fault suite
+# takes more with HOTPATH_FAULT_ROUNDS.
+RYW_ROUNDS = int(os.environ.get("HOTPATH_FAULT_ROUNDS", "600"))
 
 PORT = text("SELECT inet_server_port()")
 VALUE = text("SELECT value FROM counters WHERE id = :id")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
-from collections.abc import AsyncIterator
+import warnings
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import pytest
@@ -22,7 +22,8 @@ from hotpath.routing import (
 from hotpath.stack import LocalStack
 from hotpath.testing import ModuleDatabase, ServerStack
 
-from ._helpers import PORT, VALUE, signal_all
+from ..helpers import eventually_async
+from ._helpers import PORT, RYW_ROUNDS, VALUE, signal_all
 from .conftest import Engines
 
 
@@ -39,14 +40,23 @@ async def replicas(engines: Engines, hotpath_db: ModuleDatabase) -> AsyncIterato
     try:
         yield replica_set
     finally:
-        # Bounded: a CI teardown hung once after a replica was killed and restarted
-        # (closing the set or an asyncpg connection to the old server; NOTES.md: to be found
-        # at its root). The tests' assertions are all made before this point.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(replica_set.close(), 20)
+        # Bounded: a CI teardown hung once after a replica was killed and restarted, and a
+        # busy-machine run after the replay pause/resume test (closing the set or an asyncpg
+        # connection; NOTES.md: to be found at its root). asyncio.wait_for is no bound here:
+        # on its timeout it waits for the cancelled close, which is what hangs. The tests'
+        # assertions are all made before this point.
+        await _bounded(replica_set.close(), "AsyncReplicaSet.close()")
         for engine in [primary, *replica_engines]:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(engine.dispose(), 20)
+            await _bounded(engine.dispose(), f"dispose of {engine.url.render_as_string()}")
+
+
+async def _bounded(closing: Coroutine[Any, Any, None], what: str, timeout: float = 20) -> None:
+    """Await ``closing`` up to ``timeout``; past it, leave it and warn (a hang seen, named)."""
+    task = asyncio.ensure_future(closing)
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        task.cancel()  # not awaited: the hang would be awaited with it
+        warnings.warn(f"{what} still running after {timeout}s: left behind", stacklevel=2)
 
 
 async def _bump(session: AsyncSession, counter: int) -> int:
@@ -81,8 +91,8 @@ async def test_async_read_your_writes_never_stale_while_eventual_is(
     violations = {"read_your_writes": 0, "eventual": 0}
     paused = [False, False]
     try:
-        for i in range(800):
-            if i % 40 == 0:
+        for i in range(RYW_ROUNDS):
+            if i % 50 == 0:
                 which = rng.randrange(2)
                 server = hotpath_stack.replicas[which]
                 await asyncio.to_thread(
@@ -102,7 +112,7 @@ async def test_async_read_your_writes_never_stale_while_eventual_is(
     assert violations["read_your_writes"] == 0
     assert violations["eventual"] > 0
     replica_reads = sum(n.reads for n in replicas.status() if n.name != "primary")
-    assert replica_reads > 400
+    assert replica_reads > RYW_ROUNDS // 2
 
 
 async def test_async_lagging_replica_is_ejected_and_readmitted(
@@ -206,9 +216,19 @@ async def test_async_killed_replica_under_concurrent_reads(
     victim = hotpath_local_stack.replicas[1]
     tasks = [asyncio.create_task(reader()) for _ in range(4)]
     try:
-        await asyncio.sleep(0.3)
+        await eventually_async(lambda: reads >= 20, 30, "20 reads before the kill")
         await asyncio.to_thread(victim.kill)
-        await asyncio.sleep(1.0)
+        killed_at = reads
+        # reads go on (50 more), the dead replica is ejected, and without the retry some fail
+        await eventually_async(
+            lambda: (
+                reads >= killed_at + 50
+                and replicas.status()[2].ejections >= 1
+                and (retry_reads or bool(failures))
+            ),
+            30,
+            "50 reads after the kill and the replica ejected",
+        )
     finally:
         stop.set()
         await asyncio.gather(*tasks)
@@ -218,8 +238,6 @@ async def test_async_killed_replica_under_concurrent_reads(
         assert failures == []
     else:
         assert failures
-    assert reads > 50
-    assert replicas.status()[2].ejections >= 1
 
 
 @pytest.mark.slow
@@ -268,8 +286,11 @@ async def test_async_hung_replica_is_avoided_after_the_probe_deadline(
     ]
     family: list[Any] = []
     try:
+        # The probe deadline is what avoids the hung replica; long enough that the healthy
+        # one's probes meet it on a busy machine (0.4 s did not: replica2 was ejected too and
+        # reads went to the primary).
         async with AsyncReplicaSet(
-            primary, replica_engines, probe_interval_s=0.1, probe_timeout_s=0.4
+            primary, replica_engines, probe_interval_s=0.1, probe_timeout_s=2.0
         ) as replicas:
             Session = async_routed_sessionmaker(replicas, consistency="eventual")
             family = process_family(hung.pid)  # now: with the probe's backend
@@ -278,7 +299,7 @@ async def test_async_hung_replica_is_avoided_after_the_probe_deadline(
             async def avoided() -> bool:
                 return not replicas.status()[1].healthy
 
-            await _until(avoided, 5, "replica1 avoided")
+            await _until(avoided, 30, "replica1 avoided")
             assert (replicas.status()[1].why_ejected or "").startswith("probe")
             for _ in range(20):
                 async with Session() as session:
@@ -289,7 +310,7 @@ async def test_async_hung_replica_is_avoided_after_the_probe_deadline(
             async def back() -> bool:
                 return replicas.status()[1].healthy
 
-            await _until(back, 10, "replica1 back after SIGCONT")
+            await _until(back, 30, "replica1 back after SIGCONT")
     finally:
         signal_all(family, signal.SIGCONT)
         for engine in [primary, *replica_engines]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -24,7 +23,7 @@ from hotpath.routing import (
 from hotpath.stack import LocalStack
 from hotpath.testing import ServerStack
 
-from ._helpers import PORT, VALUE, eventually, signal_all
+from ._helpers import PORT, RYW_ROUNDS, VALUE, eventually, signal_all
 from .conftest import Engines
 
 
@@ -91,7 +90,8 @@ def test_lagging_replica_is_ejected_and_readmitted(
 def test_read_your_writes_never_stale_while_eventual_is(
     hotpath_stack: ServerStack, engines: Engines, replicas: ReplicaSet, resume_all: None
 ) -> None:
-    """2,000 write-then-read iterations, replay paused and resumed at random on both replicas."""
+    """600 write-then-read iterations, replay paused and resumed at random on both replicas
+    (HOTPATH_FAULT_ROUNDS=2000 for a longer run)."""
     ryw = routed_sessionmaker(replicas, consistency="read_your_writes")
     eventual = routed_sessionmaker(replicas, consistency="eventual")
     rng = random.Random(5)
@@ -99,7 +99,7 @@ def test_read_your_writes_never_stale_while_eventual_is(
     paused = [False, False]
     before = {n.name: n.reads for n in replicas.status()}
     try:
-        for i in range(2000):
+        for i in range(RYW_ROUNDS):
             if i % 50 == 0:
                 which = rng.randrange(2)
                 server = hotpath_stack.replicas[which]
@@ -118,7 +118,8 @@ def test_read_your_writes_never_stale_while_eventual_is(
     replica_reads = sum(after[n] - before[n] for n in ("replica1", "replica2"))
     assert violations["read_your_writes"] == 0
     assert violations["eventual"] > 0  # the naive path really serves stale reads here
-    assert replica_reads > 1000  # and read_your_writes did not just send everything to the primary
+    # and read_your_writes did not just send everything to the primary
+    assert replica_reads > RYW_ROUNDS // 2
 
 
 def test_token_is_taken_after_commit_and_checked_per_replica(
@@ -280,14 +281,23 @@ def test_killed_replica_under_concurrent_reads(
             except Exception as exc:
                 failures.append(exc)
 
+    def ejections() -> int:
+        return next(n for n in replicas.status() if n.name == "replica1").ejections
+
     victim = hotpath_local_stack.replicas[0]
     threads = [threading.Thread(target=reader) for _ in range(4)]
     for thread in threads:
         thread.start()
     try:
-        time.sleep(0.3)
+        eventually(lambda: reads[0] >= 20, 30, "20 reads before the kill")
         victim.kill()
-        time.sleep(1.0)
+        killed_at = reads[0]
+        # reads go on (50 more), the dead replica is ejected, and without the retry some fail
+        eventually(
+            lambda: reads[0] >= killed_at + 50 and ejections() >= 1 and (retry_reads or failures),
+            30,
+            "50 reads after the kill and the replica ejected",
+        )
     finally:
         stop.set()
         for thread in threads:
@@ -298,9 +308,6 @@ def test_killed_replica_under_concurrent_reads(
         assert failures == []
     else:
         assert failures
-    assert reads[0] > 50
-    report = next(n for n in replicas.status() if n.name == "replica1")
-    assert report.ejections >= 1
 
 
 @pytest.mark.slow
@@ -360,14 +367,16 @@ def test_hung_replica_is_avoided_after_the_probe_deadline(
     hung = hotpath_local_stack.replicas[0]
     assert hung.pid is not None
     healthy_port = engines.replicas[1].url.port
+    # The probe deadline is what avoids the hung replica; long enough that the healthy one's
+    # probes meet it on a busy machine (with 0.4 s the async twin saw replica2 ejected too).
     with ReplicaSet(
-        engines.primary, engines.replicas, probe_interval_s=0.1, probe_timeout_s=0.4
+        engines.primary, engines.replicas, probe_interval_s=0.1, probe_timeout_s=2.0
     ) as replicas:
         Session = routed_sessionmaker(replicas, consistency="eventual")
         family = process_family(hung.pid)
         signal_all(family, signal.SIGSTOP)
         try:
-            eventually(lambda: not _healthy(replicas, "replica1"), 5, "replica1 avoided")
+            eventually(lambda: not _healthy(replicas, "replica1"), 30, "replica1 avoided")
             report = next(n for n in replicas.status() if n.name == "replica1")
             assert (report.why_ejected or "").startswith("probe unanswered")
             for _ in range(20):
@@ -375,7 +384,7 @@ def test_hung_replica_is_avoided_after_the_probe_deadline(
                     assert session.execute(PORT).scalar_one() == healthy_port
         finally:
             signal_all(family, signal.SIGCONT)
-        eventually(lambda: _healthy(replicas, "replica1"), 10, "replica1 back after SIGCONT")
+        eventually(lambda: _healthy(replicas, "replica1"), 30, "replica1 back after SIGCONT")
 
 
 # -- found in review: each fails without its fix ------------------------------------------

@@ -54,7 +54,7 @@ _OWNER = textwrap.dedent(
     """
     import json, sys, time
     from hotpath.stack import LocalStack
-    stack = LocalStack(replicas=1, redis=True).start()
+    stack = LocalStack(replicas=1, redis=True, stop_on_signals=True).start()
     print(json.dumps({"pids": stack.processes(), "ports": stack.ports(),
                       "dir": str(stack.directory)}), flush=True)
     time.sleep(120)
@@ -77,6 +77,31 @@ def test_sigterm_of_the_owner_stops_its_stack(isolated_root: Path) -> None:
     assert alive(info["pids"]) == []  # type: ignore[arg-type]
     assert all(port_is_free(p) for p in info["ports"])  # type: ignore[attr-defined]
     assert not Path(str(info["dir"])).exists()
+
+
+_DEFAULT_HANDLERS = textwrap.dedent(
+    """
+    import signal
+    from hotpath.stack import LocalStack
+    before = [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)]
+    with LocalStack(replicas=0, redis=True, postgres=False):
+        during = [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)]
+    print(before == during, flush=True)
+    """
+)
+
+
+def test_a_stack_installs_no_signal_handler_unless_asked(isolated_root: Path) -> None:
+    """Signal handlers belong to the application: library code leaves them alone."""
+    checked = subprocess.run(
+        [sys.executable, "-c", _DEFAULT_HANDLERS],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.strip() == "True"
 
 
 def test_stack_of_a_killed_owner_is_reaped_on_next_start(isolated_root: Path) -> None:
@@ -193,7 +218,7 @@ _SIGNAL_DURING_STOP = textwrap.dedent(
     """
     import os, signal, sys, time
     from hotpath.stack import LocalStack, _stack
-    stack = LocalStack(replicas=0, redis=True, postgres=False).start()
+    stack = LocalStack(replicas=0, redis=True, postgres=False, stop_on_signals=True).start()
     print(stack.directory, flush=True)
     with _stack._attached_lock:  # as a first signal's handler does while it stops stacks
         os.kill(os.getpid(), signal.SIGTERM)  # ...a second signal lands in the same thread

@@ -9,7 +9,8 @@ from hotpath.stack import LocalStack
 from hotpath.stack._binaries import find_pgbouncer
 
 pytestmark = pytest.mark.skipif(
-    find_pgbouncer() is None, reason="no pgbouncer binary (apt-get install pgbouncer)"
+    find_pgbouncer() is None,
+    reason="no pgbouncer binary (make system-deps, or apt-get install pgbouncer)",
 )
 
 

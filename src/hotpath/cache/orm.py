@@ -21,6 +21,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from functools import lru_cache
 from typing import Any, Final, TypeAlias
 
@@ -93,10 +94,19 @@ class QueryCacheStats:
     ops_failed: int = 0  # cache operations that failed after a COMMIT (logged)
 
 
+class _OpKind(Enum):
+    """What a queued operation does at COMMIT."""
+
+    TAGS = "tags"  # invalidate_tags(*args)
+    DELETE = "delete"  # delete(key)
+    SET = "set"  # set(key, value, ttl, tags)
+    TABLES = "tables"  # a write to these tables (args[0]): their table tags are bumped
+
+
 @dataclass(slots=True)
 class _Op:
     transaction: SessionTransaction
-    kind: str  # "tags", "delete", "set"
+    kind: _OpKind
     args: tuple[Any, ...]
 
 
@@ -107,7 +117,7 @@ class _Pending:
     ops: list[_Op] = field(default_factory=list)
 
     def has_writes(self) -> bool:
-        return any(op.kind == "tables" for op in self.ops)
+        return any(op.kind is _OpKind.TABLES for op in self.ops)
 
 
 def _pending(session: Session) -> _Pending:
@@ -133,7 +143,7 @@ def _innermost(session: Session) -> SessionTransaction:
     return transaction
 
 
-def _queue(session: Session | AsyncSession, kind: str, args: tuple[Any, ...]) -> None:
+def _queue(session: Session | AsyncSession, kind: _OpKind, args: tuple[Any, ...]) -> None:
     sync = _sync_session(session)
     if _STATE_KEY + ".binding" not in sync.info and not _bound_via_class(sync):
         raise CacheError(
@@ -145,12 +155,12 @@ def _queue(session: Session | AsyncSession, kind: str, args: tuple[Any, ...]) ->
 
 def invalidate_tags(session: Session | AsyncSession, *tags: str) -> None:
     """Invalidate ``tags`` when the session's transaction commits (dropped on rollback)."""
-    _queue(session, "tags", tags)
+    _queue(session, _OpKind.TAGS, tags)
 
 
 def delete(session: Session | AsyncSession, key: str) -> None:
     """Delete ``key`` when the session's transaction commits (dropped on rollback)."""
-    _queue(session, "delete", (key,))
+    _queue(session, _OpKind.DELETE, (key,))
 
 
 def set(  # the cache's own verb, shadowing the builtin in this module only
@@ -161,7 +171,7 @@ def set(  # the cache's own verb, shadowing the builtin in this module only
     tags: Iterable[str] = (),
 ) -> None:
     """Write ``value`` through to the cache when the transaction commits (dropped on rollback)."""
-    _queue(session, "set", (key, value, ttl, tuple(tags)))
+    _queue(session, _OpKind.SET, (key, value, ttl, tuple(tags)))
 
 
 _bindings_by_class: dict[type[Session], CacheBinding] = {}
@@ -243,7 +253,7 @@ class CacheBinding:
     def _note_tables(self, session: Session, tables: Iterable[str]) -> None:
         found = frozenset(tables)
         if found and session.in_transaction():
-            _pending(session).ops.append(_Op(_innermost(session), "tables", (found,)))
+            _pending(session).ops.append(_Op(_innermost(session), _OpKind.TABLES, (found,)))
 
     def _on_flush(self, session: Session, _flush_context: Any) -> None:
         tables: list[str] = []
@@ -265,17 +275,17 @@ class CacheBinding:
             return
         tables: list[str] = []
         for op in pending.ops:
-            if op.kind == "tables":
+            if op.kind is _OpKind.TABLES:
                 tables.extend(op.args[0])
         if tables:
             self.stats.tables_invalidated += len(tables)
-            self._apply_logged("tags", tuple(dict.fromkeys(table_tag(t) for t in tables)))
+            self._apply_logged(_OpKind.TAGS, tuple(dict.fromkeys(table_tag(t) for t in tables)))
         for op in pending.ops:
-            if op.kind != "tables":
+            if op.kind is not _OpKind.TABLES:
                 self.stats.ops_applied += 1
                 self._apply_logged(op.kind, op.args)
 
-    def _apply_logged(self, kind: str, args: tuple[Any, ...]) -> None:
+    def _apply_logged(self, kind: _OpKind, args: tuple[Any, ...]) -> None:
         """The database has committed: a cache operation that fails (a value too large or
         not serializable) is logged and the others still run, rather than raising out of
         ``commit()`` and skipping the rest."""
@@ -284,17 +294,22 @@ class CacheBinding:
         except Exception as error:
             self.stats.ops_failed += 1
             log.error(
-                "hotpath.cache.orm: after COMMIT, cache %s of %r failed: %r", kind, args[:1], error
+                "hotpath.cache.orm: after COMMIT, cache %s of %r failed: %r",
+                kind.value,
+                args[:1],
+                error,
             )
 
-    def _apply(self, kind: str, args: tuple[Any, ...]) -> None:
+    def _apply(self, kind: _OpKind, args: tuple[Any, ...]) -> None:
         cache = self.cache
-        if kind == "tags":
+        if kind is _OpKind.TAGS:
             call: Any = cache.invalidate_tags(*args)
-        elif kind == "delete":
+        elif kind is _OpKind.DELETE:
             call = cache.delete(*args)
-        else:
+        elif kind is _OpKind.SET:
             call = cache.set(*args)
+        else:  # TABLES ops are folded into one TAGS op by _on_commit
+            raise AssertionError(f"{kind} is not applied on its own")
         if self._async:
             await_only(call)  # after_commit runs inside AsyncSession's greenlet
 
@@ -306,7 +321,7 @@ class CacheBinding:
             return
         pending = session.info.pop(_STATE_KEY, None)
         if pending is not None:
-            self.stats.ops_dropped += sum(1 for op in pending.ops if op.kind != "tables")
+            self.stats.ops_dropped += sum(1 for op in pending.ops if op.kind is not _OpKind.TABLES)
 
     def _on_rollback(self, session: Session, previous: SessionTransaction) -> None:
         pending = session.info.get(_STATE_KEY)
@@ -314,7 +329,7 @@ class CacheBinding:
             return
         kept = [op for op in pending.ops if not _within(op.transaction, previous)]
         self.stats.ops_dropped += sum(
-            1 for op in pending.ops if op.kind != "tables" and op not in kept
+            1 for op in pending.ops if op.kind is not _OpKind.TABLES and op not in kept
         )
         pending.ops = kept
 

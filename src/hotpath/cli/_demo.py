@@ -73,7 +73,7 @@ def demo(
         if path is not None and not path.resolve().parent.is_dir():
             raise typer.BadParameter(f"{path}: its directory does not exist; give another path")
     with out.status("starting PostgreSQL primary, replicas and Redis..."):
-        stack = LocalStack(replicas=2, redis=True).start()
+        stack = LocalStack(replicas=2, redis=True, stop_on_signals=True).start()
     try:
         _smoke(stack, rows)
         if smoke:

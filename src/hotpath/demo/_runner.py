@@ -208,15 +208,16 @@ def run_shop(
     ladder: bool = False,
     verify: bool = False,
     target_p99_ms: float | None = None,
+    max_steps: int | None = None,
 ) -> DemoResult:
     """Load the shop into ``stack`` and run it under the same load in each configuration.
 
     With ``ladder``: the optimization loop (:func:`hotpath.demo._ladder.climb`), each fix
-    chosen by observe's diagnosis of the run before, with ``verify`` and ``target_p99_ms`` as
-    it takes them. Otherwise naive, then every fix at once (and, with ``ablation``, each fix
-    alone in between). The naive configuration runs first; the index fix uses what
-    ``hotpath advise`` recommends from the statements that run recorded. ``rows_loaded(done,
-    expected)`` follows the data load.
+    chosen by observe's diagnosis of the run before, with ``verify``, ``target_p99_ms`` and
+    ``max_steps`` (fixes applied at most) as it takes them. Otherwise naive, then every fix at
+    once (and, with ``ablation``, each fix alone in between). The naive configuration runs
+    first; the index fix uses what ``hotpath advise`` recommends from the statements that run
+    recorded. ``rows_loaded(done, expected)`` follows the data load.
     """
     from ._ladder import climb  # noqa: PLC0415 - the ladder imports this module
 
@@ -235,7 +236,7 @@ def run_shop(
     with serve(create_payment_app(behaviour)) as payment_url:
         rig = ShopRig(stack, dsn, payment_url, scale, spec, progress)
         if ladder:
-            climbed = climb(rig, target_p99_ms=target_p99_ms, verify=verify)
+            climbed = climb(rig, target_p99_ms=target_p99_ms, verify=verify, max_steps=max_steps)
             runs = [step.run for step in climbed.steps]
         else:
             runs = [rig.run(fixes) for fixes in configurations(ablation)]

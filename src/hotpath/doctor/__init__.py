@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ._diagnose import diagnose
     from ._errors import DoctorError
     from ._explain import Explained, explain
-    from ._model import SCHEMA, Finding, QueryStat, Report, Skipped
+    from ._model import SCHEMA, Finding, FixKind, QueryStat, Report, Skipped
     from ._registry import CHECKS, Check
     from ._render import render_advice, render_explained, render_html, render_text
 
@@ -41,6 +41,7 @@ __getattr__ = lazy_exports(
         "explain": "._explain",
         "SCHEMA": "._model",
         "Finding": "._model",
+        "FixKind": "._model",
         "QueryStat": "._model",
         "Report": "._model",
         "Skipped": "._model",
@@ -61,6 +62,7 @@ __all__ = [
     "DoctorError",
     "Explained",
     "Finding",
+    "FixKind",
     "IndexAdvice",
     "IndexSuggestion",
     "QueryStat",

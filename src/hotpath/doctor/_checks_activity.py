@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..plans import Severity
 from ._context import Context
-from ._model import Finding
+from ._model import Finding, FixKind
 from ._registry import check
 
 _OTHERS = "pid <> pg_backend_pid() AND backend_type = 'client backend'"
@@ -37,7 +37,7 @@ def connections(ctx: Context) -> list[Finding]:
             {"connections": total, "usable": int(limit), "ratio": round(ratio, 4), **by_state},
             "put a pooler (PgBouncer, transaction mode) in front, or shrink application pools"
             + (f" — {idle} connections sit idle" if idle else ""),
-            "action",
+            FixKind.ACTION,
         )
     ]
 
@@ -65,7 +65,7 @@ def idle_in_transaction(ctx: Context) -> list[Finding]:
             {"idle_s": round(float(r["idle_s"]), 1), "transaction_s": round(float(r["xact_s"]), 1)},
             f"SELECT pg_terminate_backend({r['pid']});  -- and set "
             "idle_in_transaction_session_timeout = '60s' for the application's role",
-            "sql",
+            FixKind.SQL,
         )
         for r in rows
     ]
@@ -91,7 +91,7 @@ def long_running(ctx: Context) -> list[Finding]:
             f"{ctx.query_text(r['query'])}",
             {"running_s": round(float(r["running_s"]), 1)},
             f"SELECT pg_cancel_backend({r['pid']});  -- and set statement_timeout for the role",
-            "sql",
+            FixKind.SQL,
         )
         for r in rows
     ]
@@ -143,7 +143,7 @@ def lock_waits(ctx: Context) -> list[Finding]:
                 },
                 f"SELECT pg_cancel_backend({chain[-1]});  -- or pg_terminate_backend if it is "
                 "idle in transaction; set lock_timeout in migrations",
-                "sql",
+                FixKind.SQL,
             )
         )
     return findings

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ..plans import Severity
 from ._context import Context, display_name
-from ._model import Finding
+from ._model import Finding, FixKind
 from ._registry import check
 
 _USER_SCHEMAS = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'"
@@ -41,7 +41,7 @@ def invalid_constraints(ctx: Context) -> list[Finding]:
                 {"kind": {"c": "check", "f": "foreign key"}.get(str(r["kind"]), str(r["kind"]))},
                 f"ALTER TABLE {table} VALIDATE CONSTRAINT {constraint};  -- SHARE UPDATE "
                 "EXCLUSIVE lock: reads and writes go on while it scans",
-                "sql",
+                FixKind.SQL,
             )
         )
     return findings
@@ -88,7 +88,7 @@ def vacuum_progress(ctx: Context) -> list[Finding]:
                 },
                 "let it finish; if it waits on a lock or a buffer pin, find the session "
                 "holding it (lock_waits check, pg_stat_activity)",
-                "action",
+                FixKind.ACTION,
             )
         )
     return findings
@@ -116,7 +116,7 @@ def unused_tables(ctx: Context) -> list[Finding]:
                 + (" — statistics are under a week old" if young else ""),
                 {"bytes": int(r["bytes"]), "rows_written": writes},
                 f"confirm nothing reads {name} (replicas, monthly jobs), then archive or drop it",
-                "action",
+                FixKind.ACTION,
             )
         )
     return findings
@@ -145,7 +145,7 @@ def connection_sources(ctx: Context) -> list[Finding]:
             {"connections": int(r["n"]), "idle": int(r["idle"])},
             "size this application's pool from its real concurrency (hotpath pool plan), or "
             "put PgBouncer in transaction mode in front of it",
-            "action",
+            FixKind.ACTION,
         )
         for r in rows
     ]
@@ -250,7 +250,7 @@ def settings(ctx: Context) -> list[Finding]:
                 f"{rule.advice} ({rule.setting} = {shown}, from {source})",
                 {"value": setting, "unit": unit, "source": source},
                 rule.fix,
-                "config",
+                FixKind.CONFIG,
             )
         )
     return findings

@@ -9,7 +9,7 @@ from ._advise import IndexAdvice, advise_indexes
 from ._context import Context, display_name
 from ._ddl import PARTITIONED_NOTE, index_statements
 from ._errors import DoctorError
-from ._model import Finding
+from ._model import Finding, FixKind
 from ._registry import check
 from ._sources import TableFilter
 from ._sqlparse import parse_query, tables_of
@@ -73,7 +73,7 @@ def missing_indexes(ctx: Context) -> list[Finding]:
                     "indexes": len(chosen),
                 },
                 fix,
-                "sql" if chosen else "action",
+                FixKind.SQL if chosen else FixKind.ACTION,
                 f"~{seq * per_scan:,.0f} rows read by sequential scans so far",
             )
         )
@@ -139,7 +139,7 @@ def unused_indexes(ctx: Context) -> list[Finding]:
                 f"each replica before dropping{caution}",
                 {"idx_scan": 0, "bytes": int(r["bytes"]), "stats_since": since},
                 f"DROP INDEX CONCURRENTLY {name};  -- recreate with: {r['def']}",
-                "sql",
+                FixKind.SQL,
                 f"{_mb(r['bytes'])} of disk and one less index to update on every write",
             )
         )
@@ -188,7 +188,7 @@ def duplicate_indexes(ctx: Context) -> list[Finding]:
                 "covers the same leading columns",
                 {"bytes": int(r["bytes"])},
                 f"DROP INDEX CONCURRENTLY {name};  -- covered by: {r['keeper_def']}",
-                "sql",
+                FixKind.SQL,
                 f"{_mb(r['bytes'])} of disk and one less index to update on every write",
             )
         )
@@ -223,7 +223,7 @@ def invalid_indexes(ctx: Context) -> list[Finding]:
                 "it slows every write and serves no read",
                 {"bytes": int(r["bytes"])},
                 f"DROP INDEX CONCURRENTLY {name}; {definition};",
-                "sql",
+                FixKind.SQL,
             )
         )
     return findings
@@ -304,7 +304,7 @@ def fk_without_index(ctx: Context) -> list[Finding]:
                     "partitions_without_index": int(r["unindexed"]) if partitioned else None,
                 },
                 fix,
-                "sql",
+                FixKind.SQL,
                 f"an index lookup instead of a {rows_n:,.0f}-row scan per referenced-key change",
             )
         )

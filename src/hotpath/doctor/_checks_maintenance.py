@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 from ..plans import Severity
 from ._context import Context, display_name
-from ._model import Evidence, Finding
+from ._model import Evidence, Finding, FixKind
 from ._registry import check
 
 _TYPE_MAX = {"smallint": 32767, "integer": 2147483647, "bigint": 9223372036854775807}
@@ -59,7 +59,7 @@ def sequences(ctx: Context) -> list[Finding]:
                 f"{limit:,}){'; it feeds ' + column if column else ''}",
                 {"last_value": int(r["last_value"]), "limit": limit, "used": round(used, 4)},
                 fix,
-                "sql",
+                FixKind.SQL,
             )
         )
     return findings
@@ -92,7 +92,7 @@ def xid_wraparound(ctx: Context) -> list[Finding]:
                 f"{XID_LIMIT - age:,} remain before PostgreSQL refuses writes",
                 {"xid_age": age, "remaining": XID_LIMIT - age},
                 f"VACUUM (FREEZE, VERBOSE) {name};",
-                "sql",
+                FixKind.SQL,
             )
         )
     return findings
@@ -134,7 +134,7 @@ def vacuum_analyze(ctx: Context) -> list[Finding]:
                     "size and value distribution",
                     evidence,
                     f"ANALYZE {name};",
-                    "sql",
+                    FixKind.SQL,
                 )
             )
         elif (
@@ -150,7 +150,7 @@ def vacuum_analyze(ctx: Context) -> list[Finding]:
                     f"changed since{off}",
                     evidence,
                     f"ANALYZE {name};",
-                    "sql",
+                    FixKind.SQL,
                 )
             )
         dead_share = dead / max(1, live + dead)
@@ -164,7 +164,7 @@ def vacuum_analyze(ctx: Context) -> list[Finding]:
                     f"{name} has {dead:,} dead rows ({dead_share:.0%}), {when}{off}",
                     evidence,
                     f"VACUUM (ANALYZE) {name};",
-                    "sql",
+                    FixKind.SQL,
                     f"{dead:,} dead rows no longer read by scans",
                 )
             )

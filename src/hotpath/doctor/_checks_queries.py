@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..plans import Severity
 from ._context import Context
-from ._model import Finding
+from ._model import Finding, FixKind
 from ._registry import check
 
 _ENABLE = (
@@ -26,7 +26,7 @@ def top_queries(ctx: Context) -> list[Finding]:
                 "sequential scans to the statements that cause them",
                 {},
                 _ENABLE,
-                "config",
+                FixKind.CONFIG,
             )
         ]
     rows = ctx.statements
@@ -64,7 +64,7 @@ def top_queries(ctx: Context) -> list[Finding]:
                     "rows": int(r["rows"]),  # type: ignore[call-overload]
                 },
                 f"hotpath explain URL {_quote(str(r['query']))}",
-                "action",
+                FixKind.ACTION,
             )
         )
     return findings
@@ -98,7 +98,7 @@ def temp_spills(ctx: Context) -> list[Finding]:
                 },
                 f"SET work_mem = '{need_kb}kB';  -- for this query's session/transaction, "
                 "or index its ORDER BY / GROUP BY columns",
-                "config",
+                FixKind.CONFIG,
                 f"no temp I/O ({per_call * calls / 1024 / 1024:,.0f} MB written so far)",
             )
         )

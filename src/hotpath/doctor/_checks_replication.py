@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..plans import Severity
 from ._context import Context
-from ._model import Finding
+from ._model import Finding, FixKind
 from ._registry import check
 
 
@@ -41,7 +41,7 @@ def replication_lag(ctx: Context) -> list[Finding]:
                 },
                 "check the replica: SELECT pg_is_wal_replay_paused(); long queries there with "
                 "max_standby_streaming_delay; disk and network throughput",
-                "action",
+                FixKind.ACTION,
             )
         )
     return findings
@@ -72,7 +72,7 @@ def replication_slots(ctx: Context) -> list[Finding]:
                 {"retained_bytes": retained, "active": int(bool(r["active"]))},
                 f"SELECT pg_drop_replication_slot('{r['slot_name']}');  -- if its consumer is "
                 "gone; set max_slot_wal_keep_size to cap it",
-                "sql",
+                FixKind.SQL,
                 f"{retained / 1024 / 1024:,.0f} MB of disk released",
             )
         )

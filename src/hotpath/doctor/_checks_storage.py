@@ -9,7 +9,7 @@ from typing import Any
 from ..plans import Severity
 from ._checks_indexes import _mb
 from ._context import Context, display_name
-from ._model import Finding
+from ._model import Finding, FixKind
 from ._registry import check
 from ._sqlparse import parse_query, tables_of
 
@@ -136,7 +136,7 @@ def _bloat_finding(
             "bloat_ratio": round(ratio, 4),
         },
         fix.format(name=name),
-        "sql",
+        FixKind.SQL,
         f"~{wasted / 1024 / 1024:,.1f} MB less to read on every full scan",
     )
 
@@ -176,7 +176,7 @@ def cache_hit(ctx: Context) -> list[Finding]:
                 },
                 f"shared_buffers = '{int(shared_mb * 2)}MB'  # or more, up to ~25% of RAM; "
                 "and look for sequential scans (missing_indexes)",
-                "config",
+                FixKind.CONFIG,
             )
         )
     return findings
@@ -218,8 +218,31 @@ def partition_candidates(ctx: Context) -> list[Finding]:
         usage = _time_usage(ctx, str(table["relname"]), time_cols)
         if not usage.filtered:
             continue
+<<<<<<< HEAD
         column = max(usage.filtered, key=lambda c: usage.filtered[c])
         findings.append(_partition_finding(ctx, table, column, rows, appended, usage))
+=======
+        column = max(filtered, key=lambda c: filtered[c])
+        findings.append(
+            Finding(
+                "partition_candidates",
+                Severity.INFO,
+                name,
+                f"{name} has {rows:,.0f} rows, {appended:.0%} of its writes are inserts, and "
+                f"{filtered[column]:,} query calls filter it by {column}: partition it by range "
+                f"of {column}",
+                {
+                    "rows": rows,
+                    "insert_share": round(appended, 4),
+                    "filter_calls": filtered[column],
+                },
+                f"CREATE TABLE {table['relname']}_partitioned (LIKE {name} INCLUDING ALL) "
+                f"PARTITION BY RANGE ({column});  -- then one partition per month, move rows, swap",
+                FixKind.SQL,
+                "queries on recent data read only recent partitions; old data drops instantly",
+            )
+        )
+>>>>>>> testspeed
     return findings
 
 

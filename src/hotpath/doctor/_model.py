@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from typing import Any
 
 import orjson
@@ -15,22 +17,43 @@ _RANK = {Severity.CRITICAL: 0, Severity.WARNING: 1, Severity.INFO: 2}
 Evidence = dict[str, "float | int | str | None"]
 
 
+class FixKind(str, Enum):
+    """What a finding's ``fix`` is."""
+
+    SQL = "sql"  # statements to run
+    CONFIG = "config"  # a server setting to change
+    ACTION = "action"  # something for a person to do or check
+
+
 @dataclass(frozen=True)
 class Finding:
-    """One problem: which check, how bad, on what, the numbers, and the fix."""
+    """One problem: which check, how bad, on what (``target``: a table, index, setting,
+    backend...), the numbers, and the fix."""
 
     check: str
     severity: Severity
-    object: str
+    target: str
     message: str
     evidence: Evidence = field(default_factory=dict)
     fix: str | None = None
-    fix_kind: str = "sql"  # "sql", "config" or "action"
+    fix_kind: FixKind = FixKind.SQL
     gain: str | None = None  # the estimated gain, in words with its figure, when one is estimable
+
+    @property
+    def object(self) -> str:
+        """Deprecated name of :attr:`target` (it shadowed the builtin)."""
+        warnings.warn(
+            "Finding.object is deprecated: use Finding.target", DeprecationWarning, stacklevel=2
+        )
+        return self.target
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["severity"] = self.severity.value
+        data["fix_kind"] = self.fix_kind.value
+        # The JSON schema (hotpath.doctor/1) keeps its key: readers of saved reports and the
+        # dashboard look for "object".
+        data["object"] = data.pop("target")
         return data
 
 
@@ -71,7 +94,7 @@ class Report:
     duration_s: float = 0.0
 
     def sort(self) -> None:
-        self.findings.sort(key=lambda f: (_RANK[f.severity], f.check, f.object))
+        self.findings.sort(key=lambda f: (_RANK[f.severity], f.check, f.target))
 
     def count(self, severity: Severity) -> int:
         return sum(1 for f in self.findings if f.severity is severity)

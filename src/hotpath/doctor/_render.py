@@ -57,7 +57,7 @@ def render_text(report: Report, console: Console) -> None:
             Panel(
                 body,
                 title=f"[{_STYLE[finding.severity]}]{finding.severity.value}[/] "
-                f"{finding.check} · {finding.object}",
+                f"{finding.check} · {finding.target}",
                 title_align="left",
             )
         )
@@ -140,7 +140,7 @@ def render_html(report: Report) -> str:
     )
     findings = "".join(
         f'<div class="finding {f.severity.value}"><h3><span class="{f.severity.value}">'
-        f"{f.severity.value}</span> {e(f.check)} · {e(f.object)}</h3><p>{e(f.message)}</p>"
+        f"{f.severity.value}</span> {e(f.check)} · {e(f.target)}</h3><p>{e(f.message)}</p>"
         + (f"<p>fix ({e(f.fix_kind)}): <code>{e(f.fix)}</code></p>" if f.fix else "")
         + (f"<p>gain: {e(f.gain)}</p>" if f.gain else "")
         + (

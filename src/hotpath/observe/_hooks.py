@@ -4,8 +4,9 @@ requests, aiohttp), and hotpath.cache's lookups (hit or load, for the cache_miss
 
 Why not OpenTelemetry's instrumentation packages: they hook the same functions (httpx's
 ``Client.send``-level transport, ``requests.Session.send``, redis-py's ``execute_command``
-and pipelines, an aiohttp ``TraceConfig``) but make an SDK span per call (33-53 µs each,
-measured in ../../../docs/observe.md) where this needs a tuple on a list, and each
+and pipelines, an aiohttp ``TraceConfig``) but make an SDK span per call (an object with
+attributes, ids and a processor pass; docs/observe.md has the measured cost) where this needs
+a tuple on a list, and each
 instrumentor is a process singleton a user's own OpenTelemetry set-up would collide with.
 These wrappers use ``wrapt`` (what those packages use) and its post-import hooks, so the
 import order does not matter, and they stack with OpenTelemetry's when both are installed.

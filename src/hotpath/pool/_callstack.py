@@ -25,8 +25,9 @@ Stack = Sequence[object]
 # Kept when no application frame is found at all (a checkout from a library's own thread).
 _MAX_FRAMES = 32
 
-# Verdicts per file name: a str caches its hash, a code object does not (hashing one costs
-# about 100 ns), and whether a frame is the application's depends only on its file. The
+# Verdicts per file name: a str caches its hash, a code object does not (hashing one is
+# computed anew each time), and whether a frame is the application's depends only on its
+# file. The
 # metered pools read ``application_files`` inline for the caller's frame.
 _library_files: set[str] = set()
 application_files: set[str] = set()
@@ -68,7 +69,7 @@ def checkout_stack() -> Stack:
 
     Through ``engine.connect()`` or a ``Session`` there are three to eight SQLAlchemy frames
     between the pool and the application, and CPython 3.11 makes a frame object of each
-    frame walked (~0.1-0.3 µs each). So a walk records the application frame it found as a
+    frame walked. So a walk records the application frame it found as a
     verified site: its (code, bytecode offset), its distance above the checkout's caller and
     the library function it called. Later checkouts jump to a known distance with
     ``sys._getframe(n)``, which materialises only the frames it returns, and keep the frame
@@ -123,8 +124,8 @@ def checkout_stack() -> Stack:
 
 
 def stack_from(frame: FrameType | None) -> Stack:
-    """``frame`` and its callers out to the first application frame. About 0.1 µs per frame:
-    CPython 3.11+ materialises a frame object for each, so the walk stops at the call site."""
+    """``frame`` and its callers out to the first application frame. CPython 3.11+
+    materialises a frame object for each frame walked, so the walk stops at the call site."""
     stack: list[object] = []
     push = stack.append
     library = _library_files

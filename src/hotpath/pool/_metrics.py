@@ -43,10 +43,10 @@ def _fold_samples(raw: deque[float], hist: HdrHistogram) -> None:
     """Record the samples (seconds) pending in ``raw`` into ``hist`` (microseconds).
 
     A checkout adds two samples, so this runs twice per checkout: it is kept in C as far as
-    possible (~45 ns a sample). The samples are packed as IEEE half floats, 11 significant
-    bits: 0.06 µs steps below 61 µs, then 1/2048 of the value, finer than the histogram's
-    own 3 significant digits. Equal halves are then counted and recorded once with their
-    count (``HdrHistogram.record_value`` is Python, ~0.75 µs a call).
+    possible. The samples are packed as IEEE half floats, 11 significant bits: 0.06 µs steps
+    below 61 µs, then 1/2048 of the value, finer than the histogram's own 3 significant
+    digits. Equal halves are then counted and recorded once with their count
+    (``HdrHistogram.record_value`` is Python: a call per distinct value, not per sample).
     """
     # popleft, not a swap: appends racing the fold are never lost.
     samples = tuple(starmap(raw.popleft, repeat((), len(raw))))

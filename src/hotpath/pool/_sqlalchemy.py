@@ -76,7 +76,8 @@ class EngineInstrumentation:
     next looked at: a checkin sets it to "now + validate_idle_s", so the common checkout costs
     one attribute read and one comparison. (An attribute of the entry, not a key of its
     ``info``: reading ``ConnectionPoolEntry.info`` goes through a Python-level descriptor,
-    ~35 ns, several times the attribute; entries have a ``__dict__`` for per-entry state.)
+    several times the cost of the attribute; entries have a ``__dict__`` for per-entry
+    state.)
     The rarer reasons to look sooner are pushed into it instead of being tested at every
     checkout: a dead connection found (every connection opened before it is
     suspect) sets it to -inf on every known connection at once, and the housekeeping thread

@@ -83,6 +83,7 @@ class LocalStack:
         directory: str | os.PathLike[str] | None = None,
         port: int | None = None,
         detached: bool = False,
+        stop_on_signals: bool = False,
     ) -> None:
         if not isinstance(replicas, int) or not 0 <= replicas <= 8:
             raise StackError(f"replicas={replicas!r}: give a whole number from 0 to 8")
@@ -97,6 +98,9 @@ class LocalStack:
         self.want_pgbouncer = pgbouncer
         self.requested_port = port
         self.detached = detached
+        # Signal handlers are the application's: a library installs them only when asked
+        # (the CLI does, so that a SIGTERM/SIGHUP of `hotpath demo` stops its servers).
+        self.stop_on_signals = stop_on_signals
         self.directory: Path | None = Path(directory).absolute() if directory else None
         self.startup_seconds: float | None = None
         self._password = ""
@@ -194,7 +198,7 @@ class LocalStack:
         self._started = True
         self._write_state()  # from here on a crash leaves a stack the next start can reap
         if not self.detached:
-            _register_attached(self)
+            _register_attached(self, stop_on_signals=self.stop_on_signals)
         try:
             self._start_servers()
         except BaseException:
@@ -626,19 +630,28 @@ def reap_stale_stacks(root: Path | None = None) -> list[Path]:
 _attached: set[LocalStack] = set()
 # Reentrant: a second signal can arrive while the first one's handler holds it (same thread).
 _attached_lock = threading.RLock()
-_hooks_installed = False
+_atexit_installed = False
+_signals_installed = False
 _previous_handlers: dict[int, Any] = {}
 
 
-def _register_attached(stack: LocalStack) -> None:
-    global _hooks_installed
+def _register_attached(stack: LocalStack, *, stop_on_signals: bool) -> None:
+    global _atexit_installed, _signals_installed
     with _attached_lock:
         _attached.add(stack)
-        if _hooks_installed:
-            return
-        _hooks_installed = True
-    atexit.register(_stop_attached)
-    if threading.current_thread() is threading.main_thread():
+        install_atexit = not _atexit_installed
+        _atexit_installed = True
+        # signal.signal() works in the main thread only
+        install_signals = (
+            stop_on_signals
+            and not _signals_installed
+            and threading.current_thread() is threading.main_thread()
+        )
+        if install_signals:
+            _signals_installed = True
+    if install_atexit:
+        atexit.register(_stop_attached)
+    if install_signals:
         for sig in (signal.SIGTERM, signal.SIGHUP):
             previous = signal.getsignal(sig)
             if previous is signal.SIG_IGN:

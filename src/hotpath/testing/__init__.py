@@ -20,7 +20,7 @@ Fixtures:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 import pytest
@@ -100,8 +100,27 @@ def hotpath_db(
     """A fresh database for this test module (on the primary and every replica)."""
     from ._database import fresh_database  # noqa: PLC0415
 
-    with fresh_database(hotpath_stack, request.module.__name__, next(_module_counter)) as db:
+    redis_db = module_redis_db(next(_module_counter))
+    with fresh_database(hotpath_stack, request.module.__name__, redis_db) as db:
         yield db
+
+
+_REDIS_DATABASES = 16
+
+
+def module_redis_db(module_number: int, environ: Mapping[str, str] = os.environ) -> int:
+    """The Redis database of the ``module_number``-th module using ``hotpath_db``.
+
+    Under pytest-xdist each worker process has its own local stack, but external servers
+    (``HOTPATH_TEST_*``) are shared by every worker: each worker then takes its own slice of
+    the 16 databases, so one worker's flush never empties another's.
+    """
+    worker = environ.get("PYTEST_XDIST_WORKER", "")
+    workers = int(environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if worker.startswith("gw") and worker[2:].isdigit() and 1 < workers <= _REDIS_DATABASES:
+        per_worker = _REDIS_DATABASES // workers
+        return int(worker[2:]) * per_worker + module_number % per_worker
+    return module_number % _REDIS_DATABASES
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
