@@ -17,9 +17,10 @@ SQLAlchemy 2.x, which is recorded instead.
 
 ``shop``: the demo shop, optimized configuration (its requests are fast, so observe's share
 shows), each in its own server process: one with observe's middleware and profiler as the
-demo serves it (the breakdown and every detector on), one without observe at all. Each round sends the same
-seeded, bounded closed-loop load on loopback to both servers at once (after an untimed
-warm-up round), so that other processes on a shared machine weigh on both alike. Reported:
+demo serves it (the breakdown and every detector on), one without observe at all. Each
+round sends the same seeded, bounded closed-loop load on loopback to both servers at once
+(after an untimed warm-up round), so that other processes on a shared machine weigh on both
+alike. Reported:
 requests/s, latency p50/p99 as the load generator sees it, and the server process's CPU time
 per request, read from ``/__hotpath/cpu`` around each round (what observe adds to each
 request; the runner's own calls, such as building observe's report, are not in it).

@@ -136,15 +136,10 @@ def test_temp_spills_name_query_and_work_mem(db: str) -> None:
 
 def test_partition_candidate_is_append_only_and_filtered_by_time(db: str) -> None:
     findings = diagnose(db, ["partition_candidates"], thresholds=SMALL).findings
-<<<<<<< HEAD
-    assert [f.object for f in findings] == ["events"]  # sessions is updated: not append-only
+    assert [f.target for f in findings] == ["events"]  # sessions is updated: not append-only
     assert "hotpath partitions convert $DATABASE_URL events --by created_at" in (
         findings[0].fix or ""
     )
-=======
-    assert [f.target for f in findings] == ["events"]  # sessions is updated: not append-only
-    assert "PARTITION BY RANGE (created_at)" in (findings[0].fix or "")
->>>>>>> testspeed
 
 
 def test_top_queries_and_how_to_enable_pg_stat_statements(db: str) -> None:

@@ -218,31 +218,8 @@ def partition_candidates(ctx: Context) -> list[Finding]:
         usage = _time_usage(ctx, str(table["relname"]), time_cols)
         if not usage.filtered:
             continue
-<<<<<<< HEAD
         column = max(usage.filtered, key=lambda c: usage.filtered[c])
         findings.append(_partition_finding(ctx, table, column, rows, appended, usage))
-=======
-        column = max(filtered, key=lambda c: filtered[c])
-        findings.append(
-            Finding(
-                "partition_candidates",
-                Severity.INFO,
-                name,
-                f"{name} has {rows:,.0f} rows, {appended:.0%} of its writes are inserts, and "
-                f"{filtered[column]:,} query calls filter it by {column}: partition it by range "
-                f"of {column}",
-                {
-                    "rows": rows,
-                    "insert_share": round(appended, 4),
-                    "filter_calls": filtered[column],
-                },
-                f"CREATE TABLE {table['relname']}_partitioned (LIKE {name} INCLUDING ALL) "
-                f"PARTITION BY RANGE ({column});  -- then one partition per month, move rows, swap",
-                FixKind.SQL,
-                "queries on recent data read only recent partitions; old data drops instantly",
-            )
-        )
->>>>>>> testspeed
     return findings
 
 
@@ -341,7 +318,7 @@ def _partition_finding(
         f"hotpath partitions convert $DATABASE_URL {name} --by {column} --interval {interval}"
         f"{flags}  # online: batches, captured writes replayed, short swap; --resume after a"
         " crash",
-        "action",
+        FixKind.ACTION,
         "queries on recent data read only recent partitions; retention becomes DROP of old "
         "partitions instead of DELETE",
     )
