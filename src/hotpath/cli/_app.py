@@ -61,7 +61,7 @@ COMMANDS: dict[str, _Entry] = {
     "partitions": _Entry(
         "hotpath.partitions._cli",
         "partitions_app",
-        "Partition tables: time ranges, hash, online conversion.",
+        "Keep a table partitioned: time ranges, hash, online conversion of a live table.",
     ),
     "pool": _Entry(
         "hotpath.pool._cli",

@@ -1,4 +1,4 @@
-"""``hotpath partitions ensure|detach|check``."""
+"""``hotpath partitions ensure|detach|check|convert|hash-info|repartition``."""
 
 from __future__ import annotations
 
