@@ -171,7 +171,7 @@ class AsyncCache:
             if self._channel.subscribing:
                 await self._channel.subscribed()
         # dict.setdefault and pop are atomic: the flights need no lock of their own.
-        mine = AFlight(self._core.flight_mark())
+        mine = AFlight(self._core.mark())
         flight = self._flights.setdefault(name, mine)
         if flight is not mine:
             if not self._core.joinable(flight.mark, name, self._core.tag_names(tuple(tags))):
@@ -338,7 +338,7 @@ class AsyncCache:
                 await self._channel.subscribed()
         if self._core.unsent:
             await self._replay()
-        mark = self._core.mark_l1()
+        mark = self._core.mark()
         reply = await self._guarded(self._client.get, entry_key(self._ns, name))
         return self._core.serve_l2_reply(name, reply, mark, early=early), mark
 
