@@ -142,7 +142,7 @@ class Cache:
         if name in loading.get():
             raise reentrant_error(name)
         # dict.setdefault and pop are atomic: the flights need no lock of their own.
-        mine = Flight(self._core.flight_mark())
+        mine = Flight(self._core.mark())
         flight = self._flights.setdefault(name, mine)
         if flight is not mine:
             if not self._core.joinable(flight.mark, name, self._core.tag_names(tuple(tags))):
@@ -295,7 +295,7 @@ class Cache:
             return core.Unserved(None), None
         if self._core.unsent:
             self._replay()
-        mark = self._core.mark_l1()
+        mark = self._core.mark()
         reply = self._guarded(self._client.get, entry_key(self._ns, name))
         return self._core.serve_l2_reply(name, reply, mark, early=early), mark
 
