@@ -15,7 +15,7 @@ so these do the checkout and checkin bookkeeping themselves, inline:
   ``_do_return_conn`` (the QueuePool subclass hook) still does the return.
   ``tests/pool/test_metrics.py`` checks that they are still trampolines;
 - the replacements are closures set on the pool instance by ``hotpath_meter()``
-  (``instrument_pool``), with the metrics' hot-path state in their cells;
+  (``instrument_pool``), with the metrics' hot state (``PoolMetrics.hot``) in their cells;
 - detached connections never reach ``_return_conn``: the ``detach`` listener ends their hold.
 """
 
@@ -115,8 +115,9 @@ def _metered_checkout_checkin(
     """``connect()`` and ``_return_conn()`` for one metered pool.
 
     Closures rather than methods: everything they touch is a cell of their own (no attribute
-    chain from ``self`` on each checkout), and they hold ``PoolMetrics``' hot-path state
-    directly, the parts of ``PoolMetrics.acquired``/``checked_in`` inlined.
+    chain from ``self`` on each checkout), and they hold the containers of the metrics' hot
+    state (``PoolMetrics.hot``, a ``CheckoutState``) directly, the parts of
+    ``PoolMetrics.acquired``/``checked_in`` inlined.
     """
     return _metered_checkout(pool, liveness), _metered_checkin(pool, liveness)
 
@@ -125,9 +126,10 @@ def _metered_checkout(
     pool: _MeteredMixin, liveness: EngineInstrumentation
 ) -> Callable[[], PoolProxiedConnection]:
     metrics = liveness.metrics
-    holds = metrics._holds
-    acquire_sample = metrics._acquire_raw.append
-    capture_stacks = metrics.capture_stacks  # fixed by instrument_pool()
+    hot = metrics.hot
+    holds = hot.holds
+    acquire_sample = hot.acquire_samples.append
+    capture_stacks = hot.capture_stacks  # fixed by instrument_pool()
 
     def connect() -> PoolProxiedConnection:
         started = perf_counter()
@@ -182,9 +184,10 @@ def _metered_checkin(
     pool: _MeteredMixin, liveness: EngineInstrumentation
 ) -> Callable[[ConnectionPoolEntry], None]:
     metrics = liveness.metrics
-    holds = metrics._holds
-    reported = metrics._reported
-    hold_sample = metrics._hold_raw.append
+    hot = metrics.hot
+    holds = hot.holds
+    reported = hot.reported
+    hold_sample = hot.hold_samples.append
     idle_s = liveness.idle_s
     return_to_pool = pool._do_return_conn
 
