@@ -15,7 +15,6 @@ backoff are psycopg_pool's own (``max_lifetime``, ``reconnect_timeout``).
 
 from __future__ import annotations
 
-import sys
 from time import perf_counter
 from typing import Any
 
@@ -24,7 +23,6 @@ from ._metrics import CheckoutState, PoolMetrics, PoolShape
 from ._options import check_validate_idle_s
 
 _INF = float("inf")
-_getframe = sys._getframe
 
 
 class _Metering:

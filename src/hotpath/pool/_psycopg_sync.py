@@ -17,9 +17,9 @@ from typing import Any
 from psycopg import Connection
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from ._callstack import application_files, checkout_stack, distance_hint, verified_sites
+from ._callstack import checkout_hold
 from ._errors import ConnectionPoolExhaustedError
-from ._psycopg import _INF, _getframe, _Metering
+from ._psycopg import _INF, _Metering
 
 
 def _detach_and_close(conn: Connection[Any]) -> None:
@@ -99,31 +99,9 @@ class MeteredConnectionPool(_Metering, ConnectionPool):
                 started, exc, ConnectionPoolExhaustedError
             ) from exc
         hot.acquire_samples.append(now - started)
-        if hot.capture_stacks:
-            # The last distance that found the application frame, tried inline (see
-            # checkout_stack): 0 when the application calls the pool itself. The same lines
-            # are in the metered QueuePool's connect (_sa_pools): a shared helper would be a
-            # call per checkout (~1%).
-            distance = distance_hint[0]
-            try:
-                frame = _getframe(1 + distance)
-            except ValueError:  # shallower than that: another path
-                hot.holds[conn] = (now, *checkout_stack())
-            else:
-                code = frame.f_code
-                lasti = frame.f_lasti
-                if distance:  # a verified site at that distance, that called the same function
-                    site = verified_sites.get((id(code), lasti))
-                    known = (
-                        site is not None
-                        and site[0] == distance
-                        and (_getframe(distance).f_code is site[1])
-                    )
-                else:  # the caller itself: the first application frame if it is one
-                    known = code.co_filename in application_files
-                hot.holds[conn] = (now, code, lasti) if known else (now, *checkout_stack())
-        else:
-            hot.holds[conn] = (now,)
+        # The call-site lookup is one helper (checkout_hold) shared with the metered
+        # QueuePool: measured at no cost to an acquire+release (bench pool).
+        hot.holds[conn] = checkout_hold(now) if hot.capture_stacks else (now,)
         return conn
 
     def _hotpath_validated(self, conn: Any, started: float, timeout: float | None) -> Any:

@@ -21,7 +21,6 @@ so these do the checkout and checkin bookkeeping themselves, inline:
 
 from __future__ import annotations
 
-import sys
 import warnings
 from collections.abc import Callable
 from time import perf_counter
@@ -37,7 +36,7 @@ from sqlalchemy.pool import (
 )
 from sqlalchemy.pool.base import _ConnectionFairy
 
-from ._callstack import application_files, checkout_stack, distance_hint, verified_sites
+from ._callstack import checkout_hold
 from ._errors import QueuePoolExhaustedError
 from ._metrics import PoolMetrics
 
@@ -47,7 +46,6 @@ if TYPE_CHECKING:
 _warned_unmetered = False
 # What Pool.connect() does (typed loosely: it is called with the mixin's self).
 _checkout: Callable[[Any], PoolProxiedConnection] = _ConnectionFairy._checkout
-_getframe = sys._getframe
 # A stale connection is replaced and the checkout retried; past this many in one checkout
 # something else is wrong (a lifetime shorter than a connect): hand out the last one.
 _ATTEMPTS = 3
@@ -150,31 +148,9 @@ def _metered_checkout(
             record = connection._connection_record
             now = perf_counter()
         acquire_sample(now - started)
-        if capture_stacks:
-            # The last distance that found the application frame, tried inline (see
-            # checkout_stack): 0 when the application calls the pool itself. The same lines
-            # are in MeteredConnectionPool.getconn (_psycopg): a shared helper would be a
-            # call per checkout (~1%).
-            distance = distance_hint[0]
-            try:
-                frame = _getframe(1 + distance)
-            except ValueError:  # shallower than that: another path
-                holds[record] = (now, *checkout_stack())
-            else:
-                code = frame.f_code
-                lasti = frame.f_lasti
-                if distance:  # a verified site at that distance, that called the same function
-                    site = verified_sites.get((id(code), lasti))
-                    known = (
-                        site is not None
-                        and site[0] == distance
-                        and _getframe(distance).f_code is site[1]
-                    )
-                else:  # the caller itself: the first application frame if it is one
-                    known = code.co_filename in application_files
-                holds[record] = (now, code, lasti) if known else (now, *checkout_stack())
-        else:
-            holds[record] = (now,)
+        # The call-site lookup is one helper (checkout_hold) shared with the psycopg pools:
+        # measured at no cost to an acquire+release (bench pool; docs/benchmarks.md#pool).
+        holds[record] = checkout_hold(now) if capture_stacks else (now,)
         return connection
 
     return connect
