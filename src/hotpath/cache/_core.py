@@ -18,18 +18,15 @@ async drivers only execute ops. So every rule lives here once:
 from __future__ import annotations
 
 import logging
-import math
 import secrets
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Final
 
-from . import _checks as checks
 from ._entry import (
     Entry,
     TagVersions,
-    check_namespace,
     expiries,
     pack,
     safe_name,
@@ -39,8 +36,8 @@ from ._entry import (
 from ._errors import CacheConfigError, SerializationError
 from ._listener import Message, Waiters
 from ._memory import MemoryTier
+from ._options import CacheOptions
 from ._redis import RedisTier
-from ._serialize import Serializer, resolve_serializer
 from ._stats import CacheStats, Counters, snapshot
 
 log = logging.getLogger("hotpath.cache")
@@ -181,49 +178,22 @@ def next_version(known: TagVersions | None) -> str:
 class CacheCore:
     """Configuration, counters and flows of one cache (see the module doc)."""
 
-    def __init__(
-        self,
-        l1: MemoryTier | None,
-        l2: RedisTier | None,
-        *,
-        namespace: str,
-        default_ttl: float,
-        stale_ttl: float | None,
-        negative_ttl: float | None,
-        jitter: float,
-        xfetch_beta: float,
-        serializer: str | Serializer,
-        max_value_bytes: int,
-        wait_timeout: float | None,
-    ) -> None:
+    def __init__(self, l1: MemoryTier | None, l2: RedisTier | None, options: CacheOptions) -> None:
         if l1 is None and l2 is None:
             raise CacheConfigError(
                 "a cache needs at least one tier: l1=MemoryTier(), l2=RedisTier(url)"
             )
-        default_ttl = checks.seconds(default_ttl, "default_ttl", example="300")
-        if stale_ttl is not None:
-            stale_ttl = checks.seconds(stale_ttl, "stale_ttl", zero=True, example="60")
-        if negative_ttl is not None:
-            negative_ttl = checks.seconds(negative_ttl, "negative_ttl", example="30")
-        jitter = checks.number(jitter, "jitter", low=0.0, high=1.0, example="0.1")
-        xfetch_beta = checks.number(
-            xfetch_beta, "xfetch_beta", low=0.0, high=math.inf, example="1.0"
-        )
-        checks.count(max_value_bytes, "max_value_bytes", example="1 << 20")
-        if wait_timeout is not None:
-            wait_timeout = checks.seconds(wait_timeout, "wait_timeout", zero=True, example="10")
         self.l1 = l1
         self.l2 = l2
-        self.namespace = check_namespace(namespace)
-        self.default_ttl = default_ttl
-        self.stale_ttl = stale_ttl
-        self.negative_ttl = negative_ttl
-        self.jitter = jitter
-        self.beta = xfetch_beta
-        self.serializer = resolve_serializer(serializer)
-        self.max_value_bytes = max_value_bytes
+        self.options = options
+        # Copies of the options read on every call (an attribute less on the hot path).
+        self.namespace = options.namespace
+        self.beta = options.xfetch_beta
+        self.serializer = options.resolved_serializer
         self.wait_timeout = (
-            wait_timeout if wait_timeout is not None else (2 * l2.lease_ttl if l2 else 0.0)
+            options.wait_timeout
+            if options.wait_timeout is not None
+            else (2 * l2.lease_ttl if l2 else 0.0)
         )
         self.origin = secrets.token_hex(6)
         self.counters = Counters()
@@ -262,16 +232,17 @@ class CacheCore:
     def _new_entry(
         self, value: Any, ttl: float | None, seconds: float, versions: TagVersions
     ) -> Entry:
-        if value is None and self.negative_ttl is not None:
-            life = self.negative_ttl if ttl is None else min(ttl, self.negative_ttl)
+        options = self.options
+        if value is None and options.negative_ttl is not None:
+            life = options.negative_ttl if ttl is None else min(ttl, options.negative_ttl)
         else:
-            life = self.default_ttl if ttl is None else ttl
-        stale = life * 0.5 if self.stale_ttl is None else self.stale_ttl
-        soft, hard = expiries(time.time(), life, stale, self.jitter)
+            life = options.default_ttl if ttl is None else ttl
+        stale = life * 0.5 if options.stale_ttl is None else options.stale_ttl
+        soft, hard = expiries(time.time(), life, stale, options.jitter)
         return Entry(value, soft, hard, seconds, versions)
 
     def _pack(self, entry: Entry, name: str) -> tuple[bytes, int]:
-        payload = pack(entry, self.serializer, self.max_value_bytes, name)
+        payload = pack(entry, self.serializer, self.options.max_value_bytes, name)
         entry.size = len(payload)
         ttl_ms = max(1, int((entry.hard_expiry - time.time()) * 1000))
         return payload, ttl_ms
