@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 import redis
 
-from ..concurrent import CircuitOpenError
+from ..concurrent import BreakerState, CircuitOpenError
 from . import _checks as checks
 from . import _core as core
 from ._acompat import (
@@ -329,7 +329,7 @@ class AsyncCache:
         """Send again the writes that did not reach Redis (see ``CacheCore.unsent``), unless
         the circuit is still open."""
         assert self._l2 is not None
-        if self._l2.breaker.state.value == "open":
+        if self._l2.breaker.state is BreakerState.OPEN:
             return
         for unsent, version, op in self._core.replay_ops():
             self._core.replayed(unsent, version, await self._guarded(self._redis, op))

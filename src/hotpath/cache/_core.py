@@ -22,8 +22,9 @@ import secrets
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
+from ..concurrent import BreakerState
 from ._entry import (
     Entry,
     TagVersions,
@@ -34,7 +35,7 @@ from ._entry import (
     version_order,
 )
 from ._errors import CacheConfigError, SerializationError
-from ._listener import Message, Waiters
+from ._listener import Kind, Message, Waiters
 from ._memory import MemoryTier
 from ._options import CacheOptions
 from ._redis import RedisTier
@@ -65,6 +66,13 @@ class Unserved:
 
 
 HIT, LEASE, HELD = 1, 2, 3
+
+
+class Unsent(NamedTuple):
+    """A write that did not reach Redis: to a key (a set or a delete) or a tag's invalidation."""
+
+    kind: Kind
+    name: str
 
 
 @dataclass(slots=True)
@@ -202,10 +210,10 @@ class CacheCore:
         self.channel_drops = 0
         self._client_failures_logged: set[type[Exception]] = set()
         self._local_writes = 0  # sets, deletes and invalidations made by this process
-        # Writes that did not reach Redis (circuit open, Redis down): ("k", key) -> "" or
-        # ("t", tag) -> its new version. Until the drivers replay them (replay_ops), Redis
+        # Writes that did not reach Redis (circuit open, Redis down): a key's -> "" or a
+        # tag's -> its new version. Until the drivers replay them (replay_ops), Redis
         # entries they concern are misses here, and the replay brings other processes along.
-        self.unsent: dict[tuple[str, str], str] = {}
+        self.unsent: dict[Unsent, str] = {}
 
     # -- names and small helpers ---------------------------------------------------------
 
@@ -215,7 +223,7 @@ class CacheCore:
     def tag_names(self, tags: tuple[str, ...] | list[str]) -> tuple[str, ...]:
         return tuple(safe_name(t, "tag") for t in tags)
 
-    def _message(self, kind: str, name: str, version: str = "") -> str:
+    def _message(self, kind: Kind, name: str, version: str = "") -> str:
         return Message(self.origin, kind, name, version).encode()
 
     def _l1(self) -> MemoryTier | None:
@@ -224,7 +232,7 @@ class CacheCore:
         if self.l1 is None:
             return None
         if self.channel_connected or (
-            self.l2 is not None and self.l2.breaker.state.value == "open"
+            self.l2 is not None and self.l2.breaker.state is BreakerState.OPEN
         ):
             return self.l1
         return None
@@ -580,13 +588,13 @@ class CacheCore:
             entry = self._new_entry(value, ttl, seconds, versions)
             payload, ttl_ms = self._pack(entry, name)
         except BaseException:
-            yield Release(name, token, self._message("k", name))
+            yield Release(name, token, self._message(Kind.KEY, name))
             raise
         l1 = self._l1()
         # L1 first, so this process's own fill message can never arrive before it.
         if l1 is not None:
             l1.fill(name, entry, since=mark, write_id=token)
-        stored = yield Fill(name, token, payload, ttl_ms, self._message("k", name, token))
+        stored = yield Fill(name, token, payload, ttl_ms, self._message(Kind.KEY, name, token))
         if stored is False:
             self.counters.stale_sets_refused += 1
             if l1 is not None:
@@ -639,8 +647,8 @@ class CacheCore:
         begun = self.l1.begin_write(name, kept, write_id) if self.l1 is not None else 0
         try:
             if self.l2 is not None:
-                done = yield Write(name, payload, ttl_ms, self._message("k", name, write_id))
-                self._check_written(done, "set", name, ("k", name), "")
+                done = yield Write(name, payload, ttl_ms, self._message(Kind.KEY, name, write_id))
+                self._check_written(done, "set", name, Unsent(Kind.KEY, name), "")
         finally:
             if self.l1 is not None:
                 self.l1.end_write(name, begun, kept, write_id)
@@ -651,8 +659,8 @@ class CacheCore:
         begun = self.l1.begin_write(name) if self.l1 is not None else 0
         try:
             if self.l2 is not None:
-                done = yield Delete(name, self._message("k", name))
-                self._check_written(done, "delete", name, ("k", name), "")
+                done = yield Delete(name, self._message(Kind.KEY, name))
+                self._check_written(done, "delete", name, Unsent(Kind.KEY, name), "")
         finally:
             if self.l1 is not None:
                 self.l1.end_write(name, begun)
@@ -667,9 +675,9 @@ class CacheCore:
                 self.l1.note_tag(tag)
             version: Any = UNAVAILABLE
             if self.l2 is not None:
-                version = yield BumpTag(tag, self._message("t", tag))
+                version = yield BumpTag(tag, self._message(Kind.TAG, tag))
                 self._check_written(
-                    version, "invalidate_tags", tag, ("t", tag), secrets.token_hex(8)
+                    version, "invalidate_tags", tag, Unsent(Kind.TAG, tag), secrets.token_hex(8)
                 )
             if self.l1 is not None:
                 if version is UNAVAILABLE:  # no Redis (or none now): a version of our own
@@ -677,9 +685,7 @@ class CacheCore:
                 self.l1.set_tag(tag, version)
         return None
 
-    def _check_written(
-        self, done: Any, what: str, name: str, unsent: tuple[str, str], version: str
-    ) -> None:
+    def _check_written(self, done: Any, what: str, name: str, unsent: Unsent, version: str) -> None:
         if done is UNAVAILABLE:
             self.counters.writes_failed += 1
             self.unsent[unsent] = version
@@ -693,21 +699,21 @@ class CacheCore:
         elif self.unsent:
             self.unsent.pop(unsent, None)  # this write supersedes the one that failed
 
-    def replay_ops(self) -> list[tuple[tuple[str, str], str, Op]]:
+    def replay_ops(self) -> list[tuple[Unsent, str, Op]]:
         """The writes to send again: a delete for a key (a failed set included: its value is
         not kept, and a delete is always safe) and the latest version of a tag."""
-        ops: list[tuple[tuple[str, str], str, Op]] = []
+        ops: list[tuple[Unsent, str, Op]] = []
         for unsent, version in list(self.unsent.items()):
             kind, name = unsent
             op: Op
-            if kind == "k":
-                op = Delete(name, self._message("k", name))
+            if kind is Kind.KEY:
+                op = Delete(name, self._message(Kind.KEY, name))
             else:
-                op = BumpTag(name, self._message("t", name))
+                op = BumpTag(name, self._message(Kind.TAG, name))
             ops.append((unsent, version, op))
         return ops
 
-    def replayed(self, unsent: tuple[str, str], version: str, done: Any) -> None:
+    def replayed(self, unsent: Unsent, version: str, done: Any) -> None:
         if done is not UNAVAILABLE and self.unsent.get(unsent) == version:
             del self.unsent[unsent]
             self.counters.writes_replayed += 1
@@ -716,7 +722,7 @@ class CacheCore:
                 # version: refuse their fills. A tag's local version made while Redis was
                 # away is not comparable with Redis's: ask Redis next time.
                 kind, name = unsent
-                if kind == "k":
+                if kind is Kind.KEY:
                     self.l1.invalidate(name)
                 else:
                     self.l1.forget_tag(name)
@@ -727,7 +733,9 @@ class CacheCore:
         if entry is None or not self.unsent:
             return entry
         unsent = self.unsent
-        if ("k", name) in unsent or any(("t", tag) in unsent for tag in entry.tags):
+        if Unsent(Kind.KEY, name) in unsent or any(
+            Unsent(Kind.TAG, tag) in unsent for tag in entry.tags
+        ):
             return None
         return entry
 
@@ -735,14 +743,14 @@ class CacheCore:
 
     def on_message(self, message: Message) -> None:
         self.counters.invalidations_received += 1
-        if message.kind == "k":
+        if message.kind is Kind.KEY:
             self.waiters.wake(message.name)
             if self.l1 is not None:
                 if message.origin == self.origin:
                     self.l1.invalidate_unless(message.name, message.version)
                 else:
                     self.l1.invalidate(message.name)
-        elif message.kind == "t" and self.l1 is not None:
+        elif message.kind is Kind.TAG and self.l1 is not None:
             self.l1.set_tag(message.name, message.version)  # an older one is ignored there
 
     def on_unreadable(self) -> None:

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, Literal, TypeAlias
 
 from pglast.visitors import Visitor
 from sqlalchemy import event
@@ -93,10 +93,16 @@ class QueryCacheStats:
     ops_failed: int = 0  # cache operations that failed after a COMMIT (logged)
 
 
+# The cache calls queued by this module's invalidate_tags / delete / set, run at COMMIT.
+_CacheCall = Literal["tags", "delete", "set"]
+
+
 @dataclass(slots=True)
 class _Op:
     transaction: SessionTransaction
-    kind: str  # "tags", "delete", "set"
+    # A queued cache call, or "tables": the tables a flush wrote (their table tags are
+    # invalidated together at COMMIT, and they mark the transaction as one that wrote).
+    kind: _CacheCall | Literal["tables"]
     args: tuple[Any, ...]
 
 
@@ -133,7 +139,7 @@ def _innermost(session: Session) -> SessionTransaction:
     return transaction
 
 
-def _queue(session: Session | AsyncSession, kind: str, args: tuple[Any, ...]) -> None:
+def _queue(session: Session | AsyncSession, kind: _CacheCall, args: tuple[Any, ...]) -> None:
     sync = _sync_session(session)
     if _STATE_KEY + ".binding" not in sync.info and not _bound_via_class(sync):
         raise CacheError(
@@ -275,7 +281,7 @@ class CacheBinding:
                 self.stats.ops_applied += 1
                 self._apply_logged(op.kind, op.args)
 
-    def _apply_logged(self, kind: str, args: tuple[Any, ...]) -> None:
+    def _apply_logged(self, kind: _CacheCall, args: tuple[Any, ...]) -> None:
         """The database has committed: a cache operation that fails (a value too large or
         not serializable) is logged and the others still run, rather than raising out of
         ``commit()`` and skipping the rest."""
@@ -287,7 +293,7 @@ class CacheBinding:
                 "hotpath.cache.orm: after COMMIT, cache %s of %r failed: %r", kind, args[:1], error
             )
 
-    def _apply(self, kind: str, args: tuple[Any, ...]) -> None:
+    def _apply(self, kind: _CacheCall, args: tuple[Any, ...]) -> None:
         cache = self.cache
         if kind == "tags":
             call: Any = cache.invalidate_tags(*args)
