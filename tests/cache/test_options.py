@@ -43,7 +43,7 @@ async def test_the_async_twin_takes_the_same_object(
 
 @pytest.mark.faults
 def test_a_misspelt_option_names_itself_and_the_known_ones(make_cache: MakeCache) -> None:
-    with pytest.raises(CacheConfigError, match=r"defualt_ttl=3 is not an option of a cache"):
+    with pytest.raises(CacheConfigError, match=r"defualt_ttl=3: not an option of a cache"):
         make_cache(defualt_ttl=3)
 
 

@@ -5,9 +5,10 @@ to the core as is."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import TypedDict
 
+from .._validate import with_keywords
 from . import _checks as checks
 from ._entry import check_namespace
 from ._errors import CacheConfigError
@@ -94,13 +95,4 @@ class CacheOptions:
     @classmethod
     def build(cls, options: CacheOptions | None, keywords: CacheKeywords) -> CacheOptions:
         """``options`` (or the defaults) with the ``keywords`` on top, validated once."""
-        names = [f.name for f in fields(cls)]
-        unknown = sorted(set(keywords) - set(names))
-        if unknown:
-            raise CacheConfigError(
-                f"{unknown[0]}={keywords[unknown[0]]!r} is not an option of a cache (they are "  # type: ignore[literal-required]
-                f"{', '.join(names)}); check its spelling, e.g. default_ttl=300"
-            )
-        if options is None:
-            return cls(**keywords)
-        return replace(options, **keywords) if keywords else options
+        return with_keywords(cls, options, keywords, CacheConfigError, "a cache")

@@ -3,10 +3,10 @@ of the options a plan, ``instrument_pool`` and the psycopg pools share."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Any, Literal, TypedDict
 
-from .._validate import check_number
+from .._validate import check_number, with_keywords
 from ._errors import PoolConfigError
 
 PoolerMode = Literal["transaction", "session"]
@@ -86,16 +86,7 @@ class PlanOptions:
     @classmethod
     def build(cls, options: PlanOptions | None, keywords: PlanKeywords) -> PlanOptions:
         """``options`` (or the defaults) with the ``keywords`` on top, validated once."""
-        names = [f.name for f in fields(PlanOptions)]
-        unknown = sorted(set(keywords) - set(names))
-        if unknown:
-            raise PoolConfigError(
-                f"{unknown[0]}={keywords[unknown[0]]!r}: not an option of a pool plan "  # type: ignore[literal-required]
-                f"(they are {', '.join(names)}); check its spelling"
-            )
-        if options is None:
-            return cls(**keywords)
-        return replace(options, **keywords) if keywords else options
+        return with_keywords(cls, options, keywords, PoolConfigError, "a pool plan")
 
     def items(self) -> dict[str, Any]:
         """The options by name (what a plan is built with)."""
