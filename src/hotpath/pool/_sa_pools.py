@@ -148,8 +148,9 @@ def _metered_checkout(
             record = connection._connection_record
             now = perf_counter()
         acquire_sample(now - started)
-        # The call-site lookup is one helper (checkout_hold) shared with the psycopg pools:
-        # measured at no cost to an acquire+release (bench pool; docs/benchmarks.md#pool).
+        # The call-site lookup is one helper shared with the psycopg pools: its call did not
+        # show in `python -m bench pool`'s acquire+release against the lines inlined here
+        # (alternating runs), so it is written once.
         holds[record] = checkout_hold(now) if capture_stacks else (now,)
         return connection
 
