@@ -7,9 +7,13 @@ NaN needs its own test: every comparison with it is false, so ``value <= 0`` let
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+Options = TypeVar("Options")
 
 
 def check_number(
@@ -67,3 +71,27 @@ def _in_range(
         and (above is None or number > above)
         and (below is None or number < below)
     )
+
+
+def with_keywords(
+    cls: type[Options],
+    options: Options | None,
+    keywords: Mapping[str, object],
+    error: type[Exception],
+    what: str,
+) -> Options:
+    """``options`` (or ``cls``'s defaults) with ``keywords`` on top: the one way a component's
+    frozen options dataclass is built from a constructor's ``options=`` and keywords. A
+    keyword that is not a field is ``error`` naming it and the known ones (``what`` says
+    whose options they are); the caller's object itself is kept when no keyword overrides it.
+    """
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    unknown = sorted(set(keywords) - set(names))
+    if unknown:
+        raise error(
+            f"{unknown[0]}={keywords[unknown[0]]!r}: not an option of {what} (they are "
+            f"{', '.join(names)}); check its spelling"
+        )
+    if options is None:
+        return cls(**keywords)
+    return dataclasses.replace(options, **keywords) if keywords else options  # type: ignore[type-var]

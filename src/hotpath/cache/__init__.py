@@ -3,6 +3,7 @@ and never stale, with sync (:class:`Cache`) and async (:class:`AsyncCache`) twin
 
 - :class:`MemoryTier` — the in-process tier (W-TinyLFU or LRU, TTL cap).
 - :class:`RedisTier` — the shared tier (URL or client, Cluster, leases, circuit breaker).
+- :class:`CacheOptions` — a cache's options, validated once (or keywords of the constructors).
 - ``hotpath.cache.orm`` — SQLAlchemy: commit-aware invalidation and query-result caching.
 """
 
@@ -15,6 +16,7 @@ from ._errors import (
     ValueTooLargeError,
 )
 from ._memory import MemoryTier
+from ._options import CacheKeywords, CacheOptions
 from ._redis import RedisTier
 from ._serialize import (
     JsonSerializer,
@@ -32,6 +34,8 @@ __all__ = [
     "CacheConfigError",
     "CacheError",
     "CacheKeyError",
+    "CacheKeywords",
+    "CacheOptions",
     "CacheStats",
     "JsonSerializer",
     "MemoryTier",

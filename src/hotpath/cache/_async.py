@@ -11,11 +11,11 @@ import functools
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 import redis
 
-from ..concurrent import CircuitOpenError
+from ..concurrent import BreakerState, CircuitOpenError
 from . import _checks as checks
 from . import _core as core
 from ._acompat import (
@@ -35,9 +35,12 @@ from ._commands import command_for
 from ._core import UNAVAILABLE, CacheCore, Flow, Op
 from ._decorator import KeyTemplate
 from ._memory import MemoryTier
+from ._options import CacheKeywords, CacheOptions
 from ._redis import SCRIPTS, AsyncClient, RedisTier, entry_key
-from ._serialize import Serializer
 from ._stats import CacheStats
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -46,11 +49,11 @@ R = TypeVar("R")
 class AsyncCache:
     """A multi-tier cache. See ``docs/cache.md``.
 
-    ``ttl`` is how long a value is fresh; for ``stale_ttl`` more seconds (default half the
-    ttl) it may still be served while one caller refreshes it or while the loader fails.
-    ``None`` is cached for ``negative_ttl`` seconds. ``jitter`` spreads TTLs by +-that
-    fraction; ``xfetch_beta`` scales probabilistic early refresh (0 turns it off).
-    ``refresh_workers`` is how many background refreshes run at once.
+    The options (``default_ttl``, ``stale_ttl``, ``negative_ttl``, ``jitter``,
+    ``xfetch_beta``, ``serializer``, ``refresh_workers``, ...) are the fields of
+    :class:`CacheOptions`, where each is described, given as keywords or as
+    ``options=CacheOptions(...)`` (keywords override its fields); they are validated once,
+    into one frozen object.
     """
 
     def __init__(
@@ -58,30 +61,11 @@ class AsyncCache:
         l1: MemoryTier | None = None,
         l2: RedisTier | None = None,
         *,
-        namespace: str = "hotpath",
-        default_ttl: float = 300.0,
-        stale_ttl: float | None = None,
-        negative_ttl: float | None = 30.0,
-        jitter: float = 0.1,
-        xfetch_beta: float = 1.0,
-        serializer: str | Serializer = "json",
-        max_value_bytes: int = 1 << 20,
-        wait_timeout: float | None = None,
-        refresh_workers: int = 2,
+        options: CacheOptions | None = None,
+        **keywords: Unpack[CacheKeywords],
     ) -> None:
-        self._core = CacheCore(
-            l1,
-            l2,
-            namespace=namespace,
-            default_ttl=default_ttl,
-            stale_ttl=stale_ttl,
-            negative_ttl=negative_ttl,
-            jitter=jitter,
-            xfetch_beta=xfetch_beta,
-            serializer=serializer,
-            max_value_bytes=max_value_bytes,
-            wait_timeout=wait_timeout,
-        )
+        chosen = CacheOptions.build(options, keywords)
+        self._core = CacheCore(l1, l2, chosen)
         self._l2 = l2
         self._ns = self._core.namespace
         self._client: AsyncClient | None = l2.async_client() if l2 is not None else None
@@ -91,8 +75,7 @@ class AsyncCache:
             else {}
         )
         self._flights: dict[str, AFlight] = {}
-        workers = checks.count(refresh_workers, "refresh_workers", example="2")
-        self._refresher = ARefresher(workers)
+        self._refresher = ARefresher(chosen.refresh_workers)
         self._channel = AChannel(self._core)
 
     # -- public API ------------------------------------------------------------------------
@@ -171,7 +154,7 @@ class AsyncCache:
             if self._channel.subscribing:
                 await self._channel.subscribed()
         # dict.setdefault and pop are atomic: the flights need no lock of their own.
-        mine = AFlight(self._core.flight_mark())
+        mine = AFlight(self._core.mark())
         flight = self._flights.setdefault(name, mine)
         if flight is not mine:
             if not self._core.joinable(flight.mark, name, self._core.tag_names(tuple(tags))):
@@ -338,7 +321,7 @@ class AsyncCache:
                 await self._channel.subscribed()
         if self._core.unsent:
             await self._replay()
-        mark = self._core.mark_l1()
+        mark = self._core.mark()
         reply = await self._guarded(self._client.get, entry_key(self._ns, name))
         return self._core.serve_l2_reply(name, reply, mark, early=early), mark
 
@@ -346,7 +329,7 @@ class AsyncCache:
         """Send again the writes that did not reach Redis (see ``CacheCore.unsent``), unless
         the circuit is still open."""
         assert self._l2 is not None
-        if self._l2.breaker.state.value == "open":
+        if self._l2.breaker.state is BreakerState.OPEN:
             return
         for unsent, version, op in self._core.replay_ops():
             self._core.replayed(unsent, version, await self._guarded(self._redis, op))

@@ -14,23 +14,34 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 log = logging.getLogger("hotpath.cache")
 
 _SEP = "\x1f"
-_KINDS = ("k", "t")
+
+
+class Kind(Enum):
+    """What a write changed, and what an invalidation message is about; the value is the
+    message's kind on the wire."""
+
+    KEY = "k"  # a key: set, filled, deleted or its lease given back
+    TAG = "t"  # a tag: moved to a new version
+
+
+_KINDS = {kind.value: kind for kind in Kind}
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
     origin: str
-    kind: str
+    kind: Kind
     name: str
     version: str
 
     def encode(self) -> str:
-        return _SEP.join((self.origin, self.kind, self.name, self.version))
+        return _SEP.join((self.origin, self.kind.value, self.name, self.version))
 
     @classmethod
     def decode(cls, raw: object) -> Message | None:
@@ -45,7 +56,8 @@ class Message:
         parts = text.split(_SEP)
         if len(parts) != 4 or parts[1] not in _KINDS:
             return None
-        return cls(*parts)
+        origin, kind, name, version = parts
+        return cls(origin, _KINDS[kind], name, version)
 
 
 class Waiters:

@@ -4,7 +4,8 @@
   reads ``max_connections``, the reserved slots and the other clients of the primary and each
   replica, sizes the per-process pool, ``explain()``\\s the arithmetic, recommends PgBouncer
   past the budget, and hands the result to SQLAlchemy / psycopg_pool (``engine_kwargs()``,
-  ``async_engine_kwargs()``, ``psycopg_pool_kwargs()``).
+  ``async_engine_kwargs()``, ``psycopg_pool_kwargs()``); its options are one validated
+  :class:`PlanOptions`, given as keywords or as ``options=``.
 - :func:`instrument_pool`: metrics (:class:`PoolSnapshot`: size, checked out, idle, overflow,
   waiting, acquire wait / hold / connect p50/p99, timeouts, invalidations, oldest connection),
   leak reports with the checking-out stack, :class:`PoolExhaustedError` naming the holders,
@@ -24,6 +25,7 @@ from ._errors import (
 )
 from ._instrument import instrument_pool
 from ._metrics import Holder, Percentiles, PoolMetrics, PoolSnapshot
+from ._options import PlanKeywords, PlanOptions, PoolerMode
 from ._plan import PoolPlan
 from ._pooler import session_state_use
 from ._prometheus import PoolCollector
@@ -39,6 +41,8 @@ __all__ = [
     "MeteredConnectionPool",
     "MeteredQueuePool",
     "Percentiles",
+    "PlanKeywords",
+    "PlanOptions",
     "PoolCollector",
     "PoolConfigError",
     "PoolError",
@@ -47,6 +51,7 @@ __all__ = [
     "PoolMetrics",
     "PoolPlan",
     "PoolSnapshot",
+    "PoolerMode",
     "QueuePoolExhaustedError",
     "ServerBudget",
     "SessionStateWarning",

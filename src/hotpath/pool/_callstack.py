@@ -63,9 +63,33 @@ def capture_stack(skip: int = 1) -> Stack:
     return stack_from(_getframe(skip + 1))
 
 
-def checkout_stack() -> Stack:
+def checkout_hold(now: float) -> tuple[object, ...]:
+    """What a metered checkout keeps while the connection is out: ``(now, code, offset)`` of
+    the application frame that called the pool (the caller of the function calling this
+    one), found by trying the last distance that found one (``distance_hint``): 0 when the
+    application calls the pool itself; else ``(now, *checkout_stack())``, which tries the
+    other distances and then walks."""
+    distance = distance_hint[0]
+    try:
+        frame = _getframe(2 + distance)
+    except ValueError:  # shallower than that: another path
+        return (now, *checkout_stack(1))
+    code = frame.f_code
+    lasti = frame.f_lasti
+    if distance:  # a verified site at that distance, that called the same function
+        site = verified_sites.get((id(code), lasti))
+        known = (
+            site is not None and site[0] == distance and _getframe(1 + distance).f_code is site[1]
+        )
+    else:  # the caller itself: the first application frame if it is one
+        known = code.co_filename in application_files
+    return (now, code, lasti) if known else (now, *checkout_stack(1))
+
+
+def checkout_stack(skip: int = 0) -> Stack:
     """The stack to keep for a checkout: the caller of the function calling this one
-    (``sys._getframe(2)`` here) and its callers out to the first application frame.
+    (``sys._getframe(2)`` here; ``skip`` frames further out) and its callers out to the
+    first application frame.
 
     Through ``engine.connect()`` or a ``Session`` there are three to eight SQLAlchemy frames
     between the pool and the application, and CPython 3.11 makes a frame object of each
@@ -84,7 +108,7 @@ def checkout_stack() -> Stack:
     """
     for distance in _distances:
         try:
-            frame = _getframe(2 + distance)
+            frame = _getframe(2 + skip + distance)
         except ValueError:  # not that deep: another path
             continue
         code = frame.f_code
@@ -93,12 +117,12 @@ def checkout_stack() -> Stack:
         if (
             site is not None
             and site[0] == distance
-            and (not distance or _getframe(1 + distance).f_code is site[1])
+            and (not distance or _getframe(1 + skip + distance).f_code is site[1])
         ):
             distance_hint[0] = distance
             return (code, lasti)
     try:
-        caller = _getframe(2)
+        caller = _getframe(2 + skip)
     except ValueError:  # the checkout is a thread's or greenlet's entry point: no caller
         return ()
     stack = stack_from(caller)
@@ -108,7 +132,7 @@ def checkout_stack() -> Stack:
     assert isinstance(offset, int)
     if _is_application_file(found):
         try:  # found in this thread's own frames, not a parent greenlet's: remember it
-            if _getframe(2 + distance).f_code is found:
+            if _getframe(2 + skip + distance).f_code is found:
                 if len(verified_sites) >= _MAX_SITES:
                     verified_sites.clear()
                 inner = stack[-4] if distance else None  # the function the site called

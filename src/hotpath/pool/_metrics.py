@@ -181,6 +181,34 @@ Hold = tuple[Any, ...]
 Key = object
 
 
+class CheckoutState:
+    """What a metered pool's checkout and checkin touch, and nothing more: the hot path.
+
+    :class:`PoolMetrics` owns one (``PoolMetrics.hot``) and reads it; the metered pools'
+    checkout and checkin (``_sa_pools``' closures, the psycopg pools' ``getconn``/``putconn``)
+    write only here, with plain dict and deque operations (atomic under the GIL, no lock),
+    because a method call per checkout would cost as much as all of that work. Slotted: each
+    attribute read is a fixed offset, and nothing else can be hung on it.
+    """
+
+    __slots__ = ("acquire_samples", "capture_stacks", "hold_samples", "holds", "reported")
+
+    def __init__(self, capture_stacks: bool) -> None:
+        # Raw samples in seconds, folded into the histograms off the request path (every
+        # pool's metrics are watched by the housekeeping thread, which folds them). With a
+        # metered acquire, each checkout adds exactly one acquire sample: that is the
+        # checkout count, so no counter is needed for it.
+        self.acquire_samples: deque[float] = deque()
+        self.hold_samples: deque[float] = deque()
+        # Key -> Hold; a checkout adds, a checkin pops (both atomic).
+        self.holds: dict[Key, Hold] = {}
+        # Holds reported as leaks (by PoolMetrics.check_leaks); a checkin only looks here
+        # when it is not empty.
+        self.reported: dict[Key, Hold] = {}
+        # Whether a checkout keeps its call site (set by instrument_pool()).
+        self.capture_stacks = capture_stacks
+
+
 def _counted(counter: itertools.count[int]) -> int:
     """How many times ``next(counter)`` has run (``itertools.count`` has no getter)."""
     return int(repr(counter)[6:-1])
@@ -190,8 +218,9 @@ class PoolMetrics:
     """Counters, histograms and holders of one pool; thread-safe, cheap per checkout.
 
     The per-checkout work is plain dict and deque operations (atomic under the GIL, no lock)
-    and ``time.perf_counter()``; the metered pool classes do it inline on the attributes
-    marked "hot path" (a method call per checkout would cost as much as all of that work).
+    and ``time.perf_counter()``; the metered pool classes do it inline on :attr:`hot`, the
+    :class:`CheckoutState` this object owns and reads (a method call per checkout would cost
+    as much as all of that work).
     Waiting callers are read from the pool itself (``PoolShape.waiting``), not counted here.
     Everything else takes the lock.
     """
@@ -207,7 +236,7 @@ class PoolMetrics:
     ) -> None:
         self.name = name
         self.leak_threshold_s = leak_threshold_s
-        self.capture_stacks = capture_stacks  # hot path
+        self.hot = CheckoutState(capture_stacks)
         self.metered_acquire = metered_acquire
         self._shape = shape
         self._lock = threading.Lock()
@@ -215,17 +244,12 @@ class PoolMetrics:
         self._acquire_us = _histogram()
         self._hold_us = _histogram()
         self._connect_us = _histogram()
-        # Hot path: raw samples in seconds, folded into the histograms off the request path
-        # (every pool's metrics are watched by the housekeeping thread, which folds them).
-        # With a metered acquire, each checkout adds exactly one acquire sample: that is the
-        # checkout count, so no counter is needed for it.
-        self._acquire_raw: deque[float] = deque()
-        self._hold_raw: deque[float] = deque()
+        # The hot state's containers under this object's own names (the same objects).
+        self._acquire_raw = self.hot.acquire_samples
+        self._hold_raw = self.hot.hold_samples
+        self._holds = self.hot.holds
+        self._reported = self.hot.reported
         self._connect_raw: deque[float] = deque()
-        # Hot path: Key -> Hold; a checkout adds, a checkin pops (both atomic).
-        self._holds: dict[Key, Hold] = {}
-        # Holds reported as leaks; a checkin only looks here when it is not empty.
-        self._reported: dict[Key, Hold] = {}
         self._checkouts = itertools.count()  # checkouts of pools without a metered acquire
         self._opened: dict[int, float] = {}  # connection key -> monotonic open time
         self._timeouts = 0
@@ -237,6 +261,15 @@ class PoolMetrics:
         self._leaks = 0
         # Periodic liveness work of the pool's adapter, run by the housekeeping thread.
         self.sweep: Callable[[], Callable[[], None] | None] | None = None
+
+    @property
+    def capture_stacks(self) -> bool:
+        """Whether a checkout keeps its call site (leak reports and holders name it)."""
+        return self.hot.capture_stacks
+
+    @capture_stacks.setter
+    def capture_stacks(self, value: bool) -> None:
+        self.hot.capture_stacks = value
 
     def after_fork(self) -> None:
         """In a forked child: new locks (another thread may have held these at the fork), and

@@ -10,44 +10,36 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 from .._validate import check_number
 from ._budget import ServerBudget, read_server_budget
 from ._errors import PoolConfigError
-from ._options import check_liveness_options
+from ._options import PlanKeywords, PlanOptions, check_count
 from ._pooler import driver_connect_args
 from ._sa_pools import AsyncMeteredQueuePool, MeteredQueuePool
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from ._metrics import PoolMetrics
 
-PoolerMode = Literal["transaction", "session"]
 
-
-@dataclass(frozen=True)
-class PoolPlan:
-    """Per-process pool settings and the arithmetic behind them (see :meth:`explain`)."""
+@dataclass(frozen=True, kw_only=True)
+class PoolPlan(PlanOptions):
+    """Per-process pool settings and the arithmetic behind them (see :meth:`explain`): the
+    :class:`PlanOptions` it was made with (``pgbouncer`` the mode found, when detected) and
+    what they gave."""
 
     processes: int
     concurrency_per_process: int
     pool_size: int
     max_overflow: int
-    timeout_s: float
     primary: ServerBudget
     replicas: tuple[ServerBudget, ...]
     replica_pool_size: int | None
-    headroom: int
-    pgbouncer: PoolerMode | None
     pgbouncer_detected: bool
-    server_cores: int | None
-    effective_spindles: int
-    validate_idle_s: float | None
-    max_lifetime_s: float | None
-    lifetime_jitter: float
-    leak_threshold_s: float | None
-    keepalives: bool
     warnings: tuple[str, ...] = field(default=())
 
     # -- construction ----------------------------------------------------------------------
@@ -61,50 +53,30 @@ class PoolPlan:
         server_url: str,
         replica_urls: Sequence[str] = (),
         other_clients: int | None = None,
-        pgbouncer: PoolerMode | None = None,
-        server_cores: int | None = None,
-        effective_spindles: int = 0,
-        headroom: int = 5,
-        timeout_s: float = 5.0,
-        validate_idle_s: float | None = 0.5,
-        max_lifetime_s: float | None = 1800.0,
-        lifetime_jitter: float = 0.05,
-        leak_threshold_s: float | None = 30.0,
-        keepalives: bool = True,
+        options: PlanOptions | None = None,
+        **keywords: Unpack[PlanKeywords],
     ) -> PoolPlan:
         """Read each server's budget and size the pools of ``processes`` app processes.
 
         ``other_clients`` defaults to the client connections open on each server now (other
         apps, cron jobs, consoles); pass your own peak if now is not representative.
-        ``pgbouncer`` says the URLs point at a pooler in that mode; left out, a pooler is
-        assumed (transaction mode) when the server answers on another port than dialled.
-        ``server_cores`` defaults to this machine's cores when the server is on loopback.
+        The other options are the fields of :class:`PlanOptions`, given as keywords or as
+        ``options=PlanOptions(...)`` (keywords override its fields). ``pgbouncer`` says the
+        URLs point at a pooler in that mode; left out, a pooler is assumed (transaction mode)
+        when the server answers on another port than dialled. ``server_cores`` defaults to
+        this machine's cores when the server is on loopback.
         """
-        _check_workload(processes, concurrency_per_process, pgbouncer)
-        _check_count("other_clients", other_clients, none_means="the clients connected now")
+        _check_workload(processes, concurrency_per_process)
+        chosen = PlanOptions.build(options, keywords)
+        check_count("other_clients", other_clients, none_means="the clients connected now")
         primary = read_server_budget(server_url, "primary", other_clients)
         replicas = tuple(
             read_server_budget(url, f"replica{i}", other_clients)
             for i, url in enumerate(replica_urls, start=1)
         )
-        if server_cores is None and _is_loopback(primary.host):
-            server_cores = os.cpu_count()
-        return _compute(
-            processes,
-            concurrency_per_process,
-            primary,
-            replicas,
-            pgbouncer=pgbouncer,
-            server_cores=server_cores,
-            effective_spindles=effective_spindles,
-            headroom=headroom,
-            timeout_s=timeout_s,
-            validate_idle_s=validate_idle_s,
-            max_lifetime_s=max_lifetime_s,
-            lifetime_jitter=lifetime_jitter,
-            leak_threshold_s=leak_threshold_s,
-            keepalives=keepalives,
-        )
+        if chosen.server_cores is None and _is_loopback(primary.host):
+            chosen = replace(chosen, server_cores=os.cpu_count())
+        return _compute(processes, concurrency_per_process, primary, replicas, chosen)
 
     @classmethod
     def from_settings(
@@ -117,19 +89,13 @@ class PoolPlan:
         reserved_connections: int = 0,
         other_clients: int = 0,
         replicas: int = 0,
-        pgbouncer: PoolerMode | None = None,
-        server_cores: int | None = None,
-        effective_spindles: int = 0,
-        headroom: int = 5,
-        timeout_s: float = 5.0,
-        validate_idle_s: float | None = 0.5,
-        max_lifetime_s: float | None = 1800.0,
-        lifetime_jitter: float = 0.05,
-        leak_threshold_s: float | None = 30.0,
-        keepalives: bool = True,
+        options: PlanOptions | None = None,
+        **keywords: Unpack[PlanKeywords],
     ) -> PoolPlan:
-        """The same plan from settings you know (replicas assumed configured alike)."""
-        _check_workload(processes, concurrency_per_process, pgbouncer)
+        """The same plan from settings you know (replicas assumed configured alike); the
+        options as for :meth:`for_app`."""
+        _check_workload(processes, concurrency_per_process)
+        chosen = PlanOptions.build(options, keywords)
         check_number(
             PoolConfigError,
             "max_connections",
@@ -138,10 +104,10 @@ class PoolPlan:
             at_least=1,
             meaning="the server's max_connections setting: SHOW max_connections",
         )
-        _check_count("superuser_reserved_connections", superuser_reserved_connections)
-        _check_count("reserved_connections", reserved_connections)
-        _check_count("other_clients", other_clients)
-        _check_count("replicas", replicas)
+        check_count("superuser_reserved_connections", superuser_reserved_connections)
+        check_count("reserved_connections", reserved_connections)
+        check_count("other_clients", other_clients)
+        check_count("replicas", replicas)
 
         def budget(name: str) -> ServerBudget:
             return ServerBudget(
@@ -161,16 +127,7 @@ class PoolPlan:
             concurrency_per_process,
             budget("primary"),
             tuple(budget(f"replica{i}") for i in range(1, replicas + 1)),
-            pgbouncer=pgbouncer,
-            server_cores=server_cores,
-            effective_spindles=effective_spindles,
-            headroom=headroom,
-            timeout_s=timeout_s,
-            validate_idle_s=validate_idle_s,
-            max_lifetime_s=max_lifetime_s,
-            lifetime_jitter=lifetime_jitter,
-            leak_threshold_s=leak_threshold_s,
-            keepalives=keepalives,
+            chosen,
         )
 
     # -- derived ---------------------------------------------------------------------------
@@ -362,7 +319,7 @@ class PoolPlan:
         )
 
 
-def _check_workload(processes: int, concurrency: int, pgbouncer: str | None) -> None:
+def _check_workload(processes: int, concurrency: int) -> None:
     check_number(
         PoolConfigError,
         "processes",
@@ -379,14 +336,6 @@ def _check_workload(processes: int, concurrency: int, pgbouncer: str | None) -> 
         at_least=1,
         meaning="the requests or tasks one process serves at once",
     )
-    if pgbouncer not in {None, "transaction", "session"}:
-        raise PoolConfigError(
-            f"pgbouncer={pgbouncer!r}: use 'transaction', 'session', or leave it out"
-        )
-
-
-def _check_count(name: str, value: object, none_means: str | None = None) -> None:
-    check_number(PoolConfigError, name, value, integer=True, at_least=0, none_means=none_means)
 
 
 def _is_loopback(host: str) -> bool:
@@ -403,39 +352,11 @@ def _compute(
     concurrency: int,
     primary: ServerBudget,
     replicas: tuple[ServerBudget, ...],
-    *,
-    pgbouncer: PoolerMode | None,
-    server_cores: int | None,
-    effective_spindles: int,
-    headroom: int,
-    timeout_s: float,
-    validate_idle_s: float | None,
-    max_lifetime_s: float | None,
-    lifetime_jitter: float,
-    leak_threshold_s: float | None,
-    keepalives: bool,
+    options: PlanOptions,
 ) -> PoolPlan:
-    check_number(
-        PoolConfigError,
-        "timeout_s",
-        timeout_s,
-        above=0,
-        meaning="seconds a request waits for a connection before failing",
-    )
-    _check_count("headroom", headroom)
-    _check_count("effective_spindles", effective_spindles)
-    check_number(
-        PoolConfigError,
-        "server_cores",
-        server_cores,
-        integer=True,
-        at_least=1,
-        none_means="unknown",
-        meaning="CPU cores of the database server",
-    )
-    check_liveness_options(leak_threshold_s, validate_idle_s, max_lifetime_s, lifetime_jitter)
-    detected = pgbouncer is None and primary.behind_proxy
-    mode: PoolerMode | None = "transaction" if detected else pgbouncer
+    headroom = options.headroom
+    detected = options.pgbouncer is None and primary.behind_proxy
+    mode = "transaction" if detected else options.pgbouncer
     demand = processes * concurrency
     warnings: list[str] = []
     if mode is not None:
@@ -449,24 +370,15 @@ def _compute(
             share = _share(replica, processes, concurrency, headroom, demand, warnings)
             replica_size = share if replica_size is None else min(replica_size, share)
     return PoolPlan(
+        **(options.items() | {"pgbouncer": mode}),
         processes=processes,
         concurrency_per_process=concurrency,
         pool_size=pool_size,
         max_overflow=0,
-        timeout_s=timeout_s,
         primary=primary,
         replicas=replicas,
         replica_pool_size=replica_size,
-        headroom=headroom,
-        pgbouncer=mode,
         pgbouncer_detected=detected,
-        server_cores=server_cores,
-        effective_spindles=effective_spindles,
-        validate_idle_s=validate_idle_s,
-        max_lifetime_s=max_lifetime_s,
-        lifetime_jitter=lifetime_jitter,
-        leak_threshold_s=leak_threshold_s,
-        keepalives=keepalives,
         warnings=tuple(warnings),
     )
 

@@ -15,22 +15,21 @@ backoff are psycopg_pool's own (``max_lifetime``, ``reconnect_timeout``).
 
 from __future__ import annotations
 
-import sys
 from time import perf_counter
 from typing import Any
 
 from . import _housekeeping
-from ._metrics import PoolMetrics, PoolShape
+from ._metrics import CheckoutState, PoolMetrics, PoolShape
 from ._options import check_validate_idle_s
 
 _INF = float("inf")
-_getframe = sys._getframe
 
 
 class _Metering:
     """State and logic shared by the sync and async metered pools."""
 
     hotpath_metrics: PoolMetrics
+    _hotpath_hot: CheckoutState  # hotpath_metrics.hot: what getconn/putconn write
     _idle_s: float
 
     def _setup_metering(self, name: str | None, validate_idle_s: float | None, check: Any) -> None:
@@ -43,6 +42,7 @@ class _Metering:
         self.hotpath_metrics = PoolMetrics(
             name or "psycopg_pool", self._hotpath_shape, leak_threshold_s=None
         )
+        self._hotpath_hot = self.hotpath_metrics.hot
         _housekeeping.watch(self.hotpath_metrics)
 
     @property

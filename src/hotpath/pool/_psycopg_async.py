@@ -15,9 +15,9 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from ._callstack import application_files, checkout_stack, distance_hint, verified_sites
+from ._callstack import checkout_hold
 from ._errors import ConnectionPoolExhaustedError
-from ._psycopg import _INF, _getframe, _Metering
+from ._psycopg import _INF, _Metering
 
 
 async def _adetach_and_close(conn: AsyncConnection[Any]) -> None:
@@ -84,7 +84,7 @@ class AsyncMeteredConnectionPool(_Metering, AsyncConnectionPool):
 
     async def getconn(self, timeout: float | None = None) -> Any:
         # Inline, as MeteredQueuePool.connect(): every call and attribute counts here.
-        metrics = self.hotpath_metrics
+        hot = self._hotpath_hot
         started = perf_counter()
         try:
             conn: Any = await AsyncConnectionPool.getconn(self, timeout)
@@ -93,33 +93,14 @@ class AsyncMeteredConnectionPool(_Metering, AsyncConnectionPool):
                 conn = await self._hotpath_validated(conn, started, timeout)
                 now = perf_counter()
         except PoolTimeout as exc:
-            raise metrics.exhausted(started, exc, ConnectionPoolExhaustedError) from exc
-        metrics._acquire_raw.append(now - started)
-        if metrics.capture_stacks:
-            # The last distance that found the application frame, tried inline (see
-            # checkout_stack): 0 when the application calls the pool itself. The same lines
-            # are in the metered QueuePool's connect (_sa_pools): a shared helper would be a
-            # call per checkout (~1%).
-            distance = distance_hint[0]
-            try:
-                frame = _getframe(1 + distance)
-            except ValueError:  # shallower than that: another path
-                metrics._holds[conn] = (now, *checkout_stack())
-            else:
-                code = frame.f_code
-                lasti = frame.f_lasti
-                if distance:  # a verified site at that distance, that called the same function
-                    site = verified_sites.get((id(code), lasti))
-                    known = (
-                        site is not None
-                        and site[0] == distance
-                        and _getframe(distance).f_code is site[1]
-                    )
-                else:  # the caller itself: the first application frame if it is one
-                    known = code.co_filename in application_files
-                metrics._holds[conn] = (now, code, lasti) if known else (now, *checkout_stack())
-        else:
-            metrics._holds[conn] = (now,)
+            raise self.hotpath_metrics.exhausted(
+                started, exc, ConnectionPoolExhaustedError
+            ) from exc
+        hot.acquire_samples.append(now - started)
+        # The call-site lookup is one helper shared with the metered QueuePool: its call did
+        # not show in `python -m bench pool`'s acquire+release against the lines inlined here
+        # (alternating runs), so it is written once.
+        hot.holds[conn] = checkout_hold(now) if hot.capture_stacks else (now,)
         return conn
 
     async def _hotpath_validated(self, conn: Any, started: float, timeout: float | None) -> Any:
@@ -150,12 +131,12 @@ class AsyncMeteredConnectionPool(_Metering, AsyncConnectionPool):
 
     async def putconn(self, conn: Any) -> None:
         # PoolMetrics.checked_in inlined: this is the hot path.
-        metrics = self.hotpath_metrics
+        hot = self._hotpath_hot
         now = perf_counter()
-        hold = metrics._holds.pop(conn, None)
+        hold = hot.holds.pop(conn, None)
         if hold is not None:
-            metrics._hold_raw.append(now - hold[0])
-            if metrics._reported:
-                metrics.returned(conn, hold, now)
+            hot.hold_samples.append(now - hold[0])
+            if hot.reported:
+                self.hotpath_metrics.returned(conn, hold, now)
         conn.hotpath_check_at = now + self._idle_s
         await AsyncConnectionPool.putconn(self, conn)

@@ -15,13 +15,12 @@ so these do the checkout and checkin bookkeeping themselves, inline:
   ``_do_return_conn`` (the QueuePool subclass hook) still does the return.
   ``tests/pool/test_metrics.py`` checks that they are still trampolines;
 - the replacements are closures set on the pool instance by ``hotpath_meter()``
-  (``instrument_pool``), with the metrics' hot-path state in their cells;
+  (``instrument_pool``), with the metrics' hot state (``PoolMetrics.hot``) in their cells;
 - detached connections never reach ``_return_conn``: the ``detach`` listener ends their hold.
 """
 
 from __future__ import annotations
 
-import sys
 import warnings
 from collections.abc import Callable
 from time import perf_counter
@@ -37,7 +36,7 @@ from sqlalchemy.pool import (
 )
 from sqlalchemy.pool.base import _ConnectionFairy
 
-from ._callstack import application_files, checkout_stack, distance_hint, verified_sites
+from ._callstack import checkout_hold
 from ._errors import QueuePoolExhaustedError
 from ._metrics import PoolMetrics
 
@@ -47,7 +46,6 @@ if TYPE_CHECKING:
 _warned_unmetered = False
 # What Pool.connect() does (typed loosely: it is called with the mixin's self).
 _checkout: Callable[[Any], PoolProxiedConnection] = _ConnectionFairy._checkout
-_getframe = sys._getframe
 # A stale connection is replaced and the checkout retried; past this many in one checkout
 # something else is wrong (a lifetime shorter than a connect): hand out the last one.
 _ATTEMPTS = 3
@@ -115,8 +113,9 @@ def _metered_checkout_checkin(
     """``connect()`` and ``_return_conn()`` for one metered pool.
 
     Closures rather than methods: everything they touch is a cell of their own (no attribute
-    chain from ``self`` on each checkout), and they hold ``PoolMetrics``' hot-path state
-    directly, the parts of ``PoolMetrics.acquired``/``checked_in`` inlined.
+    chain from ``self`` on each checkout), and they hold the containers of the metrics' hot
+    state (``PoolMetrics.hot``, a ``CheckoutState``) directly, the parts of
+    ``PoolMetrics.acquired``/``checked_in`` inlined.
     """
     return _metered_checkout(pool, liveness), _metered_checkin(pool, liveness)
 
@@ -125,9 +124,10 @@ def _metered_checkout(
     pool: _MeteredMixin, liveness: EngineInstrumentation
 ) -> Callable[[], PoolProxiedConnection]:
     metrics = liveness.metrics
-    holds = metrics._holds
-    acquire_sample = metrics._acquire_raw.append
-    capture_stacks = metrics.capture_stacks  # fixed by instrument_pool()
+    hot = metrics.hot
+    holds = hot.holds
+    acquire_sample = hot.acquire_samples.append
+    capture_stacks = hot.capture_stacks  # fixed by instrument_pool()
 
     def connect() -> PoolProxiedConnection:
         started = perf_counter()
@@ -148,31 +148,10 @@ def _metered_checkout(
             record = connection._connection_record
             now = perf_counter()
         acquire_sample(now - started)
-        if capture_stacks:
-            # The last distance that found the application frame, tried inline (see
-            # checkout_stack): 0 when the application calls the pool itself. The same lines
-            # are in MeteredConnectionPool.getconn (_psycopg): a shared helper would be a
-            # call per checkout (~1%).
-            distance = distance_hint[0]
-            try:
-                frame = _getframe(1 + distance)
-            except ValueError:  # shallower than that: another path
-                holds[record] = (now, *checkout_stack())
-            else:
-                code = frame.f_code
-                lasti = frame.f_lasti
-                if distance:  # a verified site at that distance, that called the same function
-                    site = verified_sites.get((id(code), lasti))
-                    known = (
-                        site is not None
-                        and site[0] == distance
-                        and _getframe(distance).f_code is site[1]
-                    )
-                else:  # the caller itself: the first application frame if it is one
-                    known = code.co_filename in application_files
-                holds[record] = (now, code, lasti) if known else (now, *checkout_stack())
-        else:
-            holds[record] = (now,)
+        # The call-site lookup is one helper shared with the psycopg pools: its call did not
+        # show in `python -m bench pool`'s acquire+release against the lines inlined here
+        # (alternating runs), so it is written once.
+        holds[record] = checkout_hold(now) if capture_stacks else (now,)
         return connection
 
     return connect
@@ -182,9 +161,10 @@ def _metered_checkin(
     pool: _MeteredMixin, liveness: EngineInstrumentation
 ) -> Callable[[ConnectionPoolEntry], None]:
     metrics = liveness.metrics
-    holds = metrics._holds
-    reported = metrics._reported
-    hold_sample = metrics._hold_raw.append
+    hot = metrics.hot
+    holds = hot.holds
+    reported = hot.reported
+    hold_sample = hot.hold_samples.append
     idle_s = liveness.idle_s
     return_to_pool = pool._do_return_conn
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Literal, TypedDict, get_args
 
+from .._validate import with_keywords
 from ._errors import RoutingConfigError
 
 Policy = Literal["least_in_flight", "round_robin", "random"]
@@ -78,17 +79,7 @@ class RoutingConfig:
     ) -> RoutingConfig:
         """``config`` (or the defaults) with the keyword ``options`` on top, validated once,
         with ``weights`` checked against the number of replicas."""
-        unknown = sorted(set(options) - {f.name for f in fields(cls)})
-        if unknown:
-            known = ", ".join(f.name for f in fields(cls))
-            raise RoutingConfigError(
-                f"{unknown[0]}={options[unknown[0]]!r}: not an option of a replica set "  # type: ignore[literal-required]
-                f"(they are {known}); check its spelling"
-            )
-        if config is None:
-            built = cls(**options)
-        else:  # the caller's object itself when no keyword overrides it
-            built = replace(config, **options) if options else config
+        built = with_keywords(cls, config, options, RoutingConfigError, "a replica set")
         weights = built.weights
         if weights is not None and (
             len(weights) != replica_count
