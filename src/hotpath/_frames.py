@@ -75,6 +75,11 @@ def _library_prefixes() -> tuple[str, ...]:
     return tuple(sorted(prefixes))
 
 
+# a walk's inner loop reads the cache directly (``known_verdict(filename)``; None: not yet
+# judged) and calls is_library only on a miss: a call per frame was most of a walk's cost
+known_verdict = _verdicts.get
+
+
 def is_library(code: CodeType) -> bool:
     """Whether ``code`` belongs to a library rather than to the application."""
     filename = code.co_filename

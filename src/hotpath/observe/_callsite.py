@@ -17,7 +17,7 @@ from collections.abc import Callable
 from types import CodeType, FrameType
 from typing import Any
 
-from .._frames import is_library, parent_greenlet_frames
+from .._frames import is_library, known_verdict, parent_greenlet_frames
 from ._records import CallSite
 
 # The frames of hotpath's middleware: a request's code runs below them, and what is above
@@ -33,11 +33,15 @@ def mark_request_boundary(*functions: Callable[..., Any]) -> None:
 def _first_app_frame(frame: FrameType | None) -> tuple[FrameType | None, bool]:
     """The first application frame from ``frame`` outwards, and whether the walk stopped at
     a request's boundary (then nothing further out is the request's code)."""
+    boundaries = _request_boundaries
     while frame is not None:
         code = frame.f_code
-        if code in _request_boundaries:
+        if code in boundaries:
             return None, True
-        if not is_library(code):
+        library = known_verdict(code.co_filename)
+        if library is None:
+            library = is_library(code)
+        if not library:
             return frame, False
         frame = frame.f_back
     return None, False

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ._records import CallSite, Layer
+from ._records import LAYERS, CallSite, Layer
 from ._values import not_read
 
 if TYPE_CHECKING:
@@ -138,7 +138,7 @@ def union_ms(intervals: Iterable[tuple[float, float]]) -> float:
 
 def breakdown(start: float, end: float, spans: list[Span]) -> dict[Layer, float]:
     """``{layer: ms}`` for the scope ``[start, end]``; the values add up to its duration."""
-    result = dict.fromkeys(Layer, 0.0)
+    result = dict.fromkeys(LAYERS, 0.0)  # the tuple: iterating the enum is slower
     wall = max(0.0, end - start)
     if not spans:
         result[Layer.OTHER] = wall * 1000
@@ -165,7 +165,7 @@ def breakdown(start: float, end: float, spans: list[Span]) -> dict[Layer, float]
         events.append((s, 1, layer))
         events.append((e, -1, layer))
     events.sort(key=lambda event: (event[0], event[1]))
-    active = dict.fromkeys(Layer, 0)
+    active = dict.fromkeys(LAYERS, 0)
     at = start
     for time, delta, layer in events:
         if time > at:
