@@ -246,7 +246,9 @@ def run_shop(
             runs = [step.run for step in climbed.steps]
         else:
             runs = [rig.run(fixes) for fixes in configurations(ablation)]
-    return DemoResult(scale, runs, setup, duration_s, concurrency, rig.indexes, climbed, workers)
+    return DemoResult(
+        scale, runs, setup, duration_s, concurrency, rig.indexes, ladder=climbed, workers=workers
+    )
 
 
 def _row_counter(

@@ -29,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from fastapi.responses import Response
 from sqlalchemy import event
 
 from ..._errors import HotpathError
-from ...observe import ASGIMiddleware, FindingKind, ObserveSettings, Profiler
+from ...observe import ASGIMiddleware, FindingKind, ObserveSettings, Profiler, Report
 from ...run._state import merge_states
 from .app import ShopSettings, create_app
 from .fixes import Fixes
@@ -102,6 +102,57 @@ def shop_profiler(engines: list[Any], options: ServerOptions) -> Profiler:
     )
 
 
+@dataclass
+class _WorkerCounts:
+    """What one worker process counts for the runner, since the last reset."""
+
+    app: Any
+    profiler: Profiler | None
+    wall_clock: bool
+    counts: dict[str, int] = field(default_factory=lambda: {"connections_opened": 0, "requests": 0})
+    reads_baseline: dict[str, int] = field(default_factory=dict)  # replica set reads at reset
+    cache_baseline: dict[str, int] = field(default_factory=dict)  # cache counters at reset
+    walls: deque[WallSample] = field(default_factory=lambda: deque(maxlen=100_000))
+
+    def connected(self, *_: object) -> None:
+        self.counts["connections_opened"] += 1
+
+    def _reads(self) -> dict[str, int]:
+        reads = {"replica_reads": 0, "primary_reads": 0}
+        replica_set = self.app.state.database.replica_set
+        if replica_set is not None:
+            for node in replica_set.status():
+                reads["primary_reads" if node.writer else "replica_reads"] += node.reads
+        return reads
+
+    def reset(self) -> None:
+        if self.profiler is not None:
+            self.profiler.reset()
+        self.walls.clear()
+        self.counts.update(dict.fromkeys(self.counts, 0))
+        self.reads_baseline.update(self._reads())
+        if self.app.state.cache is not None:
+            self.cache_baseline.update(self.app.state.cache.stats())
+
+    def state(self, kind: CommandKind) -> dict[str, Any]:
+        """This worker's WORKER STATE (the shape :mod:`hotpath.run._state` merges)."""
+        # what serving costs this process, apart from the other processes on the machine
+        state: dict[str, Any] = {"pid": os.getpid(), "process_cpu_s": time.process_time()}
+        if kind is CommandKind.CPU:
+            return state
+        cache = self.app.state.cache
+        now = {} if cache is None else cache.stats()
+        return {
+            **state,
+            "written": time.time(),
+            "scopes": self.counts["requests"],
+            "observe": None if self.profiler is None else self.profiler.snapshot(),
+            "caches": [{"namespace": "shop", **_since(now, self.cache_baseline)}] if now else [],
+            "counts": {**self.counts, **_since(self._reads(), self.reads_baseline)},
+            "walls": [_wall_dict(sample) for sample in self.walls] if self.wall_clock else [],
+        }
+
+
 def build(settings: ShopSettings, options: ServerOptions | None = None) -> Any:
     options = options or ServerOptions()
     if settings.workers > 1 and options.state_dir is None:
@@ -112,80 +163,20 @@ def build(settings: ShopSettings, options: ServerOptions | None = None) -> Any:
     shared = SharedState(state_dir, settings.workers)
     app = create_app(settings)
     database = app.state.database
-    counts = {"connections_opened": 0, "requests": 0}  # since the last reset
-    reads_baseline: dict[str, int] = {}  # the replica set's reads at the last reset
-    cache_baseline: dict[str, int] = {}  # the cache's counters at the last reset
-    walls: deque[WallSample] = deque(maxlen=100_000)
-
-    def _count(*_: object) -> None:
-        counts["connections_opened"] += 1
-
-    for engine in database.engines:
-        event.listen(engine.sync_engine, "connect", _count)
-
     profiler = shop_profiler(database.engines, options) if options.observe else None
     # findings are read from /__hotpath/report: one log line per finding per request would
     # only fill the server's log (listener bugs, logged as errors, still show)
     logging.getLogger("hotpath.observe").setLevel(logging.ERROR)
-
-    def _reads() -> dict[str, int]:
-        reads = {"replica_reads": 0, "primary_reads": 0}
-        if database.replica_set is not None:
-            for node in database.replica_set.status():
-                reads["primary_reads" if node.writer else "replica_reads"] += node.reads
-        return reads
-
-    def _reset() -> None:
-        if profiler is not None:
-            profiler.reset()
-        walls.clear()
-        counts.update(dict.fromkeys(counts, 0))
-        reads_baseline.update(_reads())
-        if app.state.cache is not None:
-            cache_baseline.update(app.state.cache.stats())
-
-    def _state(kind: CommandKind) -> dict[str, Any]:
-        """This worker's WORKER STATE (the shape :mod:`hotpath.run._state` merges)."""
-        # what serving costs this process, apart from the other processes on the machine
-        state: dict[str, Any] = {"pid": os.getpid(), "process_cpu_s": time.process_time()}
-        if kind is CommandKind.CPU:
-            return state
-        cache = app.state.cache
-        now = {} if cache is None else cache.stats()
-        reads = _reads()
-        return {
-            **state,
-            "written": time.time(),
-            "scopes": counts["requests"],
-            "observe": None if profiler is None else profiler.snapshot(),
-            "caches": [{"namespace": "shop", **_since(now, cache_baseline)}] if now else [],
-            "counts": {**counts, **_since(reads, reads_baseline)},
-            "walls": [_wall_dict(sample) for sample in walls] if options.wall_clock else [],
-        }
-
-    async def _gather(kind: CommandKind) -> list[dict[str, Any]]:
-        try:
-            return await shared.gather(kind)
-        except WorkersMissing as error:
-            raise HTTPException(503, str(error)) from error
-
-    async def _whole_server(kind: CommandKind) -> tuple[dict[str, Any], Any]:
-        """(every worker's states merged, observe's merged report)."""
-        workers = await _gather(kind)
-        merged, report = merge_states(workers, profiler.settings if profiler else ObserveSettings())
-        merged["workers"] = [
-            {**w, "counts": state.get("counts", {}), "caches": state.get("caches", [])}
-            for w, state in zip(merged["workers"], workers, strict=True)
-        ]
-        merged["process_cpu_s"] = sum(state["process_cpu_s"] for state in workers)
-        merged["walls"] = [wall for state in workers for wall in state.get("walls") or []]
-        return merged, report
+    mine = _WorkerCounts(app, profiler, options.wall_clock)
+    for engine in database.engines:
+        event.listen(engine.sync_engine, "connect", mine.connected)
+    observe_settings = profiler.settings if profiler is not None else ObserveSettings()
 
     @app.get(f"{RUNNER_PREFIX}/stats", include_in_schema=False)
     async def stats() -> dict[str, Any]:
-        merged, _ = await _whole_server(CommandKind.STATS)
+        merged, _ = await _whole_server(shared, observe_settings)
         totals = _sum(w["counts"] for w in merged["workers"])
-        empty = {"endpoints": [], "top_fixes": [], "functions": []}
+        empty: dict[str, list[Any]] = {"endpoints": [], "top_fixes": [], "functions": []}
         return {
             "observe": merged["report"] if profiler is not None else empty,
             "connections_opened": totals.get("connections_opened", 0),
@@ -204,26 +195,26 @@ def build(settings: ShopSettings, options: ServerOptions | None = None) -> Any:
     async def cpu() -> dict[str, float]:
         # what a benchmark reads around its load: /stats builds observe's report, whose
         # cost is the runner's, not the workload's
-        workers = await _gather(CommandKind.CPU)
+        workers = await _gather(shared, CommandKind.CPU)
         return {"process_cpu_s": sum(state["process_cpu_s"] for state in workers)}
 
     @app.get(f"{RUNNER_PREFIX}/report", include_in_schema=False)
     async def report() -> Response:
         if profiler is None:
             raise HTTPException(404, "this server runs without observe (ServerOptions.observe)")
-        _, merged_report = await _whole_server(CommandKind.STATS)
+        _, merged_report = await _whole_server(shared, observe_settings)
         return Response(merged_report.to_json(), media_type="application/json")
 
     @app.get(f"{RUNNER_PREFIX}/wall", include_in_schema=False)
     async def wall() -> list[dict[str, Any]]:
         if not options.wall_clock:
             raise HTTPException(404, "start the server with ServerOptions(wall_clock=True)")
-        merged, _ = await _whole_server(CommandKind.STATS)
+        merged, _ = await _whole_server(shared, observe_settings)
         return list(merged["walls"])
 
     @app.post(f"{RUNNER_PREFIX}/reset", include_in_schema=False)
     async def reset() -> dict[str, Any]:
-        workers = await _gather(CommandKind.RESET)
+        workers = await _gather(shared, CommandKind.RESET)
         return {"status": "reset", "workers": len(workers)}
 
     lifespan = app.router.lifespan_context
@@ -232,7 +223,7 @@ def build(settings: ShopSettings, options: ServerOptions | None = None) -> Any:
     async def following(started: Any) -> AsyncIterator[Any]:
         # each worker follows the runner's commands for as long as it serves
         async with lifespan(started) as lifespan_state:
-            task = asyncio.create_task(follow_commands(shared, _reset, _state))
+            task = asyncio.create_task(follow_commands(shared, mine.reset, mine.state))
             try:
                 yield lifespan_state
             finally:
@@ -246,17 +237,39 @@ def build(settings: ShopSettings, options: ServerOptions | None = None) -> Any:
     if profiler is not None:
         measured = ASGIMiddleware(app, profiler, server_timing=False)
     if options.wall_clock:
-        measured = WallClock(measured, walls)
+        measured = WallClock(measured, mine.walls)
 
     async def entry(scope: Any, receive: Any, send: Any) -> None:
         # the runner's own calls are not part of the workload
         if scope.get("path", "").startswith(RUNNER_PREFIX) or scope["type"] != "http":
             await app(scope, receive, send)
             return
-        counts["requests"] += 1
+        mine.counts["requests"] += 1
         await measured(scope, receive, send)
 
     return entry
+
+
+async def _gather(shared: SharedState, kind: CommandKind) -> list[dict[str, Any]]:
+    try:
+        return await shared.gather(kind)
+    except WorkersMissing as error:
+        raise HTTPException(503, str(error)) from error
+
+
+async def _whole_server(
+    shared: SharedState, settings: ObserveSettings
+) -> tuple[dict[str, Any], Report]:
+    """(every worker's state merged by ``hotpath run``'s merge, observe's merged report)."""
+    workers = await _gather(shared, CommandKind.STATS)
+    merged, report = merge_states(workers, settings)
+    merged["workers"] = [
+        {**w, "counts": state.get("counts", {}), "caches": state.get("caches", [])}
+        for w, state in zip(merged["workers"], workers, strict=True)
+    ]
+    merged["process_cpu_s"] = sum(state["process_cpu_s"] for state in workers)
+    merged["walls"] = [wall for state in workers for wall in state.get("walls") or []]
+    return merged, report
 
 
 def settings_from_env() -> ShopSettings:

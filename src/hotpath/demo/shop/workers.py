@@ -36,7 +36,7 @@ POLL_S = 0.01
 GATHER_TIMEOUT_S = 30.0
 
 
-class CommandKind(enum.StrEnum):
+class CommandKind(str, enum.Enum):
     STATS = "stats"  # every count, observe's snapshot included
     CPU = "cpu"  # CPU time only: what a benchmark reads around its load, kept cheap
     RESET = "reset"  # start every count again, then answer as STATS
@@ -82,7 +82,9 @@ class SharedState:
         its predecessor's file behind, at an older generation)."""
         return [s for s in read_workers(self.directory) if s.get("generation", -1) >= generation]
 
-    async def gather(self, kind: CommandKind, timeout: float = GATHER_TIMEOUT_S) -> list[dict[str, Any]]:
+    async def gather(
+        self, kind: CommandKind, timeout: float = GATHER_TIMEOUT_S
+    ) -> list[dict[str, Any]]:
         """Post ``kind`` and return every worker's answer to it."""
         generation = self.post(kind)
         deadline = time.monotonic() + timeout
