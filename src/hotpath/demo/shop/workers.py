@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import enum
 import fcntl
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -27,6 +28,8 @@ import orjson
 
 from ..._errors import HotpathError
 from ...run._state import read_workers
+
+logger = logging.getLogger(__name__)
 
 COMMAND_FILE = "command.json"
 LOCK_FILE = "command.lock"
@@ -125,10 +128,15 @@ async def follow_commands(
             if command is None or command[0] <= seen:
                 continue
             seen, kind = command
-            if kind is CommandKind.RESET:
-                reset()
-            answer = CommandKind.STATS if kind is CommandKind.RESET else kind
-            shared.write({**state(answer), "generation": seen})
+            try:
+                if kind is CommandKind.RESET:
+                    reset()
+                answer = CommandKind.STATS if kind is CommandKind.RESET else kind
+                shared.write({**state(answer), "generation": seen})
+            except Exception:
+                # this worker keeps following: the runner's call times out naming the count
+                # of workers that answered, and the traceback is in the server's log
+                logger.exception("worker %d could not answer command %d", os.getpid(), seen)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
