@@ -56,6 +56,7 @@ class RunResult:
     cache: dict[str, int] = field(default_factory=dict)
     server_errors: list[str] = field(default_factory=list)  # exceptions the server logged
     report: dict[str, Any] = field(default_factory=dict)  # observe's diagnosis of the run
+    worker_requests: list[int] = field(default_factory=list)  # requests each process served
 
     @property
     def cache_hit_rates(self) -> tuple[float, float] | None:
@@ -145,6 +146,7 @@ async def run_configuration(settings: ShopSettings, spec: LoadSpec, scale: str) 
         {k: int(v) for k, v in stats.get("cache", {}).items()},
         server_errors,
         stats["observe"],
+        [int(worker["requests"]) for worker in stats["workers"]],
     )
 
 

@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import tempfile
 import time
 from collections import deque
@@ -33,6 +34,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from fastapi import HTTPException
 from fastapi.responses import Response
 from sqlalchemy import event
@@ -40,6 +42,7 @@ from sqlalchemy import event
 from ..._errors import HotpathError
 from ...observe import ASGIMiddleware, FindingKind, ObserveSettings, Profiler, Report
 from ...run._state import merge_states
+from ...stack._process import LOOPBACK
 from .app import ShopSettings, create_app
 from .fixes import Fixes
 from .timing import WallClock, WallSample
@@ -270,6 +273,20 @@ async def _whole_server(
     merged["process_cpu_s"] = sum(state["process_cpu_s"] for state in workers)
     merged["walls"] = [wall for state in workers for wall in state.get("walls") or []]
     return merged, report
+
+
+APP_FACTORY = "hotpath.demo.shop.server:from_env"
+
+
+def serve_worker(port: int) -> None:
+    """One worker process of several (see ``python -m hotpath.demo.shop``): uvicorn on a
+    listening socket of its own, bound to the shared port with ``SO_REUSEPORT``."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    listener.bind((LOOPBACK, port))
+    config = uvicorn.Config(APP_FACTORY, factory=True, log_level="warning", access_log=False)
+    uvicorn.Server(config).run(sockets=[listener])
 
 
 def settings_from_env() -> ShopSettings:
