@@ -4,6 +4,7 @@ reaching every worker), and Redis answers what one worker's L1 does not have."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,8 +14,10 @@ import httpx
 import pytest
 import redis
 
+from hotpath.demo._load import LoadSpec, run_load
 from hotpath.demo._process import ShopServer, shop_server
 from hotpath.demo._server import serve
+from hotpath.demo._workload import shop_mix
 from hotpath.demo.shop import SCALES, load_shop
 from hotpath.demo.shop.app import ShopSettings
 from hotpath.demo.shop.fixes import Fixes
@@ -169,6 +172,19 @@ def test_an_order_placed_on_one_worker_reaches_the_other_workers_l1(server: Shop
                 break
     assert other_answers, "the other worker never answered"
     assert other_answers[-1], f"the other worker kept serving its stale L1: {other_answers}"
+
+
+def test_the_load_generators_users_are_spread_over_the_workers(server: ShopServer) -> None:
+    """Each user connects once and keeps its connection, all at the start: on one shared
+    socket the first worker to wake accepted them all; on a socket per worker the kernel
+    spreads them (16 users all on one of 2 workers: a chance of 2 in 65,536)."""
+    _reset(server)
+    spec = LoadSpec(concurrency=16, duration_s=60.0, max_requests=160)
+    load = asyncio.run(run_load(server.url, shop_mix(SCALES["tiny"]), spec))
+    stats = _stats(server)
+    served = _served(stats)
+    assert sum(served.values()) == stats["requests"] == load.requests
+    assert all(count > 0 for count in served.values()), served
 
 
 @pytest.mark.faults
