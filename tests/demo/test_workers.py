@@ -30,6 +30,7 @@ WORKERS = 2
 MAX_REQUESTS = 400
 # a worker's answers after another worker's write that may still predate the invalidation
 COHERENT_WITHIN = 5
+RUNS = 2  # loads, each from a fresh set of connections
 
 
 @pytest.fixture(scope="module")
@@ -175,16 +176,28 @@ def test_an_order_placed_on_one_worker_reaches_the_other_workers_l1(server: Shop
 
 
 def test_the_load_generators_users_are_spread_over_the_workers(server: ShopServer) -> None:
-    """Each user connects once and keeps its connection, all at the start: on one shared
-    socket the first worker to wake accepted them all; on a socket per worker the kernel
-    spreads them (16 users all on one of 2 workers: a chance of 2 in 65,536)."""
-    _reset(server)
-    spec = LoadSpec(concurrency=16, duration_s=60.0, max_requests=160)
-    load = asyncio.run(run_load(server.url, shop_mix(SCALES["tiny"]), spec))
-    stats = _stats(server)
-    served = _served(stats)
-    assert sum(served.values()) == stats["requests"] == load.requests
-    assert all(count > 0 for count in served.values()), served
+    """Each user connects once and keeps its connection. On uvicorn's one shared socket the
+    worker that wakes first accepts every connection waiting: in a 2-worker demo run, 4 of 9
+    steps had every request on one worker. On a socket per worker the kernel spreads them
+    (all 16 users on one of 2 workers: a chance of 1 in 32,768 per run)."""
+
+    async def run() -> tuple[dict[str, Any], int]:
+        # as the demo runs each step: warm up and reset on the runner's own connection,
+        # which stays open during the load
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            await client.get("/products/1")
+            await client.post("/__hotpath/reset")
+            spec = LoadSpec(concurrency=16, duration_s=60.0, max_requests=64)
+            load = await run_load(server.url, shop_mix(SCALES["tiny"]), spec)
+            return (await client.get("/__hotpath/stats")).json(), load.requests
+
+    spreads = []
+    for _ in range(RUNS):
+        stats, sent = asyncio.run(run())
+        served = _served(stats)
+        assert sum(served.values()) == stats["requests"] == sent
+        spreads.append(sorted(served.values()))
+    assert all(min(spread) > 0 for spread in spreads), spreads
 
 
 @pytest.mark.faults
