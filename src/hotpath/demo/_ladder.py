@@ -378,6 +378,15 @@ def ladder_lines(ladder: Ladder) -> list[str]:
             f"  errors {run.load.errors}, stale reads {run.load.stale_reads}, "
             f"connections opened {run.connections_opened:,}"
         )
+        if len(run.worker_requests) > 1:
+            served = " / ".join(f"{count:,}" for count in run.worker_requests)
+            lines.append(f"  requests served by each worker process: {served}")
+        if run.cache_hit_rates is not None:
+            # apart: with several workers, Redis answers what another process's L1 lacks
+            lines.append(
+                f"  cache: {run.cache.get('l1_hits', 0):,} L1 hits, "
+                f"{run.cache.get('l2_hits', 0):,} Redis hits, {run.cache.get('misses', 0):,} misses"
+            )
         layers = [f"{k} {v:.1f}" for k, v in breakdown(run).items() if v >= 0.05]
         lines += textwrap.wrap(
             "ms/request by layer: " + ", ".join(layers),
@@ -429,6 +438,12 @@ def _run_dict(run: RunResult) -> dict[str, Any]:
         "breakdown_ms": breakdown(run),
         "errors": run.load.errors,
         "stale_reads": run.load.stale_reads,
+        "worker_requests": run.worker_requests,
+        "cache": {
+            "l1_hits": run.cache.get("l1_hits", 0),
+            "redis_hits": run.cache.get("l2_hits", 0),
+            "misses": run.cache.get("misses", 0),
+        },
     }
 
 

@@ -11,7 +11,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -19,7 +19,7 @@ import httpx
 from .._errors import HotpathError
 from ..stack._process import LOOPBACK, free_ports
 from .shop.app import ShopSettings
-from .shop.server import ServerOptions
+from .shop.server import SETTINGS_ENV, ServerOptions
 
 
 class ShopServerError(HotpathError):
@@ -49,15 +49,15 @@ class ShopServer:
 def shop_server(
     settings: ShopSettings, timeout: float = 30.0, options: ServerOptions | None = None
 ) -> Iterator[ShopServer]:
-    """Start ``python -m hotpath.demo.shop`` for ``settings`` (and the server's ``options``);
-    yield it once it answers."""
+    """Start ``python -m hotpath.demo.shop`` for ``settings`` (``settings.workers`` uvicorn
+    worker processes, and the server's ``options``); yield it once every worker answers."""
     port = free_ports(1)[0]
-    env = {
-        **os.environ,
-        "HOTPATH_SHOP_SETTINGS": json.dumps(asdict(settings)),
-        **(options or ServerOptions()).to_env(),
-    }
     with tempfile.TemporaryDirectory(prefix="hotpath-shop-") as directory:
+        # where the workers answer the runner's calls as one server
+        state_dir = Path(directory) / "workers"
+        state_dir.mkdir()
+        options = replace(options or ServerOptions(), state_dir=str(state_dir))
+        env = {**os.environ, SETTINGS_ENV: json.dumps(asdict(settings)), **options.to_env()}
         log_path = Path(directory) / "server.log"
         with log_path.open("w") as log:
             process = subprocess.Popen(
@@ -75,7 +75,8 @@ def shop_server(
                     output = log_path.read_text(errors="replace")
                     raise ShopServerError(f"the shop server exited: {output[-800:]}")
                 try:
-                    if httpx.get(f"{url}/__hotpath/stats", timeout=1).status_code == 200:
+                    # answered once every worker has written its state (see shop.workers)
+                    if httpx.get(f"{url}/__hotpath/cpu", timeout=5).status_code == 200:
                         break
                 except httpx.HTTPError:
                     pass

@@ -56,6 +56,7 @@ class RunResult:
     cache: dict[str, int] = field(default_factory=dict)
     server_errors: list[str] = field(default_factory=list)  # exceptions the server logged
     report: dict[str, Any] = field(default_factory=dict)  # observe's diagnosis of the run
+    worker_requests: list[int] = field(default_factory=list)  # requests each process served
 
     @property
     def cache_hit_rates(self) -> tuple[float, float] | None:
@@ -85,6 +86,7 @@ class DemoResult:
     duration_s: float = 0.0
     concurrency: int = 0
     indexes: list[str] = field(default_factory=list)  # what hotpath advise recommended
+    workers: int = 1
     ladder: Ladder | None = None  # the optimization loop, when it ran
 
 
@@ -144,6 +146,7 @@ async def run_configuration(settings: ShopSettings, spec: LoadSpec, scale: str) 
         {k: int(v) for k, v in stats.get("cache", {}).items()},
         server_errors,
         stats["observe"],
+        [int(worker["requests"]) for worker in stats["workers"]],
     )
 
 
@@ -167,12 +170,14 @@ class ShopRig:
     spec: LoadSpec
     progress: Callable[[str], None]
     indexes: list[str] = field(default_factory=list)
+    workers: int = 1  # uvicorn worker processes of the shop server
 
     def run(self, fixes: Fixes, why: str = "") -> RunResult:
         if fixes.indexes and not self.indexes:
             self.advise()
         what = f"running {fixes.label}{why} for {self.spec.duration_s:.0f}s"
-        self.progress(f"{what} with {self.spec.concurrency} users")
+        processes = f", {self.workers} worker processes" if self.workers > 1 else ""
+        self.progress(f"{what} with {self.spec.concurrency} users{processes}")
         prepare_indexes(self.dsn, fixes, self.indexes)
         if fixes == Fixes.naive():
             _reset_statement_stats(self.dsn)  # the advisor reads the naive run's statements
@@ -185,6 +190,7 @@ class ShopRig:
             replica_urls=[r.url_for("shop", driver="asyncpg") for r in self.stack.replicas],
             redis_url=self.stack.redis_url,
             concurrency=self.spec.concurrency,
+            workers=self.workers,
         )
         return asyncio.run(run_configuration(settings, self.spec, self.scale))
 
@@ -209,6 +215,7 @@ def run_shop(
     verify: bool = False,
     target_p99_ms: float | None = None,
     max_steps: int | None = None,
+    workers: int = 1,
 ) -> DemoResult:
     """Load the shop into ``stack`` and run it under the same load in each configuration.
 
@@ -217,7 +224,8 @@ def run_shop(
     ``max_steps`` (fixes applied at most) as it takes them. Otherwise naive, then every fix at
     once (and, with ``ablation``, each fix alone in between). The naive configuration runs
     first; the index fix uses what ``hotpath advise`` recommends from the statements that run
-    recorded. ``rows_loaded(done, expected)`` follows the data load.
+    recorded. ``rows_loaded(done, expected)`` follows the data load. The shop runs under
+    uvicorn with ``workers`` processes, the ``concurrency`` users spread over them.
     """
     from ._ladder import climb  # noqa: PLC0415 - the ladder imports this module
 
@@ -234,13 +242,15 @@ def run_shop(
     spec = LoadSpec(concurrency=concurrency, duration_s=duration_s)
     climbed: Ladder | None = None
     with serve(create_payment_app(behaviour)) as payment_url:
-        rig = ShopRig(stack, dsn, payment_url, scale, spec, progress)
+        rig = ShopRig(stack, dsn, payment_url, scale, spec, progress, workers=workers)
         if ladder:
             climbed = climb(rig, target_p99_ms=target_p99_ms, verify=verify, max_steps=max_steps)
             runs = [step.run for step in climbed.steps]
         else:
             runs = [rig.run(fixes) for fixes in configurations(ablation)]
-    return DemoResult(scale, runs, setup, duration_s, concurrency, rig.indexes, climbed)
+    return DemoResult(
+        scale, runs, setup, duration_s, concurrency, rig.indexes, ladder=climbed, workers=workers
+    )
 
 
 def _row_counter(

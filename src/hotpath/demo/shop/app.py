@@ -42,7 +42,8 @@ from .fixes import Fixes
 
 @dataclass
 class ShopSettings:
-    """Where the shop's servers are and which fixes are on."""
+    """Where the shop's servers are and which fixes are on; ``concurrency``: the requests in
+    flight on the whole server at once, spread over ``workers`` processes."""
 
     primary_url: str
     payment_url: str
@@ -50,6 +51,13 @@ class ShopSettings:
     replica_urls: list[str] = field(default_factory=list)
     redis_url: str | None = None
     concurrency: int = 16
+    workers: int = 1
+
+    @property
+    def concurrency_per_process(self) -> int:
+        # the kernel hands connections to the workers about evenly; a pool's wait covers
+        # the worker that gets a few more
+        return -(-self.concurrency // self.workers)
 
 
 T = TypeVar("T")
@@ -111,10 +119,11 @@ def _database(settings: ShopSettings) -> _Database:
     fixes = settings.fixes
     replica_urls = settings.replica_urls if fixes.replicas else []
     if fixes.pool:
-        # sized from the servers' real budgets, metered (connections opened, waits, holders)
+        # sized from the servers' real budgets for every worker process's pool together,
+        # metered (connections opened, waits, holders)
         plan = PoolPlan.for_app(
-            processes=1,
-            concurrency_per_process=settings.concurrency,
+            processes=settings.workers,
+            concurrency_per_process=settings.concurrency_per_process,
             server_url=settings.primary_url,
             replica_urls=replica_urls,
         )
