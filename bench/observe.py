@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import statistics
 import time
 import warnings
 from collections.abc import Callable
@@ -132,6 +133,7 @@ class _Served:
     seconds: float = 0.0
     cpu_s: float = 0.0
     latency: Timing = field(default_factory=Timing)
+    round_cpu_ms: list[float] = field(default_factory=list)  # CPU per request, each round
 
 
 async def _round(served: _Served, spec: LoadSpec, timed: bool) -> None:
@@ -144,6 +146,7 @@ async def _round(served: _Served, spec: LoadSpec, timed: bool) -> None:
         served.errors += load.errors
         served.seconds += load.duration_s
         served.cpu_s += after - before
+        served.round_cpu_ms.append(1000 * (after - before) / max(1, load.requests))
         served.latency.merge(load.overall_latency())
 
 
@@ -233,7 +236,16 @@ def _shop(quick: bool) -> str:
         "no observe "
         "(req/s: no observe / observe)"
     )
-    return f"{head}\n\n{_shop_table(contenders)}"
+    plain, watched = contenders
+    # each round loaded both at once: its ratio compares like with like, and the median of
+    # the rounds' ratios is not moved by one round the machine disturbed more than the rest
+    ratios = sorted(o / b for o, b in zip(watched.round_cpu_ms, plain.round_cpu_ms, strict=True))
+    spread = (
+        f"server CPU per request, observe / no observe, per round: median "
+        f"{statistics.median(ratios):.3f} (rounds from {ratios[0]:.3f} to {ratios[-1]:.3f})"
+    )
+    console.print(spread)
+    return f"{head}\n\n{_shop_table(contenders)}\n\n{spread}"
 
 
 def run(quick: bool) -> str:
