@@ -53,7 +53,9 @@ async def test_async_cache_subscribes_without_blocking_its_event_loop(
     stats = cache.stats()
     assert stats.channel_connected
     assert stats.l1_hits == 1
-    assert subscription_waiters  # someone waited: a worker thread, not the loop's
+    # whoever waited for the subscription (a worker thread, if it was not up yet) was not
+    # the loop's thread
+    assert threading.get_ident() not in subscription_waiters
 
 
 def test_sync_cache_still_subscribes_in_its_constructor(

@@ -232,7 +232,7 @@ class AChannel:
     def __init__(self, core: CacheCore) -> None:
         self._listener = _listener(core)
         self.subscribing = self._listener is not None
-        self._deadline = time.monotonic() + SUBSCRIBE_WAIT_S
+        self._deadline: float | None = None  # set by the first call that waits
         self._subscribed: asyncio.Future[bool] | None = None
         if self._listener is not None:
             self._listener.start()
@@ -242,10 +242,15 @@ class AChannel:
 
     async def subscribed(self) -> None:
         """Wait (without blocking the loop) for the first subscription, up to what is left of
-        ``SUBSCRIBE_WAIT_S`` since the cache was made; concurrent first calls share one wait."""
+        ``SUBSCRIBE_WAIT_S`` from the first call; concurrent first calls share one wait.
+        From the first call, not from the constructor: caches made together and used at once
+        on a busy machine each get their full wait (a listener connecting during a load
+        drops that load's store, and then the other processes load the key again)."""
         listener = self._listener
         if listener is not None and not listener.connected.is_set():
             if self._subscribed is None:
+                if self._deadline is None:
+                    self._deadline = time.monotonic() + SUBSCRIBE_WAIT_S
                 left = max(self._deadline - time.monotonic(), 0.0)
                 self._subscribed = asyncio.ensure_future(
                     asyncio.to_thread(listener.connected.wait, left)
