@@ -205,8 +205,10 @@ async def test_payment_down_profile_degrades_within_its_deadline_and_the_breaker
                 assert body["degraded"] is True
                 assert (body["name"], body["orders"]) == (healthy["name"], healthy["orders"])
             assert fanout.state.breaker.state is BreakerState.OPEN
-            # five waited out the deadline and opened the breaker; the last two failed fast
-            assert behaviour.calls - asked_before == 5
+            # five waited out the deadline and opened the breaker; the last two failed fast, and
+            # never reached the provider (on a loaded machine a call can also time out before
+            # its request reached the provider: at most five did)
+            assert 1 <= behaviour.calls - asked_before <= 5
             calls_while_open = behaviour.calls
             await clients["fanout"].get("/users/5/profile")
             assert behaviour.calls == calls_while_open  # open: the provider is not even asked

@@ -92,6 +92,11 @@ class LoopMonitor:
         # one, which tells a step the machine starved from one the application made long
         self._schedstat = f"/proc/self/task/{threading.get_native_id()}/schedstat"
         self.sched_at_seen: tuple[int, int] | None = None
+        # how long the watchdog itself held the GIL while looking at this loop: on a starved
+        # machine it can be preempted holding it, and the loop thread then sleeps on the GIL
+        # (which the scheduler's statistics cannot tell from a blocking call)
+        self.watchdog_held_s = 0.0
+        self.held_at_seen = 0.0
 
     def begin(self, scope: Scope) -> None:
         self.depth += 1
@@ -134,6 +139,7 @@ class LoopMonitor:
         if sched is not None and self.sched_at_seen is not None and looked > 0:
             ran_s = (sched[0] - self.sched_at_seen[0]) / 1e9
             waited_s = (sched[1] - self.sched_at_seen[1]) / 1e9
+            waited_s += self.watchdog_held_s - self.held_at_seen
             if waited_s >= 0.5 * looked:
                 # the thread was ready to run and waited for a core: an overloaded machine
                 # made the step long, not the code it ran (no block of the application's)
@@ -222,6 +228,7 @@ class LoopMonitor:
         if not self.seen_at:
             self.seen_at = now
             self.sched_at_seen = _schedstat(self._schedstat)
+            self.held_at_seen = self.watchdog_held_s
             if self.sched_at_seen is None and self._clock is not None:
                 self.cpu_at_seen = _cpu_seconds(self._clock)
         # a stall of seconds is named by what ran most of it, not by its first samples (an
@@ -355,6 +362,8 @@ def _watch() -> None:
                 wait = min(wait, monitor.sample(now))
             except Exception:  # a watchdog never takes the app down
                 continue
+            # from its wake-up (when it had the GIL) to now: what the loop may have waited
+            monitor.watchdog_held_s += perf_counter() - now
 
 
 class TimedCoroutine:
