@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from tests.helpers import eventually
 
@@ -28,3 +29,15 @@ def signal_all(processes: list[Any], sig: int) -> None:
     for process in processes:
         with contextlib.suppress(psutil.NoSuchProcess):
             process.send_signal(sig)
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class Counter(_Base):
+    """The ``counters`` table of the routing tests' database (``conftest.engines``), mapped."""
+
+    __tablename__ = "counters"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    value: Mapped[int]

@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 from sqlalchemy import select
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from hotpath.observe import Profiler
 from hotpath.routing import ReplicaSet, routed_sessionmaker
 
+from ._helpers import Counter
 from .conftest import Engines
-
-
-class _Base(DeclarativeBase):
-    pass
-
-
-class Counter(_Base):
-    __tablename__ = "counters"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    value: Mapped[int]
 
 
 def test_observed_orm_reads_are_routed_and_counted_once(engines: Engines) -> None:

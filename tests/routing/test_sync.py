@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import column, create_engine, func, select, table, text, update
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 
 from hotpath.routing import (
     NoHealthyNodeError,
@@ -23,7 +23,7 @@ from hotpath.routing import (
 from hotpath.stack import LocalStack
 from hotpath.testing import ServerStack
 
-from ._helpers import PORT, RYW_ROUNDS, VALUE, eventually, signal_all
+from ._helpers import PORT, RYW_ROUNDS, VALUE, Counter, eventually, signal_all
 from .conftest import Engines
 
 
@@ -390,32 +390,22 @@ def test_hung_replica_is_avoided_after_the_probe_deadline(
 # -- found in review: each fails without its fix ------------------------------------------
 
 
-class _Base(DeclarativeBase):
-    pass
-
-
-class _Counter(_Base):
-    __tablename__ = "counters"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    value: Mapped[int]
-
-
 def test_a_read_after_pending_changes_sees_them(engines: Engines, replicas: ReplicaSet) -> None:
     """The default session placed a transaction's first read before SQLAlchemy's autoflush
     sent the pending rows to the primary: the read missed the session's own writes."""
     Session = routed_sessionmaker(replicas, consistency="eventual")
     with Session() as session:
-        session.add(_Counter(id=900, value=1))
+        session.add(Counter(id=900, value=1))
         found = session.scalar(select(func.count()).where(text("id = 900")).select_from(COUNTERS))
         assert found == 1
         assert session.execute(PORT).scalar_one() == engines.primary.url.port
         session.rollback()
     with Session(expire_on_commit=False) as session:
-        counter = session.get(_Counter, 2)
+        counter = session.get(Counter, 2)
         assert counter is not None
         session.commit()
         counter.value = -5  # dirty: the next query autoflushes it first
-        assert session.scalar(select(_Counter.value).where(_Counter.id == 2)) == -5
+        assert session.scalar(select(Counter.value).where(Counter.id == 2)) == -5
         session.rollback()
 
 
