@@ -16,6 +16,7 @@ import redis
 import redis.cluster
 
 from hotpath.cache import Cache, MemoryTier, RedisTier
+from tests.helpers import eventually_async
 
 from . import _workers
 from ._helpers import commands, wait_until
@@ -108,6 +109,12 @@ def test_in_process_callers_share_one_load(make_cache: MakeCache) -> None:
 
 async def test_async_tasks_share_one_load_across_caches(make_async_cache: MakeAsyncCache) -> None:
     caches = [make_async_cache() for _ in range(4)]  # four "processes" (separate L1s)
+    # each "process" up and subscribed before the burst, as processes that started apart
+    # are: a subscription that lands in the middle of a load flushes L1 and drops that
+    # load's store (the start-up race is in NOTES.md), which is not what this test is about
+    await eventually_async(
+        lambda: all(c.stats().channel_connected for c in caches), 30, "every cache subscribed"
+    )
     calls = 0
 
     async def load() -> str:
