@@ -19,7 +19,7 @@ import inspect
 import logging
 import re
 import threading
-from functools import partial
+from functools import lru_cache, partial
 from time import perf_counter
 from typing import Any
 from urllib.parse import urlsplit
@@ -246,6 +246,8 @@ _ID_SEGMENT = re.compile(
 )
 
 
+# a request's URLs and cache keys repeat (hot keys, one payment URL): templated once each
+@lru_cache(maxsize=4096)
 def url_template(method: str, url: str) -> tuple[str, str]:
     """("GET http://host:port/users/{id}/orders", "http://host:port") for a URL: ids,
     UUIDs and hashes in the path become ``{id}``; the query string is dropped."""
@@ -435,6 +437,7 @@ def _hook_aiohttp(module: Any) -> None:
 _KEY_PARTS = re.compile(r"\d+|[0-9a-fA-F]{8,}")
 
 
+@lru_cache(maxsize=4096)
 def key_template(key: str) -> str:
     """``user:{n}`` for ``user:42``: the lookups of one cached thing share a name."""
     return _KEY_PARTS.sub("{n}", key)[:80]
