@@ -87,7 +87,7 @@ class LoopBlock:
     cpu_bound: bool
 
 
-@dataclass
+@dataclass(slots=True)  # one per request: made and filled without a __dict__
 class Timeline:
     """A scope's spans and operations (filled by the hooks while it records)."""
 
