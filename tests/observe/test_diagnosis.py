@@ -249,9 +249,13 @@ async def test_a_blocking_call_in_async_def_is_found_with_its_line_and_its_victi
     profiler = Profiler(budget_ms=5, blocking_ms=20).instrument()
     app = _app(profiler)
 
+    # the victim is in flight through the block, however slowly a busy machine runs them
+    victim_waiting, blocking_started = asyncio.Event(), asyncio.Event()
+
     @app.get("/blocking")
     async def blocking() -> dict[str, int]:
-        await asyncio.sleep(0.002)  # the victim is in flight by now
+        await asyncio.wait_for(victim_waiting.wait(), 30)
+        blocking_started.set()
         time.sleep(0.08)  # the planted blocking call
         return {"ok": 1}
 
@@ -262,9 +266,13 @@ async def test_a_blocking_call_in_async_def_is_found_with_its_line_and_its_victi
 
     @app.get("/victim")
     async def victim() -> dict[str, int]:
-        await asyncio.sleep(0.01)
+        victim_waiting.set()
+        await asyncio.wait_for(blocking_started.wait(), 30)
         return {"ok": 1}
 
+    # the loop's executor makes its first worker thread on the first to_thread, and waits for
+    # it to start: a real block on a starved machine, though not the call this test offloads
+    await asyncio.to_thread(int)
     try:
         await _serve(app, "/victim", "/blocking", concurrently=True)
         await _serve(app, "/offloaded")

@@ -115,9 +115,12 @@ class LoopMonitor:
             ran_s = (sched[0] - self.sched_at_seen[0]) / 1e9
             waited_s = (sched[1] - self.sched_at_seen[1]) / 1e9
             waited_s += self.watchdog_held_s - self.held_at_seen
-            if waited_s >= 0.5 * looked:
-                # the thread was ready to run and waited for a core: an overloaded machine
-                # made the step long, not the code it ran (no block of the application's)
+            slept_s = looked - ran_s - waited_s  # off a core by its own call (I/O, sleep)
+            if waited_s >= 0.5 * looked and max(ran_s, slept_s) < self.threshold_s:
+                # the thread was ready to run and waited for a core, and neither computed
+                # nor waited on a call for a threshold's worth: an overloaded machine made
+                # the step long, not the code it ran (no block of the application's). A
+                # sleep still counts when the core it wakes to is slow to come.
                 return
             cpu_bound = ran_s >= 0.5 * looked
         elif self.seen_at and self._clock is not None:
