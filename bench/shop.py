@@ -15,6 +15,7 @@ from hotpath.demo._ladder import (
     Ladder,
     endpoints_text,
     gain,
+    gain_text,
     measured_figure,
     p99_ms,
     verdict,
@@ -46,8 +47,8 @@ def _markdown(ladder: Ladder, scale: str, duration_s: float, users: int) -> str:
         check = ["-", "-", "-"]
         if judged is not None:
             check = [
-                f"{judged.best_fix} ({judged.best:.2f}x)",
-                f"{judged.chosen:.2f}x",
+                f"{judged.best_fix} {gain_text(judged.best, judged.best_spread)}",
+                gain_text(judged.chosen, judged.chosen_spread),
                 "yes" if judged.right else "**no**",
             ]
         lines.append(

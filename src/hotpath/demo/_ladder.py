@@ -3,8 +3,8 @@ one shop fix that removes it, measure again, until the p99 target is met or no f
 
 The fix is chosen by the diagnosis, through an explicit table (:data:`KIND_FIXES`) from the
 finding kinds observe reports to the shop's fixes, never by a fixed order. With ``verify``,
-every other remaining fix is also tried alone from the same state, which says whether the
-diagnosis chose the fix that gained most.
+every other remaining fix is also tried alone from the same state (:mod:`._verify`), which
+says whether the diagnosis chose the fix that gained most.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Literal
 
+from ._verify import STATE, Verification, VerifyPlan, verify_step
 from .shop.fixes import FIX_DESCRIPTIONS, Fixes
 
 if TYPE_CHECKING:  # _runner imports this module when it runs the ladder
@@ -171,7 +172,7 @@ class Step:
     run: RunResult
     applied: FixName | None = None  # None: the naive start
     because: Choice | None = None  # the previous step's diagnosis that chose ``applied``
-    trials: dict[str, RunResult] = field(default_factory=dict)  # verify: each other fix alone
+    check: Verification | None = None  # verify: every fix left, each alone, in rounds
 
     @property
     def fixes(self) -> Fixes:
@@ -202,6 +203,11 @@ class Ladder:
         return (sum(v.right for v in known), len(known)) if self.verified else None
 
 
+def gain_text(gain: float, spread: tuple[float, float]) -> str:
+    """A verified gain with its spread over the rounds: ``2.10x (1.95-2.31)``."""
+    return f"{gain:.2f}x ({spread[0]:.2f}-{spread[1]:.2f})"
+
+
 def p99_ms(run: RunResult) -> float:
     return run.load.overall_latency().percentile_ms(99)
 
@@ -215,25 +221,28 @@ def gain(run: RunResult, before: RunResult) -> float:
 
 @dataclass(frozen=True)
 class Verdict:
-    chosen: float  # the chosen fix's gain
+    chosen: float  # the chosen fix's gain (median over the rounds)
     best_fix: str
     best: float
     right: bool
+    chosen_spread: tuple[float, float] = (0.0, 0.0)  # its lowest and highest round
+    best_spread: tuple[float, float] = (0.0, 0.0)
 
 
 def verdict(ladder: Ladder, index: int) -> Verdict | None:
     """Whether step ``index``'s fix gained most of those tried from the same state (within
-    10% of the best one's improvement)."""
+    10% of the best one's improvement), by the verify rounds' median gains."""
     step = ladder.steps[index]
-    if not step.trials or step.applied is None:
+    check = step.check
+    if check is None or step.applied is None or step.applied not in check.rounds:
         return None
-    before = ladder.steps[index - 1].run
-    gains = {name: gain(run, before) for name, run in step.trials.items()}
-    gains[step.applied] = gain(step.run, before)
+    gains = {name: check.gain(name) for name in check.fixes}
     best_fix = max(gains, key=lambda name: gains[name])
     chosen, best = gains[step.applied], gains[best_fix]
     right = best <= 1.0 or chosen - 1.0 >= 0.9 * (best - 1.0)
-    return Verdict(chosen, best_fix, best, right)
+    return Verdict(
+        chosen, best_fix, best, right, check.spread(step.applied), check.spread(best_fix)
+    )
 
 
 def climb(
@@ -241,9 +250,11 @@ def climb(
     target_p99_ms: float | None = None,
     verify: bool = False,
     max_steps: int | None = None,
+    plan: VerifyPlan | None = None,
 ) -> Ladder:
     """Naive first, then one fix a step as the diagnosis chooses, until the p99 target (naive's
-    p99 / 10 unless given) is met or no fix is left."""
+    p99 / 10 unless given) is met or no fix is left. With ``verify``, every fix left is also
+    measured alone from the same state (``plan``: how, see :mod:`._verify`)."""
     naive = rig.run(Fixes.naive())
     indexes = rig.advise()  # from the naive run's statements, before any other run
     target = target_p99_ms if target_p99_ms is not None else p99_ms(naive) / 10
@@ -266,14 +277,22 @@ def climb(
         run = rig.run(replace(current.fixes, **{choice.fix: True}), why)
         step = Step(run, choice.fix, choice)
         if verify:
-            for other in FIX_DESCRIPTIONS:
-                if other in applied or other == choice.fix:
-                    continue
-                if other == "indexes" and not indexes:
-                    continue
-                step.trials[other] = rig.run(
-                    replace(current.fixes, **{other: True}), " (verify: the alternative)"
-                )
+            others = [
+                other
+                for other in FIX_DESCRIPTIONS
+                if other not in applied
+                and other != choice.fix
+                and (other != "indexes" or bool(indexes))
+            ]
+            step.check = verify_step(
+                rig,
+                current.fixes,
+                current.run,
+                choice.fix,
+                others,
+                plan or VerifyPlan(),
+                rig.progress,
+            )
         steps.append(step)
 
 
@@ -405,8 +424,8 @@ def ladder_lines(ladder: Ladder) -> list[str]:
         if judged is not None:
             mark = "yes" if judged.right else "NO"
             lines.append(
-                f"  verify: chosen {judged.chosen:.2f}x; best {judged.best_fix} "
-                f"{judged.best:.2f}x; right: {mark}"
+                f"  verify: chosen {gain_text(judged.chosen, judged.chosen_spread)}; best "
+                f"{judged.best_fix} {gain_text(judged.best, judged.best_spread)}; right: {mark}"
             )
     lines += ["", f"stopped: {ladder.stop}"]
     if ladder.next_choice is not None and ladder.next_choice.notes:
@@ -462,13 +481,25 @@ def ladder_dict(ladder: Ladder) -> dict[str, Any]:
             entry["gain_vs_previous"] = gain(step.run, before)
             entry["gain_vs_naive"] = gain(step.run, ladder.naive)
         judged = verdict(ladder, index) if index else None
-        if judged is not None:
+        if judged is not None and step.check is not None:
+            check = step.check
             entry["verify"] = {
                 "chosen_gain": judged.chosen,
                 "best_fix": judged.best_fix,
                 "best_gain": judged.best,
                 "right": judged.right,
-                "trials": {name: _run_dict(run) for name, run in step.trials.items()},
+                "actions_per_user": check.actions,
+                "incomplete": check.incomplete,
+                "errors": check.errors,
+                "trials": {
+                    name: {
+                        "gain": check.gain(name),
+                        "round_gains": check.gains(name),
+                        "round_mean_ms": list(check.rounds[name].values()),
+                    }
+                    for name in check.fixes
+                },
+                "state_round_mean_ms": list(check.rounds.get(STATE, {}).values()),
             }
         steps.append(entry)
     accuracy = ladder.accuracy()
