@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from ._verify import STATE, Verification, VerifyPlan, verify_step
+from ._verify import Verification, VerifyPlan, verify_step
 from .shop.fixes import FIX_DESCRIPTIONS, Fixes
 
 if TYPE_CHECKING:  # _runner imports this module when it runs the ladder
@@ -495,11 +495,12 @@ def ladder_dict(ladder: Ladder) -> dict[str, Any]:
                     name: {
                         "gain": check.gain(name),
                         "round_gains": check.gains(name),
-                        "round_mean_ms": list(check.rounds[name].values()),
+                        "round_mean_ms": [ms for _, ms in check.rounds[name].values()],
                     }
                     for name in check.fixes
                 },
-                "state_round_mean_ms": list(check.rounds.get(STATE, {}).values()),
+                # the state's own runs: before the first round and after each
+                "state_mean_ms": [ms for _, ms in check.state],
             }
         steps.append(entry)
     accuracy = ladder.accuracy()
