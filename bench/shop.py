@@ -18,6 +18,7 @@ from hotpath.demo._ladder import (
     gain_text,
     measured_figure,
     p99_ms,
+    ranking_text,
     verdict,
 )
 from hotpath.demo._runner import run_shop
@@ -43,6 +44,8 @@ def _markdown(ladder: Ladder, scale: str, duration_s: float, users: int) -> str:
         if step.because is not None:
             c = step.because
             named = f"{c.kind} on {endpoints_text(c.endpoint)} ({c.share:.0%} of its time)"
+            if c.ranking:
+                named += f"; ranked: {ranking_text(c, 3)}"
         judged = verdict(ladder, index) if index else None
         check = ["-", "-", "-"]
         if judged is not None:
