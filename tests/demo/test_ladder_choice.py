@@ -55,7 +55,12 @@ PLANTED = [
     ("eager", _fix("n_plus_one", ORDERS, relationship="Order.items", parents=10)),
     (
         "indexes",
-        _fix("slow_query", ORDERS, sql="SELECT orders.id FROM orders WHERE orders.user_id = $1"),
+        _fix(
+            "slow_query",
+            ORDERS,
+            sql="SELECT orders.id FROM orders WHERE orders.user_id = $1",
+            missing_index=True,
+        ),
     ),
     (
         "keyset",
@@ -64,6 +69,7 @@ PLANTED = [
             LIST,
             sql="SELECT products.id FROM products WHERE products.category_id = $1::INTEGER "
             "ORDER BY products.created_at DESC, products.id DESC\n LIMIT $2 OFFSET $3",
+            missing_index=True,
         ),
     ),
     ("cache", _fix("repeated_read", LIST, call_site=None, hit_ratio=0.6, repeats=30)),
@@ -114,6 +120,9 @@ def test_the_evidence_decides_between_fixes_of_one_kind() -> None:
     assert set(fixes_for(offset)) >= {"keyset", "indexes"}
     insert = _fix("slow_query", sql="INSERT INTO orders (user_id) VALUES ($1)")
     assert fixes_for(insert) == ()
+    # a read slow with no index to add (its plan does not ask for one): nothing either
+    busy = _fix("slow_query", sql="SELECT categories.name FROM categories WHERE id = $1")
+    assert fixes_for(busy) == ()
     # blocking calls: a wait in the profile is the risk check, CPU in the export its encoder
     wait, cpu = PLANTED[6][1], PLANTED[7][1]
     assert fixes_for(wait) == ("offload",)
@@ -143,7 +152,13 @@ def test_the_evidence_decides_between_fixes_of_one_kind() -> None:
 def test_fixes_are_ranked_by_every_finding_each_removes_across_endpoints() -> None:
     # two N+1s on two endpoints together save more than the largest single finding
     report = _report(
-        _fix("slow_query", ORDERS, 150.0, sql="SELECT 1 FROM order_items WHERE order_id = $1"),
+        _fix(
+            "slow_query",
+            ORDERS,
+            150.0,
+            sql="SELECT 1 FROM order_items WHERE order_id = $1",
+            missing_index=True,
+        ),
         _fix("n_plus_one", ORDERS, 100.0),
         _fix("n_plus_one", LIST, 90.0),
         _fix("connection_setup", LIST, 60.0),
@@ -172,7 +187,7 @@ def test_a_cache_is_ranked_by_the_database_time_of_the_reads_that_repeat() -> No
 
 def test_slow_reads_take_the_advisors_indexes_then_the_endpoints_bottleneck_decides() -> None:
     slow = _report(
-        _fix("slow_query", sql="SELECT * FROM orders WHERE user_id = $1"),
+        _fix("slow_query", sql="SELECT * FROM orders WHERE user_id = $1", missing_index=True),
         endpoints=[{"name": "GET /x", "total_ms": 10.0, "bottleneck": "slow_query"}],
     )
     assert choose_fix(slow, set(), indexes_left=True).fix == "indexes"

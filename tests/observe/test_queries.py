@@ -82,6 +82,9 @@ def test_slow_seq_scan_is_flagged_with_table_column_and_index(
     assert seq[0].table == "events"
     assert seq[0].columns == ("customer_id",)
     assert slow.fix == "CREATE INDEX CONCURRENTLY ON events (customer_id);"
+    # the plan asks for an index: it would save about all of the statement's time
+    assert slow.details["missing_index"] is True
+    assert slow.saving_ms == slow.details["total_ms"]
     plan = profiler.plan_for(slow.fingerprint or "")
     assert plan is not None
     assert plan[2] is False  # explain="plan": not executed
@@ -94,6 +97,9 @@ def test_slow_seq_scan_is_flagged_with_table_column_and_index(
             conn.execute(text("SELECT count(*) FROM events WHERE customer_id = :c"), {"c": 42})
         [slow] = kinds(scope.findings, FindingKind.SLOW_QUERY)
         assert [f for f in slow.plan_flags if f.kind == "seq_scan"] == []
+        # no index to add: what a fix saves at least is the time over the threshold
+        assert slow.details["missing_index"] is False
+        assert slow.saving_ms == pytest.approx(slow.details["total_ms"] - 0.001)
         fresh.uninstrument()
     finally:
         with engine.begin() as conn:

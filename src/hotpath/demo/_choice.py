@@ -16,8 +16,9 @@ Which fix removes a finding is decided by its evidence, not its kind alone:
   check ``offload`` moves to a thread; CPU on the loop serializing the category export is what
   ``lean`` cuts; a block seen only in the shop's serving code (uvicorn's frame, the ASGI
   wrapper of every endpoint) ran in a library, on no line a shop fix changes;
-- a slow query that is an OFFSET page is removed by ``keyset`` pages, and a slow read by the
-  advisor's ``indexes`` (a write is not sped up by an index);
+- a slow query that is an OFFSET page is removed by ``keyset`` pages, and a slow read whose
+  plan asks for an index by the advisor's ``indexes`` (a write, or a read slow for another
+  reason, is not sped up by an index);
 - GETs that ask what an earlier request asked (``repeated_read``) are what the ``cache``
   answers: it saves their database time, the endpoint's database time times the share that
   repeats (the hit ratio).
@@ -65,9 +66,11 @@ def offset_page(finding: Finding) -> bool:
     return " OFFSET " in f" {_statement(finding)} "
 
 
-def read(finding: Finding) -> bool:
-    """A plain read: what an index can serve (an INSERT only gets slower with more indexes)."""
-    return _statement(finding).startswith(("SELECT", "WITH"))
+def index_read(finding: Finding) -> bool:
+    """A read whose plan asks for an index (observe's EXPLAIN: a scan where an index would
+    serve). A read slow for another reason (a busy server) or a write gets nothing from one."""
+    read = _statement(finding).startswith(("SELECT", "WITH"))
+    return read and _evidence(finding).get("missing_index") is True
 
 
 def _in_serving_code(finding: Finding) -> bool:
@@ -114,7 +117,7 @@ REMEDIES: dict[str, tuple[Remedy, ...]] = {
     "duplicate": (Remedy("eager", "the same query again in one request"),),
     "slow_query": (
         Remedy("keyset", "an OFFSET page", offset_page),
-        Remedy("indexes", "a read, while the advisor has indexes left", read),
+        Remedy("indexes", "a read whose plan asks for an index", index_read),
     ),
     "repeated_read": (Remedy("cache", "GETs asking what an earlier one asked"),),
     "unbounded_result": (Remedy("keyset", "an OFFSET page", offset_page),),
