@@ -207,6 +207,11 @@ def test_the_ladder_maps_the_naive_shops_own_findings_to_their_fixes(naive: Naiv
     [risk] = [f for f in top if fixes_for(f) == ("offload",)]
     assert "in risk_check" in (risk["call_site"] or "")
     assert risk["evidence"]["blocker"] == PROFILE  # the profile's own sync call held the loop
+    # blocks are judged per endpoint (its route), never per URL: one finding per line for
+    # every user's profile, not one per user id
+    names = {e["name"] for e in naive.report["endpoints"]} | {"?"}
+    blockers = {f["evidence"]["blocker"] for f in top if f["kind"] == "blocking_call"}
+    assert blockers <= names, blockers
     for finding in top:
         if finding["kind"] == "n_plus_one":
             assert fixes_for(finding) == ("eager",)
