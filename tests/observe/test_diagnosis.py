@@ -535,7 +535,7 @@ async def test_gets_asking_what_an_earlier_one_asked_are_what_a_cache_would_save
         # the repeats' database time, each at least its pg_sleep
         assert repeated.saving_ms >= 9 * 2.0
         assert repeated.evidence["database_ms"] >= 2.0
-        assert "cache" in (repeated.change or "")
+        assert "cache the answer of GET /users/{user_id}" in (repeated.change or "")
         assert "repeated_read" not in kinds(profiler, "GET /fresh/{n}")  # every one new
         assert "repeated_read" not in kinds(profiler, "GET /plain")  # no database time
         top = profiler.report().top_fixes

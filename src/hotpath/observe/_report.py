@@ -641,7 +641,7 @@ def _repeat_fixes(
         return []
     if rollup.latency.percentile_ms(95) <= settings.budget_for(name):
         return []  # within its budget: a cache would add invalidation for nothing needed
-    if reads.repeat_ms < 1.0:
+    if reads.repeat_ms <= 0.0:
         return []  # repeats that cost the database nothing: nothing for a cache to save
     ratio = reads.repeats / reads.requests
     return [
@@ -649,8 +649,9 @@ def _repeat_fixes(
             FindingKind.REPEATED_READ.value,
             name,
             None,
-            "cache the answer, invalidated by tags on writes: @cache.cached(ttl=..., key=..., "
-            "tags=...)  # hotpath.cache; or the ORM query cache (hotpath.cache.orm)",
+            f"cache the answer of {name}, invalidated by tags on writes: "
+            "@cache.cached(ttl=..., key=..., tags=...)  # hotpath.cache; or the ORM query cache "
+            "(hotpath.cache.orm)",
             f"repeated reads: {reads.repeats} of {reads.requests} requests ({ratio:.0%}) asked "
             f"for what an earlier one had (same path and query); their database time, "
             f"{reads.repeat_ms:,.0f} ms, is what a cache would save",
