@@ -218,6 +218,14 @@ class CacheUse:
             self.site = self.site or site
 
 
+def fuller_example(finding: Finding, example: Finding) -> bool:
+    """Whether ``finding`` shows its fix better than ``example``: a plan's evidence first
+    (a slow statement planned after its first runs), then the larger saving."""
+    if bool(finding.plan_flags) != bool(example.plan_flags):
+        return bool(finding.plan_flags)
+    return finding.saving_ms > example.saving_ms
+
+
 @dataclass
 class ReadRepeats:
     """The GET requests of one endpoint, and those that asked for what an earlier one of the
@@ -276,6 +284,10 @@ class Rollup:
             for finding in scope.findings:
                 if finding.kind in _ONE_PER_ENDPOINT:
                     key: tuple[str, CallSite | None, str] = (finding.kind.value, None, "")
+                elif finding.kind is FindingKind.SLOW_QUERY and finding.fingerprint:
+                    # one statement is one fix: its plan (and the index it asks for) reaches
+                    # the scopes that conclude after it was taken, not those already running
+                    key = (finding.kind.value, finding.call_site, finding.fingerprint)
                 else:
                     # the fix, else the statement: a message carries the run's figures
                     key = (
@@ -286,7 +298,7 @@ class Rollup:
                 total = self.fixes.get(key)
                 if total is None:
                     total = self.fixes[key] = FixTotal(finding)
-                elif finding.saving_ms > total.example.saving_ms:
+                elif fuller_example(finding, total.example):
                     total.example = finding  # the fullest instance names the calls
                 total.scopes += 1
                 total.saving_ms += finding.saving_ms

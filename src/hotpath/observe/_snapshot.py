@@ -22,6 +22,7 @@ from ._report import (
     Timing,
     build_report,
     flag_dict,
+    fuller_example,
 )
 from ._settings import ObserveSettings
 
@@ -138,7 +139,7 @@ def _merge_rollup(into: Rollup, state: dict[str, Any]) -> None:
             total = into.fixes.get(key)
             if total is None:
                 total = into.fixes[key] = FixTotal(example)
-            elif example.saving_ms > total.example.saving_ms:
+            elif fuller_example(example, total.example):
                 total.example = example
             total.scopes += fix["scopes"]
             total.saving_ms += fix["saving_ms"]
