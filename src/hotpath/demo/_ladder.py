@@ -243,7 +243,8 @@ def _choice_lines(choice: Choice, indent: str) -> list[str]:
         lines += textwrap.wrap(
             f"(fixes by what their findings save: {ranking_text(choice)})", width
         )
-    lines += [f"({note})" for note in choice.notes]
+    for note in choice.notes:
+        lines += textwrap.wrap(f"({note})", width, break_long_words=True)
     return [indent + line for line in lines]
 
 
@@ -299,8 +300,9 @@ def ladder_lines(ladder: Ladder) -> list[str]:
                 f"{judged.best_fix} {gain_text(judged.best, judged.best_spread)}; right: {mark}"
             )
     lines += ["", f"stopped: {ladder.stop}"]
-    if ladder.next_choice is not None and ladder.next_choice.notes:
-        lines += ["  " + note for note in ladder.next_choice.notes]
+    if ladder.next_choice is not None:
+        for note in ladder.next_choice.notes:
+            lines += textwrap.wrap(note, 76, initial_indent="  ", subsequent_indent="    ")
     accuracy = ladder.accuracy()
     if accuracy is not None:
         lines.append(f"diagnosis accuracy: {accuracy[0]} of {accuracy[1]} steps right")
