@@ -15,8 +15,10 @@ from hotpath.demo._ladder import (
     Ladder,
     endpoints_text,
     gain,
+    gain_text,
     measured_figure,
     p99_ms,
+    ranking_text,
     verdict,
 )
 from hotpath.demo._runner import run_shop
@@ -42,12 +44,14 @@ def _markdown(ladder: Ladder, scale: str, duration_s: float, users: int) -> str:
         if step.because is not None:
             c = step.because
             named = f"{c.kind} on {endpoints_text(c.endpoint)} ({c.share:.0%} of its time)"
+            if c.ranking:
+                named += f"; ranked: {ranking_text(c, 3)}"
         judged = verdict(ladder, index) if index else None
         check = ["-", "-", "-"]
         if judged is not None:
             check = [
-                f"{judged.best_fix} ({judged.best:.2f}x)",
-                f"{judged.chosen:.2f}x",
+                f"{judged.best_fix} {gain_text(judged.best, judged.best_spread)}",
+                gain_text(judged.chosen, judged.chosen_spread),
                 "yes" if judged.right else "**no**",
             ]
         lines.append(

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from hotpath.demo._choice import choose_fix, fixes_for
 from hotpath.demo._load import LoadSpec, Recorder, run_load
 from hotpath.demo._process import shop_server
 from hotpath.demo._server import serve
@@ -195,3 +196,27 @@ def test_naive_shop_diagnosis_names_each_endpoint_bottleneck_and_first_fix(
         if f["kind"] == "blocking_call" and not f["evidence"]["cpu_bound"]
     ]
     assert any("in risk_check" in (f["call_site"] or "") for f in waits), waits
+
+
+def test_the_ladder_maps_the_naive_shops_own_findings_to_their_fixes(naive: NaiveRun) -> None:
+    # the chooser's table read against what observe really reports on the naive shop (tiny
+    # scale: the export's encoder is too quick there to block the loop: test_ladder_choice)
+    top = naive.report["top_fixes"]
+    fixes = {fix for finding in top for fix in fixes_for(finding)}
+    assert {"pool", "eager", "offload"} <= fixes, fixes
+    [risk] = [f for f in top if fixes_for(f) == ("offload",)]
+    assert "in risk_check" in (risk["call_site"] or "")
+    assert risk["evidence"]["blocker"] == PROFILE  # the profile's own sync call held the loop
+    # blocks are judged per endpoint (its route), never per URL: one finding per line for
+    # every user's profile, not one per user id
+    names = {e["name"] for e in naive.report["endpoints"]} | {"?"}
+    blockers = {f["evidence"]["blocker"] for f in top if f["kind"] == "blocking_call"}
+    assert blockers <= names, blockers
+    for finding in top:
+        if finding["kind"] == "n_plus_one":
+            assert fixes_for(finding) == ("eager",)
+        if finding["kind"] == "connection_setup":
+            assert fixes_for(finding) == ("pool",)
+    choice = choose_fix(naive.report, set(), indexes_left=True)
+    assert choice.fix in ("eager", "indexes", "pool")  # the naive shop's database problems
+    assert choice.saving_ms == max(ms for _, ms in choice.ranking)

@@ -100,6 +100,34 @@ async def test_load_is_bounded_by_request_count_and_duration() -> None:
     assert timed.throughput() > 0
 
 
+async def _browse(recorder: Recorder, rng: random.Random) -> None:
+    """A step of several requests, as the shop's browsing is: it stops once the time is up."""
+    for _ in range(rng.randint(1, 6)):
+        await recorder.request("GET /items/{id}", "GET", f"/items/{rng.randint(1, 100)}")
+        if recorder.expired:
+            return
+
+
+async def test_load_bounded_by_work_serves_the_same_requests_every_time() -> None:
+    work = LoadSpec(concurrency=3, duration_s=30, steps_per_user=4, seed=5)
+    with serve(_slow_app()) as base_url:
+        first = await run_load(base_url, [(1.0, _browse)], work)
+        again = await run_load(base_url, [(1.0, _browse)], work)
+        other = await run_load(base_url, [(1.0, _browse)], LoadSpec(3, 30, steps_per_user=4))
+        capped = await run_load(
+            base_url, [(1.0, _browse)], LoadSpec(concurrency=3, duration_s=0.05, steps_per_user=50)
+        )
+    assert first.steps == again.steps == 12  # every user ran exactly its 4 actions
+    assert first.complete
+    assert again.complete
+    assert first.requests == again.requests  # the same actions: the same requests
+    assert other.steps == 12  # another seed: other draws, the same amount of work
+    assert first.mean_ms() >= 5.0  # the server's own sleep
+    # the duration stays a cap: stopped with work left, the run says so
+    assert not capped.complete
+    assert capped.steps < 150
+
+
 async def test_load_refuses_anything_but_loopback() -> None:
     with pytest.raises(LoadTargetError, match=r"only targets 127\.0\.0\.1"):
         await run_load("http://10.0.0.5:8000", [(1.0, _get_item)], LoadSpec(duration_s=0.1))

@@ -1,25 +1,46 @@
-"""The ladder's chooser: from observe's diagnosis (``Report.to_dict()``) to one shop fix."""
+"""The ladder's chooser: from observe's diagnosis (``Report.to_dict()``) to one shop fix, by the
+explicit table of what each shop fix removes and the savings summed per fix."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from hotpath.demo._ladder import KIND_FIXES, choose_fix, fixes_for
+import pytest
+
+from hotpath.demo._choice import (
+    BOTTLENECK_FIXES,
+    EXPORT,
+    PROFILE,
+    REMEDIES,
+    choose_fix,
+    fixes_for,
+)
 from hotpath.demo.shop.fixes import FIX_DESCRIPTIONS
 from hotpath.observe import FindingKind
 
+LIST = "GET /categories/{category_id}/products"
+ORDERS = "GET /users/{user_id}/orders"
 
-def _fix(kind: str, endpoint: str = "GET /x", **evidence: Any) -> dict[str, Any]:
+
+def _fix(
+    kind: str,
+    endpoint: str = "GET /x",
+    saving_ms: float = 100.0,
+    call_site: str | None = "src/hotpath/demo/shop/queries.py:12 in f",
+    sql: str | None = None,
+    **evidence: Any,
+) -> dict[str, Any]:
     return {
         "kind": kind,
         "endpoint": endpoint,
-        "call_site": "shop/app.py:12",
+        "call_site": call_site,
         "change": None,
         "message": f"{kind} here",
         "scopes": 10,
-        "saving_ms": 100.0,
+        "saving_ms": saving_ms,
         "share": 0.5,
         "evidence": evidence,
+        "sql": sql,
     }
 
 
@@ -27,44 +48,178 @@ def _report(*top: dict[str, Any], endpoints: list[dict[str, Any]] | None = None)
     return {"endpoints": endpoints or [], "top_fixes": list(top), "functions": []}
 
 
-def test_the_top_fix_the_shop_can_apply_wins() -> None:
-    report = _report(_fix("n_plus_one"), _fix("connection_setup"))
+# What the naive shop's diagnosis reports for each planted problem (kinds, evidence, SQL and
+# call sites as observe gives them), and the fix that removes it.
+PLANTED = [
+    ("pool", _fix("connection_setup", LIST, call_site="src/hotpath/demo/shop/queries.py:103")),
+    ("eager", _fix("n_plus_one", ORDERS, relationship="Order.items", parents=10)),
+    (
+        "indexes",
+        _fix(
+            "slow_query",
+            ORDERS,
+            sql="SELECT orders.id FROM orders WHERE orders.user_id = $1",
+            missing_index=True,
+        ),
+    ),
+    (
+        "keyset",
+        _fix(
+            "slow_query",
+            LIST,
+            sql="SELECT products.id FROM products WHERE products.category_id = $1::INTEGER "
+            "ORDER BY products.created_at DESC, products.id DESC\n LIMIT $2 OFFSET $3",
+            missing_index=True,
+        ),
+    ),
+    ("cache", _fix("repeated_read", LIST, call_site=None, hit_ratio=0.6, repeats=30)),
+    ("fanout", _fix("sequential_io", PROFILE, sequential_ms=180.0, concurrent_ms=60.0)),
+    (
+        "offload",
+        _fix(
+            "blocking_call",
+            f"{LIST}, {PROFILE}",
+            call_site="src/hotpath/demo/shop/app.py:72 in risk_check",
+            cpu_bound=False,
+            own=False,
+            what="`time.sleep(RISK_CHECK_S)`",
+            blocker=PROFILE,
+        ),
+    ),
+    (
+        "lean",
+        _fix(
+            "blocking_call",
+            f"{EXPORT}, {LIST}",
+            call_site="src/hotpath/demo/shop/server.py:251 in entry",
+            cpu_bound=True,
+            own=True,
+            what="response serialization",
+            blocker=EXPORT,
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize(("fix", "finding"), PLANTED, ids=[fix for fix, _ in PLANTED])
+def test_each_planted_finding_maps_to_its_fix(fix: str, finding: dict[str, Any]) -> None:
+    assert fix in fixes_for(finding)
+    # an OFFSET page is a slow read an index would speed up too: keyset once those are in
+    choice = choose_fix(_report(finding), set(), indexes_left=fix != "keyset")
+    assert choice.ranking[0] == (fix, finding["saving_ms"])
+    assert (choice.fix, choice.kind, choice.call_site) == (
+        fix,
+        finding["kind"],
+        finding["call_site"],
+    )
+
+
+def test_the_evidence_decides_between_fixes_of_one_kind() -> None:
+    offset = PLANTED[3][1]
+    # an OFFSET page: keyset pages remove it, and so would an index; an INSERT: nothing
+    assert set(fixes_for(offset)) >= {"keyset", "indexes"}
+    insert = _fix("slow_query", sql="INSERT INTO orders (user_id) VALUES ($1)")
+    assert fixes_for(insert) == ()
+    # a read slow with no index to add (its plan does not ask for one): nothing either
+    busy = _fix("slow_query", sql="SELECT categories.name FROM categories WHERE id = $1")
+    assert fixes_for(busy) == ()
+    # blocking calls: a wait in the profile is the risk check, CPU in the export its encoder
+    wait, cpu = PLANTED[6][1], PLANTED[7][1]
+    assert fixes_for(wait) == ("offload",)
+    assert fixes_for(cpu) == ("lean",)
+    # CPU serializing another endpoint's response, a wait in another endpoint, and a block
+    # the watchdog saw only in uvicorn's frame: no shop fix changes those lines
+    orders_json = {**cpu, "evidence": {**cpu["evidence"], "blocker": ORDERS}}
+    orders_wait = {**wait, "evidence": {**wait["evidence"], "blocker": ORDERS}}
+    in_uvicorn = {
+        **wait,
+        "saving_ms": 500.0,
+        "call_site": "src/hotpath/demo/shop/__main__.py:34 in main",
+        "evidence": {**wait["evidence"], "what": "`uvicorn.run(`"},
+    }
+    for finding in (orders_json, orders_wait, in_uvicorn):
+        assert fixes_for(finding) == ()
+    # ranked first, it is passed over, and the step says why
+    choice = choose_fix(_report(in_uvicorn, PLANTED[0][1]), set(), indexes_left=True)
+    assert choice.fix == "pool"
+    assert choice.notes == (
+        "diagnosis named blocking_call at src/hotpath/demo/shop/__main__.py:34 in main: no shop "
+        "fix removes it (offload: a wait on the loop in the profile (its sync risk check); "
+        "lean: CPU serializing the category export)",
+    )
+
+
+def test_fixes_are_ranked_by_every_finding_each_removes_across_endpoints() -> None:
+    # two N+1s on two endpoints together save more than the largest single finding
+    report = _report(
+        _fix(
+            "slow_query",
+            ORDERS,
+            150.0,
+            sql="SELECT 1 FROM order_items WHERE order_id = $1",
+            missing_index=True,
+        ),
+        _fix("n_plus_one", ORDERS, 100.0),
+        _fix("n_plus_one", LIST, 90.0),
+        _fix("connection_setup", LIST, 60.0),
+    )
     choice = choose_fix(report, set(), indexes_left=True)
-    assert (choice.fix, choice.kind, choice.call_site) == ("eager", "n_plus_one", "shop/app.py:12")
-    # once applied, the next ranked cause decides
-    assert choose_fix(report, {"eager"}, indexes_left=True).fix == "pool"
+    assert choice.fix == "eager"
+    assert choice.saving_ms == pytest.approx(190.0)
+    assert choice.findings == 2
+    assert (choice.endpoint, choice.saving_ms) == (ORDERS, pytest.approx(190.0))
+    assert choice.ranking == (("eager", 190.0), ("indexes", 150.0), ("pool", 60.0))
+    # once applied, the next fix by its total decides
+    assert choose_fix(report, {"eager"}, indexes_left=True).fix == "indexes"
+    assert choose_fix(report, {"eager", "indexes"}, indexes_left=False).fix == "pool"
 
 
-def test_a_kind_the_shop_has_no_fix_for_is_reported_and_the_next_is_tried() -> None:
-    report = _report(_fix("cache_miss"), _fix("unused_eager_load"), _fix("sequential_io"))
+def test_a_cache_is_ranked_by_the_database_time_of_the_reads_that_repeat() -> None:
+    # the profile's calls one after another: gathering them saves the overlap (60 ms a
+    # request here); its reads that repeat save their whole database time (the hit ratio
+    # times every read's): the larger wins, whichever kind observe ranked first
+    overlap = _fix("sequential_io", PROFILE, 300.0)
+    repeats = _fix("repeated_read", PROFILE, 420.0, call_site=None, hit_ratio=0.7)
+    assert choose_fix(_report(overlap, repeats), set(), True).fix == "cache"
+    fewer = {**repeats, "saving_ms": 120.0}
+    assert choose_fix(_report(overlap, fewer), set(), True).fix == "fanout"
+
+
+def test_slow_reads_take_the_advisors_indexes_then_the_endpoints_bottleneck_decides() -> None:
+    slow = _report(
+        _fix("slow_query", sql="SELECT * FROM orders WHERE user_id = $1", missing_index=True),
+        endpoints=[{"name": "GET /x", "total_ms": 10.0, "bottleneck": "slow_query"}],
+    )
+    assert choose_fix(slow, set(), indexes_left=True).fix == "indexes"
+    # no index left: the slow read has no finding's fix; its endpoint's bottleneck, the
+    # database, takes the cache, then replicas
+    choice = choose_fix(slow, set(), indexes_left=False)
+    assert (choice.fix, choice.kind) == ("cache", "slow_query")
+    assert choose_fix(slow, {"cache"}, indexes_left=False).fix == "replicas"
+    assert choose_fix(slow, {"cache", "replicas"}, False).fix is None
+
+
+def test_an_unknown_or_malformed_diagnosis_is_reported_not_crashed_on() -> None:
+    report = _report(_fix("cache_miss"), _fix("made_up_kind"), _fix("sequential_io", saving_ms=5))
     choice = choose_fix(report, set(), indexes_left=True)
     assert choice.fix == "fanout"
     assert choice.notes == (
         "diagnosis named cache_miss: the shop has no fix for it",
-        "diagnosis named unused_eager_load: the shop has no fix for it",
+        "diagnosis named made_up_kind: the shop has no fix for it",
     )
-    # nothing left at all: no fix, the notes say why, and no exception
-    nothing = choose_fix(_report(_fix("cache_miss"), _fix("made_up_kind")), set(), True)
+    nothing = choose_fix(_report(_fix("made_up_kind")), set(), True)
     assert nothing.fix is None
-    assert "diagnosis named made_up_kind: the shop has no fix for it" in nothing.notes
-
-
-def test_blocking_calls_split_by_what_blocked() -> None:
-    waiting = choose_fix(_report(_fix("blocking_call", cpu_bound=False)), set(), True)
-    computing = choose_fix(_report(_fix("blocking_call", cpu_bound=True)), set(), True)
-    assert (waiting.fix, computing.fix) == ("offload", "lean")
-
-
-def test_database_time_takes_indexes_then_cache_then_replicas() -> None:
-    slow = _report(_fix("slow_query"))
-    assert choose_fix(slow, set(), indexes_left=True).fix == "indexes"
-    assert choose_fix(slow, set(), indexes_left=False).fix == "cache"
-    assert choose_fix(slow, {"indexes", "cache"}, indexes_left=False).fix == "replicas"
-    assert choose_fix(slow, {"indexes", "cache", "replicas"}, False).fix is None
-    # the plan's evidence points at the index only
-    missing = _report(_fix("slow_query", missing_index=True))
-    assert choose_fix(missing, set(), indexes_left=True).fix == "indexes"
-    assert choose_fix(missing, {"indexes"}, indexes_left=False).fix is None
+    assert nothing.notes == ("diagnosis named made_up_kind: the shop has no fix for it",)
+    # odd shapes: no ranked fixes, entries that are not objects, missing or bad fields
+    for odd in (
+        {},
+        {"top_fixes": None, "endpoints": None},
+        {"top_fixes": ["n_plus_one", 3, None]},
+        {"top_fixes": [{"kind": "n_plus_one", "saving_ms": "lots", "evidence": "?"}]},
+        {"top_fixes": [{}], "endpoints": [{"name": "GET /a", "bottleneck": "made_up"}]},
+    ):
+        found = choose_fix(odd, set(), indexes_left=True)
+        assert found.fix in (None, "eager")
 
 
 def test_without_a_ranked_fix_the_endpoints_bottlenecks_decide_by_total_time() -> None:
@@ -80,7 +235,7 @@ def test_without_a_ranked_fix_the_endpoints_bottlenecks_decide_by_total_time() -
 
 def test_the_table_names_only_fixes_the_shop_has_and_kinds_observe_reports() -> None:
     kinds = {kind.value for kind in FindingKind}
-    assert set(KIND_FIXES) <= kinds
-    for kind in kinds:
-        for evidence in ({}, {"cpu_bound": True}, {"missing_index": True}):
-            assert set(fixes_for(kind, evidence)) <= set(FIX_DESCRIPTIONS)
+    assert set(REMEDIES) <= kinds
+    named = {remedy.fix for remedies in REMEDIES.values() for remedy in remedies}
+    named |= {fix for fixes in BOTTLENECK_FIXES.values() for fix in fixes}
+    assert named == set(FIX_DESCRIPTIONS)  # every fix is reachable, and no other

@@ -509,6 +509,49 @@ def test_a_cache_that_never_hits_costs_more_than_it_saves(
         cache.close()
 
 
+async def test_gets_asking_what_an_earlier_one_asked_are_what_a_cache_would_save(
+    async_engine: AsyncEngine,
+) -> None:
+    profiler = Profiler(async_engine, budget_ms=5).instrument()
+    app = _app(profiler)
+
+    @app.get("/users/{user_id}")
+    async def user(user_id: int) -> dict[str, int]:
+        async with AsyncSession(async_engine) as session:
+            await session.execute(text("SELECT pg_sleep(0.002), CAST(:id AS int)"), {"id": user_id})
+        return {"id": user_id}
+
+    @app.get("/fresh/{n}")
+    async def fresh(n: int) -> dict[str, int]:
+        async with AsyncSession(async_engine) as session:
+            await session.execute(text("SELECT pg_sleep(0.002), CAST(:n AS int)"), {"n": n})
+        return {"n": n}
+
+    @app.get("/plain")
+    async def plain() -> dict[str, int]:
+        return {"ok": 1}  # asked again and again, but nothing of the database's to save
+
+    try:
+        # 4 distinct users, 12 requests: 8 ask what an earlier one had; the query string too
+        paths = [f"/users/{n % 4}" for n in range(12)] + ["/users/1?full=1", "/users/1?full=1"]
+        await _serve(app, *paths, *(f"/fresh/{n}" for n in range(10)), *["/plain"] * 5)
+        repeated = kinds(profiler, "GET /users/{user_id}")["repeated_read"]
+        assert repeated.evidence["requests"] == 14
+        assert repeated.evidence["repeats"] == 9  # the 8 users again, and the query once
+        assert repeated.evidence["hit_ratio"] == pytest.approx(9 / 14, abs=1e-4)
+        assert repeated.scopes == 9
+        # the repeats' database time, each at least its pg_sleep
+        assert repeated.saving_ms >= 9 * 2.0
+        assert repeated.evidence["database_ms"] >= 2.0
+        assert "cache the answer of GET /users/{user_id}" in (repeated.change or "")
+        assert "repeated_read" not in kinds(profiler, "GET /fresh/{n}")  # every one new
+        assert "repeated_read" not in kinds(profiler, "GET /plain")  # no database time
+        top = profiler.report().top_fixes
+        assert any(f.kind == "repeated_read" for f in top)
+    finally:
+        profiler.uninstrument()
+
+
 async def test_aiohttp_calls_are_timed_and_judged(stub: str) -> None:
     import aiohttp
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.orm import Session
 
-from hotpath.observe import FindingKind, Profiler
+from hotpath.observe import FindingKind, Profiler, Scope
 from hotpath.testing import ModuleDatabase
 
 from .models import User
@@ -82,6 +83,9 @@ def test_slow_seq_scan_is_flagged_with_table_column_and_index(
     assert seq[0].table == "events"
     assert seq[0].columns == ("customer_id",)
     assert slow.fix == "CREATE INDEX CONCURRENTLY ON events (customer_id);"
+    # the plan asks for an index: it would save about all of the statement's time
+    assert slow.details["missing_index"] is True
+    assert slow.saving_ms == slow.details["total_ms"]
     plan = profiler.plan_for(slow.fingerprint or "")
     assert plan is not None
     assert plan[2] is False  # explain="plan": not executed
@@ -94,10 +98,37 @@ def test_slow_seq_scan_is_flagged_with_table_column_and_index(
             conn.execute(text("SELECT count(*) FROM events WHERE customer_id = :c"), {"c": 42})
         [slow] = kinds(scope.findings, FindingKind.SLOW_QUERY)
         assert [f for f in slow.plan_flags if f.kind == "seq_scan"] == []
+        # no index to add: what a fix saves at least is the time over the threshold
+        assert slow.details["missing_index"] is False
+        assert slow.saving_ms == pytest.approx(slow.details["total_ms"] - 0.001)
         fresh.uninstrument()
     finally:
         with engine.begin() as conn:
             conn.execute(text("DROP INDEX events_customer"))
+
+
+def test_a_statement_is_one_fix_with_its_plan_though_early_runs_concluded_without_it(
+    profiler: Profiler, engine: Engine, big_table: str
+) -> None:
+    def report(customer: int) -> Scope:  # one endpoint: the same line every time
+        with profiler.scope("GET /report") as scope, engine.connect() as conn:
+            conn.execute(
+                text("SELECT count(*) FROM events WHERE customer_id = :c"), {"c": customer}
+            )
+        return scope
+
+    plans = profiler._recorder.plans
+    # the plans of this minute are all taken (other shapes, other requests): the first run
+    # concludes without one
+    plans._recent.extend([time.monotonic()] * profiler.settings.explain_per_minute)
+    early = report(42)
+    plans._recent.clear()  # a minute later: the next run takes the plan
+    later = report(7)
+    assert [f.details["missing_index"] for f in early.findings + later.findings] == [False, True]
+    [fix] = [f for f in profiler.report().endpoint("GET /report").fixes if f.kind == "slow_query"]
+    assert fix.scopes == 2  # one statement, one fix: the plan's evidence and its index
+    assert fix.evidence["missing_index"] is True
+    assert fix.change == "CREATE INDEX CONCURRENTLY ON events (customer_id);"
 
 
 def test_explain_analyze_runs_selects_but_refuses_writes(engine: Engine, big_table: str) -> None:

@@ -1,167 +1,29 @@
 """The optimization loop: measure, let observe's diagnosis name the top bottleneck, apply the
 one shop fix that removes it, measure again, until the p99 target is met or no fix is left.
 
-The fix is chosen by the diagnosis, through an explicit table (:data:`KIND_FIXES`) from the
-finding kinds observe reports to the shop's fixes, never by a fixed order. With ``verify``,
-every other remaining fix is also tried alone from the same state, which says whether the
-diagnosis chose the fix that gained most.
+The fix is chosen by the diagnosis, through an explicit table (:data:`._choice.REMEDIES`) from
+the finding kinds observe reports, and their evidence, to the shop's fixes, never by a fixed
+order: the fix whose findings would save most over the run. With ``verify``, every other
+remaining fix is also tried alone from the same state (:mod:`._verify`), which says whether
+the diagnosis chose the fix that gained most.
 """
 
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING, Any
 
+from ._choice import Choice, FixName, choose_fix
+from ._verify import Verification, VerifyPlan, verify_step
 from .shop.fixes import FIX_DESCRIPTIONS, Fixes
 
 if TYPE_CHECKING:  # _runner imports this module when it runs the ladder
     from ._runner import RunResult, ShopRig
 
-FixName = Literal[
-    "pool", "eager", "indexes", "cache", "replicas", "fanout", "keyset", "offload", "lean"
-]
-
-# Plain database time with no index left to add: answer repeats from memory, then spread reads.
-DATABASE_TIME: tuple[FixName, ...] = ("indexes", "cache", "replicas")
-
-# Finding kind (observe's FindingKind values) -> the shop fixes that remove it, in the order to
-# try. A kind absent here is one the shop has no fix for: reported, and the next one is tried.
-KIND_FIXES: dict[str, tuple[FixName, ...]] = {
-    "connection_setup": ("pool",),  # a connection opened per request: a planned pool
-    "pool_wait": ("pool",),  # waiting for a connection: the planned pool size
-    "n_plus_one": ("eager",),  # a query per row: joined loads, one grouped query
-    "duplicate": ("eager",),  # the same query again in one request
-    "unbounded_result": ("keyset",),  # every row read: bounded pages
-    "sequential_io": ("fanout",),  # independent calls one after another: gather them
-    "slow_dependency": ("fanout",),  # one dependency takes the time: deadline, breaker
-    "no_timeout": ("fanout",),  # an outbound call that may hang: deadline
-    "n_plus_one_http": ("fanout",),
-    "slow_query": DATABASE_TIME,  # the advisor's indexes first (see choose_fix)
-}
-# An endpoint's bottleneck class, when no ranked fix maps to one the shop has left.
-BOTTLENECK_FIXES: dict[str, tuple[FixName, ...]] = {
-    "connection_setup": ("pool",),
-    "pool_wait": ("pool",),
-    "n_plus_one": ("eager",),
-    "missing_index": ("indexes",),
-    "slow_query": DATABASE_TIME,
-    "sequential_io": ("fanout",),
-    "slow_dependency": ("fanout",),
-    "n_plus_one_http": ("fanout",),
-    "blocking_call": ("offload",),
-    "cpu": ("lean",),  # the handler's own time: serialization is what the shop can cut
-}
-
-
-def fixes_for(kind: str, evidence: Mapping[str, Any]) -> tuple[FixName, ...]:
-    """The shop fixes that remove a finding of ``kind`` with this ``evidence``."""
-    if kind == "blocking_call":
-        # CPU on the loop (serializing a large result) is cut by doing less of it; a wait on
-        # the loop (a sync client, a sleep) moves to a worker thread
-        return ("lean",) if evidence.get("cpu_bound") else ("offload",)
-    if kind == "slow_query" and evidence.get("missing_index"):
-        return ("indexes",)
-    return KIND_FIXES.get(kind, ())
-
-
-@dataclass(frozen=True)
-class Choice:
-    """What a diagnosis named and the fix chosen for it (``fix`` None: nothing left)."""
-
-    fix: FixName | None
-    kind: str = ""
-    endpoint: str = ""
-    share: float = 0.0  # of the endpoint's time
-    saving_ms: float = 0.0  # over the run, by the diagnosis's estimate
-    call_site: str | None = None
-    message: str = ""
-    evidence: dict[str, Any] = field(default_factory=dict)
-    notes: tuple[str, ...] = ()  # kinds named first that the chooser had to pass over
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "fix": self.fix,
-            "kind": self.kind,
-            "endpoint": self.endpoint,
-            "share": self.share,
-            "saving_ms": self.saving_ms,
-            "call_site": self.call_site,
-            "message": self.message,
-            "evidence": self.evidence,
-            "notes": list(self.notes),
-        }
-
 
 def applied_fixes(fixes: Fixes) -> set[str]:
     return {f.name for f in fields(fixes) if getattr(fixes, f.name)}
-
-
-def choose_fix(report: Mapping[str, Any], applied: set[str], indexes_left: bool) -> Choice:
-    """The first fix not yet ``applied`` that removes the top remaining cause in ``report``
-    (``Report.to_dict()``): its ``top_fixes`` in rank order, then the endpoints' bottlenecks
-    by total time. ``indexes_left``: whether the advisor has indexes the shop does not have."""
-    notes: list[str] = []
-
-    def first_open(candidates: Sequence[FixName]) -> FixName | None:
-        for fix in candidates:
-            if fix in applied or (fix == "indexes" and not indexes_left):
-                continue
-            return fix
-        return None
-
-    for ranked in report.get("top_fixes", []):
-        kind = str(ranked.get("kind", ""))
-        evidence = dict(ranked.get("evidence") or {})
-        candidates = fixes_for(kind, evidence)
-        if not candidates:
-            note = f"diagnosis named {kind}: the shop has no fix for it"
-            if note not in notes:
-                notes.append(note)
-            continue
-        fix = first_open(candidates)
-        if fix is not None:
-            return Choice(
-                fix,
-                kind,
-                str(ranked.get("endpoint", "")),
-                float(ranked.get("share", 0.0)),
-                float(ranked.get("saving_ms", 0.0)),
-                ranked.get("call_site"),
-                str(ranked.get("message", "")),
-                evidence,
-                tuple(notes),
-            )
-    endpoints = sorted(
-        report.get("endpoints", []), key=lambda e: float(e.get("total_ms", 0.0)), reverse=True
-    )
-    total = sum(float(e.get("total_ms", 0.0)) for e in endpoints) or 1.0
-    for endpoint in endpoints:
-        bottleneck = str(endpoint.get("bottleneck", "none"))
-        if bottleneck == "none":
-            continue
-        candidates = BOTTLENECK_FIXES.get(bottleneck, ())
-        if not candidates:
-            notes.append(f"diagnosis named {bottleneck}: the shop has no fix for it")
-            continue
-        fix = first_open(candidates)
-        if fix is not None:
-            breakdown = endpoint.get("breakdown_ms") or {}
-            return Choice(
-                fix,
-                bottleneck,
-                str(endpoint.get("name", "")),
-                float(endpoint.get("total_ms", 0.0)) / total,
-                0.0,
-                None,
-                f"the endpoint's bottleneck is {bottleneck} (time by layer, ms: "
-                + ", ".join(f"{k} {v:.1f}" for k, v in breakdown.items() if v >= 0.05)
-                + ")",
-                {"breakdown_ms": breakdown},
-                tuple(notes),
-            )
-    return Choice(None, notes=tuple(notes))
 
 
 @dataclass
@@ -171,7 +33,7 @@ class Step:
     run: RunResult
     applied: FixName | None = None  # None: the naive start
     because: Choice | None = None  # the previous step's diagnosis that chose ``applied``
-    trials: dict[str, RunResult] = field(default_factory=dict)  # verify: each other fix alone
+    check: Verification | None = None  # verify: every fix left, each alone, in rounds
 
     @property
     def fixes(self) -> Fixes:
@@ -202,6 +64,11 @@ class Ladder:
         return (sum(v.right for v in known), len(known)) if self.verified else None
 
 
+def gain_text(gain: float, spread: tuple[float, float]) -> str:
+    """A verified gain with its spread over the rounds: ``2.10x (1.95-2.31)``."""
+    return f"{gain:.2f}x ({spread[0]:.2f}-{spread[1]:.2f})"
+
+
 def p99_ms(run: RunResult) -> float:
     return run.load.overall_latency().percentile_ms(99)
 
@@ -215,25 +82,28 @@ def gain(run: RunResult, before: RunResult) -> float:
 
 @dataclass(frozen=True)
 class Verdict:
-    chosen: float  # the chosen fix's gain
+    chosen: float  # the chosen fix's gain (median over the rounds)
     best_fix: str
     best: float
     right: bool
+    chosen_spread: tuple[float, float] = (0.0, 0.0)  # its lowest and highest round
+    best_spread: tuple[float, float] = (0.0, 0.0)
 
 
 def verdict(ladder: Ladder, index: int) -> Verdict | None:
     """Whether step ``index``'s fix gained most of those tried from the same state (within
-    10% of the best one's improvement)."""
+    10% of the best one's improvement), by the verify rounds' median gains."""
     step = ladder.steps[index]
-    if not step.trials or step.applied is None:
+    check = step.check
+    if check is None or step.applied is None or step.applied not in check.rounds:
         return None
-    before = ladder.steps[index - 1].run
-    gains = {name: gain(run, before) for name, run in step.trials.items()}
-    gains[step.applied] = gain(step.run, before)
+    gains = {name: check.gain(name) for name in check.fixes}
     best_fix = max(gains, key=lambda name: gains[name])
     chosen, best = gains[step.applied], gains[best_fix]
     right = best <= 1.0 or chosen - 1.0 >= 0.9 * (best - 1.0)
-    return Verdict(chosen, best_fix, best, right)
+    return Verdict(
+        chosen, best_fix, best, right, check.spread(step.applied), check.spread(best_fix)
+    )
 
 
 def climb(
@@ -241,9 +111,11 @@ def climb(
     target_p99_ms: float | None = None,
     verify: bool = False,
     max_steps: int | None = None,
+    plan: VerifyPlan | None = None,
 ) -> Ladder:
     """Naive first, then one fix a step as the diagnosis chooses, until the p99 target (naive's
-    p99 / 10 unless given) is met or no fix is left."""
+    p99 / 10 unless given) is met or no fix is left. With ``verify``, every fix left is also
+    measured alone from the same state (``plan``: how, see :mod:`._verify`)."""
     naive = rig.run(Fixes.naive())
     indexes = rig.advise()  # from the naive run's statements, before any other run
     target = target_p99_ms if target_p99_ms is not None else p99_ms(naive) / 10
@@ -266,14 +138,22 @@ def climb(
         run = rig.run(replace(current.fixes, **{choice.fix: True}), why)
         step = Step(run, choice.fix, choice)
         if verify:
-            for other in FIX_DESCRIPTIONS:
-                if other in applied or other == choice.fix:
-                    continue
-                if other == "indexes" and not indexes:
-                    continue
-                step.trials[other] = rig.run(
-                    replace(current.fixes, **{other: True}), " (verify: the alternative)"
-                )
+            others = [
+                other
+                for other in FIX_DESCRIPTIONS
+                if other not in applied
+                and other != choice.fix
+                and (other != "indexes" or bool(indexes))
+            ]
+            step.check = verify_step(
+                rig,
+                current.fixes,
+                current.run,
+                choice.fix,
+                others,
+                plan or VerifyPlan(),
+                rig.progress,
+            )
         steps.append(step)
 
 
@@ -342,6 +222,12 @@ def endpoints_text(endpoint: str) -> str:
     return f"{named[0]} and {len(named) - 1} other endpoints"
 
 
+def ranking_text(choice: Choice, shown: int = 4) -> str:
+    """The diagnosis's ranking of the fixes left, by the time their findings save over the
+    run: ``eager ~75.2 s, indexes ~40.1 s, pool ~12.0 s``."""
+    return ", ".join(f"{fix} ~{ms / 1000:,.1f} s" for fix, ms in choice.ranking[:shown])
+
+
 def _choice_lines(choice: Choice, indent: str) -> list[str]:
     site = f" at {choice.call_site}" if choice.call_site else ""
     text = (
@@ -353,7 +239,12 @@ def _choice_lines(choice: Choice, indent: str) -> list[str]:
     lines = textwrap.wrap(text, width, break_long_words=True)
     if choice.message:
         lines += textwrap.wrap(f"({choice.message})", width, break_long_words=True)
-    lines += [f"({note})" for note in choice.notes]
+    if choice.ranking:
+        lines += textwrap.wrap(
+            f"(fixes by what their findings save: {ranking_text(choice)})", width
+        )
+    for note in choice.notes:
+        lines += textwrap.wrap(f"({note})", width, break_long_words=True)
     return [indent + line for line in lines]
 
 
@@ -405,12 +296,13 @@ def ladder_lines(ladder: Ladder) -> list[str]:
         if judged is not None:
             mark = "yes" if judged.right else "NO"
             lines.append(
-                f"  verify: chosen {judged.chosen:.2f}x; best {judged.best_fix} "
-                f"{judged.best:.2f}x; right: {mark}"
+                f"  verify: chosen {gain_text(judged.chosen, judged.chosen_spread)}; best "
+                f"{judged.best_fix} {gain_text(judged.best, judged.best_spread)}; right: {mark}"
             )
     lines += ["", f"stopped: {ladder.stop}"]
-    if ladder.next_choice is not None and ladder.next_choice.notes:
-        lines += ["  " + note for note in ladder.next_choice.notes]
+    if ladder.next_choice is not None:
+        for note in ladder.next_choice.notes:
+            lines += textwrap.wrap(note, 76, initial_indent="  ", subsequent_indent="    ")
     accuracy = ladder.accuracy()
     if accuracy is not None:
         lines.append(f"diagnosis accuracy: {accuracy[0]} of {accuracy[1]} steps right")
@@ -462,13 +354,26 @@ def ladder_dict(ladder: Ladder) -> dict[str, Any]:
             entry["gain_vs_previous"] = gain(step.run, before)
             entry["gain_vs_naive"] = gain(step.run, ladder.naive)
         judged = verdict(ladder, index) if index else None
-        if judged is not None:
+        if judged is not None and step.check is not None:
+            check = step.check
             entry["verify"] = {
                 "chosen_gain": judged.chosen,
                 "best_fix": judged.best_fix,
                 "best_gain": judged.best,
                 "right": judged.right,
-                "trials": {name: _run_dict(run) for name, run in step.trials.items()},
+                "actions_per_user": check.actions,
+                "incomplete": check.incomplete,
+                "errors": check.errors,
+                "trials": {
+                    name: {
+                        "gain": check.gain(name),
+                        "round_gains": check.gains(name),
+                        "round_mean_ms": [ms for _, ms in check.rounds[name].values()],
+                    }
+                    for name in check.fixes
+                },
+                # the state's own runs: before the first round and after each
+                "state_mean_ms": [ms for _, ms in check.state],
             }
         steps.append(entry)
     accuracy = ladder.accuracy()
@@ -486,14 +391,11 @@ def ladder_dict(ladder: Ladder) -> dict[str, Any]:
 
 
 __all__ = [
-    "BOTTLENECK_FIXES",
-    "KIND_FIXES",
     "Choice",
     "Ladder",
     "Step",
     "choose_fix",
     "climb",
-    "fixes_for",
     "ladder_dict",
     "ladder_lines",
 ]

@@ -3,6 +3,11 @@ request count, N simulated users each sending their next request when the last r
 
 A *step* is one user action (an ``async`` callable), usually one request, sometimes a short
 flow such as "place an order, then read my orders back", checked for stale reads.
+
+Two ways to bound a run: by time (each user runs steps until the duration is up: what a
+configuration sustains), or by work (``LoadSpec.steps_per_user``: every user runs exactly that
+many steps, drawn from its own seeded stream, so two configurations serve the very same
+requests and their mean request times compare without the mix's noise).
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ class LoadResult:
     endpoints: dict[str, EndpointStats]
     stale_reads: int = 0
     notes: dict[str, Any] = field(default_factory=dict)
+    steps: int = 0  # user actions completed
+    complete: bool = True  # a run bounded by work: every user ran all its steps
 
     @property
     def requests(self) -> int:
@@ -55,6 +62,12 @@ class LoadResult:
     def throughput(self, endpoint: str | None = None) -> float:
         count = self.endpoints[endpoint].requests if endpoint else self.requests
         return count / self.duration_s if self.duration_s else 0.0
+
+    def mean_ms(self) -> float:
+        """The mean request time: with the same requests (a run bounded by work), what two
+        configurations compare by (in a closed loop, throughput is its inverse)."""
+        latency = self.overall_latency()
+        return latency.total_ms / latency.count if latency.count else 0.0
 
     def overall_latency(self) -> Timing:
         merged = Timing()
@@ -71,6 +84,13 @@ class Recorder:
     def __init__(self, client: httpx.AsyncClient, result: LoadResult) -> None:
         self.client = client
         self._result = result
+        self.deadline = float("inf")  # perf_counter() time the run ends (set as it starts)
+
+    @property
+    def expired(self) -> bool:
+        """The run's time is up: a step of several requests stops at the next one (its
+        remaining requests would only run past the duration)."""
+        return time.perf_counter() >= self.deadline
 
     async def request(
         self, name: str, method: str, path: str, **kwargs: Any
@@ -104,11 +124,15 @@ class LoadSpec:
     max_requests: int = 200_000
     seed: int = 7
     timeout_s: float = 10.0
+    # bounded by work: each user runs exactly this many steps (duration_s is then a cap; a
+    # run that reaches it is marked incomplete)
+    steps_per_user: int | None = None
 
 
 async def run_load(base_url: str, mix: Sequence[tuple[float, Step]], spec: LoadSpec) -> LoadResult:
     """Run ``mix`` (weights and steps) against ``base_url`` until the duration or the request
-    cap is reached; every simulated user has its own deterministic random stream."""
+    cap is reached, or each user ran ``spec.steps_per_user`` steps; every simulated user has
+    its own deterministic random stream."""
     host = urlsplit(base_url).hostname or ""
     if host not in _LOOPBACK:
         raise LoadTargetError(
@@ -137,12 +161,22 @@ async def run_load(base_url: str, mix: Sequence[tuple[float, Step]], spec: LoadS
         ]
         started = time.perf_counter()
         deadline = started + spec.duration_s
+        for recorder in recorders:
+            recorder.deadline = deadline
+        steps_left = spec.steps_per_user
 
         async def user(number: int) -> None:
             rng = random.Random(f"{spec.seed}:{number}")
+            done = 0
             while time.perf_counter() < deadline and result.requests < spec.max_requests:
+                if steps_left is not None and done >= steps_left:
+                    return
                 step = rng.choices(steps, weights=weights, k=1)[0]
                 await step(recorders[number], rng)
+                done += 1
+                result.steps += 1
+            if steps_left is not None:
+                result.complete = False  # stopped by the cap before its work was done
 
         await asyncio.gather(*(user(n) for n in range(spec.concurrency)))
         result.duration_s = time.perf_counter() - started

@@ -15,6 +15,7 @@ from ._ladder import (
     breakdown,
     endpoints_text,
     gain,
+    gain_text,
     measured_figure,
     p99_ms,
     verdict,
@@ -93,7 +94,8 @@ def _ladder_section(ladder: Ladder) -> str:
         if judged is not None:
             checked = (
                 f"{'right' if judged.right else '<b>wrong</b>'}: best {escape(judged.best_fix)} "
-                f"{judged.best:.2f}x, chosen {judged.chosen:.2f}x"
+                f"{gain_text(judged.best, judged.best_spread)}, chosen "
+                f"{gain_text(judged.chosen, judged.chosen_spread)}"
             )
         rows.append(
             [

@@ -126,27 +126,33 @@ def _reset_statement_stats(dsn: str) -> None:
         conn.execute("SELECT pg_stat_statements_reset()")
 
 
-async def run_configuration(settings: ShopSettings, spec: LoadSpec, scale: str) -> RunResult:
+async def run_configuration(
+    settings: ShopSettings, spec: LoadSpec, scale: str, stats: bool = True
+) -> RunResult:
+    """One configuration on a fresh server under ``spec``'s load; with ``stats``, the server's
+    counters and observe's diagnosis too (a verify round needs only the load's view)."""
     with shop_server(settings) as server:
         async with httpx.AsyncClient(base_url=server.url) as client:
             # warm up: first connections, compiled statements, caches
             await client.get("/products/1")
             await client.post("/__hotpath/reset")
             load = await run_load(server.url, shop_mix(SCALES[scale]), spec)
-            stats = (await client.get("/__hotpath/stats")).json()
+            counters = (await client.get("/__hotpath/stats")).json() if stats else None
         server_errors = server.errors()
-    queries = {s["name"]: float(s["queries_p50"]) for s in stats["observe"]["endpoints"]}
+    if counters is None:
+        return RunResult(settings.fixes, load, server_errors=server_errors)
+    queries = {s["name"]: float(s["queries_p50"]) for s in counters["observe"]["endpoints"]}
     return RunResult(
         settings.fixes,
         load,
         queries,
-        int(stats["connections_opened"]),
-        int(stats["replica_reads"]),
-        int(stats["primary_reads"]),
-        {k: int(v) for k, v in stats.get("cache", {}).items()},
+        int(counters["connections_opened"]),
+        int(counters["replica_reads"]),
+        int(counters["primary_reads"]),
+        {k: int(v) for k, v in counters.get("cache", {}).items()},
         server_errors,
-        stats["observe"],
-        [int(worker["requests"]) for worker in stats["workers"]],
+        counters["observe"],
+        [int(worker["requests"]) for worker in counters["workers"]],
     )
 
 
@@ -171,15 +177,28 @@ class ShopRig:
     progress: Callable[[str], None]
     indexes: list[str] = field(default_factory=list)
     workers: int = 1  # uvicorn worker processes of the shop server
+    _indexed: bool | None = None  # whether the advisor's indexes are there now (None: unknown)
 
-    def run(self, fixes: Fixes, why: str = "") -> RunResult:
+    def run(
+        self, fixes: Fixes, why: str = "", spec: LoadSpec | None = None, stats: bool = True
+    ) -> RunResult:
+        """``fixes`` under the rig's load (or ``spec``'s), from the same start as every other
+        configuration; ``stats``: with the server's counters and observe's diagnosis."""
+        spec = spec or self.spec
         if fixes.indexes and not self.indexes:
             self.advise()
-        what = f"running {fixes.label}{why} for {self.spec.duration_s:.0f}s"
+        if spec.steps_per_user is None:
+            what = f"running {fixes.label}{why} for {spec.duration_s:.0f}s"
+        else:
+            what = f"running {fixes.label}{why}: {spec.steps_per_user} actions a user"
         processes = f", {self.workers} worker processes" if self.workers > 1 else ""
-        self.progress(f"{what} with {self.spec.concurrency} users{processes}")
-        prepare_indexes(self.dsn, fixes, self.indexes)
-        if fixes == Fixes.naive():
+        self.progress(f"{what} with {spec.concurrency} users{processes}")
+        if self._indexed != fixes.indexes:
+            # the same state each time: the indexes are rebuilt only when they change (a
+            # verify round runs the configurations with the same indexes one after another)
+            prepare_indexes(self.dsn, fixes, self.indexes)
+            self._indexed = fixes.indexes
+        if fixes == Fixes.naive() and stats:
             _reset_statement_stats(self.dsn)  # the advisor reads the naive run's statements
         with redis.Redis.from_url(self.stack.redis_url) as client:
             client.flushdb()  # every configuration starts with a cold cache
@@ -189,10 +208,10 @@ class ShopRig:
             fixes=fixes,
             replica_urls=[r.url_for("shop", driver="asyncpg") for r in self.stack.replicas],
             redis_url=self.stack.redis_url,
-            concurrency=self.spec.concurrency,
+            concurrency=spec.concurrency,
             workers=self.workers,
         )
-        return asyncio.run(run_configuration(settings, self.spec, self.scale))
+        return asyncio.run(run_configuration(settings, spec, self.scale, stats))
 
     def advise(self) -> list[str]:
         """The advisor's indexes for the naive run's statements (asked once)."""

@@ -29,7 +29,7 @@ def shop_mix(scale: Scale) -> Sequence[tuple[float, Step]]:
                 params=params,
             )
             params = response.json().get("next") if response is not None else None
-            if not params:
+            if not params or rec.expired:
                 return
 
     async def detail(rec: Recorder, rng: random.Random) -> None:

@@ -304,8 +304,11 @@ def _slow_dependency(scope: Scope) -> list[Finding]:
 
 
 def _blocking_calls(scope: Scope) -> list[Finding]:
-    by_site: dict[tuple[CallSite | None, bool], list[float]] = defaultdict(list)
-    facts: dict[tuple[CallSite | None, bool], tuple[str, bool, str]] = {}
+    # per line and per request that ran it: one line (a shared helper, the framework's
+    # serialization under the app's middleware) blocks in several endpoints, and what removes
+    # it differs by endpoint (a leaner response for one, fewer rows for another)
+    by_site: dict[tuple[CallSite | None, bool, str], list[float]] = defaultdict(list)
+    facts: dict[tuple[CallSite | None, bool, str], tuple[str, bool]] = {}
     for block in scope.timeline.blocks:
         if block.site is None:
             # nothing of the application's was running (SQLAlchemy compiling or building rows
@@ -316,30 +319,31 @@ def _blocking_calls(scope: Scope) -> list[Finding]:
         if overlap <= 0:
             continue
         own = block.scope_id == id(scope)
-        key = (block.site, own)
+        key = (block.site, own, scope.name if own else block.endpoint)
         by_site[key].append(overlap)
-        facts[key] = (block.what, block.cpu_bound, block.endpoint)
+        facts[key] = (block.what, block.cpu_bound)
     findings = []
-    for (site, own), overlaps in by_site.items():
-        what, cpu_bound, endpoint = facts[(site, own)]
+    for (site, own, blocker), overlaps in by_site.items():
+        what, cpu_bound = facts[(site, own, blocker)]
         blocked = sum(overlaps)
         if own:
             where = "this request"
-        elif endpoint == "?":  # a task whose request could not be read (Python < 3.12)
+        elif blocker == "?":  # a task whose request could not be read (Python < 3.12)
             where = "a request in flight"
         else:
-            where = f"another request ({endpoint})"
+            where = f"another request ({blocker})"
+        ran_in = "a request in flight" if blocker == "?" else blocker
         if cpu_bound:
             fix = (
-                "CPU-bound work on the event loop: do less of it per request (return fewer "
-                "rows: hotpath.paging.keyset_page; a cheaper response: ORJSONResponse) or run "
-                "it in a worker: await asyncio.to_thread(fn, ...)"
+                f"CPU-bound work on the event loop in {ran_in}: do less of it per request "
+                "(return fewer rows: hotpath.paging.keyset_page; a cheaper response: "
+                "ORJSONResponse) or run it in a worker: await asyncio.to_thread(fn, ...)"
             )
         else:
             fix = (
-                "a blocking call inside async def: use the async client (httpx.AsyncClient, "
-                "redis.asyncio, create_async_engine, asyncio.sleep) or move it off the loop: "
-                "await asyncio.to_thread(fn, ...)"
+                f"a blocking call inside async def in {ran_in}: use the async client "
+                "(httpx.AsyncClient, redis.asyncio, create_async_engine, asyncio.sleep) or move "
+                "it off the loop: await asyncio.to_thread(fn, ...)"
             )
         findings.append(
             Finding(
@@ -349,7 +353,13 @@ def _blocking_calls(scope: Scope) -> list[Finding]:
                 site,
                 len(overlaps),
                 fix=fix,
-                details={"blocked_ms": blocked, "own": own, "what": what, "cpu_bound": cpu_bound},
+                details={
+                    "blocked_ms": blocked,
+                    "own": own,
+                    "what": what,
+                    "cpu_bound": cpu_bound,
+                    "blocker": blocker,  # the endpoint whose step held the loop
+                },
                 # A call that waits still takes its time off the loop: moving it saves the
                 # other requests' wait, not its own. CPU-bound work is removed by its fix
                 # (less of it: a leaner response, fewer rows), its own time included.

@@ -133,7 +133,8 @@ class LoopMonitor:
                 started,
                 ended,
                 id(scope) if scope is not None else 0,
-                scope.name if scope is not None else "?",
+                # the route's name: a blocking line is judged per endpoint, not per URL
+                scope.current_name() if scope is not None else "?",
                 site,
                 what,
                 cpu_bound,

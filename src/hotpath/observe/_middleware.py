@@ -54,6 +54,7 @@ class ASGIMiddleware:
         async with self.profiler.scope(f"{method} {path}") as recording:
             query = scope.get("query_string", b"").decode("latin-1")
             recording.timeline.known_text = f"{path} {query}"
+            recording.namer = lambda: _asgi_name(method, scope, 200)
 
             async def send_with_timing(message: Message) -> None:
                 kind = message["type"]

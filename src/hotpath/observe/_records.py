@@ -32,7 +32,9 @@ class FindingKind(str, Enum):
     SLOW_DEPENDENCY = "slow_dependency"
     CONNECTION_SETUP = "connection_setup"
     POOL_WAIT = "pool_wait"
+    # per endpoint, over the run
     CACHE_MISS = "cache_miss"
+    REPEATED_READ = "repeated_read"  # the same GET again: what a cache would have answered
 
 
 class Layer(str, Enum):

@@ -46,6 +46,7 @@ Bottleneck = Literal[
     "blocking_call",
     "slow_dependency",
     "cache_miss",
+    "repeated_read",
     "cpu",
 ]
 # The class a fix of each kind removes (a slow query whose plan asks for an index is
@@ -65,6 +66,7 @@ _KIND_CLASS: dict[FindingKind, Bottleneck] = {
     FindingKind.CONNECTION_SETUP: "connection_setup",
     FindingKind.POOL_WAIT: "pool_wait",
     FindingKind.CACHE_MISS: "cache_miss",
+    FindingKind.REPEATED_READ: "repeated_read",
     FindingKind.UNPRUNED_PARTITIONS: "slow_query",
 }
 _LAYER_CLASS: dict[Layer, Bottleneck] = {
@@ -79,6 +81,10 @@ _LAYER_CLASS: dict[Layer, Bottleneck] = {
 # a fix that saves less than this share of an endpoint's time does not name its bottleneck
 _BOTTLENECK_SHARE = 0.05
 _MAX_CACHE_NAMES = 100  # key templates followed per endpoint
+_MAX_READ_KEYS = 20_000  # distinct reads (path and query) remembered per endpoint
+# the layers a cached answer skips: the database's (opening a connection, waiting for one,
+# the statements); an outbound HTTP call or the handler's own work may not be cacheable
+_DATABASE_LAYERS = (Layer.CONNECT, Layer.POOL_WAIT, Layer.DB)
 # Kinds whose instances in one endpoint are one fix though their details vary from request
 # to request (which calls were long enough to count)
 _ONE_PER_ENDPOINT = {FindingKind.SEQUENTIAL_IO}
@@ -276,6 +282,35 @@ class CacheUse:
             self.site = self.site or site
 
 
+def fuller_example(finding: Finding, example: Finding) -> bool:
+    """Whether ``finding`` shows its fix better than ``example``: a plan's evidence first
+    (a slow statement planned after its first runs), then the larger saving."""
+    if bool(finding.plan_flags) != bool(example.plan_flags):
+        return bool(finding.plan_flags)
+    return finding.saving_ms > example.saving_ms
+
+
+@dataclass
+class ReadRepeats:
+    """The GET requests of one endpoint, and those that asked for what an earlier one of the
+    run had asked (the same path and query): what a cache keyed by the request would have
+    answered, with the database time each of those spent."""
+
+    requests: int = 0
+    repeats: int = 0
+    repeat_ms: float = 0.0  # the repeats' database time
+    seen: set[str] = field(default_factory=set)
+
+    def add(self, scope: Scope) -> None:
+        self.requests += 1
+        key = scope.timeline.known_text
+        if key in self.seen:
+            self.repeats += 1
+            self.repeat_ms += sum(scope.breakdown_ms.get(layer, 0.0) for layer in _DATABASE_LAYERS)
+        elif len(self.seen) < _MAX_READ_KEYS:  # past the bound new reads are not remembered
+            self.seen.add(key)
+
+
 @dataclass
 class FixTotal:
     """One fix (kind, call site, change) summed over the scopes of a name that found it."""
@@ -301,6 +336,7 @@ class Rollup:
         # report time, not once per finding per scope
         self.fixes: dict[tuple[str, CallSite | None, str], FixTotal] = {}
         self.caches: dict[str, CacheUse] = {}
+        self.reads = ReadRepeats()
 
     @property
     def queries(self) -> HdrHistogram:
@@ -320,6 +356,10 @@ class Rollup:
             for finding in scope.findings:
                 if finding.kind in _ONE_PER_ENDPOINT:
                     key: tuple[str, CallSite | None, str] = (finding.kind.value, None, "")
+                elif finding.kind is FindingKind.SLOW_QUERY and finding.fingerprint:
+                    # one statement is one fix: its plan (and the index it asks for) reaches
+                    # the scopes that conclude after it was taken, not those already running
+                    key = (finding.kind.value, finding.call_site, finding.fingerprint)
                 else:
                     # the fix, else the statement: a message carries the run's figures
                     key = (
@@ -330,10 +370,12 @@ class Rollup:
                 total = self.fixes.get(key)
                 if total is None:
                     total = self.fixes[key] = FixTotal(finding)
-                elif finding.saving_ms > total.example.saving_ms:
+                elif fuller_example(finding, total.example):
                     total.example = finding  # the fullest instance names the calls
                 total.scopes += 1
                 total.saving_ms += finding.saving_ms
+            if scope.name.startswith("GET ") and scope.timeline.known_text:
+                self.reads.add(scope)
             early = scope.settings.cache_min_lookups
             for name, hit, ms, load_ms, site in scope.timeline.cache_lookups:
                 use = self.caches.get(name)
@@ -671,6 +713,45 @@ def _cache_fixes(
     return fixes
 
 
+def _repeat_fixes(
+    name: str, rollup: Rollup, settings: ObserveSettings, total_ms: float
+) -> list[Fix]:
+    """repeated_read: GETs that asked for what an earlier request had (same path and query).
+    A cache keyed by the request would answer them: it saves their database time, which is
+    the database time of every request times the share that repeats (the hit ratio such a
+    cache would have had over this run, from a cold start)."""
+    reads = rollup.reads
+    if settings.modes[FindingKind.REPEATED_READ] == "off" or reads.repeats < 2:
+        return []
+    if rollup.latency.percentile_ms(95) <= settings.budget_for(name):
+        return []  # within its budget: a cache would add invalidation for nothing needed
+    if reads.repeat_ms <= 0.0:
+        return []  # repeats that cost the database nothing: nothing for a cache to save
+    ratio = reads.repeats / reads.requests
+    return [
+        Fix(
+            FindingKind.REPEATED_READ.value,
+            name,
+            None,
+            f"cache the answer of {name}, invalidated by tags on writes: "
+            "@cache.cached(ttl=..., key=..., tags=...)  # hotpath.cache; or the ORM query cache "
+            "(hotpath.cache.orm)",
+            f"repeated reads: {reads.repeats} of {reads.requests} requests ({ratio:.0%}) asked "
+            f"for what an earlier one had (same path and query); their database time, "
+            f"{reads.repeat_ms:,.0f} ms, is what a cache would save",
+            reads.repeats,
+            reads.repeat_ms,
+            reads.repeat_ms / total_ms if total_ms > 0 else 0.0,
+            {
+                "requests": reads.requests,
+                "repeats": reads.repeats,
+                "hit_ratio": round(ratio, 4),
+                "database_ms": round(reads.repeat_ms / reads.repeats, 3),
+            },
+        )
+    ]
+
+
 def build_report(
     rollups: dict[str, Rollup], timings: dict[str, Timing], settings: ObserveSettings
 ) -> Report:
@@ -678,7 +759,11 @@ def build_report(
     for name, rollup in sorted(rollups.items()):
         latency = rollup.latency.summary()
         total_ms = rollup.latency.total_ms
-        fixes = _fixes(name, rollup, total_ms) + _cache_fixes(name, rollup, settings, total_ms)
+        fixes = (
+            _fixes(name, rollup, total_ms)
+            + _cache_fixes(name, rollup, settings, total_ms)
+            + _repeat_fixes(name, rollup, settings, total_ms)
+        )
         fixes.sort(key=lambda f: (-f.saving_ms, -f.scopes, f.kind))
         count = rollup.latency.count
         stats = ScopeStats(

@@ -148,6 +148,9 @@ class Scope:
         self.recorder = recorder
         self.settings = settings = recorder.settings
         self.name = name
+        # what the scope will be named, read before it is (a middleware names a request by its
+        # route template once routing has run, by its raw path until its response starts)
+        self.namer: Callable[[], str] | None = None
         self.capture_sites = capture_sites  # every query's call site (budgets list them)
         # the settings' own (read-only) mapping unless this scope overrides a mode
         self.modes: Mapping[FindingKind, Mode] = (
@@ -196,6 +199,10 @@ class Scope:
         self._origin_root: dict[Origin, Any] = {}  # query origin -> the mapper it selected
         self._flushing_sessions: list[Any] = []  # sessions that flushed in this scope
         self._foreign_sessions: set[int] = set()  # sessions that ran on other engines
+
+    def current_name(self) -> str:
+        """Its name as of now: the route template as soon as routing has matched one."""
+        return self.namer() if self.namer is not None else self.name
 
     # -- entering and leaving ------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from ._report import (
     Timing,
     build_report,
     flag_dict,
+    fuller_example,
 )
 from ._settings import ObserveSettings
 
@@ -114,6 +115,13 @@ def _rollup_state(rollup: Rollup) -> dict[str, Any]:
                 name: {**asdict(use), "site": _site_state(use.site)}
                 for name, use in rollup.caches.items()
             },
+            # the counts only: a read repeated in another process than the one that first saw
+            # it is not counted (the keys seen would make every snapshot as large as its bound)
+            "reads": {
+                "requests": rollup.reads.requests,
+                "repeats": rollup.reads.repeats,
+                "repeat_ms": rollup.reads.repeat_ms,
+            },
         }
 
 
@@ -131,10 +139,14 @@ def _merge_rollup(into: Rollup, state: dict[str, Any]) -> None:
             total = into.fixes.get(key)
             if total is None:
                 total = into.fixes[key] = FixTotal(example)
-            elif example.saving_ms > total.example.saving_ms:
+            elif fuller_example(example, total.example):
                 total.example = example
             total.scopes += fix["scopes"]
             total.saving_ms += fix["saving_ms"]
+        reads = state.get("reads") or {}  # absent from an older worker's snapshot
+        into.reads.requests += int(reads.get("requests", 0))
+        into.reads.repeats += int(reads.get("repeats", 0))
+        into.reads.repeat_ms += float(reads.get("repeat_ms", 0.0))
         for name, use_state in state["caches"].items():
             use = into.caches.setdefault(name, CacheUse())
             for field in fields(CacheUse):

@@ -89,17 +89,20 @@ def shop_profiler(engines: list[Any], options: ServerOptions) -> Profiler:
     Every detector is on: the request-wide ones (where the time goes, sequential calls,
     connection set-up, pool waits, blocking calls, slow dependencies) and the database ones,
     since the shop's worst endpoints are N+1s, and a bottleneck is only named from the
-    findings that explain it. What stays off is what costs per query without naming a
-    bottleneck: a ``QueryRecord`` kept per statement (``keep_queries=0``: the report has the
-    counts and the findings, not a SQL log) and EXPLAIN (``explain="off"``: a plan is one more
-    round trip on the request's path; ``hotpath explain`` takes it off the request path).
+    findings that explain it. EXPLAIN (a plain plan, not ANALYZE) is on: once per slow
+    statement shape and server, a connection and a plan on the request that found it, and the
+    plan is the evidence that an index would serve a slow read (and save about all of its
+    time, not only its time over the threshold). What stays off is what costs per query
+    without naming a bottleneck: a ``QueryRecord`` kept per statement (``keep_queries=0``: the
+    report has the counts and the findings, not a SQL log).
     """
     # one profiler for every configuration: the same judge before and after each fix; every
     # detector in "log" mode (N+1's default, "warn", would write a Python warning per request)
     return Profiler(
         *engines,
         keep_queries=0,
-        explain="off",
+        explain="plan",
+        explain_per_minute=60,  # the naive shop has a dozen slow shapes, each planned once
         budget_ms=options.budget_ms,
         modes=dict.fromkeys((kind.value for kind in FindingKind), "log"),
     )
