@@ -174,6 +174,25 @@ def test_fixes_are_ranked_by_every_finding_each_removes_across_endpoints() -> No
     assert choose_fix(report, {"eager", "indexes"}, indexes_left=False).fix == "pool"
 
 
+def test_an_index_is_ranked_by_every_run_of_the_statements_it_serves() -> None:
+    items = "SELECT order_items.id FROM order_items WHERE $1 = order_items.order_id"
+    # a loop of 10 scans (observe: one query for them saves 9 of 10, 900 ms), 300 ms of
+    # which ran over the slow-query threshold: the index makes all 10 lookups (1000 ms), and
+    # its slow runs are the same time, counted once
+    loop = _fix("n_plus_one", ORDERS, 900.0, sql=items, count=10, missing_index=True)
+    slow = _fix("slow_query", ORDERS, 300.0, sql=items, missing_index=True)
+    pk = _fix("n_plus_one", ORDERS, 150.0, sql="SELECT products.id FROM products WHERE id = $1")
+    choice = choose_fix(_report(loop, slow, pk), set(), indexes_left=True)
+    assert choice.ranking == (("eager", 1050.0), ("indexes", pytest.approx(1000.0)))
+    # scans the plan did not flag: only the loop's fix
+    assert fixes_for({**loop, "evidence": {"count": 10, "missing_index": False}}) == ("eager",)
+    # with an index to add elsewhere too, the index saves more than gathering the loops
+    orders = _fix("slow_query", ORDERS, 200.0, sql="SELECT * FROM orders", missing_index=True)
+    choice = choose_fix(_report(loop, slow, pk, orders), set(), indexes_left=True)
+    assert choice.ranking[0] == ("indexes", pytest.approx(1200.0))
+    assert (choice.kind, choice.findings) == ("n_plus_one", 3)
+
+
 def test_a_cache_is_ranked_by_the_database_time_of_the_reads_that_repeat() -> None:
     # the profile's calls one after another: gathering them saves the overlap (60 ms a
     # request here); its reads that repeat save their whole database time (the hit ratio

@@ -131,6 +131,22 @@ def test_a_statement_is_one_fix_with_its_plan_though_early_runs_concluded_withou
     assert fix.change == "CREATE INDEX CONCURRENTLY ON events (customer_id);"
 
 
+def test_a_loop_of_queries_whose_plan_asks_for_an_index_carries_that_evidence(
+    profiler: Profiler, engine: Engine, big_table: str
+) -> None:
+    with profiler.scope("GET /customers") as scope, engine.connect() as conn:
+        for customer in range(1, 7):  # one scan of the table per customer
+            conn.execute(
+                text("SELECT count(*) FROM events WHERE customer_id = :c"), {"c": customer}
+            ).all()
+    [loop] = kinds(scope.findings, FindingKind.N_PLUS_ONE)
+    # its runs were slow (over 1 ms here): the shape was planned, a sequential scan
+    assert loop.details["missing_index"] is True
+    assert loop.details["index"] == "CREATE INDEX CONCURRENTLY ON events (customer_id);"
+    # an index makes every run a lookup; one query for the loop saves every run but one
+    assert loop.details["total_ms"] > loop.saving_ms > 0
+
+
 def test_explain_analyze_runs_selects_but_refuses_writes(engine: Engine, big_table: str) -> None:
     profiler = Profiler(
         engine,

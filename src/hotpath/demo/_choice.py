@@ -18,7 +18,10 @@ Which fix removes a finding is decided by its evidence, not its kind alone:
   wrapper of every endpoint) ran in a library, on no line a shop fix changes;
 - a slow query that is an OFFSET page is removed by ``keyset`` pages, and a slow read whose
   plan asks for an index by the advisor's ``indexes`` (a write, or a read slow for another
-  reason, is not sped up by an index);
+  reason, is not sped up by an index); a loop of queries (N+1) by ``eager`` loads, which save
+  every run but one, and, when its statement's plan asks for an index, by the ``indexes``
+  too, which save every run's scan. Two findings about one statement (its slow runs, the
+  loop that runs it) overlap: a fix is credited the larger of the two;
 - GETs that ask what an earlier request asked (``repeated_read``) are what the ``cache``
   answers: it saves their database time, the endpoint's database time times the share that
   repeats (the hit ratio).
@@ -66,6 +69,20 @@ def offset_page(finding: Finding) -> bool:
     return " OFFSET " in f" {_statement(finding)} "
 
 
+def index_loop(finding: Finding) -> bool:
+    """A loop of queries (N+1) whose statement's plan asks for an index: each of its runs is
+    a scan an index would turn into a lookup."""
+    return _evidence(finding).get("missing_index") is True
+
+
+def loop_time(finding: Finding) -> float:
+    """All of a loop's queries' time, what an index that makes each a lookup saves (observe's
+    saving for a loop is every run but one: what one query for all of them saves)."""
+    saving = _saving(finding)
+    runs = _float(_evidence(finding).get("count"))
+    return saving * runs / (runs - 1) if runs > 1 else saving
+
+
 def index_read(finding: Finding) -> bool:
     """A read whose plan asks for an index (observe's EXPLAIN: a scan where an index would
     serve). A read slow for another reason (a busy server) or a write gets nothing from one."""
@@ -98,14 +115,23 @@ def export_serialization(finding: Finding) -> bool:
     )
 
 
+def _saving(finding: Finding) -> float:
+    try:
+        return max(0.0, float(finding.get("saving_ms") or 0.0))
+    except (TypeError, ValueError):
+        return 0.0
+
+
 @dataclass(frozen=True)
 class Remedy:
     """A shop fix that removes findings of one kind when ``applies`` holds for the finding;
-    ``needs`` says what that evidence is."""
+    ``needs`` says what that evidence is, ``saves`` what the fix would save (observe's
+    estimate, unless the fix removes more or less of the finding than observe's own fix)."""
 
     fix: FixName
     needs: str = "any"
     applies: Callable[[Finding], bool] = _always
+    saves: Callable[[Finding], float] = _saving
 
 
 # Finding kind (observe's FindingKind values) -> the shop fixes that remove it, each with the
@@ -113,7 +139,10 @@ class Remedy:
 REMEDIES: dict[str, tuple[Remedy, ...]] = {
     "connection_setup": (Remedy("pool", "a connection opened per request"),),
     "pool_wait": (Remedy("pool", "waits for a connection"),),
-    "n_plus_one": (Remedy("eager", "a query per row"),),
+    "n_plus_one": (
+        Remedy("eager", "a query per row"),
+        Remedy("indexes", "its statement's plan asks for an index", index_loop, loop_time),
+    ),
     "duplicate": (Remedy("eager", "the same query again in one request"),),
     "slow_query": (
         Remedy("keyset", "an OFFSET page", offset_page),
@@ -145,11 +174,16 @@ BOTTLENECK_FIXES: dict[str, tuple[FixName, ...]] = {
 }
 
 
-def fixes_for(finding: Finding) -> tuple[FixName, ...]:
-    """The shop fixes that remove ``finding`` (one of the report's ranked fixes), by its kind
-    and evidence; none for a kind or evidence the shop has no fix for."""
+def remedies_for(finding: Finding) -> tuple[Remedy, ...]:
+    """The remedies in the table for ``finding`` (one of the report's ranked fixes), by its
+    kind and evidence; none for a kind or evidence the shop has no fix for."""
     remedies = REMEDIES.get(str(finding.get("kind", "")), ())
-    return tuple(remedy.fix for remedy in remedies if remedy.applies(finding))
+    return tuple(remedy for remedy in remedies if remedy.applies(finding))
+
+
+def fixes_for(finding: Finding) -> tuple[FixName, ...]:
+    """The shop fixes that remove ``finding``."""
+    return tuple(remedy.fix for remedy in remedies_for(finding))
 
 
 @dataclass(frozen=True)
@@ -188,13 +222,6 @@ class Choice:
         }
 
 
-def _saving(finding: Finding) -> float:
-    try:
-        return max(0.0, float(finding.get("saving_ms") or 0.0))
-    except (TypeError, ValueError):
-        return 0.0
-
-
 def _unremoved_note(finding: Finding) -> str:
     kind = str(finding.get("kind", "")) or "a finding with no kind"
     if kind not in REMEDIES:
@@ -212,25 +239,31 @@ def choose_fix(report: Mapping[str, Any], applied: set[str], indexes_left: bool)
     def open_fix(fix: FixName) -> bool:
         return fix not in applied and (fix != "indexes" or indexes_left)
 
-    totals: dict[FixName, float] = {}
-    largest: dict[FixName, Finding] = {}
+    # per fix, what it saves on each statement (or each finding without one): two findings
+    # about one statement (its slow runs, and the loop that runs it) overlap, the larger counts
+    saves: dict[FixName, dict[object, float]] = {}
+    largest: dict[FixName, tuple[Finding, float]] = {}
     counts: dict[FixName, int] = {}
     unremoved: list[Finding] = []
-    for finding in _ranked(report):
-        fixes = [fix for fix in fixes_for(finding) if open_fix(fix)]
-        if not fixes:
+    for index, finding in enumerate(_ranked(report)):
+        remedies = [remedy for remedy in remedies_for(finding) if open_fix(remedy.fix)]
+        if not remedies:
             unremoved.append(finding)
-        for fix in fixes:
-            totals[fix] = totals.get(fix, 0.0) + _saving(finding)
+        for remedy in remedies:
+            fix, saving = remedy.fix, remedy.saves(finding)
+            what = _statement(finding) or index
+            by_statement = saves.setdefault(fix, {})
+            by_statement[what] = max(by_statement.get(what, 0.0), saving)
             counts[fix] = counts.get(fix, 0) + 1
-            if fix not in largest or _saving(finding) > _saving(largest[fix]):
-                largest[fix] = finding
+            if fix not in largest or saving > largest[fix][1]:
+                largest[fix] = (finding, saving)
+    totals = {fix: sum(by_statement.values()) for fix, by_statement in saves.items()}
     order = list(FIX_DESCRIPTIONS)  # a tie goes to the fix the shop lists first
     ranking = sorted(totals.items(), key=lambda item: (-item[1], order.index(item[0])))
     if ranking:
         fix, total = ranking[0]
-        top = largest[fix]
-        notes = [_unremoved_note(f) for f in unremoved if _saving(f) > _saving(top)]
+        top, top_saving = largest[fix]
+        notes = [_unremoved_note(f) for f in unremoved if _saving(f) > top_saving]
         return Choice(
             fix,
             str(top.get("kind", "")),

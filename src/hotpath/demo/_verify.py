@@ -6,7 +6,9 @@ requests (Zipf draws, a 40-page browse or none) and whatever else the machine do
 moment move a gain by more than the gaps between fixes. So the fixes are measured in rounds:
 
 - every run serves the very same requests: it is bounded by work, not time (each user runs
-  the same actions from one seed), sized so that the state itself takes about ``round_s``;
+  the same actions from one seed), sized so that the state itself takes about as long as
+  the timed run the diagnosis read (what a fix gains depends on the run's length: a cache
+  that starts cold pays off with the repeats a longer run brings);
 - each run is on a fresh server with a cold cache and the same warm-up;
 - a round runs each fix in the race once; the state itself runs between rounds (before the
   first, after each), and a fix's gain in a round is the state's mean request time at the
@@ -42,7 +44,8 @@ class VerifyPlan:
     """How the fixes tried from one state are measured (see the module's docstring)."""
 
     rounds: int = 3
-    round_s: float = 3.0  # the state's own time per run, sizing the work of every run
+    # the state's own time per run, sizing the work of every run (None: the timed runs')
+    round_s: float | None = None
     min_actions: int = 2  # per user and run: fewer would be a mix of a handful of requests
     race_share: float = 0.5  # a fix stays after round 1 if it gained this share of the leader
     cap_s: float = 60.0  # a run stops here even with work left (marked incomplete)
@@ -128,7 +131,8 @@ def verify_step(
     """Measure ``chosen`` and each of ``others``, each alone on top of ``state`` (whose own
     run, ``state_run``, sizes the work), in rounds with the state itself between them."""
     users = rig.spec.concurrency
-    check = Verification(actions_per_user(state_run, users, plan.round_s, plan.min_actions))
+    seconds = plan.round_s if plan.round_s is not None else rig.spec.duration_s
+    check = Verification(actions_per_user(state_run, users, seconds, plan.min_actions))
     # every run of the step serves the same requests (another seed than the timed runs')
     spec = replace(
         rig.spec, steps_per_user=check.actions, seed=rig.spec.seed + 1, duration_s=plan.cap_s

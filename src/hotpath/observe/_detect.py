@@ -25,8 +25,8 @@ def find_query_problems(scope: Scope, plans: PlanStore) -> list[Finding]:
     settings = scope.settings
     findings: list[Finding] = []
     if modes[FindingKind.N_PLUS_ONE] != "off":
-        findings += _orm_n_plus_one(scope, settings)
-        findings += _shape_n_plus_one(scope, settings)
+        findings += _orm_n_plus_one(scope, settings, plans)
+        findings += _shape_n_plus_one(scope, settings, plans)
     if modes[FindingKind.DUPLICATE] != "off":
         findings += _duplicates(scope)
     if modes[FindingKind.SLOW_QUERY] != "off":
@@ -165,7 +165,19 @@ _RELOAD_CAUSE = {
 }
 
 
-def _orm_n_plus_one(scope: Scope, settings: ObserveSettings) -> list[Finding]:
+def _loop_evidence(plans: PlanStore, statement: str | None, total_ms: float) -> dict[str, Any]:
+    """What a loop's queries cost together, and whether their statement's plan (taken when
+    one of its runs was slow) asks for an index: then each of the loop's queries is a scan an
+    index would turn into a lookup, whatever is done about the loop itself."""
+    flags = plans.flags(shape_of(statement).fingerprint) if statement else []
+    index = next((f.suggestion for f in flags if "INDEX" in (f.suggestion or "").upper()), None)
+    evidence: dict[str, Any] = {"total_ms": total_ms, "missing_index": index is not None}
+    if index is not None:
+        evidence["index"] = index
+    return evidence
+
+
+def _orm_n_plus_one(scope: Scope, settings: ObserveSettings, plans: PlanStore) -> list[Finding]:
     # One loop is one finding: the groups of one call site and one relationship (a loop run
     # over two result sets, a recursive walk with a group per level) are folded together.
     folded: dict[tuple[Any, ...], tuple[Origin, LazyGroup, int, int, float]] = {}
@@ -211,6 +223,7 @@ def _orm_n_plus_one(scope: Scope, settings: ObserveSettings) -> list[Finding]:
                         "columns": list(group.columns),
                         "reason": group.reason,
                         "parents": parents,
+                        **_loop_evidence(plans, group.sql, total_ms),
                     },
                     saving_ms=_repeats_ms(total_ms, queries),
                 )
@@ -229,14 +242,19 @@ def _orm_n_plus_one(scope: Scope, settings: ObserveSettings) -> list[Finding]:
                 queries,
                 fix=f".options({options})  # on the select() of {statement}",
                 sql=scope._shown_sql(group.sql) if group.sql else None,
-                details={"relationship": name, "parents": parents, "loader": options},
+                details={
+                    "relationship": name,
+                    "parents": parents,
+                    "loader": options,
+                    **_loop_evidence(plans, group.sql, total_ms),
+                },
                 saving_ms=_repeats_ms(total_ms, queries),
             )
         )
     return findings
 
 
-def _shape_n_plus_one(scope: Scope, settings: ObserveSettings) -> list[Finding]:
+def _shape_n_plus_one(scope: Scope, settings: ObserveSettings, plans: PlanStore) -> list[Finding]:
     findings = []
     for (fingerprint, site), group in scope._shape_groups.items():
         if group.suppressed or group.count < settings.shape_threshold:
@@ -253,6 +271,7 @@ def _shape_n_plus_one(scope: Scope, settings: ObserveSettings) -> list[Finding]:
                 fix=_batch_fix(group.sql),
                 fingerprint=fingerprint,
                 sql=scope._shown_sql(group.sql),
+                details=_loop_evidence(plans, group.sql, group.total_ms),
                 saving_ms=_repeats_ms(group.total_ms, group.count),
             )
         )
