@@ -16,13 +16,11 @@ import redis
 
 from hotpath.cache import AsyncCache, Cache, MemoryTier, RedisTier, _acompat
 from hotpath.cache._listener import Listener
-from hotpath.testing import ModuleDatabase
 
 
 @pytest.fixture(scope="module")
-def redis_url(hotpath_db: ModuleDatabase) -> str:
-    assert hotpath_db.redis_url is not None, "the cache tests need the stack's Redis"
-    return hotpath_db.redis_url
+def redis_url(hotpath_redis: str) -> str:
+    return hotpath_redis
 
 
 @pytest.fixture
