@@ -167,8 +167,10 @@ def test_naive_shop_diagnosis_names_each_endpoint_bottleneck_and_first_fix(
         (ORDERS, {"Order.items", "OrderItem.product"}),
     ):
         endpoint = naive.endpoint(name)
-        assert endpoint["bottleneck"] == "n_plus_one"
-        top = endpoint["fixes"][0]
+        # a cache of the whole request (repeated_read: the same URL asked again) may save
+        # more than the loader option; after it, the loop is what costs most
+        assert endpoint["bottleneck"] in ("n_plus_one", "repeated_read")
+        top = next(f for f in endpoint["fixes"] if f["kind"] != "repeated_read")
         assert top["kind"] == "n_plus_one"
         assert top["evidence"]["relationship"] in relationships
         assert "selectinload(" in top["change"]
@@ -214,7 +216,11 @@ def test_the_ladder_maps_the_naive_shops_own_findings_to_their_fixes(naive: Naiv
     assert blockers <= names, blockers
     for finding in top:
         if finding["kind"] == "n_plus_one":
-            assert fixes_for(finding) == ("eager",)
+            # eager loads always; the indexes too when the loop's statement scans
+            expected = (
+                ("eager", "indexes") if finding["evidence"].get("missing_index") else ("eager",)
+            )
+            assert fixes_for(finding) == expected, finding["evidence"]
         if finding["kind"] == "connection_setup":
             assert fixes_for(finding) == ("pool",)
     choice = choose_fix(naive.report, set(), indexes_left=True)
