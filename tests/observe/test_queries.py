@@ -143,6 +143,7 @@ def test_a_loop_of_queries_whose_plan_asks_for_an_index_carries_that_evidence(
     # its runs were slow (over 1 ms here): the shape was planned, a sequential scan
     assert loop.details["missing_index"] is True
     assert loop.details["index"] == "CREATE INDEX CONCURRENTLY ON events (customer_id);"
+    assert any(flag.kind == "seq_scan" for flag in loop.plan_flags)  # the plan it read
     # an index makes every run a lookup; one query for the loop saves every run but one
     assert loop.details["total_ms"] > loop.saving_ms > 0
 

@@ -13,6 +13,7 @@ from ._fingerprint import _dollar_params, shape_of
 from ._records import Finding, FindingKind
 
 if TYPE_CHECKING:
+    from ..plans import PlanFlag
     from ._plans import PlanStore
     from ._scope import Chain, LazyGroup, Origin, Scope
     from ._settings import ObserveSettings
@@ -165,11 +166,15 @@ _RELOAD_CAUSE = {
 }
 
 
-def _loop_evidence(plans: PlanStore, statement: str | None, total_ms: float) -> dict[str, Any]:
-    """What a loop's queries cost together, and whether their statement's plan (taken when
-    one of its runs was slow) asks for an index: then each of the loop's queries is a scan an
-    index would turn into a lookup, whatever is done about the loop itself."""
-    flags = plans.flags(shape_of(statement).fingerprint) if statement else []
+def _loop_plan(plans: PlanStore, statement: str | None) -> list[PlanFlag]:
+    """The flags of a loop's statement's plan (taken when one of its runs was slow): whether
+    each of the loop's queries is a scan an index would turn into a lookup."""
+    return plans.flags(shape_of(statement).fingerprint) if statement else []
+
+
+def _loop_evidence(flags: list[PlanFlag], total_ms: float) -> dict[str, Any]:
+    """What a loop's queries cost together, and the index their plan asks for, if any:
+    whatever is done about the loop itself, that index serves each of its queries."""
     index = next((f.suggestion for f in flags if "INDEX" in (f.suggestion or "").upper()), None)
     evidence: dict[str, Any] = {"total_ms": total_ms, "missing_index": index is not None}
     if index is not None:
@@ -206,6 +211,7 @@ def _orm_n_plus_one(scope: Scope, settings: ObserveSettings, plans: PlanStore) -
     findings = []
     for origin, group, parents, queries, total_ms in folded.values():
         root = scope._root_of(origin)
+        flags = _loop_plan(plans, group.sql)
         if group.reason is not None:
             cls = _class_name(group.mapper)
             columns = ", ".join(group.columns) or "columns"
@@ -219,11 +225,12 @@ def _orm_n_plus_one(scope: Scope, settings: ObserveSettings, plans: PlanStore) -
                     queries,
                     fix=_column_fix(root, group),
                     sql=scope._shown_sql(group.sql) if group.sql else None,
+                    plan_flags=flags,
                     details={
                         "columns": list(group.columns),
                         "reason": group.reason,
                         "parents": parents,
-                        **_loop_evidence(plans, group.sql, total_ms),
+                        **_loop_evidence(flags, total_ms),
                     },
                     saving_ms=_repeats_ms(total_ms, queries),
                 )
@@ -242,11 +249,12 @@ def _orm_n_plus_one(scope: Scope, settings: ObserveSettings, plans: PlanStore) -
                 queries,
                 fix=f".options({options})  # on the select() of {statement}",
                 sql=scope._shown_sql(group.sql) if group.sql else None,
+                plan_flags=flags,
                 details={
                     "relationship": name,
                     "parents": parents,
                     "loader": options,
-                    **_loop_evidence(plans, group.sql, total_ms),
+                    **_loop_evidence(flags, total_ms),
                 },
                 saving_ms=_repeats_ms(total_ms, queries),
             )
@@ -271,7 +279,8 @@ def _shape_n_plus_one(scope: Scope, settings: ObserveSettings, plans: PlanStore)
                 fix=_batch_fix(group.sql),
                 fingerprint=fingerprint,
                 sql=scope._shown_sql(group.sql),
-                details=_loop_evidence(plans, group.sql, group.total_ms),
+                plan_flags=(flags := plans.flags(fingerprint)),
+                details=_loop_evidence(flags, group.total_ms),
                 saving_ms=_repeats_ms(group.total_ms, group.count),
             )
         )
