@@ -77,7 +77,7 @@ async def _run(shop_db: ModuleDatabase, behaviour: PaymentBehaviour, payment_url
     # a budget no request meets: every endpoint is judged, so what the diagnosis names does
     # not depend on how fast this machine answers
     options = ServerOptions(budget_ms=1.0, wall_clock=True)
-    with shop_server(settings, options=options) as server:
+    with shop_server(settings, timeout=120, options=options) as server:  # a busy machine
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
             await client.get("/products/1")  # warm up
             await client.post("/__hotpath/reset")
