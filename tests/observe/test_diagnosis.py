@@ -249,10 +249,14 @@ async def test_the_same_endpoint_called_in_a_loop_is_n_plus_one_http(stub: str) 
 async def test_a_blocking_call_in_async_def_is_found_with_its_line_and_its_victims() -> None:
     profiler = Profiler(budget_ms=5, blocking_ms=20).instrument()
     app = _app(profiler)
+    # the victim is in flight all along the blocking call (a 2 ms head start was not always
+    # enough on a busy machine: the victim had already answered)
+    victim_in_flight, blocking_now = asyncio.Event(), asyncio.Event()
 
     @app.get("/blocking")
     async def blocking() -> dict[str, int]:
-        await asyncio.sleep(0.002)  # the victim is in flight by now
+        await asyncio.wait_for(victim_in_flight.wait(), 30)
+        blocking_now.set()  # the victim wakes up once the loop runs again: after the call
         time.sleep(0.08)  # the planted blocking call
         return {"ok": 1}
 
@@ -263,7 +267,8 @@ async def test_a_blocking_call_in_async_def_is_found_with_its_line_and_its_victi
 
     @app.get("/victim")
     async def victim() -> dict[str, int]:
-        await asyncio.sleep(0.01)
+        victim_in_flight.set()
+        await asyncio.wait_for(blocking_now.wait(), 30)
         return {"ok": 1}
 
     try:
