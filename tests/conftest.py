@@ -22,9 +22,9 @@ pytest_plugins = ["pytester"]
 
 _DUMP_BEFORE_S = 10.0  # before pytest-timeout's own timer fires
 
-# What the stacks of a whole run may take on tmpfs: 1.3 GB was the peak of one process running
-# the heaviest data loads (doctor's advise cases on PostgreSQL 15 and 18, partitions), with
-# four xdist workers at once
+# Room for the stacks of a whole run on tmpfs, with a margin: `make test` (4 xdist workers)
+# peaked at 3.4 GB there; one process running the heaviest data loads (doctor's advise cases
+# on PostgreSQL 15 and 18, partitions) at 1.3 GB
 _TMPFS_ROOM = 8 << 30
 
 
