@@ -87,8 +87,12 @@ async def clients(
 
 
 async def test_every_configuration_returns_the_same_data(
-    clients: dict[str, httpx.AsyncClient],
+    clients: dict[str, httpx.AsyncClient], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # the fan-out fix gives up on the payment provider after 0.25 s and serves the profile
+    # degraded: on a machine busy enough (seen under three test workers at load 10) that is
+    # a different answer by design, not a wrong one (test_payment_down_profile_degrades...)
+    monkeypatch.setattr("hotpath.demo.shop.app.PAYMENT_DEADLINE_S", 30.0)
     for path in READS:
         answers: dict[str, Any] = {}
         for name, client in clients.items():

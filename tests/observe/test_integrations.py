@@ -290,7 +290,9 @@ def test_asgi_names_stay_bounded_and_background_work_is_not_the_requests(
     app = FastAPI()
 
     async def report_job() -> None:  # after the response: neither its time nor its queries
-        await asyncio.sleep(0.3)
+        # long enough that no request's own time comes near it on a busy machine (0.3 s did:
+        # a first connection took longer than the 250 ms allowed at load 10)
+        await asyncio.sleep(1.0)
         async with AsyncSession(async_engine) as session:
             await session.execute(select(User))
 
@@ -312,7 +314,7 @@ def test_asgi_names_stay_bounded_and_background_work_is_not_the_requests(
         assert stats["GET <unmatched>"].count == 30
         served = stats["GET /users/{user_id}"]
         assert served.queries_max == 1  # the background job's query is not the request's
-        assert served.p99_ms < 250  # nor its 0.3 s
+        assert served.p99_ms < 1000  # nor its 1 s
     finally:
         profiler.uninstrument()
 
