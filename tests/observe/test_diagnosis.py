@@ -544,6 +544,42 @@ async def test_gets_asking_what_an_earlier_one_asked_are_what_a_cache_would_save
         profiler.uninstrument()
 
 
+async def test_the_loop_busy_share_is_what_the_requests_own_steps_held_of_it() -> None:
+    computing, waiting = Profiler(budget_ms=5), Profiler(budget_ms=5)
+
+    def app(profiler: Profiler, compute: bool) -> FastAPI:
+        served = _app(profiler.instrument())
+
+        @served.get("/work")
+        async def work() -> dict[str, int]:
+            if compute:
+                until = time.perf_counter() + 0.01
+                while time.perf_counter() < until:  # on the loop: nothing else moves
+                    pass
+            else:
+                await asyncio.sleep(0.01)  # off the loop
+            return {"ok": 1}
+
+        return served
+
+    try:
+        await _serve(app(computing, True), *["/work"] * 20, concurrently=True)
+        await _serve(app(waiting, False), *["/work"] * 20, concurrently=True)
+        busy, idle = computing.report().loop_busy, waiting.report().loop_busy
+        assert busy is not None
+        assert idle is not None
+        assert idle < busy <= 1.0  # the same requests: the computing ones held the loop
+        assert computing.report().to_dict()["loop_busy"] == round(busy, 4)
+    finally:
+        computing.uninstrument()
+        waiting.uninstrument()
+    # a sync unit of work has no loop to hold
+    plain = Profiler()
+    with plain.scope("job"):
+        time.sleep(0.001)
+    assert plain.report().loop_busy is None
+
+
 async def test_aiohttp_calls_are_timed_and_judged(stub: str) -> None:
     import aiohttp
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import logging
+import math
 import threading
 from bisect import bisect_left
 from collections.abc import Iterable
@@ -314,6 +315,36 @@ class Rollup:
                 use.add(hit, ms, load_ms, site, early)
 
 
+@dataclass
+class LoopUse:
+    """How much of the event loop's time the requests' own steps held: its busy share. One
+    process's scopes give a busy time and the span from the first to the last; snapshots of
+    several processes (each with its own loop and clock) add their busy times and spans."""
+
+    busy_s: float = 0.0
+    first: float = math.inf
+    last: float = -math.inf
+    merged_span_s: float = 0.0  # the spans of other processes' snapshots
+
+    def add(self, scope: Scope) -> None:
+        if scope.loop_s > 0:
+            self.busy_s += scope.loop_s
+            self.first = min(self.first, scope.started)
+            self.last = max(self.last, scope.ended)
+
+    @property
+    def span_s(self) -> float:
+        own = self.last - self.first if self.last > self.first else 0.0
+        return own + self.merged_span_s
+
+    @property
+    def share(self) -> float | None:
+        """The loop's busy share over the span of the requests (None: not measured, a sync
+        app or no instrumented request)."""
+        span = self.span_s
+        return min(1.0, self.busy_s / span) if span > 0 and self.busy_s > 0 else None
+
+
 class Rollups:
     """The roll-ups of one profiler, by scope name, bounded by ``max_names``."""
 
@@ -322,9 +353,13 @@ class Rollups:
         self._lock = threading.Lock()
         self.by_name: dict[str, Rollup] = {}
         self.timings: dict[str, Timing] = {}
+        self.loop = LoopUse()
 
     def add(self, scope: Scope) -> None:
         self.rollup(scope.name).add(scope)
+        if scope.loop_s > 0:
+            with self._lock:
+                self.loop.add(scope)
 
     def rollup(self, name: str) -> Rollup:
         with self._lock:
@@ -356,11 +391,12 @@ class Rollups:
         with self._lock:
             self.by_name.clear()
             self.timings.clear()
+            self.loop = LoopUse()
 
     def report(self) -> Report:
         with self._lock:
-            by_name, timings = dict(self.by_name), dict(self.timings)
-        return build_report(by_name, timings, self._settings)
+            by_name, timings, loop = dict(self.by_name), dict(self.timings), self.loop.share
+        return build_report(by_name, timings, self._settings, loop)
 
 
 @dataclass
@@ -421,6 +457,8 @@ class Report:
     scopes: list[ScopeStats]
     functions: list[FunctionStats]
     top_fixes: list[Fix] = field(default_factory=list)
+    # the share of the run the requests' own steps held the event loop (async apps)
+    loop_busy: float | None = None
 
     def endpoint(self, name: str) -> ScopeStats:
         for stats in self.scopes:
@@ -433,6 +471,7 @@ class Report:
             "endpoints": [_endpoint_dict(s) for s in self.scopes],
             "top_fixes": [_fix_dict(f) for f in self.top_fixes],
             "functions": [asdict(f) for f in self.functions],
+            "loop_busy": None if self.loop_busy is None else round(self.loop_busy, 4),
         }
 
     def to_json(self) -> str:
@@ -681,7 +720,10 @@ def _repeat_fixes(
 
 
 def build_report(
-    rollups: dict[str, Rollup], timings: dict[str, Timing], settings: ObserveSettings
+    rollups: dict[str, Rollup],
+    timings: dict[str, Timing],
+    settings: ObserveSettings,
+    loop_busy: float | None = None,
 ) -> Report:
     scopes = []
     for name, rollup in sorted(rollups.items()):
@@ -726,7 +768,7 @@ def build_report(
         FunctionStats(name, **{k: v for k, v in t.summary().items() if k != "count"}, count=t.count)
         for name, t in sorted(timings.items())
     ]
-    return Report(scopes, functions, _top(scopes))
+    return Report(scopes, functions, _top(scopes), loop_busy)
 
 
 def _finding_row(fix: Fix) -> dict[str, Any]:
