@@ -119,11 +119,8 @@ class LoopMonitor:
             return
         started, self.step_started = self.step_started, 0.0
         self.step_ended = ended = perf_counter()
-        scope = self.step_scope
-        if scope is not None:
-            scope.loop_s += ended - started
         if ended - started >= self.threshold_s:
-            self._record(started, ended, scope)
+            self._record(started, ended, self.step_scope)
         # what the watchdog saw belongs to this step: a late heartbeat after it is not
         # another stall
         self.samples = []

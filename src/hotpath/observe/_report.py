@@ -9,6 +9,7 @@ import html
 import logging
 import math
 import threading
+import time
 from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
@@ -317,20 +318,40 @@ class Rollup:
 
 @dataclass
 class LoopUse:
-    """How much of the event loop's time the requests' own steps held: its busy share. One
-    process's scopes give a busy time and the span from the first to the last; snapshots of
-    several processes (each with its own loop and clock) add their busy times and spans."""
+    """How much of the run the event loop was held: its busy share. Held is what the loop's
+    thread computed (its CPU clock, read on it as each request concludes: the requests'
+    steps and the loop's own callbacks alike) and the sync waits the watchdog saw inside a
+    step (``time.sleep``, a sync client: the loop held, its thread idle); a thread ready but
+    waiting for a core (a machine busy with other processes) held nothing. Over the span from
+    the first request to the last; snapshots of several processes (each with its own loop
+    and clocks) add their held times and spans."""
 
-    busy_s: float = 0.0
     first: float = math.inf
     last: float = -math.inf
+    waits_s: float = 0.0  # the sync waits inside steps
+    # per loop thread, its CPU clock at the first and at the last request it concluded
+    cpu: dict[int, tuple[float, float]] = field(default_factory=dict)
     merged_span_s: float = 0.0  # the spans of other processes' snapshots
+    merged_held_s: float = 0.0  # their held time
 
     def add(self, scope: Scope) -> None:
-        if scope.loop_s > 0:
-            self.busy_s += scope.loop_s
-            self.first = min(self.first, scope.started)
-            self.last = max(self.last, scope.ended)
+        """An async request concluded, on its loop's thread (the one whose clock is read)."""
+        self.first = min(self.first, scope.started)
+        self.last = max(self.last, scope.ended)
+        now = time.thread_time()
+        thread = threading.get_native_id()
+        first, _ = self.cpu.get(thread, (now, now))
+        self.cpu[thread] = (first, now)
+        self.waits_s += sum(
+            block.end - block.start
+            for block in scope.timeline.blocks
+            if block.scope_id == id(scope) and not block.cpu_bound
+        )
+
+    @property
+    def held_s(self) -> float:
+        computed = sum(last - first for first, last in self.cpu.values())
+        return computed + self.waits_s + self.merged_held_s
 
     @property
     def span_s(self) -> float:
@@ -339,10 +360,10 @@ class LoopUse:
 
     @property
     def share(self) -> float | None:
-        """The loop's busy share over the span of the requests (None: not measured, a sync
-        app or no instrumented request)."""
+        """The loop's busy share over the span of the requests (None: not measured, no async
+        request)."""
         span = self.span_s
-        return min(1.0, self.busy_s / span) if span > 0 and self.busy_s > 0 else None
+        return min(1.0, self.held_s / span) if span > 0 else None
 
 
 class Rollups:
@@ -357,7 +378,7 @@ class Rollups:
 
     def add(self, scope: Scope) -> None:
         self.rollup(scope.name).add(scope)
-        if scope.loop_s > 0:
+        if scope.is_async:
             with self._lock:
                 self.loop.add(scope)
 

@@ -154,9 +154,6 @@ class Scope:
         self.started = 0.0
         self.ended = 0.0
         self.duration_ms = 0.0
-        # the wall time its own coroutine's steps held the event loop (async, instrumented):
-        # what it took of the loop, which every request shares
-        self.loop_s = 0.0
         self.timeline = Timeline()
         # filled when the scope concludes: its wall time per layer (adds up to duration_ms)
         self.breakdown_ms: dict[Layer, float] = {}

@@ -160,13 +160,13 @@ def snapshot(rollups: Rollups) -> dict[str, Any]:
     """Everything ``rollups`` holds, as JSON-able data."""
     with rollups._lock:
         by_name, timings = dict(rollups.by_name), dict(rollups.timings)
-        busy_s, span_s = rollups.loop.busy_s, rollups.loop.span_s
+        held_s, span_s = rollups.loop.held_s, rollups.loop.span_s
     return {
         "version": VERSION,
         "names": {name: _rollup_state(rollup) for name, rollup in by_name.items()},
         "timings": {name: _timing_state(timing) for name, timing in timings.items()},
         # this process's loop: its busy time and span (its clock is its own: never mixed)
-        "loop": {"busy_s": busy_s, "span_s": span_s},
+        "loop": {"busy_s": held_s, "span_s": span_s},
     }
 
 
@@ -181,6 +181,6 @@ def merge(snapshots: list[dict[str, Any]], settings: ObserveSettings) -> Report:
         for name, timing_state in state["timings"].items():
             _merge_timing(rollups.timing(name), timing_state)
         loop = state.get("loop") or {}  # absent from an older worker's snapshot
-        rollups.loop.busy_s += float(loop.get("busy_s", 0.0))
+        rollups.loop.merged_held_s += float(loop.get("busy_s", 0.0))
         rollups.loop.merged_span_s += float(loop.get("span_s", 0.0))
     return build_report(rollups.by_name, rollups.timings, settings, rollups.loop.share)
