@@ -30,9 +30,10 @@ What a fix saves is observe's estimate of the time it removes from the requests,
 correction: a fix that frees the event loop (``offload``, ``lean``) saves more than the
 blocked requests' wait observe counts. Every request waits for a busy loop, and a single
 server's wait grows as ``1 / (1 - busy)`` with its busy share (observe's ``loop_busy``), so
-that time is scaled by it (the busy share capped at 90%). Measured on the shop: with the
-loop 60-70% busy, moving the risk check off it gained 1.3x where the blocked requests' wait
-alone said 1.1x, more than a cache or gathered calls, which shorten waits off the loop.
+that time is scaled by it (the busy share capped at 90%). Measured on the shop (pool, eager
+loads and indexes in): moving the risk check off the loop gained 1.3x where the blocked
+requests' wait alone said 1.1x, more than a cache or gathered calls, which shorten waits off
+the loop.
 
 ``replicas`` have no finding of their own (on one machine they move reads, they do not make
 them cheaper): an endpoint whose bottleneck is still its queries, once no finding maps to a
@@ -204,8 +205,8 @@ _MAX_LOOP_BUSY = 0.9
 def queueing_factor(report: Mapping[str, Any]) -> float:
     """How much more than the blocked requests' own wait freeing the event loop saves: every
     request waits for a busy loop, and a single server's wait grows as ``1 / (1 - busy)``
-    with its busy share (observe's ``loop_busy``: the share of the run the requests' own steps
-    held the loop). 1 when it was not measured (a sync app)."""
+    with its busy share (observe's ``loop_busy``: the share of the run the loop was held). 1
+    when it was not measured (a sync app)."""
     busy = _float(report.get("loop_busy"))
     return 1.0 / (1.0 - min(max(busy, 0.0), _MAX_LOOP_BUSY))
 

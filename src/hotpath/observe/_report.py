@@ -478,7 +478,7 @@ class Report:
     scopes: list[ScopeStats]
     functions: list[FunctionStats]
     top_fixes: list[Fix] = field(default_factory=list)
-    # the share of the run the requests' own steps held the event loop (async apps)
+    # the share of the run the event loop was held (async apps; see LoopUse)
     loop_busy: float | None = None
 
     def endpoint(self, name: str) -> ScopeStats:
