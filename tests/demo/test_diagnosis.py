@@ -168,7 +168,9 @@ def test_naive_shop_diagnosis_names_each_endpoint_bottleneck_and_first_fix(
     ):
         endpoint = naive.endpoint(name)
         assert endpoint["bottleneck"] == "n_plus_one"
-        top = endpoint["fixes"][0]
+        # the first cause (what a cache would answer, repeated reads, may save more, but
+        # is not why the endpoint is slow)
+        top = next(f for f in endpoint["fixes"] if f["kind"] != "repeated_read")
         assert top["kind"] == "n_plus_one"
         assert top["evidence"]["relationship"] in relationships
         assert "selectinload(" in top["change"]
@@ -214,9 +216,15 @@ def test_the_ladder_maps_the_naive_shops_own_findings_to_their_fixes(naive: Naiv
     assert blockers <= names, blockers
     for finding in top:
         if finding["kind"] == "n_plus_one":
-            assert fixes_for(finding) == ("eager",)
+            # the loop's fix; and the index its statement's plan asks for, if it does
+            index = ("indexes",) if finding["evidence"]["missing_index"] else ()
+            assert fixes_for(finding) == ("eager", *index)
         if finding["kind"] == "connection_setup":
             assert fixes_for(finding) == ("pool",)
+    # the fix whose findings save most (which one depends on the scale and the machine: at
+    # this tiny scale the loop is busy and the risk check can outweigh the database)
     choice = choose_fix(naive.report, set(), indexes_left=True)
-    assert choice.fix in ("eager", "indexes", "pool")  # the naive shop's database problems
+    assert choice.fix in fixes
+    assert choice.ranking[0] == (choice.fix, choice.saving_ms)
     assert choice.saving_ms == max(ms for _, ms in choice.ranking)
+    assert naive.report["loop_busy"] is not None  # the async shop's loop was measured

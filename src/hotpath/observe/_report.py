@@ -48,7 +48,6 @@ Bottleneck = Literal[
     "blocking_call",
     "slow_dependency",
     "cache_miss",
-    "repeated_read",
     "cpu",
 ]
 # The class a fix of each kind removes (a slow query whose plan asks for an index is
@@ -68,7 +67,6 @@ _KIND_CLASS: dict[FindingKind, Bottleneck] = {
     FindingKind.CONNECTION_SETUP: "connection_setup",
     FindingKind.POOL_WAIT: "pool_wait",
     FindingKind.CACHE_MISS: "cache_miss",
-    FindingKind.REPEATED_READ: "repeated_read",
     FindingKind.UNPRUNED_PARTITIONS: "slow_query",
 }
 _LAYER_CLASS: dict[Layer, Bottleneck] = {
@@ -80,6 +78,9 @@ _LAYER_CLASS: dict[Layer, Bottleneck] = {
     Layer.BLOCKED: "blocking_call",
     Layer.OTHER: "cpu",
 }
+# What a cache would answer is not why an endpoint is slow: the database time it would save
+# has causes of its own (an N+1, a slow query), which name the bottleneck.
+_NOT_A_CAUSE = {FindingKind.REPEATED_READ.value}
 # a fix that saves less than this share of an endpoint's time does not name its bottleneck
 _BOTTLENECK_SHARE = 0.05
 _MAX_CACHE_NAMES = 100  # key templates followed per endpoint
@@ -576,6 +577,8 @@ def _bottleneck(stats: ScopeStats) -> Bottleneck:
     if stats.p95_ms <= stats.budget_ms:
         return "none"
     for fix in stats.fixes:
+        if fix.kind in _NOT_A_CAUSE:
+            continue
         if fix.saving_ms > 0 and fix.share >= _BOTTLENECK_SHARE:
             kind = FindingKind(fix.kind)
             if kind is FindingKind.SLOW_QUERY and fix.evidence.get("missing_index"):
