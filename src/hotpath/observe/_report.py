@@ -221,11 +221,15 @@ class CacheUse:
             self.site = self.site or site
 
 
+def _planned(finding: Finding) -> bool:
+    return bool(finding.plan_flags) or "plan_cost" in finding.details
+
+
 def fuller_example(finding: Finding, example: Finding) -> bool:
     """Whether ``finding`` shows its fix better than ``example``: a plan's evidence first
-    (a slow statement planned after its first runs), then the larger saving."""
-    if bool(finding.plan_flags) != bool(example.plan_flags):
-        return bool(finding.plan_flags)
+    (a statement planned after its first runs), then the larger saving."""
+    if _planned(finding) != _planned(example):
+        return _planned(finding)
     return finding.saving_ms > example.saving_ms
 
 
