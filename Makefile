@@ -39,8 +39,12 @@ demo: $(STAMP)
 # a file's tests (and its module fixtures) in one process. TEST_WORKERS=0: one process.
 TEST_WORKERS ?= $(shell $(PYTHON) -c 'import os; print(min(8, 2 * len(os.sched_getaffinity(0))))')
 
+# Bytecode is cached for the run even where the environment says not to
+# (PYTHONDONTWRITEBYTECODE): each test process and the hundreds of Python processes the tests
+# start (hotpath run, the CLI, shop servers, spawned workers) would otherwise compile
+# hotpath's sources, and pytest rewrite every test module's asserts, again each time.
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench tools

@@ -1,4 +1,4 @@
-"""``python -m bench NAME [--quick]``: run one benchmark, or ``all``.
+"""``python -m bench NAME [--quick] [--rows N] [--part PART]``: run one benchmark, or ``all``.
 
 A benchmark is a module ``bench/NAME.py`` with ``run(quick: bool) -> str`` returning its
 results as Markdown; modules whose name starts with ``_`` are helpers.
@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("name", choices=[*names, "all"])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (make bench)")
     parser.add_argument("--rows", type=int, help="table size, for the benches that take one")
+    parser.add_argument("--part", help="one part only, for the benches that take one (routing)")
     args = parser.parse_args(argv)
     chosen = names if args.name == "all" else [args.name]
     print(
@@ -35,8 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     for name in chosen:
         run = importlib.import_module(f"bench.{name}").run
-        sized = args.rows is not None and "rows" in inspect.signature(run).parameters
-        markdown = run(quick=args.quick, rows=args.rows) if sized else run(quick=args.quick)
+        parameters = inspect.signature(run).parameters
+        extra: dict[str, object] = {}
+        if args.rows is not None and "rows" in parameters:
+            extra["rows"] = args.rows
+        if args.part is not None:
+            if "part" not in parameters:
+                parser.error(f"--part: {name} has no parts")
+            extra["part"] = args.part
+        markdown = run(quick=args.quick, **extra)
         print(f"\n## {name}\n\n{markdown}")
     return 0
 

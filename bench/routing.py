@@ -14,8 +14,12 @@ Side by side in one run, on a fresh ``LocalStack(replicas=2, redis=False)``:
    Target: LSN keeps >= 3x more reads on replicas than the 2 s delay, at 0 violations.
 3. Read throughput of 8 threads doing PK SELECTs (a session each): the primary alone, the
    same through hotpath's router (``strong``: the router's cost alone), and routed over 2
-   replicas. Every server shares the machine's cores here, so replicas cannot add capacity;
-   on separate hosts they do.
+   replicas, with the share of those reads each node served (a fallback to the primary
+   measures something else). Every server shares the machine's cores here, so replicas
+   cannot add capacity; on separate hosts they do.
+
+``--part overhead|share|throughput`` runs one part (``bench._routing_ab`` compares part 3
+between source trees).
 """
 
 from __future__ import annotations
@@ -195,55 +199,88 @@ def _throughput(
     return series, len(series.samples) / seconds
 
 
-def run(quick: bool) -> str:
+PARTS = ("overhead", "share", "throughput")
+
+
+def throughput(primary: Engine, replicas: ReplicaSet, seconds: float) -> str:
+    """Part 3: 8 threads of PK SELECTs on the primary alone, routed (``strong``) and spread
+    over the replicas (``eventual``), one after the other."""
+    alone, alone_rate = _throughput(lambda: Session(primary), seconds)
+    alone.name, alone.note = "primary alone", f"{alone_rate:.0f} reads/s"
+    before = _reads_per_node(replicas)
+    spread, spread_rate = _throughput(
+        routed_sessionmaker(replicas, consistency="eventual"), seconds
+    )
+    served = {name: n - before[name] for name, n in _reads_per_node(replicas).items()}
+    shares = ", ".join(f"{name} {n / sum(served.values()):.0%}" for name, n in served.items())
+    spread.name = "hotpath over 2 replicas"
+    spread.note = f"{spread_rate:.0f} reads/s ({spread_rate / alone_rate:.2f}x; {shares})"
+    routed, routed_rate = _throughput(routed_sessionmaker(replicas, consistency="strong"), seconds)
+    routed.name = "hotpath, all to the primary (strong)"
+    routed.note = f"{routed_rate:.0f} reads/s ({routed_rate / alone_rate:.2f}x)"
+    return report("read latency, 8 threads", [alone, routed, spread], "primary alone")
+
+
+def _reads_per_node(replicas: ReplicaSet) -> dict[str, int]:
+    # Where the spread reads went: one replica ejected, or a fallback to the primary, changes
+    # what the throughput measures.
+    return {node.name: node.reads for node in replicas.status()}
+
+
+def replica_sets(primary: Engine, replica_engines: list[Engine]) -> tuple[ReplicaSet, ReplicaSet]:
+    """The bench's two sets: the routed one, and a lag-blind one for the naive and Rails-style
+    contenders (its probes run during every part, as they do in a full run)."""
+    return (
+        ReplicaSet(primary, replica_engines, probe_interval_s=0.2),
+        ReplicaSet(primary, replica_engines, max_lag_s=3600, policy="random", probe_interval_s=1),
+    )
+
+
+def run(quick: bool, part: str | None = None) -> str:
+    """Every part, or only ``part`` (one of :data:`PARTS`)."""
+    if part is not None and part not in PARTS:
+        raise SystemExit(f"--part {part!r}: one of {', '.join(PARTS)}")
+    parts = PARTS if part is None else (part,)
+    sections = []
     with LocalStack(replicas=2, redis=False) as stack:
         primary = create_engine(stack.primary.url, pool_size=10)
         replica_engines = [create_engine(r.url, pool_size=10) for r in stack.replicas]
         _seed(primary)
         stack.wait_replicas_caught_up(timeout=30)
         engines: list[Any] = [primary, *replica_engines]
-        with (
-            ReplicaSet(primary, replica_engines, probe_interval_s=0.2) as replicas,
-            # lag-blind routing for the naive and Rails-style contenders
-            ReplicaSet(
-                primary, replica_engines, max_lag_s=3600, policy="random", probe_interval_s=1
-            ) as blind,
-        ):
-            overhead = _overhead(stack, replicas, 1000 if quick else 8000)
-            ops = 250 if quick else 1200
-            paces = {pace: _workload(replicas, blind, ops, pace) for pace in (0.1, 0.2, 1.0)}
-            stack.replicas[0].pause_replay()  # real lag on one replica for the second pass
-            try:
-                lag_shares, lag_timing = _workload(replicas, blind, ops, 0.2)
-            finally:
-                stack.replicas[0].resume_replay()
-            stack.wait_replicas_caught_up(timeout=30)
-            seconds = 1.5 if quick else 5.0
-            alone, alone_rate = _throughput(lambda: Session(primary), seconds)
-            alone.name, alone.note = "primary alone", f"{alone_rate:.0f} reads/s"
-            spread, spread_rate = _throughput(
-                routed_sessionmaker(replicas, consistency="eventual"), seconds
-            )
-            spread.name = "hotpath over 2 replicas"
-            spread.note = f"{spread_rate:.0f} reads/s ({spread_rate / alone_rate:.2f}x)"
-            routed, routed_rate = _throughput(
-                routed_sessionmaker(replicas, consistency="strong"), seconds
-            )
-            routed.name = "hotpath, all to the primary (strong)"
-            routed.note = f"{routed_rate:.0f} reads/s ({routed_rate / alone_rate:.2f}x)"
-            throughput = report("read latency, 8 threads", [alone, routed, spread], "primary alone")
+        sets = replica_sets(primary, replica_engines)
+        with sets[0] as replicas, sets[1] as blind:
+            if "overhead" in parts:
+                overhead = _overhead(stack, replicas, 1000 if quick else 8000)
+                sections.append(f"### per-statement overhead (PK SELECT)\n\n{overhead}")
+            if "share" in parts:
+                sections.extend(_shares(stack, replicas, blind, quick))
+            if "throughput" in parts:
+                table = throughput(primary, replicas, 1.5 if quick else 5.0)
+                sections.append(f"### read throughput, 8 threads\n\n{table}")
         for engine in engines:
             engine.dispose()
-    sections = [f"### per-statement overhead (PK SELECT)\n\n{overhead}"]
-    for pace, (shares, timing) in paces.items():
+    return "\n\n".join(sections) + "\n"
+
+
+def _shares(stack: LocalStack, replicas: ReplicaSet, blind: ReplicaSet, quick: bool) -> list[str]:
+    ops = 250 if quick else 1200
+    sections = []
+    for pace in (0.1, 0.2, 1.0):
+        shares, timing = _workload(replicas, blind, ops, pace)
         sections.append(
             f"### replica share, 10% writes, one user, a request every {pace * 1000:.0f} ms"
             f" (loopback replication)\n\n{shares}\n\nRead latency:\n\n{timing}"
         )
+    stack.replicas[0].pause_replay()  # real lag on one replica for the second pass
+    try:
+        lag_shares, lag_timing = _workload(replicas, blind, ops, 0.2)
+    finally:
+        stack.replicas[0].resume_replay()
+    stack.wait_replicas_caught_up(timeout=30)
     sections.append(
         "### the same (200 ms) with replica1's replay paused for the whole pass: real lag,"
         " longer than the 2 s window\n\n"
         f"{lag_shares}\n\nRead latency:\n\n{lag_timing}"
     )
-    sections.append(f"### read throughput, 8 threads\n\n{throughput}")
-    return "\n\n".join(sections) + "\n"
+    return sections

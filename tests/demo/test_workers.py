@@ -31,6 +31,8 @@ MAX_REQUESTS = 400
 # a worker's answers after another worker's write that may still predate the invalidation
 COHERENT_WITHIN = 5
 RUNS = 2  # loads, each from a fresh set of connections
+# three processes importing the app: over 30 s on a busy 2-core machine (it only bounds a failure)
+START_TIMEOUT_S = 120.0
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +47,7 @@ def server(hotpath_db: ModuleDatabase) -> Iterator[ShopServer]:
             concurrency=4,
             workers=WORKERS,
         )
-        with shop_server(settings) as running:
+        with shop_server(settings, timeout=START_TIMEOUT_S) as running:
             yield running
 
 

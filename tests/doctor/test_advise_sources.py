@@ -36,6 +36,12 @@ SCHEMA = [
 ]
 
 
+# Logged after every statement of the workload: the collector writes in order, so once
+# the marker is in a file, so is every statement before it (waiting for the last
+# statement's own text raced: "driver_id" is already there after the first of two).
+END_OF_WORKLOAD = "hotpath-end-of-workload"
+
+
 @pytest.fixture(scope="module")
 def logged() -> Iterator[tuple[str, Path]]:
     """A server of its own logging every statement's duration to stderr, csvlog and jsonlog."""
@@ -62,15 +68,16 @@ def logged() -> Iterator[tuple[str, Path]]:
                 conn.execute(f"SELECT * FROM trips WHERE rider_id = {i}")
             for i in range(2):  # extended protocol: "execute <unnamed>: ... $1"
                 conn.execute("SELECT *\nFROM trips\nWHERE driver_id = %s", (i,))
+            conn.execute(f"SELECT '{END_OF_WORKLOAD}'")
         yield url, logs
     finally:
         stack.stop()
 
 
-def _wait_for(path: Path, text: str) -> None:
+def _wait_for(path: Path) -> None:
     deadline = time.monotonic() + 30
-    while not (path.exists() and text in path.read_text(errors="replace")):
-        assert time.monotonic() < deadline, f"{path} never logged {text!r}"
+    while not (path.exists() and END_OF_WORKLOAD in path.read_text(errors="replace")):
+        assert time.monotonic() < deadline, f"{path} never logged the workload's end"
         time.sleep(0.1)  # the logging collector writes asynchronously: poll with a deadline
 
 
@@ -78,7 +85,7 @@ def _wait_for(path: Path, text: str) -> None:
 def test_workload_from_each_log_format(logged: tuple[str, Path], suffix: str) -> None:
     url, logs = logged
     path = logs / f"pg{suffix}"
-    _wait_for(path, "driver_id")
+    _wait_for(path)
     workload = from_log_files([path], database="logged")
     reads = [q for q in workload if "WHERE" in q.sql and q.sql.startswith("SELECT")]
     by_text = {q.sql.split("WHERE")[1].split()[0]: q for q in reads}
@@ -94,7 +101,7 @@ def test_workload_from_each_log_format(logged: tuple[str, Path], suffix: str) ->
 
 def test_log_workload_through_the_cli(logged: tuple[str, Path]) -> None:
     url, logs = logged
-    _wait_for(logs / "pg.json", "driver_id")
+    _wait_for(logs / "pg.json")
     result = subprocess.run(
         [sys.executable, "-m", "hotpath", "advise", url, "--workload", str(logs / "pg.json"),
          "--include", "trips", "--min-calls", "3", "--format", "json"],

@@ -7,8 +7,9 @@ import asyncio
 import random
 import threading
 import time
+import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import psycopg_pool
 import pytest
@@ -28,9 +29,10 @@ from hotpath.pool import (
     PoolMetrics,
     PoolSnapshot,
     QueuePoolExhaustedError,
+    _housekeeping,
     instrument_pool,
 )
-from hotpath.pool._metrics import _fold_samples, _histogram
+from hotpath.pool._metrics import PoolShape, _fold_samples, _histogram
 from hotpath.testing import ModuleDatabase
 
 from ._helpers import planned_async_engine, planned_engine, small_plan
@@ -331,3 +333,33 @@ def test_folded_samples_keep_the_histogram_precision() -> None:
     _fold_samples(late, hist)
     assert hist.get_total_count() == len(seconds) + 3
     assert hist.get_max_value() == pytest.approx(3600e6, rel=1e-3)
+
+
+def test_housekeeping_lists_its_pools_while_another_thread_adds_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``watch()`` from another thread while the housekeeping thread lists the pools: the
+    listing must not fail (a set that grows while iterated raises, and that ended the thread,
+    leak checks and liveness sweeps with it, on a busy machine)."""
+
+    def shape() -> PoolShape:
+        return PoolShape(pool_size=1, max_overflow=0, timeout_s=1.0, kind="test")
+
+    pools = [PoolMetrics(f"p{n}", shape) for n in range(3)]
+    late = PoolMetrics("late", shape)
+    adder = threading.Thread(target=_housekeeping.watch, args=(late,))
+    lister = threading.get_ident()  # this test's listing, not the housekeeping thread's
+
+    class AddedToWhileListed(weakref.WeakSet[PoolMetrics]):
+        def __iter__(self) -> Iterator[PoolMetrics]:
+            for n, metrics in enumerate(super().__iter__()):
+                if n == 0 and threading.get_ident() == lister and late not in pools:
+                    pools.append(late)
+                    adder.start()
+                    adder.join(0.5)  # at once, unless the listing holds the lock
+                yield metrics
+
+    monkeypatch.setattr(_housekeeping, "_watched", AddedToWhileListed(pools))
+    _housekeeping._interval()  # lists the pools, as the thread does each round
+    adder.join(5)
+    assert late in _housekeeping._watched

@@ -40,11 +40,12 @@ async def replicas(engines: Engines, hotpath_db: ModuleDatabase) -> AsyncIterato
     try:
         yield replica_set
     finally:
-        # Bounded: a CI teardown hung once after a replica was killed and restarted, and a
-        # busy-machine run after the replay pause/resume test (closing the set or an asyncpg
-        # connection; NOTES.md: to be found at its root). asyncio.wait_for is no bound here:
-        # on its timeout it waits for the cancelled close, which is what hangs. The tests'
-        # assertions are all made before this point.
+        # Bounded, so any other hang is named rather than timed out: the ones seen (a CI run
+        # after a replica was killed and restarted, a busy-machine run after the replay
+        # pause/resume test) were a probe task that lost close()'s cancellation and probed on
+        # (test_async_close_stops_a_probe_whose_cancellation_lands_as_it_answers).
+        # asyncio.wait_for is no bound here: on its timeout it waits for the cancelled close.
+        # The tests' assertions are all made before this point.
         await _bounded(replica_set.close(), "AsyncReplicaSet.close()")
         for engine in [primary, *replica_engines]:
             await _bounded(engine.dispose(), f"dispose of {engine.url.render_as_string()}")
@@ -313,5 +314,41 @@ async def test_async_hung_replica_is_avoided_after_the_probe_deadline(
             await _until(back, 30, "replica1 back after SIGCONT")
     finally:
         signal_all(family, signal.SIGCONT)
+        for engine in [primary, *replica_engines]:
+            await engine.dispose()
+
+
+async def test_async_close_stops_a_probe_whose_cancellation_lands_as_it_answers(
+    engines: Engines, hotpath_db: ModuleDatabase
+) -> None:
+    """close() cancels the probe tasks; a cancellation that reaches a probe in the loop
+    iteration its answer came in is lost by ``asyncio.wait_for`` (Python < 3.12 returns the
+    answer instead), and the probe must still stop rather than probe on, close() awaiting it
+    forever (a hung test teardown under load)."""
+    primary = create_async_engine(hotpath_db.async_url)
+    replica_engines = [
+        create_async_engine(r.url_for(hotpath_db.name, driver="asyncpg"))
+        for r in hotpath_db.replicas
+    ]
+    replica_set = await AsyncReplicaSet(primary, replica_engines, probe_interval_s=0.05).start()
+    closing: list[asyncio.Task[None]] = []
+    query = replica_set._query_probe
+
+    async def answer_then_close(node: Any) -> Any:
+        result = await query(node)
+        if not closing:
+            # close() runs before this answer is handed to the probe task awaiting it
+            closing.append(asyncio.ensure_future(replica_set.close()))
+        return result
+
+    replica_set._query_probe = answer_then_close  # type: ignore[method-assign]
+    try:
+        await eventually_async(lambda: bool(closing), 10, "a probe answered")
+        done, _ = await asyncio.wait(closing, timeout=10)
+        assert done, "close() still waiting for a probe task after 10 s"
+        # stopped, not left behind by close()'s bound on the wait
+        probing = [t for t in asyncio.all_tasks() if t.get_name().startswith("hotpath-probe-")]
+        assert probing == []
+    finally:
         for engine in [primary, *replica_engines]:
             await engine.dispose()

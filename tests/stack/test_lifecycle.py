@@ -18,6 +18,7 @@ import pytest
 
 from hotpath.stack import LocalStack, StackError, reap_stale_stacks, stack_root
 from hotpath.stack._process import port_is_free
+from hotpath.stack._stack import _Owner
 
 from ..helpers import alive, scalar
 
@@ -114,6 +115,24 @@ def test_stack_of_a_killed_owner_is_reaped_on_next_start(isolated_root: Path) ->
     assert [str(p) for p in reaped] == [info["dir"]]
     assert alive(pids) == []  # type: ignore[arg-type]
     assert all(port_is_free(p) for p in info["ports"])  # type: ignore[attr-defined]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's start time: /proc")
+def test_a_stepped_wall_clock_leaves_a_live_owner_alive() -> None:
+    """A record made before the clock was stepped an hour: the owner still runs (the
+    creation time psutil gives has moved with the boot time, the kernel's start has not)."""
+    me = _Owner.of(os.getpid())
+    assert me is not None
+    assert not me.is_gone()
+    assert not _Owner(me.pid, me.created - 3600, me.since_boot).is_gone()
+    assert _Owner(me.pid, me.created, (me.since_boot or 0) - 1).is_gone()  # a reused PID
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    assert _Owner(int(dead.stdout), me.created, me.since_boot).is_gone()
 
 
 def test_port_in_use_is_a_clear_error(isolated_root: Path) -> None:

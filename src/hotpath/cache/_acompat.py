@@ -244,8 +244,8 @@ class AChannel:
         """Wait (without blocking the loop) for the first subscription, up to what is left of
         ``SUBSCRIBE_WAIT_S`` from the first call; concurrent first calls share one wait.
         From the first call, not from the constructor: caches made together and used at once
-        on a busy machine each get their full wait (a listener connecting during a load
-        drops that load's store, and then the other processes load the key again)."""
+        on a busy machine each get their full wait (a listener connecting during a read or
+        load refuses its L1 fill, so the next call reads Redis again)."""
         listener = self._listener
         if listener is not None and not listener.connected.is_set():
             if self._subscribed is None:

@@ -758,7 +758,10 @@ class CacheCore:
         self.counters.decode_errors += 1
 
     def on_connect(self) -> None:
-        # Invalidations sent while we were away were missed: start from an empty L1.
+        # Invalidations sent while we were away were missed: start from an empty L1. The first
+        # connection too: a read of Redis in flight may have been overtaken by an invalidation
+        # sent before we subscribed, so the flush refuses its fill (a load's own fill of Redis
+        # is kept: its lease is what refuses a stale one there).
         self._flush()
         self.channel_connected = True
 

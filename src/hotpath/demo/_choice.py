@@ -27,14 +27,14 @@ Which fix removes a finding is decided by its evidence, not its kind alone:
   answers: it saves their database time, the endpoint's database time times the share that
   repeats (the hit ratio).
 
-What a fix saves is observe's estimate of the time it removes from the requests, with one
-correction: a fix that frees the event loop (``offload``, ``lean``) saves more than the
-blocked requests' wait observe counts. Every request waits for a busy loop, and a single
-server's wait grows as ``1 / (1 - busy)`` with its busy share (observe's ``loop_busy``), so
-that time is scaled by it (the busy share capped at 90%). Measured on the shop (pool, eager
-loads and indexes in): moving the risk check off the loop gained 1.3x where the blocked
-requests' wait alone said 1.1x, more than a cache or gathered calls, which shorten waits off
-the loop.
+What a fix saves is observe's estimate of the time it removes from the requests. A fix that
+frees the event loop (``offload``, ``lean``) is credited the wait of the requests the block
+held up, as observe counts it, and no more: under a closed load (every user waits for its
+answer before asking again) that wait already holds the queueing a busy loop adds. Scaling
+it by ``1 / (1 - busy)`` (a single server's open-queue growth with observe's ``loop_busy``)
+counted that queueing twice: on the shop with indexes in and the loop 90% busy it credited
+moving the risk check off the loop ten times its wait, ranked it above eager loads, and it
+gained 1.05x where eager loads gained 1.8x.
 
 ``replicas`` have no finding of their own (on one machine they move reads, they do not make
 them cheaper): an endpoint whose bottleneck is still its queries, once no finding maps to a
@@ -167,7 +167,6 @@ class Remedy:
     needs: str = "any"
     applies: Callable[[Finding], bool] = _always
     saves: Callable[[Finding], float] = _saving
-    frees_loop: bool = False  # what it removes is time holding the event loop
     # only while some statement's plan asks for an index (the scans that made it wait)
     behind_scans: bool = False
 
@@ -206,15 +205,8 @@ REMEDIES: dict[str, tuple[Remedy, ...]] = {
     "slow_dependency": (Remedy("fanout", "a dependency without a deadline"),),
     "no_timeout": (Remedy("fanout", "a call without a deadline"),),
     "blocking_call": (
-        Remedy(
-            "offload",
-            "a wait on the loop in the profile (its sync risk check)",
-            profile_wait,
-            frees_loop=True,
-        ),
-        Remedy(
-            "lean", "CPU serializing the category export", export_serialization, frees_loop=True
-        ),
+        Remedy("offload", "a wait on the loop in the profile (its sync risk check)", profile_wait),
+        Remedy("lean", "CPU serializing the category export", export_serialization),
     ),
 }
 # An endpoint's bottleneck class, when no finding maps to a fix the shop has left.
@@ -237,19 +229,6 @@ def remedies_for(finding: Finding) -> tuple[Remedy, ...]:
     kind and evidence; none for a kind or evidence the shop has no fix for."""
     remedies = REMEDIES.get(str(finding.get("kind", "")), ())
     return tuple(remedy for remedy in remedies if remedy.applies(finding))
-
-
-# the busiest loop the queueing estimate takes: past it, 1 / (1 - busy) grows without bound
-_MAX_LOOP_BUSY = 0.9
-
-
-def queueing_factor(report: Mapping[str, Any]) -> float:
-    """How much more than the blocked requests' own wait freeing the event loop saves: every
-    request waits for a busy loop, and a single server's wait grows as ``1 / (1 - busy)``
-    with its busy share (observe's ``loop_busy``: the share of the run the loop was held). 1
-    when it was not measured (a sync app)."""
-    busy = _float(report.get("loop_busy"))
-    return 1.0 / (1.0 - min(max(busy, 0.0), _MAX_LOOP_BUSY))
 
 
 def fixes_for(finding: Finding) -> tuple[FixName, ...]:
@@ -316,7 +295,6 @@ def choose_fix(report: Mapping[str, Any], applied: set[str], indexes_left: bool)
     largest: dict[FixName, tuple[Finding, float]] = {}
     counts: dict[FixName, int] = {}
     unremoved: list[Finding] = []
-    queueing = queueing_factor(report)
     ranked = _ranked(report)
     scans = any(index_read(f) or index_loop(f) for f in ranked)
     for index, finding in enumerate(ranked):
@@ -329,8 +307,6 @@ def choose_fix(report: Mapping[str, Any], applied: set[str], indexes_left: bool)
             unremoved.append(finding)
         for remedy in remedies:
             fix, saving = remedy.fix, remedy.saves(finding)
-            if remedy.frees_loop:
-                saving *= queueing
             what = _statement(finding) or index
             by_statement = saves.setdefault(fix, {})
             by_statement[what] = max(by_statement.get(what, 0.0), saving)

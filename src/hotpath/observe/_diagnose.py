@@ -20,6 +20,16 @@ if TYPE_CHECKING:
     from ._scope import Scope
 
 
+# read per query and per request: bound once (see ``_records.LAYERS``)
+_CONNECT, _DB, _HTTP, _POOL_WAIT, _REDIS = (
+    Layer.CONNECT,
+    Layer.DB,
+    Layer.HTTP,
+    Layer.POOL_WAIT,
+    Layer.REDIS,
+)
+
+
 def find_request_problems(scope: Scope) -> list[Finding]:
     timeline = scope.timeline
     if not (timeline.spans or timeline.ops or timeline.blocks):
@@ -32,7 +42,7 @@ def find_request_problems(scope: Scope) -> list[Finding]:
 
 
 def _connection_setup(scope: Scope) -> list[Finding]:
-    connect_ms = scope.breakdown_ms.get(Layer.CONNECT, 0.0)
+    connect_ms = scope.breakdown_ms.get(_CONNECT, 0.0)
     settings = scope.settings
     timeline = scope.timeline
     if timeline.connect_cause is None:
@@ -57,7 +67,7 @@ def _connection_setup(scope: Scope) -> list[Finding]:
 
 
 def _pool_wait(scope: Scope) -> list[Finding]:
-    wait_ms = scope.breakdown_ms.get(Layer.POOL_WAIT, 0.0)
+    wait_ms = scope.breakdown_ms.get(_POOL_WAIT, 0.0)
     settings = scope.settings
     timeline = scope.timeline
     if not timeline.pool_waits:
@@ -86,7 +96,7 @@ def _depends(later: IoOp, earlier: IoOp, known_before: frozenset[str]) -> bool:
     """Whether ``later`` may have needed ``earlier``'s result."""
     if earlier.end > later.start:
         return False  # they overlapped: already concurrent
-    if later.layer is Layer.DB and later.in_write_transaction:
+    if later.layer is _DB and later.in_write_transaction:
         return True  # a write transaction orders its statements
     if earlier.outputs is None:
         return True  # what it returned is not known: assume it was used
@@ -122,7 +132,7 @@ def _sequential_io(scope: Scope) -> list[Finding]:
     candidates = [
         op
         for op in scope.timeline.ops
-        if op.layer in (Layer.DB, Layer.HTTP) and op.ms >= settings.sequential_min_ms
+        if op.layer in (_DB, _HTTP) and op.ms >= settings.sequential_min_ms
     ]
     # the same statement or endpoint again and again is a loop (N+1, duplicate): judged by
     # those detectors, whose fix (one query, one batched call) beats running it concurrently
@@ -133,11 +143,15 @@ def _sequential_io(scope: Scope) -> list[Finding]:
     if len(ops) < 2:
         return []
     actual_ms = union_ms((op.start, op.end) for op in ops)
-    ideal_ms, dependent = _critical_path_ms(ops, text_values(scope.timeline.known_text))
-    saving = actual_ms - ideal_ms
     threshold = max(
         settings.sequential_saving_ms, settings.sequential_saving_share * scope.duration_ms
     )
+    if actual_ms - max(op.ms for op in ops) < threshold:
+        # even all at once they take the longest one's time: the saving cannot reach the
+        # threshold, whatever depends on what (most requests stop here, values unread)
+        return []
+    ideal_ms, dependent = _critical_path_ms(ops, text_values(scope.timeline.known_text))
+    saving = actual_ms - ideal_ms
     independent = [op for op, dep in zip(ops, dependent, strict=True) if not dep]
     if saving < threshold or len(independent) < 2:
         return []
@@ -187,14 +201,14 @@ def _line(site: CallSite | None) -> str:
 
 
 def _shared_connection(ops: list[IoOp]) -> bool:
-    connections = [op.connection for op in ops if op.layer is Layer.DB]
+    connections = [op.connection for op in ops if op.layer is _DB]
     return len(connections) != len(set(connections))
 
 
 def _n_plus_one_http(scope: Scope) -> list[Finding]:
     groups: dict[tuple[CallSite | None, str], list[IoOp]] = defaultdict(list)
     for op in scope.timeline.ops:
-        if op.layer is Layer.HTTP:
+        if op.layer is _HTTP:
             groups[(op.site, op.target)].append(op)
     findings = []
     threshold = scope.settings.http_n_plus_one_threshold
@@ -226,7 +240,7 @@ def _no_timeout(scope: Scope) -> list[Finding]:
     seen: set[tuple[CallSite | None, str]] = set()
     findings = []
     for op in scope.timeline.ops:
-        if op.layer is not Layer.HTTP or op.timeout is not False:
+        if op.layer is not _HTTP or op.timeout is not False:
             continue
         key = (op.site, op.dependency)
         if key in seen:
@@ -252,10 +266,10 @@ def _slow_dependency(scope: Scope) -> list[Finding]:
     share = scope.settings.dependency_share
     by_dependency: dict[str, list[IoOp]] = defaultdict(list)
     for op in scope.timeline.ops:
-        if op.layer is Layer.HTTP:
+        if op.layer is _HTTP:
             by_dependency[op.dependency].append(op)
     findings = []
-    redis_ms = scope.breakdown_ms.get(Layer.REDIS, 0.0)
+    redis_ms = scope.breakdown_ms.get(_REDIS, 0.0)
     if redis_ms >= 1.0 and redis_ms >= share * scope.duration_ms:
         findings.append(
             Finding(

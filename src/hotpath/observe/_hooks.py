@@ -19,7 +19,7 @@ import inspect
 import logging
 import re
 import threading
-from functools import partial
+from functools import lru_cache, partial
 from time import perf_counter
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,6 +34,10 @@ from ._records import Layer
 from ._scope import Scope, current_scope
 from ._timeline import IoOp, recording_scopes
 from ._values import body_values, text_values
+
+# read per query and per request: bound once (see ``_records.LAYERS``)
+_CONNECT, _HTTP, _POOL_WAIT, _REDIS = Layer.CONNECT, Layer.HTTP, Layer.POOL_WAIT, Layer.REDIS
+
 
 logger = logging.getLogger("hotpath.observe")
 
@@ -102,14 +106,14 @@ def _raw_connection(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         return wrapped(*args, **kwargs)
     finally:
         ended = perf_counter()
-        _span(scope, Layer.POOL_WAIT, started, ended)
+        _span(scope, _POOL_WAIT, started, ended)
         if inner is not None and inner.timeline.connects > connects:
             timeline = inner.timeline
             timeline.connect_cause = timeline.connect_cause or _connect_cause(instance)
             # set-up goes on after the DBAPI connect (the dialect's first_connect and
             # on_connect: server version, type codecs), until the connection is handed out
             if timeline.connect_started is not None:
-                _span(scope, Layer.CONNECT, timeline.connect_started, ended)
+                _span(scope, _CONNECT, timeline.connect_started, ended)
                 timeline.connect_started = None
         if inner is not None and exhausted and ended - started >= _WAIT_SITE_S:
             timeline = inner.timeline
@@ -180,12 +184,18 @@ def _after_connect(dbapi_connection: Any, record: Any) -> None:
 
 def _redis_done(scope: Scope, started: float) -> None:
     ended = perf_counter()
-    _span(scope, Layer.REDIS, started, ended)
+    _span(scope, _REDIS, started, ended)
     inner = _innermost(scope)
-    if inner is not None and ended - started > inner.timeline.redis_slowest_ms / 1000:
-        inner.timeline.redis_slowest_ms = (ended - started) * 1000
-        if ended - started >= _WAIT_SITE_S:
-            inner.timeline.redis_site = capture_call_site()
+    if inner is None:
+        return
+    timeline = inner.timeline
+    ms = (ended - started) * 1000
+    # the site of the slowest command, walked for a slow one when none is known yet or when
+    # this one is twice as slow as the last walked (a loaded machine makes every command
+    # "the slowest so far" in turn: a walk each was most of a cached request's overhead)
+    if ms >= _WAIT_SITE_S * 1000 and ms > 2 * timeline.redis_slowest_ms:
+        timeline.redis_slowest_ms = ms
+        timeline.redis_site = capture_call_site()
 
 
 def _redis_sync(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
@@ -236,6 +246,8 @@ _ID_SEGMENT = re.compile(
 )
 
 
+# a request's URLs and cache keys repeat (hot keys, one payment URL): templated once each
+@lru_cache(maxsize=4096)
 def url_template(method: str, url: str) -> tuple[str, str]:
     """("GET http://host:port/users/{id}/orders", "http://host:port") for a URL: ids,
     UUIDs and hashes in the path become ``{id}``; the query string is dropped."""
@@ -257,14 +269,14 @@ def _http_op(
     awaited: bool,
 ) -> None:
     ended = perf_counter()
-    _span(scope, Layer.HTTP, started, ended)
+    _span(scope, _HTTP, started, ended)
     inner = _innermost(scope)
     if inner is None:
         return
     target, origin = url_template(method, url)
     inner.timeline.ops.append(
         IoOp(
-            Layer.HTTP,
+            _HTTP,
             started,
             ended,
             target,
@@ -425,6 +437,7 @@ def _hook_aiohttp(module: Any) -> None:
 _KEY_PARTS = re.compile(r"\d+|[0-9a-fA-F]{8,}")
 
 
+@lru_cache(maxsize=4096)
 def key_template(key: str) -> str:
     """``user:{n}`` for ``user:42``: the lookups of one cached thing share a name."""
     return _KEY_PARTS.sub("{n}", key)[:80]

@@ -1,6 +1,6 @@
 """Blocked event loops: which request's step held the loop, for how long, and on what line.
 
-The ASGI middleware runs each request's coroutine through :class:`TimedCoroutine`, which
+The ASGI middleware awaits each request's coroutine through :func:`timed_steps`, which
 marks the start and end of every step on its thread's :class:`LoopMonitor` (it works under
 uvloop, whose handles cannot be patched). A watchdog thread looks at the marks every few
 milliseconds; when a step has run past ``blocking_ms`` it samples the loop thread's stack
@@ -16,9 +16,9 @@ Work of the request that runs in tasks of its own (Starlette's ``BaseHTTPMiddlew
 (a callback every ``_BEAT_S``) tells the watchdog when the loop stopped answering, and the
 task that was running names the request.
 
-asyncio's debug mode would time every handle too, but costs ~13x per step; this costs two
-attribute writes and a clock read per step, and one callback per ``_BEAT_S`` on a loop with
-requests in flight.
+asyncio's debug mode would time every handle too, at many times the cost per step; this
+costs a generator resumption, a few attribute writes and two clock reads per step, and one
+callback per ``_BEAT_S`` on a loop with requests in flight.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import linecache
 import sys
 import threading
 import time
+import types
 from collections import deque
 from collections.abc import Awaitable, Generator
 from time import perf_counter
@@ -40,6 +41,9 @@ from ._timeline import LoopBlock
 
 if TYPE_CHECKING:
     from ._scope import Scope
+
+# read per query and per request: bound once (see ``_records.LAYERS``)
+_BLOCKED = Layer.BLOCKED
 
 _KEEP_BLOCKS = 1024
 _BEAT_S = 0.01  # the heartbeat's period: a loop stalled past blocking_ms misses some beats
@@ -98,35 +102,6 @@ class LoopMonitor:
         self.watchdog_held_s = 0.0
         self.held_at_seen = 0.0
 
-    def begin(self, scope: Scope) -> None:
-        self.depth += 1
-        if self.depth == 1:
-            if self.stall_started:  # the loop has just come back from an unmarked stall
-                self._close_stall(perf_counter())
-            self.step_scope = scope
-            self.threshold_s = scope.settings.blocking_ms / 1000
-            # reset only what a long step left behind: most steps are short, and this runs
-            # for every step of every request
-            if self.samples:
-                self.samples = []
-            if self.seen_at:
-                self.seen_at = 0.0
-            self.step_started = perf_counter()
-
-    def end(self) -> None:
-        self.depth -= 1
-        if self.depth:
-            return
-        started, self.step_started = self.step_started, 0.0
-        self.step_ended = ended = perf_counter()
-        if ended - started >= self.threshold_s:
-            self._record(started, ended, self.step_scope)
-        # what the watchdog saw belongs to this step: a late heartbeat after it is not
-        # another stall
-        self.samples = []
-        self.seen_at = 0.0
-        self.stall_started = 0.0
-
     def _record(self, started: float, ended: float, scope: Scope | None) -> None:
         if self.blocks:  # one loop runs one step at a time: its blocks never overlap
             started = max(started, self.blocks[-1].end)
@@ -140,9 +115,12 @@ class LoopMonitor:
             ran_s = (sched[0] - self.sched_at_seen[0]) / 1e9
             waited_s = (sched[1] - self.sched_at_seen[1]) / 1e9
             waited_s += self.watchdog_held_s - self.held_at_seen
-            if waited_s >= 0.5 * looked:
-                # the thread was ready to run and waited for a core: an overloaded machine
-                # made the step long, not the code it ran (no block of the application's)
+            slept_s = looked - ran_s - waited_s  # off a core by its own call (I/O, sleep)
+            if waited_s >= 0.5 * looked and max(ran_s, slept_s) < self.threshold_s:
+                # the thread was ready to run and waited for a core, and neither computed
+                # nor waited on a call for a threshold's worth: an overloaded machine made
+                # the step long, not the code it ran (no block of the application's). A
+                # sleep still counts when the core it wakes to is slow to come.
                 return
             cpu_bound = ran_s >= 0.5 * looked
         elif self.seen_at and self._clock is not None:
@@ -367,58 +345,60 @@ def _watch() -> None:
             monitor.watchdog_held_s += perf_counter() - now
 
 
-class TimedCoroutine:
-    """Await ``coro`` with each of its steps marked on the loop thread's monitor."""
+@types.coroutine
+def timed_steps(awaitable: Awaitable[Any], scope: Scope) -> Generator[Any, Any, Any]:
+    """Await ``awaitable`` (a request's coroutine) with each of its steps marked on the loop
+    thread's monitor: its start, and at its end whether it ran long enough to be a block.
 
-    __slots__ = ("_coro", "_done", "_monitor", "_scope")
-
-    def __init__(self, coro: Awaitable[Any], scope: Scope) -> None:
-        # an ASGI app returns a coroutine; any other awaitable is driven by its iterator
-        self._coro: Any = coro if hasattr(coro, "send") else coro.__await__()
-        self._scope = scope
-        self._monitor = monitor_for_this_thread()
-        self._monitor.arrive(asyncio.get_running_loop(), scope)
-        self._done = False
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        return self
-
-    def __iter__(self) -> TimedCoroutine:
-        return self
-
-    def __next__(self) -> Any:
-        return self.send(None)
-
-    def send(self, value: Any) -> Any:
-        monitor = self._monitor
-        monitor.begin(self._scope)
-        try:
-            return self._coro.send(value)
-        except BaseException:  # StopIteration included: the request's coroutine is done
-            self._leave()
-            raise
-        finally:
-            monitor.end()
-
-    def throw(self, *args: Any) -> Any:
-        monitor = self._monitor
-        monitor.begin(self._scope)
-        try:
-            return self._coro.throw(*args)
-        except BaseException:
-            self._leave()
-            raise
-        finally:
-            monitor.end()
-
-    def close(self) -> None:
-        self._leave()
-        self._coro.close()
-
-    def _leave(self) -> None:
-        if not self._done:
-            self._done = True
-            self._monitor.leave(self._scope)
+    A generator the awaiting coroutine resumes directly (in C), with the marks inline: this
+    runs for every step of every request, where a method call per mark was most of what
+    watching the loop cost. Steps of an awaitable nested in another's (a middleware inside
+    another) are the outer one's: only the outermost marks.
+    """
+    coro: Any = awaitable if hasattr(awaitable, "send") else awaitable.__await__()
+    monitor = monitor_for_this_thread()
+    monitor.arrive(asyncio.get_running_loop(), scope)
+    threshold_s = scope.settings.blocking_ms / 1000
+    value: Any = None
+    thrown: BaseException | None = None
+    started = 0.0
+    try:
+        while True:
+            outermost = not monitor.depth
+            monitor.depth += 1
+            if outermost:
+                if monitor.stall_started:  # the loop has just come back from an unmarked stall
+                    monitor._close_stall(perf_counter())
+                monitor.step_scope = scope
+                monitor.threshold_s = threshold_s
+                if monitor.samples or monitor.seen_at:  # only a long step leaves them
+                    monitor.samples, monitor.seen_at = [], 0.0
+                monitor.step_started = started = perf_counter()
+            try:
+                yielded = coro.send(value) if thrown is None else coro.throw(thrown)
+            except StopIteration as done:
+                return done.value
+            finally:
+                monitor.depth -= 1
+                if outermost:
+                    monitor.step_started = 0.0
+                    monitor.step_ended = ended = perf_counter()
+                    if ended - started >= threshold_s:
+                        monitor._record(started, ended, scope)
+                    # what the watchdog saw belongs to this step: a late heartbeat after it
+                    # is not another stall
+                    if monitor.samples or monitor.seen_at or monitor.stall_started:
+                        monitor.samples, monitor.seen_at, monitor.stall_started = [], 0.0, 0.0
+            thrown = None
+            try:
+                value = yield yielded
+            except GeneratorExit:  # the awaiting coroutine is closed: so is the request's
+                coro.close()
+                raise
+            except BaseException as error:  # thrown in (a cancellation): the next step's
+                value, thrown = None, error
+    finally:
+        monitor.leave(scope)
 
 
 def collect_blocks(scope: Scope) -> None:
@@ -428,4 +408,4 @@ def collect_blocks(scope: Scope) -> None:
         return
     blocks = monitor.blocks_during(scope.started, scope.ended)
     scope.timeline.blocks = blocks
-    scope.timeline.spans.extend((Layer.BLOCKED, b.start, b.end) for b in blocks)
+    scope.timeline.spans.extend((_BLOCKED, b.start, b.end) for b in blocks)

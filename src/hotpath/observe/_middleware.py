@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapp
 from typing import Any
 
 from ._callsite import mark_request_boundary
-from ._loop import TimedCoroutine
+from ._loop import timed_steps
 from ._profiler import Profiler
 from ._scope import Scope, current_scope
 
@@ -71,7 +71,7 @@ class ASGIMiddleware:
                     recording.stop_recording()
 
             # every step of the request's coroutine is timed: a long one blocked the loop
-            await TimedCoroutine(self.app(scope, receive, send_with_timing), recording)
+            await timed_steps(self.app(scope, receive, send_with_timing), recording)
 
 
 def _asgi_name(method: str, scope: MutableMapping[str, Any], status: int) -> str:

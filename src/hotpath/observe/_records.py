@@ -50,6 +50,9 @@ class Layer(str, Enum):
     OTHER = "other"  # the rest: application CPU, serialization, the client
 
 
+# Code run per query or per request binds the members it reads to module constants
+# (``_DB = Layer.DB``): on Python 3.11 reading ``Layer.DB`` goes through EnumType's
+# ``__getattr__`` hook, several times the cost of a plain class attribute.
 LAYERS: tuple[Layer, ...] = tuple(Layer)
 
 

@@ -128,24 +128,88 @@ def _values_at_percentiles(histogram: HdrHistogram, ranks: Iterable[float]) -> d
     return found
 
 
-class Timing:
-    """Durations of one name (µs resolution, 3 significant digits)."""
+class _Pending:
+    """Values recorded into ``histogram`` since it was last read, as counts by bucket index.
 
-    def __init__(self, digits: int = 3) -> None:
-        self.histogram = _histogram(digits)
+    Adding them on each read rather than on each record: a ``counts[index] += 1`` on hdrh's
+    ctypes array cost as much as the rest of a scope's roll-up, where a dict count of a
+    bucket seen before is cheap (a run's values fall in few buckets). The index arithmetic
+    is ``record``'s, with the histogram's constants read once.
+    """
+
+    __slots__ = ("by_index", "half", "half_count", "high", "histogram", "low", "mask", "unit")
+
+    def __init__(self, histogram: HdrHistogram) -> None:
+        self.histogram = histogram
+        self.unit = histogram.unit_magnitude
+        self.half = histogram.sub_bucket_half_count_magnitude
+        self.mask = histogram.sub_bucket_mask
+        self.half_count = histogram.sub_bucket_half_count
+        self.by_index: dict[int, int] = {}
+        self.low = _MAX_US + 1
+        self.high = 0
+
+    def add(self, value: int) -> None:
+        """Record ``1 <= value <= _MAX_US``."""
+        unit, half = self.unit, self.half
+        bucket = (value | self.mask).bit_length() - unit - half - 1
+        index = ((bucket + 1) << half) + (value >> (bucket + unit)) - self.half_count
+        by_index = self.by_index
+        by_index[index] = by_index.get(index, 0) + 1
+        if value < self.low:  # noqa: PLR1730 - a compare, not two calls, per value
+            self.low = value
+        if value > self.high:  # noqa: PLR1730
+            self.high = value
+
+    def flush(self) -> HdrHistogram:
+        """The histogram with every pending value in it."""
+        histogram = self.histogram
+        if self.by_index:
+            counts = histogram.counts
+            total = 0
+            for index, count in self.by_index.items():
+                counts[index] += count
+                total += count
+            histogram.total_count += total
+            histogram.min_value = min(histogram.min_value, self.low)
+            histogram.max_value = max(histogram.max_value, self.high)
+            self.by_index = {}
+            self.low, self.high = _MAX_US + 1, 0
+        return histogram
+
+
+class Timing:
+    """Durations of one name (µs resolution, 3 significant digits).
+
+    ``lock`` guards it (a roll-up gives its timings its own lock, and records them under it
+    with ``add_ms``); it is reentrant: reading ``histogram`` takes it too.
+    """
+
+    def __init__(self, digits: int = 3, lock: threading.RLock | None = None) -> None:
+        self._pending = _Pending(_histogram(digits))
         self.count = 0
         self.zeros = 0  # durations under 1 µs: kept out of the histogram (it starts at 1 µs)
         self.total_ms = 0.0
-        self._lock = threading.Lock()
+        self._lock = lock or threading.RLock()
+
+    @property
+    def histogram(self) -> HdrHistogram:
+        """The durations recorded so far (under 1 µs excepted: ``zeros``)."""
+        with self._lock:
+            return self._pending.flush()
 
     def record_ms(self, ms: float) -> None:
         with self._lock:
-            self.count += 1
-            self.total_ms += ms
-            if ms < 0.001:
-                self.zeros += 1
-            else:
-                record(self.histogram, min(_MAX_US, int(ms * 1000)))
+            self.add_ms(ms)
+
+    def add_ms(self, ms: float) -> None:
+        """``record_ms`` for a caller holding this timing's lock."""
+        self.count += 1
+        self.total_ms += ms
+        if ms < 0.001:
+            self.zeros += 1
+        else:
+            self._pending.add(min(_MAX_US, int(ms * 1000)))
 
     def record_zero(self) -> None:
         with self._lock:
@@ -267,26 +331,34 @@ class Rollup:
     """Everything observed for one scope name."""
 
     def __init__(self) -> None:
-        self.latency = Timing()
-        self.queries = _histogram()
+        # one lock for the roll-up and its timings: a scope is added under it at once
+        self._lock = threading.RLock()
+        self.latency = Timing(lock=self._lock)
+        self._queries = _Pending(_histogram())
         self.max_queries = 0
-        self.db_ms = Timing()
+        self.db_ms = Timing(lock=self._lock)
         # per layer, its time in each scope (2 significant digits: 7 of them per name)
-        self.layers = {layer: Timing(digits=2) for layer in LAYERS}
+        self.layers = {layer: Timing(digits=2, lock=self._lock) for layer in LAYERS}
         # keyed by the call site itself: its text (a relative path) is made once per fix at
         # report time, not once per finding per scope
         self.fixes: dict[tuple[str, CallSite | None, str], FixTotal] = {}
         self.caches: dict[str, CacheUse] = {}
         self.reads = ReadRepeats()
-        self._lock = threading.Lock()
+
+    @property
+    def queries(self) -> HdrHistogram:
+        """Queries per scope."""
+        with self._lock:
+            return self._queries.flush()
 
     def add(self, scope: Scope) -> None:
-        self.latency.record_ms(scope.duration_ms)
-        self.db_ms.record_ms(scope.db_time_ms)
-        for layer, ms in scope.breakdown_ms.items():
-            self.layers[layer].record_ms(ms)
         with self._lock:
-            record(self.queries, min(_MAX_US, max(1, scope.query_count)))
+            self.latency.add_ms(scope.duration_ms)
+            self.db_ms.add_ms(scope.db_time_ms)
+            layers = self.layers
+            for layer, ms in scope.breakdown_ms.items():
+                layers[layer].add_ms(ms)
+            self._queries.add(min(_MAX_US, max(1, scope.query_count)))
             self.max_queries = max(self.max_queries, scope.query_count)
             for finding in scope.findings:
                 if finding.kind in _ONE_PER_ENDPOINT:

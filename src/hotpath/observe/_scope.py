@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from functools import partial
@@ -30,6 +30,14 @@ if TYPE_CHECKING:
     from sqlalchemy.orm.state import InstanceState
 
     from ._recorder import Recorder
+
+# read per query and per request: bound once (see ``_records.LAYERS``)
+_DB, _OTHER = Layer.DB, Layer.OTHER
+_N_PLUS_ONE, _DUPLICATE, _UNUSED_EAGER_LOAD = (
+    FindingKind.N_PLUS_ONE,
+    FindingKind.DUPLICATE,
+    FindingKind.UNUSED_EAGER_LOAD,
+)
 
 current_scope: ContextVar[Scope | None] = ContextVar("hotpath_observe_scope", default=None)
 allowed_kinds: ContextVar[frozenset[str]] = ContextVar(
@@ -144,11 +152,14 @@ class Scope:
         # route template once routing has run, by its raw path until its response starts)
         self.namer: Callable[[], str] | None = None
         self.capture_sites = capture_sites  # every query's call site (budgets list them)
-        self.modes: dict[FindingKind, Mode] = {**settings.modes, **(modes or {})}
+        # the settings' own (read-only) mapping unless this scope overrides a mode
+        self.modes: Mapping[FindingKind, Mode] = (
+            {**settings.modes, **modes} if modes else settings.modes
+        )
         # a detector that is off costs nothing: its bookkeeping is skipped entirely
-        self.tracks_n_plus_one = self.modes[FindingKind.N_PLUS_ONE] != "off"
-        self.tracks_duplicates = self.modes[FindingKind.DUPLICATE] != "off"
-        self.tracks_eager = self.modes[FindingKind.UNUSED_EAGER_LOAD] != "off"
+        self.tracks_n_plus_one = self.modes[_N_PLUS_ONE] != "off"
+        self.tracks_duplicates = self.modes[_DUPLICATE] != "off"
+        self.tracks_eager = self.modes[_UNUSED_EAGER_LOAD] != "off"
         self.parent: Scope | None = None
         self.is_async = False
         self.started = 0.0
@@ -249,9 +260,9 @@ class Scope:
         parts = breakdown(self.started, now, self.timeline.spans)
         entries = []
         for layer, ms in parts.items():
-            if layer is Layer.DB:
+            if layer is _DB:
                 entries.append(f'db;dur={ms:.1f};desc="{self.query_count} queries"')
-            elif ms >= 0.05 or layer is Layer.OTHER:
+            elif ms >= 0.05 or layer is _OTHER:
                 entries.append(f"{layer.value};dur={ms:.1f}")
         entries.append(f"total;dur={(now - self.started) * 1000:.1f}")
         return ", ".join(entries)
@@ -301,7 +312,7 @@ class Scope:
                     break
                 scope = scope.parent
         recorder = self.recorder
-        span = (Layer.DB, started, ended)
+        span = (_DB, started, ended)
         scope = self
         while scope is not None:  # this scope and the ones of this profiler it is nested in
             if scope.recorder is recorder:  # another profiler's scopes hear from their own
@@ -320,7 +331,7 @@ class Scope:
             timeline.op_targets.add(fingerprint)
             timeline.ops.append(
                 IoOp(
-                    Layer.DB,
+                    _DB,
                     started,
                     ended,
                     fingerprint,

@@ -126,11 +126,11 @@ def _rollup_state(rollup: Rollup) -> dict[str, Any]:
 
 
 def _merge_rollup(into: Rollup, state: dict[str, Any]) -> None:
-    _merge_timing(into.latency, state["latency"])
-    _merge_timing(into.db_ms, state["db_ms"])
-    for name, layer_state in state["layers"].items():
-        _merge_timing(into.layers[Layer(name)], layer_state)
-    with into._lock:
+    with into._lock:  # the lock that guards a roll-up's timings (Rollup.add)
+        _merge_timing(into.latency, state["latency"])
+        _merge_timing(into.db_ms, state["db_ms"])
+        for name, layer_state in state["layers"].items():
+            _merge_timing(into.layers[Layer(name)], layer_state)
         into.queries.decode_and_add(state["queries"].encode("ascii"))
         into.max_queries = max(into.max_queries, state["max_queries"])
         for fix in state["fixes"]:

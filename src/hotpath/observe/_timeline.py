@@ -22,6 +22,9 @@ from ._values import not_read
 if TYPE_CHECKING:
     from ._scope import Scope
 
+# read per query and per request: bound once (see ``_records.LAYERS``)
+_BLOCKED, _CONNECT, _OTHER, _POOL_WAIT = Layer.BLOCKED, Layer.CONNECT, Layer.OTHER, Layer.POOL_WAIT
+
 Span = tuple[Layer, float, float]  # perf_counter seconds
 
 
@@ -84,7 +87,7 @@ class LoopBlock:
     cpu_bound: bool
 
 
-@dataclass
+@dataclass(slots=True)  # one per request: made and filled without a __dict__
 class Timeline:
     """A scope's spans and operations (filled by the hooks while it records)."""
 
@@ -104,7 +107,7 @@ class Timeline:
     pool_size: str | None = None
     pool_wait_site: CallSite | None = None
     pool_waits: int = 0  # checkouts that found every connection taken
-    redis_site: CallSite | None = None  # where the slowest Redis command was sent from
+    redis_site: CallSite | None = None  # a slow Redis command's (the slowest, within 2x)
     redis_slowest_ms: float = 0.0
     blocks: list[LoopBlock] = field(default_factory=list)  # filled when the scope concludes
     # hotpath.cache lookups: (key template, hit, ms in all, ms loading, call site of a miss)
@@ -139,32 +142,34 @@ def union_ms(intervals: Iterable[tuple[float, float]]) -> float:
 def breakdown(start: float, end: float, spans: list[Span]) -> dict[Layer, float]:
     """``{layer: ms}`` for the scope ``[start, end]``; the values add up to its duration."""
     result = dict.fromkeys(LAYERS, 0.0)  # the tuple: iterating the enum is slower
-    wall = max(0.0, end - start)
+    wall = end - start if end > start else 0.0
     if not spans:
-        result[Layer.OTHER] = wall * 1000
+        result[_OTHER] = wall * 1000
         return result
-    clipped = [
-        (layer, max(s, start), min(e, end)) for layer, s, e in spans if e > start and s < end
-    ]
-    clipped.sort(key=lambda span: span[1])
+    # (start, end, layer), clipped to the scope, in start order (tuples sort without a key)
+    clipped = sorted(
+        (s if s > start else start, e if e < end else end, layer)
+        for layer, s, e in spans
+        if e > start and s < end
+    )
     # Fast path: spans one after another (a sync request's queries): plain sums.
     previous_end = start
-    for _, s, e in clipped:
+    for s, e, _ in clipped:
         if s < previous_end:
             break
         previous_end = e
     else:
         busy = 0.0
-        for layer, s, e in clipped:
+        for s, e, layer in clipped:
             result[layer] += (e - s) * 1000
             busy += e - s
-        result[Layer.OTHER] = max(0.0, wall - busy) * 1000
+        result[_OTHER] = (wall - busy) * 1000 if wall > busy else 0.0
         return result
     events: list[tuple[float, int, Layer]] = []
-    for layer, s, e in clipped:
+    for s, e, layer in clipped:
         events.append((s, 1, layer))
         events.append((e, -1, layer))
-    events.sort(key=lambda event: (event[0], event[1]))
+    events.sort(key=_event_order)
     active = dict.fromkeys(LAYERS, 0)
     at = start
     for time, delta, layer in events:
@@ -177,15 +182,19 @@ def breakdown(start: float, end: float, spans: list[Span]) -> dict[Layer, float]
     return result
 
 
+def _event_order(event: tuple[float, int, Layer]) -> tuple[float, int]:
+    return event[0], event[1]
+
+
 def _share(result: dict[Layer, float], active: dict[Layer, int], ms: float) -> None:
-    if active[Layer.BLOCKED] > 0:
-        result[Layer.BLOCKED] += ms
+    if active[_BLOCKED] > 0:
+        result[_BLOCKED] += ms
         return
     layers = [layer for layer, count in active.items() if count > 0]
-    if active[Layer.CONNECT] > 0 and Layer.POOL_WAIT in layers:
-        layers.remove(Layer.POOL_WAIT)
+    if active[_CONNECT] > 0 and _POOL_WAIT in layers:
+        layers.remove(_POOL_WAIT)
     if not layers:
-        result[Layer.OTHER] += ms
+        result[_OTHER] += ms
         return
     each = ms / len(layers)
     for layer in layers:

@@ -52,8 +52,15 @@ if hasattr(os, "register_at_fork"):  # POSIX
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _snapshot() -> list[PoolMetrics]:
+    """The pools watched now. Taken under the lock: ``watch()`` adds from other threads, and
+    a set that grows while it is iterated raises (that killed the thread on a busy machine)."""
+    with _lock:
+        return list(_watched)
+
+
 def _interval() -> float:
-    thresholds = [m.leak_threshold_s for m in list(_watched) if m.leak_threshold_s is not None]
+    thresholds = [m.leak_threshold_s for m in _snapshot() if m.leak_threshold_s is not None]
     if not thresholds:
         return 1.0
     return min(1.0, max(0.05, min(thresholds) / 4))
@@ -63,7 +70,7 @@ def _run() -> None:
     while True:
         _wakeup.wait(_interval())
         _wakeup.clear()
-        for metrics in list(_watched):
+        for metrics in _snapshot():
             try:
                 metrics.fold()
                 metrics.check_leaks()

@@ -5,8 +5,8 @@ writes ``_replica_set.py`` and ``_reads.py`` from them, renaming each async name
 sync partner (``aspawn`` -> ``spawn``, ...). Everything else is the same code.
 
 - the engines: ``AsyncEngine`` (its sync form for Sessions is ``.sync_engine``) / ``Engine``;
-- the probes: a task per node, cancelled by ``close()`` / a daemon thread per node, told to
-  stop by an event and joined;
+- the probes: a task per node, told to stop by a flag and cancelled by ``close()`` (which
+  cuts a probe short) / a daemon thread per node, told to stop by an event and joined;
 - a probe's timeout: ``asyncio.wait_for`` / a probe that answered too late counts as timed
   out (a thread cannot be interrupted; the probe engine's connect and statement timeouts
   bound it).
@@ -15,7 +15,7 @@ sync partner (``aspawn`` -> ``spawn``, ...). Everything else is the same code.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -28,6 +28,8 @@ from ._errors import RoutingConfigError
 from ._router import RoutedNode
 
 T = TypeVar("T")
+
+log = logging.getLogger("hotpath.routing")
 
 Worker: TypeAlias = threading.Thread
 AWorker: TypeAlias = "asyncio.Task[None]"
@@ -90,17 +92,25 @@ class Stop(threading.Event):
 
 
 class AStop:
-    """The async side: ``close()`` cancels the probe tasks, so their sleep is a plain one."""
+    """The async side: ``close()`` sets it and cancels the probe tasks. The cancellation alone
+    does not stop them: before Python 3.12 ``asyncio.wait_for`` (a probe's deadline) loses a
+    cancellation that arrives as the awaited probe answers, and that probe task would probe
+    on forever, ``close()`` awaiting it. Its next sleep sees the flag instead."""
+
+    def __init__(self) -> None:
+        self._set = False
 
     def set(self) -> None:
-        pass
+        self._set = True
 
     def clear(self) -> None:
-        pass
+        self._set = False
 
     async def sleep(self, seconds: float) -> bool:
-        await asyncio.sleep(seconds)
-        return True
+        """Sleep ``seconds``; False (at once) if the set is closing."""
+        if not self._set:
+            await asyncio.sleep(seconds)
+        return not self._set
 
 
 def spawn(run: Callable[[RoutedNode], None], node: RoutedNode, name: str) -> Worker:
@@ -122,12 +132,17 @@ def stop_workers(workers: Sequence[Worker], timeout: float) -> None:
 
 
 async def astop_workers(workers: Sequence[AWorker], timeout: float) -> None:
-    """Cancel each and wait for it (a cancelled probe ends at its next await)."""
+    """Cancel each (already told to stop by ``AStop.set()``) and wait up to ``timeout`` for
+    them all; one still running then is left to end on its own, and named."""
     for task in workers:
         task.cancel()
-    for task in workers:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    if not workers:
+        return
+    # asyncio.wait: the caller's own cancellation still reaches it (a ``suppress`` around
+    # ``await task`` would swallow that too), and the tasks' cancellations are not raised
+    _, running = await asyncio.wait(workers, timeout=timeout)
+    for task in running:
+        log.warning("hotpath.routing: %s still running %.0fs after close(): left", task, timeout)
 
 
 def probe_all(

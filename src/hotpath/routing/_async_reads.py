@@ -11,7 +11,6 @@ greenlet, where sync I/O is awaited).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 
 from ._config import SessionOptions
@@ -62,7 +61,7 @@ async def aroute_read(
 async def acap_token(router: RouterCore, token: int) -> int:
     """``token``, or the primary's insert position if the token is beyond it (see
     :meth:`RouterCore.cap_token`). Asks the primary only when the token is beyond the last
-    position known from it."""
+    position its probes saw flushed (one below it was issued by it)."""
     known = router.history.latest
     if known is not None and token <= known:
         return token
@@ -76,4 +75,4 @@ async def acap_token(router: RouterCore, token: int) -> int:
         return token
     if primary is None:
         return token
-    return router.cap_token(token, writer, primary, time.monotonic())
+    return router.cap_token(token, primary)

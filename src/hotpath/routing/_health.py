@@ -4,8 +4,9 @@ Whether a replica follows the current primary at all is judged by the router (it
 primary's position and timeline), recorded here as :data:`Following`.
 
 Lag in seconds is estimated from the primary's WAL history (when did the primary first have
-WAL the replica has not replayed?) rather than from ``pg_last_xact_replay_timestamp()``, which
-stalls while the primary is idle: an idle primary means a caught-up replica has lag 0.
+flushed WAL the replica has not replayed?) rather than from
+``pg_last_xact_replay_timestamp()``, which stalls while the primary is idle: an idle primary
+means a caught-up replica has lag 0.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ Following = Literal["unconfirmed", "follows", "diverged"]
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """One successful probe: the node's role, WAL position (inserted, or replayed), timeline.
+    """One successful probe: the node's role, WAL position (flushed, or replayed), timeline.
 
     ``timeline``: a primary's current one; a replica's is the timeline its WAL receiver
     streams, or None when that is not known (not streaming, or the probing user may not see

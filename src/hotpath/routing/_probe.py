@@ -16,15 +16,20 @@ from ._lsn import parse_lsn
 from ._router import RoutedNode, RouterCore
 
 # One round trip that works on either role, so a promotion shows up in the same probe.
-# A primary's position is its insert position, the same measure as the tokens (so a token
-# can be compared with it). Timelines: a primary's is in the name of its current WAL file
+# A primary's position is what it has flushed: all that its replicas can have (a walsender
+# streams flushed WAL only), so lag is measured against it. Not its insert position: reads
+# write WAL too (HOT pruning; hint-bit page images under data checksums) in transactions that
+# end with ROLLBACK, as a Session's do, and nothing flushes that WAL before the next commit or
+# a full WAL page. Measured against it, the caught-up replicas of a primary serving reads
+# lagged more seconds every probe and were ejected. Tokens stay insert positions
+# (WRITE_POSITION_SQL). Timelines: a primary's is in the name of its current WAL file
 # (exact, unlike pg_control_checkpoint(), which changes only at the next checkpoint after a
 # promotion); a replica's is the one its WAL receiver streams (NULL when it streams nothing,
 # or the user lacks pg_read_all_stats).
 PROBE_SQL = (
     "SELECT pg_is_in_recovery(),"
     " (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()"
-    " ELSE pg_current_wal_insert_lsn() END)::text,"
+    " ELSE pg_current_wal_flush_lsn() END)::text,"
     " coalesce(CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() END, false),"
     " CASE WHEN pg_is_in_recovery() THEN"
     " (SELECT received_tli FROM pg_stat_wal_receiver WHERE status = 'streaming' LIMIT 1)"

@@ -197,10 +197,11 @@ class RouterCore:
     def _judge_replica(self, node: RoutedNode, result: ProbeResult, now: float) -> None:
         """Does this replica follow the writer? By timeline when both are known, else by position.
 
-        A replica's replayed position can never be beyond its primary's insert position on
-        the same history; a replica left on the old timeline by a failover to a less advanced
-        replica is (GitLab-style tokens would all look replayed there). Positions are compared
-        only in time order: the replica's read first, the primary's after.
+        A replica's replayed position can never be beyond its primary's flushed position on
+        the same history (only flushed WAL is streamed); a replica left on the old timeline by
+        a failover to a less advanced replica is (GitLab-style tokens would all look replayed
+        there). Positions are compared only in time order: the replica's read first, the
+        primary's after.
         """
         health, writer = node.health, self._writer.health
         primary_timeline = writer.timeline if writer.role == "primary" else None
@@ -244,17 +245,15 @@ class RouterCore:
             if n is not self._writer
         )
 
-    def cap_token(self, token: int, node: RoutedNode, primary: int, now: float) -> int:
-        """``token`` limited to ``primary``, the insert position just read on writer ``node``.
+    def cap_token(self, token: int, primary: int) -> int:
+        """``token`` limited to ``primary``, the insert position just read on the writer.
 
         A token beyond it was not issued by this primary: forged, or taken on the old
         timeline before a failover that lost that write. No node has such a position;
         the primary's own is the freshest state there is, and it covers every write the
-        holder made on this primary.
+        holder made on this primary. (Not recorded in :attr:`history`: that holds flushed
+        positions, which lag is measured against; see ``_probe.PROBE_SQL``.)
         """
-        with self._lock:
-            if node is self._writer:
-                self.history.record(primary, now)
         if token <= primary:
             return token
         self.counters["tokens capped"] += 1

@@ -109,7 +109,7 @@ class LocalStack:
         self._redis: RedisServer | None = None
         self._cluster: RedisClusterGroup | None = None
         self._pgbouncer: PgBouncer | None = None
-        self._owner: tuple[int, float] | None = None
+        self._owner: _Owner | None = None
         self._started = False
 
     # -- public view -----------------------------------------------------------------------
@@ -194,7 +194,7 @@ class LocalStack:
         self._password = secrets.token_urlsafe(18)
         self._build_servers(directory, account, binaries)
         if not self.detached:
-            self._owner = _process_identity(os.getpid())
+            self._owner = _Owner.of(os.getpid())
         self._started = True
         self._write_state()  # from here on a crash leaves a stack the next start can reap
         if not self.detached:
@@ -419,7 +419,8 @@ class LocalStack:
                 password,
                 _env=env,
             )
-        stack._owner = (state["owner"][0], state["owner"][1]) if state["owner"] else None
+        owner = state["owner"]
+        stack._owner = _Owner(owner[0], owner[1], state.get("owner_since_boot")) if owner else None
         stack.startup_seconds = state.get("startup_seconds")
         stack._started = True
         return stack
@@ -428,7 +429,8 @@ class LocalStack:
         assert self.directory is not None
         state = {
             "format": _STATE_FORMAT,
-            "owner": list(self._owner) if self._owner else None,
+            "owner": [self._owner.pid, self._owner.created] if self._owner else None,
+            "owner_since_boot": self._owner.since_boot if self._owner else None,
             "password": self._password,
             "pg_bin": str(self._primary.binaries.bindir) if self._primary else None,
             "postgres": [{"name": n.name, "port": n.port} for n in self.postgres_nodes],
@@ -452,7 +454,7 @@ class LocalStack:
 
     def owner_is_gone(self) -> bool:
         """An attached stack whose starting process no longer exists."""
-        return self._owner is not None and _process_identity(self._owner[0]) != self._owner
+        return self._owner is not None and self._owner.is_gone()
 
     # -- internals -------------------------------------------------------------------------
 
@@ -597,11 +599,46 @@ def _ensure_root(account: Account) -> Path:
     return root
 
 
-def _process_identity(pid: int) -> tuple[int, float] | None:
+@dataclass(frozen=True)
+class _Owner:
+    """The process that started an attached stack, told apart from a later one given its PID.
+
+    ``created`` is psutil's creation time: on Linux the boot time plus the kernel's start
+    time, and the boot time moves whenever the wall clock is stepped (a VM resumed from a
+    snapshot, NTP), which made every running stack's owner look gone to the next start, and
+    that start stopped them all. ``since_boot`` (Linux) is the kernel's own record, which
+    never moves; stacks written without it are judged by ``created``.
+    """
+
+    pid: int
+    created: float
+    since_boot: float | None
+
+    @classmethod
+    def of(cls, pid: int) -> _Owner | None:
+        try:
+            created = psutil.Process(pid).create_time()
+        except psutil.NoSuchProcess:
+            return None
+        return cls(pid, created, _started_since_boot(pid))
+
+    def is_gone(self) -> bool:
+        now = _Owner.of(self.pid)
+        if now is None:
+            return True
+        if self.since_boot is not None and now.since_boot is not None:
+            return now.since_boot != self.since_boot
+        return now.created != self.created
+
+
+def _started_since_boot(pid: int) -> float | None:
+    """When ``pid`` started, in seconds after boot (``/proc/PID/stat``: Linux only)."""
     try:
-        return (pid, psutil.Process(pid).create_time())
-    except psutil.NoSuchProcess:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return None
+    fields = stat[stat.rfind(")") + 2 :].split()  # the name, in parentheses, may hold spaces
+    return int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime, in clock ticks
 
 
 def reap_stale_stacks(root: Path | None = None) -> list[Path]:

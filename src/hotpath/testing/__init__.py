@@ -11,6 +11,8 @@ Fixtures:
   ``HOTPATH_TEST_REDIS_CLUSTER_URL`` points it at an existing cluster.
 - ``hotpath_db`` (module): a fresh, empty database for the test module on that stack (visible
   on every replica) and a flushed Redis database; dropped after the module.
+- ``hotpath_redis`` (module): the URL of that flushed Redis database alone, for modules that
+  use no PostgreSQL database (creating one costs every replica a copy of it).
 - ``hotpath_profiler`` (function): a ``hotpath.observe.Profiler`` on every engine, with a
   scope around the test; with ``--hotpath-n-plus-one=raise`` (or the ini option
   ``hotpath_n_plus_one``) an N+1 in the test fails it, with the call site and the fix.
@@ -94,15 +96,28 @@ def redis_cluster_stack() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
+def _hotpath_redis_db() -> int:
+    """This module's Redis database number: ``hotpath_db`` and ``hotpath_redis`` agree on it."""
+    return module_redis_db(next(_module_counter))
+
+
+@pytest.fixture(scope="module")
 def hotpath_db(
-    hotpath_stack: ServerStack, request: pytest.FixtureRequest
+    hotpath_stack: ServerStack, request: pytest.FixtureRequest, _hotpath_redis_db: int
 ) -> Iterator[ModuleDatabase]:
     """A fresh database for this test module (on the primary and every replica)."""
     from ._database import fresh_database  # noqa: PLC0415
 
-    redis_db = module_redis_db(next(_module_counter))
-    with fresh_database(hotpath_stack, request.module.__name__, redis_db) as db:
+    with fresh_database(hotpath_stack, request.module.__name__, _hotpath_redis_db) as db:
         yield db
+
+
+@pytest.fixture(scope="module")
+def hotpath_redis(hotpath_stack: ServerStack, _hotpath_redis_db: int) -> str:
+    """The URL of this module's flushed Redis database (no PostgreSQL database is created)."""
+    from ._database import flushed_redis_url  # noqa: PLC0415
+
+    return flushed_redis_url(hotpath_stack, _hotpath_redis_db)
 
 
 _REDIS_DATABASES = 16

@@ -58,19 +58,25 @@ def fresh_database(stack: ServerStack, module: str, redis_db: int) -> Iterator[M
     redis_url = None
     try:
         stack.wait_replicas_caught_up(timeout=30)
-        redis_url = _flushed_redis_url(stack, redis_db % _REDIS_DATABASES)
+        if _has_redis(stack):
+            redis_url = flushed_redis_url(stack, redis_db)
         yield ModuleDatabase(name, stack.primary, list(stack.replicas), redis_url)
     finally:
         with stack.primary.connect() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def _flushed_redis_url(stack: ServerStack, db: int) -> str | None:
+def _has_redis(stack: ServerStack) -> bool:
     try:
-        base = stack.redis_url
-    except Exception:  # no Redis in this stack
-        return None
-    url = re.sub(r"/\d*$", "", base) + f"/{db}"
+        _ = stack.redis_url
+    except Exception:  # a stack started without Redis, or external servers without its URL
+        return False
+    return True
+
+
+def flushed_redis_url(stack: ServerStack, db: int) -> str:
+    """The URL of Redis database ``db`` of the stack, flushed (raises if it has no Redis)."""
+    url = re.sub(r"/\d*$", "", stack.redis_url) + f"/{db % _REDIS_DATABASES}"
     with redis.Redis.from_url(url) as client:
         client.flushdb()
     return url
