@@ -167,9 +167,9 @@ def test_naive_shop_diagnosis_names_each_endpoint_bottleneck_and_first_fix(
         (ORDERS, {"Order.items", "OrderItem.product"}),
     ):
         endpoint = naive.endpoint(name)
-        # a cache of the whole request (repeated_read: the same URL asked again) may save
-        # more than the loader option; after it, the loop is what costs most
-        assert endpoint["bottleneck"] in ("n_plus_one", "repeated_read")
+        assert endpoint["bottleneck"] == "n_plus_one"
+        # the first cause (what a cache would answer, repeated reads, may save more, but
+        # is not why the endpoint is slow)
         top = next(f for f in endpoint["fixes"] if f["kind"] != "repeated_read")
         assert top["kind"] == "n_plus_one"
         assert top["evidence"]["relationship"] in relationships
@@ -216,13 +216,18 @@ def test_the_ladder_maps_the_naive_shops_own_findings_to_their_fixes(naive: Naiv
     assert blockers <= names, blockers
     for finding in top:
         if finding["kind"] == "n_plus_one":
-            # eager loads always; the indexes too when the loop's statement scans
-            expected = (
-                ("eager", "indexes") if finding["evidence"].get("missing_index") else ("eager",)
-            )
-            assert fixes_for(finding) == expected, finding["evidence"]
+            # eager loads always; the indexes too when the loop's statement scans (or its
+            # cheap lookups waited for a server busy with scans)
+            fixes_found = fixes_for(finding)
+            assert fixes_found[0] == "eager", finding["evidence"]
+            if finding["evidence"].get("missing_index"):
+                assert fixes_found == ("eager", "indexes"), finding["evidence"]
         if finding["kind"] == "connection_setup":
             assert fixes_for(finding) == ("pool",)
+    # the fix whose findings save most (which one depends on the scale and the machine: at
+    # this tiny scale the loop is busy and the risk check can outweigh the database)
     choice = choose_fix(naive.report, set(), indexes_left=True)
-    assert choice.fix in ("eager", "indexes", "pool")  # the naive shop's database problems
+    assert choice.fix in fixes
+    assert choice.ranking[0] == (choice.fix, choice.saving_ms)
     assert choice.saving_ms == max(ms for _, ms in choice.ranking)
+    assert naive.report["loop_busy"] is not None  # the async shop's loop was measured

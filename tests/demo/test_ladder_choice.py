@@ -193,6 +193,31 @@ def test_an_index_is_ranked_by_every_run_of_the_statements_it_serves() -> None:
     assert (choice.kind, choice.findings) == ("n_plus_one", 3)
 
 
+def test_cheap_lookups_that_waited_behind_scans_count_for_the_index_fix() -> None:
+    # 18 lookups by primary key a request (a plan of a lookup's cost), 55 ms each: they
+    # waited for the server, which the order items' scans kept busy
+    lookups = _fix(
+        "n_plus_one",
+        ORDERS,
+        850.0,
+        sql="SELECT products.id FROM products WHERE products.id = $1",
+        count=18,
+        total_ms=990.0,
+        missing_index=False,
+        plan_cost=8.3,
+    )
+    scans = _fix("slow_query", ORDERS, 400.0, sql="SELECT 1 FROM order_items", missing_index=True)
+    choice = choose_fix(_report(lookups, scans), set(), indexes_left=True)
+    assert choice.ranking == (("indexes", pytest.approx(400.0 + 900.0)), ("eager", 850.0))
+    # no scan to remove: nothing to credit the index with; nor for a lookup that was quick,
+    # or a statement whose plan is not a lookup's
+    assert choose_fix(_report(lookups), set(), True).ranking == (("eager", 850.0),)
+    quick = {**lookups, "evidence": {**lookups["evidence"], "total_ms": 36.0}}
+    costly = {**lookups, "evidence": {**lookups["evidence"], "plan_cost": 5000.0}}
+    for other in (quick, costly):
+        assert choose_fix(_report(other, scans), set(), True).ranking[0] == ("eager", 850.0)
+
+
 def test_a_cache_is_ranked_by_the_database_time_of_the_reads_that_repeat() -> None:
     # the profile's calls one after another: gathering them saves the overlap (60 ms a
     # request here); its reads that repeat save their whole database time (the hit ratio
@@ -202,6 +227,17 @@ def test_a_cache_is_ranked_by_the_database_time_of_the_reads_that_repeat() -> No
     assert choose_fix(_report(overlap, repeats), set(), True).fix == "cache"
     fewer = {**repeats, "saving_ms": 120.0}
     assert choose_fix(_report(overlap, fewer), set(), True).fix == "fanout"
+
+
+def test_freeing_a_busy_event_loop_is_credited_the_wait_observe_measured() -> None:
+    risk = {**PLANTED[6][1], "saving_ms": 300.0}  # the blocked requests' wait
+    repeats = _fix("repeated_read", LIST, 600.0, call_site=None, hit_ratio=0.3)
+    # under a closed load that wait already holds the queueing for a busy loop: how busy
+    # the loop was does not scale it (it did once, and ranked offload above eager loads
+    # that gained 1.8x where offload gained 1.05x)
+    for busy in (None, 0.1, 0.75, 1.0):
+        report = {**_report(risk, repeats), "loop_busy": busy}
+        assert choose_fix(report, set(), True).ranking == (("cache", 600.0), ("offload", 300.0))
 
 
 def test_slow_reads_take_the_advisors_indexes_then_the_endpoints_bottleneck_decides() -> None:

@@ -86,6 +86,7 @@ def test_slow_seq_scan_is_flagged_with_table_column_and_index(
     # the plan asks for an index: it would save about all of the statement's time
     assert slow.details["missing_index"] is True
     assert slow.saving_ms == slow.details["total_ms"]
+    scan_cost = slow.details["plan_cost"]  # the planner's estimate of its work
     plan = profiler.plan_for(slow.fingerprint or "")
     assert plan is not None
     assert plan[2] is False  # explain="plan": not executed
@@ -100,6 +101,7 @@ def test_slow_seq_scan_is_flagged_with_table_column_and_index(
         assert [f for f in slow.plan_flags if f.kind == "seq_scan"] == []
         # no index to add: what a fix saves at least is the time over the threshold
         assert slow.details["missing_index"] is False
+        assert slow.details["plan_cost"] < scan_cost / 10  # a lookup: a fraction of the work
         assert slow.saving_ms == pytest.approx(slow.details["total_ms"] - 0.001)
         fresh.uninstrument()
     finally:

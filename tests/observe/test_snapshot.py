@@ -50,3 +50,18 @@ def test_a_snapshot_of_another_version_is_left_out(engine: Engine) -> None:
     foreign = {**state, "version": 999}
     assert merge_reports([foreign], Profiler().settings).scopes == []
     assert merge_reports([state, foreign], Profiler().settings).endpoint("GET /dup").count == 1
+
+
+def test_the_loop_busy_share_of_several_processes_is_their_busy_time_over_their_spans(
+    engine: Engine,
+) -> None:
+    first, second = _worker(engine, 1), _worker(engine, 1)
+    assert first["loop"] == {"busy_s": 0.0, "span_s": 0.0}  # sync scopes: no loop held
+    settings = Profiler().settings
+    assert merge_reports([first, second], settings).loop_busy is None
+    # each process's loop over its own clock: 1 s of 4 and 3 s of 4 are half of the time
+    first["loop"] = {"busy_s": 1.0, "span_s": 4.0}
+    second["loop"] = {"busy_s": 3.0, "span_s": 4.0}
+    assert merge_reports([first, second], settings).loop_busy == 0.5
+    del second["loop"]  # an older worker's snapshot has none
+    assert merge_reports([first, second], settings).loop_busy == 0.25

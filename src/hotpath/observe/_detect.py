@@ -166,19 +166,24 @@ _RELOAD_CAUSE = {
 }
 
 
-def _loop_plan(plans: PlanStore, statement: str | None) -> list[PlanFlag]:
-    """The flags of a loop's statement's plan (taken when one of its runs was slow): whether
-    each of the loop's queries is a scan an index would turn into a lookup."""
-    return plans.flags(shape_of(statement).fingerprint) if statement else []
+def _loop_plan(plans: PlanStore, statement: str | None) -> tuple[list[PlanFlag], float | None]:
+    """The flags and cost of a loop's statement's plan (taken when one of its runs was
+    slow): whether each of the loop's queries is a scan an index would turn into a lookup."""
+    if not statement:
+        return [], None
+    fingerprint = shape_of(statement).fingerprint
+    return plans.flags(fingerprint), plans.cost(fingerprint)
 
 
-def _loop_evidence(flags: list[PlanFlag], total_ms: float) -> dict[str, Any]:
+def _loop_evidence(flags: list[PlanFlag], cost: float | None, total_ms: float) -> dict[str, Any]:
     """What a loop's queries cost together, and the index their plan asks for, if any:
     whatever is done about the loop itself, that index serves each of its queries."""
     index = next((f.suggestion for f in flags if "INDEX" in (f.suggestion or "").upper()), None)
     evidence: dict[str, Any] = {"total_ms": total_ms, "missing_index": index is not None}
     if index is not None:
         evidence["index"] = index
+    if cost is not None:
+        evidence["plan_cost"] = cost
     return evidence
 
 
@@ -211,7 +216,7 @@ def _orm_n_plus_one(scope: Scope, settings: ObserveSettings, plans: PlanStore) -
     findings = []
     for origin, group, parents, queries, total_ms in folded.values():
         root = scope._root_of(origin)
-        flags = _loop_plan(plans, group.sql)
+        flags, cost = _loop_plan(plans, group.sql)
         if group.reason is not None:
             cls = _class_name(group.mapper)
             columns = ", ".join(group.columns) or "columns"
@@ -230,7 +235,7 @@ def _orm_n_plus_one(scope: Scope, settings: ObserveSettings, plans: PlanStore) -
                         "columns": list(group.columns),
                         "reason": group.reason,
                         "parents": parents,
-                        **_loop_evidence(flags, total_ms),
+                        **_loop_evidence(flags, cost, total_ms),
                     },
                     saving_ms=_repeats_ms(total_ms, queries),
                 )
@@ -254,7 +259,7 @@ def _orm_n_plus_one(scope: Scope, settings: ObserveSettings, plans: PlanStore) -
                     "relationship": name,
                     "parents": parents,
                     "loader": options,
-                    **_loop_evidence(flags, total_ms),
+                    **_loop_evidence(flags, cost, total_ms),
                 },
                 saving_ms=_repeats_ms(total_ms, queries),
             )
@@ -280,7 +285,7 @@ def _shape_n_plus_one(scope: Scope, settings: ObserveSettings, plans: PlanStore)
                 fingerprint=fingerprint,
                 sql=scope._shown_sql(group.sql),
                 plan_flags=(flags := plans.flags(fingerprint)),
-                details=_loop_evidence(flags, group.total_ms),
+                details=_loop_evidence(flags, plans.cost(fingerprint), group.total_ms),
                 saving_ms=_repeats_ms(group.total_ms, group.count),
             )
         )
@@ -339,6 +344,7 @@ def _slow_queries(scope: Scope, settings: ObserveSettings, plans: PlanStore) -> 
         flags = plans.flags(fingerprint)
         fix = next((f.suggestion for f in flags if f.suggestion), None)
         missing_index = any("INDEX" in (f.suggestion or "").upper() for f in flags)
+        cost = plans.cost(fingerprint)
         findings.append(
             Finding(
                 FindingKind.SLOW_QUERY,
@@ -354,6 +360,7 @@ def _slow_queries(scope: Scope, settings: ObserveSettings, plans: PlanStore) -> 
                     "max_ms": group.max_ms,
                     "total_ms": group.total_ms,
                     "missing_index": missing_index,
+                    **({} if cost is None else {"plan_cost": cost}),
                 },
                 # A plan that asks for an index: the index turns the scan into a lookup, a
                 # fraction of a millisecond, so it saves about all of the statement's time.

@@ -8,7 +8,7 @@ import time
 from collections import deque
 from typing import Any
 
-from ..plans import PlanFlag
+from ..plans import PlanFlag, plan_root
 from ._settings import ObserveSettings
 
 Plan = tuple[Any, list[PlanFlag], bool]  # EXPLAIN JSON, its flags, whether ANALYZEd
@@ -48,6 +48,18 @@ class PlanStore:
 
     def get(self, fingerprint: str) -> Plan | None:
         return self._plans.get(fingerprint)
+
+    def cost(self, fingerprint: str) -> float | None:
+        """The planner's total cost of ``fingerprint``'s plan (its estimate of the work, in
+        the planner's units: a lookup by index costs a few, a scan of a large table
+        thousands), or None without a plan."""
+        entry = self._plans.get(fingerprint)
+        if entry is None:
+            return None
+        try:
+            return float(plan_root(entry[0])["Total Cost"])
+        except (KeyError, TypeError, ValueError):
+            return None
 
     def flags(self, fingerprint: str) -> list[PlanFlag]:
         entry = self._plans.get(fingerprint)

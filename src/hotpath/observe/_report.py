@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import html
 import logging
+import math
 import threading
+import time
 from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
@@ -46,7 +48,6 @@ Bottleneck = Literal[
     "blocking_call",
     "slow_dependency",
     "cache_miss",
-    "repeated_read",
     "cpu",
 ]
 # The class a fix of each kind removes (a slow query whose plan asks for an index is
@@ -66,7 +67,6 @@ _KIND_CLASS: dict[FindingKind, Bottleneck] = {
     FindingKind.CONNECTION_SETUP: "connection_setup",
     FindingKind.POOL_WAIT: "pool_wait",
     FindingKind.CACHE_MISS: "cache_miss",
-    FindingKind.REPEATED_READ: "repeated_read",
     FindingKind.UNPRUNED_PARTITIONS: "slow_query",
 }
 _LAYER_CLASS: dict[Layer, Bottleneck] = {
@@ -78,6 +78,9 @@ _LAYER_CLASS: dict[Layer, Bottleneck] = {
     Layer.BLOCKED: "blocking_call",
     Layer.OTHER: "cpu",
 }
+# What a cache would answer is not why an endpoint is slow: the database time it would save
+# has causes of its own (an N+1, a slow query), which name the bottleneck.
+_NOT_A_CAUSE = {FindingKind.REPEATED_READ.value}
 # a fix that saves less than this share of an endpoint's time does not name its bottleneck
 _BOTTLENECK_SHARE = 0.05
 _MAX_CACHE_NAMES = 100  # key templates followed per endpoint
@@ -282,11 +285,15 @@ class CacheUse:
             self.site = self.site or site
 
 
+def _planned(finding: Finding) -> bool:
+    return bool(finding.plan_flags) or "plan_cost" in finding.details
+
+
 def fuller_example(finding: Finding, example: Finding) -> bool:
     """Whether ``finding`` shows its fix better than ``example``: a plan's evidence first
-    (a slow statement planned after its first runs), then the larger saving."""
-    if bool(finding.plan_flags) != bool(example.plan_flags):
-        return bool(finding.plan_flags)
+    (a statement planned after its first runs), then the larger saving."""
+    if _planned(finding) != _planned(example):
+        return _planned(finding)
     return finding.saving_ms > example.saving_ms
 
 
@@ -386,6 +393,56 @@ class Rollup:
                 use.add(hit, ms, load_ms, site, early)
 
 
+@dataclass
+class LoopUse:
+    """How much of the run the event loop was held: its busy share. Held is what the loop's
+    thread computed (its CPU clock, read on it as each request concludes: the requests'
+    steps and the loop's own callbacks alike) and the sync waits the watchdog saw inside a
+    step (``time.sleep``, a sync client: the loop held, its thread idle); a thread ready but
+    waiting for a core (a machine busy with other processes) held nothing. Over the span from
+    the first request to the last; snapshots of several processes (each with its own loop
+    and clocks) add their held times and spans."""
+
+    first: float = math.inf
+    last: float = -math.inf
+    waits_s: float = 0.0  # the sync waits inside steps
+    # per loop thread, its CPU clock at the first and at the last request it concluded
+    cpu: dict[int, tuple[float, float]] = field(default_factory=dict)
+    merged_span_s: float = 0.0  # the spans of other processes' snapshots
+    merged_held_s: float = 0.0  # their held time
+
+    def add(self, scope: Scope) -> None:
+        """An async request concluded, on its loop's thread (the one whose clock is read)."""
+        self.first = min(self.first, scope.started)
+        self.last = max(self.last, scope.ended)
+        now = time.thread_time()
+        thread = threading.get_native_id()
+        first, _ = self.cpu.get(thread, (now, now))
+        self.cpu[thread] = (first, now)
+        self.waits_s += sum(
+            block.end - block.start
+            for block in scope.timeline.blocks
+            if block.scope_id == id(scope) and not block.cpu_bound
+        )
+
+    @property
+    def held_s(self) -> float:
+        computed = sum(last - first for first, last in self.cpu.values())
+        return computed + self.waits_s + self.merged_held_s
+
+    @property
+    def span_s(self) -> float:
+        own = self.last - self.first if self.last > self.first else 0.0
+        return own + self.merged_span_s
+
+    @property
+    def share(self) -> float | None:
+        """The loop's busy share over the span of the requests (None: not measured, no async
+        request)."""
+        span = self.span_s
+        return min(1.0, self.held_s / span) if span > 0 else None
+
+
 class Rollups:
     """The roll-ups of one profiler, by scope name, bounded by ``max_names``."""
 
@@ -394,9 +451,13 @@ class Rollups:
         self._lock = threading.Lock()
         self.by_name: dict[str, Rollup] = {}
         self.timings: dict[str, Timing] = {}
+        self.loop = LoopUse()
 
     def add(self, scope: Scope) -> None:
         self.rollup(scope.name).add(scope)
+        if scope.is_async:
+            with self._lock:
+                self.loop.add(scope)
 
     def rollup(self, name: str) -> Rollup:
         with self._lock:
@@ -428,11 +489,12 @@ class Rollups:
         with self._lock:
             self.by_name.clear()
             self.timings.clear()
+            self.loop = LoopUse()
 
     def report(self) -> Report:
         with self._lock:
-            by_name, timings = dict(self.by_name), dict(self.timings)
-        return build_report(by_name, timings, self._settings)
+            by_name, timings, loop = dict(self.by_name), dict(self.timings), self.loop.share
+        return build_report(by_name, timings, self._settings, loop)
 
 
 @dataclass
@@ -493,6 +555,8 @@ class Report:
     scopes: list[ScopeStats]
     functions: list[FunctionStats]
     top_fixes: list[Fix] = field(default_factory=list)
+    # the share of the run the event loop was held (async apps; see LoopUse)
+    loop_busy: float | None = None
 
     def endpoint(self, name: str) -> ScopeStats:
         for stats in self.scopes:
@@ -505,6 +569,7 @@ class Report:
             "endpoints": [_endpoint_dict(s) for s in self.scopes],
             "top_fixes": [_fix_dict(f) for f in self.top_fixes],
             "functions": [asdict(f) for f in self.functions],
+            "loop_busy": None if self.loop_busy is None else round(self.loop_busy, 4),
         }
 
     def to_json(self) -> str:
@@ -588,6 +653,8 @@ def _bottleneck(stats: ScopeStats) -> Bottleneck:
     if stats.p95_ms <= stats.budget_ms:
         return "none"
     for fix in stats.fixes:
+        if fix.kind in _NOT_A_CAUSE:
+            continue
         if fix.saving_ms > 0 and fix.share >= _BOTTLENECK_SHARE:
             kind = FindingKind(fix.kind)
             if kind is FindingKind.SLOW_QUERY and fix.evidence.get("missing_index"):
@@ -753,7 +820,10 @@ def _repeat_fixes(
 
 
 def build_report(
-    rollups: dict[str, Rollup], timings: dict[str, Timing], settings: ObserveSettings
+    rollups: dict[str, Rollup],
+    timings: dict[str, Timing],
+    settings: ObserveSettings,
+    loop_busy: float | None = None,
 ) -> Report:
     scopes = []
     for name, rollup in sorted(rollups.items()):
@@ -798,7 +868,7 @@ def build_report(
         FunctionStats(name, **{k: v for k, v in t.summary().items() if k != "count"}, count=t.count)
         for name, t in sorted(timings.items())
     ]
-    return Report(scopes, functions, _top(scopes))
+    return Report(scopes, functions, _top(scopes), loop_busy)
 
 
 def _finding_row(fix: Fix) -> dict[str, Any]:

@@ -160,10 +160,13 @@ def snapshot(rollups: Rollups) -> dict[str, Any]:
     """Everything ``rollups`` holds, as JSON-able data."""
     with rollups._lock:
         by_name, timings = dict(rollups.by_name), dict(rollups.timings)
+        held_s, span_s = rollups.loop.held_s, rollups.loop.span_s
     return {
         "version": VERSION,
         "names": {name: _rollup_state(rollup) for name, rollup in by_name.items()},
         "timings": {name: _timing_state(timing) for name, timing in timings.items()},
+        # this process's loop: its busy time and span (its clock is its own: never mixed)
+        "loop": {"busy_s": held_s, "span_s": span_s},
     }
 
 
@@ -177,4 +180,7 @@ def merge(snapshots: list[dict[str, Any]], settings: ObserveSettings) -> Report:
             _merge_rollup(rollups.rollup(name), rollup_state)
         for name, timing_state in state["timings"].items():
             _merge_timing(rollups.timing(name), timing_state)
-    return build_report(rollups.by_name, rollups.timings, settings)
+        loop = state.get("loop") or {}  # absent from an older worker's snapshot
+        rollups.loop.merged_held_s += float(loop.get("busy_s", 0.0))
+        rollups.loop.merged_span_s += float(loop.get("span_s", 0.0))
+    return build_report(rollups.by_name, rollups.timings, settings, rollups.loop.share)

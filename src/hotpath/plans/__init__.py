@@ -9,7 +9,7 @@ index that would help; :func:`render_plan` draws the plan as a rich tree.
 :func:`redact_literals` is how both show SQL: literals replaced.
 """
 
-from ._flags import PlanFlag, Severity, analyze_plan, plan_relations
+from ._flags import PlanFlag, Severity, analyze_plan, plan_relations, plan_root
 from ._pruning import PartitionOf, partitions_from_rows, partitions_sql
 from ._redact import redact_literals
 from ._render import render_plan
@@ -33,6 +33,7 @@ __all__ = [
     "partitions_from_rows",
     "partitions_sql",
     "plan_relations",
+    "plan_root",
     "redact_literals",
     "render_plan",
     "safety_of_tree",
