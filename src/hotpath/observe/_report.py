@@ -393,11 +393,17 @@ class Rollup:
                 use.add(hit, ms, load_ms, site, early)
 
 
+# A thread's CPU clock is a system call, not a vDSO read: once per request it cost the served
+# shop more than the rest of observe's bookkeeping (docs/benchmarks.md, observe). Read this
+# often, the held time misses at most this much of the last stretch.
+_CLOCK_READ_S = 0.02
+
+
 @dataclass
 class LoopUse:
     """How much of the run the event loop was held: its busy share. Held is what the loop's
-    thread computed (its CPU clock, read on it as each request concludes: the requests'
-    steps and the loop's own callbacks alike) and the sync waits the watchdog saw inside a
+    thread computed (its CPU clock, read on it as requests conclude, at most every
+    ``_CLOCK_READ_S``: the requests' steps and the loop's own callbacks alike) and the sync waits the watchdog saw inside a
     step (``time.sleep``, a sync client: the loop held, its thread idle); a thread ready but
     waiting for a core (a machine busy with other processes) held nothing. Over the span from
     the first request to the last; snapshots of several processes (each with its own loop
@@ -406,8 +412,9 @@ class LoopUse:
     first: float = math.inf
     last: float = -math.inf
     waits_s: float = 0.0  # the sync waits inside steps
-    # per loop thread, its CPU clock at the first and at the last request it concluded
-    cpu: dict[int, tuple[float, float]] = field(default_factory=dict)
+    # per loop thread: its CPU clock at the first and at the last read, and when (wall) that
+    # last read was
+    cpu: dict[int, tuple[float, float, float]] = field(default_factory=dict)
     merged_span_s: float = 0.0  # the spans of other processes' snapshots
     merged_held_s: float = 0.0  # their held time
 
@@ -415,10 +422,11 @@ class LoopUse:
         """An async request concluded, on its loop's thread (the one whose clock is read)."""
         self.first = min(self.first, scope.started)
         self.last = max(self.last, scope.ended)
-        now = time.thread_time()
         thread = threading.get_native_id()
-        first, _ = self.cpu.get(thread, (now, now))
-        self.cpu[thread] = (first, now)
+        clock = self.cpu.get(thread)
+        if clock is None or scope.ended - clock[2] >= _CLOCK_READ_S:
+            now = time.thread_time()
+            self.cpu[thread] = (now if clock is None else clock[0], now, scope.ended)
         self.waits_s += sum(
             block.end - block.start
             for block in scope.timeline.blocks
@@ -427,7 +435,7 @@ class LoopUse:
 
     @property
     def held_s(self) -> float:
-        computed = sum(last - first for first, last in self.cpu.values())
+        computed = sum(last - first for first, last, _ in self.cpu.values())
         return computed + self.waits_s + self.merged_held_s
 
     @property
