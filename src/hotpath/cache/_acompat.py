@@ -29,6 +29,7 @@ import redis
 import redis.asyncio.cluster
 import redis.cluster
 
+from .._timeouts import wait_within
 from ._errors import CacheError
 from ._listener import Listener
 from ._redis import channel_name
@@ -286,8 +287,8 @@ class AEvent(asyncio.Event):
 
     async def wait_at_most(self, timeout: float) -> bool:
         try:
-            await asyncio.wait_for(self.wait(), timeout)
-        except asyncio.TimeoutError:
+            await wait_within(self.wait(), timeout)
+        except asyncio.TimeoutError:  # TimeoutError itself from 3.11
             return False
         return True
 

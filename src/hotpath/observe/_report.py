@@ -403,11 +403,11 @@ _CLOCK_READ_S = 0.02
 class LoopUse:
     """How much of the run the event loop was held: its busy share. Held is what the loop's
     thread computed (its CPU clock, read on it as requests conclude, at most every
-    ``_CLOCK_READ_S``: the requests' steps and the loop's own callbacks alike) and the sync waits the watchdog saw inside a
-    step (``time.sleep``, a sync client: the loop held, its thread idle); a thread ready but
-    waiting for a core (a machine busy with other processes) held nothing. Over the span from
-    the first request to the last; snapshots of several processes (each with its own loop
-    and clocks) add their held times and spans."""
+    ``_CLOCK_READ_S``: the requests' steps and the loop's own callbacks alike) and the sync
+    waits the watchdog saw inside a step (``time.sleep``, a sync client: the loop held, its
+    thread idle); a thread ready but waiting for a core (a machine busy with other
+    processes) held nothing. Over the span from the first request to the last; snapshots of
+    several processes (each with its own loop and clocks) add their held times and spans."""
 
     first: float = math.inf
     last: float = -math.inf

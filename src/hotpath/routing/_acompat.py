@@ -7,9 +7,9 @@ sync partner (``aspawn`` -> ``spawn``, ...). Everything else is the same code.
 - the engines: ``AsyncEngine`` (its sync form for Sessions is ``.sync_engine``) / ``Engine``;
 - the probes: a task per node, told to stop by a flag and cancelled by ``close()`` (which
   cuts a probe short) / a daemon thread per node, told to stop by an event and joined;
-- a probe's timeout: ``asyncio.wait_for`` / a probe that answered too late counts as timed
-  out (a thread cannot be interrupted; the probe engine's connect and statement timeouts
-  bound it).
+- a probe's timeout: ``wait_within`` (``hotpath._timeouts``) / a probe that answered too
+  late counts as timed out (a thread cannot be interrupted; the probe engine's connect and
+  statement timeouts bound it).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any, TypeAlias, TypeVar
 from sqlalchemy import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from .._timeouts import wait_within
 from ._errors import RoutingConfigError
 from ._router import RoutedNode
 
@@ -182,4 +183,4 @@ def within(call: Callable[[], T], timeout: float) -> T:
 
 async def awithin(call: Callable[[], Awaitable[T]], timeout: float) -> T:
     """``await call()``, cancelled after ``timeout`` seconds (TimeoutError)."""
-    return await asyncio.wait_for(call(), timeout)
+    return await wait_within(call(), timeout)
