@@ -240,7 +240,12 @@ def create_app(settings: ShopSettings) -> FastAPI:
     database = _database(settings)
     readers = _readers(settings, database)
     sessions, shop_cache, cached = readers.sessions, readers.shop_cache, readers.cached
-    payments = httpx.AsyncClient(base_url=settings.payment_url, timeout=None)
+    # idle connections dropped by the client before the server's keep-alive (uvicorn's 5 s)
+    # closes them: a connection reused as the server closed it failed the call ("Server
+    # disconnected without sending a response", twice in a make demo run)
+    payments = httpx.AsyncClient(
+        base_url=settings.payment_url, timeout=None, limits=httpx.Limits(keepalive_expiry=2.0)
+    )
     breaker = CircuitBreaker(failure_threshold=5, reset_timeout=5.0, name="payments")
 
     @asynccontextmanager
