@@ -5,8 +5,10 @@ invalidation channel, whose connection is derived from the client."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import subprocess
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -17,6 +19,7 @@ import redis.asyncio.sentinel
 import redis.sentinel
 
 from hotpath.cache import AsyncCache, Cache, MemoryTier, RedisTier
+from hotpath.cache._redis import _sync_sentinel_master
 from hotpath.stack import LocalStack
 from hotpath.stack._process import LOOPBACK, free_ports
 
@@ -115,3 +118,20 @@ async def test_async_sentinel_master_client(
     finally:
         await here.aclose()
         await there.aclose()
+
+
+def test_the_listeners_sync_client_of_an_async_sentinel_takes_no_async_option(
+    sentinel: tuple[str, int], redis_url: str
+) -> None:
+    # redis-py 8 puts its async Retry in an async Sentinel's sentinel_kwargs; a sync
+    # connection given it calls call_with_retry and never awaits the coroutine it returns
+    manager = redis.asyncio.sentinel.Sentinel([sentinel], socket_timeout=0.5)
+    client = manager.master_for(SERVICE, db=_db(redis_url))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sync = _sync_sentinel_master(client.connection_pool, {})
+        assert sync.ping()
+        sync.close()
+        gc.collect()  # an unawaited coroutine warns when it is collected
+    unawaited = [w for w in caught if "never awaited" in str(w.message)]
+    assert unawaited == []

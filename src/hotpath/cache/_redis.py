@@ -274,9 +274,21 @@ def _sync_sentinel_master(
     # Called through Any: redis-py < 8 leaves Sentinel untyped, 8.x types it; no ignore comment
     # is right for both.
     sentinel_class: Any = redis.sentinel.Sentinel
-    sentinel = sentinel_class(sentinels, sentinel_kwargs=manager.sentinel_kwargs)
+    sentinel = sentinel_class(sentinels, sentinel_kwargs=_portable(manager.sentinel_kwargs))
     master: redis.Redis = sentinel.master_for(pool.service_name, **kwargs, **options)
     return master
+
+
+def _portable(kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """An async client's connection options a sync one can take: redis-py 8 puts its async
+    ``Retry`` in an async Sentinel's ``sentinel_kwargs``, and a sync connection given it
+    calls ``call_with_retry`` without awaiting the coroutine it returns (checked on redis-py
+    8.2; "coroutine 'Retry.call_with_retry' was never awaited")."""
+    return {
+        key: value
+        for key, value in (kwargs or {}).items()
+        if not type(value).__module__.startswith("redis.asyncio")
+    }
 
 
 def _check_url(url: str) -> None:
