@@ -40,7 +40,7 @@ def test_candidate_evidence_and_the_command_that_converts_it(hotpath_db: ModuleD
         conn.execute("DELETE FROM logs WHERE created_at < now() - interval '20 days'")
         flush_stats(conn)
     [finding] = diagnose(url, ["partition_candidates"], thresholds=SMALL).findings
-    assert finding.object == "logs"
+    assert finding.target == "logs"
     evidence = finding.evidence
     assert int(evidence["bytes"] or 0) > 1_000_000
     # the counters began minutes ago: the inserts are counted, no daily rate is made up
