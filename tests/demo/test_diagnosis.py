@@ -206,9 +206,13 @@ def test_the_ladder_maps_the_naive_shops_own_findings_to_their_fixes(naive: Naiv
     top = naive.report["top_fixes"]
     fixes = {fix for finding in top for fix in fixes_for(finding)}
     assert {"pool", "eager", "offload"} <= fixes, fixes
-    [risk] = [f for f in top if fixes_for(f) == ("offload",)]
-    assert "in risk_check" in (risk["call_site"] or "")
-    assert risk["evidence"]["blocker"] == PROFILE  # the profile's own sync call held the loop
+    # the profile's own sync call held the loop (a loaded machine can add another wait in
+    # the profile at another line: seen once, two offload findings)
+    offloaded = [f for f in top if fixes_for(f) == ("offload",)]
+    assert any(
+        "in risk_check" in (f["call_site"] or "") and f["evidence"]["blocker"] == PROFILE
+        for f in offloaded
+    ), offloaded
     # blocks are judged per endpoint (its route), never per URL: one finding per line for
     # every user's profile, not one per user id
     names = {e["name"] for e in naive.report["endpoints"]} | {"?"}

@@ -13,27 +13,80 @@ the fixes for the whole app. Middleware for ASGI (FastAPI, Starlette) and WSGI (
 and pytest integration through ``hotpath.testing``.
 """
 
-from ._budget import assert_max_queries
-from ._errors import (
-    DiagnosisError,
-    DuplicateQueryError,
-    HotpathWarning,
-    NPlusOneError,
-    ObserveConfigError,
-    ObserveError,
-    QueryBudgetError,
-    SlowQueryError,
-    UnboundedResultError,
-    UnusedEagerLoadError,
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from ._budget import assert_max_queries
+    from ._errors import (
+        DiagnosisError,
+        DuplicateQueryError,
+        HotpathWarning,
+        NPlusOneError,
+        ObserveConfigError,
+        ObserveError,
+        QueryBudgetError,
+        SlowQueryError,
+        UnboundedResultError,
+        UnusedEagerLoadError,
+    )
+    from ._hooks import url_template
+    from ._middleware import ASGIMiddleware, WSGIMiddleware
+    from ._profiler import Profiler
+    from ._records import CallSite, Finding, FindingKind, Layer, Mode, QueryRecord
+    from ._report import Bottleneck, Fix, FunctionStats, Report, ScopeStats
+    from ._scope import Scope
+    from ._settings import ObserveSettings
+    from ._snapshot import merge as merge_reports
+
+# Imported on first use: `hotpath run`'s supervisor, the CLI and the run agent need the
+# report, the settings and the finding kinds, not SQLAlchemy and the hooks (0.7 s at start).
+_lazy = lazy_exports(
+    __name__,
+    {
+        "assert_max_queries": "._budget",
+        "DiagnosisError": "._errors",
+        "DuplicateQueryError": "._errors",
+        "HotpathWarning": "._errors",
+        "NPlusOneError": "._errors",
+        "ObserveConfigError": "._errors",
+        "ObserveError": "._errors",
+        "QueryBudgetError": "._errors",
+        "SlowQueryError": "._errors",
+        "UnboundedResultError": "._errors",
+        "UnusedEagerLoadError": "._errors",
+        "url_template": "._hooks",
+        "ASGIMiddleware": "._middleware",
+        "WSGIMiddleware": "._middleware",
+        "Profiler": "._profiler",
+        "CallSite": "._records",
+        "Finding": "._records",
+        "FindingKind": "._records",
+        "Layer": "._records",
+        "Mode": "._records",
+        "QueryRecord": "._records",
+        "Bottleneck": "._report",
+        "Fix": "._report",
+        "FunctionStats": "._report",
+        "Report": "._report",
+        "ScopeStats": "._report",
+        "Scope": "._scope",
+        "ObserveSettings": "._settings",
+    },
 )
-from ._hooks import url_template
-from ._middleware import ASGIMiddleware, WSGIMiddleware
-from ._profiler import Profiler
-from ._records import CallSite, Finding, FindingKind, Layer, Mode, QueryRecord
-from ._report import Bottleneck, Fix, FunctionStats, Report, ScopeStats
-from ._scope import Scope
-from ._settings import ObserveSettings
-from ._snapshot import merge as merge_reports
+
+
+def __getattr__(attr: str) -> Any:
+    if attr == "merge_reports":  # exported under another name than its module's
+        from ._snapshot import merge  # noqa: PLC0415
+
+        globals()["merge_reports"] = merge
+        return merge
+    return _lazy(attr)
+
 
 __all__ = [
     "ASGIMiddleware",

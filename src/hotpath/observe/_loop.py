@@ -110,6 +110,13 @@ class LoopMonitor:
         site, what = _verdict(self.samples)
         cpu_bound = False
         looked = ended - self.seen_at
+        if self.seen_at and looked < self.threshold_s * _MIN_LOOKED:
+            # the watchdog first looked at the step's very end (it waited for a core or the
+            # GIL itself): what it saw says nothing of the rest, and a machine that starves
+            # the watchdog starves the loop too (seen on a loaded machine: a 25 ms step
+            # looked at for its last 0.9 ms, the thread running then, taken for CPU-bound
+            # code). It is no block of the application's.
+            return
         sched = _schedstat(self._schedstat) if self.seen_at else None
         if sched is not None and self.sched_at_seen is not None and looked > 0:
             ran_s = (sched[0] - self.sched_at_seen[0]) / 1e9
@@ -199,8 +206,9 @@ class LoopMonitor:
             if self.beat_due:  # requests in flight: a heartbeat late by the threshold is a stall
                 return max(_INTERVAL_S, alive_at + self.threshold_s - now)
             return self.threshold_s
-        if now - started < self.threshold_s:
-            return started + self.threshold_s - now
+        look_from = started + self.threshold_s * _LOOK_AT
+        if now < look_from:
+            return look_from - now
         frame = sys._current_frames().get(self.thread_id)
         if frame is None or not (self.step_started or self.beat_due):
             return _INTERVAL_S
@@ -283,6 +291,11 @@ _monitors_lock = threading.Lock()
 _watchdog_lock = threading.Lock()
 _watchdog: threading.Thread | None = None
 _INTERVAL_S = 0.005  # between two looks at a step already long
+# A step is first looked at when it has run this share of blocking_ms (a step that becomes a
+# block is then seen for at least the rest of the threshold), and judged only if it was seen
+# for at least _MIN_LOOKED of it.
+_LOOK_AT = 0.5
+_MIN_LOOKED = 0.25
 _MIN_SLEEP_S = 0.0005
 _IDLE_WAIT_S = 0.02  # the longest sleep (a loop may be registered meanwhile)
 
