@@ -12,7 +12,9 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -74,6 +76,13 @@ CHILD = textwrap.dedent(
 )
 
 
+def _schedstat_file(ran_ns: int) -> Path:
+    """A scheduler-statistics file as the kernel writes it: ran, waited (ns), slices."""
+    path = Path(tempfile.mkdtemp()) / "schedstat"
+    path.write_text(f"{ran_ns} 0 1\n")
+    return path
+
+
 def _starved_run(tmp_path: Path, schedstat: str) -> dict[str, int]:
     core = min(os.sched_getaffinity(0))
     script = tmp_path / "starved_app.py"  # a file: its frames are the application's
@@ -108,3 +117,26 @@ def test_a_starved_loop_is_not_taken_for_blocking_calls(tmp_path: Path) -> None:
     assert _starved_run(tmp_path, "with")["blocking_calls"] == 0
     # the unprotected path: the same starved steps, judged by the thread's CPU clock alone
     assert _starved_run(tmp_path, "without")["blocking_calls"] >= 1
+
+
+def test_a_step_the_watchdog_saw_only_at_its_end_is_not_judged() -> None:
+    """What the watchdog saw of a step's last sliver says nothing of the rest (seen under
+    load: a 25 ms starved step looked at for its last 0.9 ms, its thread running then, was
+    taken for CPU-bound code at the application's line)."""
+    from hotpath.observe._loop import LoopMonitor
+    from hotpath.observe._records import CallSite
+
+    app_line = (CallSite("app.py", 7, "compute"), "")
+    started, ended = 100.0, 100.025
+
+    def judged(seen_for_s: float) -> int:
+        monitor = LoopMonitor(threading.get_ident())
+        monitor.threshold_s = 0.02
+        monitor.seen_at, monitor.samples = ended - seen_for_s, [app_line]
+        monitor.sched_at_seen = (0, 0)  # from then on: every nanosecond on a core
+        monitor._schedstat = str(_schedstat_file(ran_ns=int(seen_for_s * 1e9)))
+        monitor._record(started, ended, None)
+        return len(monitor.blocks)
+
+    assert judged(0.0009) == 0
+    assert judged(0.015) == 1  # seen long enough: it computed all that time, a block
