@@ -140,6 +140,18 @@ def test_a_token_is_satisfied_per_replica_not_by_any_replica() -> None:
     assert not router.choose_read(2000, "eventual").verify
 
 
+def test_a_forged_token_is_cut_to_what_replicas_can_reach() -> None:
+    router = _router()
+    # issued by this primary (at or below its insert position): never touched
+    assert router.cap_token(950, primary=1000, flushed=900) == 950
+    assert router.counters["tokens capped"] == 0
+    # beyond it: cut to the flushed position, which replicas receive. Cut to the insert
+    # position it asked for WAL that nothing flushes until the next commit (a read's pruning
+    # in a rolled-back transaction): every read with it fell back to the primary.
+    assert router.cap_token(10**12, primary=1000, flushed=900) == 900
+    assert router.counters["tokens capped"] == 1
+
+
 def test_all_unhealthy_policies_and_writer_election() -> None:
     for policy, expected in (("primary", "primary"), ("least_lagged", "replica2")):
         router = _router(policy)

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 
 from ._config import SessionOptions
 from ._probe import (
+    CAP_POSITIONS_SQL,
     REPLAYED_SQL,
-    WRITE_POSITION_SQL,
     is_connection_failure,
     note_read_failure,
     parse_position,
@@ -59,7 +59,7 @@ async def aroute_read(
 
 
 async def acap_token(router: RouterCore, token: int) -> int:
-    """``token``, or the primary's insert position if the token is beyond it (see
+    """``token``, or the primary's flushed position if the token is beyond its insert one (see
     :meth:`RouterCore.cap_token`). Asks the primary only when the token is beyond the last
     position its probes saw flushed (one below it was issued by it)."""
     known = router.history.latest
@@ -68,11 +68,12 @@ async def acap_token(router: RouterCore, token: int) -> int:
     writer = router.writer
     try:
         async with writer.engine.connect() as conn:
-            primary = parse_position((await conn.exec_driver_sql(WRITE_POSITION_SQL)).scalar())
+            inserted, flushed = (await conn.exec_driver_sql(CAP_POSITIONS_SQL)).one()
             await conn.rollback()
     except Exception as exc:  # the read falls back to the primary, as an uncapped token's
         log.debug("hotpath.routing: no primary position to cap a token with: %s", exc)
         return token
-    if primary is None:
+    primary, durable = parse_position(inserted), parse_position(flushed)
+    if primary is None or durable is None:
         return token
-    return router.cap_token(token, primary)
+    return router.cap_token(token, primary, durable)

@@ -41,6 +41,9 @@ PROBE_SQL = (
 # COMMIT returns before its record is written, and a token short of it lets a replica that
 # lacks the commit count as caught up.
 WRITE_POSITION_SQL = "SELECT pg_current_wal_insert_lsn()::text"
+# What a token beyond the primary is capped with (RouterCore.cap_token): the insert position
+# that tells a forged token, and the flushed one it is cut to (replicas can reach only that).
+CAP_POSITIONS_SQL = "SELECT pg_current_wal_insert_lsn()::text, pg_current_wal_flush_lsn()::text"
 REPLAYED_SQL = "SELECT pg_last_wal_replay_lsn()::text"
 READ_ONLY_SQL = "SET default_transaction_read_only = on"
 

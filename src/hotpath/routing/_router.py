@@ -245,19 +245,23 @@ class RouterCore:
             if n is not self._writer
         )
 
-    def cap_token(self, token: int, primary: int) -> int:
-        """``token`` limited to ``primary``, the insert position just read on the writer.
+    def cap_token(self, token: int, primary: int, flushed: int) -> int:
+        """``token`` limited by ``primary``, the insert position just read on the writer, and
+        cut to ``flushed``, its flushed position read with it, when beyond it.
 
-        A token beyond it was not issued by this primary: forged, or taken on the old
-        timeline before a failover that lost that write. No node has such a position;
-        the primary's own is the freshest state there is, and it covers every write the
-        holder made on this primary. (Not recorded in :attr:`history`: that holds flushed
-        positions, which lag is measured against; see ``_probe.PROBE_SQL``.)
+        A token beyond the insert position was not issued by this primary: forged, or taken
+        on the old timeline before a failover that lost that write. No node has such a
+        position. It is cut to the flushed position: every commit the holder can have made
+        on this primary is in it, and it is what replicas receive. Cut to the insert
+        position, it asked for WAL nothing flushes before the next commit (a read's pruning
+        in a rolled-back transaction, see ``_probe``): no replica ever had it, and every read
+        with the token fell back to the primary. (Not recorded in :attr:`history`, which
+        lag is measured against.)
         """
         if token <= primary:
             return token
         self.counters["tokens capped"] += 1
-        return primary
+        return min(flushed, primary)
 
     def record_failure(self, node: RoutedNode, reason: str, now: float, *, at_once: bool) -> None:
         """A probe failed, or (``at_once``) a read could not reach the node."""
