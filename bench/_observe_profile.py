@@ -1,0 +1,218 @@
+"""Where observe's CPU goes in the served shop: ``python -m bench._observe_profile [SECONDS]``.
+
+Serves the optimized shop as ``python -m bench observe`` does (tiny scale, 8 users), without
+observe and with it, one after the other, and for each server reports, over a timed load:
+
+- CPU per request, per thread (``/proc/PID/task/*/stat``): observe's cost is on the loop
+  thread; its watchdog thread's is listed apart;
+- the garbage collector's collections and time per request (``gc.callbacks``);
+- in a third server, with observe and a cProfile of its loop thread (whose own cost makes
+  that server's CPU no measure): observe's own functions by their time.
+
+The servers run one after the other, so their CPU per request is no ratio (what the machine
+and the fresh databases do meanwhile differs: ``python -m bench observe`` loads both at once
+for that); this is for where the time goes. CPU per thread and cProfile are used, not
+py-spy's shares: on a busy machine a sampling
+profiler's shares are wall time (a system call's return is where a loaded machine preempts a
+thread, and the samples then pile up on that line). The server is instrumented by a
+``sitecustomize`` module on ``PYTHONPATH``, started and stopped by flag files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pstats
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+from hotpath.demo._load import LoadSpec, run_load
+from hotpath.demo._process import shop_server
+from hotpath.demo._runner import FALLBACK_INDEXES, prepare_indexes
+from hotpath.demo._server import serve
+from hotpath.demo._workload import shop_mix
+from hotpath.demo.shop import SCALES, load_shop
+from hotpath.demo.shop.app import ShopSettings
+from hotpath.demo.shop.fixes import Fixes
+from hotpath.demo.shop.payments import PaymentBehaviour, create_payment_app
+from hotpath.demo.shop.server import SETTINGS_ENV, ServerOptions
+from hotpath.stack import LocalStack
+
+# Loaded by the shop server (the only process with SETTINGS_ENV set): counts collections,
+# and profiles the loop thread between the START and STOP flag files.
+_SITECUSTOMIZE = """
+import asyncio.base_events, cProfile, gc, os, threading, time
+
+if os.environ.get({settings!r}):
+    _out = os.environ["HOTPATH_PROFILE_DIR"]
+    _gc = [0, 0.0, 0.0]  # collections, seconds, start
+
+    def _on_gc(phase, info):
+        if phase == "start":
+            _gc[2] = time.thread_time()
+        else:
+            _gc[0] += 1
+            _gc[1] += time.thread_time() - _gc[2]
+
+    gc.callbacks.append(_on_gc)
+    _run_forever = asyncio.base_events.BaseEventLoop.run_forever
+
+    def run_forever(self):
+        profile = cProfile.Profile() if os.environ.get("HOTPATH_PROFILE_CPROFILE") else None
+
+        def follow():
+            while not os.path.exists(os.path.join(_out, "start")):
+                time.sleep(0.05)
+            _gc[0] = 0
+            _gc[1] = 0.0
+            if profile is not None:
+                self.call_soon_threadsafe(profile.enable)
+            while not os.path.exists(os.path.join(_out, "stop")):
+                time.sleep(0.05)
+
+            def stop():
+                if profile is not None:
+                    profile.disable()
+                    profile.dump_stats(os.path.join(_out, "loop.prof"))
+                with open(os.path.join(_out, "gc"), "w") as written:
+                    written.write(f"{{_gc[0]}} {{_gc[1]}}")
+
+            self.call_soon_threadsafe(stop)
+
+        threading.Thread(target=follow, daemon=True).start()
+        return _run_forever(self)
+
+    asyncio.base_events.BaseEventLoop.run_forever = run_forever
+"""
+
+
+def _threads(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) per thread of ``pid``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        found[int(task.name)] = (int(fields[11]) + int(fields[12])) / tick
+    return found
+
+
+def _serve_and_measure(
+    settings: ShopSettings, observe: bool, seconds: float, profiled: bool = False
+) -> str:
+    with tempfile.TemporaryDirectory(prefix="hotpath-profile-") as directory:
+        out = Path(directory)
+        (out / "sitecustomize.py").write_text(
+            textwrap.dedent(_SITECUSTOMIZE.format(settings=SETTINGS_ENV))
+        )
+        saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "HOTPATH_PROFILE_DIR")}
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [directory, saved["PYTHONPATH"]]))
+        os.environ["HOTPATH_PROFILE_DIR"] = directory
+        os.environ["HOTPATH_PROFILE_CPROFILE"] = "1" if profiled else ""
+        try:
+            with shop_server(settings, options=ServerOptions(observe=observe)) as server:
+                port = urlparse(server.url).port
+                pid = int(subprocess.check_output(["pgrep", "-f", f"hotpath.demo.shop {port}"]))
+                mix = shop_mix(SCALES["tiny"])
+                users = settings.concurrency
+                asyncio.run(run_load(server.url, mix, LoadSpec(concurrency=users, duration_s=3)))
+                before = _threads(pid)
+                (out / "start").touch()
+                time.sleep(0.2)
+                load = asyncio.run(
+                    run_load(server.url, mix, LoadSpec(concurrency=users, duration_s=seconds))
+                )
+                after = _threads(pid)
+                (out / "stop").touch()
+                deadline = time.monotonic() + 30
+                while not (out / "gc").exists() and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                collections, gc_s = (float(x) for x in (out / "gc").read_text().split())
+                if profiled:  # cProfile's own cost makes this server's CPU no measure
+                    return "\n".join(_observe_functions(out / "loop.prof", load.requests))
+                lines = [
+                    f"### {'observe, every detector' if observe else 'no observe'}",
+                    "",
+                    f"{load.requests} requests in {seconds:.0f} s, {load.errors} errors",
+                    "",
+                ]
+                for thread, cpu in sorted(after.items(), key=lambda kv: -kv[1]):
+                    spent = cpu - before.get(thread, 0.0)
+                    if spent >= 0.05:
+                        lines.append(
+                            f"- thread {thread}{' (loop)' if thread == pid else ''}: "
+                            f"{1000 * spent / load.requests:.3f} ms CPU per request"
+                        )
+                lines.append(
+                    f"- garbage collector: {collections / load.requests:.3f} collections, "
+                    f"{1000 * gc_s / load.requests:.3f} ms per request"
+                )
+                return "\n".join(lines)
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            os.environ.pop("HOTPATH_PROFILE_CPROFILE", None)
+
+
+def _observe_functions(path: Path, requests: int, top: int = 20) -> list[str]:
+    """observe's own functions in the loop thread's profile, by their own time."""
+    stats = pstats.Stats(str(path)).stats  # type: ignore[attr-defined]
+    total = sum(entry[2] for entry in stats.values())
+    own = sorted(
+        (
+            (entry[2], entry[1], f"{file.split('/src/')[-1]}:{line} {name}")
+            for (file, line, name), entry in stats.items()
+            if "hotpath/observe" in file
+        ),
+        reverse=True,
+    )
+    share = sum(t for t, _, _ in own) / total if total else 0.0
+    lines = [f"observe's own functions: {share:.1%} of the loop thread's profiled time", ""]
+    lines += [
+        f"- {100 * t / total:.2f}% ({calls / requests:.2f} calls per request) {where}"
+        for t, calls, where in own[:top]
+    ]
+    return lines
+
+
+def main(seconds: float) -> str:
+    users = 8
+    fixes = Fixes.optimized()
+    with LocalStack(replicas=1, redis=True) as stack:
+        with stack.primary.connect() as conn:
+            conn.execute("DROP DATABASE IF EXISTS shop WITH (FORCE)")
+            conn.execute("CREATE DATABASE shop")
+        dsn = stack.primary.dsn_for("shop")
+        load_shop(dsn, SCALES["tiny"])
+        prepare_indexes(dsn, fixes, FALLBACK_INDEXES)
+        stack.wait_replicas_caught_up(timeout=120)
+        with serve(create_payment_app(PaymentBehaviour(latency_s=0.05))) as payment_url:
+            settings = ShopSettings(
+                primary_url=stack.primary.url_for("shop", driver="asyncpg"),
+                payment_url=payment_url,
+                fixes=fixes,
+                replica_urls=[r.url_for("shop", driver="asyncpg") for r in stack.replicas],
+                redis_url=stack.redis_url,
+                concurrency=users,
+            )
+            parts = [
+                _serve_and_measure(settings, False, seconds),
+                _serve_and_measure(settings, True, seconds),
+                "### observe's functions (a third server, under cProfile)",
+                _serve_and_measure(settings, True, seconds, profiled=True),
+            ]
+    return "\n\n".join(parts)
+
+
+if __name__ == "__main__":
+    print(main(float(sys.argv[1]) if len(sys.argv) > 1 else 20.0))
