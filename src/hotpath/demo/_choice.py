@@ -32,9 +32,9 @@ frees the event loop (``offload``, ``lean``) is credited the wait of the request
 held up, as observe counts it, and no more: under a closed load (every user waits for its
 answer before asking again) that wait already holds the queueing a busy loop adds. Scaling
 it by ``1 / (1 - busy)`` (a single server's open-queue growth with observe's ``loop_busy``)
-counted that queueing twice: on the shop with indexes in and the loop 90% busy it credited
-moving the risk check off the loop ten times its wait, ranked it above eager loads, and it
-gained 1.05x where eager loads gained 1.8x.
+counted that queueing twice: on the shop with indexes in and its loop nearly always busy, it
+credited moving the risk check off the loop ten times its wait and ranked it above eager
+loads, which gained far more (docs/benchmarks.md, shop).
 
 ``replicas`` have no finding of their own (on one machine they move reads, they do not make
 them cheaper): an endpoint whose bottleneck is still its queries, once no finding maps to a
