@@ -23,25 +23,20 @@ from __future__ import annotations
 import asyncio
 import os
 import pstats
-import subprocess
 import sys
 import tempfile
 import textwrap
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
 from hotpath.demo._load import LoadSpec, run_load
 from hotpath.demo._process import shop_server
-from hotpath.demo._runner import FALLBACK_INDEXES, prepare_indexes
-from hotpath.demo._server import serve
 from hotpath.demo._workload import shop_mix
-from hotpath.demo.shop import SCALES, load_shop
+from hotpath.demo.shop import SCALES
 from hotpath.demo.shop.app import ShopSettings
-from hotpath.demo.shop.fixes import Fixes
-from hotpath.demo.shop.payments import PaymentBehaviour, create_payment_app
 from hotpath.demo.shop.server import SETTINGS_ENV, ServerOptions
-from hotpath.stack import LocalStack
+
+from .observe import optimized_shop
 
 # Loaded by the shop server (the only process with SETTINGS_ENV set): counts collections,
 # and profiles the loop thread between the START and STOP flag files.
@@ -118,8 +113,8 @@ def _serve_and_measure(
         os.environ["HOTPATH_PROFILE_CPROFILE"] = "1" if profiled else ""
         try:
             with shop_server(settings, options=ServerOptions(observe=observe)) as server:
-                port = urlparse(server.url).port
-                pid = int(subprocess.check_output(["pgrep", "-f", f"hotpath.demo.shop {port}"]))
+                assert server.pid is not None
+                pid = server.pid  # one worker: the process serving the requests
                 mix = shop_mix(SCALES["tiny"])
                 users = settings.concurrency
                 asyncio.run(run_load(server.url, mix, LoadSpec(concurrency=users, duration_s=3)))
@@ -186,31 +181,13 @@ def _observe_functions(path: Path, requests: int, top: int = 20) -> list[str]:
 
 
 def main(seconds: float) -> str:
-    users = 8
-    fixes = Fixes.optimized()
-    with LocalStack(replicas=1, redis=True) as stack:
-        with stack.primary.connect() as conn:
-            conn.execute("DROP DATABASE IF EXISTS shop WITH (FORCE)")
-            conn.execute("CREATE DATABASE shop")
-        dsn = stack.primary.dsn_for("shop")
-        load_shop(dsn, SCALES["tiny"])
-        prepare_indexes(dsn, fixes, FALLBACK_INDEXES)
-        stack.wait_replicas_caught_up(timeout=120)
-        with serve(create_payment_app(PaymentBehaviour(latency_s=0.05))) as payment_url:
-            settings = ShopSettings(
-                primary_url=stack.primary.url_for("shop", driver="asyncpg"),
-                payment_url=payment_url,
-                fixes=fixes,
-                replica_urls=[r.url_for("shop", driver="asyncpg") for r in stack.replicas],
-                redis_url=stack.redis_url,
-                concurrency=users,
-            )
-            parts = [
-                _serve_and_measure(settings, False, seconds),
-                _serve_and_measure(settings, True, seconds),
-                "### observe's functions (a third server, under cProfile)",
-                _serve_and_measure(settings, True, seconds, profiled=True),
-            ]
+    with optimized_shop(users=8) as settings:
+        parts = [
+            _serve_and_measure(settings, False, seconds),
+            _serve_and_measure(settings, True, seconds),
+            "### observe's functions (a third server, under cProfile)",
+            _serve_and_measure(settings, True, seconds, profiled=True),
+        ]
     return "\n\n".join(parts)
 
 

@@ -33,7 +33,8 @@ import logging
 import statistics
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import httpx
@@ -189,11 +190,11 @@ def _shop_table(contenders: list[_Served]) -> str:
     return table
 
 
-def _shop(quick: bool) -> str:
-    # rounds bounded by a request count: each server gets the same seeded request sequence,
-    # so CPU per request compares the same work (a time bound lets the faster one do more
-    # of the cheap, cached steps)
-    rounds, requests, users = (2, 200, 8) if quick else (8, 500, 8)
+@contextmanager
+def optimized_shop(users: int) -> Iterator[ShopSettings]:
+    """The settings of the optimized shop at tiny scale on a fresh local stack (a primary, a
+    replica, Redis) and a payment stub answering in 50 ms: what the shop part of this bench
+    and ``bench._observe_profile`` serve."""
     fixes = Fixes.optimized()
     with LocalStack(replicas=1, redis=True) as stack:
         with stack.primary.connect() as conn:
@@ -204,7 +205,7 @@ def _shop(quick: bool) -> str:
         prepare_indexes(dsn, fixes, FALLBACK_INDEXES)
         stack.wait_replicas_caught_up(timeout=120)
         with serve(create_payment_app(PaymentBehaviour(latency_s=0.05))) as payment_url:
-            settings = ShopSettings(
+            yield ShopSettings(
                 primary_url=stack.primary.url_for("shop", driver="asyncpg"),
                 payment_url=payment_url,
                 fixes=fixes,
@@ -212,24 +213,30 @@ def _shop(quick: bool) -> str:
                 redis_url=stack.redis_url,
                 concurrency=users,
             )
-            with (
-                shop_server(settings, options=ServerOptions(observe=False)) as bare,
-                shop_server(settings, options=ServerOptions(observe=True)) as observed,
-            ):
-                contenders = [
-                    _Served("no observe", bare),
-                    _Served("observe, every detector", observed),
-                ]
-                spec = LoadSpec(concurrency=users, duration_s=120.0, max_requests=requests)
-                # warm up (connections, statement and L1 caches), then every round loads both
-                # servers at once with the same seeded requests: whatever else the machine
-                # runs meanwhile weighs on both alike (rounds taken in turn measured the
-                # machine's load as much as observe on a busy 2-core machine)
-                asyncio.run(
-                    _together(contenders, LoadSpec(concurrency=users, duration_s=2.0), False)
-                )
-                for _ in range(rounds):
-                    asyncio.run(_together(contenders, spec, True))
+
+
+def _shop(quick: bool) -> str:
+    # rounds bounded by a request count: each server gets the same seeded request sequence,
+    # so CPU per request compares the same work (a time bound lets the faster one do more
+    # of the cheap, cached steps)
+    rounds, requests, users = (2, 200, 8) if quick else (8, 500, 8)
+    with (
+        optimized_shop(users) as settings,
+        shop_server(settings, options=ServerOptions(observe=False)) as bare,
+        shop_server(settings, options=ServerOptions(observe=True)) as observed,
+    ):
+        contenders = [
+            _Served("no observe", bare),
+            _Served("observe, every detector", observed),
+        ]
+        spec = LoadSpec(concurrency=users, duration_s=120.0, max_requests=requests)
+        # warm up (connections, statement and L1 caches), then every round loads both
+        # servers at once with the same seeded requests: whatever else the machine runs
+        # meanwhile weighs on both alike (rounds taken in turn measured the machine's load
+        # as much as observe on a busy 2-core machine)
+        asyncio.run(_together(contenders, LoadSpec(concurrency=users, duration_s=2.0), False))
+        for _ in range(rounds):
+            asyncio.run(_together(contenders, spec, True))
     head = (
         f"optimized shop (tiny scale), {users} users on loopback, {rounds} rounds of "
         f"{requests} requests per server, both servers loaded at once; ratios are observe / "

@@ -14,13 +14,15 @@ from typing import Any
 
 def lazy_exports(package: str, names: Mapping[str, str]) -> Callable[[str], Any]:
     """A module ``__getattr__`` importing ``names[attr]`` (absolute or relative to
-    ``package``) when ``attr`` is first used."""
+    ``package``) when ``attr`` is first used. ``"module:name"`` exports the module's ``name``
+    as ``attr``."""
 
     def __getattr__(attr: str) -> Any:
-        module = names.get(attr)
-        if module is None:
+        where = names.get(attr)
+        if where is None:
             raise AttributeError(f"module {package!r} has no attribute {attr!r}")
-        value = getattr(importlib.import_module(module, package), attr)
+        module, _, name = where.partition(":")
+        value = getattr(importlib.import_module(module, package), name or attr)
         globals_of_package = importlib.import_module(package).__dict__
         globals_of_package[attr] = value  # later lookups skip __getattr__
         return value

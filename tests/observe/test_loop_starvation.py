@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 from pathlib import Path
@@ -76,9 +75,9 @@ CHILD = textwrap.dedent(
 )
 
 
-def _schedstat_file(ran_ns: int) -> Path:
+def _schedstat_file(directory: Path, ran_ns: int) -> Path:
     """A scheduler-statistics file as the kernel writes it: ran, waited (ns), slices."""
-    path = Path(tempfile.mkdtemp()) / "schedstat"
+    path = directory / f"schedstat-{ran_ns}"
     path.write_text(f"{ran_ns} 0 1\n")
     return path
 
@@ -119,7 +118,7 @@ def test_a_starved_loop_is_not_taken_for_blocking_calls(tmp_path: Path) -> None:
     assert _starved_run(tmp_path, "without")["blocking_calls"] >= 1
 
 
-def test_a_step_the_watchdog_saw_only_at_its_end_is_not_judged() -> None:
+def test_a_step_the_watchdog_saw_only_at_its_end_is_not_judged(tmp_path: Path) -> None:
     """What the watchdog saw of a step's last sliver says nothing of the rest (seen under
     load: a 25 ms starved step looked at for its last 0.9 ms, its thread running then, was
     taken for CPU-bound code at the application's line)."""
@@ -134,7 +133,7 @@ def test_a_step_the_watchdog_saw_only_at_its_end_is_not_judged() -> None:
         monitor.threshold_s = 0.02
         monitor.seen_at, monitor.samples = ended - seen_for_s, [app_line]
         monitor.sched_at_seen = (0, 0)  # from then on: every nanosecond on a core
-        monitor._schedstat = str(_schedstat_file(ran_ns=int(seen_for_s * 1e9)))
+        monitor._schedstat = str(_schedstat_file(tmp_path, int(seen_for_s * 1e9)))
         monitor._record(started, ended, None)
         return len(monitor.blocks)
 

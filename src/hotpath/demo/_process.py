@@ -33,6 +33,7 @@ class ShopServer:
 
     url: str
     log_path: Path
+    pid: int | None = None  # the server process (uvicorn's parent when it has workers)
 
     def errors(self, limit: int = 5) -> list[str]:
         """The distinct exceptions the server logged (the last line of each traceback)."""
@@ -85,7 +86,7 @@ def shop_server(
                         f"the shop server did not answer on {url} within {timeout:.0f}s"
                     )
                 time.sleep(0.1)
-            yield ShopServer(url, log_path)
+            yield ShopServer(url, log_path, process.pid)
         finally:
             process.terminate()
             try:

@@ -15,7 +15,7 @@ and pytest integration through ``hotpath.testing``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .._lazy import lazy_exports
 
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 # Imported on first use: `hotpath run`'s supervisor, the CLI and the run agent need the
 # report, the settings and the finding kinds, not SQLAlchemy and the hooks (0.7 s at start).
-_lazy = lazy_exports(
+__getattr__ = lazy_exports(
     __name__,
     {
         "assert_max_queries": "._budget",
@@ -75,17 +75,9 @@ _lazy = lazy_exports(
         "ScopeStats": "._report",
         "Scope": "._scope",
         "ObserveSettings": "._settings",
+        "merge_reports": "._snapshot:merge",
     },
 )
-
-
-def __getattr__(attr: str) -> Any:
-    if attr == "merge_reports":  # exported under another name than its module's
-        from ._snapshot import merge  # noqa: PLC0415
-
-        globals()["merge_reports"] = merge
-        return merge
-    return _lazy(attr)
 
 
 __all__ = [
