@@ -76,10 +76,10 @@ def _span(scope: Scope, layer: Layer, started: float, ended: float) -> None:
     span = (layer, started, ended)
     if scope.parent is None:  # one scope (a request's): no walk up the nesting
         if scope.recording:
-            scope.timeline.spans.append(span)
+            scope.timeline.add_span(span)
         return
     for recording in recording_scopes(scope):
-        recording.timeline.spans.append(span)
+        recording.timeline.add_span(span)
 
 
 def _innermost(scope: Scope | None) -> Scope | None:
@@ -274,7 +274,7 @@ def _http_op(
     if inner is None:
         return
     target, origin = url_template(method, url)
-    inner.timeline.ops.append(
+    inner.timeline.add_op(
         IoOp(
             _HTTP,
             started,
@@ -474,7 +474,7 @@ def _cache_lookup(scope: Scope, key: str, clock: _LoaderClock, started: float) -
     if inner is None:
         return
     site = capture_call_site() if clock.ran else None
-    inner.timeline.cache_lookups.append(
+    inner.timeline.add_cache_lookup(
         (key_template(key), not clock.ran, (perf_counter() - started) * 1000, clock.ms, site)
     )
 

@@ -421,4 +421,5 @@ def collect_blocks(scope: Scope) -> None:
         return
     blocks = monitor.blocks_during(scope.started, scope.ended)
     scope.timeline.blocks = blocks
-    scope.timeline.spans.extend((_BLOCKED, b.start, b.end) for b in blocks)
+    for block in blocks:
+        scope.timeline.add_span((_BLOCKED, block.start, block.end))

@@ -128,16 +128,20 @@ def _values_at_percentiles(histogram: HdrHistogram, ranks: Iterable[float]) -> d
     return found
 
 
-class _Pending:
-    """Values recorded into ``histogram`` since it was last read, as counts by bucket index.
+# Values are folded into their histogram this many at a time (and whenever it is read): a
+# scope's roll-up records nine values, and a list append each is most of what it then costs.
+_FOLD_AT = 4096
 
-    Adding them on each read rather than on each record: a ``counts[index] += 1`` on hdrh's
-    ctypes array cost as much as the rest of a scope's roll-up, where a dict count of a
-    bucket seen before is cheap (a run's values fall in few buckets). The index arithmetic
-    is ``record``'s, with the histogram's constants read once.
+
+class _Pending:
+    """Values recorded into ``histogram`` since it was last read: appended as they come, and
+    folded in one loop, with the histogram's constants read once and the bucket counts
+    summed in a dict first (a ``counts[index] += 1`` on hdrh's ctypes array costs as much as
+    the rest of a value's fold; a run's values fall in few buckets). The index arithmetic
+    is ``record``'s.
     """
 
-    __slots__ = ("by_index", "half", "half_count", "high", "histogram", "low", "mask", "unit")
+    __slots__ = ("half", "half_count", "histogram", "mask", "unit", "values")
 
     def __init__(self, histogram: HdrHistogram) -> None:
         self.histogram = histogram
@@ -145,36 +149,34 @@ class _Pending:
         self.half = histogram.sub_bucket_half_count_magnitude
         self.mask = histogram.sub_bucket_mask
         self.half_count = histogram.sub_bucket_half_count
-        self.by_index: dict[int, int] = {}
-        self.low = _MAX_US + 1
-        self.high = 0
+        self.values: list[int] = []  # each 1 <= value <= _MAX_US
 
     def add(self, value: int) -> None:
         """Record ``1 <= value <= _MAX_US``."""
-        unit, half = self.unit, self.half
-        bucket = (value | self.mask).bit_length() - unit - half - 1
-        index = ((bucket + 1) << half) + (value >> (bucket + unit)) - self.half_count
-        by_index = self.by_index
-        by_index[index] = by_index.get(index, 0) + 1
-        if value < self.low:  # noqa: PLR1730 - a compare, not two calls, per value
-            self.low = value
-        if value > self.high:  # noqa: PLR1730
-            self.high = value
+        values = self.values
+        values.append(value)
+        if len(values) >= _FOLD_AT:
+            self.flush()
 
     def flush(self) -> HdrHistogram:
         """The histogram with every pending value in it."""
         histogram = self.histogram
-        if self.by_index:
-            counts = histogram.counts
-            total = 0
-            for index, count in self.by_index.items():
-                counts[index] += count
-                total += count
-            histogram.total_count += total
-            histogram.min_value = min(histogram.min_value, self.low)
-            histogram.max_value = max(histogram.max_value, self.high)
-            self.by_index = {}
-            self.low, self.high = _MAX_US + 1, 0
+        values = self.values
+        if not values:
+            return histogram
+        self.values = []
+        unit, half, mask, half_count = self.unit, self.half, self.mask, self.half_count
+        by_index: dict[int, int] = {}
+        for value in values:
+            bucket = (value | mask).bit_length() - unit - half - 1
+            index = ((bucket + 1) << half) + (value >> (bucket + unit)) - half_count
+            by_index[index] = by_index.get(index, 0) + 1
+        counts = histogram.counts
+        for index, count in by_index.items():
+            counts[index] += count
+        histogram.total_count += len(values)
+        histogram.min_value = min(histogram.min_value, min(values))
+        histogram.max_value = max(histogram.max_value, max(values))
         return histogram
 
 
@@ -182,21 +184,62 @@ class Timing:
     """Durations of one name (µs resolution, 3 significant digits).
 
     ``lock`` guards it (a roll-up gives its timings its own lock, and records them under it
-    with ``add_ms``); it is reentrant: reading ``histogram`` takes it too.
+    with ``add_ms``); it is reentrant: reading ``histogram`` or a count takes it too.
+    Durations are kept as given and folded into the counts and the histogram when read (or
+    every ``_FOLD_AT``): recording one is a list append.
     """
 
     def __init__(self, digits: int = 3, lock: threading.RLock | None = None) -> None:
         self._pending = _Pending(_histogram(digits))
-        self.count = 0
-        self.zeros = 0  # durations under 1 µs: kept out of the histogram (it starts at 1 µs)
-        self.total_ms = 0.0
+        self._ms: list[float] = []  # recorded, not folded yet
+        self._count = 0
+        self._zeros = 0  # durations under 1 µs: kept out of the histogram (it starts at 1 µs)
+        self._total_ms = 0.0
         self._lock = lock or threading.RLock()
+
+    def _fold(self) -> None:
+        """Fold the recorded durations in (the caller holds the lock)."""
+        recorded = self._ms  # emptied in place: a roll-up appends to it directly
+        if not recorded:
+            return
+        zeros = 0
+        values = self._pending.values
+        for ms in recorded:
+            if ms < 0.001:
+                zeros += 1
+            else:
+                value = int(ms * 1000)
+                values.append(value if value < _MAX_US else _MAX_US)
+        self._count += len(recorded)
+        self._zeros += zeros
+        self._total_ms += sum(recorded)
+        recorded.clear()
+        self._pending.flush()
 
     @property
     def histogram(self) -> HdrHistogram:
         """The durations recorded so far (under 1 µs excepted: ``zeros``)."""
         with self._lock:
+            self._fold()
             return self._pending.flush()
+
+    @property
+    def count(self) -> int:
+        with self._lock:
+            self._fold()
+            return self._count
+
+    @property
+    def zeros(self) -> int:
+        with self._lock:
+            self._fold()
+            return self._zeros
+
+    @property
+    def total_ms(self) -> float:
+        with self._lock:
+            self._fold()
+            return self._total_ms
 
     def record_ms(self, ms: float) -> None:
         with self._lock:
@@ -204,17 +247,21 @@ class Timing:
 
     def add_ms(self, ms: float) -> None:
         """``record_ms`` for a caller holding this timing's lock."""
-        self.count += 1
-        self.total_ms += ms
-        if ms < 0.001:
-            self.zeros += 1
-        else:
-            self._pending.add(min(_MAX_US, int(ms * 1000)))
+        recorded = self._ms
+        recorded.append(ms)
+        if len(recorded) >= _FOLD_AT:
+            self._fold()
 
     def record_zero(self) -> None:
         with self._lock:
-            self.count += 1
-            self.zeros += 1
+            self._ms.append(0.0)
+
+    def add_counts(self, count: int, zeros: int, total_ms: float) -> None:
+        """Add another process's counts (its histogram is added to ``histogram``)."""
+        with self._lock:
+            self._count += count
+            self._zeros += zeros
+            self._total_ms += total_ms
 
     def percentile_ms(self, percentile: float) -> float:
         return self.percentiles_ms((percentile,))[percentile]
@@ -252,9 +299,7 @@ class Timing:
     def merge(self, other: Timing) -> None:
         with self._lock:
             self.histogram.add(other.histogram)
-            self.count += other.count
-            self.zeros += other.zeros
-            self.total_ms += other.total_ms
+            self.add_counts(other.count, other.zeros, other.total_ms)
 
 
 @dataclass
@@ -333,17 +378,43 @@ class Rollup:
     def __init__(self) -> None:
         # one lock for the roll-up and its timings: a scope is added under it at once
         self._lock = threading.RLock()
-        self.latency = Timing(lock=self._lock)
+        self._latency = Timing(lock=self._lock)
         self._queries = _Pending(_histogram())
-        self.max_queries = 0
-        self.db_ms = Timing(lock=self._lock)
+        self._max_queries = 0
+        self._db_ms = Timing(lock=self._lock)
         # per layer, its time in each scope (2 significant digits: 7 of them per name)
-        self.layers = {layer: Timing(digits=2, lock=self._lock) for layer in LAYERS}
+        self._layers = {layer: Timing(digits=2, lock=self._lock) for layer in LAYERS}
+        # what add() appends to: the timings' own lists of durations not folded yet
+        self._latency_ms, self._db = self._latency._ms, self._db_ms._ms
+        self._layer_ms = {layer: timing._ms for layer, timing in self._layers.items()}
         # keyed by the call site itself: its text (a relative path) is made once per fix at
         # report time, not once per finding per scope
         self.fixes: dict[tuple[str, CallSite | None, str], FixTotal] = {}
         self.caches: dict[str, CacheUse] = {}
         self.reads = ReadRepeats()
+
+    def _fold(self) -> None:
+        """Fold the figures recorded so far into the timings (the caller holds the lock)."""
+        for timing in (self._latency, self._db_ms, *self._layers.values()):
+            timing._fold()
+
+    @property
+    def latency(self) -> Timing:
+        with self._lock:
+            self._fold()
+            return self._latency
+
+    @property
+    def db_ms(self) -> Timing:
+        with self._lock:
+            self._fold()
+            return self._db_ms
+
+    @property
+    def layers(self) -> dict[Layer, Timing]:
+        with self._lock:
+            self._fold()
+            return self._layers
 
     @property
     def queries(self) -> HdrHistogram:
@@ -351,46 +422,71 @@ class Rollup:
         with self._lock:
             return self._queries.flush()
 
+    @property
+    def max_queries(self) -> int:
+        return self._max_queries
+
+    def merge_max_queries(self, most: int) -> None:
+        with self._lock:
+            self._max_queries = max(self._max_queries, most)
+
     def add(self, scope: Scope) -> None:
         with self._lock:
-            self.latency.add_ms(scope.duration_ms)
-            self.db_ms.add_ms(scope.db_time_ms)
-            layers = self.layers
+            # the timings' lists, appended to directly: nine method calls were most of what
+            # a roll-up cost (floats: nothing the garbage collector counts)
+            latency = self._latency_ms
+            latency.append(scope.duration_ms)
+            self._db.append(scope.db_time_ms)
+            layers = self._layer_ms
             for layer, ms in scope.breakdown_ms.items():
-                layers[layer].add_ms(ms)
-            self._queries.add(min(_MAX_US, max(1, scope.query_count)))
-            self.max_queries = max(self.max_queries, scope.query_count)
-            for finding in scope.findings:
-                if finding.kind in _ONE_PER_ENDPOINT:
-                    key: tuple[str, CallSite | None, str] = (finding.kind.value, None, "")
-                elif finding.kind is FindingKind.SLOW_QUERY and finding.fingerprint:
-                    # one statement is one fix: its plan (and the index it asks for) reaches
-                    # the scopes that conclude after it was taken, not those already running
-                    key = (finding.kind.value, finding.call_site, finding.fingerprint)
-                else:
-                    # the fix, else the statement: a message carries the run's figures
-                    key = (
-                        finding.kind.value,
-                        finding.call_site,
-                        finding.fix or finding.fingerprint or finding.message,
-                    )
-                total = self.fixes.get(key)
-                if total is None:
-                    total = self.fixes[key] = FixTotal(finding)
-                elif fuller_example(finding, total.example):
-                    total.example = finding  # the fullest instance names the calls
-                total.scopes += 1
-                total.saving_ms += finding.saving_ms
-            if scope.name.startswith("GET ") and scope.timeline.known_text:
+                layers[layer].append(ms)
+            queries = scope.query_count
+            self._queries.values.append(queries if queries > 1 else 1)
+            if queries > self._max_queries:
+                self._max_queries = queries
+            if len(latency) >= _FOLD_AT:
+                self._fold()
+            if scope.findings:
+                self._add_findings(scope.findings)
+            timeline = scope.timeline
+            if timeline.known_text and scope.name.startswith("GET "):
                 self.reads.add(scope)
-            early = scope.settings.cache_min_lookups
-            for name, hit, ms, load_ms, site in scope.timeline.cache_lookups:
-                use = self.caches.get(name)
-                if use is None:
-                    if len(self.caches) >= _MAX_CACHE_NAMES:
-                        continue
-                    use = self.caches[name] = CacheUse()
-                use.add(hit, ms, load_ms, site, early)
+            if timeline.cache_lookups:
+                self._add_cache_lookups(timeline.cache_lookups, scope.settings.cache_min_lookups)
+
+    def _add_findings(self, findings: list[Finding]) -> None:
+        for finding in findings:
+            if finding.kind in _ONE_PER_ENDPOINT:
+                key: tuple[str, CallSite | None, str] = (finding.kind.value, None, "")
+            elif finding.kind is FindingKind.SLOW_QUERY and finding.fingerprint:
+                # one statement is one fix: its plan (and the index it asks for) reaches
+                # the scopes that conclude after it was taken, not those already running
+                key = (finding.kind.value, finding.call_site, finding.fingerprint)
+            else:
+                # the fix, else the statement: a message carries the run's figures
+                key = (
+                    finding.kind.value,
+                    finding.call_site,
+                    finding.fix or finding.fingerprint or finding.message,
+                )
+            total = self.fixes.get(key)
+            if total is None:
+                total = self.fixes[key] = FixTotal(finding)
+            elif fuller_example(finding, total.example):
+                total.example = finding  # the fullest instance names the calls
+            total.scopes += 1
+            total.saving_ms += finding.saving_ms
+
+    def _add_cache_lookups(
+        self, lookups: list[tuple[str, bool, float, float, CallSite | None]], early: int
+    ) -> None:
+        for name, hit, ms, load_ms, site in lookups:
+            use = self.caches.get(name)
+            if use is None:
+                if len(self.caches) >= _MAX_CACHE_NAMES:
+                    continue
+                use = self.caches[name] = CacheUse()
+            use.add(hit, ms, load_ms, site, early)
 
 
 # A thread's CPU clock is a system call, not a vDSO read: once per request it cost the served
@@ -422,16 +518,17 @@ class LoopUse:
         """An async request concluded, on its loop's thread (the one whose clock is read)."""
         self.first = min(self.first, scope.started)
         self.last = max(self.last, scope.ended)
-        thread = threading.get_native_id()
+        thread = threading.get_ident()  # no system call (get_native_id's is one)
         clock = self.cpu.get(thread)
         if clock is None or scope.ended - clock[2] >= _CLOCK_READ_S:
             now = time.thread_time()
             self.cpu[thread] = (now if clock is None else clock[0], now, scope.ended)
-        self.waits_s += sum(
-            block.end - block.start
-            for block in scope.timeline.blocks
-            if block.scope_id == id(scope) and not block.cpu_bound
-        )
+        if scope.timeline.blocks:
+            self.waits_s += sum(
+                block.end - block.start
+                for block in scope.timeline.blocks
+                if block.scope_id == id(scope) and not block.cpu_bound
+            )
 
     @property
     def held_s(self) -> float:
@@ -462,7 +559,9 @@ class Rollups:
         self.loop = LoopUse()
 
     def add(self, scope: Scope) -> None:
-        self.rollup(scope.name).add(scope)
+        # a dict read needs no lock (the GIL makes it atomic): only a new name takes it
+        rollup = self.by_name.get(scope.name) or self.rollup(scope.name)
+        rollup.add(scope)
         if scope.is_async:
             with self._lock:
                 self.loop.add(scope)

@@ -22,7 +22,7 @@ from ._callsite import capture_call_site, ignored_at
 from ._eager import TRACK_ATTR, EagerGroup, tracking_class
 from ._fingerprint import shape_of
 from ._records import CallSite, Finding, FindingKind, Layer, Mode, QueryRecord
-from ._timeline import IoOp, Timeline
+from ._timeline import NO_ITEMS, NO_SET, IoOp, Timeline
 from ._values import not_read, parameter_values, result_values
 
 if TYPE_CHECKING:
@@ -136,6 +136,56 @@ class PendingExplain:
 class Scope:
     """Everything recorded for one unit of work; use through ``Profiler.scope(name)``."""
 
+    # one per request: its attributes in slots, not in a dict of its own
+    __slots__ = (
+        "_duplicate_ms",
+        "_duplicate_sites",
+        "_duplicate_suppressed",
+        "_duplicates",
+        "_eager",
+        "_executions",
+        "_flushing_sessions",
+        "_foreign_sessions",
+        "_last_group",
+        "_lazy",
+        "_lazy_targets",
+        "_origin_cache",
+        "_origin_chain",
+        "_origin_root",
+        "_reloaded",
+        "_run_origins",
+        "_shape_counts",
+        "_shape_groups",
+        "_slow",
+        "_stopped_at",
+        "_token",
+        "_unbounded",
+        "_walk_limit",
+        "breakdown_ms",
+        "capture_sites",
+        "closed",
+        "db_time_ms",
+        "duration_ms",
+        "ended",
+        "findings",
+        "is_async",
+        "modes",
+        "name",
+        "namer",
+        "parent",
+        "pending_explains",
+        "queries",
+        "query_count",
+        "recorder",
+        "recording",
+        "settings",
+        "started",
+        "timeline",
+        "tracks_duplicates",
+        "tracks_eager",
+        "tracks_n_plus_one",
+    )
+
     def __init__(
         self,
         recorder: Recorder,
@@ -170,8 +220,10 @@ class Scope:
         self.breakdown_ms: dict[Layer, float] = {}
         self.query_count = 0
         self.db_time_ms = 0.0
-        self.queries: list[QueryRecord] = []
-        self.findings: list[Finding] = []
+        # the lists and sets below start as the shared empty ones (NO_ITEMS, NO_SET) and are
+        # made when first written: most requests leave most of them empty
+        self.queries: list[QueryRecord] = NO_ITEMS
+        self.findings: list[Finding] = NO_ITEMS
         self.closed = False
         self.recording = False  # open, and not stopped early (stop_recording)
         self._stopped_at: float | None = None
@@ -183,22 +235,22 @@ class Scope:
         self._duplicates: dict[tuple[str, int], int] = {}
         self._duplicate_sites: dict[tuple[str, int], CallSite | None] = {}
         self._duplicate_ms: dict[tuple[str, int], float] = {}
-        self._duplicate_suppressed: set[tuple[str, int]] = set()
+        self._duplicate_suppressed: set[tuple[str, int]] = NO_SET
         self._slow: dict[str, SlowGroup] = {}
         self._unbounded: dict[tuple[str, CallSite | None], tuple[str, int, bool]] = {}
-        self.pending_explains: list[PendingExplain] = []
-        self._executions: dict[int, Execution] = {EAGER_TOKEN: _EAGER_EXECUTION}
+        self.pending_explains: list[PendingExplain] = NO_ITEMS
+        self._executions: dict[int, Execution] = {}  # and EAGER_TOKEN's, in every scope
         self._origin_chain: dict[Origin, Chain] = {}
         self._origin_cache: dict[tuple[int, Any], Origin] = {}
         self._run_origins: dict[int, Origin] = {}
         self._lazy: dict[tuple[Origin, str], LazyGroup] = {}
-        self._lazy_targets: set[tuple[int, str]] = set()  # (id(parent state), key) loading now
+        self._lazy_targets: set[tuple[int, str]] = NO_SET  # (id(parent state), key) loading now
         self._eager: dict[Any, EagerGroup] = {}  # relationship property -> its group
         # id(state) -> its origin before a column load gave it the runid of that reload
         self._reloaded: dict[int, Origin] = {}
         self._origin_root: dict[Origin, Any] = {}  # query origin -> the mapper it selected
-        self._flushing_sessions: list[Any] = []  # sessions that flushed in this scope
-        self._foreign_sessions: set[int] = set()  # sessions that ran on other engines
+        self._flushing_sessions: list[Any] = NO_ITEMS  # sessions that flushed in this scope
+        self._foreign_sessions: set[int] = NO_SET  # sessions that ran on other engines
 
     def current_name(self) -> str:
         """Its name as of now: the route template as soon as routing has matched one."""
@@ -317,19 +369,18 @@ class Scope:
         while scope is not None:  # this scope and the ones of this profiler it is nested in
             if scope.recorder is recorder:  # another profiler's scopes hear from their own
                 scope._add(statement, fingerprint, params_hash, duration_ms, judged_elsewhere, site)
-                scope.timeline.spans.append(span)
+                scope.timeline.add_span(span)
             scope = scope.parent
         timeline = self.timeline
         if not shape.is_select:
-            timeline.writing_connections.add(connection)
+            timeline.note_writing(connection)
         if duration_ms >= settings.sequential_min_ms:
             # long enough to be worth running concurrently: kept for the sequential-I/O
             # detector, with what it read (to tell dependent queries from independent ones).
             # A statement seen before in the scope is a loop, which that detector leaves to
             # the N+1 and duplicate ones: it is counted, not walked nor read again.
-            first = fingerprint not in timeline.op_targets
-            timeline.op_targets.add(fingerprint)
-            timeline.ops.append(
+            first = timeline.add_op_target(fingerprint)
+            timeline.add_op(
                 IoOp(
                     _DB,
                     started,
@@ -348,9 +399,11 @@ class Scope:
         if duration_ms >= settings.slow_query_ms:
             self._note_slow(statement, fingerprint, duration_ms, site.get())
             if self.modes[FindingKind.SLOW_QUERY] != "off" and recorder.plans.wants(fingerprint):
-                self.pending_explains.append(
-                    PendingExplain(engine, statement, parameters, fingerprint)
-                )
+                explain = PendingExplain(engine, statement, parameters, fingerprint)
+                if self.pending_explains is NO_ITEMS:
+                    self.pending_explains = [explain]
+                else:
+                    self.pending_explains.append(explain)
         if shape.is_select and not shape.has_limit and rowcount > settings.max_rows:
             where = site.get()
             key = (fingerprint, where)
@@ -358,6 +411,8 @@ class Scope:
                 suppressed = _suppressed(FindingKind.UNBOUNDED_RESULT, where)
                 self._unbounded[key] = (statement, rowcount, suppressed)
         if len(self.queries) < settings.keep_queries:
+            if self.queries is NO_ITEMS:
+                self.queries = []
             self.queries.append(
                 QueryRecord(
                     self._shown_sql(statement),
@@ -401,6 +456,8 @@ class Scope:
                 where = site.get()
                 self._duplicate_sites[key] = where
                 if _suppressed(FindingKind.DUPLICATE, where):
+                    if self._duplicate_suppressed is NO_SET:
+                        self._duplicate_suppressed = set()
                     self._duplicate_suppressed.add(key)
 
     def _track_shape(
@@ -448,7 +505,9 @@ class Scope:
         self._executions[token] = execution
 
     def _execution(self, token: int | None) -> Execution | None:
-        return None if token is None else self._executions.get(token)
+        if token is None:
+            return None
+        return _EAGER_EXECUTION if token == EAGER_TOKEN else self._executions.get(token)
 
     def _origin_of(self, state: InstanceState[Any]) -> Origin:
         """The result set that produced ``state``: the query run SQLAlchemy's loader stamped
@@ -531,7 +590,9 @@ class Scope:
         return execution
 
     def _note_flush(self, session: Any) -> None:
-        if not any(s is session for s in self._flushing_sessions):
+        if self._flushing_sessions is NO_ITEMS:
+            self._flushing_sessions = [session]
+        elif not any(s is session for s in self._flushing_sessions):
             self._flushing_sessions.append(session)
 
     def _flushing(self) -> bool:
@@ -543,6 +604,8 @@ class Scope:
         return any(session._flushing for session in sessions)
 
     def _note_foreign_session(self, session: Any) -> None:
+        if self._foreign_sessions is NO_SET:
+            self._foreign_sessions = set()
         self._foreign_sessions.add(session.hash_key)
 
     def _chain_of(self, origin: Origin) -> Chain:
@@ -564,6 +627,8 @@ class Scope:
             group = self._lazy[key] = LazyGroup(chain)
         group.parents.add(id(parent))
         group.queries += 1
+        if self._lazy_targets is NO_SET:
+            self._lazy_targets = set()
         self._lazy_targets.add((id(parent), prop.key))
         if len(group.parents) == 2:  # first suspicion: now the call site is worth a walk
             group.call_site = capture_call_site()

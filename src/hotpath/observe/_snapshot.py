@@ -41,9 +41,7 @@ def _timing_state(timing: Timing) -> dict[str, Any]:
 def _merge_timing(into: Timing, state: dict[str, Any]) -> None:
     with into._lock:
         into.histogram.decode_and_add(state["hist"].encode("ascii"))
-        into.count += state["count"]
-        into.zeros += state["zeros"]
-        into.total_ms += state["total_ms"]
+        into.add_counts(state["count"], state["zeros"], state["total_ms"])
 
 
 def _site_state(site: CallSite | None) -> dict[str, Any] | None:
@@ -132,7 +130,7 @@ def _merge_rollup(into: Rollup, state: dict[str, Any]) -> None:
         for name, layer_state in state["layers"].items():
             _merge_timing(into.layers[Layer(name)], layer_state)
         into.queries.decode_and_add(state["queries"].encode("ascii"))
-        into.max_queries = max(into.max_queries, state["max_queries"])
+        into.merge_max_queries(state["max_queries"])
         for fix in state["fixes"]:
             key = (fix["key"][0], _site(fix["key"][1]), fix["key"][2])
             example = _finding(fix["example"])

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._records import LAYERS, CallSite, Layer
 from ._values import not_read
@@ -26,6 +26,13 @@ if TYPE_CHECKING:
 _BLOCKED, _CONNECT, _OTHER, _POOL_WAIT = Layer.BLOCKED, Layer.CONNECT, Layer.OTHER, Layer.POOL_WAIT
 
 Span = tuple[Layer, float, float]  # perf_counter seconds
+
+# A timeline's (and a scope's) lists and sets until something is added: most requests leave
+# most of them empty, and an empty list or set is still an object the garbage collector
+# counts (a request's allocations are what set how often it runs: docs/benchmarks.md).
+# Immutable, so a write that forgot to make its own container fails instead of sharing one.
+NO_ITEMS: Any = ()
+NO_SET: Any = frozenset()
 
 
 @dataclass(slots=True)
@@ -91,13 +98,13 @@ class LoopBlock:
 class Timeline:
     """A scope's spans and operations (filled by the hooks while it records)."""
 
-    spans: list[Span] = field(default_factory=list)
-    ops: list[IoOp] = field(default_factory=list)
+    spans: list[Span] = NO_ITEMS
+    ops: list[IoOp] = NO_ITEMS
     # the text the request came with (its path and query): an operation's input equal to one
     # of its values did not come from an earlier operation's output
     known_text: str = ""
-    writing_connections: set[int] = field(default_factory=set)
-    op_targets: set[str] = field(default_factory=set)  # statements kept as operations so far
+    writing_connections: set[int] = NO_SET
+    op_targets: set[str] = NO_SET  # statements kept as operations so far
     connects: int = 0
     connect_started: float | None = None  # a connect under way (its span ends at checkout)
     connect_site: CallSite | None = None
@@ -109,11 +116,45 @@ class Timeline:
     pool_waits: int = 0  # checkouts that found every connection taken
     redis_site: CallSite | None = None  # a slow Redis command's (the slowest, within 2x)
     redis_slowest_ms: float = 0.0
-    blocks: list[LoopBlock] = field(default_factory=list)  # filled when the scope concludes
+    blocks: list[LoopBlock] = NO_ITEMS  # filled when the scope concludes
     # hotpath.cache lookups: (key template, hit, ms in all, ms loading, call site of a miss)
-    cache_lookups: list[tuple[str, bool, float, float, CallSite | None]] = field(
-        default_factory=list
-    )
+    cache_lookups: list[tuple[str, bool, float, float, CallSite | None]] = NO_ITEMS
+
+    def add_span(self, span: Span) -> None:
+        if self.spans is NO_ITEMS:
+            self.spans = [span]
+        else:
+            self.spans.append(span)
+
+    def add_op(self, op: IoOp) -> None:
+        if self.ops is NO_ITEMS:
+            self.ops = [op]
+        else:
+            self.ops.append(op)
+
+    def add_op_target(self, target: str) -> bool:
+        """Note a statement kept as an operation: whether it is its first."""
+        if self.op_targets is NO_SET:
+            self.op_targets = {target}
+            return True
+        if target in self.op_targets:
+            return False
+        self.op_targets.add(target)
+        return True
+
+    def note_writing(self, connection: int) -> None:
+        if self.writing_connections is NO_SET:
+            self.writing_connections = {connection}
+        else:
+            self.writing_connections.add(connection)
+
+    def add_cache_lookup(
+        self, lookup: tuple[str, bool, float, float, CallSite | None]
+    ) -> None:
+        if self.cache_lookups is NO_ITEMS:
+            self.cache_lookups = [lookup]
+        else:
+            self.cache_lookups.append(lookup)
 
 
 def recording_scopes(scope: Scope | None) -> Iterable[Scope]:
