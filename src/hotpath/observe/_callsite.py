@@ -13,7 +13,7 @@ from __future__ import annotations
 import linecache
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from types import CodeType, FrameType
 from typing import Any
 
@@ -60,6 +60,37 @@ def capture_call_site() -> CallSite | None:
     if found is None:
         return None
     return CallSite(found.f_code.co_filename, found.f_lineno, found.f_code.co_name)
+
+
+class SiteMemo:
+    """The call site of a recurring operation (a statement, a Redis key template, a cached
+    thing), walked at its 1st, 2nd, 4th, 8th... occurrence in the process and remembered in
+    between.
+
+    A walk materializes every frame it passes (tens, under an async ORM), which made the
+    walks for evidence (where a slow Redis command, a cache miss, a long statement was
+    issued) a large part of what observe cost a request. One operation is issued from one
+    place in nearly every application; one issued from several is named by the site walked
+    last, and walked again ever more rarely.
+    """
+
+    __slots__ = ("_max_keys", "_seen")
+
+    def __init__(self, max_keys: int = 4096) -> None:
+        self._seen: dict[Hashable, tuple[int, CallSite | None]] = {}
+        self._max_keys = max_keys
+
+    def site(self, key: Hashable) -> CallSite | None:
+        seen = self._seen.get(key)
+        count = 1 if seen is None else seen[0] + 1
+        if seen is not None and count & (count - 1):
+            self._seen[key] = (count, seen[1])
+            return seen[1]
+        site = capture_call_site()
+        if seen is not None or len(self._seen) < self._max_keys:
+            # past the bound, new keys are walked each time and not remembered
+            self._seen[key] = (count, site)
+        return site
 
 
 _IGNORE = re.compile(r"#\s*hotpath:\s*ignore(?:\[([\w,\s]+)\])?")

@@ -29,7 +29,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool, Pool
 
-from ._callsite import capture_call_site
+from ._callsite import SiteMemo, capture_call_site
 from ._records import Layer
 from ._scope import Scope, current_scope
 from ._timeline import IoOp, recording_scopes
@@ -182,7 +182,21 @@ def _after_connect(dbapi_connection: Any, record: Any) -> None:
 # -- redis-py --------------------------------------------------------------------------------
 
 
-def _redis_done(scope: Scope, started: float) -> None:
+# where each kind of Redis command and each cached thing is issued (see SiteMemo)
+_redis_sites = SiteMemo()
+_cache_sites = SiteMemo()
+
+
+def _redis_command(args: Any) -> str:
+    """What a Redis call does, by command and key template (``GET user:{n}``); a pipeline's
+    commands are its own."""
+    if not args:
+        return "pipeline"
+    key = args[1] if len(args) > 1 else ""
+    return f"{args[0]} {key_template(key) if isinstance(key, str) else type(key).__name__}"
+
+
+def _redis_done(scope: Scope, started: float, args: Any) -> None:
     ended = perf_counter()
     _span(scope, _REDIS, started, ended)
     inner = _innermost(scope)
@@ -195,7 +209,7 @@ def _redis_done(scope: Scope, started: float) -> None:
     # "the slowest so far" in turn: a walk each was most of a cached request's overhead)
     if ms >= _WAIT_SITE_S * 1000 and ms > 2 * timeline.redis_slowest_ms:
         timeline.redis_slowest_ms = ms
-        timeline.redis_site = capture_call_site()
+        timeline.redis_site = _redis_sites.site(_redis_command(args))
 
 
 def _redis_sync(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
@@ -206,7 +220,7 @@ def _redis_sync(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     try:
         return wrapped(*args, **kwargs)
     finally:
-        _redis_done(scope, started)
+        _redis_done(scope, started, args)
 
 
 async def _redis_async(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
@@ -217,7 +231,7 @@ async def _redis_async(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> A
     try:
         return await wrapped(*args, **kwargs)
     finally:
-        _redis_done(scope, started)
+        _redis_done(scope, started, args)
 
 
 def _hook_redis(module: Any) -> None:
@@ -473,9 +487,10 @@ def _cache_lookup(scope: Scope, key: str, clock: _LoaderClock, started: float) -
     inner = _innermost(scope)
     if inner is None:
         return
-    site = capture_call_site() if clock.ran else None
+    template = key_template(key)
+    site = _cache_sites.site(template) if clock.ran else None
     inner.timeline.add_cache_lookup(
-        (key_template(key), not clock.ran, (perf_counter() - started) * 1000, clock.ms, site)
+        (template, not clock.ran, (perf_counter() - started) * 1000, clock.ms, site)
     )
 
 

@@ -54,24 +54,50 @@ class ASGIMiddleware:
         async with self.profiler.scope(f"{method} {path}") as recording:
             query = scope.get("query_string", b"").decode("latin-1")
             recording.timeline.known_text = f"{path} {query}"
-            recording.namer = lambda: _asgi_name(method, scope, 200)
-
-            async def send_with_timing(message: Message) -> None:
-                kind = message["type"]
-                if kind == "http.response.start":
-                    recording.name = _asgi_name(method, scope, message.get("status", 200))
-                    if self.server_timing:
-                        headers = list(message.get("headers", []))
-                        headers.append((b"server-timing", recording.server_timing().encode()))
-                        message["headers"] = headers
-                await send(message)
-                if kind == "http.response.body" and not message.get("more_body", False):
-                    # The response is complete: what runs after it (background tasks) is not
-                    # the request's time nor its queries.
-                    recording.stop_recording()
-
+            exchange = _Exchange(method, scope, recording, send, self.server_timing)
+            recording.namer = exchange.name
             # every step of the request's coroutine is timed: a long one blocked the loop
-            await timed_steps(self.app(scope, receive, send_with_timing), recording)
+            await timed_steps(self.app(scope, receive, exchange.send), recording)
+
+
+class _Exchange:
+    """One request's ``send``, seen on its way out: the response start names the scope (and
+    gets the ``Server-Timing`` header), the body's end stops its clock. An object rather
+    than closures: a request makes one, where closures made a cell per variable."""
+
+    __slots__ = ("asgi_scope", "downstream", "method", "recording", "server_timing")
+
+    def __init__(
+        self,
+        method: str,
+        asgi_scope: MutableMapping[str, Any],
+        recording: Scope,
+        downstream: Callable[[Message], Awaitable[None]],
+        server_timing: bool,
+    ) -> None:
+        self.method = method
+        self.asgi_scope = asgi_scope
+        self.recording = recording
+        self.downstream = downstream
+        self.server_timing = server_timing
+
+    def name(self) -> str:
+        return _asgi_name(self.method, self.asgi_scope, 200)
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        recording = self.recording
+        if kind == "http.response.start":
+            recording.name = _asgi_name(self.method, self.asgi_scope, message.get("status", 200))
+            if self.server_timing:
+                headers = list(message.get("headers", []))
+                headers.append((b"server-timing", recording.server_timing().encode()))
+                message["headers"] = headers
+        await self.downstream(message)
+        if kind == "http.response.body" and not message.get("more_body", False):
+            # The response is complete: what runs after it (background tasks) is not the
+            # request's time nor its queries.
+            recording.stop_recording()
 
 
 def _asgi_name(method: str, scope: MutableMapping[str, Any], status: int) -> str:

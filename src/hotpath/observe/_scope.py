@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy.orm import RelationshipProperty
 
-from ._callsite import capture_call_site, ignored_at
+from ._callsite import SiteMemo, capture_call_site, ignored_at
 from ._eager import TRACK_ATTR, EagerGroup, tracking_class
 from ._fingerprint import shape_of
 from ._records import CallSite, Finding, FindingKind, Layer, Mode, QueryRecord
@@ -54,6 +54,8 @@ _MAX_PARAM_HASHES = 64
 _MAX_DUPLICATE_KEYS = 10_000  # distinct (statement, parameters) remembered per scope
 
 
+# where each statement long enough to be an operation of the request is issued (SiteMemo)
+_operation_sites = SiteMemo()
 _failed_listeners: set[str] = set()  # listeners whose bug was logged (once each)
 
 
@@ -380,6 +382,9 @@ class Scope:
             # A statement seen before in the scope is a loop, which that detector leaves to
             # the N+1 and duplicate ones: it is counted, not walked nor read again.
             first = timeline.add_op_target(fingerprint)
+            where = None
+            if first:
+                where = site.site if site.taken else _operation_sites.site(fingerprint)
             timeline.add_op(
                 IoOp(
                     _DB,
@@ -388,7 +393,7 @@ class Scope:
                     fingerprint,
                     self._shown_sql(statement) if first else "",
                     f"db {server}",
-                    site.get() if first else None,
+                    where,
                     inputs_from=partial(parameter_values, parameters if first else None),
                     outputs_from=result_values(cursor) if first else not_read,
                     connection=connection,
