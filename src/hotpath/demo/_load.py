@@ -72,9 +72,7 @@ class LoadResult:
     def overall_latency(self) -> Timing:
         merged = Timing()
         for stats in self.endpoints.values():
-            merged.histogram.add(stats.latency.histogram)
-            merged.count += stats.latency.count
-            merged.total_ms += stats.latency.total_ms
+            merged.merge(stats.latency)
         return merged
 
 

@@ -56,8 +56,17 @@ class ASGIMiddleware:
             recording.timeline.known_text = f"{path} {query}"
             exchange = _Exchange(method, scope, recording, send, self.server_timing)
             recording.namer = exchange.name
-            # every step of the request's coroutine is timed: a long one blocked the loop
-            await timed_steps(self.app(scope, receive, exchange.send), recording)
+            try:
+                # every step of the request's coroutine is timed: a long one blocked the loop
+                await timed_steps(self.app(scope, receive, exchange.send), recording)
+            finally:
+                # The framework keeps this request's send in objects (Starlette's Request)
+                # that reference cycles keep alive until the garbage collector runs: hanging
+                # off them, the recording (its timeline, the rows its operations read) would
+                # wait for a collection too, and raise how often the collector runs (it did:
+                # docs/benchmarks.md, observe). Unhooked, reference counting frees it.
+                exchange.recording = None
+                recording.namer = None
 
 
 class _Exchange:
@@ -66,6 +75,7 @@ class _Exchange:
     than closures: a request makes one, where closures made a cell per variable."""
 
     __slots__ = ("asgi_scope", "downstream", "method", "recording", "server_timing")
+    recording: Scope | None
 
     def __init__(
         self,
@@ -87,6 +97,9 @@ class _Exchange:
     async def send(self, message: Message) -> None:
         kind = message["type"]
         recording = self.recording
+        if recording is None:  # the request is over: nothing of it is recorded any more
+            await self.downstream(message)
+            return
         if kind == "http.response.start":
             recording.name = _asgi_name(self.method, self.asgi_scope, message.get("status", 200))
             if self.server_timing:
