@@ -251,7 +251,9 @@ class Profiler:
     # scope of its own, and never into one that stopped recording (a task that outlived its
     # request, a background task after the response).
 
-    @_guarded
+    # The two cursor listeners run for every statement: guarded inline (like _on_load),
+    # not by _guarded, whose wrapper was a third of their cost.
+
     def _before_cursor_execute(
         self,
         conn: Any,
@@ -261,13 +263,15 @@ class Profiler:
         context: Any,
         executemany: bool,
     ) -> None:
-        scope = current_scope.get()
-        if scope is not None and scope.recorder is not self._recorder:
-            scope = _own_scope(scope, self._recorder)
-        if scope is not None and context is not None and scope.recording:
-            context._hotpath_started = perf_counter()
+        try:
+            scope = current_scope.get()
+            if scope is not None and scope.recorder is not self._recorder:
+                scope = _own_scope(scope, self._recorder)
+            if scope is not None and context is not None and scope.recording:
+                context._hotpath_started = perf_counter()
+        except Exception:
+            log_listener_bug("_before_cursor_execute")
 
-    @_guarded
     def _after_cursor_execute(
         self,
         conn: Any,
@@ -277,35 +281,35 @@ class Profiler:
         context: Any,
         executemany: bool,
     ) -> None:
-        scope = current_scope.get()
-        if scope is not None and scope.recorder is not self._recorder:
-            scope = _own_scope(scope, self._recorder)
-        if scope is None or not scope.recording:
-            return
-        started = getattr(context, "_hotpath_started", None)
-        if started is None:
-            return
-        ended = perf_counter()
-        rowcount = getattr(cursor, "rowcount", -1)
-        token = context.execution_options.get(TOKEN)
-        execution = None if token is None else scope._execution(token)
-        engine = conn.engine
-        url = engine.url
-        scope._record_query(
-            statement,
-            parameters,
-            started,
-            ended,
-            rowcount if isinstance(rowcount, int) else -1,
-            f"{url.host}:{url.port}",
-            execution,
-            engine,
-            executemany,
-            id(conn),
-            cursor,
-        )
-        if execution is not None and execution.lazy_key is not None:
-            scope._lazy_statement(execution.lazy_key, statement, (ended - started) * 1000)
+        try:
+            scope = current_scope.get()
+            if scope is not None and scope.recorder is not self._recorder:
+                scope = _own_scope(scope, self._recorder)
+            if scope is None or not scope.recording:
+                return
+            started = getattr(context, "_hotpath_started", None)
+            if started is None:
+                return
+            ended = perf_counter()
+            rowcount = getattr(cursor, "rowcount", -1)
+            token = context.execution_options.get(TOKEN)
+            execution = None if token is None else scope._execution(token)
+            scope._record_query(
+                statement,
+                parameters,
+                started,
+                ended,
+                rowcount if isinstance(rowcount, int) else -1,
+                execution,
+                conn.engine,
+                executemany,
+                id(conn),
+                cursor,
+            )
+            if execution is not None and execution.lazy_key is not None:
+                scope._lazy_statement(execution.lazy_key, statement, (ended - started) * 1000)
+        except Exception:
+            log_listener_bug("_after_cursor_execute")
 
     @_guarded
     def _on_before_flush(self, session: Session, flush_context: Any, instances: Any) -> None:

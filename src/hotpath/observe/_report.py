@@ -175,8 +175,8 @@ class _Pending:
         for index, count in by_index.items():
             counts[index] += count
         histogram.total_count += len(values)
-        histogram.min_value = min(histogram.min_value, min(values))
-        histogram.max_value = max(histogram.max_value, max(values))
+        histogram.min_value = min(histogram.min_value, *values)
+        histogram.max_value = max(histogram.max_value, *values)
         return histogram
 
 
@@ -442,7 +442,7 @@ class Rollup:
                 layers[layer].append(ms)
             queries = scope.query_count
             self._queries.values.append(queries if queries > 1 else 1)
-            if queries > self._max_queries:
+            if queries > self._max_queries:  # noqa: PLR1730 - a compare, not a call, per scope
                 self._max_queries = queries
             if len(latency) >= _FOLD_AT:
                 self._fold()

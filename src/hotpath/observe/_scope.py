@@ -335,7 +335,6 @@ class Scope:
         started: float,
         ended: float,
         rowcount: int,
-        server: str,
         execution: Execution | None,
         engine: Engine,
         executemany: bool,
@@ -377,29 +376,8 @@ class Scope:
         if not shape.is_select:
             timeline.note_writing(connection)
         if duration_ms >= settings.sequential_min_ms:
-            # long enough to be worth running concurrently: kept for the sequential-I/O
-            # detector, with what it read (to tell dependent queries from independent ones).
-            # A statement seen before in the scope is a loop, which that detector leaves to
-            # the N+1 and duplicate ones: it is counted, not walked nor read again.
-            first = timeline.add_op_target(fingerprint)
-            where = None
-            if first:
-                where = site.site if site.taken else _operation_sites.site(fingerprint)
-            timeline.add_op(
-                IoOp(
-                    _DB,
-                    started,
-                    ended,
-                    fingerprint,
-                    self._shown_sql(statement) if first else "",
-                    f"db {server}",
-                    where,
-                    inputs_from=partial(parameter_values, parameters if first else None),
-                    outputs_from=result_values(cursor) if first else not_read,
-                    connection=connection,
-                    in_write_transaction=connection in timeline.writing_connections,
-                    awaited=engine.dialect.is_async,
-                )
+            self._keep_operation(
+                statement, fingerprint, parameters, started, ended, engine, connection, cursor, site
             )
         if duration_ms >= settings.slow_query_ms:
             self._note_slow(statement, fingerprint, duration_ms, site.get())
@@ -424,7 +402,7 @@ class Scope:
                     fingerprint,
                     duration_ms,
                     rowcount,
-                    server,
+                    _server_of(engine),
                     parameters
                     if settings.capture_params
                     else ("<redacted>" if parameters else None),
@@ -432,6 +410,45 @@ class Scope:
                     relationship_load,
                 )
             )
+
+    def _keep_operation(
+        self,
+        statement: str,
+        fingerprint: str,
+        parameters: Any,
+        started: float,
+        ended: float,
+        engine: Engine,
+        connection: int,
+        cursor: Any,
+        site: _Site,
+    ) -> None:
+        """Keep a statement long enough to be worth running concurrently, for the
+        sequential-I/O detector, with what it read (to tell dependent queries from
+        independent ones). A statement seen before in the scope is a loop, which that
+        detector leaves to the N+1 and duplicate ones: it is counted, not walked nor read
+        again."""
+        timeline = self.timeline
+        first = timeline.add_op_target(fingerprint)
+        where = None
+        if first:
+            where = site.site if site.taken else _operation_sites.site(fingerprint)
+        timeline.add_op(
+            IoOp(
+                _DB,
+                started,
+                ended,
+                fingerprint,
+                self._shown_sql(statement) if first else "",
+                f"db {_server_of(engine)}",
+                where,
+                inputs_from=partial(parameter_values, parameters if first else None),
+                outputs_from=result_values(cursor) if first else not_read,
+                connection=connection,
+                in_write_transaction=connection in timeline.writing_connections,
+                awaited=engine.dialect.is_async,
+            )
+        )
 
     def _add(
         self,
@@ -748,6 +765,11 @@ def relationships(path: Any) -> Chain:
     if path is None:
         return ()
     return tuple(p for p in path.natural_path if isinstance(p, RelationshipProperty))
+
+
+def _server_of(engine: Engine) -> str:
+    url = engine.url
+    return f"{url.host}:{url.port}"
 
 
 def _hash_params(parameters: Any) -> int:

@@ -13,7 +13,7 @@ that had to open a connection), and nothing of the request moves while the event
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._records import LAYERS, CallSite, Layer
@@ -148,9 +148,7 @@ class Timeline:
         else:
             self.writing_connections.add(connection)
 
-    def add_cache_lookup(
-        self, lookup: tuple[str, bool, float, float, CallSite | None]
-    ) -> None:
+    def add_cache_lookup(self, lookup: tuple[str, bool, float, float, CallSite | None]) -> None:
         if self.cache_lookups is NO_ITEMS:
             self.cache_lookups = [lookup]
         else:
