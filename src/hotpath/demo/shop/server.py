@@ -4,8 +4,8 @@ in observe's middleware, with the runner's own endpoints under ``/__hotpath``.
 - ``GET /__hotpath/stats``: observe's report, requests served, database connections opened,
   replica and primary reads, the cache's hits per tier (L1 and Redis apart), the server's CPU
   time so far; the same per worker under ``workers``;
-- ``GET /__hotpath/cpu``: the server's CPU time so far, and nothing else (what a benchmark
-  reads before and after its load);
+- ``GET /__hotpath/cpu``: the server's CPU time so far (the process's, and its event loops'
+  threads'), and nothing else (what a benchmark reads before and after its load);
 - ``GET /__hotpath/report``: observe's diagnosis (``Profiler.report().to_dict()``): per
   endpoint the time by layer, the bottleneck and the ranked fixes, and the top fixes;
 - ``POST /__hotpath/reset``: start every count above again (warm-up excluded);
@@ -143,7 +143,14 @@ class _WorkerCounts:
     def state(self, kind: CommandKind) -> dict[str, Any]:
         """This worker's WORKER STATE (the shape :mod:`hotpath.run._state` merges)."""
         # what serving costs this process, apart from the other processes on the machine
-        state: dict[str, Any] = {"pid": os.getpid(), "process_cpu_s": time.process_time()}
+        state: dict[str, Any] = {
+            "pid": os.getpid(),
+            "process_cpu_s": time.process_time(),
+            # asked on the worker's event loop (follow_commands): its thread's CPU, which the
+            # requests' own work is on, apart from the process's other threads (the default
+            # executor's, a watchdog's)
+            "loop_cpu_s": time.thread_time(),
+        }
         if kind is CommandKind.CPU:
             return state
         cache = self.app.state.cache
@@ -202,7 +209,10 @@ def build(settings: ShopSettings, options: ServerOptions | None = None) -> Any:
         # what a benchmark reads around its load: /stats builds observe's report, whose
         # cost is the runner's, not the workload's
         workers = await _gather(shared, CommandKind.CPU)
-        return {"process_cpu_s": sum(state["process_cpu_s"] for state in workers)}
+        return {
+            "process_cpu_s": sum(state["process_cpu_s"] for state in workers),
+            "loop_cpu_s": sum(state.get("loop_cpu_s", 0.0) for state in workers),
+        }
 
     @app.get(f"{RUNNER_PREFIX}/report", include_in_schema=False)
     async def report() -> Response:
