@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hdrh.histogram import HdrHistogram
 
-from hotpath.observe._report import _MAX_US, Timing, record
+from hotpath.observe._report import _FOLD_AT, _MAX_US, Timing, record
 
 
 def _values(seed: int) -> list[int]:
@@ -48,3 +49,21 @@ def test_percentiles_in_one_walk_match_hdrh() -> None:
         )
         assert walked[rank] == expected, rank
     assert Timing().percentiles_ms((50.0,)) == {50.0: 0.0}
+
+
+def test_durations_folded_past_the_fold_size_and_on_read() -> None:
+    """Durations are kept as recorded and folded in batches (every ``_FOLD_AT``, and when
+    read): the counts, the total and the histogram are those of recording one by one."""
+    values = _values(11)[: _FOLD_AT + 123]
+    batched, one_by_one = Timing(), HdrHistogram(1, _MAX_US, 3)
+    for value in values:
+        batched.record_ms(value / 1000)
+        record(one_by_one, int(value / 1000 * 1000))  # the same ms -> us conversion
+    batched.record_zero()
+    assert batched.count == len(values) + 1
+    assert batched.zeros == 1
+    assert batched.total_ms == pytest.approx(sum(values) / 1000)
+    assert list(batched.histogram.counts) == list(one_by_one.counts)
+    assert batched.histogram.get_max_value() == one_by_one.get_max_value()
+    batched.record_ms(2.5)  # recorded after a read: folded at the next
+    assert batched.count == len(values) + 2
