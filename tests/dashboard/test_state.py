@@ -166,6 +166,7 @@ def test_mounted_under_a_prefix(planted: Planted) -> None:
     redirects to the prefix with a slash (the page's URLs are relative), keeping the query."""
     from fastapi import FastAPI
 
+    planted.serve(1)  # its own requests: the module's other tests may run elsewhere first
     outer = FastAPI()
     outer.mount("/_hotpath", hotpath_dashboard(planted.state))
     assert call(outer, "/_hotpath/api/state").json()["state"]["report"]["endpoints"]

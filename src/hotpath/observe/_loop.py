@@ -46,6 +46,13 @@ if TYPE_CHECKING:
 _BLOCKED = Layer.BLOCKED
 
 _KEEP_BLOCKS = 1024
+# Requests whose every step is marked: the first ones a loop serves, and those after a block.
+# The marks time a long step exactly and name the request it belonged to; in between, the
+# heartbeat and the watchdog still see every stall (its start known to a heartbeat's period,
+# its request from the running task). Marking every step of every request cost a served app
+# about 4% of its loop's CPU (docs/benchmarks.md, observe), for blocks most loops never have.
+_MARKED_FIRST = 256
+_MARKED_AFTER_BLOCK = 64
 _BEAT_S = 0.01  # the heartbeat's period: a loop stalled past blocking_ms misses some beats
 # library frames that name what blocked, innermost first wins
 _KNOWN = (
@@ -87,6 +94,7 @@ class LoopMonitor:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.beat_due = 0.0
         self.in_flight: list[Scope] = []
+        self.marked_left = _MARKED_FIRST  # requests still to be served with every step marked
         self._clock: int | None = None
         try:
             self._clock = time.pthread_getcpuclockid(thread_id)
@@ -135,6 +143,8 @@ class LoopMonitor:
             cpu_bound = spent >= 0.5 * looked
         if what is None:
             what = "CPU-bound code" if cpu_bound else "a blocking call"
+        # blocks recur (one endpoint's blocking call): the next requests are marked
+        self.marked_left = max(self.marked_left, _MARKED_AFTER_BLOCK)
         self.blocks.append(
             LoopBlock(
                 started,
@@ -358,8 +368,29 @@ def _watch() -> None:
             monitor.watchdog_held_s += perf_counter() - now
 
 
+def watched(awaitable: Awaitable[Any], scope: Scope) -> Awaitable[Any]:
+    """Await ``awaitable`` (a request's coroutine) in flight on this thread's loop monitor:
+    with every step marked (:func:`timed_steps`) for the loop's first requests and for those
+    after a block, with the heartbeat alone otherwise."""
+    monitor = monitor_for_this_thread()
+    if monitor.marked_left > 0:
+        monitor.marked_left -= 1
+        return timed_steps(awaitable, scope, monitor)
+    return _in_flight(awaitable, scope, monitor)
+
+
+async def _in_flight(awaitable: Awaitable[Any], scope: Scope, monitor: LoopMonitor) -> Any:
+    monitor.arrive(asyncio.get_running_loop(), scope)
+    try:
+        return await awaitable
+    finally:
+        monitor.leave(scope)
+
+
 @types.coroutine
-def timed_steps(awaitable: Awaitable[Any], scope: Scope) -> Generator[Any, Any, Any]:
+def timed_steps(
+    awaitable: Awaitable[Any], scope: Scope, monitor: LoopMonitor | None = None
+) -> Generator[Any, Any, Any]:
     """Await ``awaitable`` (a request's coroutine) with each of its steps marked on the loop
     thread's monitor: its start, and at its end whether it ran long enough to be a block.
 
@@ -369,7 +400,8 @@ def timed_steps(awaitable: Awaitable[Any], scope: Scope) -> Generator[Any, Any, 
     another) are the outer one's: only the outermost marks.
     """
     coro: Any = awaitable if hasattr(awaitable, "send") else awaitable.__await__()
-    monitor = monitor_for_this_thread()
+    if monitor is None:
+        monitor = monitor_for_this_thread()
     monitor.arrive(asyncio.get_running_loop(), scope)
     threshold_s = scope.settings.blocking_ms / 1000
     value: Any = None

@@ -15,7 +15,7 @@ from functools import partial
 from typing import Any
 
 from ._callsite import mark_request_boundary
-from ._loop import timed_steps
+from ._loop import watched
 from ._profiler import Profiler
 from ._scope import Scope, current_scope
 
@@ -60,8 +60,8 @@ class ASGIMiddleware:
             # collector frees (with all the recording holds: seen to make it run 60% more often)
             recording.namer = partial(_asgi_name, method, scope, 200)
             exchange = _Exchange(method, scope, recording, send, self.server_timing)
-            # every step of the request's coroutine is timed: a long one blocked the loop
-            await timed_steps(self.app(scope, receive, exchange.send), recording)
+            # in flight on the loop's monitor: a step that holds the loop is a block
+            await watched(self.app(scope, receive, exchange.send), recording)
 
 
 class _Exchange:
