@@ -1,8 +1,10 @@
 """Blocked event loops: which request's step held the loop, for how long, and on what line.
 
-The ASGI middleware awaits each request's coroutine through :func:`timed_steps`, which
-marks the start and end of every step on its thread's :class:`LoopMonitor` (it works under
-uvloop, whose handles cannot be patched). A watchdog thread looks at the marks every few
+The ASGI middleware awaits each request's coroutine through :func:`watched`: for a loop's
+first requests and for those after a block, :func:`timed_steps` marks the start and end of
+every step on its thread's :class:`LoopMonitor` (it works under uvloop, whose handles cannot
+be patched); the other requests are only registered in flight, and a stall among them is seen
+by the heartbeat below. A watchdog thread looks at the marks every few
 milliseconds; when a step has run past ``blocking_ms`` it samples the loop thread's stack
 (the application line that is running) and its CPU clock. When the step ends, a step that
 long is a :class:`LoopBlock`: every request in flight on that loop waited for it, and each
@@ -10,9 +12,10 @@ of them gets it in its ``blocked`` layer when it concludes. The CPU clock tells 
 call (``time.sleep``, a sync driver: the thread waited) from CPU-bound work (serialization:
 the thread computed).
 
-Work of the request that runs in tasks of its own (Starlette's ``BaseHTTPMiddleware``, what
-``@app.middleware("http")`` makes, runs the endpoint in a new task; so does any
-``create_task``) has no marked steps: while requests are in flight a heartbeat on the loop
+Requests not marked, and work of the request that runs in tasks of its own (Starlette's
+``BaseHTTPMiddleware``, what ``@app.middleware("http")`` makes, runs the endpoint in a new
+task; so does any ``create_task``), have no marked steps: while requests are in flight a
+heartbeat on the loop
 (a callback every ``_BEAT_S``) tells the watchdog when the loop stopped answering, and the
 task that was running names the request.
 
