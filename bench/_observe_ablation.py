@@ -25,7 +25,6 @@ which patches observe as it is imported; the other two servers do not see it.
 from __future__ import annotations
 
 import asyncio
-import os
 import statistics
 import sys
 import tempfile
@@ -37,14 +36,13 @@ from hotpath.demo._workload import shop_mix
 from hotpath.demo.shop import SCALES
 from hotpath.demo.shop.server import ServerOptions
 
-from ._observe_profile import _threads
+from ._observe_profile import _threads, sitecustomize_env
 from .observe import optimized_shop
 
 PARTS = ("steps", "watchdog", "heartbeat", "hooks", "listeners", "scopes", "none")
 _ROUNDS, _REQUESTS, _USERS = 8, 500, 8
 
 _SITECUSTOMIZE = """
-import os
 import wrapt
 
 _PART = os.environ.get("HOTPATH_ABLATION", "")
@@ -121,28 +119,17 @@ def main(part: str) -> str:
             shop_server(settings, options=ServerOptions(observe=False)) as bare,
             shop_server(settings, options=ServerOptions(observe=True)) as observed,
         ):
-            saved = {key: os.environ.get(key) for key in ("PYTHONPATH", "HOTPATH_ABLATION")}
-            os.environ["PYTHONPATH"] = os.pathsep.join(
-                filter(None, [directory, saved["PYTHONPATH"]])
-            )
-            os.environ["HOTPATH_ABLATION"] = part
-            try:
-                with shop_server(settings, options=ServerOptions(observe=True)) as ablated:
-                    servers = [bare, observed, ablated]
-                    asyncio.run(_together(servers, LoadSpec(concurrency=_USERS, duration_s=3.0)))
-                    spec = LoadSpec(concurrency=_USERS, duration_s=120.0, max_requests=_REQUESTS)
-                    rounds = [asyncio.run(_together(servers, spec)) for _ in range(_ROUNDS)]
-            finally:
-                for key, value in saved.items():
-                    if value is None:
-                        os.environ.pop(key, None)
-                    else:
-                        os.environ[key] = value
+            env = {**sitecustomize_env(directory), "HOTPATH_ABLATION": part}
+            with shop_server(settings, options=ServerOptions(observe=True), env=env) as ablated:
+                servers = [bare, observed, ablated]
+                asyncio.run(_together(servers, LoadSpec(concurrency=_USERS, duration_s=3.0)))
+                spec = LoadSpec(concurrency=_USERS, duration_s=120.0, max_requests=_REQUESTS)
+                rounds = [asyncio.run(_together(servers, spec)) for _ in range(_ROUNDS)]
     lines = [
         f"loop thread CPU per request against the bare server's, {_ROUNDS} rounds of "
         f"{_REQUESTS} requests, three servers loaded at once; part off: {part}",
         "",
-        "| round | bare ms | observe | observe, {part} off |".replace("{part}", part),
+        f"| round | bare ms | observe | observe, {part} off |",
         "|---:|---:|---:|---:|",
     ]
     for number, (plain, watched, without) in enumerate(rounds):

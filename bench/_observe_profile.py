@@ -99,6 +99,11 @@ def _threads(pid: int) -> dict[int, float]:
     return found
 
 
+def sitecustomize_env(directory: str) -> dict[str, str]:
+    """A server's environment addition that loads ``directory``'s ``sitecustomize`` module."""
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [directory, os.environ.get("PYTHONPATH")]))}
+
+
 def _serve_and_measure(
     settings: ShopSettings, observe: bool, seconds: float, profiled: bool = False
 ) -> str:
@@ -107,56 +112,49 @@ def _serve_and_measure(
         (out / "sitecustomize.py").write_text(
             textwrap.dedent(_SITECUSTOMIZE.format(settings=SETTINGS_ENV))
         )
-        saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "HOTPATH_PROFILE_DIR")}
-        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [directory, saved["PYTHONPATH"]]))
-        os.environ["HOTPATH_PROFILE_DIR"] = directory
-        os.environ["HOTPATH_PROFILE_CPROFILE"] = "1" if profiled else ""
-        try:
-            with shop_server(settings, options=ServerOptions(observe=observe)) as server:
-                assert server.pid is not None
-                pid = server.pid  # one worker: the process serving the requests
-                mix = shop_mix(SCALES["tiny"])
-                users = settings.concurrency
-                asyncio.run(run_load(server.url, mix, LoadSpec(concurrency=users, duration_s=3)))
-                before = _threads(pid)
-                (out / "start").touch()
-                time.sleep(0.2)
-                load = asyncio.run(
-                    run_load(server.url, mix, LoadSpec(concurrency=users, duration_s=seconds))
-                )
-                after = _threads(pid)
-                (out / "stop").touch()
-                deadline = time.monotonic() + 30
-                while not (out / "gc").exists() and time.monotonic() < deadline:
-                    time.sleep(0.1)
-                collections, gc_s = (float(x) for x in (out / "gc").read_text().split())
-                if profiled:  # cProfile's own cost makes this server's CPU no measure
-                    return "\n".join(_observe_functions(out / "loop.prof", load.requests))
-                lines = [
-                    f"### {'observe, every detector' if observe else 'no observe'}",
-                    "",
-                    f"{load.requests} requests in {seconds:.0f} s, {load.errors} errors",
-                    "",
-                ]
-                for thread, cpu in sorted(after.items(), key=lambda kv: -kv[1]):
-                    spent = cpu - before.get(thread, 0.0)
-                    if spent >= 0.05:
-                        lines.append(
-                            f"- thread {thread}{' (loop)' if thread == pid else ''}: "
-                            f"{1000 * spent / load.requests:.3f} ms CPU per request"
-                        )
-                lines.append(
-                    f"- garbage collector: {collections / load.requests:.3f} collections, "
-                    f"{1000 * gc_s / load.requests:.3f} ms per request"
-                )
-                return "\n".join(lines)
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
-            os.environ.pop("HOTPATH_PROFILE_CPROFILE", None)
+        env = {
+            **sitecustomize_env(directory),
+            "HOTPATH_PROFILE_DIR": directory,
+            "HOTPATH_PROFILE_CPROFILE": "1" if profiled else "",
+        }
+        with shop_server(settings, options=ServerOptions(observe=observe), env=env) as server:
+            assert server.pid is not None
+            pid = server.pid  # one worker: the process serving the requests
+            mix = shop_mix(SCALES["tiny"])
+            users = settings.concurrency
+            asyncio.run(run_load(server.url, mix, LoadSpec(concurrency=users, duration_s=3)))
+            before = _threads(pid)
+            (out / "start").touch()
+            time.sleep(0.2)
+            load = asyncio.run(
+                run_load(server.url, mix, LoadSpec(concurrency=users, duration_s=seconds))
+            )
+            after = _threads(pid)
+            (out / "stop").touch()
+            deadline = time.monotonic() + 30
+            while not (out / "gc").exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            collections, gc_s = (float(x) for x in (out / "gc").read_text().split())
+            if profiled:  # cProfile's own cost makes this server's CPU no measure
+                return "\n".join(_observe_functions(out / "loop.prof", load.requests))
+            lines = [
+                f"### {'observe, every detector' if observe else 'no observe'}",
+                "",
+                f"{load.requests} requests in {seconds:.0f} s, {load.errors} errors",
+                "",
+            ]
+            for thread, cpu in sorted(after.items(), key=lambda kv: -kv[1]):
+                spent = cpu - before.get(thread, 0.0)
+                if spent >= 0.05:
+                    lines.append(
+                        f"- thread {thread}{' (loop)' if thread == pid else ''}: "
+                        f"{1000 * spent / load.requests:.3f} ms CPU per request"
+                    )
+            lines.append(
+                f"- garbage collector: {collections / load.requests:.3f} collections, "
+                f"{1000 * gc_s / load.requests:.3f} ms per request"
+            )
+            return "\n".join(lines)
 
 
 def _observe_functions(path: Path, requests: int, top: int = 20) -> list[str]:

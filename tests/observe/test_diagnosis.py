@@ -33,6 +33,7 @@ from hotpath.observe import (
     ObserveConfigError,
     Profiler,
     WSGIMiddleware,
+    _loop,
 )
 from hotpath.testing import ModuleDatabase, ServerStack
 from tests.helpers import LoopbackHTTPServer
@@ -288,6 +289,77 @@ async def test_a_blocking_call_in_async_def_is_found_with_its_line_and_its_victi
         assert kinds(profiler, "GET /victim")["blocking_call"].call_site == fix.call_site
         assert "blocking_call" not in kinds(profiler, "GET /offloaded")
     finally:
+        profiler.uninstrument()
+
+
+async def test_each_loop_marks_its_own_first_requests() -> None:
+    """A thread runs loop after loop (``asyncio.run`` per test, per job): a new loop's first
+    requests are marked, whatever the thread's earlier loops served."""
+    profiler = Profiler().instrument()
+    app = _app(profiler)
+
+    @app.get("/ok")
+    async def ok() -> dict[str, int]:
+        return {"ok": 1}
+
+    monitor = _loop.monitor_for_this_thread()
+    monitor.loop, monitor.marked_left = None, 0  # an earlier loop that served them all
+    try:
+        await _serve(app, "/ok")
+        assert monitor.loop is asyncio.get_running_loop()
+        assert monitor.marked_left == _loop._MARKED_FIRST - 1
+    finally:
+        profiler.uninstrument()
+
+
+async def test_a_block_among_unmarked_requests_is_seen_and_marks_the_next() -> None:
+    """Past a loop's first requests, steps are not marked: the heartbeat sees a block among
+    them, with its endpoint and line (once the loop answers again: after the request that
+    blocked may have concluded), and the requests after it are marked, so a recurring block
+    is charged to its endpoint. Without the heartbeat an unmarked block is not seen at all."""
+    profiler = Profiler(budget_ms=5, blocking_ms=20).instrument()
+    app = _app(profiler)
+
+    @app.get("/blocking")
+    async def blocking() -> dict[str, int]:
+        await asyncio.sleep(0.03)  # a heartbeat is due before the block
+        time.sleep(0.08)  # the planted blocking call
+        return {"ok": 1}
+
+    async def blocks_after(count: int, within: float = 5.0) -> list[Any]:
+        deadline = time.monotonic() + within  # the heartbeat's next beat, on a busy machine
+        while len(monitor.blocks) <= count and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return list(monitor.blocks)[count:]
+
+    monitor = _loop.monitor_for_this_thread()
+    monitor.attach(asyncio.get_running_loop())  # this test's loop, its first requests served
+    try:
+        monitor.marked_left = 0
+        seen = len(monitor.blocks)
+        await _serve(app, "/blocking")
+        (block,) = await blocks_after(seen)
+        assert block.endpoint == "GET /blocking"
+        assert "time.sleep(0.08)" in block.what
+        assert monitor.marked_left == _loop._MARKED_AFTER_BLOCK
+        await _serve(app, "/blocking", "/blocking")  # marked now: charged to the endpoint
+        assert "time.sleep(0.08)" in kinds(profiler, "GET /blocking")["blocking_call"].message
+
+        # the unprotected path: no heartbeat, and an unmarked block goes unseen
+        deadline = time.monotonic() + 5
+        while monitor.beat_due and time.monotonic() < deadline:  # the beats stop when idle
+            await asyncio.sleep(0.01)
+        monitor.marked_left = 0
+        seen = len(monitor.blocks)
+        beat = _loop.LoopMonitor.arrive
+        _loop.LoopMonitor.arrive = lambda self, loop, scope: self.in_flight.append(scope)  # type: ignore[method-assign]
+        try:
+            await _serve(app, "/blocking")
+            assert await blocks_after(seen, within=0.5) == []  # beats come every 10 ms
+        finally:
+            _loop.LoopMonitor.arrive = beat  # type: ignore[method-assign]
+    finally:
+        monitor.marked_left = _loop._MARKED_FIRST  # the thread's next tests: as they were
         profiler.uninstrument()
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from types import FrameType
 
+import pytest
+
 from hotpath.observe import _callsite
 from hotpath.observe._callsite import SiteMemo
 from hotpath.observe._records import CallSite
@@ -14,15 +16,21 @@ def _issue(memo: SiteMemo, key: str) -> CallSite | None:
     return memo.site(key)  # the application line: this one
 
 
-def test_walked_at_powers_of_two_and_remembered_between(monkeypatch: object) -> None:
-    walks: list[int] = []
+@pytest.fixture
+def walks(monkeypatch: pytest.MonkeyPatch) -> list[FrameType | None]:
+    """The stack walks taken from now on (the frame each started from)."""
+    taken: list[FrameType | None] = []
     real = _callsite._first_app_frame
 
     def counting(frame: FrameType | None) -> tuple[FrameType | None, bool]:
-        walks.append(1)
+        taken.append(frame)
         return real(frame)
 
-    monkeypatch.setattr(_callsite, "_first_app_frame", counting)  # type: ignore[attr-defined]
+    monkeypatch.setattr(_callsite, "_first_app_frame", counting)
+    return taken
+
+
+def test_walked_at_powers_of_two_and_remembered_between(walks: list[FrameType | None]) -> None:
     memo = SiteMemo()
     sites = [_issue(memo, "GET user:{n}") for _ in range(100)]
     # walked at the 1st, 2nd, 4th, 8th, 16th, 32nd and 64th occurrence only
@@ -36,16 +44,8 @@ def test_walked_at_powers_of_two_and_remembered_between(monkeypatch: object) -> 
 
 
 def test_keys_past_the_bound_are_walked_each_time_and_not_remembered(
-    monkeypatch: object,
+    walks: list[FrameType | None],
 ) -> None:
-    walks: list[int] = []
-    real = _callsite._first_app_frame
-
-    def counting(frame: FrameType | None) -> tuple[FrameType | None, bool]:
-        walks.append(1)
-        return real(frame)
-
-    monkeypatch.setattr(_callsite, "_first_app_frame", counting)  # type: ignore[attr-defined]
     memo = SiteMemo(max_keys=2)
     for key in ("a", "b", "c", "c", "c"):
         _issue(memo, key)

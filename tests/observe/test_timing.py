@@ -8,7 +8,8 @@ import random
 import pytest
 from hdrh.histogram import HdrHistogram
 
-from hotpath.observe._report import _FOLD_AT, _MAX_US, Timing, record
+from hotpath.observe import Profiler
+from hotpath.observe._report import _FOLD_AT, _MAX_US, Rollup, Timing, record
 
 
 def _values(seed: int) -> list[int]:
@@ -67,3 +68,18 @@ def test_durations_folded_past_the_fold_size_and_on_read() -> None:
     assert batched.histogram.get_max_value() == one_by_one.get_max_value()
     batched.record_ms(2.5)  # recorded after a read: folded at the next
     assert batched.count == len(values) + 2
+
+
+def test_a_roll_up_nobody_reads_keeps_no_list_past_the_fold_size() -> None:
+    """A roll-up folds what it appends every ``_FOLD_AT`` scopes (its timings' durations and
+    its query counts alike): a long run that is never reported holds no growing list."""
+    profiler = Profiler()
+    with profiler.scope("GET /items") as scope:
+        pass
+    rollup = Rollup()
+    for _ in range(2 * _FOLD_AT + 5):
+        rollup.add(scope)
+    assert len(rollup._queries.values) < _FOLD_AT
+    assert all(len(timing._ms) < _FOLD_AT for timing in (rollup.latency, *rollup.layers.values()))
+    assert rollup.queries.get_total_count() == 2 * _FOLD_AT + 5
+    assert rollup.latency.count == 2 * _FOLD_AT + 5

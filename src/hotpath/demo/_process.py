@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -48,22 +48,31 @@ class ShopServer:
 
 @contextmanager
 def shop_server(
-    settings: ShopSettings, timeout: float = 30.0, options: ServerOptions | None = None
+    settings: ShopSettings,
+    timeout: float = 30.0,
+    options: ServerOptions | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[ShopServer]:
     """Start ``python -m hotpath.demo.shop`` for ``settings`` (``settings.workers`` uvicorn
-    worker processes, and the server's ``options``); yield it once every worker answers."""
+    worker processes, the server's ``options``, and ``env`` added to this process's
+    environment); yield it once every worker answers."""
     port = free_ports(1)[0]
     with tempfile.TemporaryDirectory(prefix="hotpath-shop-") as directory:
         # where the workers answer the runner's calls as one server
         state_dir = Path(directory) / "workers"
         state_dir.mkdir()
         options = replace(options or ServerOptions(), state_dir=str(state_dir))
-        env = {**os.environ, SETTINGS_ENV: json.dumps(asdict(settings)), **options.to_env()}
+        environment = {
+            **os.environ,
+            **(env or {}),
+            SETTINGS_ENV: json.dumps(asdict(settings)),
+            **options.to_env(),
+        }
         log_path = Path(directory) / "server.log"
         with log_path.open("w") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "hotpath.demo.shop", str(port)],
-                env=env,
+                env=environment,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
                 text=True,

@@ -161,11 +161,17 @@ class LoopMonitor:
             )
         )
 
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A new loop on this thread (``asyncio.run`` per test): its own state, and its own
+        first requests marked."""
+        self.loop, self.in_flight, self.beat_due = loop, [], 0.0
+        self.samples, self.stall_started = [], 0.0
+        self.marked_left = _MARKED_FIRST
+
     def arrive(self, loop: asyncio.AbstractEventLoop, scope: Scope) -> None:
         """A request's coroutine starts on ``loop``: beat while it is in flight."""
-        if loop is not self.loop:  # a new loop on this thread (asyncio.run per test)
-            self.loop, self.in_flight, self.beat_due = loop, [], 0.0
-            self.samples, self.stall_started = [], 0.0
+        if loop is not self.loop:
+            self.attach(loop)
         self.in_flight.append(scope)
         if not self.beat_due:
             self.beat_due = perf_counter() + _BEAT_S
@@ -376,6 +382,9 @@ def watched(awaitable: Awaitable[Any], scope: Scope) -> Awaitable[Any]:
     with every step marked (:func:`timed_steps`) for the loop's first requests and for those
     after a block, with the heartbeat alone otherwise."""
     monitor = monitor_for_this_thread()
+    loop = asyncio.get_running_loop()
+    if loop is not monitor.loop:
+        monitor.attach(loop)
     if monitor.marked_left > 0:
         monitor.marked_left -= 1
         return timed_steps(awaitable, scope, monitor)
@@ -392,19 +401,17 @@ async def _in_flight(awaitable: Awaitable[Any], scope: Scope, monitor: LoopMonit
 
 @types.coroutine
 def timed_steps(
-    awaitable: Awaitable[Any], scope: Scope, monitor: LoopMonitor | None = None
+    awaitable: Awaitable[Any], scope: Scope, monitor: LoopMonitor
 ) -> Generator[Any, Any, Any]:
     """Await ``awaitable`` (a request's coroutine) with each of its steps marked on the loop
     thread's monitor: its start, and at its end whether it ran long enough to be a block.
 
     A generator the awaiting coroutine resumes directly (in C), with the marks inline: this
-    runs for every step of every request, where a method call per mark was most of what
+    runs for every step of a marked request, where a method call per mark was most of what
     watching the loop cost. Steps of an awaitable nested in another's (a middleware inside
     another) are the outer one's: only the outermost marks.
     """
     coro: Any = awaitable if hasattr(awaitable, "send") else awaitable.__await__()
-    if monitor is None:
-        monitor = monitor_for_this_thread()
     monitor.arrive(asyncio.get_running_loop(), scope)
     threshold_s = scope.settings.blocking_ms / 1000
     value: Any = None

@@ -134,11 +134,11 @@ _FOLD_AT = 4096
 
 
 class _Pending:
-    """Values recorded into ``histogram`` since it was last read: appended as they come, and
-    folded in one loop, with the histogram's constants read once and the bucket counts
-    summed in a dict first (a ``counts[index] += 1`` on hdrh's ctypes array costs as much as
-    the rest of a value's fold; a run's values fall in few buckets). The index arithmetic
-    is ``record``'s.
+    """Values recorded into ``histogram`` since it was last read: callers append them to
+    ``values`` (each ``1 <= value <= _MAX_US``), and ``flush`` folds them in one loop, with
+    the histogram's constants read once and the bucket counts summed in a dict first (a
+    ``counts[index] += 1`` on hdrh's ctypes array costs as much as the rest of a value's
+    fold; a run's values fall in few buckets). The index arithmetic is ``record``'s.
     """
 
     __slots__ = ("half", "half_count", "histogram", "mask", "unit", "values")
@@ -150,13 +150,6 @@ class _Pending:
         self.mask = histogram.sub_bucket_mask
         self.half_count = histogram.sub_bucket_half_count
         self.values: list[int] = []  # each 1 <= value <= _MAX_US
-
-    def add(self, value: int) -> None:
-        """Record ``1 <= value <= _MAX_US``."""
-        values = self.values
-        values.append(value)
-        if len(values) >= _FOLD_AT:
-            self.flush()
 
     def flush(self) -> HdrHistogram:
         """The histogram with every pending value in it."""
@@ -378,15 +371,16 @@ class Rollup:
     def __init__(self) -> None:
         # one lock for the roll-up and its timings: a scope is added under it at once
         self._lock = threading.RLock()
-        self._latency = Timing(lock=self._lock)
+        self.latency = Timing(lock=self._lock)
         self._queries = _Pending(_histogram())
         self._max_queries = 0
-        self._db_ms = Timing(lock=self._lock)
+        self.db_ms = Timing(lock=self._lock)
         # per layer, its time in each scope (2 significant digits: 7 of them per name)
-        self._layers = {layer: Timing(digits=2, lock=self._lock) for layer in LAYERS}
-        # what add() appends to: the timings' own lists of durations not folded yet
-        self._latency_ms, self._db = self._latency._ms, self._db_ms._ms
-        self._layer_ms = {layer: timing._ms for layer, timing in self._layers.items()}
+        self.layers = {layer: Timing(digits=2, lock=self._lock) for layer in LAYERS}
+        # what add() appends to: the timings' own lists of durations not folded yet (a
+        # timing folds its list when read)
+        self._latency_ms, self._db = self.latency._ms, self.db_ms._ms
+        self._layer_ms = {layer: timing._ms for layer, timing in self.layers.items()}
         # keyed by the call site itself: its text (a relative path) is made once per fix at
         # report time, not once per finding per scope
         self.fixes: dict[tuple[str, CallSite | None, str], FixTotal] = {}
@@ -394,27 +388,11 @@ class Rollup:
         self.reads = ReadRepeats()
 
     def _fold(self) -> None:
-        """Fold the figures recorded so far into the timings (the caller holds the lock)."""
-        for timing in (self._latency, self._db_ms, *self._layers.values()):
+        """Fold what add() appended into the histograms (the caller holds the lock): every
+        ``_FOLD_AT`` scopes, so that a run nobody reads keeps no list longer than that."""
+        for timing in (self.latency, self.db_ms, *self.layers.values()):
             timing._fold()
-
-    @property
-    def latency(self) -> Timing:
-        with self._lock:
-            self._fold()
-            return self._latency
-
-    @property
-    def db_ms(self) -> Timing:
-        with self._lock:
-            self._fold()
-            return self._db_ms
-
-    @property
-    def layers(self) -> dict[Layer, Timing]:
-        with self._lock:
-            self._fold()
-            return self._layers
+        self._queries.flush()
 
     @property
     def queries(self) -> HdrHistogram:
