@@ -8,9 +8,10 @@ bare server's. The two observed servers' ratios, taken in the same rounds, tell 
 costs; ``none`` switches nothing off (the two should agree: how far they do not is the
 measurement's noise).
 
-PART is one of:
+PART is one of these, or several joined by commas:
 
-- ``steps``: no step marks (``timed_steps``): no heartbeat and no watchdog thread either;
+- ``steps``: no step marks, no requests in flight on the loop's monitor: no heartbeat and no
+  watchdog thread either;
 - ``watchdog``: the step marks and the heartbeat, but no watchdog thread (no stack samples);
 - ``heartbeat``: no heartbeat on the loop (the marks and the watchdog stay);
 - ``hooks``: none of the client hooks (Redis, HTTP clients, hotpath.cache);
@@ -43,35 +44,38 @@ PARTS = ("steps", "watchdog", "heartbeat", "hooks", "listeners", "scopes", "none
 _ROUNDS, _REQUESTS, _USERS = 8, 500, 8
 
 _SITECUSTOMIZE = """
+import os
+import pathlib
+
 import wrapt
 
-_PART = os.environ.get("HOTPATH_ABLATION", "")
+_PARTS = set(filter(None, os.environ.get("HOTPATH_ABLATION", "").split(",")))
 
 
 def _switch_off(module):
-    if _PART == "steps":
-        import hotpath.observe._middleware as middleware
+    if "steps" in _PARTS:
+        import hotpath.observe._loop as loop
 
-        async def awaited(awaitable, scope):
-            return await awaitable
-
-        middleware.timed_steps = awaited
-    elif _PART == "watchdog":
+        loop._MARKED_FIRST = loop._MARKED_AFTER_BLOCK = 0
+        loop._start_watchdog = lambda: None
+        loop.LoopMonitor.arrive = lambda self, running_loop, scope: None
+        loop.LoopMonitor.leave = lambda self, scope: None
+    if "watchdog" in _PARTS:
         import hotpath.observe._loop as loop
 
         loop._start_watchdog = lambda: None
-    elif _PART == "heartbeat":
+    if "heartbeat" in _PARTS:
         import hotpath.observe._loop as loop
 
         def arrive(self, running_loop, scope):
             self.in_flight.append(scope)
 
         loop.LoopMonitor.arrive = arrive
-    elif _PART == "hooks":
+    if "hooks" in _PARTS:
         import hotpath.observe._hooks as hooks
 
         hooks._CLIENT_HOOKS.clear()
-    elif _PART == "listeners":
+    if "listeners" in _PARTS:
         import hotpath.observe._profiler as profiler
 
         instrument = profiler.Profiler.instrument
@@ -82,16 +86,18 @@ def _switch_off(module):
             return self
 
         profiler.Profiler.instrument = without_listeners
-    elif _PART == "scopes":
+    if "scopes" in _PARTS:
         import hotpath.observe._middleware as middleware
 
         async def passed_through(self, scope, receive, send):
             await self.app(scope, receive, send)
 
         middleware.ASGIMiddleware.__call__ = passed_through
+    # what main() checks: a sitecustomize that fails is reported by Python and ignored
+    pathlib.Path(os.environ["HOTPATH_ABLATION_APPLIED"]).write_text(",".join(sorted(_PARTS)))
 
 
-if _PART:
+if _PARTS:
     wrapt.register_post_import_hook(_switch_off, "hotpath.observe")
 """
 
@@ -110,17 +116,25 @@ async def _together(servers: list[ShopServer], spec: LoadSpec) -> list[float]:
 
 
 def main(part: str) -> str:
-    if part not in PARTS:
-        raise SystemExit(f"unknown part {part!r}: give one of {', '.join(PARTS)}")
+    unknown = [p for p in part.split(",") if p not in PARTS]
+    if unknown:
+        raise SystemExit(f"unknown part {unknown[0]!r}: give one of {', '.join(PARTS)}")
     with tempfile.TemporaryDirectory(prefix="hotpath-ablation-") as directory:
         (Path(directory) / "sitecustomize.py").write_text(_SITECUSTOMIZE)
+        applied = Path(directory) / "applied"
         with (
             optimized_shop(_USERS) as settings,
             shop_server(settings, options=ServerOptions(observe=False)) as bare,
             shop_server(settings, options=ServerOptions(observe=True)) as observed,
         ):
-            env = {**sitecustomize_env(directory), "HOTPATH_ABLATION": part}
+            env = {
+                **sitecustomize_env(directory),
+                "HOTPATH_ABLATION": "" if part == "none" else part,
+                "HOTPATH_ABLATION_APPLIED": str(applied),
+            }
             with shop_server(settings, options=ServerOptions(observe=True), env=env) as ablated:
+                if part != "none" and not applied.exists():
+                    raise SystemExit(f"{part} was not switched off: see the server's log")
                 servers = [bare, observed, ablated]
                 asyncio.run(_together(servers, LoadSpec(concurrency=_USERS, duration_s=3.0)))
                 spec = LoadSpec(concurrency=_USERS, duration_s=120.0, max_requests=_REQUESTS)

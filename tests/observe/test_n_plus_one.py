@@ -12,7 +12,7 @@ from sqlalchemy import Engine, event, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session, joinedload, selectinload
 
-from hotpath.observe import Finding, FindingKind, NPlusOneError, Profiler
+from hotpath.observe import Finding, FindingKind, NPlusOneError, Profiler, _statements
 
 from .models import ITEMS_PER_ORDER, ORDERS_PER_USER, USERS, Item, Order, User
 
@@ -236,7 +236,7 @@ def work_outside_any_scope(engine: Engine) -> None:
 def test_instrument_is_idempotent_and_uninstrument_removes_every_listener(engine: Engine) -> None:
     profiler = Profiler(engine)
     profiler.instrument(engine)
-    assert event.contains(engine, "before_cursor_execute", profiler._before_cursor_execute)
+    assert _statements.is_watched(engine, profiler._statement)
     with profiler.scope("once") as scope, Session(engine) as session:
         session.execute(select(User)).all()
     assert scope.query_count == 1  # listening twice would count it twice
@@ -244,8 +244,8 @@ def test_instrument_is_idempotent_and_uninstrument_removes_every_listener(engine
     assert {a.key for a, _ in collections} == {"orders", "items"}
     assert all(event.contains(a, "init_collection", fn) for a, fn in collections)
     profiler.uninstrument()
-    assert not event.contains(engine, "before_cursor_execute", profiler._before_cursor_execute)
-    assert not event.contains(engine, "after_cursor_execute", profiler._after_cursor_execute)
+    assert not _statements.is_watched(engine, profiler._statement)
+    assert not event.contains(engine, "do_execute", _statements._do_execute)  # its last one
     assert not any(event.contains(a, "init_collection", fn) for a, fn in collections)
     with profiler.scope("after") as scope, Session(engine) as session:
         session.execute(select(User)).all()

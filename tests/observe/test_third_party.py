@@ -141,7 +141,7 @@ def test_a_listener_bug_is_logged_once_and_never_raised(
             assert len(article.comments) == COMMENTS_EACH  # the application's calls go on
     failed = [r for r in caplog.records if "listener failed" in r.getMessage()]
     assert len(failed) == 2  # one per broken listener, not one per call
-    assert {"_after_cursor_execute", "_on_orm_execute"} == {r.args[0] for r in failed}
+    assert {"_statement", "_on_orm_execute"} == {r.args[0] for r in failed}
 
 
 # -- item 16: parents reloaded one by one are still one result ------------------------------

@@ -101,11 +101,13 @@ def _raw_connection(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     connects = inner.timeline.connects if inner is not None else 0
     idle = getattr(instance.pool, "checkedin", None)
     exhausted = callable(idle) and idle() == 0 and _at_limit(instance.pool)
+    scope.timeline.connecting += 1
     started = perf_counter()
     try:
         return wrapped(*args, **kwargs)
     finally:
         ended = perf_counter()
+        scope.timeline.connecting -= 1
         _span(scope, _POOL_WAIT, started, ended)
         if inner is not None and inner.timeline.connects > connects:
             timeline = inner.timeline

@@ -337,6 +337,11 @@ def _cpu_seconds(clock: int) -> float:
         return 0.0
 
 
+# this thread's monitor, read per request without a dict lookup by thread id (a new thread
+# that reuses a finished one's id starts with an empty local)
+_this_thread = threading.local()
+
+
 def monitor_for_this_thread() -> LoopMonitor:
     thread_id = threading.get_ident()
     monitor = _monitors.get(thread_id)
@@ -377,26 +382,24 @@ def _watch() -> None:
             monitor.watchdog_held_s += perf_counter() - now
 
 
-def watched(awaitable: Awaitable[Any], scope: Scope) -> Awaitable[Any]:
-    """Await ``awaitable`` (a request's coroutine) in flight on this thread's loop monitor:
-    with every step marked (:func:`timed_steps`) for the loop's first requests and for those
-    after a block, with the heartbeat alone otherwise."""
-    monitor = monitor_for_this_thread()
-    loop = asyncio.get_running_loop()
+def monitor_for_this_loop(loop: asyncio.AbstractEventLoop) -> LoopMonitor:
+    """The monitor of the running loop's thread (a new loop on it starts afresh)."""
+    monitor = _this_thread.__dict__.get("monitor")
+    if monitor is None:
+        monitor = _this_thread.monitor = monitor_for_this_thread()
     if loop is not monitor.loop:
         monitor.attach(loop)
+    return monitor
+
+
+def marks_steps(monitor: LoopMonitor) -> bool:
+    """Whether the next request on ``monitor``'s loop is awaited through :func:`timed_steps`
+    (a loop's first requests, and those after a block); the others are only registered in
+    flight (``arrive``/``leave``), which the heartbeat watches."""
     if monitor.marked_left > 0:
         monitor.marked_left -= 1
-        return timed_steps(awaitable, scope, monitor)
-    return _in_flight(awaitable, scope, monitor)
-
-
-async def _in_flight(awaitable: Awaitable[Any], scope: Scope, monitor: LoopMonitor) -> Any:
-    monitor.arrive(asyncio.get_running_loop(), scope)
-    try:
-        return await awaitable
-    finally:
-        monitor.leave(scope)
+        return True
+    return False
 
 
 @types.coroutine

@@ -9,13 +9,14 @@ the request's coroutine, so a step that blocks the event loop is seen (see ``_lo
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from functools import partial
 from typing import Any
 
 from ._callsite import mark_request_boundary
-from ._loop import watched
+from ._loop import marks_steps, monitor_for_this_loop, timed_steps
 from ._profiler import Profiler
 from ._scope import Scope, current_scope
 
@@ -60,8 +61,20 @@ class ASGIMiddleware:
             # collector frees (with all the recording holds: seen to make it run 60% more often)
             recording.namer = partial(_asgi_name, method, scope, 200)
             exchange = _Exchange(method, scope, recording, send, self.server_timing)
-            # in flight on the loop's monitor: a step that holds the loop is a block
-            await watched(self.app(scope, receive, exchange.send), recording)
+            app = self.app(scope, receive, exchange.send)
+            # in flight on the loop's monitor: a step that holds the loop is a block. Awaited
+            # here rather than through a coroutine of the monitor's: each step of the request
+            # would pass through one more frame
+            loop = asyncio.get_running_loop()
+            monitor = monitor_for_this_loop(loop)
+            if marks_steps(monitor):
+                await timed_steps(app, recording, monitor)
+                return
+            monitor.arrive(loop, recording)
+            try:
+                await app
+            finally:
+                monitor.leave(recording)
 
 
 class _Exchange:

@@ -12,7 +12,6 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from time import perf_counter
 from typing import Any, TypeVar, overload
 
 from sqlalchemy import event
@@ -20,7 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Mapper, ORMExecuteState, Session
 
-from . import _hooks
+from . import _hooks, _statements
 from ._errors import ObserveConfigError, QueryBudgetError
 from ._plans import Plan
 from ._recorder import Recorder
@@ -122,8 +121,7 @@ class Profiler:
             sync = target.sync_engine if isinstance(target, AsyncEngine) else target
             if any(sync is t or t is Engine for t in self._targets):
                 continue
-            event.listen(sync, "before_cursor_execute", self._before_cursor_execute)
-            event.listen(sync, "after_cursor_execute", self._after_cursor_execute)
+            _statements.watch(None if sync is Engine else sync, self._statement)
             self._targets.append(sync)
         if not self._orm_listening:
             event.listen(Session, "do_orm_execute", self._on_orm_execute)
@@ -142,8 +140,7 @@ class Profiler:
 
     def _remove_engine_listeners(self) -> None:
         for target in self._targets:
-            event.remove(target, "before_cursor_execute", self._before_cursor_execute)
-            event.remove(target, "after_cursor_execute", self._after_cursor_execute)
+            _statements.unwatch(None if target is Engine else target, self._statement)
         self._targets.clear()
 
     def uninstrument(self) -> None:
@@ -251,35 +248,18 @@ class Profiler:
     # scope of its own, and never into one that stopped recording (a task that outlived its
     # request, a background task after the response).
 
-    # The two cursor listeners run for every statement: guarded inline (like _on_load),
-    # not by _guarded, whose wrapper was a third of their cost.
+    # Told of every statement of its engines run inside a scope (``_statements``): guarded
+    # inline (like _on_load), not by _guarded, whose wrapper was a third of its cost.
 
-    def _before_cursor_execute(
+    def _statement(
         self,
-        conn: Any,
         cursor: Any,
         statement: str,
         parameters: Any,
         context: Any,
         executemany: bool,
-    ) -> None:
-        try:
-            scope = current_scope.get()
-            if scope is not None and scope.recorder is not self._recorder:
-                scope = _own_scope(scope, self._recorder)
-            if scope is not None and context is not None and scope.recording:
-                context._hotpath_started = perf_counter()
-        except Exception:
-            log_listener_bug("_before_cursor_execute")
-
-    def _after_cursor_execute(
-        self,
-        conn: Any,
-        cursor: Any,
-        statement: str,
-        parameters: Any,
-        context: Any,
-        executemany: bool,
+        started: float,
+        ended: float,
     ) -> None:
         try:
             scope = current_scope.get()
@@ -287,13 +267,10 @@ class Profiler:
                 scope = _own_scope(scope, self._recorder)
             if scope is None or not scope.recording:
                 return
-            started = getattr(context, "_hotpath_started", None)
-            if started is None:
-                return
-            ended = perf_counter()
             rowcount = getattr(cursor, "rowcount", -1)
             token = context.execution_options.get(TOKEN)
             execution = None if token is None else scope._execution(token)
+            connection = context.root_connection
             scope._record_query(
                 statement,
                 parameters,
@@ -301,15 +278,15 @@ class Profiler:
                 ended,
                 rowcount if isinstance(rowcount, int) else -1,
                 execution,
-                conn.engine,
+                connection.engine,
                 executemany,
-                id(conn),
+                id(connection),
                 cursor,
             )
             if execution is not None and execution.lazy_key is not None:
                 scope._lazy_statement(execution.lazy_key, statement, (ended - started) * 1000)
         except Exception:
-            log_listener_bug("_after_cursor_execute")
+            log_listener_bug("_statement")
 
     @_guarded
     def _on_before_flush(self, session: Session, flush_context: Any, instances: Any) -> None:

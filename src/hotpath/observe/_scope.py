@@ -22,7 +22,7 @@ from ._callsite import SiteMemo, capture_call_site, ignored_at
 from ._eager import TRACK_ATTR, EagerGroup, tracking_class
 from ._fingerprint import shape_of
 from ._records import CallSite, Finding, FindingKind, Layer, Mode, QueryRecord
-from ._timeline import NO_ITEMS, NO_SET, IoOp, Timeline
+from ._timeline import NO_DICT, NO_ITEMS, NO_SET, IoOp, Timeline
 from ._values import not_read, parameter_values, result_values
 
 if TYPE_CHECKING:
@@ -219,38 +219,40 @@ class Scope:
         self.duration_ms = 0.0
         self.timeline = Timeline()
         # filled when the scope concludes: its wall time per layer (adds up to duration_ms)
-        self.breakdown_ms: dict[Layer, float] = {}
+        self.breakdown_ms: dict[Layer, float] = NO_DICT
         self.query_count = 0
         self.db_time_ms = 0.0
-        # the lists and sets below start as the shared empty ones (NO_ITEMS, NO_SET) and are
-        # made when first written: most requests leave most of them empty
+        # the lists, sets and dicts below start as the shared empty ones (NO_ITEMS, NO_SET,
+        # NO_DICT) and are made when first written: most requests leave most of them empty,
+        # and a request's live containers are what the garbage collector counts and promotes
+        # (19 per scope made them a third of observe's cost in a served app: docs/benchmarks.md)
         self.queries: list[QueryRecord] = NO_ITEMS
         self.findings: list[Finding] = NO_ITEMS
         self.closed = False
         self.recording = False  # open, and not stopped early (stop_recording)
         self._stopped_at: float | None = None
         self._token: Token[Scope | None] | None = None
-        self._shape_counts: dict[str, int] = {}
-        self._last_group: dict[str, ShapeGroup] = {}  # shape -> group of the last site seen
+        self._shape_counts: dict[str, int] = NO_DICT
+        self._last_group: dict[str, ShapeGroup] = NO_DICT  # shape -> group of the last site seen
         self._walk_limit = settings.shape_threshold + 1
-        self._shape_groups: dict[tuple[str, CallSite | None], ShapeGroup] = {}
-        self._duplicates: dict[tuple[str, int], int] = {}
-        self._duplicate_sites: dict[tuple[str, int], CallSite | None] = {}
-        self._duplicate_ms: dict[tuple[str, int], float] = {}
+        self._shape_groups: dict[tuple[str, CallSite | None], ShapeGroup] = NO_DICT
+        self._duplicates: dict[tuple[str, int], int] = NO_DICT
+        self._duplicate_sites: dict[tuple[str, int], CallSite | None] = NO_DICT
+        self._duplicate_ms: dict[tuple[str, int], float] = NO_DICT
         self._duplicate_suppressed: set[tuple[str, int]] = NO_SET
-        self._slow: dict[str, SlowGroup] = {}
-        self._unbounded: dict[tuple[str, CallSite | None], tuple[str, int, bool]] = {}
+        self._slow: dict[str, SlowGroup] = NO_DICT
+        self._unbounded: dict[tuple[str, CallSite | None], tuple[str, int, bool]] = NO_DICT
         self.pending_explains: list[PendingExplain] = NO_ITEMS
-        self._executions: dict[int, Execution] = {}  # and EAGER_TOKEN's, in every scope
-        self._origin_chain: dict[Origin, Chain] = {}
-        self._origin_cache: dict[tuple[int, Any], Origin] = {}
-        self._run_origins: dict[int, Origin] = {}
-        self._lazy: dict[tuple[Origin, str], LazyGroup] = {}
+        self._executions: dict[int, Execution] = NO_DICT  # and EAGER_TOKEN's, in every scope
+        self._origin_chain: dict[Origin, Chain] = NO_DICT
+        self._origin_cache: dict[tuple[int, Any], Origin] = NO_DICT
+        self._run_origins: dict[int, Origin] = NO_DICT
+        self._lazy: dict[tuple[Origin, str], LazyGroup] = NO_DICT
         self._lazy_targets: set[tuple[int, str]] = NO_SET  # (id(parent state), key) loading now
-        self._eager: dict[Any, EagerGroup] = {}  # relationship property -> its group
+        self._eager: dict[Any, EagerGroup] = NO_DICT  # relationship property -> its group
         # id(state) -> its origin before a column load gave it the runid of that reload
-        self._reloaded: dict[int, Origin] = {}
-        self._origin_root: dict[Origin, Any] = {}  # query origin -> the mapper it selected
+        self._reloaded: dict[int, Origin] = NO_DICT
+        self._origin_root: dict[Origin, Any] = NO_DICT  # query origin -> the mapper it selected
         self._flushing_sessions: list[Any] = NO_ITEMS  # sessions that flushed in this scope
         self._foreign_sessions: set[int] = NO_SET  # sessions that ran on other engines
 
@@ -391,6 +393,8 @@ class Scope:
             where = site.get()
             key = (fingerprint, where)
             if key not in self._unbounded:
+                if self._unbounded is NO_DICT:
+                    self._unbounded = {}
                 suppressed = _suppressed(FindingKind.UNBOUNDED_RESULT, where)
                 self._unbounded[key] = (statement, rowcount, suppressed)
         if len(self.queries) < settings.keep_queries:
@@ -467,6 +471,8 @@ class Scope:
             self._track_shape(statement, fingerprint, params_hash, duration_ms, site)
         if params_hash and self.tracks_duplicates:
             key = (statement, params_hash)
+            if self._duplicates is NO_DICT:
+                self._duplicates, self._duplicate_ms, self._duplicate_sites = {}, {}, {}
             count = self._duplicates.get(key, 0) + 1
             if count > 1 or len(self._duplicates) < _MAX_DUPLICATE_KEYS:
                 # a long scope (a batch job) runs millions of distinct statements: past the
@@ -485,6 +491,8 @@ class Scope:
     def _track_shape(
         self, statement: str, fingerprint: str, params_hash: int, duration_ms: float, site: _Site
     ) -> None:
+        if self._shape_counts is NO_DICT:
+            self._shape_counts, self._shape_groups, self._last_group = {}, {}, {}
         seen = self._shape_counts[fingerprint] = self._shape_counts.get(fingerprint, 0) + 1
         if seen == 1:
             return
@@ -514,6 +522,8 @@ class Scope:
     ) -> None:
         group = self._slow.get(fingerprint)
         if group is None:
+            if self._slow is NO_DICT:
+                self._slow = {}
             group = self._slow[fingerprint] = SlowGroup(
                 statement, site, suppressed=_suppressed(FindingKind.SLOW_QUERY, site)
             )
@@ -524,6 +534,8 @@ class Scope:
     # -- ORM bookkeeping ---------------------------------------------------------------------
 
     def _begin_execution(self, token: int, execution: Execution) -> None:
+        if self._executions is NO_DICT:
+            self._executions = {}
         self._executions[token] = execution
 
     def _execution(self, token: int | None) -> Execution | None:
@@ -550,6 +562,10 @@ class Scope:
         path = state.load_path
         origin = self._origin_cache.get((run, path))
         if origin is None:
+            if self._origin_cache is NO_DICT:
+                self._origin_cache, self._origin_root = {}, {}
+            if self._origin_chain is NO_DICT:
+                self._origin_chain = {}
             chain = relationships(path)
             origin = self._origin_cache[(run, path)] = ("query", run, chain)
             self._origin_chain[origin] = chain
@@ -570,6 +586,8 @@ class Scope:
         query runs): keep its origin, and group the reload with the other objects' reloads
         of the same result set."""
         origin = self._origin_of(state)
+        if self._reloaded is NO_DICT:
+            self._reloaded = {}
         self._reloaded.setdefault(id(state), origin)
         mapper = state.mapper
         options = getattr(orm_state.statement, "_compile_options", None)
@@ -599,6 +617,8 @@ class Scope:
         key = (origin, kind)
         group = self._lazy.get(key)
         if group is None:
+            if self._lazy is NO_DICT:
+                self._lazy = {}
             group = self._lazy[key] = LazyGroup(
                 self._chain_of(origin), reason=reason, columns=keys, mapper=mapper
             )
@@ -636,6 +656,10 @@ class Scope:
     def _note_relationship_run(self, run: int, execution: Execution) -> None:
         """Rows of ``run`` came from a lazy load: their origin is the lazy-load group."""
         if execution.lazy_origin is not None and run not in self._run_origins:
+            if self._run_origins is NO_DICT:
+                self._run_origins = {}
+            if self._origin_chain is NO_DICT:
+                self._origin_chain = {}
             self._run_origins[run] = execution.lazy_origin
             self._origin_chain[execution.lazy_origin] = execution.chain
 
@@ -646,6 +670,8 @@ class Scope:
         key = (origin, str(prop))
         group = self._lazy.get(key)
         if group is None:
+            if self._lazy is NO_DICT:
+                self._lazy = {}
             group = self._lazy[key] = LazyGroup(chain)
         group.parents.add(id(parent))
         group.queries += 1
@@ -661,6 +687,8 @@ class Scope:
         call site, the query's, is then taken)."""
         group = self._eager.get(prop)
         if group is None:
+            if self._eager is NO_DICT:
+                self._eager = {}
             site = capture_call_site()
             group = self._eager[prop] = EagerGroup(
                 f"{prop.parent.class_.__name__}.{prop.key}",

@@ -35,6 +35,18 @@ NO_ITEMS: Any = ()
 NO_SET: Any = frozenset()
 
 
+class _NoDict(dict[Any, Any]):
+    """The shared empty dict: read as any empty dict, refuses every write."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("NO_DICT is shared: make the scope's own dict before writing to it")
+
+    __setitem__ = __delitem__ = setdefault = update = pop = popitem = clear = _refuse
+
+
+NO_DICT: Any = _NoDict()
+
+
 @dataclass(slots=True)
 class IoOp:
     """One outbound operation the request-wide detectors judge (HTTP calls; queries long
@@ -106,6 +118,9 @@ class Timeline:
     writing_connections: set[int] = NO_SET
     op_targets: set[str] = NO_SET  # statements kept as operations so far
     connects: int = 0
+    # checkouts under way: the statements SQLAlchemy runs on a new connection (the dialect's
+    # first_connect: server version, settings) are its set-up, not the request's queries
+    connecting: int = 0
     connect_started: float | None = None  # a connect under way (its span ends at checkout)
     connect_site: CallSite | None = None
     # why connections were opened on this request's path, when it is a pattern and not a

@@ -50,6 +50,9 @@ class ShopSettings:
     fixes: Fixes = field(default_factory=Fixes)
     replica_urls: list[str] = field(default_factory=list)
     redis_url: str | None = None
+    # the cache's keys and invalidation channel: servers with their own see none of each
+    # other's fills and invalidations (a benchmark serving two shops side by side)
+    cache_namespace: str = "shop"
     concurrency: int = 16
     workers: int = 1
 
@@ -232,7 +235,8 @@ def _readers(settings: ShopSettings, database: _Database) -> _Readers:
         return _Readers(sessions, None)
     if settings.redis_url is None:
         raise ValueError("the cache fix needs a Redis: pass ShopSettings(redis_url=...)")
-    return _Readers(sessions, ShopCache(settings.redis_url, sessions, fill_sessions))
+    cache = ShopCache(settings.redis_url, sessions, fill_sessions, settings.cache_namespace)
+    return _Readers(sessions, cache)
 
 
 def create_app(settings: ShopSettings) -> FastAPI:

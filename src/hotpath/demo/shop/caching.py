@@ -33,11 +33,13 @@ USER_TTL_S = 60.0
 class ShopCache:
     """An L1 + Redis cache bound to the shop's sessions."""
 
-    def __init__(self, redis_url: str, sessions: Any, fill_sessions: Any) -> None:
+    def __init__(
+        self, redis_url: str, sessions: Any, fill_sessions: Any, namespace: str = "shop"
+    ) -> None:
         self.cache = AsyncCache(
             l1=MemoryTier(maxsize=20_000, ttl=30.0),
             l2=RedisTier(redis_url),
-            namespace="shop",
+            namespace=namespace,
             default_ttl=CATALOG_TTL_S,
         )
         self.binding = cache_orm.bind(sessions, self.cache)

@@ -1,0 +1,162 @@
+"""How observe times each SQL statement: SQLAlchemy's ``DialectEvents`` (``do_execute``,
+``do_executemany``, ``do_execute_no_params``), one handler per engine, shared by every
+profiler instrumenting it.
+
+Why not ``before_cursor_execute``/``after_cursor_execute``: an engine with a listener of the
+``ConnectionEvents`` makes each of its connections dispatch every connection event
+(``engine_connect``, ``begin``, ``commit``...) through a joined dispatcher that the
+connection builds, event by event (``Connection.__init__`` joins the engine's dispatch;
+SQLAlchemy 2.0 and 2.1). On a session with one statement that cost more than the statement's
+own bookkeeping (docs/benchmarks.md, observe). The dialect events are dispatched from the
+dialect, only where a statement runs: the handler runs the statement itself, between two
+clock reads, and returns ``True`` (what the events' documentation provides for), so there is
+no second event to pair with the first.
+
+Outside a scope, on an engine no profiler watches, and during a checkout (the statements the
+dialect runs on a new connection: server version, settings; set-up, not the request's
+queries, which the cursor events never saw either), the handler returns ``False`` at once
+and SQLAlchemy runs the statement as it would have. A failed statement is not recorded (its
+exception goes on as the driver raised it), as with the cursor events. A ``do_execute``
+listener of another library registered before this one that runs the statement itself hides
+it from observe; one registered after is not called inside observe's scopes.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable
+from time import perf_counter
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Dialect, Engine
+
+from ._scope import current_scope
+
+# what a profiler is told of each statement run inside a scope:
+# (cursor, statement, parameters, context, executemany, started, ended)
+StatementListener = Callable[[Any, str, Any, Any, bool, float, float], None]
+
+_lock = threading.Lock()
+# per engine's dialect, the profilers watching it; and those watching every engine
+_watching: weakref.WeakKeyDictionary[Dialect, list[StatementListener]] = weakref.WeakKeyDictionary()
+_everywhere: list[StatementListener] = []
+_EVENTS = ("do_execute", "do_executemany", "do_execute_no_params")
+
+
+def _listeners(dialect: Dialect) -> list[StatementListener]:
+    own = _watching.get(dialect)
+    if own is None:
+        return _everywhere
+    return [*_everywhere, *own] if _everywhere else own
+
+
+def _told(
+    listeners: list[StatementListener],
+    cursor: Any,
+    statement: str,
+    parameters: Any,
+    context: Any,
+    executemany: bool,
+    started: float,
+) -> None:
+    ended = perf_counter()
+    for listener in listeners:
+        listener(cursor, statement, parameters, context, executemany, started, ended)
+
+
+def _listening(context: Any) -> list[StatementListener] | None:
+    """The profilers to tell of a statement about to run, or None: run it as SQLAlchemy
+    would (outside a scope, on a new connection's set-up, on an engine nobody watches)."""
+    scope = current_scope.get()
+    if scope is None or scope.timeline.connecting or context is None:
+        return None
+    return _listeners(context.dialect) or None
+
+
+def _do_execute(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
+    listeners = _listening(context)
+    if listeners is None:
+        return False
+    started = perf_counter()
+    context.dialect.do_execute(cursor, statement, parameters, context)
+    _told(listeners, cursor, statement, parameters, context, False, started)
+    return True
+
+
+def _do_executemany(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
+    listeners = _listening(context)
+    if listeners is None:
+        return False
+    started = perf_counter()
+    context.dialect.do_executemany(cursor, statement, parameters, context)
+    _told(listeners, cursor, statement, parameters, context, True, started)
+    return True
+
+
+def _do_execute_no_params(cursor: Any, statement: str, context: Any) -> bool:
+    listeners = _listening(context)
+    if listeners is None:
+        return False
+    started = perf_counter()
+    context.dialect.do_execute_no_params(cursor, statement, context)
+    _told(listeners, cursor, statement, (), context, False, started)
+    return True
+
+
+_HANDLERS: dict[str, Callable[..., bool]] = {
+    "do_execute": _do_execute,
+    "do_executemany": _do_executemany,
+    "do_execute_no_params": _do_execute_no_params,
+}
+
+
+def watch(engine: Engine | None, listener: StatementListener) -> None:
+    """Tell ``listener`` of each statement ``engine`` runs inside a scope (every engine's
+    when ``engine`` is None). Idempotent."""
+    with _lock:
+        if engine is None:
+            if listener not in _everywhere:
+                if not _everywhere:
+                    _listen(Engine)
+                _everywhere.append(listener)
+            return
+        listeners = _watching.get(engine.dialect)
+        if listeners is None:
+            listeners = _watching[engine.dialect] = []
+            _listen(engine)
+        if listener not in listeners:
+            listeners.append(listener)
+
+
+def unwatch(engine: Engine | None, listener: StatementListener) -> None:
+    with _lock:
+        if engine is None:
+            if listener in _everywhere:
+                _everywhere.remove(listener)
+                if not _everywhere:
+                    _unlisten(Engine)
+            return
+        listeners = _watching.get(engine.dialect)
+        if listeners is None or listener not in listeners:
+            return
+        listeners.remove(listener)
+        if not listeners:
+            del _watching[engine.dialect]
+            _unlisten(engine)
+
+
+def is_watched(engine: Engine, listener: StatementListener) -> bool:
+    return listener in _everywhere or listener in _watching.get(engine.dialect, ())
+
+
+def _listen(target: Any) -> None:
+    for name in _EVENTS:
+        event.listen(target, name, _HANDLERS[name])
+
+
+def _unlisten(target: Any) -> None:
+    for name in _EVENTS:
+        if event.contains(target, name, _HANDLERS[name]):
+            event.remove(target, name, _HANDLERS[name])
