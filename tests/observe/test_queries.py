@@ -6,10 +6,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Engine, create_engine, select, text
+from sqlalchemy import Engine, create_engine, event, select, text
 from sqlalchemy.orm import Session
 
 from hotpath.observe import FindingKind, Profiler, Scope
+from hotpath.observe._timeline import NO_DICT
 from hotpath.testing import ModuleDatabase
 
 from .models import User
@@ -244,3 +245,66 @@ async def test_async_duplicates_slow_and_unbounded(
     finally:
         profiler.uninstrument()
         await async_engine.dispose()
+
+
+# -- how statements are timed (_statements): the dialect's do_execute events ------------------
+
+
+def test_two_profilers_on_one_engine_each_record_the_statement(engine: Engine) -> None:
+    # one dialect handler runs the statement and tells every profiler watching the engine:
+    # a handler that ran it and returned True would hide it from the others
+    outer, inner = Profiler(engine), Profiler().instrument()  # the second: every engine
+    try:
+        with (
+            outer.scope("test") as test_scope,
+            inner.scope("request") as request_scope,
+            Session(engine) as session,
+        ):
+            session.execute(select(User)).all()
+        assert (test_scope.query_count, request_scope.query_count) == (1, 1)
+        inner.uninstrument()
+        with outer.scope("test") as test_scope, Session(engine) as session:
+            session.execute(select(User)).all()
+        assert test_scope.query_count == 1
+    finally:
+        outer.uninstrument()
+        inner.uninstrument()
+
+
+def test_a_new_connections_set_up_statements_are_not_the_scopes(
+    hotpath_db: ModuleDatabase,
+) -> None:
+    fresh = create_engine(hotpath_db.url)  # its first connection runs the dialect's set-up
+    seen: list[str] = []
+
+    def count(cursor: object, statement: str, parameters: object, context: object) -> bool:
+        seen.append(statement)
+        return False  # SQLAlchemy (then observe's handler) runs it
+
+    event.listen(fresh, "do_execute", count)
+    event.listen(
+        fresh, "do_execute_no_params", lambda c, statement, ctx: count(c, statement, None, ctx)
+    )
+    profiler = Profiler(fresh)
+    try:
+        with profiler.scope("first request") as scope, Session(fresh) as session:
+            session.execute(select(User)).all()
+        # the set-up's statements went through the very events observe times with...
+        assert len(seen) > 1
+        # ...and only the request's own statement is its
+        assert scope.query_count == 1
+    finally:
+        profiler.uninstrument()
+        fresh.dispose()
+
+
+def test_a_scopes_empty_dicts_are_shared_and_refuse_writes(profiler: Profiler) -> None:
+    first, second = profiler.scope("a"), profiler.scope("b")
+    assert first._lazy is second._lazy is NO_DICT  # nothing made for a scope that needs none
+    with pytest.raises(TypeError, match="NO_DICT is shared"):
+        first._lazy[("origin", "key")] = None  # type: ignore[index]
+    with first, Session(profiler._targets[0]) as session:
+        session.execute(select(User)).all()
+        session.execute(select(User)).all()
+    assert first._shape_counts  # its own, once written
+    assert second._shape_counts is NO_DICT
