@@ -272,9 +272,10 @@ def test_two_profilers_on_one_engine_each_record_the_statement(engine: Engine) -
 
 
 def test_a_new_connections_set_up_statements_are_not_the_scopes(
-    hotpath_db: ModuleDatabase,
+    hotpath_db: ModuleDatabase, engine: Engine
 ) -> None:
-    fresh = create_engine(hotpath_db.url)  # its first connection runs the dialect's set-up
+    # `engine` made the tables; a fresh engine's first connection runs the dialect's set-up
+    fresh = create_engine(hotpath_db.url)
     seen: list[str] = []
 
     def count(cursor: object, statement: str, parameters: object, context: object) -> bool:

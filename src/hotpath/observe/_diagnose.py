@@ -32,7 +32,7 @@ _CONNECT, _DB, _HTTP, _POOL_WAIT, _REDIS = (
 
 def find_request_problems(scope: Scope) -> list[Finding]:
     timeline = scope.timeline
-    if not (timeline.spans or timeline.ops or timeline.blocks):
+    if not (timeline.span_data or timeline.ops or timeline.blocks):
         return []
     findings: list[Finding] = []
     for kind, detector in _DETECTORS:

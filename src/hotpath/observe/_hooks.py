@@ -19,7 +19,7 @@ import inspect
 import logging
 import re
 import threading
-from functools import lru_cache, partial
+from functools import lru_cache
 from time import perf_counter
 from typing import Any
 from urllib.parse import urlsplit
@@ -299,8 +299,10 @@ def _http_op(
             target,
             origin,
             capture_call_site(),
-            inputs_from=partial(text_values, f"{url} {sent}"),
-            outputs_from=partial(body_values, received),
+            inputs_from=text_values,
+            inputs_of=f"{url} {sent}",
+            outputs_from=body_values,
+            outputs_of=received,
             timeout=timeout,
             awaited=awaited,
         )

@@ -61,7 +61,7 @@ class ASGIMiddleware:
             # collector frees (with all the recording holds: seen to make it run 60% more often)
             recording.namer = partial(_asgi_name, method, scope, 200)
             exchange = _Exchange(method, scope, recording, send, self.server_timing)
-            app = self.app(scope, receive, exchange.send)
+            app = self.app(scope, receive, exchange)
             # in flight on the loop's monitor: a step that holds the loop is a block. Awaited
             # here rather than through a coroutine of the monitor's: each step of the request
             # would pass through one more frame
@@ -79,8 +79,9 @@ class ASGIMiddleware:
 
 class _Exchange:
     """One request's ``send``, seen on its way out: the response start names the scope (and
-    gets the ``Server-Timing`` header), the body's end stops its clock. An object rather
-    than closures: a request makes one, where closures made a cell per variable."""
+    gets the ``Server-Timing`` header), the body's end stops its clock. A callable object
+    rather than closures (a cell per variable) or a bound method (one more object): each is
+    a container the garbage collector counts while the request runs."""
 
     __slots__ = ("asgi_scope", "downstream", "method", "recording", "server_timing")
 
@@ -98,7 +99,7 @@ class _Exchange:
         self.downstream = downstream
         self.server_timing = server_timing
 
-    async def send(self, message: Message) -> None:
+    async def __call__(self, message: Message) -> None:  # the app's send
         kind = message["type"]
         recording = self.recording
         if kind == "http.response.start":

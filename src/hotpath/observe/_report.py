@@ -429,7 +429,7 @@ class Rollup:
             timeline = scope.timeline
             if timeline.known_text and scope.name.startswith("GET "):
                 self.reads.add(scope)
-            if timeline.cache_lookups:
+            if timeline.lookup_data:
                 self._add_cache_lookups(timeline.cache_lookups, scope.settings.cache_min_lookups)
 
     def _add_findings(self, findings: list[Finding]) -> None:

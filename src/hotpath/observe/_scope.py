@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
-from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy.orm import RelationshipProperty
@@ -435,6 +434,7 @@ class Scope:
         timeline = self.timeline
         first = timeline.add_op_target(fingerprint)
         where = None
+        outputs_from, outputs_of = result_values(cursor) if first else (not_read, None)
         if first:
             where = site.site if site.taken else _operation_sites.site(fingerprint)
         timeline.add_op(
@@ -446,8 +446,10 @@ class Scope:
                 self._shown_sql(statement) if first else "",
                 f"db {_server_of(engine)}",
                 where,
-                inputs_from=partial(parameter_values, parameters if first else None),
-                outputs_from=result_values(cursor) if first else not_read,
+                inputs_from=parameter_values,
+                inputs_of=parameters if first else None,
+                outputs_from=outputs_from,
+                outputs_of=outputs_of,
                 connection=connection,
                 in_write_transaction=connection in timeline.writing_connections,
                 awaited=engine.dialect.is_async,

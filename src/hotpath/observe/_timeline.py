@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._records import LAYERS, CallSite, Layer
-from ._values import not_read
+from ._values import no_values, not_read
 
 if TYPE_CHECKING:
     from ._scope import Scope
@@ -60,10 +60,13 @@ class IoOp:
     dependency: str  # the server: "http://host:port", "db host:port"
     site: CallSite | None = None
     # parameter values and the values it returned, as text (outputs None: not known), read
-    # when first asked for: only the sequential-I/O detector does, for a request over its
-    # budget, and most requests are not
-    inputs_from: Callable[[], frozenset[str]] = frozenset
-    outputs_from: Callable[[], frozenset[str] | None] = not_read
+    # when first asked for (``inputs_from(inputs_of)``: a function and its argument, not a
+    # partial, one object less per operation): only the sequential-I/O detector does, for a
+    # request over its budget, and most requests are not
+    inputs_from: Callable[[Any], frozenset[str]] = no_values
+    inputs_of: Any = None
+    outputs_from: Callable[[Any], frozenset[str] | None] = not_read
+    outputs_of: Any = None
     connection: int = 0  # DB: the connection it ran on (one connection runs one at a time)
     in_write_transaction: bool = False
     timeout: bool | None = None  # HTTP: whether the call had a timeout (None: not known)
@@ -82,13 +85,13 @@ class IoOp:
     @property
     def inputs(self) -> frozenset[str]:
         if self._inputs is None:
-            self._inputs = self.inputs_from()
+            self._inputs = self.inputs_from(self.inputs_of)
         return self._inputs
 
     @property
     def outputs(self) -> frozenset[str] | None:
         if self._outputs is None:
-            self._outputs = (self.outputs_from(),)
+            self._outputs = (self.outputs_from(self.outputs_of),)
         return self._outputs[0]
 
 
@@ -110,7 +113,10 @@ class LoopBlock:
 class Timeline:
     """A scope's spans and operations (filled by the hooks while it records)."""
 
-    spans: list[Span] = NO_ITEMS
+    # the spans and cache lookups, flat (layer, start, end, layer, start, end...): one list
+    # rather than a tuple per span, each a container the garbage collector counts while
+    # the request runs (``spans`` and ``cache_lookups`` give them as tuples)
+    span_data: list[Any] = NO_ITEMS
     ops: list[IoOp] = NO_ITEMS
     # the text the request came with (its path and query): an operation's input equal to one
     # of its values did not come from an earlier operation's output
@@ -132,14 +138,24 @@ class Timeline:
     redis_site: CallSite | None = None  # a slow Redis command's (the slowest, within 2x)
     redis_slowest_ms: float = 0.0
     blocks: list[LoopBlock] = NO_ITEMS  # filled when the scope concludes
-    # hotpath.cache lookups: (key template, hit, ms in all, ms loading, call site of a miss)
-    cache_lookups: list[tuple[str, bool, float, float, CallSite | None]] = NO_ITEMS
+    # hotpath.cache lookups, flat: key template, hit, ms in all, ms loading, call site of a miss
+    lookup_data: list[Any] = NO_ITEMS
+
+    @property
+    def spans(self) -> list[Span]:
+        data = self.span_data
+        return list(zip(data[::3], data[1::3], data[2::3], strict=True))
+
+    @property
+    def cache_lookups(self) -> list[tuple[str, bool, float, float, CallSite | None]]:
+        data = self.lookup_data
+        return list(zip(data[::5], data[1::5], data[2::5], data[3::5], data[4::5], strict=True))
 
     def add_span(self, span: Span) -> None:
-        if self.spans is NO_ITEMS:
-            self.spans = [span]
+        if self.span_data is NO_ITEMS:
+            self.span_data = [*span]
         else:
-            self.spans.append(span)
+            self.span_data += span
 
     def add_op(self, op: IoOp) -> None:
         if self.ops is NO_ITEMS:
@@ -164,10 +180,10 @@ class Timeline:
             self.writing_connections.add(connection)
 
     def add_cache_lookup(self, lookup: tuple[str, bool, float, float, CallSite | None]) -> None:
-        if self.cache_lookups is NO_ITEMS:
-            self.cache_lookups = [lookup]
+        if self.lookup_data is NO_ITEMS:
+            self.lookup_data = [*lookup]
         else:
-            self.cache_lookups.append(lookup)
+            self.lookup_data += lookup
 
 
 def recording_scopes(scope: Scope | None) -> Iterable[Scope]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from functools import partial
 from itertools import islice
 from typing import Any
 
@@ -54,13 +53,21 @@ def _row_values(rows: list[Any]) -> frozenset[str]:
     return frozenset(values)
 
 
-def not_read() -> None:
+def not_read(_: Any = None) -> None:
     """What an operation returned, when it was not read: not known."""
 
 
-def result_values(cursor: Any) -> Callable[[], frozenset[str] | None]:
+def no_values(_: Any = None) -> frozenset[str]:
+    return frozenset()
+
+
+def _given(values: frozenset[str] | None) -> frozenset[str] | None:
+    return values
+
+
+def result_values(cursor: Any) -> tuple[Callable[[Any], frozenset[str] | None], Any]:
     """What gives the values in the first rows of ``cursor``'s result (``None``: cannot be
-    read). The rows are taken now, their values read when first asked for.
+    read), and its argument. The rows are taken now, their values read when first asked for.
 
     Taken without consuming the rows the application will fetch: SQLAlchemy's async adapters
     (asyncpg, psycopg async) buffer them in ``_rows``; a psycopg cursor exposes its result
@@ -69,9 +76,8 @@ def result_values(cursor: Any) -> Callable[[], frozenset[str] | None]:
     """
     rows = getattr(cursor, "_rows", None)
     if rows is not None:
-        return partial(_row_values, list(islice(rows, _MAX_ROWS)))
-    values = _pgresult_values(cursor)
-    return lambda: values
+        return _row_values, list(islice(rows, _MAX_ROWS))
+    return _given, _pgresult_values(cursor)
 
 
 def _pgresult_values(cursor: Any) -> frozenset[str] | None:
