@@ -116,13 +116,14 @@ def main() -> str:
     for name, start, end, count in zip(
         ("no observe", "observe"), before, after, requests, strict=True
     ):
-
-        def per(key: str, generation: int) -> float:
-            return (end[key][generation] - start[key][generation]) / count  # noqa: B023
-
-        collections = " / ".join(f"{per('collections', g):.3f}" for g in range(3))
-        spent = [per("ns", g) / 1000 for g in range(3)]
-        found = sum(per("collected", g) for g in range(3))
+        # per request and generation, what the server's totals grew by during the timed rounds
+        per = {
+            key: [(end[key][g] - start[key][g]) / count for g in range(3)]
+            for key in ("collections", "ns", "collected")
+        }
+        collections = " / ".join(f"{n:.3f}" for n in per["collections"])
+        spent = [ns / 1000 for ns in per["ns"]]
+        found = sum(per["collected"])
         tracked = " / ".join(str(n) for n in end["tracked"])
         lines.append(
             f"| {name} | {collections} | {' / '.join(f'{us:.1f}' for us in spent)} "

@@ -1,7 +1,8 @@
 """Blocked event loops: which request's step held the loop, for how long, and on what line.
 
-The ASGI middleware awaits each request's coroutine through :func:`watched`: for a loop's
-first requests and for those after a block, :func:`timed_steps` marks the start and end of
+The ASGI middleware registers each request's coroutine on its loop's monitor: for a loop's
+first requests and for those after a block (:func:`marks_steps`), :func:`timed_steps` marks
+the start and end of
 every step on its thread's :class:`LoopMonitor` (it works under uvloop, whose handles cannot
 be patched); the other requests are only registered in flight, and a stall among them is seen
 by the heartbeat below. A watchdog thread looks at the marks every few
@@ -337,17 +338,18 @@ def _cpu_seconds(clock: int) -> float:
         return 0.0
 
 
-# this thread's monitor, read per request without a dict lookup by thread id (a new thread
-# that reuses a finished one's id starts with an empty local)
+# this thread's monitor, read per request without a lookup by thread id: a new thread that
+# reuses a finished one's id starts with an empty local, so it never finds that one's monitor
 _this_thread = threading.local()
 
 
 def monitor_for_this_thread() -> LoopMonitor:
-    thread_id = threading.get_ident()
-    monitor = _monitors.get(thread_id)
-    if monitor is None or monitor.thread is not threading.current_thread():
-        with _monitors_lock:
+    monitor: LoopMonitor | None = getattr(_this_thread, "monitor", None)
+    if monitor is None:
+        thread_id = threading.get_ident()
+        with _monitors_lock:  # the watchdog's view, by thread id
             monitor = _monitors[thread_id] = LoopMonitor(thread_id)
+        _this_thread.monitor = monitor
         _start_watchdog()
     return monitor
 
@@ -384,9 +386,7 @@ def _watch() -> None:
 
 def monitor_for_this_loop(loop: asyncio.AbstractEventLoop) -> LoopMonitor:
     """The monitor of the running loop's thread (a new loop on it starts afresh)."""
-    monitor = _this_thread.__dict__.get("monitor")
-    if monitor is None:
-        monitor = _this_thread.monitor = monitor_for_this_thread()
+    monitor = monitor_for_this_thread()
     if loop is not monitor.loop:
         monitor.attach(loop)
     return monitor

@@ -52,18 +52,23 @@ def _listeners(dialect: Dialect) -> list[StatementListener]:
     return [*_everywhere, *own] if _everywhere else own
 
 
-def _told(
+def _run(
     listeners: list[StatementListener],
-    cursor: Any,
+    execute: Callable[..., None],
+    arguments: tuple[Any, ...],
     statement: str,
     parameters: Any,
     context: Any,
     executemany: bool,
-    started: float,
-) -> None:
+) -> bool:
+    """Run the statement (``execute(*arguments)``, the dialect's own method) between two
+    clock reads and tell ``listeners``; ``True``: it ran, SQLAlchemy must not run it again."""
+    started = perf_counter()
+    execute(*arguments)
     ended = perf_counter()
     for listener in listeners:
-        listener(cursor, statement, parameters, context, executemany, started, ended)
+        listener(arguments[0], statement, parameters, context, executemany, started, ended)
+    return True
 
 
 def _listening(context: Any) -> list[StatementListener] | None:
@@ -75,34 +80,38 @@ def _listening(context: Any) -> list[StatementListener] | None:
     return _listeners(context.dialect) or None
 
 
+# The three handlers, one per event (their signatures differ): each runs the dialect's own
+# method for it.
+
+
 def _do_execute(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
     listeners = _listening(context)
     if listeners is None:
         return False
-    started = perf_counter()
-    context.dialect.do_execute(cursor, statement, parameters, context)
-    _told(listeners, cursor, statement, parameters, context, False, started)
-    return True
+    arguments = (cursor, statement, parameters, context)
+    return _run(
+        listeners, context.dialect.do_execute, arguments, statement, parameters, context, False
+    )
 
 
 def _do_executemany(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
     listeners = _listening(context)
     if listeners is None:
         return False
-    started = perf_counter()
-    context.dialect.do_executemany(cursor, statement, parameters, context)
-    _told(listeners, cursor, statement, parameters, context, True, started)
-    return True
+    arguments = (cursor, statement, parameters, context)
+    return _run(
+        listeners, context.dialect.do_executemany, arguments, statement, parameters, context, True
+    )
 
 
 def _do_execute_no_params(cursor: Any, statement: str, context: Any) -> bool:
     listeners = _listening(context)
     if listeners is None:
         return False
-    started = perf_counter()
-    context.dialect.do_execute_no_params(cursor, statement, context)
-    _told(listeners, cursor, statement, (), context, False, started)
-    return True
+    arguments = (cursor, statement, context)
+    return _run(
+        listeners, context.dialect.do_execute_no_params, arguments, statement, (), context, False
+    )
 
 
 _HANDLERS: dict[str, Callable[..., bool]] = {
