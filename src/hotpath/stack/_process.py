@@ -8,7 +8,7 @@ import random
 import signal
 import socket
 import time
-from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 
@@ -108,43 +108,43 @@ def ensure_port_free(port: int, what: str) -> None:
         )
 
 
-@contextlib.contextmanager
-def _held_ports(count: int) -> Iterator[list[int]]:
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((LOOPBACK, 0))
-            socks.append(sock)
-        yield [s.getsockname()[1] for s in socks]
-    finally:
-        for sock in socks:
-            sock.close()
+_EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST_PORT = 10000  # below it live the well-known services (5432, 6379, 8000, ...)
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free loopback ports (held together while chosen, so never equal)."""
-    with _held_ports(count) as ports:
-        return ports
+def _ephemeral_start(source: Path = _EPHEMERAL_RANGE_FILE) -> int:
+    """The first port the kernel hands out to outgoing connections (Linux's default 32768)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return int(source.read_text().split()[0])
+    return 32768
 
 
-def free_cluster_ports(count: int, bus_offset: int = 10000) -> list[int]:
-    """``count`` free ports whose Redis Cluster bus port (port + 10000) is free too.
+def free_ports(count: int, *, bus_offset: int = 0) -> list[int]:
+    """``count`` distinct free loopback ports below the kernel's ephemeral range.
 
-    Redis < 7 cannot choose its bus port, so ports above 55535 (common in the kernel's
-    ephemeral range) would give an impossible bus port.
+    A port asked of the kernel (bind to port 0) comes from the ephemeral range, and once
+    released it may be handed to any outgoing connection as its local port, say a test's
+    client, in the seconds before the server (initdb, then postgres) binds it, or while a
+    fault test has the server stopped. Below the range no outgoing connection takes it.
+    ``bus_offset`` asks for port + offset to be free and below the range too (a Redis
+    Cluster node's bus port; Redis < 7 cannot choose it).
     """
+    top = _ephemeral_start() - bus_offset
+    if top - _LOWEST_PORT < 100:  # an unusual range: fall back to anywhere free
+        top = 65535 - bus_offset
+    span = top - _LOWEST_PORT
     chosen: list[int] = []
-    candidate = random.randrange(20000, 45000)
-    for _ in range(2000):
-        candidate = 20000 + (candidate - 20000 + 7919) % 25000
-        if candidate in chosen or candidate + bus_offset in chosen:
+    candidate = random.randrange(span)
+    for _ in range(min(span, 4000)):
+        candidate = (candidate + 7919) % span  # a prime stride walks the span without repeats
+        port = _LOWEST_PORT + candidate
+        if port in chosen or port + bus_offset in chosen or port - bus_offset in chosen:
             continue
-        if port_is_free(candidate) and port_is_free(candidate + bus_offset):
-            chosen.append(candidate)
+        if port_is_free(port) and (not bus_offset or port_is_free(port + bus_offset)):
+            chosen.append(port)
             if len(chosen) == count:
                 return chosen
-    raise StackError("no free loopback ports for a Redis Cluster (port and port+10000) were found")
+    raise StackError(f"no {count} free loopback ports below port {top} were found")
 
 
 def wait_port_closed(port: int, timeout: float) -> bool:

@@ -40,13 +40,14 @@ from ._binaries import (
 from ._errors import StackError
 from ._pgbouncer import PgBouncer
 from ._postgres import SUPERUSER, PostgresNode, PostgresServer, wait_caught_up
-from ._process import LOOPBACK, ensure_port_free, free_cluster_ports, free_ports, pid_alive
+from ._process import LOOPBACK, ensure_port_free, free_ports, pid_alive
 from ._redis import RedisClusterGroup, RedisServer
 from ._status import NodeStatus
 
 STATE_FILE = "stack.json"
 _STATE_FORMAT = 1
 _CLUSTER_SIZE = 3
+_CLUSTER_BUS_OFFSET = 10000  # Redis Cluster: a node's bus port is its port + 10000
 _T = TypeVar("_T")
 
 
@@ -246,7 +247,7 @@ class LocalStack:
         if binaries.redis_server and binaries.redis_cli:
             self._cluster = _cluster_group(
                 directory,
-                free_cluster_ports(_CLUSTER_SIZE),
+                free_ports(_CLUSTER_SIZE, bus_offset=_CLUSTER_BUS_OFFSET),
                 binaries.redis_server,
                 binaries.redis_cli,
                 account,
