@@ -1,14 +1,18 @@
-"""Which part of observe costs the served shop what: ``python -m bench._observe_ablation PART``.
+"""Which part of observe costs the served shop what:
+``python -m bench._observe_ablation [--no-gc] [--rounds N] [--requests N] VARIANT...``.
 
-Serves the optimized shop three times (as ``python -m bench observe`` does: tiny scale, 8
-users, a fresh local stack): without observe, with it, and with it but one PART switched off,
-and loads the three at once with the same seeded requests, round after round. Reported per
-round and as medians: each observed server's event loop thread CPU per request against the
-bare server's. The two observed servers' ratios, taken in the same rounds, tell what PART
-costs; ``none`` switches nothing off (the two should agree: how far they do not is the
-measurement's noise).
+Serves the optimized shop (as ``python -m bench observe`` does: tiny scale, 8 users, a fresh
+local stack) once without observe and once per VARIANT, each server with its own cache
+namespace, and loads them all at once with the same seeded requests, round after round (two
+warm-up rounds first). Reported per variant: the event loop thread's CPU per request against
+the bare server's, as the median of the rounds' ratios, the ratio of the totals, and the
+rounds' spread. Variants taken in the same rounds compare like with like.
 
-PART is one of these, or several joined by commas:
+A VARIANT is ``full`` (observe, nothing switched off), ``bare`` (a second server without
+observe: each server process has its own hash seed and memory layout, and how far two bare
+servers disagree is the bias of one server against another, about +-2% here), ``beatMS``
+(observe with a heartbeat every MS milliseconds, on quiet loops too; ``beat10`` is how
+observe beat before session 10), or parts switched off, joined by commas:
 
 - ``steps``: no step marks, no requests in flight on the loop's monitor: no heartbeat and no
   watchdog thread either;
@@ -16,19 +20,26 @@ PART is one of these, or several joined by commas:
 - ``heartbeat``: no heartbeat on the loop (the marks and the watchdog stay);
 - ``hooks``: none of the client hooks (Redis, HTTP clients, hotpath.cache);
 - ``listeners``: none of the profiler's SQLAlchemy listeners (the scopes and hooks stay);
-- ``scopes``: the middleware passes requests through (observe installed, no scope);
-- ``none``: nothing.
+- ``scopes``: the middleware passes requests through (observe installed, no scope).
 
-The part is switched off by a ``sitecustomize`` module on the third server's ``PYTHONPATH``,
-which patches observe as it is imported; the other two servers do not see it.
+``--no-gc`` disables the garbage collector in every server: a full collection (about 100 ms
+here) lands in one round or another and moves that round's ratio by up to 20%; without it
+the rounds agree to about 2%, which is what comparing parts needs (what observe adds to the
+collector is measured apart, by ``python -m bench._observe_gc``).
+
+The parts are switched off by a ``sitecustomize`` module on each server's ``PYTHONPATH``,
+which patches observe as it is imported; the tool refuses to report a variant whose server
+did not confirm it.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import statistics
-import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from hotpath.demo._load import LoadSpec, run_load
@@ -40,19 +51,29 @@ from hotpath.demo.shop.server import ServerOptions
 from ._observe_profile import _threads, sitecustomize_env
 from .observe import optimized_shop
 
-PARTS = ("steps", "watchdog", "heartbeat", "hooks", "listeners", "scopes", "none")
-_ROUNDS, _REQUESTS, _USERS = 8, 500, 8
+PARTS = ("steps", "watchdog", "heartbeat", "hooks", "listeners", "scopes")
+_USERS = 8
 
 _SITECUSTOMIZE = """
+import gc
 import os
 import pathlib
 
 import wrapt
 
+if os.environ.get("HOTPATH_ABLATION_NO_GC"):
+    gc.disable()
+
 _PARTS = set(filter(None, os.environ.get("HOTPATH_ABLATION", "").split(",")))
 
 
 def _switch_off(module):
+    for part in _PARTS:
+        if part.startswith("beat"):
+            import hotpath.observe._loop as loop
+
+            loop._BEAT_S = loop._QUIET_BEAT_S = int(part[4:]) / 1000
+            loop._IDLE_WAIT_S = max(0.02, loop._QUIET_BEAT_S)
     if "steps" in _PARTS:
         import hotpath.observe._loop as loop
 
@@ -115,44 +136,76 @@ async def _together(servers: list[ShopServer], spec: LoadSpec) -> list[float]:
     return list(await asyncio.gather(*(_loop_cpu_ms(s, spec) for s in servers)))
 
 
-def main(part: str) -> str:
-    unknown = [p for p in part.split(",") if p not in PARTS]
-    if unknown:
-        raise SystemExit(f"unknown part {unknown[0]!r}: give one of {', '.join(PARTS)}")
+def _check(variant: str) -> None:
+    for part in variant.split(","):
+        if part in ("full", "bare") or part in PARTS:
+            continue
+        if part.startswith("beat") and part[4:].isdigit() and int(part[4:]) > 0:
+            continue
+        raise SystemExit(
+            f"unknown variant {part!r}: give full, bare, beatMS or parts of {', '.join(PARTS)}"
+        )
+
+
+def main(variants: list[str], rounds: int, requests: int, no_gc: bool) -> str:
+    for variant in variants:
+        _check(variant)
     with tempfile.TemporaryDirectory(prefix="hotpath-ablation-") as directory:
         (Path(directory) / "sitecustomize.py").write_text(_SITECUSTOMIZE)
-        applied = Path(directory) / "applied"
-        with (
-            optimized_shop(_USERS) as settings,
-            shop_server(settings, options=ServerOptions(observe=False)) as bare,
-            shop_server(settings, options=ServerOptions(observe=True)) as observed,
-        ):
-            env = {
-                **sitecustomize_env(directory),
-                "HOTPATH_ABLATION": "" if part == "none" else part,
-                "HOTPATH_ABLATION_APPLIED": str(applied),
-            }
-            with shop_server(settings, options=ServerOptions(observe=True), env=env) as ablated:
-                if part != "none" and not applied.exists():
-                    raise SystemExit(f"{part} was not switched off: see the server's log")
-                servers = [bare, observed, ablated]
-                asyncio.run(_together(servers, LoadSpec(concurrency=_USERS, duration_s=3.0)))
-                spec = LoadSpec(concurrency=_USERS, duration_s=120.0, max_requests=_REQUESTS)
-                rounds = [asyncio.run(_together(servers, spec)) for _ in range(_ROUNDS)]
+        base_env = sitecustomize_env(directory)
+        if no_gc:
+            base_env["HOTPATH_ABLATION_NO_GC"] = "1"
+        with optimized_shop(_USERS) as settings, contextlib.ExitStack() as running:
+            servers: list[ShopServer] = []
+            for number, variant in enumerate(["bare", *variants]):
+                parts = "" if variant in ("full", "bare") else variant
+                applied = Path(directory) / f"applied-{number}"
+                env = {
+                    **base_env,
+                    "HOTPATH_ABLATION": parts,
+                    "HOTPATH_ABLATION_APPLIED": str(applied),
+                }
+                servers.append(
+                    running.enter_context(
+                        shop_server(
+                            replace(settings, cache_namespace=f"ablation-{number}"),
+                            options=ServerOptions(observe=variant != "bare"),
+                            env=env,
+                        )
+                    )
+                )
+                if parts and not applied.exists():
+                    raise SystemExit(f"{variant} was not applied: see the server's log")
+            warm = LoadSpec(concurrency=_USERS, duration_s=120.0, max_requests=500)
+            for _ in range(2):
+                asyncio.run(_together(servers, warm))
+            spec = LoadSpec(concurrency=_USERS, duration_s=120.0, max_requests=requests)
+            taken = [asyncio.run(_together(servers, spec)) for _ in range(rounds)]
+    gc_note = "collector off" if no_gc else "collector on"
     lines = [
-        f"loop thread CPU per request against the bare server's, {_ROUNDS} rounds of "
-        f"{_REQUESTS} requests, three servers loaded at once; part off: {part}",
+        f"loop thread CPU per request against the bare server's, {rounds} rounds of "
+        f"{requests} requests, {len(servers)} servers loaded at once, {gc_note}",
         "",
-        f"| round | bare ms | observe | observe, {part} off |",
-        "|---:|---:|---:|---:|",
+        "| variant | median of rounds | ratio of totals | rounds' spread (sd) |",
+        "|---|---:|---:|---:|",
     ]
-    for number, (plain, watched, without) in enumerate(rounds):
-        lines.append(f"| {number} | {plain:.3f} | {watched / plain:.3f} | {without / plain:.3f} |")
-    observe = statistics.median(w / p for p, w, _ in rounds)
-    ablated = statistics.median(a / p for p, _, a in rounds)
-    lines += ["", f"median: observe {observe:.3f}, observe with {part} off {ablated:.3f}"]
+    for number, variant in enumerate(variants, 1):
+        ratios = [r[number] / r[0] for r in taken]
+        totals = sum(r[number] for r in taken) / sum(r[0] for r in taken)
+        lines.append(
+            f"| {variant} | {statistics.median(ratios):.3f} | {totals:.3f} | "
+            f"{statistics.stdev(ratios):.3f} |"
+        )
+    lines.append("")
+    lines.append(f"bare server: {statistics.median(r[0] for r in taken):.3f} ms per request")
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    print(main(sys.argv[1] if len(sys.argv) > 1 else "none"))
+    parser = argparse.ArgumentParser(prog="python -m bench._observe_ablation")
+    parser.add_argument("variants", nargs="+", metavar="VARIANT")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=800)
+    parser.add_argument("--no-gc", action="store_true")
+    arguments = parser.parse_args()
+    print(main(arguments.variants, arguments.rounds, arguments.requests, arguments.no_gc))

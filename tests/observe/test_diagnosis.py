@@ -316,13 +316,15 @@ async def test_a_block_among_unmarked_requests_is_seen_and_marks_the_next() -> N
     """Past a loop's first requests, steps are not marked: the heartbeat sees a block among
     them, with its endpoint and line (once the loop answers again: after the request that
     blocked may have concluded), and the requests after it are marked, so a recurring block
-    is charged to its endpoint. Without the heartbeat an unmarked block is not seen at all."""
+    is charged to its endpoint. The loop beats at its quiet period then (no block since its
+    first requests), and fast again after the block. Without the heartbeat an unmarked block
+    is not seen at all."""
     profiler = Profiler(budget_ms=5, blocking_ms=20).instrument()
     app = _app(profiler)
 
     @app.get("/blocking")
     async def blocking() -> dict[str, int]:
-        await asyncio.sleep(0.03)  # a heartbeat is due before the block
+        await asyncio.sleep(0.03)  # the block is a later step of the request
         time.sleep(0.08)  # the planted blocking call
         return {"ok": 1}
 
@@ -336,12 +338,14 @@ async def test_a_block_among_unmarked_requests_is_seen_and_marks_the_next() -> N
     monitor.attach(asyncio.get_running_loop())  # this test's loop, its first requests served
     try:
         monitor.marked_left = 0
+        assert monitor.beat_period() == _loop._QUIET_BEAT_S  # a quiet loop beats slowly
         seen = len(monitor.blocks)
         await _serve(app, "/blocking")
         (block,) = await blocks_after(seen)
         assert block.endpoint == "GET /blocking"
         assert "time.sleep(0.08)" in block.what
         assert monitor.marked_left == _loop._MARKED_AFTER_BLOCK
+        assert monitor.beat_period() == _loop._BEAT_S  # and fast again after a block
         await _serve(app, "/blocking", "/blocking")  # marked now: charged to the endpoint
         assert "time.sleep(0.08)" in kinds(profiler, "GET /blocking")["blocking_call"].message
 
@@ -358,6 +362,49 @@ async def test_a_block_among_unmarked_requests_is_seen_and_marks_the_next() -> N
             assert await blocks_after(seen, within=0.5) == []  # beats come every 10 ms
         finally:
             _loop.LoopMonitor.arrive = beat  # type: ignore[method-assign]
+    finally:
+        monitor.marked_left = _loop._MARKED_FIRST  # the thread's next tests: as they were
+        profiler.uninstrument()
+
+
+async def test_a_quiet_loop_beats_at_its_quiet_period(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past a loop's first requests and with no block since, the heartbeat (and the watchdog
+    looking once per beat) runs at the quiet period; while requests are marked it runs at
+    the fast one. Beats can come late on a busy machine, never early: the quiet count is a
+    bound, and the fast loop, in the same time, passes it."""
+    profiler = Profiler().instrument()
+    app = _app(profiler)
+
+    @app.get("/wait")
+    async def wait() -> dict[str, int]:
+        await asyncio.sleep(0.4)
+        return {"ok": 1}
+
+    beats = 0
+    beat = _loop.LoopMonitor._beat
+
+    def counted(self: _loop.LoopMonitor) -> None:
+        nonlocal beats
+        beats += 1
+        beat(self)
+
+    async def beats_serving(marked: int) -> int:
+        nonlocal beats
+        deadline = time.monotonic() + 5
+        while monitor.beat_due and time.monotonic() < deadline:  # the last request's beats
+            await asyncio.sleep(0.01)
+        monitor.marked_left, beats = marked, 0
+        await _serve(app, "/wait")
+        return beats
+
+    monkeypatch.setattr(_loop.LoopMonitor, "_beat", counted)
+    monitor = _loop.monitor_for_this_thread()
+    monitor.attach(asyncio.get_running_loop())
+    try:
+        quiet = await beats_serving(0)
+        assert quiet <= 0.4 / _loop._QUIET_BEAT_S + 1
+        fast = await beats_serving(_loop._MARKED_AFTER_BLOCK)
+        assert fast > 0.4 / _loop._QUIET_BEAT_S + 1
     finally:
         monitor.marked_left = _loop._MARKED_FIRST  # the thread's next tests: as they were
         profiler.uninstrument()

@@ -17,12 +17,16 @@ Requests not marked, and work of the request that runs in tasks of its own (Star
 ``BaseHTTPMiddleware``, what ``@app.middleware("http")`` makes, runs the endpoint in a new
 task; so does any ``create_task``), have no marked steps: while requests are in flight a
 heartbeat on the loop
-(a callback every ``_BEAT_S``) tells the watchdog when the loop stopped answering, and the
-task that was running names the request.
+(a callback every ``_BEAT_S`` while the loop's requests are marked, every ``_QUIET_BEAT_S``
+otherwise) tells the watchdog when the loop stopped answering, and the task that was running
+names the request. The watchdog looks once per beat, so a quiet loop (no block seen since its
+first requests) costs a fifth of the wake-ups; a stall there is seen for certain once it
+outlasts ``blocking_ms`` plus a quiet beat, and the block it makes turns marking, and the
+fast beat, back on for the requests after it.
 
 asyncio's debug mode would time every handle too, at many times the cost per step; this
 costs a generator resumption, a few attribute writes and two clock reads per step, and one
-callback per ``_BEAT_S`` on a loop with requests in flight.
+callback per beat on a loop with requests in flight.
 """
 
 from __future__ import annotations
@@ -58,6 +62,10 @@ _KEEP_BLOCKS = 1024
 _MARKED_FIRST = 256
 _MARKED_AFTER_BLOCK = 64
 _BEAT_S = 0.01  # the heartbeat's period: a loop stalled past blocking_ms misses some beats
+# The period on a quiet loop. Each beat is a timer on the loop and a watchdog wake-up taking
+# the GIL from it: at _BEAT_S they were about a point and a half of the served shop's CPU per
+# request (docs/benchmarks.md, observe, session 10).
+_QUIET_BEAT_S = 0.05
 # library frames that name what blocked, innermost first wins
 _KNOWN = (
     ("/psycopg", "a sync database call (psycopg)"),
@@ -175,8 +183,13 @@ class LoopMonitor:
             self.attach(loop)
         self.in_flight.append(scope)
         if not self.beat_due:
-            self.beat_due = perf_counter() + _BEAT_S
-            loop.call_later(_BEAT_S, self._beat)
+            period = self.beat_period()
+            self.beat_due = perf_counter() + period
+            loop.call_later(period, self._beat)
+
+    def beat_period(self) -> float:
+        """Fast while the loop's requests are marked (its first ones, those after a block)."""
+        return _BEAT_S if self.marked_left > 0 else _QUIET_BEAT_S
 
     def leave(self, scope: Scope) -> None:
         if scope in self.in_flight:
@@ -197,8 +210,9 @@ class LoopMonitor:
         if self.stall_started and not self.step_started:
             self._close_stall(now)
         if self.in_flight and self.loop is not None and not self.loop.is_closed():
-            self.beat_due = now + _BEAT_S
-            self.loop.call_later(_BEAT_S, self._beat)
+            period = self.beat_period()
+            self.beat_due = now + period
+            self.loop.call_later(period, self._beat)
         else:
             self.beat_due = 0.0
 
@@ -225,7 +239,8 @@ class LoopMonitor:
         if not started:
             if self.beat_due:  # requests in flight: a heartbeat late by the threshold is a stall
                 return max(_INTERVAL_S, alive_at + self.threshold_s - now)
-            return self.threshold_s
+            # nothing in flight: a marked request's first step may start any moment
+            return self.threshold_s if self.marked_left > 0 else _QUIET_BEAT_S
         look_from = started + self.threshold_s * _LOOK_AT
         if now < look_from:
             return look_from - now
@@ -317,7 +332,7 @@ _INTERVAL_S = 0.005  # between two looks at a step already long
 _LOOK_AT = 0.5
 _MIN_LOOKED = 0.25
 _MIN_SLEEP_S = 0.0005
-_IDLE_WAIT_S = 0.02  # the longest sleep (a loop may be registered meanwhile)
+_IDLE_WAIT_S = _QUIET_BEAT_S  # the longest sleep (a loop may be registered meanwhile)
 
 
 def _schedstat(path: str) -> tuple[int, int] | None:
