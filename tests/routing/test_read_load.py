@@ -16,7 +16,10 @@ from hotpath.routing._lsn import parse_lsn
 from ._helpers import PORT, eventually
 from .conftest import Engines
 
-MAX_LAG_S = 0.3
+# Real lag must stay under it while other test workers write to the same cluster on a busy
+# 2-core machine (a CI run saw 0.66 s); unflushed WAL counted as lag passes it within the
+# test's wait of twice as long.
+MAX_LAG_S = 1.0
 FLUSH = text("SELECT pg_current_wal_flush_lsn()::text")
 
 
