@@ -15,6 +15,7 @@ from ._options import (
     parse_explain,
     parse_fail_on,
     parse_sample,
+    parse_stop_grace,
 )
 
 CONTEXT = {"allow_interspersed_args": False}  # options after the command are the command's
@@ -58,6 +59,10 @@ def run(
         Optional[int],  # noqa: UP045
         typer.Option("--metrics", help="PORT of a Prometheus exposition on 127.0.0.1"),
     ] = None,
+    stop_grace: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option("--stop-grace", help="seconds a stopped command may take to end (default 30)"),
+    ] = None,
 ) -> None:
     """Run a command with hotpath loaded (no code change) and diagnose it on exit."""
     from ..observe import FindingKind  # noqa: PLC0415 - keep `hotpath --help` fast
@@ -79,6 +84,7 @@ def run(
         metrics=parse_address(
             "--metrics", None if metrics is None else str(metrics), host_allowed=False
         ),
+        stop_grace_s=parse_stop_grace(stop_grace),
     )
     become_subreaper()
     raise typer.Exit(supervise(options))

@@ -82,6 +82,8 @@ class RunOptions:
     db: str | None = None
     dashboard: Address | None = None
     metrics: Address | None = None
+    # after a forwarded stop, how long the command may take to end before its group is killed
+    stop_grace_s: float = 30.0
 
 
 def parse_sample(value: float | None) -> float:
@@ -91,6 +93,17 @@ def parse_sample(value: float | None) -> float:
         raise RunConfigError(
             f"--sample {value!r}: give the share of requests to record, above 0 and at most 1 "
             "(e.g. --sample 0.1)"
+        )
+    return float(value)
+
+
+def parse_stop_grace(value: float | None) -> float:
+    if value is None:
+        return RunOptions.stop_grace_s
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise RunConfigError(
+            f"--stop-grace {value!r}: give the seconds a stopped command may take to end "
+            "before it is killed, above 0 (e.g. --stop-grace 30)"
         )
     return float(value)
 

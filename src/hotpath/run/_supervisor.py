@@ -49,8 +49,6 @@ from ._state import final_state_gaps, merge_states, read_workers
 BOOTSTRAP_DIR = str(Path(__file__).with_name("_bootstrap"))
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 LEFTOVER_GRACE_S = 5.0
-# after a forwarded stop, how long the command may take to end before its group is killed
-STOP_GRACE_S = 30.0
 STATE_CACHE_S = 0.5
 _PR_SET_CHILD_SUBREAPER = 36
 
@@ -101,7 +99,7 @@ def run(options: RunOptions, *, console: Console | None = None) -> int:
         if options.metrics is not None:
             servers.append(_serve_metrics(options.metrics, current.state))
         doctor = _start_doctor(options.db, current) if options.db else None
-        code = _supervise(list(options.command), current.env())
+        code = _supervise(list(options.command), current.env(), options.stop_grace_s)
         if doctor is not None:
             doctor.join()
         # every process of the command has ended by now: these are their final states
@@ -159,7 +157,7 @@ def _report_dir(value: str) -> Path:
     return path
 
 
-def _supervise(command: list[str], env: dict[str, str]) -> int:
+def _supervise(command: list[str], env: dict[str, str], stop_grace_s: float) -> int:
     try:
         if sys.version_info >= (3, 11):
             child = subprocess.Popen(command, env=env, process_group=0)
@@ -168,7 +166,7 @@ def _supervise(command: list[str], env: dict[str, str]) -> int:
     except OSError as exc:
         raise _CommandError(command[0], exc) from None
     with _foreground(child.pid), _forwarding(child.pid) as stopping:
-        code = _wait(child, stopping)
+        code = _wait(child, stopping, stop_grace_s)
     _end_leftovers(child.pid)
     return 128 - code if code < 0 else code
 
@@ -200,16 +198,16 @@ def _foreground(pgid: int) -> Iterator[None]:
         signal.signal(signal.SIGTTOU, previous)
 
 
-def _wait(child: subprocess.Popen[bytes], stopping: dict[str, float]) -> int:
+def _wait(child: subprocess.Popen[bytes], stopping: dict[str, float], grace_s: float) -> int:
     """The child's exit code. Once a stop was forwarded, a child still running after
-    ``STOP_GRACE_S`` (hung in its shutdown) is killed with its group: ``hotpath run`` never
-    waits forever, and reports what its workers wrote."""
+    ``grace_s`` (``--stop-grace``; hung in its shutdown) is killed with its group: ``hotpath
+    run`` never waits forever, and reports what its workers wrote."""
     while True:
         try:
             return child.wait(timeout=0.5)
         except subprocess.TimeoutExpired:
             began = stopping.get("at")
-            if began is not None and time.monotonic() - began > STOP_GRACE_S:
+            if began is not None and time.monotonic() - began > grace_s:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(child.pid, signal.SIGKILL)
                 stopping["at"] = float("inf")  # killed once
