@@ -20,6 +20,9 @@ observe beat before session 10), or parts switched off, joined by commas:
 - ``heartbeat``: no heartbeat on the loop (the marks and the watchdog stay);
 - ``hooks``: none of the client hooks (Redis, HTTP clients, hotpath.cache);
 - ``listeners``: none of the profiler's SQLAlchemy listeners (the scopes and hooks stay);
+- ``statements``: no statement events (the dialect's ``do_execute``), the ORM's stay;
+- ``orm``: no ``do_orm_execute`` / ``before_flush`` session events (statements stay);
+- ``collections``: no ``init_collection`` listeners (the unused-eager-load detector's);
 - ``scopes``: the middleware passes requests through (observe installed, no scope).
 
 ``--no-gc`` disables the garbage collector in every server: a full collection (about 100 ms
@@ -51,7 +54,17 @@ from hotpath.demo.shop.server import ServerOptions
 from ._observe_profile import _threads, sitecustomize_env
 from .observe import optimized_shop
 
-PARTS = ("steps", "watchdog", "heartbeat", "hooks", "listeners", "scopes")
+PARTS = (
+    "steps",
+    "watchdog",
+    "heartbeat",
+    "hooks",
+    "listeners",
+    "statements",
+    "orm",
+    "collections",
+    "scopes",
+)
 _USERS = 8
 
 _SITECUSTOMIZE = """
@@ -107,6 +120,30 @@ def _switch_off(module):
             return self
 
         profiler.Profiler.instrument = without_listeners
+    if "statements" in _PARTS:
+        import hotpath.observe._statements as statements
+
+        statements.watch = lambda engine, listener: None
+    if "orm" in _PARTS:
+        import hotpath.observe._profiler as profiler
+        from sqlalchemy import event
+        from sqlalchemy.orm import Session
+
+        instrument = profiler.Profiler.instrument
+
+        def without_orm_events(self, *engines):
+            instrument(self, *engines)
+            if self._orm_listening:
+                event.remove(Session, "do_orm_execute", self._on_orm_execute)
+                event.remove(Session, "before_flush", self._on_before_flush)
+                self._orm_listening = False
+            return self
+
+        profiler.Profiler.instrument = without_orm_events
+    if "collections" in _PARTS:
+        import hotpath.observe._profiler as profiler
+
+        profiler.Profiler._watch_collections = lambda self, mapper: None
     if "scopes" in _PARTS:
         import hotpath.observe._middleware as middleware
 

@@ -20,8 +20,8 @@ heartbeat on the loop
 (a callback every ``_BEAT_S`` while the loop's requests are marked, every ``_QUIET_BEAT_S``
 otherwise) tells the watchdog when the loop stopped answering, and the task that was running
 names the request. The watchdog looks once per beat, so a quiet loop (no block seen since its
-first requests) costs a fifth of the wake-ups; a stall there is seen for certain once it
-outlasts ``blocking_ms`` plus a quiet beat, and the block it makes turns marking, and the
+first requests) has fewer of both timers and wake-ups; a stall there is seen for certain once
+it outlasts ``blocking_ms`` plus a quiet beat, and the block it makes turns marking, and the
 fast beat, back on for the requests after it.
 
 asyncio's debug mode would time every handle too, at many times the cost per step; this
@@ -63,8 +63,8 @@ _MARKED_FIRST = 256
 _MARKED_AFTER_BLOCK = 64
 _BEAT_S = 0.01  # the heartbeat's period: a loop stalled past blocking_ms misses some beats
 # The period on a quiet loop. Each beat is a timer on the loop and a watchdog wake-up taking
-# the GIL from it: at _BEAT_S they were about a point and a half of the served shop's CPU per
-# request (docs/benchmarks.md, observe, session 10).
+# the GIL from it: the served shop under load had 19 beats and 22 looks a second with it,
+# against 69 and 51 at _BEAT_S (docs/benchmarks.md, observe, session 10).
 _QUIET_BEAT_S = 0.05
 # library frames that name what blocked, innermost first wins
 _KNOWN = (
