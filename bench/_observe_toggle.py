@@ -1,0 +1,159 @@
+"""What observe costs one served shop process, measured inside that process:
+``python -m bench._observe_toggle [--no-gc] [--pairs N] [--requests N]``.
+
+Serves the optimized shop twice (as ``python -m bench observe`` does: tiny scale, 8 users,
+each server its own cache): bare, and observed with a switch. SIGUSR1 flips the observed
+server's middleware between recording and passing requests through (observe's hooks and
+listeners stay installed: outside a scope they return at once, which measured the same as
+no observe at all). Rounds load both servers at once with the same seeded requests, the
+observed one recording in one round and passing through in the next, in turns. A round's
+ratio to the bare server takes out what the machine did meanwhile; two adjacent rounds'
+ratios, recording against passing through, are observe's cost in one process.
+
+Why: two server processes differ by themselves (hash seed, memory layout): a second bare
+server measured 0.973-1.018 against the first (docs/benchmarks.md, observe, session 10),
+as wide as what is being measured. Here the recording and the passing through share the
+process, so that bias is gone; what is left is the rounds' noise, which more pairs shrink.
+The switch itself costs both states alike (one coroutine frame per request).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from hotpath.demo._load import LoadSpec
+from hotpath.demo._process import ShopServer, shop_server
+from hotpath.demo.shop.server import ServerOptions
+
+from ._observe_ablation import _together
+from ._observe_profile import sitecustomize_env
+from .observe import optimized_shop
+
+_USERS = 8
+
+_SITECUSTOMIZE = """
+import gc
+import os
+import pathlib
+import signal
+
+import wrapt
+
+if os.environ.get("HOTPATH_TOGGLE_NO_GC"):
+    gc.disable()
+
+if os.environ.get("HOTPATH_TOGGLE"):
+    _state = pathlib.Path(os.environ["HOTPATH_TOGGLE"])
+    _recording = [True]
+
+    def _flip(signum, frame):
+        _recording[0] = not _recording[0]
+        _state.write_text("on" if _recording[0] else "off")
+
+    def _switch(module):
+        call = module.ASGIMiddleware.__call__
+
+        async def switched(self, scope, receive, send):
+            if _recording[0]:
+                await call(self, scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
+
+        module.ASGIMiddleware.__call__ = switched
+        signal.signal(signal.SIGUSR1, _flip)
+        _state.write_text("on")
+
+    wrapt.register_post_import_hook(_switch, "hotpath.observe._middleware")
+"""
+
+
+def _switch(server: ShopServer, state: Path, recording: bool) -> None:
+    """Flip the observed server to ``recording`` (or passing through), and wait until it says so."""
+    wanted = "on" if recording else "off"
+    if state.read_text() == wanted:
+        return
+    assert server.pid is not None
+    os.kill(server.pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while state.read_text() != wanted:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the observed server did not switch {wanted}: see its log")
+        time.sleep(0.01)
+
+
+def main(pairs: int, requests: int, no_gc: bool) -> str:
+    with tempfile.TemporaryDirectory(prefix="hotpath-toggle-") as directory:
+        (Path(directory) / "sitecustomize.py").write_text(_SITECUSTOMIZE)
+        state = Path(directory) / "recording"
+        env = sitecustomize_env(directory)
+        if no_gc:
+            env["HOTPATH_TOGGLE_NO_GC"] = "1"
+        with optimized_shop(_USERS) as settings, contextlib.ExitStack() as running:
+            bare = running.enter_context(
+                shop_server(
+                    replace(settings, cache_namespace="toggle-bare"),
+                    options=ServerOptions(observe=False),
+                    env=env,
+                )
+            )
+            observed = running.enter_context(
+                shop_server(
+                    replace(settings, cache_namespace="toggle-observed"),
+                    options=ServerOptions(observe=True),
+                    env={**env, "HOTPATH_TOGGLE": str(state)},
+                )
+            )
+            if not state.exists():
+                raise SystemExit("the observed server has no switch: see its log")
+            servers = [bare, observed]
+            warm = LoadSpec(concurrency=_USERS, duration_s=120.0, max_requests=500)
+            for _ in range(2):
+                asyncio.run(_together(servers, warm))
+            spec = LoadSpec(concurrency=_USERS, duration_s=120.0, max_requests=requests)
+            taken: list[tuple[float, float]] = []  # (recording, passing through) per pair
+            for pair in range(pairs):
+                ratios = {}
+                # which state goes first alternates: a drift within a pair hits both ways
+                for recording in (True, False) if pair % 2 == 0 else (False, True):
+                    _switch(observed, state, recording)
+                    plain, watched = asyncio.run(_together(servers, spec))
+                    ratios[recording] = watched / plain
+                taken.append((ratios[True], ratios[False]))
+    costs = [on / off for on, off in taken]
+    gc_note = "collector off" if no_gc else "collector on"
+    lines = [
+        f"observe recording against passing through, in one server process: {pairs} pairs of "
+        f"rounds of {requests} requests, loop thread CPU per request (each round against a "
+        f"bare server loaded at once), {gc_note}",
+        "",
+        "| pair | recording / bare | passing through / bare | recording / passing through |",
+        "|---:|---:|---:|---:|",
+    ]
+    for number, ((on, off), cost) in enumerate(zip(taken, costs, strict=True)):
+        lines.append(f"| {number} | {on:.3f} | {off:.3f} | {cost:.3f} |")
+    spread = statistics.stdev(costs) if len(costs) > 1 else 0.0
+    lines += [
+        "",
+        f"observe's cost: median {statistics.median(costs):.3f}, mean "
+        f"{statistics.mean(costs):.3f} (sd {spread:.3f}, standard error "
+        f"{spread / len(costs) ** 0.5:.3f})",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m bench._observe_toggle")
+    parser.add_argument("--pairs", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=800)
+    parser.add_argument("--no-gc", action="store_true")
+    arguments = parser.parse_args()
+    print(main(arguments.pairs, arguments.requests, arguments.no_gc))
