@@ -1,5 +1,5 @@
 """What observe costs one served shop process, measured inside that process:
-``python -m bench._observe_toggle [--no-gc] [--pairs N] [--requests N]``.
+``python -m bench._observe_toggle [--no-gc] [--pairs N] [--requests N] [--against beat10]``.
 
 Serves the optimized shop twice (as ``python -m bench observe`` does: tiny scale, 8 users,
 each server its own cache): bare, and observed with a switch. SIGUSR1 flips the observed
@@ -15,6 +15,9 @@ server measured 0.973-1.018 against the first (docs/benchmarks.md, observe, sess
 as wide as what is being measured. Here the recording and the passing through share the
 process, so that bias is gone; what is left is the rounds' noise, which more pairs shrink.
 The switch itself costs both states alike (one coroutine frame per request).
+
+``--against beat10`` switches to observe recording with the heartbeat of before session 10
+(every 10 ms on every loop) instead of passing through: what the quiet beat saves.
 """
 
 from __future__ import annotations
@@ -55,15 +58,24 @@ if os.environ.get("HOTPATH_TOGGLE"):
     _state = pathlib.Path(os.environ["HOTPATH_TOGGLE"])
     _recording = [True]
 
+    _against = os.environ.get("HOTPATH_TOGGLE_AGAINST", "passthrough")
+
     def _flip(signum, frame):
         _recording[0] = not _recording[0]
+        if _against == "beat10":
+            import hotpath.observe._loop as loop
+
+            if not hasattr(loop, "_QUIET_AS_BUILT"):
+                loop._QUIET_AS_BUILT = (loop._QUIET_BEAT_S, loop._IDLE_WAIT_S)
+            quiet, idle = loop._QUIET_AS_BUILT if _recording[0] else (loop._BEAT_S, 0.02)
+            loop._QUIET_BEAT_S, loop._IDLE_WAIT_S = quiet, idle
         _state.write_text("on" if _recording[0] else "off")
 
     def _switch(module):
         call = module.ASGIMiddleware.__call__
 
         async def switched(self, scope, receive, send):
-            if _recording[0]:
+            if _recording[0] or _against != "passthrough":
                 await call(self, scope, receive, send)
             else:
                 await self.app(scope, receive, send)
@@ -90,7 +102,7 @@ def _switch(server: ShopServer, state: Path, recording: bool) -> None:
         time.sleep(0.01)
 
 
-def main(pairs: int, requests: int, no_gc: bool) -> str:
+def main(pairs: int, requests: int, no_gc: bool, against: str) -> str:
     with tempfile.TemporaryDirectory(prefix="hotpath-toggle-") as directory:
         (Path(directory) / "sitecustomize.py").write_text(_SITECUSTOMIZE)
         state = Path(directory) / "recording"
@@ -109,7 +121,7 @@ def main(pairs: int, requests: int, no_gc: bool) -> str:
                 shop_server(
                     replace(settings, cache_namespace="toggle-observed"),
                     options=ServerOptions(observe=True),
-                    env={**env, "HOTPATH_TOGGLE": str(state)},
+                    env={**env, "HOTPATH_TOGGLE": str(state), "HOTPATH_TOGGLE_AGAINST": against},
                 )
             )
             if not state.exists():
@@ -130,12 +142,13 @@ def main(pairs: int, requests: int, no_gc: bool) -> str:
                 taken.append((ratios[True], ratios[False]))
     costs = [on / off for on, off in taken]
     gc_note = "collector off" if no_gc else "collector on"
+    other = "passing through" if against == "passthrough" else f"recording with {against}"
     lines = [
-        f"observe recording against passing through, in one server process: {pairs} pairs of "
+        f"observe recording against {other}, in one server process: {pairs} pairs of "
         f"rounds of {requests} requests, loop thread CPU per request (each round against a "
         f"bare server loaded at once), {gc_note}",
         "",
-        "| pair | recording / bare | passing through / bare | recording / passing through |",
+        f"| pair | recording / bare | {other} / bare | recording / {other} |",
         "|---:|---:|---:|---:|",
     ]
     for number, ((on, off), cost) in enumerate(zip(taken, costs, strict=True)):
@@ -143,7 +156,7 @@ def main(pairs: int, requests: int, no_gc: bool) -> str:
     spread = statistics.stdev(costs) if len(costs) > 1 else 0.0
     lines += [
         "",
-        f"observe's cost: median {statistics.median(costs):.3f}, mean "
+        f"recording / {other}: median {statistics.median(costs):.3f}, mean "
         f"{statistics.mean(costs):.3f} (sd {spread:.3f}, standard error "
         f"{spread / len(costs) ** 0.5:.3f})",
     ]
@@ -155,5 +168,6 @@ if __name__ == "__main__":
     parser.add_argument("--pairs", type=int, default=8)
     parser.add_argument("--requests", type=int, default=800)
     parser.add_argument("--no-gc", action="store_true")
+    parser.add_argument("--against", choices=("passthrough", "beat10"), default="passthrough")
     arguments = parser.parse_args()
-    print(main(arguments.pairs, arguments.requests, arguments.no_gc))
+    print(main(arguments.pairs, arguments.requests, arguments.no_gc, arguments.against))
