@@ -11,8 +11,9 @@ rounds' spread. Variants taken in the same rounds compare like with like.
 A VARIANT is ``full`` (observe, nothing switched off), ``bare`` (a second server without
 observe: each server process has its own hash seed and memory layout, and how far two bare
 servers disagree is the bias of one server against another, about +-2% here), ``beatMS``
-(observe with a heartbeat every MS milliseconds, on quiet loops too; ``beat10`` is how
-observe beat before session 10), or parts switched off, joined by commas:
+(observe with a heartbeat every MS milliseconds, on quiet loops too; ``beat10`` is close to
+how observe beat before session 10: an idle quiet loop's watchdog then sleeps 10 ms, not
+20), or parts switched off, joined by commas:
 
 - ``steps``: no step marks, no requests in flight on the loop's monitor: no heartbeat and no
   watchdog thread either;
@@ -231,7 +232,7 @@ def main(variants: list[str], rounds: int, requests: int, no_gc: bool) -> str:
         totals = sum(r[number] for r in taken) / sum(r[0] for r in taken)
         lines.append(
             f"| {variant} | {statistics.median(ratios):.3f} | {totals:.3f} | "
-            f"{statistics.stdev(ratios):.3f} |"
+            f"{statistics.stdev(ratios) if len(ratios) > 1 else 0.0:.3f} |"
         )
     lines.append("")
     lines.append(f"bare server: {statistics.median(r[0] for r in taken):.3f} ms per request")

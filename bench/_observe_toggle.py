@@ -16,8 +16,9 @@ as wide as what is being measured. Here the recording and the passing through sh
 process, so that bias is gone; what is left is the rounds' noise, which more pairs shrink.
 The switch itself costs both states alike (one coroutine frame per request).
 
-``--against beat10`` switches to observe recording with the heartbeat of before session 10
-(every 10 ms on every loop) instead of passing through: what the quiet beat saves.
+``--against beat10`` switches to observe recording with about the heartbeat of before
+session 10 (every 10 ms on every loop; an idle loop's watchdog then sleeps 10 ms, not 20)
+instead of passing through: what the quiet beat saves.
 """
 
 from __future__ import annotations

@@ -217,6 +217,7 @@ def test_sigterm_reaches_a_plain_script_and_the_report_is_written(
         (["--budget-ms", "-1", "--", "true"], "--budget-ms -1.0"),
         (["--stop-grace", "nan", "--", "true"], "--stop-grace nan"),
         (["--stop-grace", "0", "--", "true"], "--stop-grace 0.0"),
+        (["--stop-grace", "1e308", "--", "true"], "--stop-grace 1e+308"),
         (["--dashboard", "localhost:99999", "--", "true"], "--dashboard 'localhost:99999'"),
         (["--metrics", "0", "--", "true"], "--metrics '0'"),
         (["--report-dir", "/dev/null", "--", "true"], "--report-dir '/dev/null'"),

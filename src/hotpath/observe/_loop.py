@@ -21,8 +21,10 @@ heartbeat on the loop
 otherwise) tells the watchdog when the loop stopped answering, and the task that was running
 names the request. The watchdog looks once per beat, so a quiet loop (no block seen since its
 first requests) has fewer of both timers and wake-ups; a stall there is seen for certain once
-it outlasts ``blocking_ms`` plus a quiet beat, and the block it makes turns marking, and the
-fast beat, back on for the requests after it.
+it outlasts a quiet beat plus 1.25 ``blocking_ms`` (it is first looked at a ``blocking_ms``
+after the beat it missed, and judged only if looked at for a quarter of one more), when the
+machine lets the watchdog run on time; its recorded length starts at that missed beat. The
+block it makes turns marking, and the fast beat, back on for the requests after it.
 
 asyncio's debug mode would time every handle too, at many times the cost per step; this
 costs a generator resumption, a few attribute writes and two clock reads per step, and one
@@ -156,6 +158,8 @@ class LoopMonitor:
         if what is None:
             what = "CPU-bound code" if cpu_bound else "a blocking call"
         # blocks recur (one endpoint's blocking call): the next requests are marked
+        if self.marked_left <= 0:
+            _wake.set()  # a quiet loop's watchdog may be asleep for a quiet beat
         self.marked_left = max(self.marked_left, _MARKED_AFTER_BLOCK)
         self.blocks.append(
             LoopBlock(
@@ -176,6 +180,7 @@ class LoopMonitor:
         self.loop, self.in_flight, self.beat_due = loop, [], 0.0
         self.samples, self.stall_started = [], 0.0
         self.marked_left = _MARKED_FIRST
+        _wake.set()  # its first requests are marked: the watchdog looks at them from now
 
     def arrive(self, loop: asyncio.AbstractEventLoop, scope: Scope) -> None:
         """A request's coroutine starts on ``loop``: beat while it is in flight."""
@@ -332,7 +337,10 @@ _INTERVAL_S = 0.005  # between two looks at a step already long
 _LOOK_AT = 0.5
 _MIN_LOOKED = 0.25
 _MIN_SLEEP_S = 0.0005
-_IDLE_WAIT_S = _QUIET_BEAT_S  # the longest sleep (a loop may be registered meanwhile)
+_IDLE_WAIT_S = _QUIET_BEAT_S  # the longest sleep (a new or marking loop wakes it: _wake)
+# Set when a loop starts marking its requests (a new loop, a block on a quiet one): the
+# watchdog, which may sleep a quiet beat, then looks at once.
+_wake = threading.Event()
 
 
 def _schedstat(path: str) -> tuple[int, int] | None:
@@ -382,7 +390,8 @@ def _watch() -> None:
     # the GIL from the loop it watches (a fixed 5 ms tick cost a busy server ~1% of a core).
     wait = _INTERVAL_S
     while True:
-        time.sleep(max(wait, _MIN_SLEEP_S))
+        _wake.wait(max(wait, _MIN_SLEEP_S))
+        _wake.clear()
         now = perf_counter()
         wait = _IDLE_WAIT_S
         for thread_id, monitor in list(_monitors.items()):

@@ -97,13 +97,17 @@ def parse_sample(value: float | None) -> float:
     return float(value)
 
 
+# a day: hotpath run never waits forever, and a longer grace would be a typo
+_MAX_STOP_GRACE_S = 86400.0
+
+
 def parse_stop_grace(value: float | None) -> float:
     if value is None:
         return RunOptions.stop_grace_s
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+    if not (isinstance(value, (int, float)) and 0 < value <= _MAX_STOP_GRACE_S):
         raise RunConfigError(
             f"--stop-grace {value!r}: give the seconds a stopped command may take to end "
-            "before it is killed, above 0 (e.g. --stop-grace 30)"
+            f"before it is killed, above 0 and at most {_MAX_STOP_GRACE_S:g} (e.g. --stop-grace 30)"
         )
     return float(value)
 

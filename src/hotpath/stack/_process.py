@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 import signal
@@ -110,41 +111,56 @@ def ensure_port_free(port: int, what: str) -> None:
 
 _EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _LOWEST_PORT = 10000  # below it live the well-known services (5432, 6379, 8000, ...)
+_ENOUGH_PORTS = 1000
 
 
-def _ephemeral_start(source: Path = _EPHEMERAL_RANGE_FILE) -> int:
-    """The first port the kernel hands out to outgoing connections (Linux's default 32768)."""
+def _ephemeral_range(source: Path = _EPHEMERAL_RANGE_FILE) -> tuple[int, int]:
+    """The ports the kernel hands out to outgoing connections (Linux's default 32768-60999)."""
     with contextlib.suppress(OSError, ValueError, IndexError):
-        return int(source.read_text().split()[0])
-    return 32768
+        first, last = source.read_text().split()[:2]
+        return int(first), int(last)
+    return 32768, 60999
+
+
+def quiet_ports(bus_offset: int = 0, source: Path = _EPHEMERAL_RANGE_FILE) -> range:
+    """Where :func:`free_ports` looks: below the ephemeral range, else (a range that starts
+    too low) above it, else anywhere above the well-known ports (no quiet place left)."""
+    first, last = _ephemeral_range(source)
+    if first - bus_offset - _LOWEST_PORT >= _ENOUGH_PORTS:
+        return range(_LOWEST_PORT, first - bus_offset)
+    if 65536 - bus_offset - (last + 1) >= _ENOUGH_PORTS:
+        return range(last + 1, 65536 - bus_offset)
+    return range(_LOWEST_PORT, 65536 - bus_offset)
 
 
 def free_ports(count: int, *, bus_offset: int = 0) -> list[int]:
-    """``count`` distinct free loopback ports below the kernel's ephemeral range.
+    """``count`` distinct free loopback ports outside the kernel's ephemeral range.
 
     A port asked of the kernel (bind to port 0) comes from the ephemeral range, and once
     released it may be handed to any outgoing connection as its local port, say a test's
     client, in the seconds before the server (initdb, then postgres) binds it, or while a
-    fault test has the server stopped. Below the range no outgoing connection takes it.
-    ``bus_offset`` asks for port + offset to be free and below the range too (a Redis
+    fault test has the server stopped. Outside the range no outgoing connection takes it.
+    ``bus_offset`` asks for port + offset to be free and outside the range too (a Redis
     Cluster node's bus port; Redis < 7 cannot choose it).
     """
-    top = _ephemeral_start() - bus_offset
-    if top - _LOWEST_PORT < 100:  # an unusual range: fall back to anywhere free
-        top = 65535 - bus_offset
-    span = top - _LOWEST_PORT
+    ports = quiet_ports(bus_offset)
+    span = len(ports)
+    # a stride coprime with the span walks all of it without repeats, from a random start
+    stride = 7919
+    while math.gcd(stride, span) != 1:
+        stride += 2
     chosen: list[int] = []
     candidate = random.randrange(span)
     for _ in range(min(span, 4000)):
-        candidate = (candidate + 7919) % span  # a prime stride walks the span without repeats
-        port = _LOWEST_PORT + candidate
+        candidate = (candidate + stride) % span
+        port = ports[candidate]
         if port in chosen or port + bus_offset in chosen or port - bus_offset in chosen:
             continue
         if port_is_free(port) and (not bus_offset or port_is_free(port + bus_offset)):
             chosen.append(port)
             if len(chosen) == count:
                 return chosen
-    raise StackError(f"no {count} free loopback ports below port {top} were found")
+    raise StackError(f"no {count} free loopback ports in {ports.start}-{ports.stop - 1} were found")
 
 
 def wait_port_closed(port: int, timeout: float) -> bool:
