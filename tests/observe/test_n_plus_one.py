@@ -245,7 +245,8 @@ def test_instrument_is_idempotent_and_uninstrument_removes_every_listener(engine
     assert all(event.contains(a, "init_collection", fn) for a, fn in collections)
     profiler.uninstrument()
     assert not _statements.is_watched(engine, profiler._statement)
-    assert not event.contains(engine, "do_execute", _statements._do_execute)  # its last one
+    handler = _statements._HANDLERS["do_execute"]
+    assert not event.contains(engine, "do_execute", handler)  # its last one
     assert not any(event.contains(a, "init_collection", fn) for a, fn in collections)
     with profiler.scope("after") as scope, Session(engine) as session:
         session.execute(select(User)).all()

@@ -42,7 +42,6 @@ _lock = threading.Lock()
 # per engine's dialect, the profilers watching it; and those watching every engine
 _watching: weakref.WeakKeyDictionary[Dialect, list[StatementListener]] = weakref.WeakKeyDictionary()
 _everywhere: list[StatementListener] = []
-_EVENTS = ("do_execute", "do_executemany", "do_execute_no_params")
 
 
 def _listeners(dialect: Dialect) -> list[StatementListener]:
@@ -80,28 +79,20 @@ def _listening(context: Any) -> list[StatementListener] | None:
     return _listeners(context.dialect) or None
 
 
-# The three handlers, one per event (their signatures differ): each runs the dialect's own
-# method for it.
+# The handlers, one per event: each runs the dialect's own method for it. The two with
+# parameters share a signature and differ by the method and ``executemany``.
 
 
-def _do_execute(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
-    listeners = _listening(context)
-    if listeners is None:
-        return False
-    arguments = (cursor, statement, parameters, context)
-    return _run(
-        listeners, context.dialect.do_execute, arguments, statement, parameters, context, False
-    )
+def _with_parameters(method: str, executemany: bool) -> Callable[..., bool]:
+    def handler(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
+        listeners = _listening(context)
+        if listeners is None:
+            return False
+        arguments = (cursor, statement, parameters, context)
+        execute = getattr(context.dialect, method)
+        return _run(listeners, execute, arguments, statement, parameters, context, executemany)
 
-
-def _do_executemany(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
-    listeners = _listening(context)
-    if listeners is None:
-        return False
-    arguments = (cursor, statement, parameters, context)
-    return _run(
-        listeners, context.dialect.do_executemany, arguments, statement, parameters, context, True
-    )
+    return handler
 
 
 def _do_execute_no_params(cursor: Any, statement: str, context: Any) -> bool:
@@ -115,8 +106,8 @@ def _do_execute_no_params(cursor: Any, statement: str, context: Any) -> bool:
 
 
 _HANDLERS: dict[str, Callable[..., bool]] = {
-    "do_execute": _do_execute,
-    "do_executemany": _do_executemany,
+    "do_execute": _with_parameters("do_execute", executemany=False),
+    "do_executemany": _with_parameters("do_executemany", executemany=True),
     "do_execute_no_params": _do_execute_no_params,
 }
 
@@ -161,11 +152,11 @@ def is_watched(engine: Engine, listener: StatementListener) -> bool:
 
 
 def _listen(target: Any) -> None:
-    for name in _EVENTS:
-        event.listen(target, name, _HANDLERS[name])
+    for name, handler in _HANDLERS.items():
+        event.listen(target, name, handler)
 
 
 def _unlisten(target: Any) -> None:
-    for name in _EVENTS:
-        if event.contains(target, name, _HANDLERS[name]):
-            event.remove(target, name, _HANDLERS[name])
+    for name, handler in _HANDLERS.items():
+        if event.contains(target, name, handler):
+            event.remove(target, name, handler)
