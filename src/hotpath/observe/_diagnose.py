@@ -38,6 +38,8 @@ def find_request_problems(scope: Scope) -> list[Finding]:
     for kind, detector in _DETECTORS:
         if scope.modes[kind] != "off":
             findings += detector(scope)
+    if not findings:
+        return findings  # most requests: no comprehension to run
     return [f for f in findings if not ignored_at(f.call_site, f.kind.value)]
 
 
@@ -126,6 +128,8 @@ def _critical_path_ms(ops: list[IoOp], known: frozenset[str]) -> tuple[float, li
 
 
 def _sequential_io(scope: Scope) -> list[Finding]:
+    if len(scope.timeline.ops) < 2:
+        return []  # one operation is nothing to overlap (most requests stop here)
     settings = scope.settings
     if scope.duration_ms <= settings.budget_for(scope.name):
         return []  # within its budget: concurrency would add complexity for nothing needed
@@ -206,6 +210,8 @@ def _shared_connection(ops: list[IoOp]) -> bool:
 
 
 def _n_plus_one_http(scope: Scope) -> list[Finding]:
+    if len(scope.timeline.ops) < scope.settings.http_n_plus_one_threshold:
+        return []  # too few operations for a loop (the guards here run per request)
     groups: dict[tuple[CallSite | None, str], list[IoOp]] = defaultdict(list)
     for op in scope.timeline.ops:
         if op.layer is _HTTP:
@@ -237,6 +243,8 @@ def _n_plus_one_http(scope: Scope) -> list[Finding]:
 
 
 def _no_timeout(scope: Scope) -> list[Finding]:
+    if not scope.timeline.ops:
+        return []
     seen: set[tuple[CallSite | None, str]] = set()
     findings = []
     for op in scope.timeline.ops:
@@ -307,6 +315,8 @@ def _blocking_calls(scope: Scope) -> list[Finding]:
     # per line and per request that ran it: one line (a shared helper, the framework's
     # serialization under the app's middleware) blocks in several endpoints, and what removes
     # it differs by endpoint (a leaner response for one, fewer rows for another)
+    if not scope.timeline.blocks:
+        return []
     by_site: dict[tuple[CallSite | None, bool, str], list[float]] = defaultdict(list)
     facts: dict[tuple[CallSite | None, bool, str], tuple[str, bool]] = {}
     for block in scope.timeline.blocks:

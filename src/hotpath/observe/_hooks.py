@@ -72,14 +72,21 @@ def _guarded(hook: Any) -> Any:
     return install_hook
 
 
-def _span(scope: Scope, layer: Layer, started: float, ended: float) -> None:
+def _span(scope: Scope, layer: Layer, started: float, ended: float) -> Scope | None:
+    """Add the span to every recording scope from ``scope`` outwards; the innermost of them
+    (None: none records), which gets the operation's details."""
     span = (layer, started, ended)
     if scope.parent is None:  # one scope (a request's): no walk up the nesting
         if scope.recording:
             scope.timeline.add_span(span)
-        return
+            return scope
+        return None
+    inner = None
     for recording in recording_scopes(scope):
         recording.timeline.add_span(span)
+        if inner is None:
+            inner = recording
+    return inner
 
 
 def _innermost(scope: Scope | None) -> Scope | None:
@@ -200,8 +207,7 @@ def _redis_command(args: Any) -> str:
 
 def _redis_done(scope: Scope, started: float, args: Any) -> None:
     ended = perf_counter()
-    _span(scope, _REDIS, started, ended)
-    inner = _innermost(scope)
+    inner = _span(scope, _REDIS, started, ended)
     if inner is None:
         return
     timeline = inner.timeline
@@ -285,8 +291,7 @@ def _http_op(
     awaited: bool,
 ) -> None:
     ended = perf_counter()
-    _span(scope, _HTTP, started, ended)
-    inner = _innermost(scope)
+    inner = _span(scope, _HTTP, started, ended)
     if inner is None:
         return
     target, origin = url_template(method, url)
@@ -488,7 +493,7 @@ class _LoaderClock:
 
 
 def _cache_lookup(scope: Scope, key: str, clock: _LoaderClock, started: float) -> None:
-    inner = _innermost(scope)
+    inner = scope if scope.recording else _innermost(scope)
     if inner is None:
         return
     template = key_template(key)
@@ -499,6 +504,9 @@ def _cache_lookup(scope: Scope, key: str, clock: _LoaderClock, started: float) -
 
 
 def _split_lookup(args: Any, kwargs: Any) -> tuple[str, Any, tuple[Any, ...], dict[str, Any]]:
+    if len(args) > 1 and not kwargs:  # get_or_set(key, loader, ...): the usual call
+        return args[0], args[1], args[2:], kwargs
+    kwargs = dict(kwargs)  # the caller's own dict is not ours to pop from
     key = args[0] if args else kwargs.pop("key")
     loader = args[1] if len(args) > 1 else kwargs.pop("loader")
     return key, loader, tuple(args[2:]), kwargs
@@ -508,7 +516,7 @@ def _cache_sync(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     scope = current_scope.get()
     if scope is None:
         return wrapped(*args, **kwargs)
-    key, loader, rest, kwargs = _split_lookup(args, dict(kwargs))
+    key, loader, rest, kwargs = _split_lookup(args, kwargs)
     clock = _LoaderClock(loader)
     started = perf_counter()
     try:
@@ -521,7 +529,7 @@ async def _cache_async(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> A
     scope = current_scope.get()
     if scope is None:
         return await wrapped(*args, **kwargs)
-    key, loader, rest, kwargs = _split_lookup(args, dict(kwargs))
+    key, loader, rest, kwargs = _split_lookup(args, kwargs)
     clock = _LoaderClock(loader)
     started = perf_counter()
     try:

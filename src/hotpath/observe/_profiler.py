@@ -299,16 +299,20 @@ class Profiler:
     def _binds_elsewhere(self, state: ORMExecuteState) -> bool:
         """Whether the ORM runs this statement on an engine this profiler was not given (the
         ORM events are global: every Session's executions reach this listener)."""
-        if any(target is Engine for target in self._targets):
+        targets = self._targets
+        if Engine in targets:
             return False  # instrumented with no engines: every engine is watched
         session = state.session
         # a routing session names its engines: its get_bind would choose a replica and count
         # a read that the statement's own routing counts again
         engines = getattr(session, "hotpath_engines", None)
         binds = engines() if engines is not None else (session.get_bind(**state.bind_arguments),)
-        return not any(
-            getattr(bind, "engine", bind) is target for bind in binds for target in self._targets
-        )
+        # loops, not any() over generators: this runs per ORM execution. ``in`` compares
+        # engines by identity (Engine defines no __eq__)
+        for bind in binds:
+            if getattr(bind, "engine", bind) in targets:
+                return False
+        return True
 
     @_guarded
     def _on_orm_execute(self, state: ORMExecuteState) -> None:

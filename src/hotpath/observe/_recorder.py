@@ -62,7 +62,7 @@ class Recorder:
     def _judge(self, scope: Scope, raising: bool) -> None:
         if scope.is_async:
             collect_blocks(scope)
-        scope.breakdown_ms = breakdown(scope.started, scope.ended, scope.timeline.spans)
+        scope.breakdown_ms = breakdown(scope.started, scope.ended, scope.timeline.span_data)
         scope.findings = find_query_problems(scope, self.plans) + find_request_problems(scope)
         export_to_otel(scope)
         self.rollups.add(scope)

@@ -351,7 +351,9 @@ class ReadRepeats:
         key = scope.timeline.known_text
         if key in self.seen:
             self.repeats += 1
-            self.repeat_ms += sum(scope.breakdown_ms.get(layer, 0.0) for layer in _DATABASE_LAYERS)
+            layers = scope.breakdown_ms
+            for layer in _DATABASE_LAYERS:  # a loop, not sum() over a generator: per request
+                self.repeat_ms += layers.get(layer, 0.0)
         elif len(self.seen) < _MAX_READ_KEYS:  # past the bound new reads are not remembered
             self.seen.add(key)
 

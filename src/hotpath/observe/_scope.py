@@ -312,7 +312,7 @@ class Scope:
         from ._timeline import breakdown  # noqa: PLC0415 - one module, imported once
 
         now = time.perf_counter()
-        parts = breakdown(self.started, now, self.timeline.spans)
+        parts = breakdown(self.started, now, self.timeline.span_data)
         entries = []
         for layer, ms in parts.items():
             if layer is _DB:
