@@ -17,9 +17,12 @@ import httpx
 import pytest
 from fastapi import Depends, FastAPI, Request
 from flask import Flask
+from sqlalchemy import create_engine, text
 
 from hotpath.observe import ASGIMiddleware, Profiler, WSGIMiddleware
+from hotpath.observe import _statements as statements
 from hotpath.observe._scope import Scope
+from hotpath.testing import ModuleDatabase
 
 
 @pytest.fixture
@@ -105,3 +108,22 @@ def test_wsgi_requests_leave_no_recording_to_the_collector() -> None:
         assert client.get(f"/items/{n}").status_code == 200
     assert _cyclic_scopes(profiler) == []
     assert profiler.report().endpoint("GET /items/<int:item_id>").count == 20
+
+
+def test_uninstrumented_engines_leave_no_entry(hotpath_db: ModuleDatabase) -> None:
+    """The statement handlers keep the profilers of each engine by its dialect's id (with a
+    finalizer for a dialect collected meanwhile): instrumenting and uninstrumenting, again
+    and again, leaves neither an entry nor a finalizer behind."""
+    engine = create_engine(hotpath_db.url)
+    dialect_id = id(engine.dialect)
+    finalizers_before = len(statements._finalizers)
+    for _ in range(3):
+        profiler = Profiler(engine)
+        with profiler.scope("statements") as scope, engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        assert scope.query_count == 1
+        assert statements._watching[dialect_id] == [profiler._statement]
+        profiler.uninstrument()
+        assert dialect_id not in statements._watching
+        assert len(statements._finalizers) == finalizers_before
+    engine.dispose()

@@ -35,8 +35,12 @@ def find_request_problems(scope: Scope) -> list[Finding]:
     if not (timeline.span_data or timeline.ops or timeline.blocks):
         return []
     findings: list[Finding] = []
-    for kind, detector in _DETECTORS:
-        if scope.modes[kind] != "off":
+    modes = scope.modes
+    # each detector is called where there is evidence for it (this runs per request, and
+    # most requests have none): connections opened, checkouts that waited, I/O operations
+    # long enough to keep, loop blocks
+    for kind, detector, evidence in _DETECTORS:
+        if (evidence is None or getattr(timeline, evidence)) and modes[kind] != "off":
             findings += detector(scope)
     if not findings:
         return findings  # most requests: no comprehension to run
@@ -243,8 +247,6 @@ def _n_plus_one_http(scope: Scope) -> list[Finding]:
 
 
 def _no_timeout(scope: Scope) -> list[Finding]:
-    if not scope.timeline.ops:
-        return []
     seen: set[tuple[CallSite | None, str]] = set()
     findings = []
     for op in scope.timeline.ops:
@@ -315,8 +317,6 @@ def _blocking_calls(scope: Scope) -> list[Finding]:
     # per line and per request that ran it: one line (a shared helper, the framework's
     # serialization under the app's middleware) blocks in several endpoints, and what removes
     # it differs by endpoint (a leaner response for one, fewer rows for another)
-    if not scope.timeline.blocks:
-        return []
     by_site: dict[tuple[CallSite | None, bool, str], list[float]] = defaultdict(list)
     facts: dict[tuple[CallSite | None, bool, str], tuple[str, bool]] = {}
     for block in scope.timeline.blocks:
@@ -379,12 +379,13 @@ def _blocking_calls(scope: Scope) -> list[Finding]:
     return findings
 
 
-_DETECTORS: tuple[tuple[FindingKind, Callable[[Scope], list[Finding]]], ...] = (
-    (FindingKind.CONNECTION_SETUP, _connection_setup),
-    (FindingKind.POOL_WAIT, _pool_wait),
-    (FindingKind.SEQUENTIAL_IO, _sequential_io),
-    (FindingKind.N_PLUS_ONE_HTTP, _n_plus_one_http),
-    (FindingKind.NO_TIMEOUT, _no_timeout),
-    (FindingKind.SLOW_DEPENDENCY, _slow_dependency),
-    (FindingKind.BLOCKING_CALL, _blocking_calls),
+# each detector, and the Timeline field its evidence is in (None: it judges the breakdown)
+_DETECTORS: tuple[tuple[FindingKind, Callable[[Scope], list[Finding]], str | None], ...] = (
+    (FindingKind.CONNECTION_SETUP, _connection_setup, "connect_cause"),
+    (FindingKind.POOL_WAIT, _pool_wait, "pool_waits"),
+    (FindingKind.SEQUENTIAL_IO, _sequential_io, "ops"),
+    (FindingKind.N_PLUS_ONE_HTTP, _n_plus_one_http, "ops"),
+    (FindingKind.NO_TIMEOUT, _no_timeout, "ops"),
+    (FindingKind.SLOW_DEPENDENCY, _slow_dependency, None),
+    (FindingKind.BLOCKING_CALL, _blocking_calls, "blocks"),
 )

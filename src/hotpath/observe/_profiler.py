@@ -309,7 +309,7 @@ class Profiler:
         binds = engines() if engines is not None else (session.get_bind(**state.bind_arguments),)
         # loops, not any() over generators: this runs per ORM execution. ``in`` compares
         # engines by identity (Engine defines no __eq__)
-        for bind in binds:
+        for bind in binds:  # noqa: SIM110 - all() over a generator is a call more
             if getattr(bind, "engine", bind) in targets:
                 return False
         return True

@@ -276,7 +276,10 @@ class Scope:
 
     async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         self._close()
-        await self.recorder.conclude_async(self, raising=exc_type is None)
+        if self.pending_explains:  # EXPLAIN's own queries are awaited
+            await self.recorder.conclude_async(self, raising=exc_type is None)
+        else:  # nothing to await: no coroutine more per request
+            self.recorder.conclude(self, raising=exc_type is None)
 
     def _open(self) -> None:
         if self._token is not None:

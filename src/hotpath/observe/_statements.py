@@ -39,16 +39,12 @@ from ._scope import current_scope
 StatementListener = Callable[[Any, str, Any, Any, bool, float, float], None]
 
 _lock = threading.Lock()
-# per engine's dialect, the profilers watching it; and those watching every engine
-_watching: weakref.WeakKeyDictionary[Dialect, list[StatementListener]] = weakref.WeakKeyDictionary()
+# per engine's dialect (by id: a WeakKeyDictionary lookup makes a weak reference, in Python,
+# per statement), the profilers watching it; and those watching every engine. An entry goes
+# with its dialect (``weakref.finalize``), before its id can be another object's.
+_watching: dict[int, list[StatementListener]] = {}
+_finalizers: dict[int, weakref.finalize[[int], Dialect]] = {}
 _everywhere: list[StatementListener] = []
-
-
-def _listeners(dialect: Dialect) -> list[StatementListener]:
-    own = _watching.get(dialect)
-    if own is None:
-        return _everywhere
-    return [*_everywhere, *own] if _everywhere else own
 
 
 def _run(
@@ -76,7 +72,10 @@ def _listening(context: Any) -> list[StatementListener] | None:
     scope = current_scope.get()
     if scope is None or scope.timeline.connecting or context is None:
         return None
-    return _listeners(context.dialect) or None
+    own = _watching.get(id(context.dialect))
+    if own is None:
+        return _everywhere or None
+    return [*_everywhere, *own] if _everywhere else own
 
 
 # The handlers, one per event: each runs the dialect's own method for it. The two with
@@ -122,9 +121,11 @@ def watch(engine: Engine | None, listener: StatementListener) -> None:
                     _listen(Engine)
                 _everywhere.append(listener)
             return
-        listeners = _watching.get(engine.dialect)
+        dialect = engine.dialect
+        listeners = _watching.get(id(dialect))
         if listeners is None:
-            listeners = _watching[engine.dialect] = []
+            listeners = _watching[id(dialect)] = []
+            _finalizers[id(dialect)] = weakref.finalize(dialect, _forget, id(dialect))
             _listen(engine)
         if listener not in listeners:
             listeners.append(listener)
@@ -138,17 +139,25 @@ def unwatch(engine: Engine | None, listener: StatementListener) -> None:
                 if not _everywhere:
                     _unlisten(Engine)
             return
-        listeners = _watching.get(engine.dialect)
+        listeners = _watching.get(id(engine.dialect))
         if listeners is None or listener not in listeners:
             return
         listeners.remove(listener)
         if not listeners:
-            del _watching[engine.dialect]
+            del _watching[id(engine.dialect)]
+            _finalizers.pop(id(engine.dialect)).detach()
             _unlisten(engine)
 
 
+def _forget(dialect_id: int) -> None:
+    """A watched dialect was collected: drop its entry. Without ``_lock``: a finalizer can run
+    inside a collection that ``watch`` set off while holding it (each pop is atomic)."""
+    _watching.pop(dialect_id, None)
+    _finalizers.pop(dialect_id, None)
+
+
 def is_watched(engine: Engine, listener: StatementListener) -> bool:
-    return listener in _everywhere or listener in _watching.get(engine.dialect, ())
+    return listener in _everywhere or listener in _watching.get(id(engine.dialect), ())
 
 
 def _listen(target: Any) -> None:
