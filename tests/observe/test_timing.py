@@ -9,6 +9,7 @@ import pytest
 from hdrh.histogram import HdrHistogram
 
 from hotpath.observe import Profiler
+from hotpath.observe._records import LAYERS
 from hotpath.observe._report import _FOLD_AT, _MAX_US, Rollup, Timing, record
 
 
@@ -80,6 +81,34 @@ def test_a_roll_up_nobody_reads_keeps_no_list_past_the_fold_size() -> None:
     for _ in range(2 * _FOLD_AT + 5):
         rollup.add(scope)
     assert len(rollup._queries.values) < _FOLD_AT
+    assert len(rollup._layer_values) < _FOLD_AT * len(LAYERS)  # before layers deals them
     assert all(len(timing._ms) < _FOLD_AT for timing in (rollup.latency, *rollup.layers.values()))
     assert rollup.queries.get_total_count() == 2 * _FOLD_AT + 5
     assert rollup.latency.count == 2 * _FOLD_AT + 5
+
+
+def test_each_layer_gets_its_own_time_from_every_scope() -> None:
+    """A roll-up keeps the scopes' breakdowns flat and deals them to the layers' timings when
+    read or folded: each layer's count and total are those of its own values, read between
+    scopes and past a fold alike."""
+    profiler = Profiler()
+    with profiler.scope("GET /items") as scope:
+        pass
+    rollup = Rollup()
+    scopes = _FOLD_AT + 7
+    for index in range(scopes):
+        # a distinct time per layer and per scope: a value dealt to the wrong layer shows
+        scope.breakdown_ms = {
+            layer: (rank + 1) * 10 + index % 3 for rank, layer in enumerate(LAYERS)
+        }
+        rollup.add(scope)
+        if index == 5:
+            assert rollup.layers[LAYERS[2]].count == 6  # read between scopes
+    for rank, layer in enumerate(LAYERS):
+        timing = rollup.layers[layer]
+        assert timing.count == scopes
+        expected = sum((rank + 1) * 10 + index % 3 for index in range(scopes))
+        assert timing.total_ms == pytest.approx(expected)
+        # in microseconds, to the layers' 2 significant digits
+        assert timing.histogram.get_min_value() >= 0.98 * (rank + 1) * 10_000
+        assert timing.histogram.get_max_value() <= 1.02 * ((rank + 1) * 10 + 2) * 1000

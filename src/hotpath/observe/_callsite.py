@@ -14,6 +14,7 @@ import linecache
 import re
 import sys
 from collections.abc import Callable, Hashable
+from functools import lru_cache
 from types import CodeType, FrameType
 from typing import Any
 
@@ -100,8 +101,17 @@ def ignored_at(site: CallSite | None, kind: str) -> bool:
     """Whether the source line at ``site`` says ``# hotpath: ignore[kind]`` (or a bare ignore)."""
     if site is None:
         return False
-    match = _IGNORE.search(linecache.getline(site.filename, site.lineno))
+    ignored = _ignored_kinds(site.filename, site.lineno)
+    return ignored is not None and (not ignored or kind in ignored)
+
+
+@lru_cache(maxsize=4096)
+def _ignored_kinds(filename: str, lineno: int) -> frozenset[str] | None:
+    """The kinds the line's ``# hotpath: ignore[...]`` names (empty: every kind; None: no
+    such comment). Read once per line: a recurring pattern asks at every occurrence, and
+    ``linecache`` keeps a file's lines for the process anyway."""
+    match = _IGNORE.search(linecache.getline(filename, lineno))
     if match is None:
-        return False
+        return None
     kinds = match.group(1)
-    return kinds is None or kind in {k.strip() for k in kinds.split(",")}
+    return frozenset() if kinds is None else frozenset(k.strip() for k in kinds.split(","))

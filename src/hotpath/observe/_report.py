@@ -88,6 +88,7 @@ _MAX_READ_KEYS = 20_000  # distinct reads (path and query) remembered per endpoi
 # the layers a cached answer skips: the database's (opening a connection, waiting for one,
 # the statements); an outbound HTTP call or the handler's own work may not be cacheable
 _DATABASE_LAYERS = (Layer.CONNECT, Layer.POOL_WAIT, Layer.DB)
+_LAYER_COUNT = len(LAYERS)
 # Kinds whose instances in one endpoint are one fix though their details vary from request
 # to request (which calls were long enough to count)
 _ONE_PER_ENDPOINT = {FindingKind.SEQUENTIAL_IO}
@@ -378,21 +379,40 @@ class Rollup:
         self._max_queries = 0
         self.db_ms = Timing(lock=self._lock)
         # per layer, its time in each scope (2 significant digits: 7 of them per name)
-        self.layers = {layer: Timing(digits=2, lock=self._lock) for layer in LAYERS}
+        self._layers = {layer: Timing(digits=2, lock=self._lock) for layer in LAYERS}
         # what add() appends to: the timings' own lists of durations not folded yet (a
-        # timing folds its list when read)
+        # timing folds its list when read), and each scope's breakdown, flat in LAYERS
+        # order (one extend per scope rather than an append per layer), dealt to the layers'
+        # timings when they are read
         self._latency_ms, self._db = self.latency._ms, self.db_ms._ms
-        self._layer_ms = {layer: timing._ms for layer, timing in self.layers.items()}
+        self._layer_values: list[float] = []
         # keyed by the call site itself: its text (a relative path) is made once per fix at
         # report time, not once per finding per scope
         self.fixes: dict[tuple[str, CallSite | None, str], FixTotal] = {}
         self.caches: dict[str, CacheUse] = {}
         self.reads = ReadRepeats()
 
+    @property
+    def layers(self) -> dict[Layer, Timing]:
+        """Per layer, its time in each scope."""
+        with self._lock:
+            self._deal_layers()
+            return self._layers
+
+    def _deal_layers(self) -> None:
+        """Give each layer's timing its values from the scopes' flat breakdowns (the caller
+        holds the lock)."""
+        values = self._layer_values
+        if values:
+            for index, timing in enumerate(self._layers.values()):
+                timing._ms += values[index::_LAYER_COUNT]
+            values.clear()
+
     def _fold(self) -> None:
         """Fold what add() appended into the histograms (the caller holds the lock): every
         ``_FOLD_AT`` scopes, so that a run nobody reads keeps no list longer than that."""
-        for timing in (self.latency, self.db_ms, *self.layers.values()):
+        self._deal_layers()
+        for timing in (self.latency, self.db_ms, *self._layers.values()):
             timing._fold()
         self._queries.flush()
 
@@ -417,9 +437,13 @@ class Rollup:
             latency = self._latency_ms
             latency.append(scope.duration_ms)
             self._db.append(scope.db_time_ms)
-            layers = self._layer_ms
-            for layer, ms in scope.breakdown_ms.items():
-                layers[layer].append(ms)
+            breakdown = scope.breakdown_ms
+            if len(breakdown) == _LAYER_COUNT:  # breakdown() gives every layer, in order
+                self._layer_values += breakdown.values()
+            else:  # a breakdown made otherwise: each layer by name
+                self._deal_layers()
+                for layer, ms in breakdown.items():
+                    self._layers[layer]._ms.append(ms)
             queries = scope.query_count
             self._queries.values.append(queries if queries > 1 else 1)
             if queries > self._max_queries:  # noqa: PLR1730 - a compare, not a call, per scope
@@ -496,8 +520,11 @@ class LoopUse:
 
     def add(self, scope: Scope) -> None:
         """An async request concluded, on its loop's thread (the one whose clock is read)."""
-        self.first = min(self.first, scope.started)
-        self.last = max(self.last, scope.ended)
+        # compares, not min()/max() calls: per request
+        if scope.started < self.first:  # noqa: PLR1730
+            self.first = scope.started
+        if scope.ended > self.last:  # noqa: PLR1730
+            self.last = scope.ended
         thread = threading.get_ident()  # no system call (get_native_id's is one)
         clock = self.cpu.get(thread)
         if clock is None or scope.ended - clock[2] >= _CLOCK_READ_S:
