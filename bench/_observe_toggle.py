@@ -18,7 +18,12 @@ The switch itself costs both states alike (one coroutine frame per request).
 
 ``--against beat10`` switches to observe recording with about the heartbeat of before
 session 10 (every 10 ms on every loop; an idle loop's watchdog then sleeps 10 ms, not 20)
-instead of passing through: what the quiet beat saves.
+instead of passing through: what the quiet beat saves. ``--against nomonitor``: recording
+with no loop monitor (requests neither marked nor in flight: no heartbeat, no watchdog
+looks), what watching the loop costs; ``--against nojudge``: recording with no conclusion
+(no breakdown, detectors, export or roll-up), what judging a request costs;
+``nohooks``, ``nostatements``, ``noorm``: recording with the client hooks, the statement
+handlers or the ORM listeners (and the profiler's statement bookkeeping) finding no scope.
 """
 
 from __future__ import annotations
@@ -61,8 +66,55 @@ if os.environ.get("HOTPATH_TOGGLE"):
 
     _against = os.environ.get("HOTPATH_TOGGLE_AGAINST", "passthrough")
 
+    # the middleware's loop monitor with nomonitor: requests neither marked nor registered
+    # in flight, so no heartbeat and no watchdog looks
+    class _NoMonitor:
+        marked_left = 0
+
+        def arrive(self, loop, scope):
+            pass
+
+        def leave(self, scope):
+            pass
+
+    _NO_MONITOR = _NoMonitor()
+
+    class _NoScope:
+        def get(self):
+            return None
+
+    _NO_SCOPE = _NoScope()
+    # the variants whose module is made blind to scopes: the client hooks (Redis, HTTP,
+    # hotpath.cache, pool checkouts), the statement handlers, the ORM listeners (and the
+    # profiler's statement bookkeeping)
+    _BLIND = {
+        "nohooks": "hotpath.observe._hooks",
+        "nostatements": "hotpath.observe._statements",
+        "noorm": "hotpath.observe._profiler",
+    }
+    _originals = {}
+
+    def _patch(module, name, replacement, on):
+        if name not in _originals:
+            _originals[name] = getattr(module, name)
+        setattr(module, name, _originals[name] if on else replacement)
+
     def _flip(signum, frame):
         _recording[0] = not _recording[0]
+        if _against == "nomonitor":
+            import hotpath.observe._middleware as middleware
+
+            _patch(middleware, "monitor_for_this_loop", lambda loop: _NO_MONITOR, _recording[0])
+        elif _against == "nojudge":
+            from hotpath.observe._recorder import Recorder
+
+            _patch(Recorder, "_judge", lambda self, scope, raising: None, _recording[0])
+        elif _against in _BLIND:
+            # the module's listeners find no scope, as outside requests: they return at once
+            import importlib
+
+            module = importlib.import_module(_BLIND[_against])
+            _patch(module, "current_scope", _NO_SCOPE, _recording[0])
         if _against == "beat10":
             import hotpath.observe._loop as loop
 
@@ -169,6 +221,7 @@ if __name__ == "__main__":
     parser.add_argument("--pairs", type=int, default=8)
     parser.add_argument("--requests", type=int, default=800)
     parser.add_argument("--no-gc", action="store_true")
-    parser.add_argument("--against", choices=("passthrough", "beat10"), default="passthrough")
+    variants = ("passthrough", "beat10", "nomonitor", "nojudge", "nohooks", "nostatements", "noorm")
+    parser.add_argument("--against", choices=variants, default="passthrough")
     arguments = parser.parse_args()
     print(main(arguments.pairs, arguments.requests, arguments.no_gc, arguments.against))

@@ -476,14 +476,18 @@ class Scope:
             self._track_shape(statement, fingerprint, params_hash, duration_ms, site)
         if params_hash and self.tracks_duplicates:
             key = (statement, params_hash)
+            # each dict made at its first write (most scopes repeat no statement: the two
+            # for repeats are never made)
             if self._duplicates is NO_DICT:
-                self._duplicates, self._duplicate_ms, self._duplicate_sites = {}, {}, {}
+                self._duplicates = {}
             count = self._duplicates.get(key, 0) + 1
             if count > 1 or len(self._duplicates) < _MAX_DUPLICATE_KEYS:
                 # a long scope (a batch job) runs millions of distinct statements: past the
                 # bound only those already seen are counted
                 self._duplicates[key] = count
             if count >= 2:  # the repeats' time: what reusing the first result saves
+                if self._duplicate_ms is NO_DICT:
+                    self._duplicate_ms, self._duplicate_sites = {}, {}
                 self._duplicate_ms[key] = self._duplicate_ms.get(key, 0.0) + duration_ms
             if count == 2:
                 where = site.get()
@@ -497,10 +501,12 @@ class Scope:
         self, statement: str, fingerprint: str, params_hash: int, duration_ms: float, site: _Site
     ) -> None:
         if self._shape_counts is NO_DICT:
-            self._shape_counts, self._shape_groups, self._last_group = {}, {}, {}
+            self._shape_counts = {}
         seen = self._shape_counts[fingerprint] = self._shape_counts.get(fingerprint, 0) + 1
         if seen == 1:
             return
+        if self._shape_groups is NO_DICT:  # a shape seen twice: made then, not per scope
+            self._shape_groups, self._last_group = {}, {}
         # Walk the stack for the first runs of a shape and then at powers of two; runs in
         # between are attributed to the group of the last site seen (one dict lookup: no
         # call site to hash), which keeps loops cheap.
