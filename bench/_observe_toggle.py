@@ -23,7 +23,9 @@ with no loop monitor (requests neither marked nor in flight: no heartbeat, no wa
 looks), what watching the loop costs; ``--against nojudge``: recording with no conclusion
 (no breakdown, detectors, export or roll-up), what judging a request costs;
 ``nohooks``, ``nostatements``, ``noorm``: recording with the client hooks, the statement
-handlers or the ORM listeners (and the profiler's statement bookkeeping) finding no scope.
+handlers or the profiler's ORM listeners (execute, flush, load) and statement bookkeeping
+finding no scope (the relationships' ``init_collection`` listeners, which read the scope
+through ``_scope``, still run with ``noorm``).
 """
 
 from __future__ import annotations
@@ -85,8 +87,8 @@ if os.environ.get("HOTPATH_TOGGLE"):
 
     _NO_SCOPE = _NoScope()
     # the variants whose module is made blind to scopes: the client hooks (Redis, HTTP,
-    # hotpath.cache, pool checkouts), the statement handlers, the ORM listeners (and the
-    # profiler's statement bookkeeping)
+    # hotpath.cache, pool checkouts), the statement handlers, the profiler's ORM listeners
+    # and statement bookkeeping (not the init_collection listeners: they are _scope's)
     _BLIND = {
         "nohooks": "hotpath.observe._hooks",
         "nostatements": "hotpath.observe._statements",

@@ -3,6 +3,8 @@ occurrence and remembered in between, so that a served app walks its stack rarel
 
 from __future__ import annotations
 
+import linecache
+from pathlib import Path
 from types import FrameType
 
 import pytest
@@ -54,3 +56,18 @@ def test_keys_past_the_bound_are_walked_each_time_and_not_remembered(
     _issue(memo, "a")  # "a"'s second occurrence: a power of two, walked
     _issue(memo, "a")  # its third: remembered
     assert len(walks) == 6
+
+
+def test_an_ignore_comment_added_to_a_reloaded_file_is_seen(tmp_path: Path) -> None:
+    """``# hotpath: ignore`` is parsed once per line text, not once per line number: a file
+    edited while the process runs (``linecache.checkcache`` reloads it: a traceback, a
+    notebook's autoreload) is judged by its new text."""
+    source = tmp_path / "app.py"
+    source.write_text("rows = session.execute(query)\n")
+    site = CallSite(str(source), 1, "view")
+    assert not _callsite.ignored_at(site, "n_plus_one")
+    source.write_text("rows = session.execute(query)  # hotpath: ignore[n_plus_one]\n")
+    assert not _callsite.ignored_at(site, "n_plus_one")  # linecache still has the old text
+    linecache.checkcache(str(source))
+    assert _callsite.ignored_at(site, "n_plus_one")
+    assert not _callsite.ignored_at(site, "duplicate")

@@ -101,16 +101,17 @@ def ignored_at(site: CallSite | None, kind: str) -> bool:
     """Whether the source line at ``site`` says ``# hotpath: ignore[kind]`` (or a bare ignore)."""
     if site is None:
         return False
-    ignored = _ignored_kinds(site.filename, site.lineno)
+    ignored = _ignored_kinds(linecache.getline(site.filename, site.lineno))
     return ignored is not None and (not ignored or kind in ignored)
 
 
 @lru_cache(maxsize=4096)
-def _ignored_kinds(filename: str, lineno: int) -> frozenset[str] | None:
-    """The kinds the line's ``# hotpath: ignore[...]`` names (empty: every kind; None: no
-    such comment). Read once per line: a recurring pattern asks at every occurrence, and
-    ``linecache`` keeps a file's lines for the process anyway."""
-    match = _IGNORE.search(linecache.getline(filename, lineno))
+def _ignored_kinds(line: str) -> frozenset[str] | None:
+    """The kinds a source line's ``# hotpath: ignore[...]`` names (empty: every kind; None:
+    no such comment). Parsed once per line text: a recurring pattern asks at every
+    occurrence; the line itself is read each time (``linecache``: a dict lookup), so an
+    edited file that ``linecache.checkcache`` reloads is seen."""
+    match = _IGNORE.search(line)
     if match is None:
         return None
     kinds = match.group(1)

@@ -124,9 +124,11 @@ def watch(engine: Engine | None, listener: StatementListener) -> None:
         dialect = engine.dialect
         listeners = _watching.get(id(dialect))
         if listeners is None:
-            listeners = _watching[id(dialect)] = []
-            _finalizers[id(dialect)] = weakref.finalize(dialect, _forget, id(dialect))
+            # the finalizer first: a dialect that cannot have one leaves no entry behind
+            finalizer = weakref.finalize(dialect, _forget, id(dialect))
             _listen(engine)
+            listeners = _watching[id(dialect)] = []
+            _finalizers[id(dialect)] = finalizer
         if listener not in listeners:
             listeners.append(listener)
 
