@@ -25,7 +25,11 @@ looks), what watching the loop costs; ``--against nojudge``: recording with no c
 ``nohooks``, ``nostatements``, ``noorm``: recording with the client hooks, the statement
 handlers or the profiler's ORM listeners (execute, flush, load) and statement bookkeeping
 finding no scope (the relationships' ``init_collection`` listeners, which read the scope
-through ``_scope``, still run with ``noorm``).
+through ``_scope``, still run with ``noorm``); ``noormevent``: recording with the
+``do_orm_execute`` listeners removed, which also prices what SQLAlchemy does for any such
+listener (an ``ORMExecuteState`` and a second ``orm_pre_session_exec`` per ORM execution);
+``judge2``: every request judged a second time right after the first, which prices a warm
+conclusion (against ``nojudge``'s cold one; the roll-ups count each request twice).
 """
 
 from __future__ import annotations
@@ -111,6 +115,29 @@ if os.environ.get("HOTPATH_TOGGLE"):
             from hotpath.observe._recorder import Recorder
 
             _patch(Recorder, "_judge", lambda self, scope, raising: None, _recording[0])
+        elif _against == "judge2":
+            # each request judged twice, the second time right after the first (its code and
+            # data warm): what a warm conclusion costs, against nojudge's cold one
+            from hotpath.observe._recorder import Recorder
+
+            judge = _originals.setdefault("_judge", Recorder._judge)
+
+            def twice(self, scope, raising):
+                judge(self, scope, raising)
+                judge(self, scope, raising)
+
+            Recorder._judge = judge if _recording[0] else twice
+        elif _against == "noormevent":
+            # the do_orm_execute listeners removed: also what SQLAlchemy does for any
+            from sqlalchemy import event
+            from sqlalchemy.orm import Session
+
+            for profiler in _profilers:
+                listener = profiler._on_orm_execute
+                if _recording[0]:
+                    event.listen(Session, "do_orm_execute", listener)
+                elif event.contains(Session, "do_orm_execute", listener):
+                    event.remove(Session, "do_orm_execute", listener)
         elif _against in _BLIND:
             # the module's listeners find no scope, as outside requests: they return at once
             import importlib
@@ -125,6 +152,19 @@ if os.environ.get("HOTPATH_TOGGLE"):
             quiet, idle = loop._QUIET_AS_BUILT if _recording[0] else (loop._BEAT_S, 0.02)
             loop._QUIET_BEAT_S, loop._IDLE_WAIT_S = quiet, idle
         _state.write_text("on" if _recording[0] else "off")
+
+    _profilers = []  # every Profiler made in the server (noormevent removes their listener)
+
+    def _keep_profilers(module):
+        made = module.Profiler.__init__
+
+        def init(self, *args, **kwargs):
+            made(self, *args, **kwargs)
+            _profilers.append(self)
+
+        module.Profiler.__init__ = init
+
+    wrapt.register_post_import_hook(_keep_profilers, "hotpath.observe._profiler")
 
     def _switch(module):
         call = module.ASGIMiddleware.__call__
@@ -223,7 +263,17 @@ if __name__ == "__main__":
     parser.add_argument("--pairs", type=int, default=8)
     parser.add_argument("--requests", type=int, default=800)
     parser.add_argument("--no-gc", action="store_true")
-    variants = ("passthrough", "beat10", "nomonitor", "nojudge", "nohooks", "nostatements", "noorm")
+    variants = (
+        "passthrough",
+        "beat10",
+        "nomonitor",
+        "nojudge",
+        "nohooks",
+        "nostatements",
+        "noorm",
+        "noormevent",
+        "judge2",
+    )
     parser.add_argument("--against", choices=variants, default="passthrough")
     arguments = parser.parse_args()
     print(main(arguments.pairs, arguments.requests, arguments.no_gc, arguments.against))
