@@ -111,19 +111,17 @@ def test_wsgi_requests_leave_no_recording_to_the_collector() -> None:
 
 
 def test_uninstrumented_engines_leave_no_entry(hotpath_db: ModuleDatabase) -> None:
-    """The statement handlers keep the profilers of each engine by its dialect's id (with a
-    finalizer for a dialect collected meanwhile): instrumenting and uninstrumenting, again
-    and again, leaves neither an entry nor a finalizer behind."""
+    """The statement handlers keep the profilers of each engine by its dialect's id, with the
+    dialect held while watched (its id is no other object's meanwhile): instrumenting and
+    uninstrumenting, again and again, leaves no entry and so holds no dialect."""
     engine = create_engine(hotpath_db.url)
     dialect_id = id(engine.dialect)
-    finalizers_before = len(statements._finalizers)
     for _ in range(3):
         profiler = Profiler(engine)
         with profiler.scope("statements") as scope, engine.connect() as connection:
             connection.execute(text("SELECT 1"))
         assert scope.query_count == 1
-        assert statements._watching[dialect_id] == [profiler._statement]
+        assert statements._watching[dialect_id] == (engine.dialect, [profiler._statement])
         profiler.uninstrument()
         assert dialect_id not in statements._watching
-        assert len(statements._finalizers) == finalizers_before
     engine.dispose()

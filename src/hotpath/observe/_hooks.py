@@ -493,7 +493,7 @@ class _LoaderClock:
 
 
 def _cache_lookup(scope: Scope, key: str, clock: _LoaderClock, started: float) -> None:
-    inner = scope if scope.recording else _innermost(scope)
+    inner = _innermost(scope)
     if inner is None:
         return
     template = key_template(key)

@@ -1,7 +1,7 @@
 """Blocked event loops: which request's step held the loop, for how long, and on what line.
 
 The ASGI middleware registers each request's coroutine on its loop's monitor: for a loop's
-first requests and for those after a block (``LoopMonitor.marked_left``), :func:`timed_steps` marks
+first requests and for those after a block (:func:`marks_steps`), :func:`timed_steps` marks
 the start and end of
 every step on its thread's :class:`LoopMonitor` (it works under uvloop, whose handles cannot
 be patched); the other requests are only registered in flight, and a stall among them is seen
@@ -410,12 +410,20 @@ def _watch() -> None:
 
 def monitor_for_this_loop(loop: asyncio.AbstractEventLoop) -> LoopMonitor:
     """The monitor of the running loop's thread (a new loop on it starts afresh)."""
-    monitor: LoopMonitor | None = getattr(_this_thread, "monitor", None)
-    if monitor is None:
-        monitor = monitor_for_this_thread()
+    monitor = monitor_for_this_thread()
     if loop is not monitor.loop:
         monitor.attach(loop)
     return monitor
+
+
+def marks_steps(monitor: LoopMonitor) -> bool:
+    """Whether the next request on ``monitor``'s loop is awaited through :func:`timed_steps`
+    (a loop's first requests, and those after a block); the others are only registered in
+    flight (``arrive``/``leave``), which the heartbeat watches."""
+    if monitor.marked_left > 0:
+        monitor.marked_left -= 1
+        return True
+    return False
 
 
 @types.coroutine

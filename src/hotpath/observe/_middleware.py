@@ -16,7 +16,7 @@ from functools import partial
 from typing import Any
 
 from ._callsite import mark_request_boundary
-from ._loop import monitor_for_this_loop, timed_steps
+from ._loop import marks_steps, monitor_for_this_loop, timed_steps
 from ._profiler import Profiler
 from ._scope import Scope, current_scope
 
@@ -67,10 +67,7 @@ class ASGIMiddleware:
             # would pass through one more frame
             loop = asyncio.get_running_loop()
             monitor = monitor_for_this_loop(loop)
-            # a loop's first requests and those after a block: every step marked; the others
-            # are only registered in flight, which the heartbeat watches
-            if monitor.marked_left > 0:
-                monitor.marked_left -= 1
+            if marks_steps(monitor):
                 await timed_steps(app, recording, monitor)
                 return
             monitor.arrive(loop, recording)

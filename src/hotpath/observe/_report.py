@@ -437,13 +437,8 @@ class Rollup:
             latency = self._latency_ms
             latency.append(scope.duration_ms)
             self._db.append(scope.db_time_ms)
-            breakdown = scope.breakdown_ms
-            if len(breakdown) == _LAYER_COUNT:  # breakdown() gives every layer, in order
-                self._layer_values += breakdown.values()
-            else:  # a breakdown made otherwise: each layer by name
-                self._deal_layers()
-                for layer, ms in breakdown.items():
-                    self._layers[layer]._ms.append(ms)
+            # breakdown() gives every layer, in LAYERS order
+            self._layer_values += scope.breakdown_ms.values()
             queries = scope.query_count
             self._queries.values.append(queries if queries > 1 else 1)
             if queries > self._max_queries:  # noqa: PLR1730 - a compare, not a call, per scope
@@ -520,11 +515,8 @@ class LoopUse:
 
     def add(self, scope: Scope) -> None:
         """An async request concluded, on its loop's thread (the one whose clock is read)."""
-        # compares, not min()/max() calls: per request
-        if scope.started < self.first:  # noqa: PLR1730
-            self.first = scope.started
-        if scope.ended > self.last:  # noqa: PLR1730
-            self.last = scope.ended
+        self.first = min(self.first, scope.started)
+        self.last = max(self.last, scope.ended)
         thread = threading.get_ident()  # no system call (get_native_id's is one)
         clock = self.cpu.get(thread)
         if clock is None or scope.ended - clock[2] >= _CLOCK_READ_S:

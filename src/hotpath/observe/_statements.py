@@ -24,7 +24,6 @@ it from observe; one registered after is not called inside observe's scopes.
 from __future__ import annotations
 
 import threading
-import weakref
 from collections.abc import Callable
 from time import perf_counter
 from typing import Any
@@ -39,11 +38,10 @@ from ._scope import current_scope
 StatementListener = Callable[[Any, str, Any, Any, bool, float, float], None]
 
 _lock = threading.Lock()
-# per engine's dialect (by id: a WeakKeyDictionary lookup makes a weak reference, in Python,
-# per statement), the profilers watching it; and those watching every engine. An entry goes
-# with its dialect (``weakref.finalize``), before its id can be another object's.
-_watching: dict[int, list[StatementListener]] = {}
-_finalizers: dict[int, weakref.finalize[[int], Dialect]] = {}
+# per engine's dialect, by id (a WeakKeyDictionary lookup makes a weak reference, in Python,
+# per statement): the dialect itself, held so that its id is nobody else's while the entry
+# lasts (unwatch removes it), and the profilers watching it; and those watching every engine
+_watching: dict[int, tuple[Dialect, list[StatementListener]]] = {}
 _everywhere: list[StatementListener] = []
 
 
@@ -72,10 +70,10 @@ def _listening(context: Any) -> list[StatementListener] | None:
     scope = current_scope.get()
     if scope is None or scope.timeline.connecting or context is None:
         return None
-    own = _watching.get(id(context.dialect))
-    if own is None:
+    entry = _watching.get(id(context.dialect))
+    if entry is None:
         return _everywhere or None
-    return [*_everywhere, *own] if _everywhere else own
+    return [*_everywhere, *entry[1]] if _everywhere else entry[1]
 
 
 # The handlers, one per event: each runs the dialect's own method for it. The two with
@@ -121,14 +119,11 @@ def watch(engine: Engine | None, listener: StatementListener) -> None:
                     _listen(Engine)
                 _everywhere.append(listener)
             return
-        dialect = engine.dialect
-        listeners = _watching.get(id(dialect))
-        if listeners is None:
-            # the finalizer first: a dialect that cannot have one leaves no entry behind
-            finalizer = weakref.finalize(dialect, _forget, id(dialect))
+        entry = _watching.get(id(engine.dialect))
+        if entry is None:
             _listen(engine)
-            listeners = _watching[id(dialect)] = []
-            _finalizers[id(dialect)] = finalizer
+            entry = _watching[id(engine.dialect)] = (engine.dialect, [])
+        listeners = entry[1]
         if listener not in listeners:
             listeners.append(listener)
 
@@ -141,25 +136,18 @@ def unwatch(engine: Engine | None, listener: StatementListener) -> None:
                 if not _everywhere:
                     _unlisten(Engine)
             return
-        listeners = _watching.get(id(engine.dialect))
-        if listeners is None or listener not in listeners:
+        entry = _watching.get(id(engine.dialect))
+        if entry is None or listener not in entry[1]:
             return
-        listeners.remove(listener)
-        if not listeners:
+        entry[1].remove(listener)
+        if not entry[1]:
             del _watching[id(engine.dialect)]
-            _finalizers.pop(id(engine.dialect)).detach()
             _unlisten(engine)
 
 
-def _forget(dialect_id: int) -> None:
-    """A watched dialect was collected: drop its entry. Without ``_lock``: a finalizer can run
-    inside a collection that ``watch`` set off while holding it (each pop is atomic)."""
-    _watching.pop(dialect_id, None)
-    _finalizers.pop(dialect_id, None)
-
-
 def is_watched(engine: Engine, listener: StatementListener) -> bool:
-    return listener in _everywhere or listener in _watching.get(id(engine.dialect), ())
+    entry = _watching.get(id(engine.dialect))
+    return listener in _everywhere or (entry is not None and listener in entry[1])
 
 
 def _listen(target: Any) -> None:
